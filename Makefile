@@ -1,0 +1,35 @@
+# Every target sets itself up: a fresh clone needs only python3 (>= 3.10) and make.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DNAS := $(VENV)/bin/dnas
+# torch is pinned for these CPU machines (a local wheel); never let pip resolve it unpinned here.
+TORCH_PIN ?= torch==2.13.0
+DEMO_DIR ?= runs/demo
+
+.PHONY: install test demo bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(DNAS) demo --out $(DEMO_DIR)
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Swappable cost models (FLOPs, params; measured latency tables later), registered by name."""

@@ -1,0 +1,109 @@
+"""Cost models: a per-op cost table for a space at an input size, and the cost-aware loss.
+
+Paper Eq. 4-6: cost_l = sum_o p_{l,o} * cost_{l,o}; cost = fixed + sum_l cost_l, where ``fixed``
+is the stem, head and every non-searchable layer; the search loss adds
+``lambda * log_tau(cost) = lambda * ln(cost) / ln(tau)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from dnas.errors import DnasError
+from dnas.registry import COST_MODELS
+from dnas.search_space import SearchSpace
+
+
+@dataclass
+class CostTable:
+    """Cost of every candidate op of every searchable layer at its exact input shape.
+
+    Values are in ``unit`` (e.g. MMAC); ``fixed`` holds everything that does not depend on the
+    architecture choice. ``key`` records what the table was built for (space, input, outputs).
+    """
+
+    metric: str
+    unit: str
+    fixed: float
+    layers: dict[str, dict[str, float]]
+    key: dict
+
+    def expected(self, layer_names: list[str], probs: list[Tensor]) -> Tensor:
+        """Expected cost under per-layer op probabilities (Eq. 4-5); differentiable in probs."""
+        total = torch.tensor(self.fixed, dtype=torch.float64)
+        for name, p in zip(layer_names, probs, strict=True):
+            costs = torch.tensor(list(self.layers[name].values()), dtype=p.dtype, device=p.device)
+            total = total.to(p.device) + (p * costs).sum().to(torch.float64)
+        return total.to(torch.float32)
+
+    def of_choices(self, choices: dict[str, str]) -> float:
+        """Cost of the fixed architecture with op ``choices[layer]`` at every searchable layer."""
+        return self.fixed + sum(self.layers[name][op] for name, op in choices.items())
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> CostTable:
+        return cls(**json.loads(path.read_text()))
+
+
+def cost_loss(cost: Tensor, lam: float, tau: float) -> Tensor:
+    """lambda * log_tau(cost) (Eq. 6). Its gradient lambda * c / (cost * ln tau) ignores units."""
+    if tau <= 1.0:
+        raise DnasError(f"cost tau must be > 1, got {tau}")
+    return lam * torch.log(cost) / math.log(tau)
+
+
+def cache_dir() -> Path:
+    """Where cost tables are cached: $DNAS_CACHE_DIR, else ~/.cache/dnas."""
+    return Path(os.environ.get("DNAS_CACHE_DIR", Path.home() / ".cache" / "dnas"))
+
+
+class CostModel(ABC):
+    """Builds (and caches) a :class:`CostTable`; subclasses are registered in ``COST_MODELS``."""
+
+    metric: str
+    unit: str
+
+    def table(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
+        key = {
+            "metric": self.metric,
+            "space": space.digest(),
+            "input": list(input_hw),
+            "num_outputs": num_outputs,
+            **self.key_extra(),
+        }
+        name = "-".join(str(v) for v in key.values()).replace(" ", "").replace(",", "x")
+        path = cache_dir() / "cost_tables" / f"{name}.json"
+        if path.exists():
+            table = CostTable.load(path)
+            if table.key == key:
+                return table
+        table = self.build(space, input_hw, num_outputs)
+        table.key = key
+        table.save(path)
+        return table
+
+    def key_extra(self) -> dict:
+        """What else the table depends on (device, batch, ...), for the cache key."""
+        return {}
+
+    @abstractmethod
+    def build(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
+        """Measure every candidate op of every searchable layer, plus the fixed part."""
+
+
+def get_cost_model(name: str) -> CostModel:
+    return COST_MODELS.get(name)()

@@ -1,0 +1,30 @@
+"""Building the task head named in a space's ``head:`` section from the heads registry."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dnas.errors import ConfigError, DnasError
+from dnas.registry import HEADS
+from dnas.schema import from_dict
+from dnas.search_space import SearchSpace
+
+
+def build_head(space: SearchSpace, num_outputs: int) -> nn.Module:
+    """Instantiate ``space.head`` for ``num_outputs`` channels on its input nodes.
+
+    A head class is registered under its YAML ``type`` and declares an ``Options`` dataclass
+    (its YAML keys and defaults) and ``__init__(in_channels, num_outputs, options)``.
+    """
+    if space.head is None:
+        raise ConfigError(space.source, "head", "missing: this space has no head section")
+    try:
+        cls = HEADS.get(space.head.type)
+    except DnasError as exc:
+        raise ConfigError(space.source, "head.type", str(exc)) from None
+    options = from_dict(cls.Options, space.head.options, space.source, "head")
+    in_channels = [space.channels(node) for node in space.head.inputs]
+    try:
+        return cls(in_channels, num_outputs, options)
+    except ValueError as exc:
+        raise ConfigError(space.source, "head", str(exc)) from None

@@ -1,0 +1,45 @@
+"""MixedOp: the continuous relaxation of one searchable layer (paper Eq. 3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dnas.ops import OpSpec, build_op
+
+
+def drop_path(x: Tensor, rate: float) -> Tensor:
+    """Zero whole samples of one candidate path with probability ``rate`` (rescaled, as DARTS)."""
+    if rate <= 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype)
+    return x * mask.bernoulli_(keep) / keep
+
+
+class MixedOp(nn.Module):
+    """x_out = sum_o w_o * o(x) over the candidate ops; the weights come from the strategy.
+
+    The op modules are ordinary weights; the architecture parameters live elsewhere (in
+    :class:`dnas.network.Network`), so the two parameter groups never mix. ``weights`` may be
+    dense (DARTS softmax) or sparse (sampled paths): zero-weight paths are not computed.
+    """
+
+    def __init__(self, specs: list[OpSpec], cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.names = [s.name for s in specs]
+        self.ops = nn.ModuleList(build_op(s, cin, cout, stride) for s in specs)
+        self.drop_path_rate = 0.0
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        out = None
+        for w, name, op in zip(weights, self.names, self.ops, strict=True):
+            if not w.requires_grad and float(w) == 0.0:
+                continue
+            y = op(x)
+            if self.training and name != "skip":
+                y = drop_path(y, self.drop_path_rate)
+            out = w * y if out is None else out + w * y
+        if out is None:
+            raise ValueError("MixedOp received all-zero weights")
+        return out

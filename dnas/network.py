@@ -1,0 +1,75 @@
+"""The network built from a search space: a super net when layers are searchable, else a plain net.
+
+Layers run in the graph's topological order; each searchable layer is a MixedOp whose path
+weights come from the architecture parameters ``alphas`` (kept in their own parameter group),
+or from a strategy that passes sampled weights to ``forward``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dnas.heads import build_head
+from dnas.mixed_op import MixedOp
+from dnas.ops import build_op, parse_op
+from dnas.search_space import SearchSpace
+
+
+def module_key(layer_name: str) -> str:
+    """ModuleDict keys cannot hold dots: ``stage1.0`` -> ``stage1_0``."""
+    return layer_name.replace(".", "_")
+
+
+class Network(nn.Module):
+    def __init__(self, space: SearchSpace, num_outputs: int) -> None:
+        super().__init__()
+        self.space = space
+        self.order = [layer.name for layer in space.layers]
+        self.inputs = {layer.name: layer.input for layer in space.layers}
+        self.searchable = [layer.name for layer in space.searchable_layers]
+        self.blocks = nn.ModuleDict()
+        for layer in space.layers:
+            cin = space.channels(layer.input)
+            specs = [parse_op(op) for op in layer.candidates]
+            if layer.searchable:
+                block: nn.Module = MixedOp(specs, cin, layer.width, layer.stride)
+            else:
+                block = build_op(specs[0], cin, layer.width, layer.stride)
+            self.blocks[module_key(layer.name)] = block
+        # Small random init breaks ties between identical candidates, as DARTS does (1e-3 scale).
+        self.alphas = nn.ParameterList(
+            nn.Parameter(1e-3 * torch.randn(len(layer.candidates)))
+            for layer in space.searchable_layers
+        )
+        self.head_inputs = list(space.head_inputs())
+        self.head = build_head(space, num_outputs)
+
+    # -- the two parameter groups
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.alphas}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def arch_probs(self) -> list[Tensor]:
+        """p_l = softmax(alpha_l) for every searchable layer (Eq. 2)."""
+        return [torch.softmax(a, dim=-1) for a in self.alphas]
+
+    def set_drop_path(self, rate: float) -> None:
+        for block in self.blocks.values():
+            if isinstance(block, MixedOp):
+                block.drop_path_rate = rate
+
+    def forward(self, x: Tensor, path_weights: list[Tensor] | None = None) -> Tensor:
+        """Run the net; ``path_weights`` (one vector per searchable layer) default to Eq. 2."""
+        if self.searchable and path_weights is None:
+            path_weights = self.arch_probs()
+        weights = dict(zip(self.searchable, path_weights or [], strict=True))
+        feats = {"input": x}
+        for name in self.order:
+            block = self.blocks[module_key(name)]
+            inp = feats[self.inputs[name]]
+            feats[name] = block(inp, weights[name]) if name in weights else block(inp)
+        return self.head([feats[n] for n in self.head_inputs])

@@ -1,0 +1,63 @@
+"""Named registries for pluggable parts (tasks, heads, strategies, cost models), as in mmpose.
+
+Plugins (the pose task, the FLOPs cost model, third-party packages) register themselves when
+imported; :func:`load_plugins` imports every module of the ``dnas.plugins`` entry-point group, so
+the core never names a plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any
+
+from dnas.errors import DnasError
+
+PLUGIN_GROUP = "dnas.plugins"
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import every plugin module declared under the ``dnas.plugins`` entry-point group (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for ep in entry_points(group=PLUGIN_GROUP):
+        import_module(ep.value)
+
+
+class Registry:
+    """A name -> object table; ``get`` loads plugins first so registered names are complete."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Any] = {}
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def add(obj: Any) -> Any:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> Any:
+        load_plugins()
+        if name not in self._items:
+            known = ", ".join(sorted(self._items)) or "none"
+            raise DnasError(f"unknown {self.kind} {name!r} (registered: {known})")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return sorted(self._items)
+
+
+TASKS = Registry("task")
+HEADS = Registry("head")
+STRATEGIES = Registry("strategy")
+COST_MODELS = Registry("cost model")
+DATA_COMMANDS = Registry("data command")

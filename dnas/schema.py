@@ -1,0 +1,172 @@
+"""Typed reading of YAML: every mistake becomes a one-line ConfigError naming file and key path."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from dnas.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse YAML with ``yaml.safe_load``; unreadable files and syntax errors are ConfigErrors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read file ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(str(path), "", f"invalid YAML: {where}{problem}") from None
+
+
+def join(path: str, key: str | int) -> str:
+    """Key path notation used in messages: ``stages[1].width``."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def expect_mapping(value: Any, source: str, path: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(source, path or "<top level>", f"expected a mapping, got {_kind(value)}")
+    return value
+
+
+def check_keys(
+    data: dict,
+    allowed: typing.Iterable[str],
+    required: typing.Iterable[str],
+    source: str,
+    path: str,
+) -> None:
+    """Reject unknown keys (typos) and report the first missing required key."""
+    allowed = list(allowed)
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(
+                source, join(path, str(key)), f"unknown key (expected one of: {', '.join(allowed)})"
+            )
+    for key in required:
+        if key not in data:
+            raise ConfigError(source, join(path, key), "missing required key")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def check_value(value: Any, tp: Any, source: str, path: str) -> Any:
+    """Check (and lightly coerce) one value against a type annotation."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return check_value(value, arg, source, path)
+            except ConfigError as exc:
+                errors.append(exc.detail)
+        raise ConfigError(source, path, " or ".join(errors))
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(source, path, f"expected a list, got {_kind(value)}")
+        items = [check_value(v, item_tp, source, join(path, i)) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        return dict(expect_mapping(value, source, path))
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, path, f"expected true or false, got {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, path, f"expected an integer, got {_kind(value)}")
+        return value
+    if tp is float:
+        # PyYAML reads 1e-4 (no dot) as a string; accept numeric strings for float fields.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(source, path, f"expected a number, got {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, path, f"expected a string, got {_kind(value)}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r}")  # a bug in a dataclass, not user input
+
+
+def from_dict(cls: type[T], data: Any, source: str, path: str = "") -> T:
+    """Build dataclass ``cls`` from a YAML mapping, checking keys and types recursively.
+
+    Fields may declare ``metadata={"min": x, "max": y, "choices": [...]}`` for range checks.
+    """
+    if data is None:
+        data = {}
+    data = expect_mapping(data, source, path)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    check_keys(data, fields, required, source, path)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        key_path = join(path, key)
+        value = check_value(value, hints[key], source, key_path)
+        _check_range(value, fields[key].metadata, source, key_path)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check_range(value: Any, meta: typing.Mapping, source: str, path: str) -> None:
+    if value is None:
+        return
+    values = value if isinstance(value, list | tuple) else [value]
+    for v in values:
+        if "choices" in meta and v not in meta["choices"]:
+            choices = ", ".join(map(str, meta["choices"]))
+            raise ConfigError(source, path, f"expected one of {choices}, got {v!r}")
+        if "min" in meta and isinstance(v, int | float) and v < meta["min"]:
+            raise ConfigError(source, path, f"expected a value >= {meta['min']}, got {v!r}")
+        if "max" in meta and isinstance(v, int | float) and v > meta["max"]:
+            raise ConfigError(source, path, f"expected a value <= {meta['max']}, got {v!r}")
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML-able data (the resolved config written into run dirs)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,52 @@
+"""The EfficientPose head: slim transposed convolutions + spatial information correction (SIC)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from dnas.registry import HEADS
+
+
+@dataclass
+class SlimDeconvOptions:
+    deconv_widths: list[int] = field(default_factory=lambda: [64, 32], metadata={"min": 1})
+    deconv_kernel: int = field(default=4, metadata={"choices": [2, 3, 4]})
+    sic: bool = True
+
+
+@HEADS.register("slim_deconv")
+class SlimDeconvHead(nn.Module):
+    """[ConvTranspose(k, s2) + BN + ReLU] per width, then SIC (3x3 depthwise + ReLU), then 1x1.
+
+    SIC removes the checkerboard artefacts of transposed convolutions at almost no cost
+    (paper Sec. 3.3); the final 1x1 conv (with bias) maps to one heatmap per output.
+    """
+
+    Options = SlimDeconvOptions
+
+    def __init__(
+        self, in_channels: list[int], num_outputs: int, options: SlimDeconvOptions
+    ) -> None:
+        super().__init__()
+        if len(in_channels) != 1:
+            raise ValueError("slim_deconv reads exactly one input node")
+        k = options.deconv_kernel
+        padding, output_padding = {4: (1, 0), 3: (1, 1), 2: (0, 0)}[k]
+        layers: list[nn.Module] = []
+        cin = in_channels[0]
+        for width in options.deconv_widths:
+            layers += [
+                nn.ConvTranspose2d(cin, width, k, 2, padding, output_padding, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            cin = width
+        if options.sic:
+            layers += [nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(cin, num_outputs, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        return self.layers(features[0])
