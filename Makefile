@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 DNAS := $(VENV)/bin/dnas
 # torch is pinned for these CPU machines (a local wheel); never let pip resolve it unpinned here.
 TORCH_PIN ?= torch==2.13.0
-DEMO_DIR ?= runs/demo
 
 .PHONY: install test demo bench lint clean
 
@@ -13,7 +12,6 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
@@ -22,7 +20,7 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	$(DNAS) demo --out $(DEMO_DIR)
+	DNAS=$(abspath $(DNAS)) bash examples/demo.sh
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -2,44 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from dnas.cost_model import CostModel, CostTable
-from dnas.heads import build_head
-from dnas.ops import build_op, parse_op
-from dnas.profile import count_macs, count_params
+from dnas.profile import op_costs
 from dnas.registry import COST_MODELS
 from dnas.search_space import SearchSpace
-
-
-class _HeadOnInputs(nn.Module):
-    """Lets the profiler run a head that takes a list of features."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, *features: torch.Tensor) -> torch.Tensor:
-        return self.head(list(features))
-
-
-def op_costs(
-    space: SearchSpace, input_hw: tuple[int, int], num_outputs: int
-) -> tuple[dict[str, dict[str, tuple[int, int]]], tuple[int, int]]:
-    """(MACs, params) of each candidate at its layer's exact input shape, and of the head."""
-    shapes = space.infer_shapes(*input_hw)
-    per_layer: dict[str, dict[str, tuple[int, int]]] = {}
-    for layer in space.layers:
-        cin, h, w = shapes[layer.input]
-        x = torch.zeros(1, cin, h, w)
-        per_layer[layer.name] = {}
-        for op in layer.candidates:
-            module = build_op(parse_op(op), cin, layer.width, layer.stride)
-            per_layer[layer.name][op] = (count_macs(module, x), count_params(module))
-    head = _HeadOnInputs(build_head(space, num_outputs))
-    feats = [torch.zeros(1, *shapes[n]) for n in space.head_inputs()]
-    return per_layer, (count_macs(head, *feats), count_params(head))
 
 
 class _AnalyticCostModel(CostModel):

@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dnas.heads import build_head
+from dnas.ops import build_op, parse_op
+from dnas.search_space import SearchSpace, load_space
+
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -51,3 +55,62 @@ def count_macs(module: nn.Module, *inputs: Tensor) -> int:
         for h in handles:
             h.remove()
     return total
+
+
+class _HeadOnInputs(nn.Module):
+    """Lets the profiler call a head that takes a list of features."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, *features: Tensor) -> Tensor:
+        return self.head(list(features))
+
+
+def op_costs(
+    space: SearchSpace, input_hw: tuple[int, int], num_outputs: int
+) -> tuple[dict[str, dict[str, tuple[int, int]]], tuple[int, int]]:
+    """(MACs, params) of every candidate of every layer at its exact input shape, and of the head.
+
+    Costs add up per layer, so any architecture's total is a sum of these entries.
+    """
+    shapes = space.infer_shapes(*input_hw)
+    per_layer: dict[str, dict[str, tuple[int, int]]] = {}
+    for layer in space.layers:
+        cin, h, w = shapes[layer.input]
+        x = torch.zeros(1, cin, h, w)
+        per_layer[layer.name] = {}
+        for op in layer.candidates:
+            module = build_op(parse_op(op), cin, layer.width, layer.stride)
+            per_layer[layer.name][op] = (count_macs(module, x), count_params(module))
+    head = _HeadOnInputs(build_head(space, num_outputs))
+    feats = [torch.zeros(1, *shapes[n]) for n in space.head_inputs()]
+    return per_layer, (count_macs(head, *feats), count_params(head))
+
+
+def cost_report(ref: str, input_hw: tuple[int, int], num_outputs: int) -> dict:
+    """What ``dnas cost`` prints: exact params/MACs (backbone and head apart) of an architecture,
+    or the range over all architectures of a search space."""
+    space = load_space(ref)
+    per_layer, (head_macs, head_params) = op_costs(space, input_hw, num_outputs)
+    report: dict = {"name": space.name, "input_size": f"{input_hw[0]}x{input_hw[1]}",
+                    "outputs": num_outputs}  # fmt: skip
+    if space.is_fixed:
+        macs = sum(next(iter(ops.values()))[0] for ops in per_layer.values())
+        params = sum(next(iter(ops.values()))[1] for ops in per_layer.values())
+        report.update(params=params + head_params, macs=macs + head_macs,
+                      backbone_params=params, backbone_macs=macs,
+                      head_params=head_params, head_macs=head_macs)  # fmt: skip
+        return report
+    n_archs = 1
+    for ops in per_layer.values():
+        n_archs *= len(ops)
+    for index, key in ((0, "macs"), (1, "params")):
+        low = sum(min(c[index] for c in ops.values()) for ops in per_layer.values())
+        high = sum(max(c[index] for c in ops.values()) for ops in per_layer.values())
+        extra = head_macs if index == 0 else head_params
+        report[f"min_{key}"], report[f"max_{key}"] = low + extra, high + extra
+    report["searchable_layers"] = len(space.searchable_layers)
+    report["architectures"] = n_archs
+    return report

@@ -410,3 +410,19 @@ def _check_skips(graph: nx.DiGraph, layers: list[Layer], pending: list, source: 
                 f"{cin} -> {layer.width} channels with stride {layer.stride} "
                 "(use 'skip: true' on the stage to add skip only where shapes match)",
             )
+
+
+def describe(space: SearchSpace) -> str:
+    """Human-readable summary: one line per stem layer and stage with its ops."""
+    lines = [f"{space.name}"]
+    for layer in space.stem:
+        lines.append(
+            f"  {layer.name:<8} {layer.width:>4} s{layer.stride}  {'|'.join(layer.candidates)}"
+        )
+    for stage in space.stages:
+        ops = " ".join("|".join(layer.candidates) for layer in stage.layers)
+        lines.append(f"  {stage.name:<8} {stage.width:>4} s{stage.stride}  {ops}")
+    if space.head is not None:
+        opts = ", ".join(f"{k}={v}" for k, v in space.head.options.items())
+        lines.append(f"  head     {space.head.type}({opts}) on {', '.join(space.head.inputs)}")
+    return "\n".join(lines)

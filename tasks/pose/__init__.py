@@ -1,3 +1,3 @@
-"""Human pose estimation plugin: registers its task, head, datasets and data commands."""
+"""Human pose estimation plugin: registers its task, head and data commands on import."""
 
-from tasks.pose import head  # noqa: F401  (registers the slim_deconv head)
+from tasks.pose import commands, head, task  # noqa: F401  (registration side effects)

@@ -1,0 +1,3 @@
+from dnas.cli import main
+
+main()

@@ -1,0 +1,203 @@
+"""The ``dnas`` command line: search, derive, train, eval, cost, data, spaces."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from dnas.errors import DnasError
+
+# User mistakes surface as one line on stderr and exit code 1; click's own usage errors exit 2.
+
+
+class DnasGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DnasError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+class DataGroup(DnasGroup):
+    """``dnas data``: its sub-commands come from plugins (the DATA_COMMANDS registry)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from dnas.registry import DATA_COMMANDS
+
+        return DATA_COMMANDS.names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from dnas.registry import DATA_COMMANDS
+
+        return DATA_COMMANDS.get(name) if name in DATA_COMMANDS.names() else None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``256x192`` (height x width) or ``256``."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"expected HxW such as 256x192, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 8:
+        raise click.BadParameter(f"expected HxW with both sides >= 8, got {text!r}")
+    return values[0], values[1]
+
+
+def guard_output(path: Path, force: bool) -> None:
+    """Never overwrite a result silently."""
+    if path.exists() and not force:
+        raise DnasError(f"{path} already exists; pass --force to overwrite or choose another --out")
+
+
+config_arg = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+set_opt = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set search.epochs=2 (repeatable).",
+)  # fmt: skip
+force_opt = click.option("--force", is_flag=True, help="Overwrite existing results in --out.")
+
+
+@click.group(cls=DnasGroup)
+@click.version_option(package_name="dnas")
+def cli() -> None:
+    """Hardware-aware differentiable architecture search for dense prediction."""
+
+
+@cli.command()
+@config_arg
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--strategy", help="Override search.strategy (darts, random, ...).")
+@set_opt
+@force_opt
+def search(config: Path, out: Path, strategy: str | None, overrides: tuple[str], force: bool):
+    """Search an architecture with the experiment CONFIG; writes OUT/search.pt and search.json."""
+    from dnas.config import load_experiment
+    from dnas.search import run_search
+
+    extra = [f"search.strategy={strategy}"] if strategy else []
+    exp = load_experiment(config, [*overrides, *extra])
+    guard_output(out / "search.pt", force)
+    result = run_search(exp, out, log=click.echo)
+    click.echo(f"final architecture cost: {result['final_cost']:.3f} {result['cost_unit']}")
+    click.echo(f"wrote {out / 'search.pt'}, {out / 'search.json'}, {out / 'tb'}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--name", help="Name of the derived architecture.")
+@force_opt
+def derive(run: Path, output: Path, name: str | None, force: bool):
+    """Derive the architecture of a search RUN (directory or search.pt): argmax op per layer."""
+    from dnas.derive import derive as derive_arch
+    from dnas.derive import format_rows, write_architecture
+
+    guard_output(output, force)
+    arch, rows = derive_arch(run, name)
+    write_architecture(arch, output, f"derived by 'dnas derive {run}'")
+    click.echo(format_rows(rows))
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@config_arg
+@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--init", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Initial weights (state_dict or dnas checkpoint).")  # fmt: skip
+@set_opt
+@force_opt
+def train(
+    config: Path, arch: str, out: Path, init: Path | None, overrides: tuple[str], force: bool
+):
+    """Train a fixed architecture ARCH with the experiment CONFIG."""
+    from dnas.config import load_experiment
+    from dnas.train import run_train
+
+    exp = load_experiment(config, list(overrides))
+    guard_output(out / "model.pt", force)
+    metrics = run_train(exp, arch, out, init, log=click.echo)
+    click.echo(metrics.table)
+    click.echo(f"wrote {out / 'model.pt'}, {out / 'best.pt'}, {out / 'last.pt'}, {out / 'tb'}")
+
+
+@cli.command("eval")
+@config_arg
+@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@set_opt
+@force_opt
+def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, overrides: tuple[str],
+             force: bool):  # fmt: skip
+    """Evaluate WEIGHTS of ARCH on the validation split; writes OUT/results.json."""
+    from dnas.config import load_experiment
+    from dnas.search_space import describe
+    from dnas.task import build_space, build_task
+    from dnas.train import run_eval
+
+    exp = load_experiment(config, list(overrides))
+    guard_output(out / "results.json", force)
+    results = run_eval(exp, arch, weights, out)
+    table = results.pop("table")
+    if fmt == "json":
+        click.echo(json.dumps(results))
+        return
+    click.echo(describe(build_space(arch, build_task(exp), exp)))
+    click.echo(f"params {results['params']:,}  MACs {results['macs']:,} at "
+               f"{exp.input_hw[0]}x{exp.input_hw[1]}")  # fmt: skip
+    click.echo(table)
+    click.echo(
+        f"wrote {out / 'results.json'}" + "".join(f", {p}" for p in results["files"].values())
+    )
+
+
+@cli.command()
+@click.argument("arch")
+@click.option("--input-size", default="256x256", show_default=True, help="HxW.")
+@click.option("--joints", "--outputs", "outputs", type=click.IntRange(1), default=16,
+              show_default=True, help="Output channels of the head (pose: joints).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def cost(arch: str, input_size: str, outputs: int, fmt: str):
+    """Params and MACs of an architecture (YAML path or shipped name, e.g. efficientpose-a).
+
+    For a search space, prints the range over its architectures instead.
+    """
+    from dnas.profile import cost_report
+
+    report = cost_report(arch, parse_size(input_size), outputs)
+    if fmt == "json":
+        click.echo(json.dumps(report))
+        return
+    for key, value in report.items():
+        shown = f"{value:,}" if isinstance(value, int) else value
+        click.echo(f"{key:<18} {shown}")
+
+
+@cli.command()
+def spaces():
+    """List the shipped search spaces and architectures."""
+    from dnas.search_space import describe, load_space, shipped_names
+
+    for name in shipped_names():
+        click.echo(describe(load_space(name)) + "\n")
+
+
+@cli.group(cls=DataGroup)
+def data():
+    """Dataset tools contributed by task plugins (e.g. synth-mpii)."""
+
+
+def main() -> None:
+    cli.main(prog_name="dnas")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The Strategy interface (NASLib's lifecycle) that every search method implements.
+
+The search loop (``dnas.search``) only ever calls these methods, so DARTS, the random-search
+baseline and later single-path methods are interchangeable by name in the experiment YAML.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from dnas.config import CostConfig, SearchConfig
+from dnas.cost_model import CostTable
+from dnas.network import Network
+from dnas.task import Task
+
+
+class Strategy(ABC):
+    def __init__(self, cfg: SearchConfig, cost: CostConfig) -> None:
+        self.cfg = cfg
+        self.cost_cfg = cost
+
+    @abstractmethod
+    def adapt_search_space(
+        self, network: Network, task: Task, table: CostTable, device: torch.device
+    ) -> None:
+        """Take the super net (and what scores it) and set up optimisers."""
+
+    @property
+    @abstractmethod
+    def num_epochs(self) -> int:
+        """How many passes over the weight split the search makes."""
+
+    def new_epoch(self, epoch: int) -> None:
+        """Called before each epoch's steps."""
+        self.epoch = epoch
+
+    @abstractmethod
+    def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]:
+        """One step on a batch of the weight split and one of the architecture split."""
+
+    def end_epoch(self, epoch: int, val_loader: DataLoader) -> dict[str, float]:
+        """Called after each epoch's steps; returns scalars to log."""
+        return {}
+
+    @abstractmethod
+    def arch_probs(self) -> dict[str, list[float]]:
+        """Current probability of each candidate op, per searchable layer."""
+
+    def get_final_architecture(self) -> dict[str, str]:
+        """The chosen op per searchable layer (default: the most probable one)."""
+        layers = {layer.name: layer for layer in self.network.space.searchable_layers}
+        return {
+            name: layers[name].candidates[max(range(len(p)), key=p.__getitem__)]
+            for name, p in self.arch_probs().items()
+        }
+
+    @abstractmethod
+    def get_checkpointables(self) -> dict[str, Any]:
+        """Everything (state dicts) a checkpoint must hold to describe the search state."""

@@ -1,0 +1,96 @@
+"""The task plugin interface: what the core needs from a dense-prediction task.
+
+A task turns its own ``task:`` options into datasets, a loss, a default head and an evaluator.
+Tasks register under a name in ``dnas.registry.TASKS``; the core never imports one directly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from dnas.config import Experiment
+from dnas.errors import ConfigError, DnasError
+from dnas.registry import TASKS
+from dnas.schema import from_dict
+from dnas.search_space import SearchSpace, load_space, space_from_dict
+
+
+@dataclass
+class Metrics:
+    """Evaluation result: named values (the primary one drives model selection) and a table."""
+
+    values: dict[str, float]
+    primary: str
+    table: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        return self.values[self.primary]
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    Options: ClassVar[type]  # a dataclass: the task's keys under ``task:`` in the experiment YAML
+
+    def __init__(self, options: Any, input_hw: tuple[int, int], source: str) -> None:
+        self.options = options
+        self.input_hw = input_hw
+        self.source = source
+
+    @property
+    @abstractmethod
+    def num_outputs(self) -> int:
+        """Output channels of the head (e.g. joints)."""
+
+    @abstractmethod
+    def default_head(self) -> dict[str, Any]:
+        """The ``head:`` section used when neither the space nor the experiment gives one."""
+
+    @abstractmethod
+    def dataset(self, split: str, augment: bool, seed: int = 0) -> Dataset:
+        """The ``train`` or ``val`` split; items are dicts with an ``input`` tensor; ``seed``
+        seeds the augmentation."""
+
+    @abstractmethod
+    def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
+        """The task loss of a batch (a scalar)."""
+
+    @abstractmethod
+    def evaluate(
+        self, model: nn.Module, loader: DataLoader, device: torch.device, out_dir: Path | None
+    ) -> Metrics:
+        """Score ``model`` on ``loader``; may write prediction files into ``out_dir``."""
+
+
+def build_task(exp: Experiment) -> Task:
+    options = dict(exp.task)
+    name = options.pop("name")
+    try:
+        cls = TASKS.get(name)
+    except DnasError as exc:
+        raise ConfigError(exp.source, "task.name", str(exc)) from None
+    return cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
+
+
+def build_space(ref: str, task: Task, exp: Experiment) -> SearchSpace:
+    """Load a space or architecture and settle its head: the space's own ``head:`` section, else
+    the task's default, with the experiment's ``head:`` keys laid over it."""
+    space = load_space(ref)
+    if space.head is None:
+        head: dict[str, Any] = dict(task.default_head())
+    else:
+        head = {"type": space.head.type, "inputs": list(space.head.inputs), **space.head.options}
+    if exp.head.get("type", head["type"]) != head["type"]:
+        head = {k: v for k, v in head.items() if k == "inputs"}  # new head type: drop old options
+    head.update(exp.head)
+    data = space.to_dict()
+    data["head"] = head
+    return space_from_dict(data, source=space.source if not exp.head else exp.source)

@@ -1,0 +1,72 @@
+"""PCKh for MPII, HRNet convention (reproduces the published per-joint tables).
+
+A joint is correct when its error is <= threshold x head size; head size = 0.6 x head-box
+diagonal (``gt_valid.mat``) or Newell's ``normalize`` (``valid.h5``, the same quantity).
+Missing joints are skipped. Head = head_top; Shoulder..Ankle = mean of left and right;
+Mean = correct / visible pooled over all joints except pelvis and thorax.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+MPII_JOINTS = [
+    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
+    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow",
+    "l_wrist",
+]  # fmt: skip
+MPII_FLIP_PAIRS = [(0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)]
+HEAD_BIAS = 0.6
+# table row -> (right, left) joint indices; Head is head_top alone.
+GROUPS = {
+    "Head": (9, 9), "Shoulder": (12, 13), "Elbow": (11, 14), "Wrist": (10, 15),
+    "Hip": (2, 3), "Knee": (1, 4), "Ankle": (0, 5),
+}  # fmt: skip
+TABLE_KEYS = [*GROUPS, "Mean", "Mean@0.1"]
+
+
+def load_gt_valid_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HRNet's gt_valid.mat -> (gt (N,16,2) 1-based, missing (N,16) bool, head sizes (N,))."""
+    mat = scipy.io.loadmat(str(path))
+    gt = np.transpose(mat["pos_gt_src"], (2, 0, 1)).astype(np.float64)
+    missing = np.transpose(mat["jnt_missing"], (1, 0)).astype(bool)
+    boxes = mat["headboxes_src"]
+    head_sizes = np.linalg.norm(boxes[1, :, :] - boxes[0, :, :], axis=0) * HEAD_BIAS
+    return gt, missing, head_sizes
+
+
+def per_joint(
+    pred: np.ndarray, gt: np.ndarray, missing: np.ndarray, head_sizes: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(correct count, visible count) per joint; pred and gt in the same pixel convention."""
+    visible = ~missing
+    err = np.linalg.norm(pred - gt, axis=-1) / head_sizes[:, None]
+    correct = ((err <= threshold) & visible).sum(axis=0)
+    return correct.astype(np.float64), visible.sum(axis=0).astype(np.float64)
+
+
+def pckh_table(
+    pred: np.ndarray, gt: np.ndarray, missing: np.ndarray, head_sizes: np.ndarray
+) -> dict[str, float]:
+    """The per-joint PCKh@0.5 table, Mean, and Mean@0.1, in percent."""
+    table: dict[str, float] = {}
+    correct, count = per_joint(pred, gt, missing, head_sizes, 0.5)
+    pck = 100.0 * correct / np.maximum(count, 1)
+    for name, (right, left) in GROUPS.items():
+        table[name] = float(0.5 * (pck[right] + pck[left]))
+    keep = np.ones(16, bool)
+    keep[[6, 7]] = False  # pelvis and thorax are not scored
+    table["Mean"] = float(100.0 * correct[keep].sum() / max(count[keep].sum(), 1))
+    correct01, count01 = per_joint(pred, gt, missing, head_sizes, 0.1)
+    table["Mean@0.1"] = float(100.0 * correct01[keep].sum() / max(count01[keep].sum(), 1))
+    return table
+
+
+def format_table(table: dict[str, float], title: str = "PCKh@0.5") -> str:
+    header = f"| {title} | " + " | ".join(TABLE_KEYS) + " |"
+    rule = "|" + "---|" * (len(TABLE_KEYS) + 1)
+    row = "| | " + " | ".join(f"{table[k]:.2f}" for k in TABLE_KEYS) + " |"
+    return "\n".join([header, rule, row])

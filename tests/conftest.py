@@ -1,0 +1,81 @@
+"""Shared fixtures: real data from ../shared/data (skipped when absent) and tiny experiments."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DNAS_TEST_DATA", REPO.parent / "shared" / "data"))
+TINY_SPACE = Path(__file__).parent / "data" / "tiny_space.yaml"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set DNAS_TEST_DATA to ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mpii_samples() -> Path:
+    return need(DATA / "mmpose-samples" / "mpii")
+
+
+@pytest.fixture(scope="session")
+def mpii_valid_h5() -> Path:
+    return need(DATA / "mpii-val" / "valid.h5")
+
+
+@pytest.fixture(scope="session")
+def real_mpii_root(tmp_path_factory, mpii_samples, mpii_valid_h5) -> Path:
+    """The 5 real MPII samples in the HRNet layout; gt_valid.mat head boxes are built so that
+    0.6 x diagonal equals valid.h5's ``normalize`` of rows 0-4 (the same people)."""
+    root = tmp_path_factory.mktemp("mpii5")
+    (root / "annot").mkdir()
+    (root / "images").mkdir()
+    entries = json.loads((mpii_samples / "test_mpii.json").read_text())
+    for e in entries:
+        shutil.copy(mpii_samples / e["image"], root / "images" / e["image"])
+    for split in ("train", "valid"):
+        (root / "annot" / f"{split}.json").write_text(json.dumps(entries))
+    with h5py.File(mpii_valid_h5) as f:
+        part, normalize = f["part"][:5], f["normalize"][:5]
+    side = normalize / 0.6 / np.sqrt(2)
+    boxes = np.zeros((2, 2, 5))
+    boxes[1] = np.stack([side, side])
+    scipy.io.savemat(root / "annot" / "gt_valid.mat", {
+        "pos_gt_src": part.transpose(1, 2, 0),
+        "jnt_missing": (part == 0).all(-1).T.astype(np.int64),
+        "headboxes_src": boxes,
+    })  # fmt: skip
+    return root
+
+
+def write_experiment(path: Path, root: Path, space: Path | str = TINY_SPACE, **sections) -> Path:
+    """A tiny experiment YAML: 64x64 input, few steps, a fresh cost-table cache."""
+    exp = {
+        "task": {"name": "pose", "root": str(root)},
+        "space": str(space),
+        "input_size": [64, 64],
+        "search": {"warmup_epochs": 1, "epochs": 1, "batch_size": 4, "steps_per_epoch": 2},
+        "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "milestones": [1],
+                  "eval_every": 1},
+        "device": "cpu",
+    }  # fmt: skip
+    for key, value in sections.items():
+        exp[key] = {**exp.get(key, {}), **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNAS_CACHE_DIR", str(tmp_path / "cache"))

@@ -1,0 +1,65 @@
+"""Experiment YAML: paper defaults, overrides, and one-line errors naming file and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from dnas.config import load_experiment
+from dnas.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_paper_defaults(tmp_path):
+    exp = load_experiment(write(tmp_path, "task: {name: pose, root: data}\n"))
+    s, t = exp.search, exp.train
+    assert (s.warmup_epochs, s.epochs, s.batch_size, s.arch_fraction) == (60, 150, 32, 0.2)
+    w, a = s.weight_optimizer, s.arch_optimizer
+    assert (w.lr, w.momentum, w.weight_decay, a.lr) == (0.05, 0.9, 1e-4, 3e-4)
+    assert (t.epochs, t.lr, t.milestones, t.gamma, t.batch_size) == (200, 1e-3, [150, 170], 0.1, 32)
+    assert exp.input_hw == (256, 256)
+
+
+def test_overrides_and_numeric_strings(tmp_path):
+    path = write(tmp_path, "task: {name: pose, root: data}\nsearch: {arch_optimizer: {lr: 1e-3}}\n")
+    exp = load_experiment(
+        path, ["search.epochs=3", "cost_model.weight=0.5", "input_size=[128, 96]"]
+    )
+    assert exp.search.epochs == 3 and exp.cost_model.weight == 0.5 and exp.input_hw == (128, 96)
+    assert exp.search.arch_optimizer.lr == 1e-3  # PyYAML reads "1e-3" as a string
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("search: {epochs: 2}\n", "task", "missing required key"),
+        ("task: {root: x}\n", "task.name", "missing required key"),
+        ("task: {name: pose, root: x}\nsearch: {epoch: 2}\n", "search.epoch", "unknown key"),
+        ("task: {name: pose, root: x}\nsearch: {epochs: two}\n", "search.epochs", "an integer"),
+        ("task: {name: pose, root: x}\nsearch: {arch_fraction: 1.5}\n", "search.arch_fraction",
+         "<= 0.99"),
+        ("task: {name: pose, root: x}\ntrain: {milestones: [-1]}\n", "train.milestones", ">= 1"),
+        ("task: {name: pose, root: x}\ninput_size: [64]\n", "input_size", "[height, width]"),
+    ],
+)  # fmt: skip
+def test_errors_name_file_and_key(tmp_path, text, key, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert info.value.key == key and words in info.value.detail
+    assert str(info.value).startswith(f"{path}: {key}: ")
+
+
+def test_unknown_task_option_is_named(tmp_path):
+    from dnas.task import build_task
+
+    exp = load_experiment(write(tmp_path, "task: {name: pose, root: x, sigmaa: 2}\n"))
+    with pytest.raises(ConfigError, match=r"exp.yaml: task.sigmaa: unknown key"):
+        build_task(exp)
+    exp = load_experiment(write(tmp_path, "task: {name: segmentation-x}\n"))
+    with pytest.raises(ConfigError, match=r"task.name: unknown task 'segmentation-x'"):
+        build_task(exp)

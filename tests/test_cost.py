@@ -1,0 +1,112 @@
+"""Params/MACs of the published nets, and the cost model's expected cost (Eq. 4-6)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_SPACE
+
+from dnas.cli import cli
+from dnas.cost_model import cost_loss, get_cost_model
+from dnas.network import Network
+from dnas.profile import count_macs, count_params
+from dnas.search_space import load_space
+
+PAPER = [  # net, input, joints, params, MACs (PAPER.md, from the official code)
+    ("efficientpose-a", "256x256", 16, 1_299_360, 542_220_288),
+    ("efficientpose-a", "256x192", 17, 1_299_393, 406_763_520),
+    ("efficientpose-b", "256x256", 16, 3_252_912, 1_394_622_464),
+    ("efficientpose-b", "256x192", 17, 3_252_945, 1_046_065_152),
+    ("efficientpose-c", "256x256", 16, 5_002_312, 1_862_033_408),
+    ("efficientpose-c", "256x192", 17, 5_002_345, 1_396_623_360),
+]
+
+
+@pytest.mark.parametrize(("net", "size", "joints", "params", "macs"), PAPER)
+def test_dnas_cost_reproduces_paper_table(net, size, joints, params, macs):
+    args = ["cost", net, "--input-size", size, "--joints", str(joints), "--format", "json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["params"], report["macs"]) == (params, macs)
+    assert report["backbone_macs"] + report["head_macs"] == macs
+
+
+def test_profiler_agrees_with_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = Network(load_space("efficientpose-a"), 16).eval()
+    x = torch.zeros(1, 3, 128, 96)
+    with FlopCounterMode(display=False) as counter:
+        net(x)
+    assert count_macs(net, x) * 2 == counter.get_total_flops()
+
+
+def test_text_output_and_search_space_range():
+    result = CliRunner().invoke(cli, ["cost", "efficientpose-a"])
+    assert "542,220,288" in result.output and "1,299,360" in result.output
+    report = json.loads(CliRunner().invoke(cli, ["cost", "mbv2_pose_small", "--format",
+                                                 "json"]).output)  # fmt: skip
+    assert report["min_macs"] < 542_220_288 < report["max_macs"]
+    assert report["architectures"] == 6**4 * 7**24  # 4 reshaping layers, 24 with skip
+
+
+@pytest.mark.parametrize("metric", ["flops", "params"])
+def test_expected_cost_of_one_hot_alphas_is_the_architecture_cost(metric):
+    space = load_space(TINY_SPACE)
+    table = get_cost_model(metric).table(space, (64, 64), 16)
+    net = Network(space, 16)
+    gen = torch.Generator().manual_seed(0)
+    choices = {}
+    with torch.no_grad():
+        for layer, alpha in zip(space.searchable_layers, net.alphas, strict=True):
+            k = int(torch.randint(len(layer.candidates), (1,), generator=gen))
+            choices[layer.name] = layer.candidates[k]
+            alpha.fill_(-1e4)
+            alpha[k] = 1e4
+    expected = float(table.expected(net.searchable, net.arch_probs()).detach())
+    assert expected == pytest.approx(table.of_choices(choices), rel=1e-6)
+    derived = Network(space.with_choices(choices), 16)
+    exact = (
+        count_macs(derived, torch.zeros(1, 3, 64, 64))
+        if metric == "flops"
+        else count_params(derived)
+    )
+    assert table.of_choices(choices) * 1e6 == pytest.approx(exact, abs=0.5)
+
+
+def test_expected_cost_is_the_probability_weighted_sum():
+    space = load_space(TINY_SPACE)
+    table = get_cost_model("flops").table(space, (64, 64), 16)
+    layers = space.searchable_layers
+    probs = [torch.softmax(torch.randn(len(lay.candidates)), 0) for lay in layers]
+    manual = table.fixed + sum(
+        sum(float(p[i]) * table.layers[lay.name][op] for i, op in enumerate(lay.candidates))
+        for lay, p in zip(layers, probs, strict=True)
+    )
+    got = table.expected([lay.name for lay in layers], probs)
+    assert float(got) == pytest.approx(manual, rel=1e-6)
+
+
+def test_cost_loss_formula_and_gradient():
+    cost = torch.tensor(250.0, requires_grad=True)
+    loss = cost_loss(cost, 0.3, 5.0)
+    assert loss.item() == pytest.approx(0.3 * math.log(250.0) / math.log(5.0))
+    loss.backward()
+    assert float(cost.grad) == pytest.approx(0.3 / (250.0 * math.log(5.0)))
+
+
+def test_cost_table_is_cached_and_keyed_by_input(tmp_path):
+    space = load_space(TINY_SPACE)
+    model = get_cost_model("flops")
+    first = model.table(space, (64, 64), 16)
+    files = list((tmp_path / "cache" / "cost_tables").glob("*.json"))
+    assert len(files) == 1
+    assert model.table(space, (64, 64), 16) == first
+    bigger = model.table(space, (128, 128), 16)
+    assert bigger.fixed > first.fixed
+    assert len(list((tmp_path / "cache" / "cost_tables").glob("*.json"))) == 2

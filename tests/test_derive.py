@@ -1,0 +1,77 @@
+"""dnas derive: argmax per layer from hand-set architecture parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_SPACE
+
+from dnas.checkpoint import save_atomic
+from dnas.cli import cli
+from dnas.derive import derive
+from dnas.errors import DnasError
+from dnas.network import Network
+from dnas.search_space import load_space
+
+
+def fake_search_checkpoint(path, probs):
+    space = load_space(TINY_SPACE)
+    save_atomic({"kind": "dnas-search", "space": space.to_dict(), "arch_probs": probs}, path)
+
+
+HAND_SET = {  # tiny space: stage1.0 [k3e3 k5e3], stage1.1 [k3e3 k5e3 skip], ...
+    "stage1.0": [0.2, 0.8],
+    "stage1.1": [0.1, 0.2, 0.7],
+    "stage2.0": [0.6, 0.4],
+    "stage2.1": [0.3, 0.5, 0.2],
+    "stage3.0": [0.45, 0.55],
+}
+
+
+def test_derive_takes_the_argmax_of_each_layer(tmp_path):
+    fake_search_checkpoint(tmp_path / "search.pt", HAND_SET)
+    arch, rows = derive(tmp_path)
+    chosen = {r.layer: (r.op, r.prob) for r in rows}
+    assert chosen == {
+        "stage1.0": ("k5e3", 0.8), "stage1.1": ("skip", 0.7), "stage2.0": ("k3e3", 0.6),
+        "stage2.1": ("k5e6", 0.5), "stage3.0": ("k3e6", 0.55),
+    }  # fmt: skip
+    assert arch.is_fixed
+    assert [lay.candidates[0] for lay in arch.stages[0].layers] == ["k5e3", "skip"]
+
+
+def test_derive_from_the_supernet_alphas(tmp_path):
+    net = Network(load_space(TINY_SPACE), 16)
+    with torch.no_grad():
+        for alpha in net.alphas:
+            alpha.zero_()
+            alpha[-1] = 2.0  # the last candidate everywhere
+    probs = {n: p.tolist() for n, p in zip(net.searchable, net.arch_probs(), strict=True)}
+    fake_search_checkpoint(tmp_path / "search.pt", probs)
+    arch, rows = derive(tmp_path / "search.pt")
+    assert [r.op for r in rows] == ["k5e3", "skip", "k5e6", "skip", "k3e6"]
+    assert all(r.prob == pytest.approx(torch.softmax(torch.tensor([0.0] * 2 + [2.0]), 0)[-1].item())
+               for r in rows if r.op == "skip")  # fmt: skip
+
+
+def test_cli_writes_an_architecture_that_cost_accepts(tmp_path):
+    fake_search_checkpoint(tmp_path / "search.pt", HAND_SET)
+    out = tmp_path / "arch.yaml"
+    result = CliRunner().invoke(cli, ["derive", str(tmp_path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "stage1.1     skip    0.700" in result.output
+    result = CliRunner().invoke(cli, ["cost", str(out), "--input-size", "64x64", "--format",
+                                      "json"])  # fmt: skip
+    assert result.exit_code == 0 and '"macs"' in result.output
+    again = CliRunner().invoke(cli, ["derive", str(tmp_path), "-o", str(out)])
+    assert again.exit_code == 1 and "already exists; pass --force" in again.output
+
+
+def test_derive_rejects_other_files(tmp_path):
+    save_atomic({"model": {}}, tmp_path / "x.pt")
+    with pytest.raises(DnasError, match="not a dnas search checkpoint"):
+        derive(tmp_path / "x.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DnasError, match="cannot load checkpoint safely"):
+        derive(tmp_path / "junk.pt")

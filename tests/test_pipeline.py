@@ -1,0 +1,134 @@
+"""Search, derive, train and eval end to end on tiny inputs (real MPII samples, synthetic data)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_experiment
+
+from dnas import checkpoint
+from dnas.cli import cli
+from dnas.config import load_experiment
+from dnas.errors import DnasError
+from dnas.search import run_search, split_indices
+
+
+def test_split_is_seeded_disjoint_and_80_20():
+    w, a = split_indices(100, 0.2, seed=3)
+    assert len(w) == 80 and len(a) == 20 and not set(w) & set(a)
+    assert (w, a) == split_indices(100, 0.2, seed=3)
+    assert a != split_indices(100, 0.2, seed=4)[1]
+
+
+def test_two_step_darts_search(tmp_path, real_mpii_root):
+    search = {"warmup_epochs": 1, "epochs": 1, "steps_per_epoch": 2}
+    path = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search=search)
+    result = run_search(load_experiment(path), tmp_path / "run", log=lambda _: None)
+    ckpt = checkpoint.load(tmp_path / "run" / "search.pt")
+    assert ckpt["epoch"] == 2 and ckpt["kind"] == "dnas-search"
+    alphas = [v for k, v in ckpt["strategy"]["model"].items() if k.startswith("alphas.")]
+    assert len(alphas) == 5
+    # the joint epoch updated the architecture: Adam moves every alpha by about its lr
+    assert all(float(a.abs().max()) > 1e-4 for a in alphas)
+    assert set(result["choices"]) == set(result["arch_probs"])
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert saved["choices"] == result["choices"] and saved["final_cost"] > 0
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_cost_term_pushes_the_search_to_cheaper_ops(tmp_path, real_mpii_root):
+    """With a large lambda the architecture steps lower the expected cost."""
+    costs = []
+    for weight in (0.0, 50.0):
+        path = write_experiment(
+            tmp_path / f"exp{weight}.yaml", real_mpii_root,
+            search={"warmup_epochs": 0, "epochs": 6, "steps_per_epoch": 1, "drop_path": 0.0,
+                    "arch_optimizer": {"lr": 0.3}},
+            cost_model={"type": "flops", "weight": weight},
+        )  # fmt: skip
+        run_search(load_experiment(path), tmp_path / f"run{weight}", log=lambda _: None)
+        ckpt = checkpoint.load(tmp_path / f"run{weight}" / "search.pt")
+        from dnas.cost_model import get_cost_model
+        from dnas.search_space import space_from_dict
+
+        space = space_from_dict(ckpt["space"], "x")
+        table = get_cost_model("flops").table(space, (64, 64), 16)
+        probs = [torch.tensor(ckpt["arch_probs"][n.name]) for n in space.searchable_layers]
+        costs.append(float(table.expected([n.name for n in space.searchable_layers], probs)))
+    uniform_cost = costs[0]
+    assert costs[1] < 0.9 * uniform_cost
+
+
+def test_random_search_keeps_the_best_of_n(tmp_path, real_mpii_root):
+    path = write_experiment(
+        tmp_path / "exp.yaml", real_mpii_root,
+        search={"strategy": "random", "steps_per_epoch": 1,
+                "random": {"samples": 3, "epochs_per_arch": 1}},
+    )  # fmt: skip
+    result = run_search(load_experiment(path), tmp_path / "run", log=lambda _: None)
+    history = checkpoint.load(tmp_path / "run" / "search.pt")["strategy"]["history"]
+    assert len(history) == 3
+    best = min(history, key=lambda h: h["val_loss"])
+    assert result["choices"] == best["choices"]
+    assert result["final_cost"] == pytest.approx(best["cost"])
+
+
+def test_random_search_budget(tmp_path, real_mpii_root):
+    base = {"strategy": "random", "steps_per_epoch": 1, "random": {"samples": 2,
+            "epochs_per_arch": 1, "budget": 1.2}}  # fmt: skip
+    path = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search=base)
+    run_search(load_experiment(path), tmp_path / "run", log=lambda _: None)
+    history = checkpoint.load(tmp_path / "run" / "search.pt")["strategy"]["history"]
+    assert all(h["cost"] <= 1.2 for h in history)
+    path = write_experiment(tmp_path / "exp2.yaml", real_mpii_root,
+                            search={**base, "random": {**base["random"], "budget": 0.5,
+                                                       "max_tries": 50}})  # fmt: skip
+    message = r"budget: no architecture within 0.5 MMAC in 50 samples \(the cheapest costs 0.967"
+    with pytest.raises(DnasError, match=message):
+        run_search(load_experiment(path), tmp_path / "run2", log=lambda _: None)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_demo_pipeline_on_a_tiny_config(tmp_path):
+    """The demo commands on tiny synthetic data: synth -> search -> derive -> train -> eval."""
+    data = tmp_path / "synth"
+    out = invoke("data", "synth-mpii", data, "--train", 24, "--val", 6, "--size", 96)
+    assert "wrote 24 train and 6 val images" in out
+    assert "cached" in invoke("data", "synth-mpii", data, "--train", 24, "--val", 6, "--size", 96)
+    exp = write_experiment(tmp_path / "exp.yaml", data)
+    invoke("search", exp, "--out", tmp_path / "search")
+    out = invoke("derive", tmp_path / "search", "-o", tmp_path / "arch.yaml")
+    assert "stage1.0" in out
+    invoke("train", exp, "--arch", tmp_path / "arch.yaml", "--out", tmp_path / "train")
+    for name in ("model.pt", "best.pt", "last.pt", "config.yaml"):
+        assert (tmp_path / "train" / name).exists()
+    out = invoke("eval", exp, "--arch", tmp_path / "arch.yaml", "--weights",
+                 tmp_path / "train" / "model.pt", "--out", tmp_path / "eval")  # fmt: skip
+    assert "| PCKh@0.5 | Head |" in out
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    for key in ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean", "Mean@0.1"):
+        assert 0.0 <= results[key] <= 100.0
+    assert results["architecture"] == str((tmp_path / "arch.yaml").resolve())
+    assert results["params"] > 0 and results["macs"] > 0
+    assert (tmp_path / "eval" / "pred.mat").exists()
+    again = CliRunner().invoke(cli, ["eval", str(exp), "--arch", str(tmp_path / "arch.yaml"),
+                                     "--weights", str(tmp_path / "train" / "model.pt"),
+                                     "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert again.exit_code == 1 and "results.json already exists" in again.output
+
+
+def test_train_refuses_a_search_space(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root)
+    result = CliRunner().invoke(cli, ["train", str(exp), "--arch", "mbv2_pose_small", "--out",
+                                      str(tmp_path / "t")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "28 layers still have several candidate ops" in result.output
