@@ -70,7 +70,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def check_finite(value: Tensor, what: str, step: int) -> float:
+def check_finite(value: Tensor | float, what: str, step: int) -> float:
+    """The value as a float; a NaN or infinity stops the run with a one-line error."""
     out = float(value)
     if not math.isfinite(out):
         raise DnasError(f"non-finite {what} ({out}) at step {step}; lower the learning rate")

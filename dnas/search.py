@@ -9,11 +9,11 @@ writes the run directory: ``config.yaml``, ``search.pt`` (checkpoint), ``search.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 from torch.utils.data import Subset
 from torch.utils.tensorboard import SummaryWriter
@@ -88,6 +88,7 @@ def run_search(exp: Experiment, out_dir: Path, log: Callable[[str], None] = prin
     arch_batches = forever(arch_loader)
     global_step = 0
     for epoch in range(strategy.num_epochs):
+        started = time.perf_counter()
         strategy.new_epoch(epoch)
         sums: dict[str, float] = {}
         batches = zip(range(steps), weight_loader, strict=False)
@@ -96,12 +97,14 @@ def run_search(exp: Experiment, out_dir: Path, log: Callable[[str], None] = prin
         ):
             stats = strategy.step(to_device(batch, device), to_device(next(arch_batches), device))
             for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + check_finite(torch.tensor(value), key, global_step)
+                sums[key] = sums.get(key, 0.0) + check_finite(value, key, global_step)
             global_step += 1
         epoch_stats = {k: v / steps for k, v in sums.items()}
         epoch_stats.update(strategy.end_epoch(epoch, score_loader))
         for key, value in epoch_stats.items():
             writer.add_scalar(key, value, epoch + 1)
+        elapsed = time.perf_counter() - started
+        epoch_stats["time/epoch_s"] = elapsed
         log(f"epoch {epoch + 1}/{strategy.num_epochs}  {format_stats(epoch_stats)}")
         save_atomic(
             {

@@ -7,6 +7,7 @@ validation score), ``model.pt`` (final weights), ``results.json`` and TensorBoar
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def build_fixed(exp: Experiment, arch_ref: str, task: Task) -> tuple[SearchSpace
     return arch, Network(arch, task.num_outputs)
 
 
+def load_weights(net: Network, path: Path) -> None:
+    """Load a state_dict or dnas checkpoint into ``net``; a mismatch is a one-line error."""
+    try:
+        net.load_state_dict(checkpoint.state_dict_of(checkpoint.load(path), path))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise DnasError(f"{path}: weights do not fit {net.space.source} ({first})") from None
+
+
 def model_size(net: Network, input_hw: tuple[int, int]) -> dict[str, int]:
     device = next(net.parameters()).device
     return {
@@ -65,7 +75,7 @@ def run_train(
     task = build_task(exp)
     arch, net = build_fixed(exp, arch_ref, task)
     if init is not None:
-        net.load_state_dict(checkpoint.state_dict_of(checkpoint.load(init), init))
+        load_weights(net, init)
     device = pick_device(exp.device)
     net.to(device)
     cfg = exp.train
@@ -92,6 +102,7 @@ def run_train(
     metrics: Metrics | None = None
     step = 0
     for epoch in range(cfg.epochs):
+        started = time.perf_counter()
         total = 0.0
         batches = zip(range(steps), train_loader, strict=False)
         for _, batch in tqdm(
@@ -116,7 +127,7 @@ def run_train(
                 best = metrics
                 checkpoint.save_atomic(state, out_dir / "best.pt")
         checkpoint.save_atomic(state, out_dir / "last.pt")
-        log(line)
+        log(f"{line}  ({time.perf_counter() - started:.0f} s)")
     writer.close()
     checkpoint.save_atomic(net.state_dict(), out_dir / "model.pt")
     assert metrics is not None
@@ -127,11 +138,7 @@ def run_eval(exp: Experiment, arch_ref: str, weights: Path, out_dir: Path) -> di
     """Evaluate trained weights on the validation split; writes ``results.json`` into out_dir."""
     task = build_task(exp)
     arch, net = build_fixed(exp, arch_ref, task)
-    try:
-        net.load_state_dict(checkpoint.state_dict_of(checkpoint.load(weights), weights))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise DnasError(f"{weights}: weights do not fit {arch.source} ({first})") from None
+    load_weights(net, weights)
     device = pick_device(exp.device)
     net.to(device)
     size = model_size(net, exp.input_hw)

@@ -7,12 +7,14 @@ DNAS=${DNAS:-dnas}
 DATA=${DATA:-data/synth-mpii}
 CONFIG=${CONFIG:-examples/demo.yaml}
 OUT=${OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
+N_TRAIN=${N_TRAIN:-3000}
+N_VAL=${N_VAL:-300}
 START=$(date +%s)
 
 step() { printf '\n== %s\n' "$*"; }
 
 step "1/5 data: synthetic MPII-format set in $DATA"
-$DNAS data synth-mpii "$DATA" --train 3000 --val 300 --seed 0
+$DNAS data synth-mpii "$DATA" --train "$N_TRAIN" --val "$N_VAL" --seed 0
 
 step "2/5 search: cost-aware DARTS over mbv2_pose_small"
 $DNAS search "$CONFIG" --out "$OUT/search" --set "task.root=$DATA"

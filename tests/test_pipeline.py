@@ -132,3 +132,66 @@ def test_train_refuses_a_search_space(tmp_path, real_mpii_root):
                                       str(tmp_path / "t")])  # fmt: skip
     assert result.exit_code == 1
     assert "28 layers still have several candidate ops" in result.output
+
+
+def test_demo_script_runs_its_five_commands(tmp_path):
+    """examples/demo.sh itself (what `make demo` runs), on a tiny config and data set."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    data = tmp_path / "synth"
+    exp = write_experiment(tmp_path / "exp.yaml", data)
+    env = {
+        **os.environ,
+        "DNAS": f"{sys.executable} -m dnas",
+        "DATA": str(data),
+        "CONFIG": str(exp),
+        "OUT": str(tmp_path / "demo"),
+        "N_TRAIN": "16",
+        "N_VAL": "4",
+    }
+    done = subprocess.run(["bash", str(REPO / "examples" / "demo.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| PCKh@0.5 | Head | Shoulder |" in done.stdout
+    assert "params " in done.stdout and "MACs " in done.stdout
+    results = json.loads((tmp_path / "demo" / "eval" / "results.json").read_text())
+    assert results["architecture"] == str((tmp_path / "demo" / "arch.yaml").resolve())
+    assert str(tmp_path / "demo" / "eval" / "results.json") in done.stdout
+
+
+def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root)
+    checkpoint.save_atomic({"stem_0.0.weight": torch.zeros(3)}, tmp_path / "w.pt")
+    args = ["eval", exp, "--arch", "efficientpose-a", "--weights", tmp_path / "w.pt", "--out",
+            tmp_path / "e"]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {tmp_path / 'w.pt'}: weights do not fit")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path, real_mpii_root, monkeypatch):
+    """A NaN in the second epoch stops the run; the epoch-1 checkpoint stays intact."""
+    from tasks.pose.task import PoseTask
+
+    calls = {"n": 0}
+    real_loss = PoseTask.loss
+
+    def loss(self, output, batch):
+        calls["n"] += 1
+        value = real_loss(self, output, batch)
+        return value * float("nan") if calls["n"] >= 2 else value
+
+    monkeypatch.setattr(PoseTask, "loss", loss)
+    exp = write_experiment(
+        tmp_path / "exp.yaml",
+        real_mpii_root,
+        search={"warmup_epochs": 2, "epochs": 0, "steps_per_epoch": 2},
+    )
+    with pytest.raises(DnasError, match=r"non-finite train/loss \(nan\) at step 1"):
+        run_search(load_experiment(exp), tmp_path / "run", log=lambda _: None)
+    assert checkpoint.load(tmp_path / "run" / "search.pt")["epoch"] == 1

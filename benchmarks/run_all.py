@@ -1,0 +1,112 @@
+"""Speed benchmarks for the CPU path; prints one JSON object (figures go to docs/benchmarks.md).
+
+- search_step: one DARTS step (architecture + weights) on the small space's super net vs one
+  training step of the derived-size net EfficientPose-A, same batch and input;
+- data_pipeline: MPII-style crops with full augmentation and heatmap targets, one process;
+- inference: EfficientPose-A/B/C at batch 1, 256x256, eager PyTorch, median latency.
+Run: ``make bench`` (or ``python benchmarks/run_all.py --quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dnas.config import CostConfig, SearchConfig
+from dnas.cost_model import get_cost_model
+from dnas.darts import DartsStrategy
+from dnas.network import Network
+from dnas.runtime import weight_step
+from dnas.search_space import load_space
+from tasks.pose.mpii import Augment, MPIIDataset
+from tasks.pose.synth import write_synthetic_mpii
+from tasks.pose.task import PoseOptions, PoseTask
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def fake_batch(batch: int, hw: int) -> dict:
+    return {
+        "input": torch.randn(batch, 3, hw, hw),
+        "target": torch.rand(batch, 16, hw // 4, hw // 4),
+        "target_weight": torch.ones(batch, 16, 1),
+    }
+
+
+def bench_search_step(root: Path, batch: int, hw: int, repeats: int) -> dict:
+    task = PoseTask(PoseOptions(root=str(root)), (hw, hw), "bench")
+    space = load_space("mbv2_pose_small")
+    supernet = Network(space, 16)
+    table = get_cost_model("flops").table(space, (hw, hw), 16)
+    darts = DartsStrategy(SearchConfig(warmup_epochs=0), CostConfig())
+    darts.adapt_search_space(supernet, task, table, torch.device("cpu"))
+    darts.new_epoch(0)
+    data = fake_batch(batch, hw)
+    search_s = timed(lambda: darts.step(data, data), repeats)
+    net = Network(load_space("efficientpose-a"), 16)
+    params = net.weight_parameters()
+    opt = torch.optim.Adam(params, lr=1e-3)
+    train_s = timed(lambda: weight_step(net, data, task.loss, opt, params), repeats)
+    return {
+        "batch": batch, "input": hw,
+        "darts_step_s": round(search_s, 3), "darts_samples_per_s": round(batch / search_s, 1),
+        "train_step_efficientpose_a_s": round(train_s, 3),
+        "train_samples_per_s": round(batch / train_s, 1),
+        "search_over_train_time": round(search_s / train_s, 2),
+    }  # fmt: skip
+
+
+def bench_data(root: Path, hw: int, items: int) -> dict:
+    ds = MPIIDataset(root, "train", (hw, hw), augment=Augment())
+    n = min(items, len(ds))
+    seconds = timed(lambda: [ds[i] for i in range(n)], repeats=3)
+    return {"input": hw, "samples_per_s_per_worker": round(n / seconds, 1)}
+
+
+def bench_inference(repeats: int) -> dict:
+    out = {}
+    x = torch.randn(1, 3, 256, 256)
+    for name in ("efficientpose-a", "efficientpose-b", "efficientpose-c"):
+        net = Network(load_space(name), 16).eval()
+        with torch.inference_mode():
+            out[f"{name}_ms"] = round(1000 * timed(lambda n=net: n(x), repeats, warmup=3), 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny repeats, for a smoke run")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else 10
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_synthetic_mpii(root, n_train=64, n_val=4, seed=0, image_size=256)
+        report = {
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "torch": torch.__version__, "threads": torch.get_num_threads()},
+            "search_step": bench_search_step(root, 16, 128, repeats),
+            "data_pipeline": bench_data(root, 256, 64),
+            "inference_batch1_256": bench_inference(repeats * 3),
+        }  # fmt: skip
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
