@@ -91,7 +91,10 @@ class CostModel(ABC):
             table = CostTable.load(path)
             if table.key == key:
                 return table
-        table = self.build(space, input_hw, num_outputs)
+        # Building instantiates modules: keep the caller's RNG stream identical with or without
+        # a cached table, so a seeded search does not depend on the cache.
+        with torch.random.fork_rng(devices=[]):
+            table = self.build(space, input_hw, num_outputs)
         table.key = key
         table.save(path)
         return table

@@ -32,7 +32,6 @@ class Layer:
     """One node of the backbone: candidates are op strings (one for a fixed layer)."""
 
     name: str
-    stage: str
     input: str
     width: int
     stride: int
@@ -284,7 +283,6 @@ def _read_stem(raw: Any, source: str, pending: list) -> list[Layer]:
         check_keys(item, _STEM_KEYS, ("op", "width"), source, path)
         layer = Layer(
             name=f"stem.{i}",
-            stage="stem",
             input=previous,
             width=_int(item["width"], source, join(path, "width"), 1, MAX_WIDTH),
             stride=_stride(item.get("stride", 1), source, join(path, "stride")),
@@ -344,7 +342,7 @@ def _read_stage(raw: Any, i: int, previous: str, source: str, pending: list) -> 
         # skip: true adds identity to every layer after the first (the first one reshapes).
         if add_skip and j > 0:
             ops = (*ops, "skip")
-        layer = Layer(f"{name}.{j}", name, previous, width, layer_stride, ops)
+        layer = Layer(f"{name}.{j}", previous, width, layer_stride, ops)
         pending.append((layer, ops_path))
         layers.append(layer)
         previous = layer.name

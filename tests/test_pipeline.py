@@ -120,6 +120,15 @@ def test_demo_pipeline_on_a_tiny_config(tmp_path):
     assert results["architecture"] == str((tmp_path / "arch.yaml").resolve())
     assert results["params"] > 0 and results["macs"] > 0
     assert (tmp_path / "eval" / "pred.mat").exists()
+    as_json = json.loads(invoke("eval", exp, "--arch", tmp_path / "arch.yaml", "--weights",
+                                tmp_path / "train" / "best.pt", "--out", tmp_path / "eval2",
+                                "--format", "json"))  # fmt: skip
+    assert set(as_json) >= {"Mean", "Mean@0.1", "params", "macs", "architecture"}
+    invoke("train", exp, "--arch", tmp_path / "arch.yaml", "--out", tmp_path / "train2",
+           "--init", tmp_path / "train" / "model.pt", "--set", "train.epochs=1")  # fmt: skip
+    random = ["--set", "search.random.samples=2", "--set", "search.random.epochs_per_arch=1"]
+    invoke("search", exp, "--out", tmp_path / "random", "--strategy", "random", *random)
+    assert json.loads((tmp_path / "random" / "search.json").read_text())["strategy"] == "random"
     again = CliRunner().invoke(cli, ["eval", str(exp), "--arch", str(tmp_path / "arch.yaml"),
                                      "--weights", str(tmp_path / "train" / "model.pt"),
                                      "--out", str(tmp_path / "eval")])  # fmt: skip
@@ -195,3 +204,16 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, real_mpii_root, monk
     with pytest.raises(DnasError, match=r"non-finite train/loss \(nan\) at step 1"):
         run_search(load_experiment(exp), tmp_path / "run", log=lambda _: None)
     assert checkpoint.load(tmp_path / "run" / "search.pt")["epoch"] == 1
+
+
+def test_search_is_reproducible_with_a_cold_or_warm_cost_cache(tmp_path, real_mpii_root,
+                                                               monkeypatch):  # fmt: skip
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root)
+    runs = []
+    for name in ("cold", "warm"):  # the first run builds the cost table, the second reads it
+        monkeypatch.setenv("DNAS_CACHE_DIR", str(tmp_path / "cache"))
+        run_search(load_experiment(exp), tmp_path / name, log=lambda _: None)
+        runs.append(checkpoint.load(tmp_path / name / "search.pt")["strategy"]["model"])
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key

@@ -151,3 +151,10 @@ def test_round_trip_through_yaml(tmp_path):
     again = load_space(write(tmp_path, space.to_dict()))
     assert [x.candidates for x in again.layers] == [x.candidates for x in space.layers]
     assert again.digest() == space.digest()
+
+
+def test_cli_lists_shipped_spaces():
+    result = CliRunner().invoke(cli, ["spaces"])
+    assert result.exit_code == 0
+    assert "efficientpose-b" in result.output
+    assert "stage4    160 s1  k7e3 k7e3 k7e3 k7e3 k7e3 k7e3 skip k7e3 k7e6 k7e3" in result.output

@@ -149,9 +149,3 @@ class MPIIDataset(Dataset):
             "scale": torch.from_numpy(scale),
             "index": index,
         }
-
-
-def worker_seed(worker_id: int) -> None:
-    """DataLoader worker_init_fn: a distinct augmentation stream per worker and epoch."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32 + worker_id)
