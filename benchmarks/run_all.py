@@ -25,9 +25,10 @@ from dnas.darts import DartsStrategy
 from dnas.network import Network
 from dnas.runtime import weight_step
 from dnas.search_space import load_space
-from tasks.pose.mpii import Augment, MPIIDataset
+from tasks.pose.mpii import MPIIDataset
 from tasks.pose.synth import write_synthetic_mpii
 from tasks.pose.task import PoseOptions, PoseTask
+from tasks.pose.topdown import Augment
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:

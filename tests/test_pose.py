@@ -111,7 +111,7 @@ def test_real_samples_through_dataset_targets_and_back(real_mpii_root):
 
 
 def test_flip_augmentation_swaps_left_and_right(real_mpii_root):
-    from tasks.pose.mpii import Augment
+    from tasks.pose.topdown import Augment
 
     plain = MPIIDataset(real_mpii_root, "valid", (128, 128))
     flipped = MPIIDataset(real_mpii_root, "valid", (128, 128),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -58,3 +59,38 @@ def decode(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
     coords = torch.stack([x, y], dim=-1)
     coords[maxvals <= 0] = 0  # HRNet: no positive response -> no prediction
     return coords, maxvals
+
+
+def decode_dark(heatmaps: np.ndarray, kernel: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """DARK sub-pixel decoding (Zhang et al., CVPR 2020): smooth each map (keeping its peak
+    height), take the log, and refine the argmax by one Newton step of a 2-D Taylor expansion.
+    Returns (N, J, 2) coordinates in heatmap pixels and (N, J) peak values."""
+    coords_t, maxvals_t = decode(torch.from_numpy(np.ascontiguousarray(heatmaps)))
+    n, j, h, w = heatmaps.shape
+    coords = np.floor(coords_t.numpy() + 0.5)  # back to the integer argmax
+    maxvals = maxvals_t.numpy()
+    hm = heatmaps.astype(np.float64).copy()
+    for i in range(n):
+        for k in range(j):
+            peak = hm[i, k].max()
+            hm[i, k] = cv2.GaussianBlur(hm[i, k], (kernel, kernel), 0)
+            if hm[i, k].max() > 0:
+                hm[i, k] *= peak / hm[i, k].max()
+    hm = np.log(np.maximum(hm, 1e-10))
+    for i in range(n):
+        for k in range(j):
+            x, y = int(coords[i, k, 0]), int(coords[i, k, 1])
+            if maxvals[i, k] <= 0 or not (1 < x < w - 2 and 1 < y < h - 2):
+                continue
+            m = hm[i, k]
+            dx = 0.5 * (m[y, x + 1] - m[y, x - 1])
+            dy = 0.5 * (m[y + 1, x] - m[y - 1, x])
+            dxx = 0.25 * (m[y, x + 2] - 2 * m[y, x] + m[y, x - 2])
+            dyy = 0.25 * (m[y + 2, x] - 2 * m[y, x] + m[y - 2, x])
+            dxy = 0.25 * (m[y + 1, x + 1] - m[y - 1, x + 1] - m[y + 1, x - 1] + m[y - 1, x - 1])
+            det = dxx * dyy - dxy**2
+            if det != 0:
+                hessian_inv = np.array([[dyy, -dxy], [-dxy, dxx]]) / det
+                coords[i, k] -= hessian_inv @ np.array([dx, dy])
+    coords[maxvals <= 0] = 0
+    return coords.astype(np.float32), maxvals

@@ -1,4 +1,4 @@
-"""The pose task: MPII-format data, heatmap MSE loss, slim-deconv head, PCKh evaluation."""
+"""The pose task: top-down heatmap datasets, MSE loss, slim-deconv head, dataset metrics."""
 
 from __future__ import annotations
 
@@ -7,58 +7,83 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from dnas.errors import DnasError
+from dnas.errors import ConfigError, DnasError
 from dnas.registry import TASKS
+from dnas.schema import from_dict
 from dnas.task import Metrics, Task
 from tasks.pose import heatmap
 from tasks.pose.loss import joints_mse
-from tasks.pose.mpii import NUM_JOINTS, Augment, MPIIDataset
-from tasks.pose.pckh import format_table, load_gt_valid_mat, pckh_table
+from tasks.pose.topdown import DATASETS, Augment, TopDownDataset
 from tasks.pose.transforms import affine_transform, apply_affine
+
+
+@dataclass
+class TestOptions:
+    """Test-time protocol (HRNet): flip test with the flipped maps shifted one pixel, then
+    argmax + quarter-pixel offset, or DARK sub-pixel decoding."""
+
+    flip: bool = True
+    shift_heatmap: bool = True
+    decoding: str = field(default="argmax", metadata={"choices": ["argmax", "dark"]})
 
 
 @dataclass
 class PoseOptions:
     root: str
-    dataset: str = field(default="mpii", metadata={"choices": ["mpii"]})
-    train_split: str = "train"
-    val_split: str = "valid"
+    dataset: str = "mpii"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    train_split: str | None = None  # default: the dataset's own split names
+    val_split: str | None = None
     sigma: float = field(default=2.0, metadata={"min": 0.1})
     heatmap_stride: int = field(default=4, metadata={"choices": [1, 2, 4, 8]})
-    augment: Augment = field(default_factory=Augment)
+    augment: dict[str, Any] = field(default_factory=dict)
+    test: TestOptions = field(default_factory=TestOptions)
 
 
 @TASKS.register("pose")
 class PoseTask(Task):
-    """Top-down heatmap pose estimation (paper Sec. 3): 16 MPII joints, PCKh@0.5."""
+    """Top-down heatmap pose estimation (paper Sec. 3), on any registered pose dataset."""
 
     name = "pose"
     Options = PoseOptions
 
+    def __init__(self, options: PoseOptions, input_hw: tuple[int, int], source: str) -> None:
+        super().__init__(options, input_hw, source)
+        try:
+            self.dataset_cls: type[TopDownDataset] = DATASETS.get(options.dataset)
+        except DnasError as exc:
+            raise ConfigError(source, "task.dataset", str(exc)) from None
+        cls = self.dataset_cls
+        self.dataset_options = (
+            from_dict(cls.Options, options.dataset_options, source, "task.dataset_options")
+            if hasattr(cls, "Options") else None
+        )  # fmt: skip
+        if options.dataset_options and self.dataset_options is None:
+            raise ConfigError(source, "task.dataset_options", f"{options.dataset} takes none")
+        self.augment = from_dict(
+            Augment, {**getattr(cls, "default_augment", {}), **options.augment}, source,
+            "task.augment",
+        )  # fmt: skip
+
     @property
     def num_outputs(self) -> int:
-        return NUM_JOINTS
+        return self.dataset_cls.num_joints()
 
     def default_head(self) -> dict[str, Any]:
         return {"type": "slim_deconv", "deconv_widths": [64, 32], "sic": True}
 
-    def dataset(self, split: str, augment: bool, seed: int = 0) -> MPIIDataset:
+    def dataset(self, split: str, augment: bool, seed: int = 0) -> TopDownDataset:
         opts = self.options
-        name = {"train": opts.train_split, "val": opts.val_split}.get(split, split)
-        return MPIIDataset(
-            Path(opts.root),
-            name,
-            self.input_hw,
-            opts.sigma,
-            opts.heatmap_stride,
-            opts.augment if augment else None,
-            seed,
-        )
+        train, val = self.dataset_cls.default_splits
+        name = {"train": opts.train_split or train, "val": opts.val_split or val}.get(split, split)
+        return self.dataset_cls(
+            Path(opts.root), name, self.input_hw, opts.sigma, opts.heatmap_stride,
+            self.augment if augment else None, seed, self.dataset_options,
+        )  # fmt: skip
 
     def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
         target = batch["target"]
@@ -70,43 +95,46 @@ class PoseTask(Task):
             )
         return joints_mse(output, target, batch["target_weight"])
 
+    def heatmaps(self, model: nn.Module, images: Tensor) -> Tensor:
+        """The model's heatmaps, averaged with those of the mirrored image when flip-testing."""
+        output = model(images).float()
+        test = self.options.test
+        if not test.flip:
+            return output
+        flipped = model(images.flip(-1)).float().flip(-1)
+        order = list(range(flipped.shape[1]))
+        for a, b in self.dataset_cls.flip_pairs:
+            order[a], order[b] = b, a
+        flipped = flipped[:, order]
+        if test.shift_heatmap:  # HRNet: the mirrored maps are off by one pixel
+            flipped[..., 1:] = flipped[..., :-1].clone()
+        return (output + flipped) * 0.5
+
     @torch.no_grad()
-    def predict(self, model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-        """(N, 16, 2) 0-based image coordinates for every person of the loader, in order."""
+    def predict(
+        self, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, J, 2) 0-based image coordinates and (N, J) peak values for the loader's people."""
         model.eval()
-        preds = []
+        preds, scores = [], []
         for batch in loader:
-            output = model(batch["input"].to(device)).float().cpu()
-            coords, _ = heatmap.decode(output)
+            output = self.heatmaps(model, batch["input"].to(device)).cpu()
+            if self.options.test.decoding == "dark":
+                coords, maxvals = heatmap.decode_dark(output.numpy())
+            else:
+                coords_t, maxvals_t = heatmap.decode(output)
+                coords, maxvals = coords_t.numpy(), maxvals_t.numpy()
             hm_wh = (output.shape[3], output.shape[2])
             for k in range(len(coords)):
                 inv = affine_transform(
                     batch["center"][k].numpy(), batch["scale"][k].numpy(), 0.0, hm_wh, inverse=True
                 )
-                preds.append(apply_affine(coords[k].numpy(), inv))
-        return np.stack(preds)
+                preds.append(apply_affine(coords[k], inv))
+            scores.append(maxvals)
+        return np.stack(preds), np.concatenate(scores)
 
     def evaluate(
         self, model: nn.Module, loader: DataLoader, device: torch.device, out_dir: Path | None
     ) -> Metrics:
-        dataset = loader.dataset
-        gt_path = dataset.root / "annot" / f"gt_{dataset.split}.mat"
-        if not gt_path.exists():
-            raise DnasError(
-                f"{gt_path}: missing; PCKh needs the head boxes of split "
-                f"{dataset.split!r} in HRNet's gt_valid.mat format"
-            )
-        gt, missing, head_sizes = load_gt_valid_mat(gt_path)
-        preds = self.predict(model, loader, device) + 1.0  # 1-based, like the ground truth
-        if len(preds) != len(gt):
-            raise DnasError(
-                f"{gt_path}: {len(gt)} people, but split {dataset.split!r} has {len(preds)}"
-            )
-        table = pckh_table(preds, gt, missing, head_sizes)
-        files = {}
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            pred_path = out_dir / "pred.mat"
-            scipy.io.savemat(str(pred_path), {"preds": preds})
-            files["predictions"] = str(pred_path)
-        return Metrics(table, "Mean", format_table(table), files)
+        preds, scores = self.predict(model, loader, device)
+        return loader.dataset.evaluate(preds, scores, out_dir)
