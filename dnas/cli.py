@@ -21,6 +21,23 @@ class DnasGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+class RootGroup(DnasGroup):
+    """The ``dnas`` group: built-in commands plus those plugins register in COMMANDS."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from dnas.registry import COMMANDS
+
+        return sorted({*super().list_commands(ctx), *COMMANDS.names()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from dnas.registry import COMMANDS
+
+        builtin = super().get_command(ctx, name)
+        if builtin is not None:
+            return builtin
+        return COMMANDS.get(name) if name in COMMANDS.names() else None
+
+
 class DataGroup(DnasGroup):
     """``dnas data``: its sub-commands come from plugins (the DATA_COMMANDS registry)."""
 
@@ -63,7 +80,7 @@ set_opt = click.option(
 force_opt = click.option("--force", is_flag=True, help="Overwrite existing results in --out.")
 
 
-@click.group(cls=DnasGroup)
+@click.group(cls=RootGroup)
 @click.version_option(package_name="dnas")
 def cli() -> None:
     """Hardware-aware differentiable architecture search for dense prediction."""

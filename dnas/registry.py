@@ -61,3 +61,4 @@ HEADS = Registry("head")
 STRATEGIES = Registry("strategy")
 COST_MODELS = Registry("cost model")
 DATA_COMMANDS = Registry("data command")
+COMMANDS = Registry("command")  # top-level CLI commands or groups contributed by plugins
