@@ -6,6 +6,9 @@ Grammar (``parse_op``):
   (stride s), 1x1 project; BN after each conv, ReLU after the first two; residual add when the
   stride is 1 and in == out channels. ``k3e1`` is MobileNetV2's first (depthwise-separable) block.
 - ``convK`` plain KxK convolution + BN + ReLU (the stem of MobileNetV2).
+- ``resK``  ResNet bottleneck (v1.5): 1x1 to out/4, KxK (stride s), 1x1 to out, BN after each,
+  projection shortcut (1x1 conv + BN) when the shape changes, ReLU after the addition.
+- ``maxpoolK`` KxK max pooling (stride s); keeps the channels.
 - ``skip``  identity; only valid where input and output shapes are equal.
 """
 
@@ -18,6 +21,8 @@ from torch import Tensor, nn
 
 _MBCONV = re.compile(r"^k(\d+)e(\d+)$")
 _CONV = re.compile(r"^conv(\d+)$")
+_RES = re.compile(r"^res(\d+)$")
+_POOL = re.compile(r"^maxpool(\d+)$")
 MAX_KERNEL = 15
 MAX_EXPANSION = 16
 
@@ -44,12 +49,13 @@ def parse_op(name: str) -> OpSpec:
         if not 1 <= expansion <= MAX_EXPANSION:
             raise ValueError(f"op {name!r}: expansion must be 1..{MAX_EXPANSION}")
         return OpSpec(name, "mbconv", kernel, expansion)
-    if m := _CONV.match(name):
-        kernel = int(m.group(1))
-        _check_kernel(name, kernel)
-        return OpSpec(name, "conv", kernel)
+    for kind, pattern in (("conv", _CONV), ("res", _RES), ("maxpool", _POOL)):
+        if m := pattern.match(name):
+            kernel = int(m.group(1))
+            _check_kernel(name, kernel)
+            return OpSpec(name, kind, kernel)
     raise ValueError(
-        f"unknown op {name!r} (expected 'kKeE' e.g. k3e6, 'convK' e.g. conv3, or 'skip')"
+        f"unknown op {name!r} (expected 'kKeE' e.g. k3e6, 'convK', 'resK', 'maxpoolK' or 'skip')"
     )
 
 
@@ -58,9 +64,15 @@ def _check_kernel(name: str, kernel: int) -> None:
         raise ValueError(f"op {name!r}: kernel must be odd and 1..{MAX_KERNEL}")
 
 
-def op_keeps_shape(spec: OpSpec) -> bool:
-    """True for ops that can only map a tensor to one of the same shape (identity)."""
-    return spec.kind == "skip"
+def shape_problem(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
+    """Why ``spec`` cannot map cin -> cout channels at this stride, or None if it can."""
+    if spec.kind == "skip" and (cin != cout or stride != 1):
+        return "needs equal input and output shapes"
+    if spec.kind == "maxpool" and cin != cout:
+        return "keeps the channel count"
+    if spec.kind == "res" and cout % 4:
+        return "needs a width divisible by 4 (bottleneck of width/4)"
+    return None
 
 
 def out_spatial(size: int, kernel: int, stride: int) -> int:
@@ -100,14 +112,38 @@ class MBConv(nn.Module):
         return x + out if self.residual else out
 
 
+class Bottleneck(nn.Module):
+    """ResNet-50's bottleneck block (stride on the KxK conv, as torchvision's v1.5)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cout // 4
+        self.body = nn.Sequential(
+            conv_bn(cin, mid, 1),
+            conv_bn(mid, mid, kernel, stride),
+            conv_bn(mid, cout, 1, relu=False),
+        )
+        self.shortcut = (
+            nn.Identity() if stride == 1 and cin == cout
+            else conv_bn(cin, cout, 1, stride, relu=False)
+        )  # fmt: skip
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
 def build_op(spec: OpSpec, cin: int, cout: int, stride: int) -> nn.Module:
     """The module for an op at a layer with the given channels and stride."""
+    problem = shape_problem(spec, cin, cout, stride)
+    if problem:
+        raise ValueError(f"{spec.name!r} {problem}, got {cin}->{cout} channels, stride {stride}")
     if spec.kind == "skip":
-        if cin != cout or stride != 1:
-            raise ValueError(
-                f"'skip' needs equal shapes, got {cin}->{cout} channels, stride {stride}"
-            )
         return nn.Identity()
     if spec.kind == "mbconv":
         return MBConv(cin, cout, spec.kernel, spec.expansion, stride)
+    if spec.kind == "res":
+        return Bottleneck(cin, cout, spec.kernel, stride)
+    if spec.kind == "maxpool":
+        return nn.MaxPool2d(spec.kernel, stride, spec.kernel // 2)
     return conv_bn(cin, cout, spec.kernel, stride)

@@ -18,7 +18,7 @@ from typing import Any
 import networkx as nx
 
 from dnas.errors import ConfigError
-from dnas.ops import out_spatial, parse_op
+from dnas.ops import out_spatial, parse_op, shape_problem
 from dnas.schema import check_keys, expect_mapping, join, load_yaml
 
 INPUT = "input"
@@ -239,7 +239,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
         for node in head.inputs:
             graph.add_edge(node, HEAD)
     _check_acyclic(graph, source)
-    _check_skips(graph, [*stem, *(lay for s in stages for lay in s.layers)], pending, source)
+    _check_op_shapes(graph, [*stem, *(lay for s in stages for lay in s.layers)], pending, source)
     return SearchSpace(name, source, in_channels, tuple(stem), tuple(stages), head, graph)
 
 
@@ -394,20 +394,21 @@ def _check_acyclic(graph: nx.DiGraph, source: str) -> None:
     raise ConfigError(source, "stages", f"the layer graph has a cycle: {path}")
 
 
-def _check_skips(graph: nx.DiGraph, layers: list[Layer], pending: list, source: str) -> None:
+def _check_op_shapes(graph: nx.DiGraph, layers: list[Layer], pending: list, source: str) -> None:
+    """Every candidate must fit its layer's channels and stride (e.g. skip needs equal shapes)."""
     paths = dict((layer.name, p) for layer, p in pending)
     for layer in layers:
-        if "skip" not in layer.candidates:
-            continue
         cin = graph.nodes[layer.input]["channels"]
-        if cin != layer.width or layer.stride != 1:
-            raise ConfigError(
-                source,
-                paths[layer.name],
-                f"'skip' on layer {layer.name} needs equal input and output shapes, but it maps "
-                f"{cin} -> {layer.width} channels with stride {layer.stride} "
-                "(use 'skip: true' on the stage to add skip only where shapes match)",
-            )
+        for op in layer.candidates:
+            problem = shape_problem(parse_op(op), cin, layer.width, layer.stride)
+            if problem:
+                hint = (" (use 'skip: true' on the stage to add skip only where shapes match)"
+                        if op == "skip" else "")  # fmt: skip
+                raise ConfigError(
+                    source, paths[layer.name],
+                    f"{op!r} on layer {layer.name} {problem}, but it maps {cin} -> "
+                    f"{layer.width} channels with stride {layer.stride}{hint}",
+                )  # fmt: skip
 
 
 def describe(space: SearchSpace) -> str:

@@ -14,6 +14,7 @@ class SlimDeconvOptions:
     deconv_widths: list[int] = field(default_factory=lambda: [64, 32], metadata={"min": 1})
     deconv_kernel: int = field(default=4, metadata={"choices": [2, 3, 4]})
     sic: bool = True
+    upsample: str = field(default="deconv", metadata={"choices": ["deconv", "separable"]})
 
 
 @HEADS.register("slim_deconv")
@@ -22,6 +23,8 @@ class SlimDeconvHead(nn.Module):
 
     SIC removes the checkerboard artefacts of transposed convolutions at almost no cost
     (paper Sec. 3.3); the final 1x1 conv (with bias) maps to one heatmap per output.
+    ``upsample: separable`` makes each step MobileNetV1-style (paper Table 8): a depthwise
+    transposed conv + BN + ReLU, then a 1x1 conv to the width + BN + ReLU.
     """
 
     Options = SlimDeconvOptions
@@ -37,11 +40,19 @@ class SlimDeconvHead(nn.Module):
         layers: list[nn.Module] = []
         cin = in_channels[0]
         for width in options.deconv_widths:
-            layers += [
-                nn.ConvTranspose2d(cin, width, k, 2, padding, output_padding, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+            if options.upsample == "separable":
+                layers += [
+                    nn.ConvTranspose2d(cin, cin, k, 2, padding, output_padding, groups=cin,
+                                       bias=False),
+                    nn.BatchNorm2d(cin),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(cin, width, 1, bias=False),
+                ]  # fmt: skip
+            else:
+                layers.append(
+                    nn.ConvTranspose2d(cin, width, k, 2, padding, output_padding, bias=False)
+                )
+            layers += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             cin = width
         if options.sic:
             layers += [nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.ReLU(inplace=True)]
