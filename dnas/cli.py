@@ -78,6 +78,10 @@ set_opt = click.option(
     help="Override a config value, e.g. --set search.epochs=2 (repeatable).",
 )  # fmt: skip
 force_opt = click.option("--force", is_flag=True, help="Overwrite existing results in --out.")
+remap_opt = click.option(
+    "--remap-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Seed MobileNetV2 state_dict (torchvision layout) to initialise from (FNA remapping).",
+)  # fmt: skip
 
 
 @click.group(cls=RootGroup)
@@ -90,14 +94,17 @@ def cli() -> None:
 @config_arg
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--strategy", help="Override search.strategy (darts, random, ...).")
+@remap_opt
 @set_opt
 @force_opt
-def search(config: Path, out: Path, strategy: str | None, overrides: tuple[str], force: bool):
+def search(config: Path, out: Path, strategy: str | None, remap_from: Path | None,
+           overrides: tuple[str], force: bool):  # fmt: skip
     """Search an architecture with the experiment CONFIG; writes OUT/search.pt and search.json."""
     from dnas.config import load_experiment
     from dnas.search import run_search
 
     extra = [f"search.strategy={strategy}"] if strategy else []
+    extra += [f"remap_from={remap_from}"] if remap_from else []
     exp = load_experiment(config, [*overrides, *extra])
     guard_output(out / "search.pt", force)
     result = run_search(exp, out, log=click.echo)
@@ -128,16 +135,17 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--init", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Initial weights (state_dict or dnas checkpoint).")  # fmt: skip
+@remap_opt
 @set_opt
 @force_opt
-def train(
-    config: Path, arch: str, out: Path, init: Path | None, overrides: tuple[str], force: bool
-):
+def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Path | None,
+          overrides: tuple[str], force: bool):  # fmt: skip
     """Train a fixed architecture ARCH with the experiment CONFIG."""
     from dnas.config import load_experiment
     from dnas.train import run_train
 
-    exp = load_experiment(config, list(overrides))
+    extra = [f"remap_from={remap_from}"] if remap_from else []
+    exp = load_experiment(config, [*overrides, *extra])
     guard_output(out / "model.pt", force)
     metrics = run_train(exp, arch, out, init, log=click.echo)
     click.echo(metrics.table)

@@ -93,6 +93,7 @@ class Experiment:
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    remap_from: str | None = None  # seed MobileNetV2 state_dict for FNA remapping (dnas.remap)
     workers: int = field(default=0, metadata={"min": 0})
     device: str = "auto"
     source: str = "<memory>"

@@ -25,6 +25,7 @@ from dnas.cost_model import get_cost_model
 from dnas.errors import ConfigError, DnasError
 from dnas.network import Network
 from dnas.registry import STRATEGIES
+from dnas.remap import remap_into
 from dnas.runtime import check_finite, forever, make_loader, pick_device, seed_everything, to_device
 from dnas.schema import to_dict
 from dnas.strategy import Strategy
@@ -75,7 +76,11 @@ def run_search(exp: Experiment, out_dir: Path, log: Callable[[str], None] = prin
     arch_loader = make_loader(Subset(train_full, a_idx), bs, True, workers, exp.seed + 1)
     score_loader = make_loader(Subset(plain_full, a_idx), bs, False, workers, exp.seed)
 
-    network = Network(space, task.num_outputs).to(device)
+    network = Network(space, task.num_outputs)
+    if exp.remap_from:
+        mapped = remap_into(network, Path(exp.remap_from))
+        log(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
+    network.to(device)
     strategy.adapt_search_space(network, task, table, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(exp), sort_keys=False))

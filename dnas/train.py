@@ -21,6 +21,7 @@ from dnas.config import Experiment
 from dnas.errors import ConfigError, DnasError
 from dnas.network import Network
 from dnas.profile import count_macs, count_params
+from dnas.remap import remap_into
 from dnas.runtime import (
     check_finite,
     make_loader,
@@ -76,6 +77,9 @@ def run_train(
     arch, net = build_fixed(exp, arch_ref, task)
     if init is not None:
         load_weights(net, init)
+    elif exp.remap_from:
+        mapped = remap_into(net, Path(exp.remap_from))
+        log(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
     device = pick_device(exp.device)
     net.to(device)
     cfg = exp.train
