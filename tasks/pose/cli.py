@@ -92,4 +92,28 @@ def pckh(gt_path: Path, preds_path: Path, fmt: str) -> None:  # fmt: skip
         click.echo(format_table(table))
 
 
+@pose.command("coco-ap")
+@click.option(
+    "--gt",
+    "gt_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="COCO person-keypoints annotation json (ground truth).",
+)
+@click.option(
+    "--results",
+    "results_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Keypoint results json in the official COCO results format.",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def coco_ap(gt_path: Path, results_path: Path, fmt: str) -> None:  # fmt: skip
+    """COCO keypoint AP, AP50, AP75, APM, APL, AR of a results file (pycocotools COCOeval)."""
+    from tasks.pose.coco import coco_keypoint_ap, format_coco_table
+
+    stats = coco_keypoint_ap(gt_path, results_path)
+    click.echo(json.dumps(stats) if fmt == "json" else format_coco_table(stats))
+
+
 COMMANDS.register("pose")(pose)

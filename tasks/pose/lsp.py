@@ -1,0 +1,173 @@
+"""Leeds Sports Pose (LSP) and LSP-extended: ``root/joints.mat`` and ``root/images/``.
+
+``joints.mat`` holds ``joints`` as (14, 3, N) in LSP-extended (images ``im%05d.jpg``) or
+(3, 14, N) in the original LSP (images ``im%04d.jpg``); the shape says which. Rows are x, y in
+1-based pixels and a flag with opposite meanings: LSP-extended's flag is 1 = visible, 0 = not
+visible (its README), the original LSP's is 1 = occluded, 0 = visible (its converters, e.g.
+Wei Yang's gen_lsp.m, use ``1 - flag``). The flag is kept as ``meta["visible"]`` (1 = visible).
+
+Target weight and scoring follow the coordinates, not the flag: a joint counts as annotated
+when both 1-based coordinates are positive. LSP-extended marks joints out of frame with 0
+or negative coordinates (on the first 2000 LSPET people the flag is 0 exactly for those, bar two
+head tops just above the frame, and no joint lies past the right or bottom edge), while the
+original LSP gives coordinates for occluded joints, and MPII trains on its occluded joints too.
+
+Splits are 0-based [start, stop) index ranges into ``joints.mat`` (``train_range``,
+``val_range``). The person box is the annotated joints' bounding box, grown to at least half
+the ~150 px person height the images are scaled to, then padded 1.25x; a person with no
+annotated joint has no box and is left out. Scored by PCK@0.2 of the torso size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from dnas.errors import DnasError
+from dnas.task import Metrics
+from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
+
+LSP_JOINTS = [
+    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist", "r_elbow",
+    "r_shoulder", "l_shoulder", "l_elbow", "l_wrist", "neck", "head_top",
+]  # fmt: skip
+LSP_FLIP_PAIRS = [(0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9)]
+# PCK's torso diameter: the person's left shoulder to right hip, the pair of the usual LSP
+# evaluation code (bearpaw/eval_pose: "right shoulder and left hip" as the viewer sees them);
+# one fixed diagonal keeps scores comparable with published LSP tables.
+TORSO_PAIR = (9, 2)
+# table row -> (right, left) joint indices; Head averages neck and head_top.
+GROUPS = {
+    "Head": (12, 13), "Shoulder": (8, 9), "Elbow": (7, 10), "Wrist": (6, 11),
+    "Hip": (2, 3), "Knee": (1, 4), "Ankle": (0, 5),
+}  # fmt: skip
+TABLE_KEYS = [*GROUPS, "Mean"]
+PERSON_PX = 150.0  # the LSP readmes: images are scaled so the person is ~150 px long
+PADDING = 1.25
+
+
+@dataclass
+class LSPOptions:
+    """0-based [start, stop) index ranges into joints.mat for the two splits."""
+
+    train_range: list[int] = field(default_factory=lambda: [0, 1800], metadata={"min": 0})
+    val_range: list[int] = field(default_factory=lambda: [1800, 2000], metadata={"min": 0})
+
+
+def torso_sizes(gt: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """(N,) left shoulder to right hip distances; 0 where either joint is not annotated."""
+    a, b = TORSO_PAIR
+    size = np.linalg.norm(gt[:, a] - gt[:, b], axis=-1)
+    return np.where(annotated[:, a] & annotated[:, b], size, 0.0)
+
+
+def pck(
+    preds: np.ndarray, gt: np.ndarray, annotated: np.ndarray, threshold: float = 0.2
+) -> dict[str, float]:
+    """PCK table in percent: a joint is correct when its error is <= threshold x torso size.
+
+    Joints not annotated and people without a torso size are skipped; left and right (and
+    neck and head_top) are averaged per row; Mean is pooled over all 14 joints.
+    """
+    torso = torso_sizes(gt, annotated)
+    counted = annotated & (torso > 0)[:, None]
+    err = np.linalg.norm(preds - gt, axis=-1) / np.maximum(torso, 1e-12)[:, None]
+    correct = ((err <= threshold) & counted).sum(axis=0).astype(np.float64)
+    count = counted.sum(axis=0).astype(np.float64)
+    per_joint = 100.0 * correct / np.maximum(count, 1)
+    table = {
+        name: float(0.5 * (per_joint[right] + per_joint[left]))
+        for name, (right, left) in GROUPS.items()
+    }
+    table["Mean"] = float(100.0 * correct.sum() / max(count.sum(), 1))
+    return table
+
+
+def format_table(table: dict[str, float], title: str = "PCK@0.2") -> str:
+    """The PCK table as one Markdown row, in the layout of the MPII PCKh table."""
+    header = f"| {title} | " + " | ".join(TABLE_KEYS) + " |"
+    rule = "|" + "---|" * (len(TABLE_KEYS) + 1)
+    row = "| | " + " | ".join(f"{table[k]:.2f}" for k in TABLE_KEYS) + " |"
+    return "\n".join([header, rule, row])
+
+
+def load_joints(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """joints.mat -> (joints (N, 14, 2) 1-based, visible (N, 14) with 1 = visible, image
+    name pattern), from either the LSP-extended or the original LSP layout."""
+    if not path.exists():
+        raise DnasError(f"{path}: missing; LSP needs joints.mat beside images/")
+    try:
+        raw = np.asarray(scipy.io.loadmat(str(path))["joints"], np.float64)
+    except (KeyError, OSError, TypeError, ValueError, scipy.io.matlab.MatReadError) as exc:
+        raise DnasError(f"{path}: not a MATLAB file with a numeric 'joints' array "
+                        f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+    if raw.ndim == 3 and raw.shape[:2] == (14, 3):  # LSP-extended: flag 1 = visible
+        arr = raw.transpose(2, 0, 1)
+        return arr[..., :2], arr[..., 2], "im{:05d}.jpg"
+    if raw.ndim == 3 and raw.shape[:2] == (3, 14):  # original LSP: flag 1 = occluded
+        arr = raw.transpose(2, 1, 0)
+        return arr[..., :2], 1.0 - arr[..., 2], "im{:04d}.jpg"
+    raise DnasError(f"{path}: expected a 'joints' array of shape (14, 3, N) (LSP-extended) or "
+                    f"(3, 14, N) (LSP), got {raw.shape}")  # fmt: skip
+
+
+@DATASETS.register("lsp")
+class LSPDataset(TopDownDataset):
+    joint_names = tuple(LSP_JOINTS)
+    flip_pairs = LSP_FLIP_PAIRS
+    upper_body_ids = (6, 7, 8, 9, 10, 11, 12, 13)
+    default_splits = ("train", "val")
+    Options = LSPOptions
+
+    def split_range(self, total: int, path: Path) -> range:
+        """The split's people, after checking both ranges against the file's N."""
+        options = self.options or LSPOptions()
+        ranges = {"train": options.train_range, "val": options.val_range}
+        for name, bounds in ranges.items():
+            if len(bounds) != 2 or not bounds[0] < bounds[1] <= total:
+                raise DnasError(f"task.dataset_options.{name}_range: expected [start, stop) with "
+                                f"0 <= start < stop <= {total} (the people in {path}), got "
+                                f"{bounds}")  # fmt: skip
+        if self.split not in ranges:
+            raise DnasError(f"{self.root}: lsp has splits 'train' and 'val' (index ranges set by "
+                            f"task.dataset_options), got {self.split!r}")  # fmt: skip
+        return range(*ranges[self.split])
+
+    def load_records(self) -> list[PersonRecord]:
+        path = self.root / "joints.mat"
+        joints, visible, pattern = load_joints(path)
+        records = []
+        for i in self.split_range(len(joints), path):
+            annotated = (joints[i] > 0).all(axis=-1)
+            if not annotated.any():
+                continue
+            lo, hi = joints[i][annotated].min(0), joints[i][annotated].max(0)
+            grow = np.maximum(0.5 * PERSON_PX - (hi - lo).max(), 0.0) * 0.5
+            lo, hi = lo - grow - 1.0, hi + grow - 1.0  # 0-based
+            center, scale = self.box_to_center_scale(*lo, *(hi - lo), PADDING)
+            records.append(PersonRecord(
+                self.root / "images" / pattern.format(i + 1), center, scale,
+                (joints[i] - 1.0).astype(np.float32), annotated.astype(np.float32),
+                {"index": i, "visible": visible[i].astype(np.float32)},
+            ))  # fmt: skip
+        return records
+
+    def evaluate(self, preds: np.ndarray, scores: np.ndarray, out_dir: Path | None) -> Metrics:
+        if len(preds) != len(self.records):
+            raise DnasError(f"{self.root}: {len(preds)} predictions for the {len(self.records)} "
+                            f"people of split {self.split!r}")  # fmt: skip
+        gt = np.stack([r.joints for r in self.records]).astype(np.float64)
+        annotated = np.stack([r.vis for r in self.records]) > 0
+        table = pck(preds, gt, annotated)
+        scored = int((torso_sizes(gt, annotated) > 0).sum())
+        note = f"{scored} of {len(gt)} people scored (the rest lack a left shoulder or right hip)"
+        files = {}
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            pred_path = out_dir / "pred_lsp.mat"
+            scipy.io.savemat(str(pred_path), {"preds": preds + 1.0})  # 1-based like joints.mat
+            files["predictions"] = str(pred_path)
+        return Metrics(table, "Mean", format_table(table) + "\n\n" + note, files)
