@@ -158,10 +158,12 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--save-vis", type=click.IntRange(0), default=0, metavar="N",
+              help="Save N pictures of ground truth beside prediction in OUT/vis.")  # fmt: skip
 @set_opt
 @force_opt
-def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, overrides: tuple[str],
-             force: bool):  # fmt: skip
+def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, save_vis: int,
+             overrides: tuple[str], force: bool):  # fmt: skip
     """Evaluate WEIGHTS of ARCH on the validation split; writes OUT/results.json."""
     from dnas.config import load_experiment
     from dnas.search_space import describe
@@ -170,7 +172,7 @@ def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, overri
 
     exp = load_experiment(config, list(overrides))
     guard_output(out / "results.json", force)
-    results = run_eval(exp, arch, weights, out)
+    results = run_eval(exp, arch, weights, out, save_vis)
     table = results.pop("table")
     if fmt == "json":
         click.echo(json.dumps(results))

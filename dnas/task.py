@@ -65,9 +65,15 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(
-        self, model: nn.Module, loader: DataLoader, device: torch.device, out_dir: Path | None
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        out_dir: Path | None,
+        save_vis: int = 0,
     ) -> Metrics:
-        """Score ``model`` on ``loader``; may write prediction files into ``out_dir``."""
+        """Score ``model`` on ``loader``; may write prediction files into ``out_dir``, and
+        pictures of the first ``save_vis`` predictions beside their ground truth."""
 
 
 def build_task(exp: Experiment) -> Task:

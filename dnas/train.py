@@ -138,7 +138,9 @@ def run_train(
     return metrics
 
 
-def run_eval(exp: Experiment, arch_ref: str, weights: Path, out_dir: Path) -> dict:
+def run_eval(
+    exp: Experiment, arch_ref: str, weights: Path, out_dir: Path, save_vis: int = 0
+) -> dict:
     """Evaluate trained weights on the validation split; writes ``results.json`` into out_dir."""
     task = build_task(exp)
     arch, net = build_fixed(exp, arch_ref, task)
@@ -149,7 +151,7 @@ def run_eval(exp: Experiment, arch_ref: str, weights: Path, out_dir: Path) -> di
     loader = make_loader(
         task.dataset("val", augment=False), exp.train.batch_size, False, exp.workers, exp.seed
     )
-    metrics = task.evaluate(net, loader, device, out_dir)
+    metrics = task.evaluate(net, loader, device, out_dir, save_vis)
     results = {
         **metrics.values,  # the task's metric table, flat (pose: Head .. Ankle, Mean, Mean@0.1)
         "primary_metric": metrics.primary,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+import cv2
 import h5py
 import numpy as np
 import scipy.io
@@ -116,4 +117,72 @@ def coco_ap(gt_path: Path, results_path: Path, fmt: str) -> None:  # fmt: skip
     click.echo(json.dumps(stats) if fmt == "json" else format_coco_table(stats))
 
 
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected x,y,w,h in pixels, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise click.BadParameter(f"width and height must be positive, got {text!r}")
+    return x, y, w, h
+
+
+@click.command("predict")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--box", help="Person box x,y,w,h in pixels (default: the whole image).")
+@click.option(
+    "--dataset",
+    default="mpii",
+    show_default=True,
+    help="The joint set the weights predict (a registered pose dataset).",
+)
+@click.option("--input-size", default="256x256", show_default=True, help="HxW of the crop.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write (default: IMAGE's name + _pose.png, here).",
+)
+@click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+@click.option("--force", is_flag=True, help="Overwrite --output.")
+def predict(image: Path, arch: str, weights: Path, box: str | None, dataset: str,
+            input_size: str, output: Path | None, no_flip: bool, force: bool) -> None:  # fmt: skip
+    """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
+    from dnas.cli import guard_output, parse_size
+    from dnas.network import Network
+    from dnas.search_space import load_space
+    from dnas.train import load_weights
+    from tasks.pose.draw import draw_pose, write_png
+    from tasks.pose.inference import predict_batch
+    from tasks.pose.topdown import DATASETS, box_to_center_scale, to_input
+    from tasks.pose.transforms import affine_transform, warp
+
+    output = output or Path(f"{image.stem}_pose.png")
+    guard_output(output, force)
+    cls = DATASETS.get(dataset)
+    net = Network(load_space(arch), cls.num_joints())
+    load_weights(net, weights)
+    height, width = parse_size(input_size)
+    picture = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    if picture is None:
+        raise DnasError(f"{image}: not an image that can be decoded")
+    picture = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+    person = parse_box(box) if box else (0.0, 0.0, float(picture.shape[1]), float(picture.shape[0]))
+    center, scale = box_to_center_scale(person, (width, height))
+    crop = warp(picture, affine_transform(center, scale, 0.0, (width, height)), (width, height))
+    preds, scores = predict_batch(net, to_input(crop)[None], center[None], scale[None],
+                                  cls.flip_pairs, flip=not no_flip)  # fmt: skip
+    drawn = draw_pose(picture, preds[0], scores[0] > 0.2, cls.joint_names, cls.skeleton)
+    write_png(output, drawn)
+    keypoints = [
+        {"name": n, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
+        for n, (x, y), s in zip(cls.joint_names, preds[0], scores[0], strict=True)
+    ]
+    click.echo(json.dumps({"image": str(image), "box": list(person), "output": str(output),
+                           "keypoints": keypoints}))  # fmt: skip
+
+
 COMMANDS.register("pose")(pose)
+COMMANDS.register("predict")(predict)

@@ -189,6 +189,9 @@ class COCODataset(TopDownDataset):
 
     Options = COCOOptions
     joint_names = COCO_JOINTS
+    skeleton = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6),
+                (5, 7), (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5),
+                (4, 6))  # fmt: skip
     flip_pairs = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
     upper_body_ids = tuple(range(11))
     default_splits = ("train2017", "val2017")

@@ -117,6 +117,8 @@ def load_joints(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
 @DATASETS.register("lsp")
 class LSPDataset(TopDownDataset):
     joint_names = tuple(LSP_JOINTS)
+    skeleton = ((0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 12), (9, 12),
+                (9, 10), (10, 11), (12, 13), (2, 8), (3, 9))  # fmt: skip
     flip_pairs = LSP_FLIP_PAIRS
     upper_body_ids = (6, 7, 8, 9, 10, 11, 12, 13)
     default_splits = ("train", "val")

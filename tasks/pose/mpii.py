@@ -42,6 +42,8 @@ class MPIIDataset(TopDownDataset):
     joint_names = tuple(MPII_JOINTS)
     flip_pairs = MPII_FLIP_PAIRS
     upper_body_ids = (7, 8, 9, 10, 11, 12, 13, 14, 15)
+    skeleton = ((0, 1), (1, 2), (2, 6), (3, 6), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
+                (10, 11), (11, 12), (12, 7), (7, 13), (13, 14), (14, 15))  # fmt: skip
 
     def load_records(self) -> list[PersonRecord]:
         path = self.root / "annot" / f"{self.split}.json"

@@ -15,10 +15,10 @@ from dnas.errors import ConfigError, DnasError
 from dnas.registry import TASKS
 from dnas.schema import from_dict
 from dnas.task import Metrics, Task
-from tasks.pose import heatmap
+from tasks.pose.draw import draw_pose, side_by_side, write_png
+from tasks.pose.inference import predict_batch
 from tasks.pose.loss import joints_mse
 from tasks.pose.topdown import DATASETS, Augment, TopDownDataset
-from tasks.pose.transforms import affine_transform, apply_affine
 
 
 @dataclass
@@ -95,46 +95,44 @@ class PoseTask(Task):
             )
         return joints_mse(output, target, batch["target_weight"])
 
-    def heatmaps(self, model: nn.Module, images: Tensor) -> Tensor:
-        """The model's heatmaps, averaged with those of the mirrored image when flip-testing."""
-        output = model(images).float()
-        test = self.options.test
-        if not test.flip:
-            return output
-        flipped = model(images.flip(-1)).float().flip(-1)
-        order = list(range(flipped.shape[1]))
-        for a, b in self.dataset_cls.flip_pairs:
-            order[a], order[b] = b, a
-        flipped = flipped[:, order]
-        if test.shift_heatmap:  # HRNet: the mirrored maps are off by one pixel
-            flipped[..., 1:] = flipped[..., :-1].clone()
-        return (output + flipped) * 0.5
-
-    @torch.no_grad()
     def predict(
         self, model: nn.Module, loader: DataLoader, device: torch.device
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, J, 2) 0-based image coordinates and (N, J) peak values for the loader's people."""
-        model.eval()
+        test = self.options.test
         preds, scores = [], []
         for batch in loader:
-            output = self.heatmaps(model, batch["input"].to(device)).cpu()
-            if self.options.test.decoding == "dark":
-                coords, maxvals = heatmap.decode_dark(output.numpy())
-            else:
-                coords_t, maxvals_t = heatmap.decode(output)
-                coords, maxvals = coords_t.numpy(), maxvals_t.numpy()
-            hm_wh = (output.shape[3], output.shape[2])
-            for k in range(len(coords)):
-                inv = affine_transform(
-                    batch["center"][k].numpy(), batch["scale"][k].numpy(), 0.0, hm_wh, inverse=True
-                )
-                preds.append(apply_affine(coords[k], inv))
-            scores.append(maxvals)
-        return np.stack(preds), np.concatenate(scores)
+            p, s = predict_batch(model, batch["input"].to(device), batch["center"].numpy(),
+                                 batch["scale"].numpy(), self.dataset_cls.flip_pairs, test.flip,
+                                 test.shift_heatmap, test.decoding)  # fmt: skip
+            preds.append(p)
+            scores.append(s)
+        return np.concatenate(preds), np.concatenate(scores)
 
     def evaluate(
-        self, model: nn.Module, loader: DataLoader, device: torch.device, out_dir: Path | None
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device,
+        out_dir: Path | None,
+        save_vis: int = 0,
     ) -> Metrics:
         preds, scores = self.predict(model, loader, device)
-        return loader.dataset.evaluate(preds, scores, out_dir)
+        metrics = loader.dataset.evaluate(preds, scores, out_dir)
+        if save_vis and out_dir is not None:
+            metrics.files["visualisations"] = str(
+                save_visualisations(loader.dataset, preds, scores, out_dir / "vis", save_vis)
+            )
+        return metrics
+
+
+def save_visualisations(dataset: TopDownDataset, preds: np.ndarray, scores: np.ndarray,
+                        out_dir: Path, count: int, threshold: float = 0.2) -> Path:  # fmt: skip
+    """PNGs of the first ``count`` people: ground truth (left) beside the prediction (right)."""
+    names, skeleton = dataset.joint_names, dataset.skeleton
+    for i, rec in enumerate(dataset.records[:count]):
+        image = dataset.read_image(rec.image)
+        truth = draw_pose(image, rec.joints, rec.vis > 0, names, skeleton)
+        guess = draw_pose(image, preds[i], scores[i] > threshold, names, skeleton)
+        write_png(out_dir / f"{i:04d}.png", side_by_side(truth, guess))
+    return out_dir

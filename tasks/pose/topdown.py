@@ -41,6 +41,27 @@ class Augment:
     half_body_min_joints: int = field(default=8, metadata={"min": 1})
 
 
+def box_to_center_scale(
+    box: tuple[float, float, float, float], input_wh: tuple[int, int], padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray]:
+    """A box (x, y, w, h) -> centre and scale (units of 200 px) widened to the input's aspect
+    ratio and padded (HRNet's _box2cs)."""
+    x, y, w, h = box
+    aspect = input_wh[0] / input_wh[1]
+    center = np.array([x + w * 0.5, y + h * 0.5], np.float32)
+    if w > aspect * h:
+        h = w / aspect
+    elif w < aspect * h:
+        w = h * aspect
+    return center, np.array([w / 200.0, h / 200.0], np.float32) * padding
+
+
+def to_input(crop: np.ndarray) -> torch.Tensor:
+    """An RGB uint8 crop -> the (3, H, W) float tensor the nets take (ImageNet mean/std)."""
+    x = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())
+
+
 @dataclass
 class PersonRecord:
     """One annotated (or detected) person: box as centre and scale (w, h in units of 200 px),
@@ -58,6 +79,7 @@ class TopDownDataset(Dataset, ABC):
     joint_names: ClassVar[tuple[str, ...]]
     flip_pairs: ClassVar[list[tuple[int, int]]]
     upper_body_ids: ClassVar[tuple[int, ...]] = ()
+    skeleton: ClassVar[tuple[tuple[int, int], ...]] = ()  # limbs to draw
     default_splits: ClassVar[tuple[str, str]] = ("train", "valid")  # (training, validation)
     default_augment: ClassVar[dict[str, Any]] = {}  # overrides of Augment's (MPII) defaults
 
@@ -106,14 +128,7 @@ class TopDownDataset(Dataset, ABC):
     def box_to_center_scale(
         self, x: float, y: float, w: float, h: float, padding: float = 1.25
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A box -> centre and scale with the input's aspect ratio and padding (HRNet)."""
-        aspect = self.input_wh[0] / self.input_wh[1]
-        center = np.array([x + w * 0.5, y + h * 0.5], np.float32)
-        if w > aspect * h:
-            h = w / aspect
-        elif w < aspect * h:
-            w = h * aspect
-        return center, np.array([w / 200.0, h / 200.0], np.float32) * padding
+        return box_to_center_scale((x, y, w, h), self.input_wh, padding)
 
     def _half_body(self, joints: np.ndarray, vis: np.ndarray):
         """Centre and scale of the upper or lower body only (HRNet half-body augmentation)."""
@@ -165,9 +180,8 @@ class TopDownDataset(Dataset, ABC):
         target, weight = heatmap.encode(
             apply_affine(joints, matrix), vis, self.input_wh, self.heatmap_wh, self.sigma
         )
-        x = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         return {
-            "input": torch.from_numpy(x.transpose(2, 0, 1).copy()),
+            "input": to_input(crop),
             "target": torch.from_numpy(target),
             "target_weight": torch.from_numpy(weight),
             "center": torch.from_numpy(center.astype(np.float32)),

@@ -1,0 +1,42 @@
+"""Drawing poses on images: the person's right side red, left side blue, the rest green."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from dnas.errors import DnasError
+
+RIGHT, LEFT, CENTRE = (220, 50, 50), (50, 90, 230), (40, 200, 80)  # RGB
+
+
+def _colour(name: str) -> tuple[int, int, int]:
+    return RIGHT if name.startswith("r_") else LEFT if name.startswith("l_") else CENTRE
+
+
+def draw_pose(image: np.ndarray, joints: np.ndarray, visible: np.ndarray, names: tuple[str, ...],
+              skeleton: tuple[tuple[int, int], ...]) -> np.ndarray:  # fmt: skip
+    """A copy of the RGB ``image`` with the limbs and joints whose ``visible`` flag is set."""
+    out = image.copy()
+    size = max(2, round(max(image.shape[:2]) / 160))
+    pts = [tuple(int(round(v)) for v in p) for p in joints]
+    for a, b in skeleton:
+        if visible[a] and visible[b]:
+            colour = _colour(names[a]) if names[a][:2] == names[b][:2] else CENTRE
+            cv2.line(out, pts[a], pts[b], colour, size, cv2.LINE_AA)
+    for k, p in enumerate(pts):
+        if visible[k]:
+            cv2.circle(out, p, size + 1, _colour(names[k]), -1, cv2.LINE_AA)
+    return out
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
+    """Two images of the same height next to each other with a white gap."""
+    spacer = np.full((left.shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([left, spacer, right], axis=1)
+
+
+def write_png(path, image_rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
+        raise DnasError(f"{path}: could not write the image")
