@@ -90,3 +90,45 @@ def test_eval_save_vis(tmp_path, real_mpii_root):
     assert result.exit_code == 0, result.output
     pngs = sorted((tmp_path / "e" / "vis").glob("*.png"))
     assert [p.name for p in pngs] == ["0000.png", "0001.png", "0002.png"]
+
+
+def test_eval_prediction_file_scores_the_same_with_dnas_pose_pckh(tmp_path, real_mpii_root):
+    """dnas eval on MPII writes pred.mat in the format `dnas pose pckh` reads, same numbers."""
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root)
+    net = Network(load_space(TINY_ARCH), 16)
+    save_atomic(net.state_dict(), tmp_path / "w.pt")
+    CliRunner().invoke(cli, ["eval", str(exp), "--arch", str(TINY_ARCH), "--weights",
+                             str(tmp_path / "w.pt"), "--out", str(tmp_path / "e")])  # fmt: skip
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    scored = CliRunner().invoke(
+        cli,
+        [
+            "pose",
+            "pckh",
+            "--gt",
+            str(real_mpii_root / "annot" / "gt_valid.mat"),
+            "--preds",
+            str(tmp_path / "e" / "pred.mat"),
+            "--format",
+            "json",
+        ],
+    )
+    table = json.loads(scored.output)
+    for key in ("Head", "Wrist", "Mean", "Mean@0.1"):
+        assert table[key] == round(results[key], 4)
+
+
+def test_multi_worker_loading_is_seeded(real_mpii_root):
+    """Two-worker loaders with the same seed give the same augmented batches."""
+    from dnas.runtime import make_loader
+    from tasks.pose.task import PoseOptions, PoseTask
+
+    task = PoseTask(PoseOptions(root=str(real_mpii_root)), (64, 64), "test")
+    batches = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        loader = make_loader(task.dataset("train", augment=True), 2, True, 2, seed=5)
+        batches.append([b["input"] for b in loader])
+    assert len(batches[0]) == 2
+    for a, b in zip(*batches, strict=True):
+        assert torch.equal(a, b)

@@ -28,6 +28,7 @@ import scipy.io
 
 from dnas.errors import DnasError
 from dnas.task import Metrics
+from tasks.pose import pckh
 from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
 
 LSP_JOINTS = [
@@ -88,10 +89,7 @@ def pck(
 
 def format_table(table: dict[str, float], title: str = "PCK@0.2") -> str:
     """The PCK table as one Markdown row, in the layout of the MPII PCKh table."""
-    header = f"| {title} | " + " | ".join(TABLE_KEYS) + " |"
-    rule = "|" + "---|" * (len(TABLE_KEYS) + 1)
-    row = "| | " + " | ".join(f"{table[k]:.2f}" for k in TABLE_KEYS) + " |"
-    return "\n".join([header, rule, row])
+    return pckh.format_table(table, title, TABLE_KEYS)
 
 
 def load_joints(path: Path) -> tuple[np.ndarray, np.ndarray, str]:

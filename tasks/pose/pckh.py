@@ -65,8 +65,11 @@ def pckh_table(
     return table
 
 
-def format_table(table: dict[str, float], title: str = "PCKh@0.5") -> str:
-    header = f"| {title} | " + " | ".join(TABLE_KEYS) + " |"
-    rule = "|" + "---|" * (len(TABLE_KEYS) + 1)
-    row = "| | " + " | ".join(f"{table[k]:.2f}" for k in TABLE_KEYS) + " |"
+def format_table(
+    table: dict[str, float], title: str = "PCKh@0.5", keys: list[str] = TABLE_KEYS
+) -> str:
+    """A metric table as a one-row Markdown table (the layout of every pose PCK table)."""
+    header = f"| {title} | " + " | ".join(keys) + " |"
+    rule = "|" + "---|" * (len(keys) + 1)
+    row = "| | " + " | ".join(f"{table[k]:.2f}" for k in keys) + " |"
     return "\n".join([header, rule, row])
