@@ -209,6 +209,33 @@ def cost(arch: str, input_size: str, outputs: int, fmt: str):
 
 
 @cli.command()
+@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--input-size", default="256x256", show_default=True, help="HxW.")
+@click.option("--opset", type=click.IntRange(11), default=17, show_default=True)
+@force_opt
+def export(arch: str, weights: Path, output: Path, input_size: str, opset: int, force: bool):
+    """Export trained WEIGHTS of ARCH to ONNX with batch norm folded into the convolutions."""
+    from dnas import checkpoint
+    from dnas.export import export_onnx
+    from dnas.network import Network
+    from dnas.search_space import load_space
+    from dnas.train import load_weights
+
+    guard_output(output, force)
+    space = load_space(arch)
+    state = checkpoint.state_dict_of(checkpoint.load(weights), weights)
+    head_weights = [v for k, v in state.items() if k.startswith("head.") and k.endswith("weight")]
+    if not head_weights:
+        raise DnasError(f"{weights}: no head weights to size the output from")
+    net = Network(space, head_weights[-1].shape[0])  # the last head layer sets the outputs
+    load_weights(net, weights)
+    export_onnx(net, parse_size(input_size), output, space.in_channels, opset)
+    click.echo(f"wrote {output} ({head_weights[-1].shape[0]} outputs, batch-norm folded)")
+
+
+@cli.command()
 def spaces():
     """List the shipped search spaces and architectures."""
     from dnas.search_space import describe, load_space, shipped_names

@@ -19,11 +19,19 @@ from dnas.schema import expect_mapping, from_dict, load_yaml
 
 @dataclass
 class CostConfig:
-    """Eq. 6: loss += weight * log_tau(expected cost). ``weight`` is the paper's lambda."""
+    """The cost term of the architecture loss (``dnas.cost_model.cost_penalty``).
+
+    ``form: log`` is the paper's Eq. 6, weight * log_tau(cost) (``weight`` is its lambda);
+    ``hinge`` and ``power`` are budget forms that only penalise cost above ``target`` (in the
+    cost model's unit, e.g. MMAC), so a user can ask for "at most this much".
+    """
 
     type: str = "flops"
     weight: float = field(default=0.1, metadata={"min": 0.0})
     tau: float = field(default=10.0, metadata={"min": 1.0001})
+    form: str = field(default="log", metadata={"choices": ["log", "hinge", "power"]})
+    target: float | None = field(default=None, metadata={"min": 1e-12})
+    beta: float = field(default=2.0, metadata={"min": 1.0})
 
 
 @dataclass
@@ -56,6 +64,15 @@ class RandomSearchConfig:
 
 
 @dataclass
+class SinglePathConfig:
+    """Sampling strategies: Gumbel-softmax temperature, annealed per epoch (FBNet: 5.0, x0.956)."""
+
+    tau_start: float = field(default=5.0, metadata={"min": 1e-3})
+    tau_decay: float = field(default=0.956, metadata={"min": 0.0, "max": 1.0})
+    tau_min: float = field(default=0.1, metadata={"min": 1e-3})
+
+
+@dataclass
 class SearchConfig:
     strategy: str = "darts"
     warmup_epochs: int = field(default=60, metadata={"min": 0})
@@ -67,6 +84,7 @@ class SearchConfig:
     weight_optimizer: WeightOptimizer = field(default_factory=WeightOptimizer)
     arch_optimizer: ArchOptimizer = field(default_factory=ArchOptimizer)
     random: RandomSearchConfig = field(default_factory=RandomSearchConfig)
+    single_path: SinglePathConfig = field(default_factory=SinglePathConfig)
 
 
 @dataclass
@@ -135,4 +153,6 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError(source, "input_size", f"expected [height, width], got {exp.input_size}")
     if "name" not in exp.task:
         raise ConfigError(source, "task.name", "missing required key (e.g. pose)")
+    if exp.cost_model.form != "log" and exp.cost_model.target is None:
+        raise ConfigError(source, "cost_model.target", f"required by form {exp.cost_model.form}")
     return exp

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dnas.config import CostConfig
 from dnas.errors import DnasError
 from dnas.registry import COST_MODELS
 from dnas.search_space import SearchSpace
@@ -64,6 +65,18 @@ def cost_loss(cost: Tensor, lam: float, tau: float) -> Tensor:
     if tau <= 1.0:
         raise DnasError(f"cost tau must be > 1, got {tau}")
     return lam * torch.log(cost) / math.log(tau)
+
+
+def cost_penalty(cost: Tensor, cfg: CostConfig) -> Tensor:
+    """The configured cost term: ``log`` (Eq. 6); ``hinge``: weight * max(0, cost/target - 1);
+    ``power`` (MnasNet-like): weight * (max(1, cost/target)^beta - 1). Budget forms are 0 at
+    or below the target."""
+    if cfg.form == "log":
+        return cost_loss(cost, cfg.weight, cfg.tau)
+    ratio = cost / cfg.target
+    if cfg.form == "hinge":
+        return cfg.weight * torch.relu(ratio - 1.0)
+    return cfg.weight * (torch.clamp(ratio, min=1.0) ** cfg.beta - 1.0)
 
 
 def cache_dir() -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dnas.cost_model import CostTable, cost_loss
+from dnas.cost_model import CostTable, cost_penalty
 from dnas.network import Network
 from dnas.registry import STRATEGIES
 from dnas.runtime import weight_step
@@ -55,7 +55,7 @@ class DartsStrategy(Strategy):
         self.a_opt.zero_grad(set_to_none=True)
         task_loss = self.task.loss(self.network(batch["input"]), batch)
         cost = self.expected_cost()
-        penalty = cost_loss(cost, self.cost_cfg.weight, self.cost_cfg.tau)
+        penalty = cost_penalty(cost, self.cost_cfg)
         (task_loss + penalty).backward(inputs=self.alphas)
         self.a_opt.step()
         return {"arch/task_loss": task_loss.item(), "arch/cost_loss": penalty.item()}

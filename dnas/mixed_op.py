@@ -31,10 +31,13 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(build_op(s, cin, cout, stride) for s in specs)
         self.drop_path_rate = 0.0
 
-    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+    def forward(self, x: Tensor, weights: Tensor, active: list[int] | None = None) -> Tensor:
+        """sum_o w_o * o(x), over ``active`` paths only when given (single-path strategies)."""
         out = None
-        for w, name, op in zip(weights, self.names, self.ops, strict=True):
-            if not w.requires_grad and float(w) == 0.0:
+        indices = range(len(self.ops)) if active is None else active
+        for i in indices:
+            w, name, op = weights[i], self.names[i], self.ops[i]
+            if active is None and not w.requires_grad and float(w) == 0.0:
                 continue
             y = op(x)
             if self.training and name != "skip":

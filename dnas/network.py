@@ -62,14 +62,24 @@ class Network(nn.Module):
             if isinstance(block, MixedOp):
                 block.drop_path_rate = rate
 
-    def forward(self, x: Tensor, path_weights: list[Tensor] | None = None) -> Tensor:
-        """Run the net; ``path_weights`` (one vector per searchable layer) default to Eq. 2."""
+    def forward(
+        self,
+        x: Tensor,
+        path_weights: list[Tensor] | None = None,
+        active: list[list[int]] | None = None,
+    ) -> Tensor:
+        """Run the net; ``path_weights`` (one vector per searchable layer) default to Eq. 2;
+        ``active`` (candidate indices per searchable layer) restricts which paths run."""
         if self.searchable and path_weights is None:
             path_weights = self.arch_probs()
         weights = dict(zip(self.searchable, path_weights or [], strict=True))
+        paths = dict(zip(self.searchable, active, strict=True)) if active else {}
         feats = {"input": x}
         for name in self.order:
             block = self.blocks[module_key(name)]
             inp = feats[self.inputs[name]]
-            feats[name] = block(inp, weights[name]) if name in weights else block(inp)
+            if name in weights:
+                feats[name] = block(inp, weights[name], paths.get(name))
+            else:
+                feats[name] = block(inp)
         return self.head([feats[n] for n in self.head_inputs])

@@ -7,6 +7,7 @@ the core never names a plugin.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -25,7 +26,10 @@ def load_plugins() -> None:
         return
     _loaded = True
     for ep in entry_points(group=PLUGIN_GROUP):
-        import_module(ep.value)
+        try:
+            import_module(ep.value)
+        except ImportError as exc:  # one broken plugin must not take the others down
+            warnings.warn(f"dnas plugin {ep.name!r} ({ep.value}) not loaded: {exc}", stacklevel=2)
 
 
 class Registry:

@@ -63,3 +63,17 @@ def test_unknown_task_option_is_named(tmp_path):
     exp = load_experiment(write(tmp_path, "task: {name: segmentation-x}\n"))
     with pytest.raises(ConfigError, match=r"task.name: unknown task 'segmentation-x'"):
         build_task(exp)
+
+
+def test_a_broken_plugin_warns_and_the_rest_load(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from dnas import registry
+
+    broken = EntryPoint("broken", "dnas_no_such_plugin_module", registry.PLUGIN_GROUP)
+    real = registry.entry_points
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*real(group=group), broken])
+    monkeypatch.setattr(registry, "_loaded", False)
+    with pytest.warns(UserWarning, match=r"dnas plugin 'broken' \(dnas_no_such_plugin_module\)"):
+        registry.load_plugins()
+    assert "pose" in registry.TASKS.names()

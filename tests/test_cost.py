@@ -110,3 +110,28 @@ def test_cost_table_is_cached_and_keyed_by_input(tmp_path):
     bigger = model.table(space, (128, 128), 16)
     assert bigger.fixed > first.fixed
     assert len(list((tmp_path / "cache" / "cost_tables").glob("*.json"))) == 2
+
+
+def test_budget_forms_penalise_only_above_the_target():
+    from dnas.config import CostConfig
+    from dnas.cost_model import cost_penalty
+
+    hinge = CostConfig(form="hinge", target=100.0, weight=2.0)
+    power = CostConfig(form="power", target=100.0, weight=2.0, beta=3.0)
+    for cfg in (hinge, power):
+        below = torch.tensor(80.0, requires_grad=True)
+        assert cost_penalty(below, cfg).item() == 0.0
+        cost_penalty(below, cfg).backward()
+        assert float(below.grad) == 0.0
+    assert float(cost_penalty(torch.tensor(150.0), hinge)) == pytest.approx(2.0 * 0.5)
+    assert float(cost_penalty(torch.tensor(150.0), power)) == pytest.approx(2.0 * (1.5**3 - 1))
+
+
+def test_budget_form_needs_a_target(tmp_path):
+    from dnas.config import load_experiment
+    from dnas.errors import ConfigError
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: {name: pose, root: x}\ncost_model: {form: hinge}\n")
+    with pytest.raises(ConfigError, match=r"cost_model.target: required by form hinge"):
+        load_experiment(path)

@@ -1,0 +1,49 @@
+"""Deployment export: batch-norm folded into the preceding (transposed) convolutions, then ONNX."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from dnas.errors import DnasError
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a Conv2d/ConvTranspose2d inside a Sequential
+    into that convolution (eval-mode statistics); the model must be in eval mode."""
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if isinstance(bn, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d | nn.ConvTranspose2d):
+                transpose = isinstance(conv, nn.ConvTranspose2d)
+                module[i] = fuse_conv_bn_eval(conv, bn, transpose=transpose)
+                module[i + 1] = nn.Identity()
+    return model
+
+
+def export_onnx(model: nn.Module, input_hw: tuple[int, int], path: Path, in_channels: int = 3,
+                opset: int = 17) -> Path:  # fmt: skip
+    """Write a BN-folded copy of ``model`` to ONNX with a dynamic batch axis."""
+    model = fold_batchnorm(copy.deepcopy(model).eval())
+    x = torch.zeros(1, in_channels, *input_hw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                model, (x,), str(path), dynamo=False, opset_version=opset,
+                input_names=["input"], output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )  # fmt: skip
+    except OSError as exc:
+        raise DnasError(f"{path}: cannot write ({exc.strerror})") from None
+    return path

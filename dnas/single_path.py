@@ -1,0 +1,101 @@
+"""Single-path strategies: each step runs one sampled candidate per layer (two for a binary-gate
+architecture step), so search steps cost about as much as training one network.
+
+- ``gumbel`` (FBNet's Gumbel-softmax, GDAS-style hard sampling): one path per layer sampled
+  from softmax((alpha + g) / tau) with an annealed temperature; the forward pass runs only the
+  sampled op, weighted by the straight-through one-hot, so alpha gets gradients through the
+  relaxed sample.
+- ``binary_gates`` (ProxylessNAS): weight steps run one path sampled from softmax(alpha);
+  architecture steps sample two paths, run both, and pass the gradient through the two paths'
+  renormalised probabilities with a straight-through binary gate.
+Both add the cost term on the expected cost of softmax(alpha), as DARTS does.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dnas.cost_model import cost_penalty
+from dnas.darts import DartsStrategy
+from dnas.registry import STRATEGIES
+from dnas.runtime import weight_step
+
+
+class _SinglePath(DartsStrategy):
+    def new_epoch(self, epoch: int) -> None:
+        super().new_epoch(epoch)
+        sp = self.cfg.single_path
+        self.tau = max(sp.tau_min, sp.tau_start * sp.tau_decay**epoch)
+
+    def sample_one(self) -> tuple[list[Tensor], list[list[int]]]:
+        """One path per layer from softmax(alpha), gate 1 (no gradient to alpha)."""
+        weights, active = [], []
+        for alpha in self.alphas:
+            index = int(torch.multinomial(torch.softmax(alpha.detach(), -1), 1))
+            weights.append(F.one_hot(torch.tensor(index), len(alpha)).to(alpha))
+            active.append([index])
+        return weights, active
+
+    def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]:
+        stats = {} if self.warming_up else self.arch_step(val_batch)
+        weights, active = self.sample_one()
+        loss = weight_step(
+            self.network, train_batch, self.task.loss, self.w_opt, self.weights,
+            self.cfg.weight_optimizer.grad_clip, path_weights=weights, active=active,
+        )  # fmt: skip
+        stats["train/loss"] = float(loss)
+        return stats
+
+    @abstractmethod
+    def relaxed_paths(self) -> tuple[list[Tensor], list[list[int]]]:
+        """Path weights (differentiable in alpha) and the active paths for an arch step."""
+
+    def arch_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        self.network.train()
+        self.a_opt.zero_grad(set_to_none=True)
+        weights, active = self.relaxed_paths()
+        task_loss = self.task.loss(self.network(batch["input"], weights, active), batch)
+        penalty = cost_penalty(self.expected_cost(), self.cost_cfg)
+        (task_loss + penalty).backward(inputs=self.alphas)
+        self.a_opt.step()
+        return {"arch/task_loss": task_loss.item(), "arch/cost_loss": penalty.item()}
+
+    def end_epoch(self, epoch: int, val_loader: Any) -> dict[str, float]:
+        stats = super().end_epoch(epoch, val_loader)
+        stats["search/temperature"] = self.tau
+        return stats
+
+
+@STRATEGIES.register("gumbel")
+class GumbelStrategy(_SinglePath):
+    def relaxed_paths(self) -> tuple[list[Tensor], list[list[int]]]:
+        weights, active = [], []
+        for alpha in self.alphas:
+            soft = F.gumbel_softmax(alpha, tau=self.tau, hard=False)
+            index = int(soft.argmax())
+            hard = F.one_hot(torch.tensor(index), len(alpha)).to(soft)
+            weights.append(hard - soft.detach() + soft)
+            active.append([index])
+        return weights, active
+
+
+@STRATEGIES.register("binary_gates")
+class BinaryGateStrategy(_SinglePath):
+    def relaxed_paths(self) -> tuple[list[Tensor], list[list[int]]]:
+        weights, active = [], []
+        for alpha in self.alphas:
+            k = min(2, len(alpha))
+            pair = torch.multinomial(torch.softmax(alpha.detach(), -1), k).tolist()
+            renorm = torch.softmax(alpha[pair], -1)
+            chosen = int(torch.multinomial(renorm.detach(), 1))
+            gate = F.one_hot(torch.tensor(chosen), k).to(renorm)
+            full = torch.zeros_like(alpha).index_put((torch.tensor(pair),),
+                                                     gate - renorm.detach() + renorm)  # fmt: skip
+            weights.append(full)
+            active.append(pair)
+        return weights, active

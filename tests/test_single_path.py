@@ -1,0 +1,80 @@
+"""Single-path strategies (Gumbel-softmax, binary gates): steps run one (or two) paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_SPACE, write_experiment
+
+from dnas.config import CostConfig, SearchConfig, load_experiment
+from dnas.cost_model import get_cost_model
+from dnas.mixed_op import MixedOp
+from dnas.network import Network
+from dnas.search import run_search
+from dnas.search_space import load_space
+from dnas.single_path import BinaryGateStrategy, GumbelStrategy
+from tasks.pose.task import PoseOptions, PoseTask
+
+
+def setup(cls, real_mpii_root, warmup=0):
+    torch.manual_seed(0)
+    space = load_space(TINY_SPACE)
+    net = Network(space, 16)
+    task = PoseTask(PoseOptions(root=str(real_mpii_root)), (64, 64), "test")
+    table = get_cost_model("flops").table(space, (64, 64), 16)
+    strategy = cls(SearchConfig(warmup_epochs=warmup, drop_path=0.0), CostConfig())
+    strategy.adapt_search_space(net, task, table, torch.device("cpu"))
+    strategy.new_epoch(0)
+    batch = {"input": torch.randn(2, 3, 64, 64), "target": torch.rand(2, 16, 16, 16),
+             "target_weight": torch.ones(2, 16, 1)}  # fmt: skip
+    return net, strategy, batch
+
+
+def count_calls(net):
+    calls = []
+    for block in net.blocks.values():
+        if isinstance(block, MixedOp):
+            for i, op in enumerate(block.ops):
+                op.register_forward_hook(lambda *_, b=block, i=i: calls.append((id(b), i)))
+    return calls
+
+
+@pytest.mark.parametrize(("cls", "arch_paths"), [(GumbelStrategy, 1), (BinaryGateStrategy, 2)])
+def test_steps_run_one_path_per_layer(cls, arch_paths, real_mpii_root):
+    net, strategy, batch = setup(cls, real_mpii_root)
+    calls = count_calls(net)
+    n_mixed = sum(isinstance(b, MixedOp) for b in net.blocks.values())
+    weights, active = strategy.sample_one()
+    strategy.network(batch["input"], weights, active)
+    assert len(calls) <= n_mixed  # skip candidates run no module hook
+    calls.clear()
+    before = [a.detach().clone() for a in strategy.alphas]
+    weights, active = strategy.relaxed_paths()
+    assert all(len(a) == arch_paths for a in active)
+    stats = strategy.arch_step(batch)
+    assert len(calls) <= n_mixed * arch_paths
+    assert stats["arch/cost_loss"] > 0
+    moved = [float((a.detach() - b).abs().max()) for a, b in zip(strategy.alphas, before,
+                                                                   strict=True)]  # fmt: skip
+    assert all(m > 0 for m in moved)  # every layer's alpha got a gradient step
+
+
+def test_gumbel_temperature_anneals(real_mpii_root):
+    _, strategy, _ = setup(GumbelStrategy, real_mpii_root)
+    taus = []
+    for epoch in range(3):
+        strategy.new_epoch(epoch)
+        taus.append(strategy.tau)
+    assert taus == pytest.approx([5.0, 5.0 * 0.956, 5.0 * 0.956**2])
+    strategy.new_epoch(500)
+    assert strategy.tau == 0.1
+
+
+@pytest.mark.parametrize("name", ["gumbel", "binary_gates"])
+def test_search_end_to_end(name, tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search={"strategy": name})
+    result = run_search(load_experiment(exp), tmp_path / "run", log=lambda _: None)
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert saved["strategy"] == name and set(saved["choices"]) == set(result["arch_probs"])
