@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,21 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> Any:
         raise DnasError(f"{path}: no such checkpoint file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DnasError(f"{path}: cannot load checkpoint safely ({first})") from None
+    # torch's safe unpickler also raises KeyError on some malformed pickles
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError) as exc:
+        raise DnasError(f"{path}: {_load_problem(exc)}") from None
+
+
+def _load_problem(exc: BaseException) -> str:
+    """torch.load's failure in one line, without its advice to turn weights_only off."""
+    text = str(exc)
+    if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return (f"refused: it pickles the Python object {found.group(1)}, so loading it would "
+                "run arbitrary code; re-save it as a state_dict of tensors")  # fmt: skip
+    if "Weights only load failed" in text or isinstance(exc, KeyError):
+        return "not a PyTorch checkpoint (no pickled tensors in it)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"not a readable PyTorch checkpoint ({first})"
 
 
 def state_dict_of(obj: Any, path: Path) -> dict:

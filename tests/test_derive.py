@@ -73,5 +73,19 @@ def test_derive_rejects_other_files(tmp_path):
     with pytest.raises(DnasError, match="not a dnas search checkpoint"):
         derive(tmp_path / "x.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(DnasError, match="cannot load checkpoint safely"):
+    with pytest.raises(DnasError, match="not a PyTorch checkpoint"):
         derive(tmp_path / "junk.pt")
+
+
+def test_checkpoints_needing_code_are_refused(tmp_path):
+    import argparse
+
+    from dnas.checkpoint import load
+
+    # training scripts often save their argparse namespace: unpickling it needs code
+    torch.save({"model": {}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "evil.pt")
+    with pytest.raises(DnasError, match=r"refused: it pickles the Python object argparse.Name"):
+        load(tmp_path / "evil.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(DnasError, match=r"text.pt: not a PyTorch checkpoint"):
+        load(tmp_path / "text.pt")
