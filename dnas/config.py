@@ -114,6 +114,8 @@ class Experiment:
     remap_from: str | None = None  # seed MobileNetV2 state_dict for FNA remapping (dnas.remap)
     workers: int = field(default=0, metadata={"min": 0})
     device: str = "auto"
+    precision: str = field(default="fp32", metadata={"choices": ["fp32", "bf16", "fp16"]})
+    channels_last: bool = False
     source: str = "<memory>"
 
     @property

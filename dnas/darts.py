@@ -24,7 +24,7 @@ class DartsStrategy(Strategy):
     def adapt_search_space(
         self, network: Network, task: Task, table: CostTable, device: torch.device
     ) -> None:
-        self.network, self.task, self.table = network, task, table
+        self.network, self.task, self.table = self.amp.model(network), task, table
         network.set_drop_path(self.cfg.drop_path)
         w, a = self.cfg.weight_optimizer, self.cfg.arch_optimizer
         self.weights = network.weight_parameters()
@@ -53,18 +53,16 @@ class DartsStrategy(Strategy):
     def arch_step(self, batch: dict[str, Any]) -> dict[str, float]:
         self.network.train()
         self.a_opt.zero_grad(set_to_none=True)
-        task_loss = self.task.loss(self.network(batch["input"]), batch)
-        cost = self.expected_cost()
-        penalty = cost_penalty(cost, self.cost_cfg)
-        (task_loss + penalty).backward(inputs=self.alphas)
-        self.a_opt.step()
+        task_loss = self.amp.forward_loss(self.network, batch, self.task.loss)
+        penalty = cost_penalty(self.expected_cost(), self.cost_cfg)
+        self.amp.step(task_loss + penalty, self.a_opt, self.alphas)
         return {"arch/task_loss": task_loss.item(), "arch/cost_loss": penalty.item()}
 
     def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]:
         stats = {} if self.warming_up else self.arch_step(val_batch)
         loss = weight_step(
             self.network, train_batch, self.task.loss, self.w_opt, self.weights,
-            self.cfg.weight_optimizer.grad_clip,
+            self.cfg.weight_optimizer.grad_clip, self.amp,
         )  # fmt: skip
         stats["train/loss"] = float(loss)
         return stats

@@ -75,7 +75,7 @@ class RandomSearchStrategy(Strategy):
             return
         self.choices = self.sample()
         arch = self.network.space.with_choices(self.choices)
-        self.model = Network(arch, self.task.num_outputs).to(self.device)
+        self.model = self.amp.model(Network(arch, self.task.num_outputs).to(self.device))
         w = self.cfg.weight_optimizer
         self.params = self.model.weight_parameters()
         self.opt = torch.optim.SGD(
@@ -86,7 +86,7 @@ class RandomSearchStrategy(Strategy):
     def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]:
         loss = weight_step(
             self.model, train_batch, self.task.loss, self.opt, self.params,
-            self.cfg.weight_optimizer.grad_clip,
+            self.cfg.weight_optimizer.grad_clip, self.amp,
         )  # fmt: skip
         return {"train/loss": float(loss)}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -78,6 +79,48 @@ def check_finite(value: Tensor | float, what: str, step: int) -> float:
     return out
 
 
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Amp:
+    """Precision and memory format of a run (experiment keys ``precision``, ``channels_last``):
+    autocast around forward passes, a gradient scaler for fp16, channels-last tensors."""
+
+    def __init__(self, device: torch.device, precision: str = "fp32",
+                 channels_last: bool = False) -> None:  # fmt: skip
+        self.device, self.precision, self.channels_last = device, precision, channels_last
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    def model(self, model: nn.Module) -> nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward_loss(self, model: nn.Module, batch: dict[str, Any],
+                     loss_fn: Callable[[Tensor, dict[str, Any]], Tensor],
+                     **forward_kwargs: Any) -> Tensor:  # fmt: skip
+        """The task loss of one batch, the forward pass under autocast, the loss in fp32."""
+        with self.autocast():
+            output = model(self.input(batch["input"]), **forward_kwargs)
+        return loss_fn(output.float(), batch)
+
+    def step(self, loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+             grad_clip: float = 0.0) -> None:  # fmt: skip
+        """Backward into ``params`` only, optional clipping, optimiser step (fp16: scaled)."""
+        self.scaler.scale(loss).backward(inputs=params)
+        if grad_clip > 0:
+            self.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
 def weight_step(
     model: nn.Module,
     batch: dict[str, Any],
@@ -85,14 +128,13 @@ def weight_step(
     optimizer: torch.optim.Optimizer,
     params: list[nn.Parameter],
     grad_clip: float = 0.0,
+    amp: Amp | None = None,
     **forward_kwargs: Any,
 ) -> Tensor:
     """One optimisation step of ``params`` on the task loss (search warm-up, DARTS, training)."""
+    amp = amp or Amp(batch["input"].device)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(batch["input"], **forward_kwargs), batch)
-    loss.backward(inputs=params)
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    loss = amp.forward_loss(model, batch, loss_fn, **forward_kwargs)
+    amp.step(loss, optimizer, params, grad_clip)
     return loss.detach()

@@ -26,7 +26,15 @@ from dnas.errors import ConfigError, DnasError
 from dnas.network import Network
 from dnas.registry import STRATEGIES
 from dnas.remap import remap_into
-from dnas.runtime import check_finite, forever, make_loader, pick_device, seed_everything, to_device
+from dnas.runtime import (
+    Amp,
+    check_finite,
+    forever,
+    make_loader,
+    pick_device,
+    seed_everything,
+    to_device,
+)
 from dnas.schema import to_dict
 from dnas.strategy import Strategy
 from dnas.task import build_space, build_task
@@ -41,12 +49,12 @@ def split_indices(n: int, arch_fraction: float, seed: int) -> tuple[list[int], l
     return sorted(order[n_arch:].tolist()), sorted(order[:n_arch].tolist())
 
 
-def build_strategy(exp: Experiment) -> Strategy:
+def build_strategy(exp: Experiment, amp: Amp) -> Strategy:
     try:
         cls = STRATEGIES.get(exp.search.strategy)
     except DnasError as exc:
         raise ConfigError(exp.source, "search.strategy", str(exc)) from None
-    return cls(exp.search, exp.cost_model)
+    return cls(exp.search, exp.cost_model, amp)
 
 
 def format_stats(stats: dict[str, float]) -> str:
@@ -61,7 +69,7 @@ def run_search(exp: Experiment, out_dir: Path, log: Callable[[str], None] = prin
     if space.is_fixed:
         raise ConfigError(exp.source, "space", f"{space.source} has no searchable layer")
     device = pick_device(exp.device)
-    strategy = build_strategy(exp)
+    strategy = build_strategy(exp, Amp(device, exp.precision, exp.channels_last))
     try:
         cost_model = get_cost_model(exp.cost_model.type)
     except DnasError as exc:

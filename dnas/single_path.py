@@ -46,7 +46,7 @@ class _SinglePath(DartsStrategy):
         weights, active = self.sample_one()
         loss = weight_step(
             self.network, train_batch, self.task.loss, self.w_opt, self.weights,
-            self.cfg.weight_optimizer.grad_clip, path_weights=weights, active=active,
+            self.cfg.weight_optimizer.grad_clip, self.amp, path_weights=weights, active=active,
         )  # fmt: skip
         stats["train/loss"] = float(loss)
         return stats
@@ -59,10 +59,10 @@ class _SinglePath(DartsStrategy):
         self.network.train()
         self.a_opt.zero_grad(set_to_none=True)
         weights, active = self.relaxed_paths()
-        task_loss = self.task.loss(self.network(batch["input"], weights, active), batch)
+        task_loss = self.amp.forward_loss(self.network, batch, self.task.loss,
+                                          path_weights=weights, active=active)  # fmt: skip
         penalty = cost_penalty(self.expected_cost(), self.cost_cfg)
-        (task_loss + penalty).backward(inputs=self.alphas)
-        self.a_opt.step()
+        self.amp.step(task_loss + penalty, self.a_opt, self.alphas)
         return {"arch/task_loss": task_loss.item(), "arch/cost_loss": penalty.item()}
 
     def end_epoch(self, epoch: int, val_loader: Any) -> dict[str, float]:

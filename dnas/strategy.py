@@ -15,13 +15,15 @@ from torch.utils.data import DataLoader
 from dnas.config import CostConfig, SearchConfig
 from dnas.cost_model import CostTable
 from dnas.network import Network
+from dnas.runtime import Amp
 from dnas.task import Task
 
 
 class Strategy(ABC):
-    def __init__(self, cfg: SearchConfig, cost: CostConfig) -> None:
+    def __init__(self, cfg: SearchConfig, cost: CostConfig, amp: Amp | None = None) -> None:
         self.cfg = cfg
         self.cost_cfg = cost
+        self.amp = amp or Amp(torch.device("cpu"))
 
     @abstractmethod
     def adapt_search_space(

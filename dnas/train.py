@@ -23,6 +23,7 @@ from dnas.network import Network
 from dnas.profile import count_macs, count_params
 from dnas.remap import remap_into
 from dnas.runtime import (
+    Amp,
     check_finite,
     make_loader,
     pick_device,
@@ -81,7 +82,8 @@ def run_train(
         mapped = remap_into(net, Path(exp.remap_from))
         log(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
     device = pick_device(exp.device)
-    net.to(device)
+    amp = Amp(device, exp.precision, exp.channels_last)
+    amp.model(net.to(device))
     cfg = exp.train
     train_loader = make_loader(
         task.dataset("train", augment=True, seed=exp.seed),
@@ -112,7 +114,7 @@ def run_train(
         for _, batch in tqdm(
             batches, total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=None
         ):
-            loss = weight_step(net, to_device(batch, device), task.loss, opt, params)
+            loss = weight_step(net, to_device(batch, device), task.loss, opt, params, amp=amp)
             total += check_finite(loss, "training loss", step)
             step += 1
         writer.add_scalar("train/loss", total / steps, epoch + 1)

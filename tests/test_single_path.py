@@ -78,3 +78,37 @@ def test_search_end_to_end(name, tmp_path, real_mpii_root):
     result = run_search(load_experiment(exp), tmp_path / "run", log=lambda _: None)
     saved = json.loads((tmp_path / "run" / "search.json").read_text())
     assert saved["strategy"] == name and set(saved["choices"]) == set(result["arch_probs"])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "precision", "channels_last"),
+    [("darts", "bf16", True), ("gumbel", "bf16", False), ("binary_gates", "fp16", True)],
+)
+def test_mixed_precision_and_channels_last_search(tmp_path, real_mpii_root, strategy, precision,
+                                                  channels_last):  # fmt: skip
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search={"strategy": strategy},
+                           precision=precision, channels_last=channels_last)  # fmt: skip
+    run_search(load_experiment(exp), tmp_path / "run", log=lambda _: None)
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert all(abs(sum(p) - 1.0) < 1e-5 for p in saved["arch_probs"].values())
+
+
+def test_autocast_really_runs_in_bf16_and_steps_stay_finite():
+    from dnas.runtime import Amp, weight_step
+
+    torch.manual_seed(0)
+    net = Network(load_space(TINY_SPACE.with_name("tiny_arch.yaml")), 16)
+    amp = Amp(torch.device("cpu"), "bf16", channels_last=True)
+    amp.model(net)
+    seen = []
+    net.head.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    batch = {"input": torch.randn(2, 3, 64, 64), "target": torch.rand(2, 16, 16, 16),
+             "target_weight": torch.ones(2, 16, 1)}  # fmt: skip
+    params = net.weight_parameters()
+    opt = torch.optim.SGD(params, lr=0.01)
+    before = [p.detach().clone() for p in params]
+    loss = weight_step(net, batch, lambda out, b: ((out - b["target"]) ** 2).mean(), opt, params,
+                       amp=amp)  # fmt: skip
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(params, before, strict=True))
+    assert net.blocks["stem_0"][0].weight.is_contiguous(memory_format=torch.channels_last)
