@@ -208,6 +208,46 @@ def cost(arch: str, input_size: str, outputs: int, fmt: str):
         click.echo(f"{key:<18} {shown}")
 
 
+def parse_values(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise click.BadParameter(f"expected non-negative numbers, got {text!r}")
+    return values
+
+
+@cli.command()
+@config_arg
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--weights", "weight_values", help="Cost weights (lambda) to sweep, e.g. 0.01,0.1,1.")
+@click.option(
+    "--targets",
+    "target_values",
+    help="Budget targets to sweep, in the cost model's unit, e.g. 100,200,400.",
+)
+@set_opt
+@force_opt
+def sweep(config: Path, out: Path, weight_values: str | None, target_values: str | None,
+          overrides: tuple[str], force: bool):  # fmt: skip
+    """One search per lambda (or budget), each derived net trained and scored; writes
+    OUT/sweep.json, sweep.md and sweep.png (score vs cost)."""
+    from dnas.config import load_experiment
+    from dnas.sweep import run_sweep
+
+    if (weight_values is None) == (target_values is None):
+        raise click.UsageError("give exactly one of --weights and --targets")
+    kind = "weight" if weight_values else "target"
+    values = parse_values(weight_values or target_values)
+    exp = load_experiment(config, list(overrides))
+    guard_output(out / "sweep.json", force)
+    rows = run_sweep(exp, kind, values, out, log=click.echo)
+    click.echo((out / "sweep.md").read_text().rstrip())
+    click.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'} "
+               f"({len(rows)} runs)")  # fmt: skip
+
+
 @cli.command()
 @click.option("--arch", required=True, help="Architecture YAML or shipped name.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)

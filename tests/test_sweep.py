@@ -1,0 +1,42 @@
+"""dnas sweep: one search per cost weight or budget, table and plot of score vs cost."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from conftest import write_experiment
+
+from dnas.cli import cli
+
+
+def test_sweep_over_cost_weights_writes_table_and_plot(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root,
+                           search={"warmup_epochs": 0, "epochs": 3, "drop_path": 0.0,
+                                   "arch_optimizer": {"lr": 0.3}},
+                           train={"epochs": 1, "eval_every": 1})  # fmt: skip
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights",
+                                      "0,50"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [r["weight"] for r in rows] == [0.0, 50.0]
+    assert rows[1]["cost"] < rows[0]["cost"]  # a heavier cost term derives a cheaper net
+    assert all(r["metric"] == "Mean" and 0 <= r["score"] <= 100 for r in rows)
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| weight | cost (MMAC) |" in (out / "sweep.md").read_text()
+
+
+def test_sweep_over_budgets_and_usage_errors(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root,
+                           train={"epochs": 1, "eval_every": 1})  # fmt: skip
+    out = tmp_path / "budget"
+    result = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--targets", "1.2"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "sweep.json").read_text())
+    assert rows[0]["target"] == 1.2
+    both = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "1",
+                                    "--targets", "2"])  # fmt: skip
+    assert both.exit_code == 2 and "exactly one of --weights and --targets" in both.output
+    bad = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "a,b"])
+    assert bad.exit_code == 2 and "comma-separated numbers" in bad.output
