@@ -94,17 +94,22 @@ def cli() -> None:
 @config_arg
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--strategy", help="Override search.strategy (darts, random, ...).")
+@click.option("--cost-model", help="Override cost_model.type (flops, params, latency).")
+@click.option("--cost-table", help="Override cost_model.table (a dnas lut build table).")
 @remap_opt
 @set_opt
 @force_opt
-def search(config: Path, out: Path, strategy: str | None, remap_from: Path | None,
-           overrides: tuple[str], force: bool):  # fmt: skip
+def search(config: Path, out: Path, strategy: str | None, cost_model: str | None,
+           cost_table: str | None, remap_from: Path | None, overrides: tuple[str],
+           force: bool):  # fmt: skip
     """Search an architecture with the experiment CONFIG; writes OUT/search.pt and search.json."""
     from dnas.config import load_experiment
     from dnas.search import run_search
 
     extra = [f"search.strategy={strategy}"] if strategy else []
     extra += [f"remap_from={remap_from}"] if remap_from else []
+    extra += [f"cost_model.type={cost_model}"] if cost_model else []
+    extra += [f"cost_model.table={cost_table}"] if cost_table else []
     exp = load_experiment(config, [*overrides, *extra])
     guard_output(out / "search.pt", force)
     result = run_search(exp, out, log=click.echo)

@@ -29,6 +29,9 @@ class CostConfig:
     type: str = "flops"
     weight: float = field(default=0.1, metadata={"min": 0.0})
     tau: float = field(default=10.0, metadata={"min": 1.0001})
+    table: str | None = None  # measured cost models (latency): the table from dnas lut build
+    batch: int | None = field(default=None, metadata={"min": 1})  # expected table batch
+    device: str | None = None  # expected table device (cpu, cuda)
     form: str = field(default="log", metadata={"choices": ["log", "hinge", "power"]})
     target: float | None = field(default=None, metadata={"min": 1e-12})
     beta: float = field(default=2.0, metadata={"min": 1.0})

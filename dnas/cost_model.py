@@ -121,5 +121,11 @@ class CostModel(ABC):
         """Measure every candidate op of every searchable layer, plus the fixed part."""
 
 
-def get_cost_model(name: str) -> CostModel:
-    return COST_MODELS.get(name)()
+def get_cost_model(name: str, cfg: CostConfig | None = None) -> CostModel:
+    """The registered cost model ``name``; measured ones read ``cfg.table`` (and check its
+    batch and device when the config names them)."""
+    cls = COST_MODELS.get(name)
+    if getattr(cls, "needs_table", False):
+        cfg = cfg or CostConfig(type=name)
+        return cls(cfg.table, cfg.batch, cfg.device)
+    return cls()

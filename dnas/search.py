@@ -71,7 +71,7 @@ def run_search(exp: Experiment, out_dir: Path, log: Callable[[str], None] = prin
     device = pick_device(exp.device)
     strategy = build_strategy(exp, Amp(device, exp.precision, exp.channels_last))
     try:
-        cost_model = get_cost_model(exp.cost_model.type)
+        cost_model = get_cost_model(exp.cost_model.type, exp.cost_model)
     except DnasError as exc:
         raise ConfigError(exp.source, "cost_model.type", str(exc)) from None
     table = cost_model.table(space, exp.input_hw, task.num_outputs)
