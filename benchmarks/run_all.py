@@ -3,13 +3,15 @@
 - search_step: one DARTS step (architecture + weights) on the small space's super net vs one
   training step of the derived-size net EfficientPose-A, same batch and input;
 - data_pipeline: MPII-style crops with full augmentation and heatmap targets, one process;
-- inference: EfficientPose-A/B/C at batch 1, 256x256, eager PyTorch, median latency.
+- inference: EfficientPose-A/B/C, MobileNetV2, SimpleBaseline-R50 at batch 1, 256x256: eager
+  PyTorch, channels_last and ONNX Runtime (BN folded), median latency.
 Run: ``make bench`` (or ``python benchmarks/run_all.py --quick`` for a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -22,6 +24,7 @@ import torch
 from dnas.config import CostConfig, SearchConfig
 from dnas.cost_model import get_cost_model
 from dnas.darts import DartsStrategy
+from dnas.export import export_onnx
 from dnas.network import Network
 from dnas.runtime import weight_step
 from dnas.search_space import load_space
@@ -81,13 +84,30 @@ def bench_data(root: Path, hw: int, items: int) -> dict:
     return {"input": hw, "samples_per_s_per_worker": round(n / seconds, 1)}
 
 
-def bench_inference(repeats: int) -> dict:
-    out = {}
+def bench_inference(repeats: int, tmp: Path) -> dict:
+    """Batch-1 256x256 latency per net in eager PyTorch, channels_last and ONNX Runtime."""
+    import onnxruntime as ort
+
+    out: dict = {}
     x = torch.randn(1, 3, 256, 256)
-    for name in ("efficientpose-a", "efficientpose-b", "efficientpose-c"):
+    for name in ("efficientpose-a", "efficientpose-b", "efficientpose-c", "mobilenetv2",
+                 "simplebaseline-r50"):  # fmt: skip
         net = Network(load_space(name), 16).eval()
+        row = {}
         with torch.inference_mode():
-            out[f"{name}_ms"] = round(1000 * timed(lambda n=net: n(x), repeats, warmup=3), 2)
+            row["eager_ms"] = 1000 * timed(lambda n=net: n(x), repeats, warmup=3)
+            last = copy.deepcopy(net).to(memory_format=torch.channels_last)
+            xl = x.contiguous(memory_format=torch.channels_last)
+            row["channels_last_ms"] = 1000 * timed(lambda n=last, v=xl: n(v), repeats, warmup=3)
+        path = export_onnx(net, (256, 256), tmp / f"{name}.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {"input": x.numpy()}
+        row["onnxruntime_ms"] = 1000 * timed(lambda s=session, f=feed: s.run(None, f), repeats, 3)
+        row = {k: round(v, 2) for k, v in row.items()}
+        row["onnxruntime_over_eager"] = round(row["onnxruntime_ms"] / row["eager_ms"], 3)
+        out[name] = row
     return out
 
 
@@ -104,7 +124,7 @@ def main() -> None:
                         "torch": torch.__version__, "threads": torch.get_num_threads()},
             "search_step": bench_search_step(root, 16, 128, repeats),
             "data_pipeline": bench_data(root, 256, 64),
-            "inference_batch1_256": bench_inference(repeats * 3),
+            "inference_batch1_256": bench_inference(repeats * 3, root),
         }  # fmt: skip
     print(json.dumps(report, indent=1))
 
