@@ -151,7 +151,8 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
 
     extra = [f"remap_from={remap_from}"] if remap_from else []
     exp = load_experiment(config, [*overrides, *extra])
-    guard_output(out / "model.pt", force)
+    for name in ("last.pt", "best.pt", "model.pt"):  # an interrupted run leaves last.pt only
+        guard_output(out / name, force)
     metrics = run_train(exp, arch, out, init, log=click.echo)
     click.echo(metrics.table)
     click.echo(f"wrote {out / 'model.pt'}, {out / 'best.pt'}, {out / 'last.pt'}, {out / 'tb'}")
@@ -239,7 +240,7 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
     """One search per lambda (or budget), each derived net trained and scored; writes
     OUT/sweep.json, sweep.md and sweep.png (score vs cost)."""
     from dnas.config import load_experiment
-    from dnas.sweep import run_sweep
+    from dnas.sweep import run_dir_of, run_sweep
 
     if (weight_values is None) == (target_values is None):
         raise click.UsageError("give exactly one of --weights and --targets")
@@ -247,6 +248,8 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
     values = parse_values(weight_values or target_values)
     exp = load_experiment(config, list(overrides))
     guard_output(out / "sweep.json", force)
+    for value in values:  # a partial sweep's finished runs are results too
+        guard_output(run_dir_of(out, kind, value), force)
     rows = run_sweep(exp, kind, values, out, log=click.echo)
     click.echo((out / "sweep.md").read_text().rstrip())
     click.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'} "

@@ -27,13 +27,17 @@ def _variant(exp: Experiment, kind: str, value: float) -> Experiment:
     return variant
 
 
+def run_dir_of(out_dir: Path, kind: str, value: float) -> Path:
+    return out_dir / f"{kind}_{value:g}"
+
+
 def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path,
               log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
     """Search, derive, train and score once per value; returns the table rows."""
     rows = []
     outputs = build_task(exp).num_outputs
     for value in values:
-        run_dir = out_dir / f"{kind}_{value:g}"
+        run_dir = run_dir_of(out_dir, kind, value)
         variant = _variant(exp, kind, value)
         log(f"== sweep: cost_model.{'weight' if kind == 'weight' else 'target'} = {value:g}")
         result = run_search(variant, run_dir / "search", log)

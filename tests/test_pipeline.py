@@ -217,3 +217,14 @@ def test_search_is_reproducible_with_a_cold_or_warm_cost_cache(tmp_path, real_mp
     assert runs[0].keys() == runs[1].keys()
     for key in runs[0]:
         assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+def test_train_refuses_to_overwrite_an_interrupted_run(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root)
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"epoch 7 of a run that was killed")
+    result = CliRunner().invoke(cli, ["train", str(exp), "--arch", "efficientpose-a", "--out",
+                                      str(out)])  # fmt: skip
+    assert result.exit_code == 1 and "last.pt already exists; pass --force" in result.output
+    assert (out / "last.pt").read_bytes() == b"epoch 7 of a run that was killed"

@@ -40,3 +40,14 @@ def test_sweep_over_budgets_and_usage_errors(tmp_path, real_mpii_root):
     assert both.exit_code == 2 and "exactly one of --weights and --targets" in both.output
     bad = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "a,b"])
     assert bad.exit_code == 2 and "comma-separated numbers" in bad.output
+
+
+def test_sweep_keeps_the_runs_of_a_partial_sweep(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root)
+    done = tmp_path / "sweep" / "weight_0.1"
+    done.mkdir(parents=True)
+    (done / "marker").write_text("finished run")
+    result = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(tmp_path / "sweep"),
+                                      "--weights", "0.1,1"])  # fmt: skip
+    assert result.exit_code == 1 and "weight_0.1 already exists" in result.output
+    assert (done / "marker").read_text() == "finished run"
