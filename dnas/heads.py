@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from dnas import slim_deconv  # noqa: F401  (registers the built-in head)
 from dnas.errors import ConfigError, DnasError
 from dnas.registry import HEADS
 from dnas.schema import from_dict

@@ -1,4 +1,8 @@
-"""The EfficientPose head: slim transposed convolutions + spatial information correction (SIC)."""
+"""The EfficientPose head: slim transposed convolutions + spatial information correction (SIC).
+
+It lives in the core because it is task-agnostic: any dense task (pose heatmaps, segmentation
+logits) uses it by ``type: slim_deconv`` with its own number of outputs.
+"""
 
 from __future__ import annotations
 
