@@ -6,7 +6,7 @@ DNAS := $(VENV)/bin/dnas
 # torch is pinned for these CPU machines (a local wheel); never let pip resolve it unpinned here.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench bench-lsp lint clean
+.PHONY: install test demo bench bench-lsp bench-seg lint clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ bench: install
 
 bench-lsp: install
 	$(PY) benchmarks/lsp_train.py
+
+bench-seg: install
+	$(PY) benchmarks/seg_coco.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from dnas.config import load_experiment
+from dnas.progress import Reporter
 from dnas.train import run_eval, run_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         start = time.perf_counter()
-        run_train(exp, "efficientpose-a", out / "train", log=lambda line: print(line, flush=True))
+        report = Reporter(lambda line: print(line, flush=True))
+        run_train(exp, "efficientpose-a", out / "train", report=report)
         trained = time.perf_counter()
         results = run_eval(exp, "efficientpose-a", out / "train" / "model.pt", out / "eval")
         done = time.perf_counter()

@@ -19,6 +19,7 @@ from dnas.config import load_experiment
 from dnas.derive import derive
 from dnas.network import Network
 from dnas.profile import count_macs
+from dnas.progress import Reporter
 from dnas.search import run_search
 from dnas.search_space import load_space
 from tasks.pose.synth import write_synthetic_mpii
@@ -43,7 +44,7 @@ def main() -> None:
                 f"cost_model.table={tmp / 'lut.json'}", "cost_model.weight=1.0",
                 "search.arch_optimizer.lr=0.003",
             ])  # fmt: skip
-            run_search(exp, tmp / model, log=lambda _: None)
+            run_search(exp, tmp / model, Reporter(lambda _: None))
             arch, rows = derive(tmp / model)
             net = Network(arch, 16).eval()
             x = torch.zeros(1, 3, *HW)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -25,11 +26,11 @@ from torch import nn
 from tqdm import tqdm
 
 from dnas.cost_model import CostModel, CostTable
-from dnas.errors import DnasError
+from dnas.errors import ConfigError, DnasError
 from dnas.heads import build_head
 from dnas.network import Network
 from dnas.ops import build_op, parse_op
-from dnas.profile import _HeadOnInputs
+from dnas.profile import _HeadOnInputs, op_costs
 from dnas.registry import COMMANDS, COST_MODELS
 from dnas.search_space import SearchSpace
 
@@ -90,6 +91,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
               device: torch.device, warmup: int = 5, repeats: int = 20, calibration: int = 10,
               seed: int = 0, progress: bool = True) -> dict:  # fmt: skip
     """The latency table of ``space`` on this machine (see the module docstring)."""
+    op_costs(space, input_hw, num_outputs)  # size checks before anything is allocated
     shapes = space.infer_shapes(*input_hw)
     x = torch.randn(batch, space.in_channels, *input_hw, device=device)
     rng = np.random.default_rng(seed)
@@ -165,11 +167,69 @@ def read_lut(path: Path) -> dict:
         raise DnasError(f"{path}: cannot read latency table ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise DnasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise DnasError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
+    except RecursionError:
+        raise DnasError(f"{path}: not valid JSON (nested too deeply)") from None
     needed = {"meta", "fixed", "layers", "scale", "overhead_ms"}
     if not isinstance(table, dict) or not needed <= set(table):
         raise DnasError(f"{path}: not a dnas latency table (needs {', '.join(sorted(needed))}; "
                         "build one with 'dnas lut build')")  # fmt: skip
+    _check_table(table, str(path))
     return table
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))  # fmt: skip
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_ms(entries: object, source: str, key: str) -> None:
+    """A mapping of names to finite, non-negative milliseconds."""
+    if not isinstance(entries, dict):
+        raise ConfigError(source, key, "expected a mapping of names to milliseconds")
+    for name, ms in entries.items():
+        if not _is_number(ms) or ms < 0:
+            raise ConfigError(source, f"{key}.{name}", f"expected milliseconds >= 0, got {ms!r}")
+
+
+def _check_table(table: dict, source: str) -> None:
+    """The shape and types of a table from ``dnas lut build``; a one-line error naming the key."""
+    _check_ms(table["fixed"], source, "fixed")
+    if not isinstance(table["layers"], dict):
+        raise ConfigError(source, "layers", "expected a mapping of layer names to op timings")
+    for name, ops in table["layers"].items():
+        _check_ms(ops, source, f"layers.{name}")
+    shapes = table.get("shapes", {})
+    if not isinstance(shapes, dict):
+        raise ConfigError(source, "shapes", "expected a mapping of layer names to [C, H, W]")
+    for name, shape in shapes.items():
+        if not isinstance(shape, list) or len(shape) != 3 or not all(map(_is_count, shape)):
+            raise ConfigError(source, f"shapes.{name}", f"expected [C, H, W], got {shape!r}")
+    for key in ("scale", "overhead_ms"):
+        if not _is_number(table[key]):
+            raise ConfigError(source, key, f"expected a finite number, got {table[key]!r}")
+    meta = table["meta"]
+    if not isinstance(meta, dict):
+        raise ConfigError(source, "meta", "expected a mapping (space, input, batch, device, ...)")
+    checks = {
+        "input": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_count, v)),
+                  "[height, width]"),
+        "num_outputs": (_is_count, "a positive integer"),
+        "batch": (_is_count, "a positive integer"),
+        "threads": (_is_count, "a positive integer"),
+        "device": (lambda v: v in ("cpu", "cuda"), "cpu or cuda"),
+        "space": (lambda v: isinstance(v, str) and bool(v), "a space name"),
+    }  # fmt: skip
+    for key, (ok, expected) in checks.items():
+        if key not in meta:
+            raise ConfigError(source, f"meta.{key}", "missing required key")
+        if not ok(meta[key]):
+            raise ConfigError(source, f"meta.{key}", f"expected {expected}, got {meta[key]!r}")
 
 
 @COST_MODELS.register("latency")
@@ -193,6 +253,7 @@ class LatencyCostModel(CostModel):
 
     def build(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
         lut = read_lut(self.path)
+        op_costs(space, input_hw, num_outputs)  # size checks, on the meta device
         meta, shapes = lut["meta"], space.infer_shapes(*input_hw)
         missing = []
         for name, expected in (("input", list(input_hw)), ("num_outputs", num_outputs),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,55 @@ def state_dict_of(obj: Any, path: Path) -> dict:
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     raise DnasError(f"{path}: not a state_dict or a dnas checkpoint with a 'model' entry")
+
+
+class Checkpointer:
+    """Rotating resume checkpoints in ``directory``: ``step-<global step>.pt``, the newest
+    ``keep_last`` kept. :meth:`latest` skips (with a warning) files that do not load, such as
+    one truncated by a crash or a full disk, and falls back to the one before."""
+
+    def __init__(self, directory: Path, keep_last: int, warn: Callable[[str], None]) -> None:
+        self.directory, self.keep_last, self.warn = Path(directory), keep_last, warn
+
+    def files(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        found = []
+        for path in self.directory.glob("step-*.pt"):
+            if (match := re.fullmatch(r"step-(\d+)\.pt", path.name)) is not None:
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
+    def clear(self) -> None:
+        """Drop an earlier run's checkpoints (a fresh run over it, after ``--force``)."""
+        for path in self.files():
+            path.unlink()
+
+    def save(self, state: dict, step: int) -> Path:
+        path = self.directory / f"step-{step:09d}.pt"
+        save_atomic(state, path)
+        for old in self.files()[: -self.keep_last]:
+            old.unlink()
+        return path
+
+    def latest(self, kind: str) -> tuple[dict, Path] | None:
+        """The newest checkpoint of ``kind`` that loads, or None when there is none."""
+        for path in reversed(self.files()):
+            try:
+                state = load(path)
+            except DnasError as exc:
+                self.warn(f"warning: skipping unreadable checkpoint ({exc}); trying the one before")
+                continue
+            if not isinstance(state, dict) or state.get("kind") != kind:
+                self.warn(f"warning: skipping {path}: not a {kind} checkpoint")
+                continue
+            return state, path
+        return None
+
+
+def check_resumable(state: dict, expected_hash: str, path: Path, force: bool) -> None:
+    """A resume continues the same experiment unless the user forces a changed config."""
+    if state.get("config_hash") != expected_hash and not force:
+        raise DnasError(
+            f"{path}: the config differs from the one this run was started with (see the run's "
+            "config.yaml); pass --force to resume with the new config anyway"
+        )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from dnas.errors import DnasError
+from dnas.errors import DnasError, from_worker
 
 # User mistakes surface as one line on stderr and exit code 1; click's own usage errors exit 2.
 
@@ -17,8 +18,11 @@ class DnasGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except DnasError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (DnasError, RuntimeError) as exc:
+            message = from_worker(exc)  # a data error inside a loader worker
+            if message is None and not isinstance(exc, DnasError):
+                raise
+            raise click.ClickException(message or str(exc)) from None
 
 
 class RootGroup(DnasGroup):
@@ -52,6 +56,11 @@ class DataGroup(DnasGroup):
         return DATA_COMMANDS.get(name) if name in DATA_COMMANDS.names() else None
 
 
+def is_main_process() -> bool:
+    """False on the ranks > 0 of a torchrun job (only rank 0 prints results)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``256x192`` (height x width) or ``256``."""
     parts = text.lower().split("x")
@@ -78,6 +87,13 @@ set_opt = click.option(
     help="Override a config value, e.g. --set search.epochs=2 (repeatable).",
 )  # fmt: skip
 force_opt = click.option("--force", is_flag=True, help="Overwrite existing results in --out.")
+resume_opt = click.option(
+    "--resume", is_flag=True,
+    help="Continue the run in --out from its newest checkpoint (a changed config needs --force).",
+)  # fmt: skip
+quiet_opt = click.option(
+    "--quiet", is_flag=True, help="No progress bars: plain log lines every 30 s (batch jobs)."
+)
 remap_opt = click.option(
     "--remap-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Seed MobileNetV2 state_dict (torchvision layout) to initialise from (FNA remapping).",
@@ -98,12 +114,17 @@ def cli() -> None:
 @click.option("--cost-table", help="Override cost_model.table (a dnas lut build table).")
 @remap_opt
 @set_opt
+@resume_opt
+@quiet_opt
 @force_opt
 def search(config: Path, out: Path, strategy: str | None, cost_model: str | None,
            cost_table: str | None, remap_from: Path | None, overrides: tuple[str],
-           force: bool):  # fmt: skip
-    """Search an architecture with the experiment CONFIG; writes OUT/search.pt and search.json."""
+           resume: bool, quiet: bool, force: bool):  # fmt: skip
+    """Search an architecture with the experiment CONFIG; writes OUT/search.pt and search.json.
+
+    Works under ``torchrun --nproc_per_node N -m dnas search ...`` (data parallel)."""
     from dnas.config import load_experiment
+    from dnas.progress import Reporter
     from dnas.search import run_search
 
     extra = [f"search.strategy={strategy}"] if strategy else []
@@ -111,8 +132,12 @@ def search(config: Path, out: Path, strategy: str | None, cost_model: str | None
     extra += [f"cost_model.type={cost_model}"] if cost_model else []
     extra += [f"cost_model.table={cost_table}"] if cost_table else []
     exp = load_experiment(config, [*overrides, *extra])
-    guard_output(out / "search.pt", force)
-    result = run_search(exp, out, log=click.echo)
+    if not resume:
+        guard_output(out / "search.pt", force)
+        guard_output(out / "checkpoints", force)
+    result = run_search(exp, out, Reporter(click.echo, quiet), resume, force)
+    if not is_main_process():  # torchrun: rank 0 prints the results
+        return
     click.echo(f"final architecture cost: {result['final_cost']:.3f} {result['cost_unit']}")
     click.echo(f"wrote {out / 'search.pt'}, {out / 'search.json'}, {out / 'tb'}")
 
@@ -142,18 +167,26 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
               help="Initial weights (state_dict or dnas checkpoint).")  # fmt: skip
 @remap_opt
 @set_opt
+@resume_opt
+@quiet_opt
 @force_opt
 def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Path | None,
-          overrides: tuple[str], force: bool):  # fmt: skip
-    """Train a fixed architecture ARCH with the experiment CONFIG."""
+          overrides: tuple[str], resume: bool, quiet: bool, force: bool):  # fmt: skip
+    """Train a fixed architecture ARCH with the experiment CONFIG.
+
+    Works under ``torchrun --nproc_per_node N -m dnas train ...`` (DistributedDataParallel)."""
     from dnas.config import load_experiment
+    from dnas.progress import Reporter
     from dnas.train import run_train
 
     extra = [f"remap_from={remap_from}"] if remap_from else []
     exp = load_experiment(config, [*overrides, *extra])
-    for name in ("last.pt", "best.pt", "model.pt"):  # an interrupted run leaves last.pt only
-        guard_output(out / name, force)
-    metrics = run_train(exp, arch, out, init, log=click.echo)
+    if not resume:  # an interrupted run leaves checkpoints/ and last.pt only
+        for name in ("checkpoints", "last.pt", "best.pt", "model.pt"):
+            guard_output(out / name, force)
+    metrics = run_train(exp, arch, out, init, Reporter(click.echo, quiet), resume, force)
+    if not is_main_process():  # torchrun: rank 0 prints the results
+        return
     click.echo(metrics.table)
     click.echo(f"wrote {out / 'model.pt'}, {out / 'best.pt'}, {out / 'last.pt'}, {out / 'tb'}")
 
@@ -179,6 +212,8 @@ def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, save_v
     exp = load_experiment(config, list(overrides))
     guard_output(out / "results.json", force)
     results = run_eval(exp, arch, weights, out, save_vis)
+    if not is_main_process():  # torchrun: rank 0 prints the results
+        return
     table = results.pop("table")
     if fmt == "json":
         click.echo(json.dumps(results))
@@ -234,12 +269,16 @@ def parse_values(text: str) -> list[float]:
     help="Budget targets to sweep, in the cost model's unit, e.g. 100,200,400.",
 )
 @set_opt
+@resume_opt
+@quiet_opt
 @force_opt
 def sweep(config: Path, out: Path, weight_values: str | None, target_values: str | None,
-          overrides: tuple[str], force: bool):  # fmt: skip
+          overrides: tuple[str], resume: bool, quiet: bool, force: bool):  # fmt: skip
     """One search per lambda (or budget), each derived net trained and scored; writes
-    OUT/sweep.json, sweep.md and sweep.png (score vs cost)."""
+    OUT/sweep.json, sweep.md and sweep.png (score vs cost). --resume keeps finished runs and
+    continues the interrupted one."""
     from dnas.config import load_experiment
+    from dnas.progress import Reporter
     from dnas.sweep import run_dir_of, run_sweep
 
     if (weight_values is None) == (target_values is None):
@@ -247,10 +286,11 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
     kind = "weight" if weight_values else "target"
     values = parse_values(weight_values or target_values)
     exp = load_experiment(config, list(overrides))
-    guard_output(out / "sweep.json", force)
-    for value in values:  # a partial sweep's finished runs are results too
-        guard_output(run_dir_of(out, kind, value), force)
-    rows = run_sweep(exp, kind, values, out, log=click.echo)
+    if not resume:
+        guard_output(out / "sweep.json", force)
+        for value in values:  # a partial sweep's finished runs are results too
+            guard_output(run_dir_of(out, kind, value), force)
+    rows = run_sweep(exp, kind, values, out, Reporter(click.echo, quiet), resume, force)
     click.echo((out / "sweep.md").read_text().rstrip())
     click.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'} "
                f"({len(rows)} runs)")  # fmt: skip
@@ -290,6 +330,24 @@ def spaces():
 
     for name in shipped_names():
         click.echo(describe(load_space(name)) + "\n")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png",
+              show_default=True)  # fmt: skip
+@force_opt
+def plot(ref: str, out: Path, fmt: str, force: bool):
+    """Draw REF (search or train run, checkpoint, architecture YAML or shipped name) into OUT:
+    op_probs (searches) and architecture pictures."""
+    from dnas.plot import load_plot_source, plot_paths, write_plots
+
+    source = load_plot_source(ref)
+    for path in plot_paths(source, out, fmt):
+        guard_output(path, force)
+    written = write_plots(source, out, fmt)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 @cli.group(cls=DataGroup)

@@ -7,6 +7,9 @@ so the CLI's ``--set search.epochs=2`` is checked exactly like the file.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,13 @@ from typing import Any
 import yaml
 
 from dnas.errors import ConfigError
-from dnas.schema import expect_mapping, from_dict, load_yaml
+from dnas.schema import expect_mapping, from_dict, load_yaml, to_dict
+
+# Upper bounds: absurd sizes are rejected here, before anything is allocated or looped over.
+MAX_INPUT = 8192  # input height and width, pixels
+MAX_BATCH = 65536
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10**9
 
 
 @dataclass
@@ -30,7 +39,7 @@ class CostConfig:
     weight: float = field(default=0.1, metadata={"min": 0.0})
     tau: float = field(default=10.0, metadata={"min": 1.0001})
     table: str | None = None  # measured cost models (latency): the table from dnas lut build
-    batch: int | None = field(default=None, metadata={"min": 1})  # expected table batch
+    batch: int | None = field(default=None, metadata={"min": 1, "max": MAX_BATCH})  # of the table
     device: str | None = None  # expected table device (cpu, cuda)
     form: str = field(default="log", metadata={"choices": ["log", "hinge", "power"]})
     target: float | None = field(default=None, metadata={"min": 1e-12})
@@ -52,7 +61,9 @@ class ArchOptimizer:
     """Adam on the architecture parameters at a fixed lr (paper: 3e-4; betas/decay as DARTS)."""
 
     lr: float = field(default=3e-4, metadata={"min": 0.0})
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.999], metadata={"min": 0.0})
+    betas: list[float] = field(
+        default_factory=lambda: [0.5, 0.999], metadata={"min": 0.0, "max": 0.99999}
+    )
     weight_decay: float = field(default=1e-3, metadata={"min": 0.0})
 
 
@@ -60,10 +71,10 @@ class ArchOptimizer:
 class RandomSearchConfig:
     """Random-search baseline (paper Table 3): N architectures, each short-trained, best kept."""
 
-    samples: int = field(default=50, metadata={"min": 1})
-    epochs_per_arch: int = field(default=5, metadata={"min": 1})
+    samples: int = field(default=50, metadata={"min": 1, "max": MAX_EPOCHS})
+    epochs_per_arch: int = field(default=5, metadata={"min": 1, "max": MAX_EPOCHS})
     budget: float | None = field(default=None, metadata={"min": 0.0})
-    max_tries: int = field(default=10000, metadata={"min": 1})
+    max_tries: int = field(default=10000, metadata={"min": 1, "max": MAX_STEPS})
 
 
 @dataclass
@@ -78,12 +89,14 @@ class SinglePathConfig:
 @dataclass
 class SearchConfig:
     strategy: str = "darts"
-    warmup_epochs: int = field(default=60, metadata={"min": 0})
-    epochs: int = field(default=150, metadata={"min": 0})
-    batch_size: int = field(default=32, metadata={"min": 1})
+    warmup_epochs: int = field(default=60, metadata={"min": 0, "max": MAX_EPOCHS})
+    epochs: int = field(default=150, metadata={"min": 0, "max": MAX_EPOCHS})
+    batch_size: int = field(default=32, metadata={"min": 1, "max": MAX_BATCH})
     arch_fraction: float = field(default=0.2, metadata={"min": 0.01, "max": 0.99})
     drop_path: float = field(default=0.1, metadata={"min": 0.0, "max": 0.9})
-    steps_per_epoch: int | None = field(default=None, metadata={"min": 1})
+    steps_per_epoch: int | None = field(default=None, metadata={"min": 1, "max": MAX_STEPS})
+    # one architecture step per this many weight steps (DARTS, the paper: 1; ProxylessNAS: 5)
+    arch_every: int = field(default=1, metadata={"min": 1, "max": MAX_STEPS})
     weight_optimizer: WeightOptimizer = field(default_factory=WeightOptimizer)
     arch_optimizer: ArchOptimizer = field(default_factory=ArchOptimizer)
     random: RandomSearchConfig = field(default_factory=RandomSearchConfig)
@@ -94,31 +107,46 @@ class SearchConfig:
 class TrainConfig:
     """Training a fixed architecture: Adam, step schedule (paper: 200 epochs, x0.1 at 150, 170)."""
 
-    epochs: int = field(default=200, metadata={"min": 1})
-    batch_size: int = field(default=32, metadata={"min": 1})
+    epochs: int = field(default=200, metadata={"min": 1, "max": MAX_EPOCHS})
+    batch_size: int = field(default=32, metadata={"min": 1, "max": MAX_BATCH})
     lr: float = field(default=1e-3, metadata={"min": 0.0})
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
-    milestones: list[int] = field(default_factory=lambda: [150, 170], metadata={"min": 1})
+    milestones: list[int] = field(
+        default_factory=lambda: [150, 170], metadata={"min": 1, "max": MAX_EPOCHS}
+    )
     gamma: float = field(default=0.1, metadata={"min": 0.0})
-    steps_per_epoch: int | None = field(default=None, metadata={"min": 1})
-    eval_every: int = field(default=10, metadata={"min": 1})
+    steps_per_epoch: int | None = field(default=None, metadata={"min": 1, "max": MAX_STEPS})
+    eval_every: int = field(default=10, metadata={"min": 1, "max": MAX_EPOCHS})
+
+
+@dataclass
+class CheckpointConfig:
+    """Resume checkpoints in the run directory's ``checkpoints/`` (``--resume`` reads them)."""
+
+    every_steps: int = field(default=0, metadata={"min": 0, "max": MAX_STEPS})  # 0: epoch ends
+    keep_last: int = field(default=3, metadata={"min": 1, "max": 1000})
 
 
 @dataclass
 class Experiment:
     task: dict[str, Any]
     space: str = "mbv2_pose_small"
-    input_size: list[int] = field(default_factory=lambda: [256, 256], metadata={"min": 8})
+    input_size: list[int] = field(
+        default_factory=lambda: [256, 256], metadata={"min": 8, "max": MAX_INPUT}
+    )
     head: dict[str, Any] = field(default_factory=dict)
     cost_model: CostConfig = field(default_factory=CostConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})
     remap_from: str | None = None  # seed MobileNetV2 state_dict for FNA remapping (dnas.remap)
-    workers: int = field(default=0, metadata={"min": 0})
+    workers: int = field(default=0, metadata={"min": 0, "max": 256})
     device: str = "auto"
     precision: str = field(default="fp32", metadata={"choices": ["fp32", "bf16", "fp16"]})
     channels_last: bool = False
+    # distributed runs: batch norm over the global batch, as a 1-process run computes it
+    sync_batchnorm: bool = True
     source: str = "<memory>"
 
     @property
@@ -139,7 +167,9 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent or null: a section of defaults
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(source, key, f"cannot set inside non-mapping {part!r}")
         node[parts[-1]] = value
@@ -156,8 +186,22 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     exp.source = source
     if len(exp.input_size) != 2:
         raise ConfigError(source, "input_size", f"expected [height, width], got {exp.input_size}")
+    if len(exp.search.arch_optimizer.betas) != 2:
+        raise ConfigError(source, "search.arch_optimizer.betas", "expected two numbers [b1, b2]")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", exp.device):
+        expected = "expected auto, cpu, cuda or cuda:N"
+        raise ConfigError(source, "device", f"{expected}, got {exp.device!r}")
     if "name" not in exp.task:
         raise ConfigError(source, "task.name", "missing required key (e.g. pose)")
     if exp.cost_model.form != "log" and exp.cost_model.target is None:
         raise ConfigError(source, "cost_model.target", f"required by form {exp.cost_model.form}")
     return exp
+
+
+def config_hash(exp: Experiment) -> str:
+    """A digest of everything in the config that can change a run's results (``workers`` and
+    the file's name and checkpoint rotation cannot), stored in checkpoints so that a resume
+    can tell a changed config."""
+    unrelated = ("workers", "source", "checkpoint")
+    data = {k: v for k, v in to_dict(exp).items() if k not in unrelated}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

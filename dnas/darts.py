@@ -38,6 +38,7 @@ class DartsStrategy(Strategy):
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.w_opt, T_max=max(self.num_epochs, 1), eta_min=0.0
         )
+        self.steps_done = 0
 
     @property
     def num_epochs(self) -> int:
@@ -58,12 +59,18 @@ class DartsStrategy(Strategy):
         self.amp.step(task_loss + penalty, self.a_opt, self.alphas)
         return {"arch/task_loss": task_loss.item(), "arch/cost_loss": penalty.item()}
 
-    def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]:
-        stats = {} if self.warming_up else self.arch_step(val_batch)
+    def wants_arch_batch(self) -> bool:
+        return not self.warming_up and self.steps_done % self.cfg.arch_every == 0
+
+    def step(
+        self, train_batch: dict[str, Any], val_batch: dict[str, Any] | None
+    ) -> dict[str, float]:
+        stats = {} if val_batch is None else self.arch_step(val_batch)
         loss = weight_step(
             self.network, train_batch, self.task.loss, self.w_opt, self.weights,
             self.cfg.weight_optimizer.grad_clip, self.amp,
         )  # fmt: skip
+        self.steps_done += 1
         stats["train/loss"] = float(loss)
         return stats
 
@@ -90,4 +97,12 @@ class DartsStrategy(Strategy):
             "weight_optimizer": self.w_opt.state_dict(),
             "arch_optimizer": self.a_opt.state_dict(),
             "weight_scheduler": self.w_sched.state_dict(),
+            "steps_done": self.steps_done,
         }
+
+    def load_checkpointables(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["weight_optimizer"])
+        self.a_opt.load_state_dict(state["arch_optimizer"])
+        self.w_sched.load_state_dict(state["weight_scheduler"])
+        self.steps_done = state["steps_done"]

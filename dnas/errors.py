@@ -14,3 +14,20 @@ class ConfigError(DnasError):
         self.source, self.key, self.detail = source, key, message
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {message}")
+
+
+WORKER_PREFIX = "Caught "  # how torch's DataLoader re-raises an exception from a worker
+
+
+def from_worker(exc: BaseException) -> str | None:
+    """The one-line message of a dnas error raised inside a DataLoader worker, which torch
+    re-raises with the worker's traceback appended (as a RuntimeError for ConfigError); None
+    when ``exc`` is something else."""
+    text = str(exc)
+    if not (text.startswith(WORKER_PREFIX) and "DataLoader worker" in text):
+        return None
+    last = text.rstrip().splitlines()[-1]
+    for name in ("dnas.errors.ConfigError: ", "dnas.errors.DnasError: "):
+        if last.startswith(name):
+            return last[len(name) :]
+    return None

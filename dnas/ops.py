@@ -25,6 +25,9 @@ _RES = re.compile(r"^res(\d+)$")
 _POOL = re.compile(r"^maxpool(\d+)$")
 MAX_KERNEL = 15
 MAX_EXPANSION = 16
+# One op may hold at most this many parameters (256 MiB in fp32): far above any real layer, low
+# enough that an absurd width is an error before anything is allocated.
+MAX_OP_PARAMS = 2**26
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,37 @@ def shape_problem(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
         return "keeps the channel count"
     if spec.kind == "res" and cout % 4:
         return "needs a width divisible by 4 (bottleneck of width/4)"
+    return None
+
+
+def _conv_bn_params(cin: int, cout: int, kernel: int, groups: int = 1) -> int:
+    return cin // groups * cout * kernel * kernel + 2 * cout
+
+
+def param_count(spec: OpSpec, cin: int, cout: int, stride: int) -> int:
+    """Parameters of ``build_op(spec, cin, cout, stride)`` (BN affine included), computed
+    without building it, so sizes can be checked before anything is allocated."""
+    if spec.kind in ("skip", "maxpool"):
+        return 0
+    k = spec.kernel
+    if spec.kind == "mbconv":
+        hidden = cin * spec.expansion
+        expand = _conv_bn_params(cin, hidden, 1) if spec.expansion != 1 else 0
+        depthwise = _conv_bn_params(hidden, hidden, k, hidden)
+        return expand + depthwise + _conv_bn_params(hidden, cout, 1)
+    if spec.kind == "res":
+        mid = cout // 4
+        body = _conv_bn_params(cin, mid, 1) + _conv_bn_params(mid, mid, k)
+        body += _conv_bn_params(mid, cout, 1)
+        return body + (0 if stride == 1 and cin == cout else _conv_bn_params(cin, cout, 1))
+    return _conv_bn_params(cin, cout, k)
+
+
+def size_problem(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
+    """Why ``spec`` would be absurdly large at this layer, or None."""
+    params = param_count(spec, cin, cout, stride)
+    if params > MAX_OP_PARAMS:
+        return f"would hold {params:,} parameters (at most {MAX_OP_PARAMS:,} per op)"
     return None
 
 
@@ -135,7 +169,7 @@ class Bottleneck(nn.Module):
 
 def build_op(spec: OpSpec, cin: int, cout: int, stride: int) -> nn.Module:
     """The module for an op at a layer with the given channels and stride."""
-    problem = shape_problem(spec, cin, cout, stride)
+    problem = shape_problem(spec, cin, cout, stride) or size_problem(spec, cin, cout, stride)
     if problem:
         raise ValueError(f"{spec.name!r} {problem}, got {cin}->{cout} channels, stride {stride}")
     if spec.kind == "skip":

@@ -10,9 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dnas.config import MAX_INPUT
+from dnas.errors import ConfigError, DnasError
 from dnas.heads import build_head
 from dnas.ops import build_op, parse_op
 from dnas.search_space import SearchSpace, load_space
+
+MAX_ACTIVATION = 2**27  # values of one intermediate tensor per image (512 MiB in fp32)
+MAX_OUTPUTS = 16384
 
 
 def count_params(module: nn.Module) -> int:
@@ -39,11 +44,18 @@ def _macs(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int:
 @torch.no_grad()
 def count_macs(module: nn.Module, *inputs: Tensor) -> int:
     """MACs per sample of one forward pass of ``module`` on ``inputs`` (run once, in eval mode)."""
-    total = 0
+    return _profile(module, *inputs)[0]
+
+
+@torch.no_grad()
+def _profile(module: nn.Module, *inputs: Tensor) -> tuple[int, int]:
+    """(MACs per sample, values of the largest intermediate tensor per sample) of one pass."""
+    total, largest = 0, 0
 
     def hook(mod: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
-        nonlocal total
+        nonlocal total, largest
         total += _macs(mod, args, out)
+        largest = max(largest, out.numel() // max(out.shape[0], 1))
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
     was_training = module.training
@@ -54,7 +66,7 @@ def count_macs(module: nn.Module, *inputs: Tensor) -> int:
         module.train(was_training)
         for h in handles:
             h.remove()
-    return total
+    return total, largest
 
 
 class _HeadOnInputs(nn.Module):
@@ -73,20 +85,47 @@ def op_costs(
 ) -> tuple[dict[str, dict[str, tuple[int, int]]], tuple[int, int]]:
     """(MACs, params) of every candidate of every layer at its exact input shape, and of the head.
 
-    Costs add up per layer, so any architecture's total is a sum of these entries.
+    Costs add up per layer, so any architecture's total is a sum of these entries. Everything
+    runs on the ``meta`` device (shapes only, nothing allocated), and an input size that would
+    make any intermediate tensor absurdly large is a one-line error.
     """
+    check_sizes(input_hw, num_outputs)
     shapes = space.infer_shapes(*input_hw)
     per_layer: dict[str, dict[str, tuple[int, int]]] = {}
-    for layer in space.layers:
-        cin, h, w = shapes[layer.input]
-        x = torch.zeros(1, cin, h, w)
-        per_layer[layer.name] = {}
-        for op in layer.candidates:
-            module = build_op(parse_op(op), cin, layer.width, layer.stride)
-            per_layer[layer.name][op] = (count_macs(module, x), count_params(module))
-    head = _HeadOnInputs(build_head(space, num_outputs))
-    feats = [torch.zeros(1, *shapes[n]) for n in space.head_inputs()]
-    return per_layer, (count_macs(head, *feats), count_params(head))
+    with torch.device("meta"):
+        for layer in space.layers:
+            cin, h, w = shapes[layer.input]
+            x = torch.zeros(1, cin, h, w)
+            per_layer[layer.name] = {}
+            for op in layer.candidates:
+                module = build_op(parse_op(op), cin, layer.width, layer.stride)
+                macs, largest = _profile(module, x)
+                _check_activation(space, layer.name, op, largest, input_hw)
+                per_layer[layer.name][op] = (macs, count_params(module))
+        head = _HeadOnInputs(build_head(space, num_outputs))
+        feats = [torch.zeros(1, *shapes[n]) for n in space.head_inputs()]
+        macs, largest = _profile(head, *feats)
+    _check_activation(space, "head", space.head.type if space.head else "", largest, input_hw)
+    return per_layer, (macs, count_params(head))
+
+
+def check_sizes(input_hw: tuple[int, int], num_outputs: int) -> None:
+    """Bounds on the input size and the head's outputs, checked before anything is built."""
+    if not all(8 <= side <= MAX_INPUT for side in input_hw):
+        raise DnasError(f"input size {input_hw[0]}x{input_hw[1]}: expected both sides in "
+                        f"8..{MAX_INPUT}")  # fmt: skip
+    if not 1 <= num_outputs <= MAX_OUTPUTS:
+        raise DnasError(f"outputs (joints): expected 1..{MAX_OUTPUTS}, got {num_outputs}")
+
+
+def _check_activation(
+    space: SearchSpace, layer: str, op: str, values: int, input_hw: tuple[int, int]
+) -> None:
+    if values > MAX_ACTIVATION:
+        raise ConfigError(space.source, layer, f"{op} at input {input_hw[0]}x{input_hw[1]} "
+                          f"makes a tensor of {values:,} values per image (at most "
+                          f"{MAX_ACTIVATION:,}); use a smaller input size or narrower "
+                          "layers")  # fmt: skip
 
 
 def cost_report(ref: str, input_hw: tuple[int, int], num_outputs: int) -> dict:

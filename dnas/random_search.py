@@ -73,17 +73,28 @@ class RandomSearchStrategy(Strategy):
         per_arch = self.cfg.random.epochs_per_arch
         if epoch % per_arch:
             return
-        self.choices = self.sample()
-        arch = self.network.space.with_choices(self.choices)
+        self.build(self.sample())
+
+    def build(self, choices: dict[str, str]) -> None:
+        """A fresh net of ``choices`` with its optimiser and schedule."""
+        self.choices = choices
+        arch = self.network.space.with_choices(choices)
         self.model = self.amp.model(Network(arch, self.task.num_outputs).to(self.device))
         w = self.cfg.weight_optimizer
         self.params = self.model.weight_parameters()
         self.opt = torch.optim.SGD(
             self.params, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay
         )
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=per_arch)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.opt, T_max=self.cfg.random.epochs_per_arch
+        )
 
-    def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]:
+    def wants_arch_batch(self) -> bool:
+        return False  # candidates are scored on the whole architecture split at epoch ends
+
+    def step(
+        self, train_batch: dict[str, Any], val_batch: dict[str, Any] | None
+    ) -> dict[str, float]:
         loss = weight_step(
             self.model, train_batch, self.task.loss, self.opt, self.params,
             self.cfg.weight_optimizer.grad_clip, self.amp,
@@ -112,4 +123,22 @@ class RandomSearchStrategy(Strategy):
         }
 
     def get_checkpointables(self) -> dict[str, Any]:
-        return {"history": self.history, "best": self.best}
+        state: dict[str, Any] = {
+            "history": self.history,
+            "best": self.best,
+            "rng": self.rng.bit_generator.state,
+            "choices": self.choices,
+        }
+        if self.choices:
+            state.update(model=self.model.state_dict(), optimizer=self.opt.state_dict(),
+                         scheduler=self.sched.state_dict())  # fmt: skip
+        return state
+
+    def load_checkpointables(self, state: dict[str, Any]) -> None:
+        self.history, self.best = state["history"], state["best"]
+        self.rng.bit_generator.state = state["rng"]
+        if state["choices"]:
+            self.build(state["choices"])
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])

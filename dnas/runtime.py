@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
+from dnas.distributed import average_gradients
 from dnas.errors import DnasError
 
 
@@ -36,33 +36,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    if hasattr(info.dataset, "rng"):
-        info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32)
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch (CPU and CUDA) global generators' states, as plain data and
+    tensors (a checkpoint loads them with ``weights_only=True``)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int
-) -> DataLoader:
-    """A seeded DataLoader; training loaders drop the last partial batch (BN needs > 1 sample)."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle and len(dataset) > batch_size,
-        num_workers=workers,
-        worker_init_fn=_seed_worker if workers else None,
-        generator=generator,
-        persistent_workers=workers > 0,
-    )
-
-
-def forever(loader: DataLoader) -> Iterator[Any]:
-    """Iterate a loader endlessly (a new epoch each pass), without caching batches."""
-    while True:
-        yield from loader
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = dict(state["numpy"])
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    numpy_state["state"] = {**numpy_state["state"], "key": key}
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -90,6 +85,7 @@ class Amp:
                  channels_last: bool = False) -> None:  # fmt: skip
         self.device, self.precision, self.channels_last = device, precision, channels_last
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.sync_grads = False  # distributed search: average gradients across processes
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -114,6 +110,8 @@ class Amp:
              grad_clip: float = 0.0) -> None:  # fmt: skip
         """Backward into ``params`` only, optional clipping, optimiser step (fp16: scaled)."""
         self.scaler.scale(loss).backward(inputs=params)
+        if self.sync_grads:
+            average_gradients(params)
         if grad_clip > 0:
             self.scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(params, grad_clip)

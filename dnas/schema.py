@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,8 +24,14 @@ def load_yaml(path: str | Path) -> Any:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path), "", f"not a UTF-8 text file (byte {exc.start}: {exc.reason})"
+        ) from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(str(path), "", "invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -108,13 +116,17 @@ def check_value(value: Any, tp: Any, source: str, path: str) -> Any:
     if tp is float:
         # PyYAML reads 1e-4 (no dot) as a string; accept numeric strings for float fields.
         if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(source, path, f"expected a number, got {_kind(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(source, path, f"expected a finite number, got {_kind(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(source, path, f"expected a string, got {_kind(value)}")

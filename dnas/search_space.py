@@ -18,13 +18,14 @@ from typing import Any
 import networkx as nx
 
 from dnas.errors import ConfigError
-from dnas.ops import out_spatial, parse_op, shape_problem
+from dnas.ops import out_spatial, param_count, parse_op, shape_problem, size_problem
 from dnas.schema import check_keys, expect_mapping, join, load_yaml
 
 INPUT = "input"
 HEAD = "head"
 MAX_WIDTH = 16384
 MAX_LAYERS = 256
+MAX_SPACE_PARAMS = 2**27  # all candidates of all layers together (512 MiB in fp32)
 
 
 @dataclass(frozen=True)
@@ -397,10 +398,16 @@ def _check_acyclic(graph: nx.DiGraph, source: str) -> None:
 def _check_op_shapes(graph: nx.DiGraph, layers: list[Layer], pending: list, source: str) -> None:
     """Every candidate must fit its layer's channels and stride (e.g. skip needs equal shapes)."""
     paths = dict((layer.name, p) for layer, p in pending)
+    total = 0
     for layer in layers:
         cin = graph.nodes[layer.input]["channels"]
         for op in layer.candidates:
-            problem = shape_problem(parse_op(op), cin, layer.width, layer.stride)
+            spec = parse_op(op)
+            problem = shape_problem(spec, cin, layer.width, layer.stride)
+            if problem is None and (too_big := size_problem(spec, cin, layer.width, layer.stride)):
+                raise ConfigError(source, paths[layer.name], f"{op!r} on layer {layer.name} "
+                                  f"({cin} -> {layer.width} channels) {too_big}")  # fmt: skip
+            total += param_count(spec, cin, layer.width, layer.stride)
             if problem:
                 hint = (" (use 'skip: true' on the stage to add skip only where shapes match)"
                         if op == "skip" else "")  # fmt: skip
@@ -409,6 +416,9 @@ def _check_op_shapes(graph: nx.DiGraph, layers: list[Layer], pending: list, sour
                     f"{op!r} on layer {layer.name} {problem}, but it maps {cin} -> "
                     f"{layer.width} channels with stride {layer.stride}{hint}",
                 )  # fmt: skip
+    if total > MAX_SPACE_PARAMS:
+        raise ConfigError(source, "stages", f"the layers' candidate ops hold {total:,} parameters "
+                          f"together (at most {MAX_SPACE_PARAMS:,})")  # fmt: skip
 
 
 def describe(space: SearchSpace) -> str:

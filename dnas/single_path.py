@@ -41,13 +41,16 @@ class _SinglePath(DartsStrategy):
             active.append([index])
         return weights, active
 
-    def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]:
-        stats = {} if self.warming_up else self.arch_step(val_batch)
+    def step(
+        self, train_batch: dict[str, Any], val_batch: dict[str, Any] | None
+    ) -> dict[str, float]:
+        stats = {} if val_batch is None else self.arch_step(val_batch)
         weights, active = self.sample_one()
         loss = weight_step(
             self.network, train_batch, self.task.loss, self.w_opt, self.weights,
             self.cfg.weight_optimizer.grad_clip, self.amp, path_weights=weights, active=active,
         )  # fmt: skip
+        self.steps_done += 1
         stats["train/loss"] = float(loss)
         return stats
 

@@ -10,12 +10,18 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from dnas.ops import MAX_OP_PARAMS
 from dnas.registry import HEADS
+
+MAX_WIDTH = 16384
+MAX_UPSAMPLINGS = 6  # x64: from a stride-64 backbone back to the input resolution
 
 
 @dataclass
 class SlimDeconvOptions:
-    deconv_widths: list[int] = field(default_factory=lambda: [64, 32], metadata={"min": 1})
+    deconv_widths: list[int] = field(
+        default_factory=lambda: [64, 32], metadata={"min": 1, "max": MAX_WIDTH}
+    )
     deconv_kernel: int = field(default=4, metadata={"choices": [2, 3, 4]})
     sic: bool = True
     upsample: str = field(default="deconv", metadata={"choices": ["deconv", "separable"]})
@@ -39,6 +45,7 @@ class SlimDeconvHead(nn.Module):
         super().__init__()
         if len(in_channels) != 1:
             raise ValueError("slim_deconv reads exactly one input node")
+        _check_size(in_channels[0], num_outputs, options)
         k = options.deconv_kernel
         padding, output_padding = {4: (1, 0), 3: (1, 1), 2: (0, 0)}[k]
         layers: list[nn.Module] = []
@@ -65,3 +72,17 @@ class SlimDeconvHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         return self.layers(features[0])
+
+
+def _check_size(cin: int, num_outputs: int, options: SlimDeconvOptions) -> None:
+    """Reject absurd heads (ValueError, made a one-line config error) before allocating."""
+    if len(options.deconv_widths) > MAX_UPSAMPLINGS:
+        raise ValueError(f"deconv_widths: at most {MAX_UPSAMPLINGS} upsampling steps (x2 each), "
+                         f"got {len(options.deconv_widths)}")  # fmt: skip
+    k = options.deconv_kernel
+    for i, width in enumerate([*options.deconv_widths, num_outputs]):
+        params = cin * width * (k * k if i < len(options.deconv_widths) else 1)
+        if params > MAX_OP_PARAMS:
+            raise ValueError(f"layer {i} maps {cin} -> {width} channels: {params:,} parameters "
+                             f"(at most {MAX_OP_PARAMS:,} per layer)")  # fmt: skip
+        cin = width

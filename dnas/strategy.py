@@ -40,9 +40,17 @@ class Strategy(ABC):
         """Called before each epoch's steps."""
         self.epoch = epoch
 
+    def wants_arch_batch(self) -> bool:
+        """Whether the next step uses an architecture-split batch (the loop loads one only
+        then: none in warm-up, one every ``search.arch_every`` steps)."""
+        return True
+
     @abstractmethod
-    def step(self, train_batch: dict[str, Any], val_batch: dict[str, Any]) -> dict[str, float]:
-        """One step on a batch of the weight split and one of the architecture split."""
+    def step(
+        self, train_batch: dict[str, Any], val_batch: dict[str, Any] | None
+    ) -> dict[str, float]:
+        """One step on a batch of the weight split and, when :meth:`wants_arch_batch` said so,
+        one of the architecture split (else ``val_batch`` is None)."""
 
     def end_epoch(self, epoch: int, val_loader: DataLoader) -> dict[str, float]:
         """Called after each epoch's steps; returns scalars to log."""
@@ -62,4 +70,9 @@ class Strategy(ABC):
 
     @abstractmethod
     def get_checkpointables(self) -> dict[str, Any]:
-        """Everything (state dicts) a checkpoint must hold to describe the search state."""
+        """Everything (state dicts, counters, generator states) a checkpoint must hold so that
+        :meth:`load_checkpointables` continues the search exactly."""
+
+    @abstractmethod
+    def load_checkpointables(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_checkpointables` returned (after ``adapt_search_space``)."""

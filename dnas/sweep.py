@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from dnas.config import Experiment
 from dnas.derive import derive, write_architecture
 from dnas.profile import cost_report
+from dnas.progress import Reporter
 from dnas.search import run_search
 from dnas.task import build_task
 from dnas.train import run_train
@@ -32,26 +32,52 @@ def run_dir_of(out_dir: Path, kind: str, value: float) -> Path:
 
 
 def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path,
-              log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
-    """Search, derive, train and score once per value; returns the table rows."""
-    rows = []
+              report: Reporter | None = None, resume: bool = False,
+              force: bool = False) -> list[dict]:  # fmt: skip
+    """Search, derive, train and score once per value; returns the table rows. With
+    ``resume``, finished runs (their ``row.json``) are kept and an interrupted search or
+    training continues from its checkpoints."""
+    report = report or Reporter()
     outputs = build_task(exp).num_outputs
+    rows = []
     for value in values:
         run_dir = run_dir_of(out_dir, kind, value)
-        variant = _variant(exp, kind, value)
-        log(f"== sweep: cost_model.{'weight' if kind == 'weight' else 'target'} = {value:g}")
-        result = run_search(variant, run_dir / "search", log)
-        arch, _ = derive(run_dir / "search", f"sweep-{kind}-{value:g}")
-        arch_path = run_dir / "arch.yaml"
-        write_architecture(arch, arch_path, f"derived by dnas sweep ({kind} = {value:g})")
-        metrics = run_train(variant, str(arch_path), run_dir / "train", log=log)
-        size = cost_report(str(arch_path), variant.input_hw, outputs)
-        rows.append({kind: value, "cost": result["final_cost"], "cost_unit": result["cost_unit"],
-                     "params": size["params"], "macs": size["macs"],
-                     "metric": metrics.primary, "score": metrics.score,
-                     "architecture": str(arch_path)})  # fmt: skip
+        row_path = run_dir / "row.json"
+        if resume and row_path.exists():
+            report.line(f"== sweep: {kind} = {value:g} already done ({row_path})")
+            rows.append(json.loads(row_path.read_text()))
+            continue
+        report.line(f"== sweep: cost_model.{kind} = {value:g}")
+        rows.append(sweep_one(_variant(exp, kind, value), kind, value, run_dir, outputs, report,
+                              resume, force))  # fmt: skip
+        row_path.write_text(json.dumps(rows[-1], indent=1))
     write_outputs(rows, kind, out_dir)
     return rows
+
+
+def sweep_one(variant: Experiment, kind: str, value: float, run_dir: Path, outputs: int,
+              report: Reporter, resume: bool, force: bool) -> dict:  # fmt: skip
+    """One sweep point: search (or continue it), derive, train (or continue it), score."""
+    search_dir, train_dir = run_dir / "search", run_dir / "train"
+    if resume and (search_dir / "search.json").exists():
+        result = json.loads((search_dir / "search.json").read_text())
+    else:
+        result = run_search(variant, search_dir, report, has_checkpoints(search_dir, resume),
+                            force)  # fmt: skip
+    arch, _ = derive(search_dir, f"sweep-{kind}-{value:g}")
+    arch_path = run_dir / "arch.yaml"
+    write_architecture(arch, arch_path, f"derived by dnas sweep ({kind} = {value:g})")
+    metrics = run_train(variant, str(arch_path), train_dir, None, report,
+                        has_checkpoints(train_dir, resume), force)  # fmt: skip
+    size = cost_report(str(arch_path), variant.input_hw, outputs)
+    return {kind: value, "cost": result["final_cost"], "cost_unit": result["cost_unit"],
+            "params": size["params"], "macs": size["macs"], "metric": metrics.primary,
+            "score": metrics.score, "architecture": str(arch_path)}  # fmt: skip
+
+
+def has_checkpoints(run_dir: Path, resume: bool) -> bool:
+    """Resume a sub-run only when it left checkpoints; otherwise start it."""
+    return resume and any((run_dir / "checkpoints").glob("step-*.pt"))
 
 
 def write_outputs(rows: list[dict], kind: str, out_dir: Path) -> dict[str, Path]:

@@ -39,6 +39,7 @@ class Metrics:
 class Task(ABC):
     name: ClassVar[str]
     Options: ClassVar[type]  # a dataclass: the task's keys under ``task:`` in the experiment YAML
+    in_channels: ClassVar[int] = 3  # channels of the ``input`` tensors its datasets yield
 
     def __init__(self, options: Any, input_hw: tuple[int, int], source: str) -> None:
         self.options = options
@@ -97,6 +98,9 @@ def build_space(ref: str, task: Task, exp: Experiment) -> SearchSpace:
     if exp.head.get("type", head["type"]) != head["type"]:
         head = {k: v for k, v in head.items() if k == "inputs"}  # new head type: drop old options
     head.update(exp.head)
+    if space.in_channels != task.in_channels:
+        raise ConfigError(space.source, "in_channels", f"{space.in_channels}, but the "
+                          f"{task.name} task feeds {task.in_channels}-channel inputs")  # fmt: skip
     data = space.to_dict()
     data["head"] = head
     return space_from_dict(data, source=space.source if not exp.head else exp.source)

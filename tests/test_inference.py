@@ -118,17 +118,19 @@ def test_eval_prediction_file_scores_the_same_with_dnas_pose_pckh(tmp_path, real
         assert table[key] == round(results[key], 4)
 
 
-def test_multi_worker_loading_is_seeded(real_mpii_root):
-    """Two-worker loaders with the same seed give the same augmented batches."""
-    from dnas.runtime import make_loader
+def test_training_order_is_seeded_and_independent_of_workers(real_mpii_root):
+    """The same seed gives the same augmented batches with 0 or 2 workers; another epoch
+    gives another order and other augmentations."""
+    from dnas.sampling import epoch_batches, train_loader
     from tasks.pose.task import PoseOptions, PoseTask
 
     task = PoseTask(PoseOptions(root=str(real_mpii_root)), (64, 64), "test")
-    batches = []
-    for _ in range(2):
-        torch.manual_seed(3)
-        loader = make_loader(task.dataset("train", augment=True), 2, True, 2, seed=5)
-        batches.append([b["input"] for b in loader])
-    assert len(batches[0]) == 2
-    for a, b in zip(*batches, strict=True):
+    dataset = task.dataset("train", augment=True)
+    runs = []
+    for workers in (0, 2):
+        loader = train_loader(dataset, range(len(dataset)), 2, workers, seed=5)
+        runs.append([[b["input"] for b in epoch_batches(loader, e)] for e in (0, 1)])
+    assert len(runs[0][0]) == 2
+    for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1], strict=True):
         assert torch.equal(a, b)
+    assert not torch.equal(runs[0][0][0], runs[0][1][0])

@@ -13,6 +13,7 @@ from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.errors import DnasError
+from dnas.progress import Reporter
 from dnas.search import run_search, split_indices
 
 
@@ -26,7 +27,7 @@ def test_split_is_seeded_disjoint_and_80_20():
 def test_two_step_darts_search(tmp_path, real_mpii_root):
     search = {"warmup_epochs": 1, "epochs": 1, "steps_per_epoch": 2}
     path = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search=search)
-    result = run_search(load_experiment(path), tmp_path / "run", log=lambda _: None)
+    result = run_search(load_experiment(path), tmp_path / "run", Reporter(lambda _: None))
     ckpt = checkpoint.load(tmp_path / "run" / "search.pt")
     assert ckpt["epoch"] == 2 and ckpt["kind"] == "dnas-search"
     alphas = [v for k, v in ckpt["strategy"]["model"].items() if k.startswith("alphas.")]
@@ -50,7 +51,7 @@ def test_cost_term_pushes_the_search_to_cheaper_ops(tmp_path, real_mpii_root):
                     "arch_optimizer": {"lr": 0.3}},
             cost_model={"type": "flops", "weight": weight},
         )  # fmt: skip
-        run_search(load_experiment(path), tmp_path / f"run{weight}", log=lambda _: None)
+        run_search(load_experiment(path), tmp_path / f"run{weight}", Reporter(lambda _: None))
         ckpt = checkpoint.load(tmp_path / f"run{weight}" / "search.pt")
         from dnas.cost_model import get_cost_model
         from dnas.search_space import space_from_dict
@@ -69,7 +70,7 @@ def test_random_search_keeps_the_best_of_n(tmp_path, real_mpii_root):
         search={"strategy": "random", "steps_per_epoch": 1,
                 "random": {"samples": 3, "epochs_per_arch": 1}},
     )  # fmt: skip
-    result = run_search(load_experiment(path), tmp_path / "run", log=lambda _: None)
+    result = run_search(load_experiment(path), tmp_path / "run", Reporter(lambda _: None))
     history = checkpoint.load(tmp_path / "run" / "search.pt")["strategy"]["history"]
     assert len(history) == 3
     best = min(history, key=lambda h: h["val_loss"])
@@ -81,7 +82,7 @@ def test_random_search_budget(tmp_path, real_mpii_root):
     base = {"strategy": "random", "steps_per_epoch": 1, "random": {"samples": 2,
             "epochs_per_arch": 1, "budget": 1.2}}  # fmt: skip
     path = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search=base)
-    run_search(load_experiment(path), tmp_path / "run", log=lambda _: None)
+    run_search(load_experiment(path), tmp_path / "run", Reporter(lambda _: None))
     history = checkpoint.load(tmp_path / "run" / "search.pt")["strategy"]["history"]
     assert all(h["cost"] <= 1.2 for h in history)
     path = write_experiment(tmp_path / "exp2.yaml", real_mpii_root,
@@ -89,7 +90,7 @@ def test_random_search_budget(tmp_path, real_mpii_root):
                                                        "max_tries": 50}})  # fmt: skip
     message = r"budget: no architecture within 0.5 MMAC in 50 samples \(the cheapest costs 0.967"
     with pytest.raises(DnasError, match=message):
-        run_search(load_experiment(path), tmp_path / "run2", log=lambda _: None)
+        run_search(load_experiment(path), tmp_path / "run2", Reporter(lambda _: None))
 
 
 def invoke(*args):
@@ -202,7 +203,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, real_mpii_root, monk
         search={"warmup_epochs": 2, "epochs": 0, "steps_per_epoch": 2},
     )
     with pytest.raises(DnasError, match=r"non-finite train/loss \(nan\) at step 1"):
-        run_search(load_experiment(exp), tmp_path / "run", log=lambda _: None)
+        run_search(load_experiment(exp), tmp_path / "run", Reporter(lambda _: None))
     assert checkpoint.load(tmp_path / "run" / "search.pt")["epoch"] == 1
 
 
@@ -212,7 +213,7 @@ def test_search_is_reproducible_with_a_cold_or_warm_cost_cache(tmp_path, real_mp
     runs = []
     for name in ("cold", "warm"):  # the first run builds the cost table, the second reads it
         monkeypatch.setenv("DNAS_CACHE_DIR", str(tmp_path / "cache"))
-        run_search(load_experiment(exp), tmp_path / name, log=lambda _: None)
+        run_search(load_experiment(exp), tmp_path / name, Reporter(lambda _: None))
         runs.append(checkpoint.load(tmp_path / name / "search.pt")["strategy"]["model"])
     assert runs[0].keys() == runs[1].keys()
     for key in runs[0]:

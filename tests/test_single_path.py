@@ -12,6 +12,7 @@ from dnas.config import CostConfig, SearchConfig, load_experiment
 from dnas.cost_model import get_cost_model
 from dnas.mixed_op import MixedOp
 from dnas.network import Network
+from dnas.progress import Reporter
 from dnas.search import run_search
 from dnas.search_space import load_space
 from dnas.single_path import BinaryGateStrategy, GumbelStrategy
@@ -75,7 +76,7 @@ def test_gumbel_temperature_anneals(real_mpii_root):
 @pytest.mark.parametrize("name", ["gumbel", "binary_gates"])
 def test_search_end_to_end(name, tmp_path, real_mpii_root):
     exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search={"strategy": name})
-    result = run_search(load_experiment(exp), tmp_path / "run", log=lambda _: None)
+    result = run_search(load_experiment(exp), tmp_path / "run", Reporter(lambda _: None))
     saved = json.loads((tmp_path / "run" / "search.json").read_text())
     assert saved["strategy"] == name and set(saved["choices"]) == set(result["arch_probs"])
 
@@ -88,7 +89,7 @@ def test_mixed_precision_and_channels_last_search(tmp_path, real_mpii_root, stra
                                                   channels_last):  # fmt: skip
     exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search={"strategy": strategy},
                            precision=precision, channels_last=channels_last)  # fmt: skip
-    run_search(load_experiment(exp), tmp_path / "run", log=lambda _: None)
+    run_search(load_experiment(exp), tmp_path / "run", Reporter(lambda _: None))
     saved = json.loads((tmp_path / "run" / "search.json").read_text())
     assert all(abs(sum(p) - 1.0) < 1e-5 for p in saved["arch_probs"].values())
 

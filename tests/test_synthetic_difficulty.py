@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dnas.network import Network
-from dnas.runtime import make_loader
+from dnas.sampling import make_loader
 from dnas.search_space import load_space
 from tasks.pose.mpii import MPIIDataset
 from tasks.pose.pckh import load_gt_valid_mat, pckh_table
@@ -26,7 +26,7 @@ def test_untrained_net_scores_below_10(synth):
     torch.manual_seed(0)
     task = PoseTask(PoseOptions(root=str(synth)), (128, 128), "test")
     net = Network(load_space("efficientpose-a"), 16)
-    loader = make_loader(task.dataset("val", augment=False), 16, False, 0, 0)
+    loader = make_loader(task.dataset("val", augment=False), 16, 0)
     metrics = task.evaluate(net, loader, torch.device("cpu"), None)
     assert metrics.values["Mean"] < 10.0
 

@@ -9,11 +9,10 @@ import click
 import cv2
 import h5py
 import numpy as np
-import scipy.io
 
 from dnas.errors import DnasError
 from dnas.registry import COMMANDS
-from tasks.pose.pckh import TABLE_KEYS, format_table, load_gt_valid_mat, pckh_table
+from tasks.pose.pckh import TABLE_KEYS, format_table, load_gt_valid_mat, pckh_table, read_mat
 
 
 def _read_array(path: Path, key: str) -> np.ndarray:
@@ -22,7 +21,7 @@ def _read_array(path: Path, key: str) -> np.ndarray:
         if path.suffix == ".h5":
             with h5py.File(path, "r") as f:
                 return np.asarray(f[key][()], np.float64)
-        return np.asarray(scipy.io.loadmat(str(path))[key], np.float64)
+        return np.asarray(read_mat(path)[key], np.float64)
     except KeyError:
         raise DnasError(f"{path}: no {key!r} entry") from None
     except (OSError, ValueError) as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ COCO_SIGMAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 PERSON = 1
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
-_ANN_KEYS = ("id", "image_id", "category_id", "bbox", "area", "keypoints", "num_keypoints")
+_ANN_KEYS = ("id", "image_id", "category_id", "iscrowd", "bbox", "area", "keypoints",
+             "num_keypoints")  # fmt: skip
 _RESULT_KEYS = ("image_id", "category_id", "keypoints", "score")
 _DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 
@@ -64,14 +66,24 @@ def _read_json(path: Path, what: str) -> Any:
         raise DnasError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise DnasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise DnasError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
+    except RecursionError:
+        raise DnasError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def _numbers(values: Any, count: int) -> bool:
+    """``count`` finite numbers (json also reads NaN and Infinity)."""
     return (
         isinstance(values, list)
         and len(values) == count
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        and all(math.isfinite(v) for v in values)
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _annotation_problem(ann: Any, image_ids: set) -> str | None:
@@ -84,8 +96,27 @@ def _annotation_problem(ann: Any, image_ids: set) -> str | None:
         return f"keypoints must be {len(COCO_JOINTS)} x 3 numbers (x, y, v)"
     if not _numbers(ann["bbox"], 4) or not _numbers([ann["area"]], 1):
         return "bbox must be 4 numbers [x, y, w, h] and area a number"
-    if not isinstance(ann["image_id"], int) or ann["image_id"] not in image_ids:
-        return f"image_id {ann['image_id']!r} is not in images"
+    if not _is_int(ann["image_id"]) or ann["image_id"] not in image_ids:
+        return f"image_id {ann['image_id']!r} is not in images"[:200]
+    if not (_is_int(ann["id"]) and _is_int(ann["category_id"])):
+        return "id and category_id must be integers"
+    if ann["iscrowd"] not in (0, 1) or not _is_int(ann["num_keypoints"]):
+        return "iscrowd must be 0 or 1 and num_keypoints an integer"
+    return None
+
+
+def _image_problem(image: Any) -> str | None:
+    if not isinstance(image, dict) or any(k not in image for k in _IMAGE_KEYS):
+        return f"needs {', '.join(_IMAGE_KEYS)}"
+    if not _is_int(image["id"]):
+        return "id must be an integer"
+    if not isinstance(image["file_name"], str) or not image["file_name"]:
+        return "file_name must be a file name"
+    if (
+        not _numbers([image["width"], image["height"]], 2)
+        or min(image["width"], image["height"]) <= 0
+    ):
+        return "width and height must be positive numbers"
     return None
 
 
@@ -97,18 +128,17 @@ def load_coco_keypoints(path: Path) -> COCO:
         raise DnasError(f"{path}: not a COCO keypoints file (needs 'images', 'annotations' and "
                         "'categories' lists)")  # fmt: skip
     for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or any(k not in image for k in _IMAGE_KEYS):
-            raise DnasError(f"{path}: images[{i}] needs {', '.join(_IMAGE_KEYS)}")
-        if not isinstance(image["id"], int):
-            raise DnasError(f"{path}: images[{i}]: id must be an integer")
+        problem = _image_problem(image)
+        if problem:
+            raise DnasError(f"{path}: images[{i}]: {problem}")
     image_ids = {image["id"] for image in data["images"]}
     for i, ann in enumerate(data["annotations"]):
         problem = _annotation_problem(ann, image_ids)
         if problem:
             raise DnasError(f"{path}: annotations[{i}]: {problem}")
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat:
-            raise DnasError(f"{path}: categories[{i}] needs an id")
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            raise DnasError(f"{path}: categories[{i}] needs an integer id")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

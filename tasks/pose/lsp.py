@@ -97,11 +97,14 @@ def load_joints(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
     name pattern), from either the LSP-extended or the original LSP layout."""
     if not path.exists():
         raise DnasError(f"{path}: missing; LSP needs joints.mat beside images/")
+    what = "a MATLAB file with a numeric 'joints' array"
     try:
-        raw = np.asarray(scipy.io.loadmat(str(path))["joints"], np.float64)
-    except (KeyError, OSError, TypeError, ValueError, scipy.io.matlab.MatReadError) as exc:
-        raise DnasError(f"{path}: not a MATLAB file with a numeric 'joints' array "
-                        f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+        raw = np.asarray(pckh.read_mat(path, what)["joints"], np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DnasError(f"{path}: not {what} ({type(exc).__name__}: {first})") from None
+    if not np.isfinite(raw).all():
+        raise DnasError(f"{path}: 'joints' holds NaN or infinite values")
     if raw.ndim == 3 and raw.shape[:2] == (14, 3):  # LSP-extended: flag 1 = visible
         arr = raw.transpose(2, 0, 1)
         return arr[..., :2], arr[..., 2], "im{:05d}.jpg"

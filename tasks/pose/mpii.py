@@ -32,9 +32,27 @@ def read_json_list(path: Path, what: str) -> list:
         raise DnasError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise DnasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise DnasError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
+    except RecursionError:
+        raise DnasError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(entries, list):
         raise DnasError(f"{path}: expected a JSON list of {what}")
     return entries
+
+
+def _entry_problem(
+    image: object, joints: np.ndarray, vis: np.ndarray, center: np.ndarray, scale: float
+) -> str | None:
+    """What is wrong with the numbers of one MPII person, or None."""
+    if not isinstance(image, str) or not image:
+        return f"image must be a file name, got {image!r}"[:200]
+    for name, values in (("joints", joints), ("joints_vis", vis), ("center", center)):
+        if not np.isfinite(values).all():
+            return f"{name} must be finite numbers"
+    if not (np.isfinite(scale) and scale > 0):
+        return f"scale must be a positive number, got {scale!r}"
+    return None
 
 
 @DATASETS.register("mpii")
@@ -55,11 +73,14 @@ class MPIIDataset(TopDownDataset):
                 center = np.asarray(e["center"], np.float32).reshape(2)
                 scale = float(e["scale"])
                 image = self.root / "images" / str(e["image"])
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise DnasError(
                     f"{path}: entry {i}: not an MPII person (need image, center [x, y], scale, "
                     f"joints 16x2, joints_vis 16): {type(exc).__name__}: {exc}"
                 ) from None
+            problem = _entry_problem(e["image"], joints, vis, center, scale)
+            if problem:
+                raise DnasError(f"{path}: entry {i}: {problem}")
             if center[0] != -1:  # HRNet: MPII centres sit high and boxes are tight
                 center[1] += 15 * scale
             records.append(PersonRecord(image, center, np.full(2, scale * 1.25, np.float32),

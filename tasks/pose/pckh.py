@@ -8,10 +8,16 @@ Mean = correct / visible pooled over all joints except pelvis and thorax.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
+
+from dnas.errors import DnasError
 
 MPII_JOINTS = [
     "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
@@ -28,12 +34,47 @@ GROUPS = {
 TABLE_KEYS = [*GROUPS, "Mean", "Mean@0.1"]
 
 
+def read_mat(path: Path, what: str = "a readable MATLAB file") -> dict[str, Any]:
+    """``scipy.io.loadmat`` in a forked child process where the platform has fork.
+
+    A corrupt file can crash scipy's compiled reader (a segmentation fault, seen with scipy 1.17
+    on a joints.mat with a few flipped bytes); that must end in a one-line error, not take the
+    whole run down. Whatever the reader raises on bad bytes (its own errors, but also
+    ZeroDivisionError or UnboundLocalError from inside scipy) becomes one DnasError naming it."""
+    try:
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return scipy.io.loadmat(str(path))
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            return pool.submit(scipy.io.loadmat, str(path)).result()
+    except BrokenProcessPool:
+        raise DnasError(f"{path}: not {what} (the MATLAB reader crashed)") from None
+    except Exception as exc:  # noqa: BLE001 - a third-party parser fed untrusted bytes
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DnasError(f"{path}: not {what} ({type(exc).__name__}: {first})") from None
+
+
 def load_gt_valid_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """HRNet's gt_valid.mat -> (gt (N,16,2) 1-based, missing (N,16) bool, head sizes (N,))."""
-    mat = scipy.io.loadmat(str(path))
-    gt = np.transpose(mat["pos_gt_src"], (2, 0, 1)).astype(np.float64)
-    missing = np.transpose(mat["jnt_missing"], (1, 0)).astype(bool)
-    boxes = mat["headboxes_src"]
+    """HRNet's gt_valid.mat -> (gt (N,16,2) 1-based, missing (N,16) bool, head sizes (N,)).
+
+    A file that is not one (unreadable, truncated, wrong entries or shapes) is a one-line
+    DnasError naming it."""
+    what = "HRNet's gt_valid.mat (pos_gt_src 16x2xN, jnt_missing 16xN, headboxes_src 2x2xN)"
+    mat = read_mat(path, what)
+    try:
+        arrays = [np.asarray(mat[k], np.float64)
+                  for k in ("pos_gt_src", "jnt_missing", "headboxes_src")]  # fmt: skip
+    except KeyError as exc:
+        raise DnasError(f"{path}: not {what}: no {exc} entry") from None
+    except (ValueError, TypeError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DnasError(f"{path}: not {what}: {type(exc).__name__}: {first}") from None
+    pos, jnt_missing, boxes = arrays
+    n = pos.shape[-1] if pos.ndim == 3 else -1
+    if pos.shape[:2] != (16, 2) or jnt_missing.shape != (16, n) or boxes.shape != (2, 2, n):
+        raise DnasError(f"{path}: not {what}: shapes {pos.shape}, {jnt_missing.shape}, "
+                        f"{boxes.shape}")  # fmt: skip
+    gt = np.transpose(pos, (2, 0, 1))
+    missing = np.transpose(jnt_missing, (1, 0)).astype(bool)
     head_sizes = np.linalg.norm(boxes[1, :, :] - boxes[0, :, :], axis=0) * HEAD_BIAS
     return gt, missing, head_sizes
 

@@ -80,18 +80,20 @@ class PoseTask(Task):
         opts = self.options
         train, val = self.dataset_cls.default_splits
         name = {"train": opts.train_split or train, "val": opts.val_split or val}.get(split, split)
+        if not Path(opts.root).is_dir():
+            raise ConfigError(self.source, "task.root", f"no such directory {opts.root!r}")
         return self.dataset_cls(
             Path(opts.root), name, self.input_hw, opts.sigma, opts.heatmap_stride,
             self.augment if augment else None, seed, self.dataset_options,
         )  # fmt: skip
 
     def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
-        target = batch["target"]
+        target, stride = batch["target"], self.options.heatmap_stride
         if output.shape[1:] != target.shape[1:]:
             raise DnasError(
-                f"head output {tuple(output.shape[1:])} does not match the heatmap targets "
-                f"{tuple(target.shape[1:])} (joints x H/{self.options.heatmap_stride} x "
-                f"W/{self.options.heatmap_stride}); check the space's strides and head widths"
+                f"{self.source}: head output {tuple(output.shape[1:])} does not match the "
+                f"heatmap targets {tuple(target.shape[1:])} (joints x H/{stride} x W/{stride}); "
+                "check the space's strides and head widths"
             )
         return joints_mse(output, target, batch["target_weight"])
 

@@ -1,0 +1,60 @@
+"""Real data, measured: person vs background on COCO (coco-mini: 80 train, 79 val images),
+EfficientPose-A's backbone with the fpn_lite head trained from scratch with
+``examples/seg_coco.yaml`` and scored on val2017; prints one JSON object with the wall time.
+
+Run: ``make bench-seg`` (under 10 minutes on the 2-core CPU). The data path defaults to
+``../shared/data/coco-mini``; ``DNAS_TEST_DATA`` points at another ``data`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dnas.config import load_experiment
+from dnas.progress import Reporter
+from dnas.train import run_eval, run_train
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "examples" / "seg_coco.yaml"
+ARCH = "efficientpose-a"
+
+
+def main() -> None:
+    data = Path(os.environ.get("DNAS_TEST_DATA", REPO.parent / "shared" / "data")) / "coco-mini"
+    exp = load_experiment(CONFIG, [f"task.root={data}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        start = time.perf_counter()
+        run_train(exp, ARCH, out / "train", report=Reporter(lambda line: print(line, flush=True)))
+        trained = time.perf_counter()
+        results = run_eval(exp, ARCH, out / "train" / "model.pt", out / "eval")
+        done = time.perf_counter()
+    print(results.pop("table"))
+    print(json.dumps({
+        "benchmark": "seg_coco_person",
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+        "config": str(CONFIG.relative_to(REPO)),
+        "architecture": f"{ARCH} backbone + fpn_lite head",
+        "input_size": results["input_size"],
+        "train_s": round(trained - start, 1),
+        "eval_s": round(done - trained, 1),
+        "total_s": round(done - start, 1),
+        "mIoU": round(results["mIoU"], 2),
+        "pixel_acc": round(results["pixel_acc"], 2),
+        "IoU": {k.removeprefix("IoU/"): round(v, 2) for k, v in results.items()
+                if k.startswith("IoU/")},
+        "params": results["params"],
+        "macs": results["macs"],
+    }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""Pictures of a search and of an architecture: op-probability heat maps and block diagrams.
+
+Figures are built with ``matplotlib.figure.Figure`` and drawn by the Agg canvas, never through
+pyplot, so no global figure registry holds them: a dropped figure is freed, nothing leaks.
+``architecture_figure`` draws a net like Fig. 4 of the EfficientPose paper: one block per layer,
+coloured by kernel size, its height proportional to the expansion ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from dnas import checkpoint
+from dnas.errors import DnasError
+from dnas.ops import parse_op
+from dnas.search_space import SearchSpace, load_space, space_from_dict
+
+KERNEL_COLOURS = {3: "#4c72b0", 5: "#55a868", 7: "#c44e52"}
+OTHER_COLOURS = {
+    "mbconv": "#8172b3",  # MBConv with a kernel other than 3, 5, 7
+    "conv": "#dd8452",
+    "res": "#937860",
+    "maxpool": "#da8bc3",
+}
+FIXED_COLOUR = "#b0b0b0"  # stem and head
+SKIP_COLOUR = "#333333"
+OTHER_OP_HEIGHT = 3.0  # blocks of non-MBConv ops have no expansion: a fixed, mid-scale height
+FORMATS = ("png", "svg")
+MAX_ANNOTATED_CELLS = 400
+
+
+def block_colour(op: str) -> str:
+    """The fill colour of an op's block: by kernel size for MBConv, by kind for the others."""
+    spec = parse_op(op)
+    if spec.kind == "skip":
+        return SKIP_COLOUR
+    if spec.kind == "mbconv":
+        return KERNEL_COLOURS.get(spec.kernel, OTHER_COLOURS["mbconv"])
+    return OTHER_COLOURS[spec.kind]
+
+
+def _legend_label(op: str) -> str:
+    spec = parse_op(op)
+    if spec.kind == "mbconv":
+        k = spec.kernel
+        return f"{k}x{k}" if k in KERNEL_COLOURS else "MBConv, other kernel"
+    return {"conv": "conv", "res": "ResNet bottleneck", "maxpool": "max pool"}.get(
+        spec.kind, spec.kind
+    )
+
+
+# ---------------------------------------------------------------- op probabilities
+
+
+def candidates_of(space: SearchSpace) -> dict[str, tuple[str, ...]]:
+    """Candidate ops of every searchable layer, in network order (the heat map's rows)."""
+    return {layer.name: layer.candidates for layer in space.searchable_layers}
+
+
+def op_probability_matrix(
+    arch_probs: dict[str, list[float]], candidates: dict[str, tuple[str, ...]]
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Layers x ops probabilities (ops: ordered union of candidates); nan where not a candidate."""
+    layers = list(candidates)
+    ops = list(dict.fromkeys(op for layer in layers for op in candidates[layer]))
+    matrix = np.full((len(layers), len(ops)), np.nan)
+    for i, layer in enumerate(layers):
+        probs = arch_probs.get(layer)
+        if probs is None or len(probs) != len(candidates[layer]):
+            raise DnasError(f"op probabilities do not match the candidates of layer {layer}")
+        for op, p in zip(candidates[layer], probs, strict=True):
+            matrix[i, ops.index(op)] = float(p)
+    return layers, ops, matrix
+
+
+def op_probability_figure(
+    arch_probs: dict[str, list[float]],
+    candidates: dict[str, tuple[str, ...]],
+    epoch: int | None = None,
+) -> Figure:
+    """Heat map of the op probabilities, one row per searchable layer in network order."""
+    layers, ops, matrix = op_probability_matrix(arch_probs, candidates)
+    fig = _new_figure(2.5 + 0.7 * len(ops), 1.6 + 0.28 * len(layers))
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        np.ma.masked_invalid(matrix), cmap=_cmap(), vmin=0.0, vmax=_top(matrix), aspect="auto"
+    )
+    fig.colorbar(image, ax=ax, label="probability")
+    ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right")
+    ax.set_yticks(range(len(layers)), layers)
+    ax.set_xlabel("candidate op")
+    if matrix.size <= MAX_ANNOTATED_CELLS:
+        _annotate(ax, matrix)
+    ax.set_title("op probabilities" + (f", epoch {epoch}" if epoch is not None else ""))
+    fig.tight_layout()
+    return fig
+
+
+def _cmap() -> Colormap:
+    return colormaps["viridis"].with_extremes(bad="#eeeeee")  # bad: not a candidate
+
+
+def _top(matrix: np.ndarray) -> float:
+    """Colour scale up to the largest probability, so small tilts near uniform stay visible."""
+    finite = matrix[np.isfinite(matrix)]
+    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+
+
+def _annotate(ax, matrix: np.ndarray) -> None:
+    """Write each probability in its cell and outline each row's argmax (the derived op)."""
+    top = _top(matrix)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if value > 0.6 * top else "white")  # fmt: skip
+        if np.isfinite(row).any():
+            best = int(np.nanargmax(row))
+            ax.add_patch(
+                Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5)
+            )
+
+
+def op_entropies(arch_probs: dict[str, list[float]]) -> dict[str, float]:
+    """Natural-log entropy of each layer's op distribution (ln N when uniform, 0 when decided)."""
+    return {
+        layer: -sum(p * math.log(p) for p in probs if p > 0) for layer, probs in arch_probs.items()
+    }
+
+
+# ---------------------------------------------------------------- architecture
+
+
+def argmax_choices(space: SearchSpace, arch_probs: dict[str, list[float]]) -> dict[str, str]:
+    """The most probable op of every searchable layer (what ``dnas derive`` keeps)."""
+    candidates = candidates_of(space)
+    try:
+        layers, ops, matrix = op_probability_matrix(arch_probs, candidates)
+    except DnasError as exc:
+        raise DnasError(f"{space.source}: {exc}") from None
+    return {layer: ops[int(np.nanargmax(row))] for layer, row in zip(layers, matrix, strict=True)}
+
+
+def architecture_figure(
+    space: SearchSpace,
+    choices: dict[str, str] | None = None,
+    arch_probs: dict[str, list[float]] | None = None,
+) -> Figure:
+    """Block diagram of a fixed architecture, or of a search space's ``choices`` (else argmax)."""
+    arch = _fixed(space, choices, arch_probs)
+    strides = _output_strides(arch)
+    ops = [layer.candidates[0] for stage in arch.stages for layer in stage.layers]
+    top = max([_height(op) / 2 for op in ops if op != "skip"] + [2.0]) + 0.5
+    fig = _new_figure(3.0 + 0.32 * (len(ops) + 4), 4.0)
+    ax = fig.add_subplot()
+    x = _fixed_block(ax, 0.0, "stem", " / ".join(s.candidates[0] for s in arch.stem))
+    for stage in arch.stages:
+        total = strides[stage.layers[-1].name]
+        _stage_marker(ax, x, top, f"{stage.name}\ns{stage.stride} (/{total})\n{stage.width} ch")
+        for layer in stage.layers:
+            x = _layer_block(ax, x, -top, layer.name, layer.candidates[0])
+    _fixed_block(ax, x + 0.3, "head", arch.head.type if arch.head else "(none)")
+    ax.set_xlim(-0.3, x + 1.6)
+    ax.set_ylim(-top - 2.0, top + 2.2)
+    ax.set_axis_off()
+    ax.set_title(f"{arch.name}: colour = kernel size, height = expansion ratio", fontsize=9)
+    handles = _legend_handles(ops)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
+              fontsize=7, frameon=False)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def _fixed(
+    space: SearchSpace, choices: dict[str, str] | None, arch_probs: dict[str, list[float]] | None
+) -> SearchSpace:
+    """The architecture to draw: ``space`` itself when fixed, else its choices or argmax."""
+    if space.is_fixed and not choices:
+        return space
+    if choices is None and arch_probs is None:
+        raise DnasError(
+            f"{space.source}: a search space, not a fixed architecture; give choices or arch_probs"
+        )
+    picked = choices if choices is not None else argmax_choices(space, arch_probs or {})
+    _check_choices(space, picked)
+    return space.with_choices(picked, space.name)
+
+
+def _check_choices(space: SearchSpace, choices: dict[str, str]) -> None:
+    """Every chosen op is a candidate of its layer, and every searchable layer has one."""
+    allowed = {layer.name: layer.candidates for layer in space.layers}
+    wrong = [f"{n}={op}" for n, op in choices.items() if op not in allowed.get(n, ())]
+    if wrong:
+        raise DnasError(f"{space.source}: choices not among the candidates: {', '.join(wrong)}")
+    missing = [layer.name for layer in space.searchable_layers if layer.name not in choices]
+    if missing:
+        raise DnasError(f"{space.source}: no op chosen for {', '.join(missing)}")
+
+
+def _output_strides(space: SearchSpace) -> dict[str, int]:
+    """Total stride from the input to every layer's output (follows branches)."""
+    total: dict[str, int] = {}
+    for layer in space.layers:
+        total[layer.name] = total.get(layer.input, 1) * layer.stride
+    return total
+
+
+def _height(op: str) -> float:
+    spec = parse_op(op)
+    return float(spec.expansion) if spec.kind == "mbconv" else OTHER_OP_HEIGHT
+
+
+def _layer_block(ax, x: float, label_y: float, name: str, op: str) -> float:
+    """One layer at ``x``: a block (skip: a thin line), its op below; returns the next free x."""
+    if op == "skip":
+        ax.plot([x + 0.15, x + 0.15], [-0.8, 0.8], color=SKIP_COLOUR, lw=1.5, gid=f"skip:{name}")
+        ax.text(x + 0.15, label_y, op, rotation=90, ha="center", va="top", fontsize=6)
+        return x + 0.45
+    height = _height(op)
+    ax.add_patch(Rectangle((x, -height / 2), 0.8, height, facecolor=block_colour(op),
+                           edgecolor="black", lw=0.5, gid=f"layer:{name}", label=op))  # fmt: skip
+    ax.text(x + 0.4, label_y, op, rotation=90, ha="center", va="top", fontsize=6)
+    return x + 1.0
+
+
+def _fixed_block(ax, x: float, kind: str, text: str) -> float:
+    """A grey, labelled stem or head block; returns the next free x."""
+    ax.add_patch(Rectangle((x, -2.0), 1.2, 4.0, facecolor=FIXED_COLOUR, edgecolor="black",
+                           lw=0.5, gid=kind, label=kind))  # fmt: skip
+    ax.text(x + 0.6, 0.0, f"{kind}\n{text}", rotation=90, ha="center", va="center", fontsize=6)
+    return x + 1.5
+
+
+def _stage_marker(ax, x: float, top: float, text: str) -> None:
+    """A dashed stage boundary, its stride, output stride and width written above it."""
+    ax.axvline(x - 0.1, color="grey", ls="--", lw=0.7)
+    ax.text(x, top, text, ha="left", va="bottom", fontsize=7)
+
+
+def _legend_handles(ops: list[str]) -> list[Patch]:
+    """3x3, 5x5, 7x7 always; other kinds and skip only when the net has them."""
+    entries = {f"{k}x{k}": colour for k, colour in KERNEL_COLOURS.items()}
+    for op in ops:
+        entries.setdefault(_legend_label(op), block_colour(op))
+    return [Patch(facecolor=c, edgecolor="black", lw=0.5, label=t) for t, c in entries.items()]
+
+
+# ---------------------------------------------------------------- output
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A figure drawn by Agg, not registered with pyplot (freed when dropped, nothing to close)."""
+    fig = Figure(figsize=(min(width, 40.0), min(height, 40.0)), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """The rendered figure as (H, W, 3) uint8, for ``add_image(..., dataformats="HWC")``."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as PNG or SVG, chosen by the suffix of ``path``."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise DnasError(f"{path}: expected a .png or .svg file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=fmt, dpi=150, bbox_inches="tight")
+    return path
+
+
+# ---------------------------------------------------------------- dnas plot
+
+
+@dataclass(frozen=True)
+class PlotSource:
+    """What ``dnas plot`` draws: a search space and its op probabilities, or a fixed net."""
+
+    space: SearchSpace
+    arch_probs: dict[str, list[float]] | None = None
+    epoch: int | None = None
+
+
+_EXPECTED = "a search or train run directory, a dnas checkpoint or an architecture YAML"
+
+
+def load_plot_source(ref: str | Path) -> PlotSource:
+    """A search run or search.pt, a train run or last.pt/best.pt, or an architecture YAML/name."""
+    path = Path(ref)
+    if path.is_dir():
+        return _from_checkpoint(_run_checkpoint(path))
+    if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
+        return _from_checkpoint(path)
+    space = load_space(ref)
+    if not space.is_fixed:
+        raise DnasError(f"{space.source}: a search space; expected a fixed architecture or a run")
+    return PlotSource(space)
+
+
+def _run_checkpoint(run: Path) -> Path:
+    for name in ("search.pt", "last.pt", "best.pt"):
+        if (run / name).is_file():
+            return run / name
+    raise DnasError(f"{run}: no search.pt, last.pt or best.pt; expected {_EXPECTED}")
+
+
+def _from_checkpoint(path: Path) -> PlotSource:
+    try:
+        ckpt = checkpoint.load(path)
+    except DnasError as exc:
+        raise DnasError(f"{exc}; expected {_EXPECTED}") from None
+    if isinstance(ckpt, dict) and ckpt.get("kind") == "dnas-search" and "space" in ckpt:
+        space = space_from_dict(ckpt["space"], source=str(path))
+        probs = ckpt.get("arch_probs")
+        if not isinstance(probs, dict):
+            raise DnasError(f"{path}: search checkpoint without 'arch_probs'")
+        argmax_choices(space, probs)  # checks they fit the space
+        return PlotSource(space, probs, ckpt.get("epoch"))
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), dict):
+        return PlotSource(space_from_dict(ckpt["arch"], source=str(path)))
+    raise DnasError(
+        f"{path}: expected a dnas search checkpoint ('kind': 'dnas-search') "
+        "or a train checkpoint with an 'arch' entry"
+    )
+
+
+def plot_paths(source: PlotSource, out_dir: Path, fmt: str) -> list[Path]:
+    """The files ``write_plots`` writes: op_probs (searches only) and architecture."""
+    names = ["op_probs", "architecture"] if source.arch_probs is not None else ["architecture"]
+    return [Path(out_dir) / f"{name}.{fmt}" for name in names]
+
+
+def write_plots(source: PlotSource, out_dir: Path, fmt: str) -> list[Path]:
+    """Draw and save the pictures of ``source`` into ``out_dir``; returns the files written."""
+    paths = plot_paths(source, out_dir, fmt)
+    for path in paths:
+        save_figure(_source_figure(source, path.stem), path)
+    return paths
+
+
+def _source_figure(source: PlotSource, name: str) -> Figure:
+    if name == "op_probs" and source.arch_probs is not None:
+        return op_probability_figure(source.arch_probs, candidates_of(source.space), source.epoch)
+    return architecture_figure(source.space, arch_probs=source.arch_probs)

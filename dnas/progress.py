@@ -1,0 +1,99 @@
+"""What a run shows while it works: progress bars with ETA on a terminal, or (``--quiet``) plain
+periodic log lines for batch jobs; every log line also goes to the run directory's ``log.txt``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from tqdm import tqdm
+
+from dnas.distributed import World, init_world
+
+T = TypeVar("T")
+
+
+class Reporter:
+    """Log lines (console + ``log.txt``) and step progress of one run.
+
+    Only the main process of a distributed run reports (``active``); the others stay silent.
+    """
+
+    def __init__(self, echo: Callable[[str], None] = print, quiet: bool = False,
+                 every_s: float = 30.0, active: bool = True) -> None:  # fmt: skip
+        self.echo, self.quiet, self.every_s, self.active = echo, quiet, every_s, active
+        self.log_file: Path | None = None
+        self._bar: tqdm | None = None
+
+    def attach(self, log_file: Path) -> None:
+        """Also append every line, time-stamped, to ``log_file``."""
+        self.log_file = log_file
+
+    def line(self, text: str) -> None:
+        if not self.active:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            self.echo(text)
+        if self.log_file is not None:
+            with open(self.log_file, "a") as fh:
+                fh.write(f"{datetime.now().isoformat(timespec='seconds')} {text}\n")
+
+    def steps(self, items: Iterable[T], total: int, start: int, desc: str,
+              status: Callable[[], dict[str, float]] | None = None) -> Iterator[T]:  # fmt: skip
+        """Yield ``items`` (steps ``start`` .. ``total`` of an epoch) with a bar or, when quiet,
+        a line every ``every_s`` seconds with the rate, ETA and ``status()`` values."""
+        if not self.active:
+            yield from items
+            return
+        if not self.quiet:
+            with tqdm(items, total=total, initial=start, desc=desc, leave=False,
+                      disable=None, dynamic_ncols=True) as bar:  # fmt: skip
+                self._bar = None if bar.disable else bar
+                try:
+                    for item in bar:
+                        yield item
+                        if status is not None and self._bar is not None:
+                            bar.set_postfix({k: f"{v:.4g}" for k, v in status().items()})
+                finally:
+                    self._bar = None
+            return
+        yield from self._quiet_steps(items, total, start, desc, status)
+
+    def _quiet_steps(self, items: Iterable[T], total: int, start: int, desc: str,
+                     status: Callable[[], dict[str, float]] | None) -> Iterator[T]:  # fmt: skip
+        began = last = time.monotonic()
+        done = start
+        for item in items:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if now - last >= self.every_s and done < total:
+                last = now
+                rate = (done - start) / (now - began)
+                eta = timedelta(seconds=round((total - done) / rate)) if rate > 0 else "?"
+                extra = "".join(f"  {k} {v:.4g}" for k, v in (status() if status else {}).items())
+                self.line(f"{desc}: step {done}/{total}  {rate:.3g} steps/s  eta {eta}{extra}")
+
+
+def eta_text(done_epochs: int, total_epochs: int, seconds_per_epoch: float) -> str:
+    """``eta 0:12:03`` for the remaining epochs, from the last epoch's duration."""
+    left = max(total_epochs - done_epochs, 0) * seconds_per_epoch
+    return f"eta {timedelta(seconds=round(left))}"
+
+
+def start_run(device: str, out_dir: Path, report: Reporter | None) -> tuple[World, Reporter]:
+    """Join the torchrun world (if any) and set up reporting: only the main process creates
+    ``out_dir`` and logs, to the console and ``out_dir/log.txt``."""
+    world = init_world(device)
+    report = report or Reporter()
+    report.active = world.main
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report.attach(out_dir / "log.txt")
+    return world, report

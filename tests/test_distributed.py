@@ -1,0 +1,79 @@
+"""Data parallel runs: ``torchrun --nproc_per_node 2`` on CPU (gloo) against one process with the
+same global batch. The runs check themselves that every process ends with identical parameters
+(``dnas.distributed.check_in_sync``); here the results must match the 1-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_experiment
+
+from dnas import checkpoint
+from dnas.config import load_experiment
+from dnas.runtime import seed_everything
+from dnas.task import build_task
+from dnas.train import build_fixed
+from tasks.pose.synth import write_synthetic_mpii
+
+ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
+# Batch-norm statistics are per process (B/2 items each, no SyncBatchNorm on CPU), so the
+# runs agree to within a tolerance, not bit for bit: the gradients are averaged exactly.
+PROB_TOL = 2e-3
+WEIGHT_TOL = 2e-2
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_mpii(root, n_train=40, n_val=4, seed=0, image_size=64)
+    return write_experiment(
+        root / "exp.yaml", root,
+        search={"warmup_epochs": 1, "epochs": 2, "batch_size": 8, "steps_per_epoch": 3,
+                "drop_path": 0.0, "arch_optimizer": {"lr": 0.05}},
+        train={"epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
+    )  # fmt: skip
+
+
+def run(args: list[str], processes: int) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "dnas"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={processes}", "-m", "dnas"]  # fmt: skip
+    done = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_two_process_search_matches_one_process(experiment, tmp_path):
+    for n in (1, 2):
+        out = run(["search", str(experiment), "--out", str(tmp_path / f"p{n}")], n)
+        assert ("2 processes" in out) == (n == 2)
+    one = json.loads((tmp_path / "p1" / "search.json").read_text())
+    two = json.loads((tmp_path / "p2" / "search.json").read_text())
+    for layer, probs in one["arch_probs"].items():
+        assert two["arch_probs"][layer] == pytest.approx(probs, abs=PROB_TOL)
+    moved = max(abs(p - 1 / len(ps)) for ps in one["arch_probs"].values() for p in ps)
+    assert moved > 10 * PROB_TOL  # the search really moved the probabilities
+
+
+def test_two_process_training_matches_one_process(experiment, tmp_path):
+    for n in (1, 2):
+        run(["train", str(experiment), "--arch", ARCH, "--out", str(tmp_path / f"t{n}")], n)
+    one = checkpoint.load(tmp_path / "t1" / "model.pt")
+    two = checkpoint.load(tmp_path / "t2" / "model.pt")
+    exp = load_experiment(experiment)
+    seed_everything(exp.seed)  # the initial weights, built as run_train builds them
+    init = build_fixed(exp, ARCH, build_task(exp))[1].state_dict()
+    for key, tensor in one.items():
+        if tensor.is_floating_point() and "running" not in key:
+            assert torch.allclose(tensor, two[key], atol=WEIGHT_TOL), key
+    assert max(float((one[k] - init[k]).abs().max()) for k in one
+               if one[k].is_floating_point()) > 10 * WEIGHT_TOL  # fmt: skip

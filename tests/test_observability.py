@@ -1,0 +1,40 @@
+"""What a search shows: TensorBoard scalars and pictures per epoch, and the run directory's log."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import write_experiment
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dnas.config import load_experiment
+from dnas.plot import op_entropies
+from dnas.progress import Reporter
+from dnas.search import run_search
+
+
+def test_search_logs_entropies_pictures_and_lines(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root,
+                           search={"arch_optimizer": {"lr": 0.05}})  # fmt: skip
+    run_search(load_experiment(exp), tmp_path / "run", Reporter(lambda _: None))
+    result = json.loads((tmp_path / "run" / "search.json").read_text())
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"search/op_probabilities", "search/architecture"} <= images
+    assert len(events.Images("search/op_probabilities")) == 2  # one per epoch
+    picture = events.Images("search/architecture")[-1]
+    assert picture.width > 300 and picture.height > 100
+    assert {"train/loss", "arch/task_loss", "search/expected_cost", "lr/weights"} <= scalars
+    final = op_entropies(result["arch_probs"])
+    for layer, probs in result["arch_probs"].items():  # below uniform's ln(n): it moved
+        assert 0 < final[layer] < math.log(len(probs)) - 1e-6
+    for layer, value in final.items():
+        logged = events.Scalars(f"entropy/{layer}")
+        assert [e.step for e in logged] == [1, 2]
+        assert logged[-1].value == pytest.approx(value, abs=1e-5)
+    log = (tmp_path / "run" / "log.txt").read_text().splitlines()
+    assert log[0].split(" ", 1)[1].startswith("search: ")
+    assert sum(" epoch " in line and "eta " in line for line in log) == 2

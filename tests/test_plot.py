@@ -1,0 +1,281 @@
+"""Plots: op-probability heat maps, entropies, architecture block diagrams and ``dnas plot``."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_SPACE, write_experiment
+from matplotlib.colors import to_rgba
+from matplotlib.patches import Rectangle
+
+from dnas.checkpoint import save_atomic
+from dnas.cli import cli
+from dnas.derive import derive
+from dnas.errors import DnasError
+from dnas.ops import parse_op
+from dnas.plot import (
+    FIXED_COLOUR,
+    KERNEL_COLOURS,
+    OTHER_COLOURS,
+    architecture_figure,
+    candidates_of,
+    figure_to_array,
+    op_entropies,
+    op_probability_figure,
+    op_probability_matrix,
+    save_figure,
+)
+from dnas.search_space import load_space
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def blocks(fig) -> list[Rectangle]:
+    """The layer blocks of an architecture figure, in drawing order."""
+    return [p for p in fig.axes[0].patches if str(p.get_gid()).startswith("layer:")]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["plot", *(str(a) for a in args)])
+
+
+# ---------------------------------------------------------------- op probabilities
+
+
+def test_matrix_is_the_union_of_candidates_with_nan_elsewhere():
+    candidates = {"a": ("k3e3", "skip"), "b": ("k5e6", "k3e3", "conv3")}
+    probs = {"b": [0.2, 0.3, 0.5], "a": [0.9, 0.1]}
+    layers, ops, matrix = op_probability_matrix(probs, candidates)
+    assert layers == ["a", "b"]
+    assert ops == ["k3e3", "skip", "k5e6", "conv3"]
+    expected = np.array([[0.9, 0.1, np.nan, np.nan], [0.3, np.nan, 0.2, 0.5]])
+    np.testing.assert_array_equal(matrix, expected)
+    assert matrix.dtype == np.float64
+
+
+def test_matrix_of_the_tiny_space_rows_follow_the_network():
+    candidates = candidates_of(load_space(TINY_SPACE))
+    probs = {layer: [1.0 / len(ops)] * len(ops) for layer, ops in candidates.items()}
+    layers, ops, matrix = op_probability_matrix(probs, candidates)
+    assert layers == ["stage1.0", "stage1.1", "stage2.0", "stage2.1", "stage3.0"]
+    assert ops == ["k3e3", "k5e3", "skip", "k5e6", "k3e6"]
+    candidate = ~np.isnan(matrix)
+    assert candidate.tolist() == [
+        [True, True, False, False, False],
+        [True, True, True, False, False],
+        [True, False, False, True, False],
+        [True, False, True, True, False],
+        [True, False, False, False, True],
+    ]
+    np.testing.assert_allclose(np.nansum(matrix, axis=1), 1.0)
+
+
+def test_matrix_rejects_probabilities_that_do_not_fit():
+    with pytest.raises(DnasError, match="layer a"):
+        op_probability_matrix({"a": [0.5, 0.5]}, {"a": ("k3e3", "k5e3", "skip")})
+    with pytest.raises(DnasError, match="layer b"):
+        op_probability_matrix({"a": [1.0]}, {"a": ("k3e3",), "b": ("k3e3",)})
+
+
+def test_heat_map_annotates_every_candidate_cell_and_names_the_epoch():
+    candidates = {"a": ("k3e3", "skip"), "b": ("k5e6", "k3e3", "conv3")}
+    fig = op_probability_figure({"a": [0.9, 0.1], "b": [0.2, 0.3, 0.5]}, candidates, epoch=7)
+    ax = fig.axes[0]
+    assert ax.get_title() == "op probabilities, epoch 7"
+    assert sorted(t.get_text() for t in ax.texts) == ["0.10", "0.20", "0.30", "0.50", "0.90"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    assert len(fig.axes) == 2  # the heat map and its colorbar
+    outlined = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert sorted(p.get_xy() for p in outlined) == [(-0.5, -0.5), (2.5, 0.5)]  # argmax per row
+
+
+def test_entropies_match_hand_computed_values():
+    got = op_entropies({"uniform3": [1 / 3] * 3, "onehot": [0.0, 1.0, 0.0], "half": [0.5, 0.5]})
+    assert got["uniform3"] == pytest.approx(math.log(3))
+    assert got["onehot"] == 0.0
+    assert got["half"] == pytest.approx(math.log(2))
+    assert list(got) == ["uniform3", "onehot", "half"]
+
+
+# ---------------------------------------------------------------- architecture
+
+
+def test_efficientpose_a_has_one_block_per_layer_coloured_by_kernel():
+    space = load_space("efficientpose-a")
+    fig = architecture_figure(space)
+    layers = [layer for stage in space.stages for layer in stage.layers]
+    drawn = blocks(fig)
+    assert [p.get_gid() for p in drawn] == [f"layer:{layer.name}" for layer in layers]
+    assert len(drawn) == 26
+    for patch, layer in zip(drawn, layers, strict=True):
+        spec = parse_op(layer.candidates[0])
+        assert patch.get_facecolor() == to_rgba(KERNEL_COLOURS[spec.kernel]), layer.name
+        assert patch.get_height() == spec.expansion  # height proportional to expansion
+    gids = {p.get_gid(): p for p in fig.axes[0].patches}
+    assert gids["stem"].get_facecolor() == gids["head"].get_facecolor() == to_rgba(FIXED_COLOUR)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "stem\nconv3 / k3e1" in texts and "head\nslim_deconv" in texts
+    assert "stage3\ns2 (/16)\n64 ch" in texts and "stage4\ns1 (/16)\n96 ch" in texts
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["3x3", "5x5", "7x7"]
+
+
+def test_other_ops_get_their_own_colour_and_legend_entry():
+    fig = architecture_figure(load_space("simplebaseline-r50"))
+    assert {p.get_facecolor() for p in blocks(fig)} == {to_rgba(OTHER_COLOURS["res"])}
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["3x3", "5x5", "7x7", "ResNet bottleneck"]
+
+
+def test_search_space_is_drawn_with_choices_skip_as_a_thin_line():
+    space = load_space(TINY_SPACE)
+    choices = {"stage1.0": "k5e3", "stage1.1": "skip", "stage2.0": "k5e6", "stage2.1": "skip",
+               "stage3.0": "k3e6"}  # fmt: skip
+    fig = architecture_figure(space, choices)
+    assert [p.get_gid() for p in blocks(fig)] == ["layer:stage1.0", "layer:stage2.0",
+                                                  "layer:stage3.0"]  # fmt: skip
+    assert [p.get_label() for p in blocks(fig)] == ["k5e3", "k5e6", "k3e6"]
+    skips = [line.get_gid() for line in fig.axes[0].lines if str(line.get_gid()).startswith("skip")]
+    assert skips == ["skip:stage1.1", "skip:stage2.1"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["3x3", "5x5", "7x7", "skip"]
+
+
+def test_search_space_needs_choices_or_probabilities_that_fit():
+    space = load_space(TINY_SPACE)
+    with pytest.raises(DnasError, match="give choices or arch_probs"):
+        architecture_figure(space)
+    with pytest.raises(DnasError, match="stage1.0=k7e6"):
+        architecture_figure(space, {layer: "k3e3" for layer in candidates_of(space)}
+                            | {"stage1.0": "k7e6"})  # fmt: skip
+    with pytest.raises(DnasError, match="no op chosen for stage1.1, stage2.0, stage2.1, stage3.0"):
+        architecture_figure(space, {"stage1.0": "k3e3"})
+
+
+def test_arch_probs_draw_the_argmax():
+    space = load_space(TINY_SPACE)
+    probs = {layer: [0.1] * len(ops) for layer, ops in candidates_of(space).items()}
+    probs["stage1.0"] = [0.2, 0.8]
+    probs["stage2.1"] = [0.1, 0.1, 0.8]  # skip
+    fig = architecture_figure(space, arch_probs=probs)
+    assert [p.get_label() for p in blocks(fig)] == ["k5e3", "k3e3", "k3e3", "k3e3"]
+
+
+# ---------------------------------------------------------------- output
+
+
+def test_figure_to_array_is_hwc_uint8_and_nothing_is_left_open():
+    fig = architecture_figure(load_space("efficientpose-a"))
+    array = figure_to_array(fig)
+    width, height = fig.get_size_inches() * fig.dpi
+    assert array.dtype == np.uint8
+    assert array.shape == (round(height), round(width), 3)
+    assert array.min() < 100 and array.max() == 255  # drawn, not blank
+    assert plt.get_fignums() == []  # never registered with pyplot
+
+
+def test_save_figure_picks_the_format_by_suffix(tmp_path):
+    space = load_space("efficientpose-a")
+    png = save_figure(architecture_figure(space), tmp_path / "a.png")
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    svg = save_figure(architecture_figure(space), tmp_path / "sub" / "a.svg")
+    assert b"<svg" in svg.read_bytes()[:500]
+    with pytest.raises(DnasError, match=r"a\.pdf: expected a \.png or \.svg"):
+        save_figure(architecture_figure(space), tmp_path / "a.pdf")
+
+
+# ---------------------------------------------------------------- dnas plot
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    """A real (tiny) DARTS search on synthetic data, through the CLI."""
+    root = tmp_path_factory.mktemp("plot-search")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DNAS_CACHE_DIR", str(root / "cache"))
+        runner = CliRunner()
+        data = runner.invoke(cli, ["data", "synth-mpii", str(root / "d"), "--train", "10",
+                                   "--val", "2", "--size", "64"])  # fmt: skip
+        assert data.exit_code == 0, data.output
+        search = {"warmup_epochs": 0, "epochs": 1, "batch_size": 2, "steps_per_epoch": 1}
+        exp = write_experiment(root / "exp.yaml", root / "d", search=search)
+        result = runner.invoke(cli, ["search", str(exp), "--out", str(root / "run")])
+        assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+def test_cli_plots_a_search_run(search_run, tmp_path):
+    out = tmp_path / "plots"
+    result = invoke(search_run, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"wrote {out / 'op_probs.png'}, {out / 'architecture.png'}"
+    for name in ("op_probs.png", "architecture.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    again = invoke(search_run, "-o", out)
+    assert again.exit_code == 1 and "already exists; pass --force" in again.output
+    assert invoke(search_run, "-o", out, "--force").exit_code == 0
+
+
+def test_cli_draws_the_same_architecture_as_derive(search_run):
+    arch, _ = derive(search_run)
+    from dnas.plot import load_plot_source
+
+    source = load_plot_source(search_run / "search.pt")
+    assert source.epoch == 1 and set(source.arch_probs) == set(candidates_of(source.space))
+    fig = architecture_figure(source.space, arch_probs=source.arch_probs)
+    derived = [layer.candidates[0] for stage in arch.stages for layer in stage.layers]
+    assert [p.get_label() for p in blocks(fig)] == [op for op in derived if op != "skip"]
+
+
+def test_cli_writes_svg(search_run, tmp_path):
+    result = invoke(search_run / "search.pt", "-o", tmp_path, "--format", "svg")
+    assert result.exit_code == 0, result.output
+    for name in ("op_probs.svg", "architecture.svg"):
+        assert b"<svg" in (tmp_path / name).read_bytes()[:500]
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_cli_plots_architecture_yaml_and_train_runs(tmp_path):
+    result = invoke("efficientpose-a", "-o", tmp_path / "shipped")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == ["architecture.png"]
+    space = load_space("efficientpose-a")
+    train = tmp_path / "train"
+    save_atomic({"kind": "dnas-train", "epoch": 1, "model": {}, "arch": space.to_dict()},
+                train / "last.pt")  # fmt: skip
+    result = invoke(train, "-o", tmp_path / "train-plots")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "train-plots" / "architecture.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"not a checkpoint", "bad.pt: not a PyTorch checkpoint"),
+        (None, "bad.pt: expected a dnas search checkpoint"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, content, expected):
+    bad = tmp_path / "bad.pt"
+    if content is None:
+        save_atomic({"weight": np.zeros(2).tolist()}, bad)
+    else:
+        bad.write_bytes(content)
+    result = invoke(bad, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and expected in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_search_space_yaml_and_empty_directories(tmp_path):
+    result = invoke(TINY_SPACE, "-o", tmp_path / "out")
+    assert (
+        result.exit_code == 1 and "a search space; expected a fixed architecture" in result.output
+    )
+    (tmp_path / "empty").mkdir()
+    result = invoke(tmp_path / "empty", "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "no search.pt, last.pt or best.pt" in result.output

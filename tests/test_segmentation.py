@@ -1,0 +1,410 @@
+"""The segmentation plugin: COCO class maps, loss, metrics, augmentation, synthetic set, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from click.testing import CliRunner
+from conftest import DATA, TINY_SPACE, need
+from pycocotools.coco import COCO
+
+from dnas.cli import cli
+from dnas.config import Experiment, load_experiment
+from dnas.errors import ConfigError
+from dnas.network import Network
+from dnas.task import build_space, build_task
+from dnas.train import load_weights
+from tasks.segmentation.coco import IGNORE, class_map, decode, load_records, read_coco
+from tasks.segmentation.metrics import confusion, scores
+from tasks.segmentation.synth import render, write_synthetic_seg
+from tasks.segmentation.task import SegmentationTask
+from tasks.segmentation.transforms import PAD_RGB, letterbox, random_scale_crop
+
+COCO_MINI = DATA / "coco-mini"
+TINY_ARCH = TINY_SPACE.parent / "tiny_arch.yaml"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth-seg")
+    write_synthetic_seg(root, 12, 4, seed=3, image_size=64)
+    return root
+
+
+def seg_experiment(path: Path, root: Path, **sections) -> Path:
+    """A tiny segmentation experiment on the synthetic set (64x64, 1-2 steps)."""
+    exp = {
+        "task": {"name": "segmentation", "root": str(root), "categories": "all",
+                 "train_split": "train", "val_split": "val"},
+        "space": str(TINY_SPACE),
+        "input_size": [64, 64],
+        "search": {"warmup_epochs": 1, "epochs": 1, "batch_size": 4, "steps_per_epoch": 1,
+                   "random": {"samples": 2, "epochs_per_arch": 1}},
+        "train": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 2, "eval_every": 1},
+        "device": "cpu",
+    }  # fmt: skip
+    for key, value in sections.items():
+        exp[key] = {**exp.get(key, {}), **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def expected_map(coco: COCO, image_id: int, category_ids: list[int]) -> np.ndarray:
+    """The documented rule, straight from pycocotools' annToMask: crowds ignore, then instances
+    largest first (ties: later annotation on top)."""
+    info = coco.imgs[image_id]
+    out = np.zeros((info["height"], info["width"]), np.uint8)
+    anns = [a for a in coco.imgToAnns[image_id] if a["category_id"] in category_ids]
+    for ann in anns:
+        if ann["iscrowd"]:
+            out[coco.annToMask(ann) > 0] = IGNORE
+    solid = [(i, coco.annToMask(a) > 0, a) for i, a in enumerate(anns) if not a["iscrowd"]]
+    for _, mask, ann in sorted(solid, key=lambda t: (-t[1].sum(), t[0])):
+        out[mask] = category_ids.index(ann["category_id"]) + 1
+    return out
+
+
+# ---------------------------------------------------------------- COCO class maps
+
+
+def test_decode_matches_ann_to_mask_polygons_and_rle():
+    """Every annotation of coco-mini val (polygons, uncompressed crowd RLE) decodes exactly."""
+    ann_file = need(COCO_MINI / "annotations" / "instances_val2017.json")
+    coco = COCO(str(ann_file))
+    kinds = set()
+    for ann in coco.dataset["annotations"]:
+        info = coco.imgs[ann["image_id"]]
+        mask = decode(ann["segmentation"], info["height"], info["width"])
+        assert np.array_equal(mask, coco.annToMask(ann)), ann["id"]
+        kinds.add(type(ann["segmentation"]).__name__)
+    assert kinds == {"list", "dict"}
+
+
+def test_person_class_maps_match_pycocotools_on_coco_mini():
+    ann_file = need(COCO_MINI / "annotations" / "instances_val2017.json")
+    coco = COCO(str(ann_file))
+    records = load_records(read_coco(ann_file), COCO_MINI / "val2017", [1])
+    assert len(records) == 79
+    crowd_pixels = person_pixels = 0
+    for rec, image_id in zip(records, sorted(coco.imgs), strict=True):
+        got = class_map(rec)
+        assert np.array_equal(got, expected_map(coco, image_id, [1])), image_id
+        crowd_pixels += int((got == IGNORE).sum())
+        person_pixels += int((got == 1).sum())
+    assert crowd_pixels > 1000 and person_pixels > 100_000  # both paths really ran
+
+
+def test_all_categories_and_chosen_order_on_coco_mini():
+    ann_file = need(COCO_MINI / "annotations" / "instances_val2017.json")
+    coco = COCO(str(ann_file))
+    image_id = max(coco.imgs, key=lambda i: len({a["category_id"] for a in coco.imgToAnns[i]}))
+    index = sorted(coco.imgs).index(image_id)
+    task = build_task(exp_for({"name": "segmentation", "root": str(COCO_MINI),
+                               "categories": "all"}))  # fmt: skip
+    assert task.num_outputs == 81 and task.class_names[:3] == ["background", "person", "bicycle"]
+    got = class_map(task.dataset("val", False).records[index])
+    assert len(set(np.unique(got).tolist()) - {0, IGNORE}) >= 3
+    assert np.array_equal(got, expected_map(coco, image_id, sorted(coco.cats)))
+    task = build_task(exp_for({"name": "segmentation", "root": str(COCO_MINI),
+                               "categories": ["dog", "person"]}))  # fmt: skip
+    assert task.class_names == ["background", "dog", "person"]
+    got = class_map(task.dataset("val", False).records[index])
+    assert np.array_equal(got, expected_map(coco, image_id, [18, 1]))
+
+
+def synth_task(root: Path, **options) -> SegmentationTask:
+    """The task on the synthetic set: all categories unless ``options`` say otherwise."""
+    task = {"name": "segmentation", "root": str(root), "categories": "all",
+            "train_split": "train", "val_split": "val", **options}  # fmt: skip
+    return build_task(exp_for(task))
+
+
+def exp_for(task: dict) -> Experiment:
+    """An in-memory experiment with this ``task:`` section (64x64 input)."""
+    return Experiment(task=task, input_size=[64, 64], source="exp.yaml")
+
+
+def test_synthetic_compressed_rle_decodes_like_pycocotools(synth_root):
+    coco = COCO(str(synth_root / "annotations" / "instances_train.json"))
+    forms = set()
+    for ann in coco.dataset["annotations"]:
+        segm = ann["segmentation"]
+        forms.add("polygon" if isinstance(segm, list) else type(segm["counts"]).__name__)
+        assert np.array_equal(decode(segm, 64, 64), coco.annToMask(ann)), ann["id"]
+    assert forms == {"polygon", "str", "list"}  # polygons, compressed and uncompressed RLE
+
+
+def test_synthetic_class_maps_are_the_drawn_truth(synth_root):
+    data = read_coco(synth_root / "annotations" / "instances_train.json")
+    records = load_records(data, synth_root / "train", [1, 2, 3])
+    labels = set()
+    for i, rec in enumerate(records):
+        _, _, truth = render(np.random.default_rng([3, 0, i]), 64)
+        got = class_map(rec)
+        assert np.array_equal(got, truth), i
+        labels |= set(np.unique(got).tolist())
+    assert labels == {0, 1, 2, 3, IGNORE}
+
+
+def test_crowd_as_class(synth_root):
+    data = read_coco(synth_root / "annotations" / "instances_train.json")
+    records = load_records(data, synth_root / "train", [1, 2, 3])
+    rec = next(r for r in records if any(inst.iscrowd for inst in r.instances))
+    ignored, as_class = class_map(rec), class_map(rec, crowd_as_class=True)
+    crowd = next(inst for inst in rec.instances if inst.iscrowd)
+    assert (ignored == IGNORE).sum() > 0 and (as_class == IGNORE).sum() == 0
+    assert set(np.unique(as_class[ignored == IGNORE])) == {crowd.label}
+    assert np.array_equal(as_class[ignored != IGNORE], ignored[ignored != IGNORE])
+
+
+# ---------------------------------------------------------------- synthetic set
+
+
+def test_synthetic_set_is_deterministic(tmp_path, synth_root):
+    write_synthetic_seg(tmp_path / "a", 12, 4, seed=3, image_size=64)
+    write_synthetic_seg(tmp_path / "b", 12, 2, seed=4, image_size=64)
+    for rel in ("annotations/instances_train.json", "annotations/instances_val.json",
+                "train/000005.jpg", "val/000003.jpg"):  # fmt: skip
+        assert (tmp_path / "a" / rel).read_bytes() == (synth_root / rel).read_bytes(), rel
+    other = json.loads((tmp_path / "b" / "annotations" / "instances_train.json").read_text())
+    mine = json.loads((synth_root / "annotations" / "instances_train.json").read_text())
+    assert other["annotations"] != mine["annotations"]
+    assert [c["name"] for c in mine["categories"]] == ["ellipse", "rectangle", "triangle"]
+
+
+def test_synth_seg_command_caches_and_refuses_overwrite(tmp_path):
+    out = tmp_path / "s"
+    run("data", "synth-seg", out, "--train", 2, "--val", 1, "--size", 32)
+    assert "cached" in run("data", "synth-seg", out, "--train", 2, "--val", 1, "--size", 32)
+    result = CliRunner().invoke(cli, ["data", "synth-seg", str(out), "--train", "3"])
+    assert result.exit_code == 1 and "holds a different synthetic set" in result.output
+    run("data", "synth-seg", out, "--train", 3, "--val", 1, "--size", 32, "--force")
+    assert len(list((out / "train").glob("*.jpg"))) == 3
+
+
+# ---------------------------------------------------------------- loss and metrics
+
+
+def test_loss_ignores_255_and_upsamples_bilinearly(synth_root):
+    task = synth_task(synth_root)
+    torch.manual_seed(0)
+    label = torch.randint(0, 4, (2, 16, 16))
+    label[0, :8] = IGNORE
+    keep = label != IGNORE
+    full = torch.randn(2, 4, 16, 16)
+    manual = -full.log_softmax(1).gather(1, (label % IGNORE)[:, None])[:, 0][keep].mean()
+    loss = task.loss(full, {"label": label})
+    assert float(loss) == pytest.approx(float(manual), rel=1e-5)
+    changed = full.clone()
+    changed[0, :, :8] += 10 * torch.randn(4, 8, 16)  # logits of ignored pixels only
+    assert float(task.loss(changed, {"label": label})) == pytest.approx(float(loss), rel=1e-6)
+    small = torch.randn(2, 4, 4, 4)  # stride-4 logits: upsampled bilinearly to 16x16
+    up = F.interpolate(small, size=(16, 16), mode="bilinear", align_corners=False)
+    assert float(task.loss(small, {"label": label})) == pytest.approx(
+        float(task.loss(up, {"label": label})), rel=1e-6
+    )
+    label[:] = IGNORE
+    small.requires_grad_()
+    empty = task.loss(small, {"label": label})
+    assert empty.item() == 0.0
+    empty.backward()
+    assert torch.isfinite(small.grad).all()
+
+
+def test_loss_rejects_wrong_channel_count(synth_root):
+    task = synth_task(synth_root, categories=["ellipse"])
+    with pytest.raises(Exception, match="head gives 4 channels, the task has 2 classes"):
+        task.loss(torch.zeros(1, 4, 8, 8), {"label": torch.zeros(1, 8, 8, dtype=torch.long)})
+
+
+def test_scores_on_hand_computed_confusion_matrices():
+    m = np.array([[50, 10, 0], [5, 30, 0], [0, 0, 0]])
+    s = scores(m)
+    assert s["iou"][0] == pytest.approx(100 * 50 / 65)
+    assert s["iou"][1] == pytest.approx(100 * 30 / 45)
+    assert s["iou"][2] is None  # absent from ground truth and prediction: left out of the mean
+    assert s["mIoU"] == pytest.approx((100 * 50 / 65 + 100 * 30 / 45) / 2)
+    assert s["pixel_acc"] == pytest.approx(100 * 80 / 95)
+    assert s["mAcc"] == pytest.approx((100 * 50 / 60 + 100 * 30 / 35) / 2)
+    # predicted but never true: IoU 0, and it counts in the mean
+    s = scores(np.array([[8, 2], [0, 0]]))
+    assert s["iou"] == [pytest.approx(80.0), 0.0] and s["mIoU"] == pytest.approx(40.0)
+
+
+def test_confusion_skips_ignore_pixels():
+    label = torch.tensor([[0, 1, 2, IGNORE], [1, 1, IGNORE, 0]])
+    pred = torch.tensor([[0, 1, 1, 2], [2, 1, 0, 0]])
+    expected = torch.tensor([[2, 0, 0], [0, 2, 1], [0, 1, 0]])
+    assert torch.equal(confusion(pred, label, 3), expected)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def blocky_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 96x128 class map of 16x16 blocks, and an image whose colour is a function of the class."""
+    colours = np.array([[10, 20, 30], [200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
+    label = np.kron(rng.integers(0, 4, (6, 8)), np.ones((16, 16), np.int64)).astype(np.uint8)
+    return colours[label], label, colours
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augmentation_keeps_image_and_label_aligned(seed):
+    rng = np.random.default_rng(seed)
+    image, label, colours = blocky_pair(rng)
+    out_img, out_lab = random_scale_crop(image, label, (48, 40), rng, (0.5, 2.0), True)
+    assert out_img.shape == (48, 40, 3) and out_lab.shape == (48, 40)
+    valid = out_lab != IGNORE
+    assert valid.sum() > 100
+    # where the class is the same in a 3x3 neighbourhood, bilinear colour == nearest class colour
+    pad = np.pad(out_lab, 1, mode="edge")
+    same = np.all([pad[dy : dy + 48, dx : dx + 40] == out_lab for dy in range(3)
+                   for dx in range(3)], axis=0) & valid  # fmt: skip
+    diff = np.abs(out_img[same].astype(int) - colours[out_lab[same]].astype(int)).max()
+    assert same.sum() > 50 and diff <= 1
+    assert (out_img[~valid] == PAD_RGB).all()  # padding: the mean colour
+
+
+def test_letterbox_pads_with_ignore_and_flip_moves_both():
+    image, label, _ = blocky_pair(np.random.default_rng(0))
+    img, lab = letterbox(image, label, (64, 64))  # 96x128 -> 48x64 at the top, then padding
+    assert np.array_equal(lab[:48], label[1::2, 1::2]) and (lab[48:] == IGNORE).all()
+    assert np.array_equal(img[48:], np.broadcast_to(img[63, 0], (16, 64, 3)))
+    flips = []
+    for seed in range(8):
+        plain = random_scale_crop(image, label, (32, 32), np.random.default_rng(seed),
+                                  (0.8, 1.2), False)  # fmt: skip
+        maybe = random_scale_crop(image, label, (32, 32), np.random.default_rng(seed),
+                                  (0.8, 1.2), True)  # fmt: skip
+        mirrored = [np.ascontiguousarray(a[:, ::-1]) for a in plain]
+        flipped = all(np.array_equal(m, b) for m, b in zip(mirrored, maybe, strict=True))
+        same = all(np.array_equal(p, b) for p, b in zip(plain, maybe, strict=True))
+        assert flipped or same
+        flips.append(flipped and not same)
+    assert 0 < sum(flips) < len(flips)
+
+
+def test_dataset_augmentation_is_seeded_and_rng_reseedable(synth_root):
+    task = synth_task(synth_root)
+    one, two = task.dataset("train", True, seed=5), task.dataset("train", True, seed=5)
+    assert torch.equal(one[3]["input"], two[3]["input"])
+    assert torch.equal(one[3]["label"], two[3]["label"])
+    two.rng = np.random.default_rng(99)  # what the core does per worker / per item
+    assert not torch.equal(one[3]["label"], two[3]["label"])
+    val = task.dataset("val", False)
+    item = val[0]
+    assert item["input"].shape == (3, 64, 64) and item["label"].dtype == torch.int64
+    assert torch.equal(val[0]["label"], item["label"])
+
+
+# ---------------------------------------------------------------- head
+
+
+def test_fpn_lite_head_reads_several_nodes(synth_root, tmp_path):
+    head = {"type": "fpn_lite", "inputs": ["stage1", "stage2", "stage3"], "width": 16}
+    exp = load_experiment(seg_experiment(tmp_path / "e.yaml", synth_root, head=head))
+    task = build_task(exp)
+    space = build_space(str(TINY_SPACE), task, exp)
+    assert space.head.inputs == ("stage1.1", "stage2.1", "stage3.0")
+    net = Network(space, task.num_outputs)
+    out = net(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 4, 16, 16)  # the finest input, stage1, is at stride 4
+    assert list(net.head.state_dict())[-1] == "classifier.bias"
+    bad = seg_experiment(tmp_path / "bad.yaml", synth_root, head={**head, "width": 0})
+    with pytest.raises(ConfigError, match="head.width: expected a value >= 1"):
+        Network(build_space(str(TINY_SPACE), task, load_experiment(bad)), 4)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ({"root": "nowhere"}, "task.root: annotation file nowhere/annotations/instances_val.json"),
+        ({"categories": ["ellipse", "person"]}, "task.categories: unknown category 'person' in"),
+        ({"crowd": "maybe"}, "task.crowd: expected one of ignore, class, got 'maybe'"),
+        ({"augment": {"scale_min": 3.0}}, "task.augment.scale_min: 3.0 is above scale_max 2.0"),
+        ({"colour": 1}, "task.colour: unknown key"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(synth_root, tmp_path, task, message):
+    path = seg_experiment(tmp_path / "bad.yaml", synth_root, task=task)
+    result = CliRunner().invoke(cli, ["train", str(path), "--arch", str(TINY_ARCH), "--out",
+                                      str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith(f"Error: {path}: ") and message in line
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_cli_search_derive_train_eval_export(synth_root, tmp_path):
+    exp = seg_experiment(tmp_path / "exp.yaml", synth_root)
+    run("search", exp, "--out", tmp_path / "search")
+    run("derive", tmp_path / "search", "-o", tmp_path / "arch.yaml")
+    arch = tmp_path / "arch.yaml"
+    run("train", exp, "--arch", arch, "--out", tmp_path / "train")
+    weights = tmp_path / "train" / "model.pt"
+    out = run("eval", exp, "--arch", arch, "--weights", weights, "--out", tmp_path / "eval",
+              "--save-vis", 2, "--format", "json")  # fmt: skip
+    results = json.loads(out)
+    assert results["primary_metric"] == "mIoU" and 0 <= results["mIoU"] <= 100
+    assert 0 <= results["pixel_acc"] <= 100 and "IoU/background" in results
+    confusion_file = json.loads(Path(results["files"]["confusion"]).read_text())
+    total = np.array(confusion_file["matrix"])
+    assert total.shape == (4, 4)
+    assert 100 * np.trace(total) / total.sum() == pytest.approx(results["pixel_acc"])
+    pictures = sorted((tmp_path / "eval" / "vis").glob("*.png"))
+    assert len(pictures) == 2
+    import cv2
+
+    assert cv2.imread(str(pictures[0])).shape == (64, 3 * 64 + 2 * 8, 3)
+    onnx = tmp_path / "net.onnx"
+    run("export", "--arch", arch, "--weights", weights, "-o", onnx, "--input-size", "64x64")
+    import onnxruntime as ort
+
+    net = Network(build_space(str(arch), build_task(load_experiment(exp)), load_experiment(exp)), 4)
+    load_weights(net, weights)
+    x = torch.randn(2, 3, 64, 64)
+    want = net.eval()(x).detach().numpy()
+    got = ort.InferenceSession(str(onnx)).run(None, {"input": x.numpy()})[0]
+    assert got.shape == (2, 4, 16, 16) and np.abs(got - want).max() < 1e-4
+    cost = json.loads(run("cost", arch, "--outputs", 4, "--input-size", "64x64",
+                          "--format", "json"))  # fmt: skip
+    assert cost["outputs"] == 4 and cost["macs"] == results["macs"]
+
+
+@pytest.mark.parametrize("strategy", ["gumbel", "binary_gates", "random"])
+def test_other_strategies_run(synth_root, tmp_path, strategy):
+    exp = seg_experiment(tmp_path / "exp.yaml", synth_root)
+    run("search", exp, "--out", tmp_path / "s", "--strategy", strategy)
+    assert json.loads((tmp_path / "s" / "search.json").read_text())["strategy"] == strategy
+
+
+def test_latency_table_at_segmentation_size_and_fpn_lite_search(synth_root, tmp_path):
+    table = tmp_path / "lut.json"
+    run("lut", "build", "--space", TINY_SPACE, "--input", "64x64", "--outputs", 4,
+        "--repeats", 3, "--warmup", 1, "--calibration", 0, "-o", table)  # fmt: skip
+    head = {"type": "fpn_lite", "inputs": ["stage2", "stage3"], "width": 8}
+    exp = seg_experiment(tmp_path / "exp.yaml", synth_root, head=head)
+    run("search", exp, "--out", tmp_path / "s", "--cost-model", "latency", "--cost-table", table)
+    result = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert result["cost_unit"] == "ms" and result["final_cost"] > 0
+    run("derive", tmp_path / "s", "-o", tmp_path / "arch.yaml")
+    arch = yaml.safe_load((tmp_path / "arch.yaml").read_text())
+    assert arch["head"]["type"] == "fpn_lite" and arch["head"]["width"] == 8
