@@ -6,7 +6,7 @@ DNAS := $(VENV)/bin/dnas
 # torch is pinned for these CPU machines (a local wheel); never let pip resolve it unpinned here.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench bench-lsp bench-seg lint clean
+.PHONY: install test demo bench bench-search bench-lsp bench-seg lint clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+bench-search: install
+	$(PY) benchmarks/search_cost.py
 
 bench-lsp: install
 	$(PY) benchmarks/lsp_train.py

@@ -4,7 +4,9 @@
   training step of the derived-size net EfficientPose-A, same batch and input;
 - data_pipeline: MPII-style crops with full augmentation and heatmap targets, one process;
 - inference: EfficientPose-A/B/C, MobileNetV2, SimpleBaseline-R50 at batch 1, 256x256: eager
-  PyTorch, channels_last and ONNX Runtime (BN folded), median latency.
+  PyTorch, channels_last and ONNX Runtime (BN folded), median latency;
+- search_cost: per strategy on the large space, step cost vs an EfficientPose-C training step,
+  and whole-step throughput at batch 32 (``benchmarks/search_cost.py``).
 Run: ``make bench`` (or ``python benchmarks/run_all.py --quick`` for a smoke run).
 """
 
@@ -20,6 +22,8 @@ import time
 from pathlib import Path
 
 import torch
+from search_cost import parse_args as search_args  # benchmarks/search_cost.py
+from search_cost import search_report
 
 from dnas.config import CostConfig, SearchConfig
 from dnas.cost_model import get_cost_model
@@ -32,6 +36,10 @@ from tasks.pose.mpii import MPIIDataset
 from tasks.pose.synth import write_synthetic_mpii
 from tasks.pose.task import PoseOptions, PoseTask
 from tasks.pose.topdown import Augment
+
+# --quick: the search benchmarks on tiny sizes, for a smoke run
+QUICK_SEARCH = ["--batch", "2", "--input", "64", "--repeats", "1", "--throughput-batch", "2",
+                "--throughput-input", "64", "--throughput-steps", "1"]  # fmt: skip
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:
@@ -126,6 +134,7 @@ def main() -> None:
             "data_pipeline": bench_data(root, 256, 64),
             "inference_batch1_256": bench_inference(repeats * 3, root),
         }  # fmt: skip
+    report["search_cost"] = search_report(search_args(QUICK_SEARCH if args.quick else []))
     print(json.dumps(report, indent=1))
 
 

@@ -12,8 +12,8 @@
   MPII-style data, full augmentation, the real loaders), per strategy, and on CPU a profile
   of one step (the ops that take the time, and data waiting vs compute).
 
-Run: ``make bench-search`` or ``python benchmarks/search_cost.py --device cuda --batch 32
---precision bf16 --channels-last``.
+Run: ``make bench-search`` (``make bench`` includes it) or, on a GPU, ``python
+benchmarks/search_cost.py --device cuda --batch 32 --precision bf16 --channels-last``.
 """
 
 from __future__ import annotations
@@ -233,12 +233,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def search_report(args: argparse.Namespace) -> dict:
+    """The ``step_cost`` and ``throughput`` sections ``--only`` asks for (default: both)."""
     load_plugins()
-    if args.case:
-        print(json.dumps(run_case(args.case, args)))
-        return
     report: dict = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": device_name(args.device),
@@ -251,7 +248,16 @@ def main() -> None:
             n = args.throughput_batch * 2 * (args.throughput_steps + 2)
             write_synthetic_mpii(Path(tmp), n_train=n, n_val=2, seed=0, image_size=256)
             report["throughput"] = throughput(args, Path(tmp))
-    print(json.dumps(report, indent=1))
+    return report
+
+
+def main() -> None:
+    args = parse_args()
+    if args.case:
+        load_plugins()
+        print(json.dumps(run_case(args.case, args)))
+        return
+    print(json.dumps(search_report(args), indent=1))
 
 
 def device_name(device: str) -> str:

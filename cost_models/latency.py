@@ -32,6 +32,7 @@ from dnas.network import Network
 from dnas.ops import build_op, parse_op
 from dnas.profile import _HeadOnInputs, op_costs
 from dnas.registry import COMMANDS, COST_MODELS
+from dnas.schema import read_json
 from dnas.search_space import SearchSpace
 
 
@@ -161,16 +162,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, device: torch.devic
 
 
 def read_lut(path: Path) -> dict:
-    try:
-        table = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise DnasError(f"{path}: cannot read latency table ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise DnasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError as exc:
-        raise DnasError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
-    except RecursionError:
-        raise DnasError(f"{path}: not valid JSON (nested too deeply)") from None
+    table = read_json(path, "latency table")
     needed = {"meta", "fixed", "layers", "scale", "overhead_ms"}
     if not isinstance(table, dict) or not needed <= set(table):
         raise DnasError(f"{path}: not a dnas latency table (needs {', '.join(sorted(needed))}; "

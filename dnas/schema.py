@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -12,9 +13,24 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
-from dnas.errors import ConfigError
+from dnas.errors import ConfigError, DnasError
 
 T = TypeVar("T")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse an untrusted JSON file (annotations, latency tables); any problem is one line
+    naming the file: unreadable, not UTF-8, not JSON, or nested too deeply."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise DnasError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise DnasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise DnasError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
+    except RecursionError:
+        raise DnasError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -25,6 +25,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from dnas.errors import DnasError
+from dnas.schema import read_json
 from dnas.task import Metrics
 from tasks.pose.mpii import read_json_list
 from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
@@ -57,19 +58,6 @@ class COCOOptions:
     oks_nms_threshold: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     annotation: str | None = None  # overrides annotations/person_keypoints_{split}.json
     images: str | None = None  # overrides the {split}/ image folder
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise DnasError(f"{path}: cannot read {what} ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise DnasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError as exc:
-        raise DnasError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
-    except RecursionError:
-        raise DnasError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def _numbers(values: Any, count: int) -> bool:
@@ -122,7 +110,7 @@ def _image_problem(image: Any) -> str | None:
 
 def load_coco_keypoints(path: Path) -> COCO:
     """A checked COCO person-keypoints json as a pycocotools index; DnasError names the file."""
-    data = _read_json(path, "COCO keypoint annotations")
+    data = read_json(path, "COCO keypoint annotations")
     lists = ("images", "annotations", "categories")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in lists):
         raise DnasError(f"{path}: not a COCO keypoints file (needs 'images', 'annotations' and "

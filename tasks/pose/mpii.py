@@ -7,13 +7,13 @@ height / 200), ``joints_vis``. As in HRNet, joints become 0-based, the centre mo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
 from dnas.errors import DnasError
+from dnas.schema import read_json
 from dnas.task import Metrics
 from tasks.pose.pckh import (
     MPII_FLIP_PAIRS,
@@ -26,16 +26,7 @@ from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
 
 
 def read_json_list(path: Path, what: str) -> list:
-    try:
-        entries = json.loads(path.read_text())
-    except OSError as exc:
-        raise DnasError(f"{path}: cannot read {what} ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise DnasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError as exc:
-        raise DnasError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
-    except RecursionError:
-        raise DnasError(f"{path}: not valid JSON (nested too deeply)") from None
+    entries = read_json(path, what)
     if not isinstance(entries, list):
         raise DnasError(f"{path}: expected a JSON list of {what}")
     return entries

@@ -9,7 +9,6 @@ individually annotated instances on top of a crowd keep their label.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from dnas.errors import ConfigError, DnasError
+from dnas.schema import read_json
 
 IGNORE = 255
 BACKGROUND = "background"
@@ -46,12 +46,7 @@ class ImageRecord:
 @lru_cache(maxsize=2)
 def read_coco(path: Path) -> dict:
     """The parsed annotation file (cached: the task reads it for its classes, then its split)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise DnasError(f"{path}: cannot read annotation file ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise DnasError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path, "annotation file")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DnasError(f"{path}: not a COCO instances file (no '{key}' list)")
