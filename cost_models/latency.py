@@ -123,12 +123,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
                                          repeats))  # fmt: skip
         bar.update()
     bar.close()
-    table["scale"], table["overhead_ms"] = 1.0, 0.0
-    if calibration >= 2 and np.ptp(parts) > 0:
-        scale, overhead = np.polyfit(parts, measured, 1)
-        table["scale"], table["overhead_ms"] = float(scale), float(overhead)
-    elif calibration:
-        table["overhead_ms"] = float(np.median(np.subtract(measured, parts)))
+    table["scale"], table["overhead_ms"] = fit_correction(parts, measured)
     table["meta"] = {
         "space": space.name, "space_digest": space.digest(), "input": list(input_hw),
         "num_outputs": num_outputs, "batch": batch, "device": device.type,
@@ -159,6 +154,19 @@ def check_lut(table: dict, space: SearchSpace, samples: int, device: torch.devic
     tau = float(scipy.stats.kendalltau(pred, real).statistic) if samples > 1 else float("nan")
     return {"kendall_tau": tau, "mape": float(100 * np.mean(np.abs(pred - real) / real)),
             "samples": samples, "rows": rows}  # fmt: skip
+
+
+def fit_correction(parts: list[float], measured: list[float]) -> tuple[float, float]:
+    """(scale, overhead_ms) with measured ~ scale x parts + overhead, by least squares. A fit
+    whose scale is not positive (timings too noisy, e.g. on a busy machine) would rank bigger
+    nets as faster, so it falls back to scale 1 and the median overhead."""
+    if not measured:
+        return 1.0, 0.0
+    if len(measured) >= 2 and np.ptp(parts) > 0:
+        scale, overhead = np.polyfit(parts, measured, 1)
+        if scale > 0:
+            return float(scale), float(overhead)
+    return 1.0, float(np.median(np.subtract(measured, parts)))
 
 
 def read_lut(path: Path) -> dict:

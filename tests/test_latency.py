@@ -97,3 +97,13 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     )
     assert run.exit_code == 0, run.output
     assert "ms" in run.output.splitlines()[-2]  # final architecture cost: ... ms
+
+
+def test_correction_fit_never_inverts_the_ranking():
+    from cost_models.latency import fit_correction
+
+    scale, overhead = fit_correction([1.0, 2.0, 3.0], [2.5, 4.5, 6.5])
+    assert scale == pytest.approx(2.0) and overhead == pytest.approx(0.5)
+    # noisy timings whose fit slopes downwards: scale 1 and the median offset instead
+    assert fit_correction([1.0, 2.0, 3.0], [5.0, 4.0, 3.5]) == (1.0, pytest.approx(2.0))
+    assert fit_correction([], []) == (1.0, 0.0)
