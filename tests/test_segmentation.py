@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
-from conftest import DATA, TINY_SPACE, need
+from conftest import DATA, TINY_SPACE, need, write_experiment
 from pycocotools.coco import COCO
 
 from dnas.cli import cli
@@ -39,21 +39,17 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 def seg_experiment(path: Path, root: Path, **sections) -> Path:
-    """A tiny segmentation experiment on the synthetic set (64x64, 1-2 steps)."""
-    exp = {
+    """A tiny segmentation experiment on the synthetic set (conftest's 64x64, 1-2 steps)."""
+    defaults = {
         "task": {"name": "segmentation", "root": str(root), "categories": "all",
                  "train_split": "train", "val_split": "val"},
-        "space": str(TINY_SPACE),
-        "input_size": [64, 64],
-        "search": {"warmup_epochs": 1, "epochs": 1, "batch_size": 4, "steps_per_epoch": 1,
-                   "random": {"samples": 2, "epochs_per_arch": 1}},
-        "train": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 2, "eval_every": 1},
-        "device": "cpu",
+        "search": {"steps_per_epoch": 1, "random": {"samples": 2, "epochs_per_arch": 1}},
+        "train": {"epochs": 1},
     }  # fmt: skip
     for key, value in sections.items():
-        exp[key] = {**exp.get(key, {}), **value} if isinstance(value, dict) else value
-    path.write_text(yaml.safe_dump(exp))
-    return path
+        merge = isinstance(value, dict) and key in defaults
+        defaults[key] = {**defaults[key], **value} if merge else value
+    return write_experiment(path, root, **defaults)
 
 
 def run(*args: str) -> str:
