@@ -6,7 +6,7 @@ DNAS := $(VENV)/bin/dnas
 # torch is pinned for these CPU machines (a local wheel); never let pip resolve it unpinned here.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench bench-search bench-lsp bench-seg lint clean
+.PHONY: install test demo bench bench-search bench-lsp bench-seg bench-quality lint clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ bench-lsp: install
 
 bench-seg: install
 	$(PY) benchmarks/seg_coco.py
+
+bench-quality: install
+	$(PY) benchmarks/search_quality.py
 
 lint: install
 	$(VENV)/bin/ruff check .

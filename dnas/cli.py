@@ -135,10 +135,9 @@ def search(config: Path, out: Path, strategy: str | None, cost_model: str | None
     if not resume:
         guard_output(out / "search.pt", force)
         guard_output(out / "checkpoints", force)
-    result = run_search(exp, out, Reporter(click.echo, quiet), resume, force)
+    run_search(exp, out, Reporter(click.echo, quiet), resume, force)
     if not is_main_process():  # torchrun: rank 0 prints the results
         return
-    click.echo(f"final architecture cost: {result['final_cost']:.3f} {result['cost_unit']}")
     click.echo(f"wrote {out / 'search.pt'}, {out / 'search.json'}, {out / 'tb'}")
 
 
@@ -150,12 +149,14 @@ def search(config: Path, out: Path, strategy: str | None, cost_model: str | None
 def derive(run: Path, output: Path, name: str | None, force: bool):
     """Derive the architecture of a search RUN (directory or search.pt): argmax op per layer."""
     from dnas.derive import derive as derive_arch
-    from dnas.derive import format_rows, write_architecture
+    from dnas.derive import format_rows, undecided_warning, write_architecture
 
     guard_output(output, force)
     arch, rows = derive_arch(run, name)
     write_architecture(arch, output, f"derived by 'dnas derive {run}'")
     click.echo(format_rows(rows))
+    if warning := undecided_warning(rows):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {output}")
 
 

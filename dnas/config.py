@@ -28,22 +28,34 @@ MAX_STEPS = 10**9
 
 @dataclass
 class CostConfig:
-    """The cost term of the architecture loss (``dnas.cost_model.cost_penalty``).
+    """The cost term of the architecture loss (``dnas.objective``; README, "cost-aware objective").
 
-    ``form: log`` is the paper's Eq. 6, weight * log_tau(cost) (``weight`` is its lambda);
-    ``hinge`` and ``power`` are budget forms that only penalise cost above ``target`` (in the
-    cost model's unit, e.g. MMAC), so a user can ask for "at most this much".
+    ``form: relative`` (default): ln(task loss) + weight * ln(cost), scale-free, so ``weight``
+    (lambda) means the same for every task and input size; ``budget``: the same, with lambda
+    adapted from 0 (dual ascent, step ``dual_lr``) until the derived net costs ``target``;
+    ``log``: the paper's Eq. 6, task loss + weight * log_tau(cost); ``hinge`` and ``power``:
+    penalise only the cost above ``target``. ``target`` is in the cost model's unit.
     """
 
     type: str = "flops"
-    weight: float = field(default=0.1, metadata={"min": 0.0})
+    weight: float = field(default=0.5, metadata={"min": 0.0, "max": 1e3})
     tau: float = field(default=10.0, metadata={"min": 1.0001})
     table: str | None = None  # measured cost models (latency): the table from dnas lut build
     batch: int | None = field(default=None, metadata={"min": 1, "max": MAX_BATCH})  # of the table
     device: str | None = None  # expected table device (cpu, cuda)
-    form: str = field(default="log", metadata={"choices": ["log", "hinge", "power"]})
+    form: str = field(
+        default="relative", metadata={"choices": ["relative", "budget", "log", "hinge", "power"]}
+    )
     target: float | None = field(default=None, metadata={"min": 1e-12})
     beta: float = field(default=2.0, metadata={"min": 1.0})
+    dual_lr: float = field(default=0.1, metadata={"min": 0.0, "max": 100.0})
+    tolerance: float = field(default=0.02, metadata={"min": 0.0, "max": 0.5})  # budget band
+
+    def band(self) -> tuple[float, float] | None:
+        """The costs a ``budget`` search's derived net must lie between, else None."""
+        if self.form != "budget" or self.target is None:
+            return None
+        return self.target * (1 - self.tolerance), self.target * (1 + self.tolerance)
 
 
 @dataclass
@@ -58,28 +70,33 @@ class WeightOptimizer:
 
 @dataclass
 class ArchOptimizer:
-    """Adam on the architecture parameters at a fixed lr (paper: 3e-4; betas/decay as DARTS)."""
+    """Adam on the architecture parameters at a fixed lr (paper: 3e-4 for ~80k steps; betas as
+    DARTS). No weight decay by default: Adam adds wd * alpha to the gradient, which caps
+    |alpha| at |gradient| / wd and keeps the probabilities near uniform (DARTS used 1e-3)."""
 
     lr: float = field(default=3e-4, metadata={"min": 0.0})
     betas: list[float] = field(
         default_factory=lambda: [0.5, 0.999], metadata={"min": 0.0, "max": 0.99999}
     )
-    weight_decay: float = field(default=1e-3, metadata={"min": 0.0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
 
 
 @dataclass
 class RandomSearchConfig:
-    """Random-search baseline (paper Table 3): N architectures, each short-trained, best kept."""
+    """Random-search baseline (paper Table 3): N architectures, each short-trained, best kept.
+    ``epochs_per_arch: null`` gives the baseline the compute of the configured DARTS search
+    (``dnas.random_search.matched_epochs``), the comparison Table 3 makes."""
 
     samples: int = field(default=50, metadata={"min": 1, "max": MAX_EPOCHS})
-    epochs_per_arch: int = field(default=5, metadata={"min": 1, "max": MAX_EPOCHS})
+    epochs_per_arch: int | None = field(default=None, metadata={"min": 1, "max": MAX_EPOCHS})
     budget: float | None = field(default=None, metadata={"min": 0.0})
     max_tries: int = field(default=10000, metadata={"min": 1, "max": MAX_STEPS})
 
 
 @dataclass
 class SinglePathConfig:
-    """Sampling strategies: Gumbel-softmax temperature, annealed per epoch (FBNet: 5.0, x0.956)."""
+    """Sampling strategies: Gumbel-softmax temperature, annealed per architecture epoch (warm-up
+    epochs do not count) from ``tau_start`` by ``tau_decay`` (FBNet: 5.0, x0.956)."""
 
     tau_start: float = field(default=5.0, metadata={"min": 1e-3})
     tau_decay: float = field(default=0.956, metadata={"min": 0.0, "max": 1.0})
@@ -193,7 +210,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError(source, "device", f"{expected}, got {exp.device!r}")
     if "name" not in exp.task:
         raise ConfigError(source, "task.name", "missing required key (e.g. pose)")
-    if exp.cost_model.form != "log" and exp.cost_model.target is None:
+    if exp.cost_model.form in ("budget", "hinge", "power") and exp.cost_model.target is None:
         raise ConfigError(source, "cost_model.target", f"required by form {exp.cost_model.form}")
     return exp
 

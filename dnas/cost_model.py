@@ -1,14 +1,13 @@
 """Cost models: a per-op cost table for a space at an input size, and the cost-aware loss.
 
-Paper Eq. 4-6: cost_l = sum_o p_{l,o} * cost_{l,o}; cost = fixed + sum_l cost_l, where ``fixed``
-is the stem, head and every non-searchable layer; the search loss adds
-``lambda * log_tau(cost) = lambda * ln(cost) / ln(tau)``.
+Paper Eq. 4-5: cost_l = sum_o p_{l,o} * cost_{l,o}; cost = fixed + sum_l cost_l, where ``fixed``
+is the stem, head and every non-searchable layer. How the cost enters the architecture loss is
+``dnas.objective``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -18,7 +17,6 @@ import torch
 from torch import Tensor
 
 from dnas.config import CostConfig
-from dnas.errors import DnasError
 from dnas.registry import COST_MODELS
 from dnas.search_space import SearchSpace
 
@@ -39,11 +37,20 @@ class CostTable:
 
     def expected(self, layer_names: list[str], probs: list[Tensor]) -> Tensor:
         """Expected cost under per-layer op probabilities (Eq. 4-5); differentiable in probs."""
-        total = torch.tensor(self.fixed, dtype=torch.float64)
-        for name, p in zip(layer_names, probs, strict=True):
-            costs = torch.tensor(list(self.layers[name].values()), dtype=p.dtype, device=p.device)
-            total = total.to(p.device) + (p * costs).sum().to(torch.float64)
-        return total.to(torch.float32)
+        terms = [
+            (p.float() * torch.tensor(list(self.layers[name].values()), device=p.device)).sum()
+            for name, p in zip(layer_names, probs, strict=True)
+        ]  # float32 throughout: MPS has no float64
+        return self.fixed + torch.stack(terms).sum() if terms else torch.tensor(self.fixed)
+
+    def uniform_cost(self) -> float:
+        """Expected cost when every candidate of every layer is equally likely."""
+        return self.fixed + sum(sum(ops.values()) / len(ops) for ops in self.layers.values())
+
+    def cost_range(self) -> tuple[float, float]:
+        """Costs of the cheapest and the most expensive architecture of the space."""
+        low = self.fixed + sum(min(ops.values()) for ops in self.layers.values())
+        return low, self.fixed + sum(max(ops.values()) for ops in self.layers.values())
 
     def of_choices(self, choices: dict[str, str]) -> float:
         """Cost of the fixed architecture with op ``choices[layer]`` at every searchable layer."""
@@ -58,25 +65,6 @@ class CostTable:
     @classmethod
     def load(cls, path: Path) -> CostTable:
         return cls(**json.loads(path.read_text()))
-
-
-def cost_loss(cost: Tensor, lam: float, tau: float) -> Tensor:
-    """lambda * log_tau(cost) (Eq. 6). Its gradient lambda * c / (cost * ln tau) ignores units."""
-    if tau <= 1.0:
-        raise DnasError(f"cost tau must be > 1, got {tau}")
-    return lam * torch.log(cost) / math.log(tau)
-
-
-def cost_penalty(cost: Tensor, cfg: CostConfig) -> Tensor:
-    """The configured cost term: ``log`` (Eq. 6); ``hinge``: weight * max(0, cost/target - 1);
-    ``power`` (MnasNet-like): weight * (max(1, cost/target)^beta - 1). Budget forms are 0 at
-    or below the target."""
-    if cfg.form == "log":
-        return cost_loss(cost, cfg.weight, cfg.tau)
-    ratio = cost / cfg.target
-    if cfg.form == "hinge":
-        return cfg.weight * torch.relu(ratio - 1.0)
-    return cfg.weight * (torch.clamp(ratio, min=1.0) ** cfg.beta - 1.0)
 
 
 def cache_dir() -> Path:

@@ -1,8 +1,9 @@
 """DARTS-style differentiable search with the cost-aware loss (EfficientPose, Sec. 3.2).
 
 Warm-up epochs train weights only; afterwards each step first updates the architecture
-parameters on an architecture-split batch (task loss + weight * log_tau(expected cost), Adam),
-then the weights on a weight-split batch (task loss, SGD, cosine lr). First-order, as the paper.
+parameters on an architecture-split batch (the task term plus lambda times the cost term of
+``dnas.objective``, Adam), then the weights on a weight-split batch (task loss, SGD, cosine lr).
+First-order, as the paper.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Any
 
 import torch
 
-from dnas.cost_model import CostTable, cost_penalty
+from dnas.cost_model import CostTable
 from dnas.network import Network
+from dnas.objective import ArchObjective
 from dnas.registry import STRATEGIES
 from dnas.runtime import weight_step
 from dnas.strategy import Strategy
@@ -25,7 +27,8 @@ class DartsStrategy(Strategy):
         self, network: Network, task: Task, table: CostTable, device: torch.device
     ) -> None:
         self.network, self.task, self.table = self.amp.model(network), task, table
-        network.set_drop_path(self.cfg.drop_path)
+        self.objective = ArchObjective(self.cost_cfg, table)
+        network.set_drop_path(self.cfg.drop_path, device)
         w, a = self.cfg.weight_optimizer, self.cfg.arch_optimizer
         self.weights = network.weight_parameters()
         self.alphas = network.arch_parameters()
@@ -51,13 +54,32 @@ class DartsStrategy(Strategy):
     def expected_cost(self) -> torch.Tensor:
         return self.table.expected(self.network.searchable, self.network.arch_probs())
 
+    def arch_forward(self, batch: dict[str, Any]) -> Any:
+        """The task loss of an architecture batch through the relaxed super net (Eq. 3)."""
+        return self.amp.forward_loss(self.network, batch, self.task.loss)
+
     def arch_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One Adam step on alpha; then the objective sees the derived net's cost (budget)."""
         self.network.train()
         self.a_opt.zero_grad(set_to_none=True)
-        task_loss = self.amp.forward_loss(self.network, batch, self.task.loss)
-        penalty = cost_penalty(self.expected_cost(), self.cost_cfg)
-        self.amp.step(task_loss + penalty, self.a_opt, self.alphas)
-        return {"arch/task_loss": task_loss.item(), "arch/cost_loss": penalty.item()}
+        loss, stats = self.objective(self.arch_forward(batch), self.expected_cost())
+        self.amp.step(loss, self.a_opt, self.alphas, update=False)  # weight_step updates
+        if not self.objective.adaptive:
+            self.after_arch_step()
+            return stats
+        grads = [a.grad if a.grad is not None else torch.zeros_like(a) for a in self.alphas]
+        cost = self.expected_cost()
+        cost_grads = torch.autograd.grad(torch.log(cost), self.alphas)
+        self.after_arch_step()
+        with torch.no_grad():
+            decided = float(torch.stack([p.max() for p in self.network.arch_probs()]).mean())
+            expected = float(self.expected_cost())
+        self.objective.observe(self.table.of_choices(self.argmax_architecture()), expected,
+                               decided, grads, list(cost_grads))  # fmt: skip
+        return stats
+
+    def after_arch_step(self) -> None:
+        """Hook for strategies that post-process alpha after the optimiser step."""
 
     def wants_arch_batch(self) -> bool:
         return not self.warming_up and self.steps_done % self.cfg.arch_every == 0
@@ -82,7 +104,11 @@ class DartsStrategy(Strategy):
         entropy = torch.stack([-(p * p.clamp_min(1e-12).log()).sum() for p in probs]).mean()
         return {
             "search/expected_cost": float(self.expected_cost()),
+            "search/derived_cost": self.table.of_choices(self.get_final_architecture()),
             "search/mean_entropy": float(entropy),
+            "search/decisiveness": float(torch.stack([p.max() for p in probs]).mean()),
+            "search/lambda": self.objective.lam,
+            **({"search/rho": self.objective.rho} if self.objective.rho is not None else {}),
             "lr/weights": lr,
         }
 
@@ -98,6 +124,8 @@ class DartsStrategy(Strategy):
             "arch_optimizer": self.a_opt.state_dict(),
             "weight_scheduler": self.w_sched.state_dict(),
             "steps_done": self.steps_done,
+            "objective": self.objective.state_dict(),
+            "drop_path_rng": self.network.drop_path_rng_state(),
         }
 
     def load_checkpointables(self, state: dict[str, Any]) -> None:
@@ -106,3 +134,5 @@ class DartsStrategy(Strategy):
         self.a_opt.load_state_dict(state["arch_optimizer"])
         self.w_sched.load_state_dict(state["weight_scheduler"])
         self.steps_done = state["steps_done"]
+        self.objective.load_state_dict(state["objective"])
+        self.network.set_drop_path_rng_state(state["drop_path_rng"])

@@ -8,6 +8,7 @@ or from a strategy that passes sampled weights to ``forward``.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from dnas.heads import build_head
@@ -57,19 +58,35 @@ class Network(nn.Module):
         """p_l = softmax(alpha_l) for every searchable layer (Eq. 2)."""
         return [torch.softmax(a, dim=-1) for a in self.alphas]
 
-    def set_drop_path(self, rate: float) -> None:
+    def set_drop_path(self, rate: float, device: torch.device | str = "cpu") -> None:
+        """Drop-path at ``rate`` with its own generator, seeded from the global seed and the
+        process rank: under torchrun each process masks its own samples differently."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self.drop_path_generator = torch.Generator(device)
+        self.drop_path_generator.manual_seed(int(torch.initial_seed()) + 7919 * (rank + 1))
         for block in self.blocks.values():
             if isinstance(block, MixedOp):
                 block.drop_path_rate = rate
+                block.generator = self.drop_path_generator
+
+    def drop_path_rng_state(self) -> Tensor | None:
+        generator = getattr(self, "drop_path_generator", None)
+        return None if generator is None else generator.get_state()
+
+    def set_drop_path_rng_state(self, state: Tensor | None) -> None:
+        if state is not None:
+            self.drop_path_generator.set_state(state)
 
     def forward(
         self,
         x: Tensor,
         path_weights: list[Tensor] | None = None,
         active: list[list[int]] | None = None,
+        probe: bool = False,
     ) -> Tensor:
         """Run the net; ``path_weights`` (one vector per searchable layer) default to Eq. 2;
-        ``active`` (candidate indices per searchable layer) restricts which paths run."""
+        ``active`` (candidate indices per searchable layer) restricts which paths are trained;
+        ``probe`` runs the others without gradient, for their path weights' gradients."""
         if self.searchable and path_weights is None:
             path_weights = self.arch_probs()
         weights = dict(zip(self.searchable, path_weights or [], strict=True))
@@ -79,7 +96,7 @@ class Network(nn.Module):
             block = self.blocks[module_key(name)]
             inp = feats[self.inputs[name]]
             if name in weights:
-                feats[name] = block(inp, weights[name], paths.get(name))
+                feats[name] = block(inp, weights[name], paths.get(name), probe)
             else:
                 feats[name] = block(inp)
         return self.head([feats[n] for n in self.head_inputs])

@@ -3,6 +3,8 @@
 Each sampled architecture (uniform per layer, optionally rejected above a cost budget) is built
 from scratch as a fixed net, trained ``epochs_per_arch`` epochs on the weight split with the
 search's SGD settings, and scored by its task loss on the architecture split (lower is better).
+By default the baseline gets the compute of the DARTS search the same config describes
+(:func:`matched_epochs`), the "same total cost" comparison of the paper's Table 3.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dnas.budget import sample_within
+from dnas.config import SearchConfig
 from dnas.cost_model import CostTable
 from dnas.errors import DnasError
 from dnas.network import Network
@@ -36,6 +40,16 @@ def mean_loss(
     return total / max(count, 1)
 
 
+def matched_epochs(cfg: SearchConfig, table: CostTable) -> int:
+    """Epochs per sampled net that spend what the configured DARTS search spends, in units of
+    the cost table: each DARTS epoch runs the super net (every candidate, cost
+    ``fixed + sum_l sum_o c_lo``) once per weight batch, plus once per ``arch_every`` weight
+    batches in the architecture epochs; a sampled net costs the uniform expectation."""
+    supernet = table.fixed + sum(sum(ops.values()) for ops in table.layers.values())
+    passes = cfg.warmup_epochs + cfg.epochs * (1 + 1 / cfg.arch_every)
+    return max(1, round(passes * supernet / table.uniform_cost() / cfg.random.samples))
+
+
 @STRATEGIES.register("random")
 class RandomSearchStrategy(Strategy):
     def adapt_search_space(
@@ -47,31 +61,38 @@ class RandomSearchStrategy(Strategy):
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.choices: dict[str, str] = {}
+        self.per_arch = self.cfg.random.epochs_per_arch or matched_epochs(self.cfg, table)
 
     @property
     def num_epochs(self) -> int:
-        return self.cfg.random.samples * self.cfg.random.epochs_per_arch
+        return self.cfg.random.samples * self.per_arch
 
     def sample(self) -> dict[str, str]:
-        """Uniform op per layer; with a budget, rejection-sample until the cost is within it."""
-        budget = self.cfg.random.budget
-        for _ in range(self.cfg.random.max_tries):
-            choices = {
-                lay.name: lay.candidates[self.rng.integers(len(lay.candidates))]
-                for lay in self.layers
-            }
-            if budget is None or self.table.of_choices(choices) <= budget:
-                return choices
-        cheapest = self.table.fixed + sum(min(ops.values()) for ops in self.table.layers.values())
+        """A random op per layer: uniform; with ``search.random.budget`` rejection-sampled to
+        cost at most that; with a ``budget`` cost form drawn inside its band
+        (:func:`dnas.budget.sample_within`)."""
+        band = self.cost_cfg.band()
+        if band is None:
+            for _ in range(self.cfg.random.max_tries):
+                choices = {
+                    lay.name: lay.candidates[self.rng.integers(len(lay.candidates))]
+                    for lay in self.layers
+                }
+                if self.table.of_choices(choices) <= (self.cfg.random.budget or float("inf")):
+                    return choices
+        elif choices := sample_within(self.table, self.rng, *band, self.cfg.random.max_tries):
+            return choices
+        low, high = band or (0.0, self.cfg.random.budget)
+        key = "search.random.budget" if band is None else "cost_model.target"
+        cheapest, dearest = self.table.cost_range()
         raise DnasError(
-            f"search.random.budget: no architecture within {budget} {self.table.unit} in "
-            f"{self.cfg.random.max_tries} samples (the cheapest costs {cheapest:.3f})"
+            f"{key}: no architecture costs {low:.4g}..{high:.4g} {self.table.unit} in "
+            f"{self.cfg.random.max_tries} samples (the space spans {cheapest:.4g}..{dearest:.4g})"
         )
 
     def new_epoch(self, epoch: int) -> None:
         super().new_epoch(epoch)
-        per_arch = self.cfg.random.epochs_per_arch
-        if epoch % per_arch:
+        if epoch % self.per_arch:
             return
         self.build(self.sample())
 
@@ -85,9 +106,7 @@ class RandomSearchStrategy(Strategy):
         self.opt = torch.optim.SGD(
             self.params, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay
         )
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.opt, T_max=self.cfg.random.epochs_per_arch
-        )
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.per_arch)
 
     def wants_arch_batch(self) -> bool:
         return False  # candidates are scored on the whole architecture split at epoch ends
@@ -103,7 +122,7 @@ class RandomSearchStrategy(Strategy):
 
     def end_epoch(self, epoch: int, val_loader: DataLoader) -> dict[str, float]:
         self.sched.step()
-        if (epoch + 1) % self.cfg.random.epochs_per_arch:
+        if (epoch + 1) % self.per_arch:
             return {}
         val_loss = mean_loss(self.model, self.task, val_loader, self.device)
         entry = {"choices": self.choices, "val_loss": val_loss,

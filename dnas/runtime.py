@@ -107,8 +107,10 @@ class Amp:
         return loss_fn(output.float(), batch)
 
     def step(self, loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
-             grad_clip: float = 0.0) -> None:  # fmt: skip
-        """Backward into ``params`` only, optional clipping, optimiser step (fp16: scaled)."""
+             grad_clip: float = 0.0, update: bool = True) -> None:  # fmt: skip
+        """Backward into ``params`` only, optional clipping, optimiser step (fp16: scaled).
+        ``update=False`` leaves the scale update to a later step of the same iteration: the
+        gradient scaler must update once per iteration, after every optimiser stepped."""
         self.scaler.scale(loss).backward(inputs=params)
         if self.sync_grads:
             average_gradients(params)
@@ -116,7 +118,8 @@ class Amp:
             self.scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(params, grad_clip)
         self.scaler.step(optimizer)
-        self.scaler.update()
+        if update:
+            self.scaler.update()
 
 
 def weight_step(

@@ -24,7 +24,8 @@ from torch.utils.tensorboard import SummaryWriter
 from dnas import distributed
 from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
 from dnas.config import Experiment, config_hash
-from dnas.cost_model import get_cost_model
+from dnas.cost_model import CostTable, get_cost_model
+from dnas.derive import decisiveness
 from dnas.errors import ConfigError, DnasError
 from dnas.network import Network
 from dnas.progress import Reporter, eta_text, start_run
@@ -55,6 +56,16 @@ def build_strategy(exp: Experiment, amp: Amp) -> Strategy:
     except DnasError as exc:
         raise ConfigError(exp.source, "search.strategy", str(exc)) from None
     return cls(exp.search, exp.cost_model, amp)
+
+
+def check_target(exp: Experiment, table: CostTable) -> None:
+    """A budget target must lie within the space's cost range, else no net can meet it."""
+    target, (low, high) = exp.cost_model.target, table.cost_range()
+    if exp.cost_model.form == "budget" and not low <= target <= high:
+        raise ConfigError(exp.source, "cost_model.target",
+                          f"{target:g} {table.unit} is outside this space's range "
+                          f"{low:.4g}..{high:.4g} {table.unit} at input "
+                          f"{exp.input_hw[0]}x{exp.input_hw[1]}")  # fmt: skip
 
 
 def format_stats(stats: dict[str, float]) -> str:
@@ -92,6 +103,7 @@ class SearchRun:
         except DnasError as exc:
             raise ConfigError(exp.source, "cost_model.type", str(exc)) from None
         self.table = cost_model.table(self.space, exp.input_hw, self.task.num_outputs)
+        check_target(exp, self.table)
         self.make_loaders()
         network = Network(self.space, self.task.num_outputs)
         if exp.remap_from:
@@ -133,6 +145,7 @@ class SearchRun:
             "arch_steps": self.arch_steps,
             "space": self.space.to_dict(),
             "arch_probs": self.strategy.arch_probs(),
+            "choices": self.strategy.get_final_architecture(),
             "strategy": self.strategy.get_checkpointables(),
             "scaler": self.amp.scaler.state_dict(),
             "rng": rng_state(),
@@ -256,20 +269,45 @@ class SearchRun:
 
     def result(self) -> dict:
         distributed.check_in_sync(self.strategy.network, "search")
-        choices = self.strategy.get_final_architecture()
+        choices, probs = self.strategy.get_final_architecture(), self.strategy.arch_probs()
+        argmax = self.strategy.argmax_architecture()
+        cost = self.exp.cost_model
         result = {
             "space": self.space.name,
             "strategy": self.exp.search.strategy,
             "cost_metric": self.table.metric,
             "cost_unit": self.table.unit,
+            "cost_form": cost.form,
+            "target": cost.target,
             "final_cost": self.table.of_choices(choices),
+            "argmax_cost": self.table.of_choices(argmax),
+            "projected_layers": sum(choices[n] != argmax[n] for n in choices),
+            "decisiveness": decisiveness(probs),
             "choices": choices,
-            "arch_probs": self.strategy.arch_probs(),
+            "arch_probs": probs,
             "checkpoint": str(self.out_dir / "search.pt"),
         }
+        objective = getattr(self.strategy, "objective", None)
+        if objective is not None:
+            result["lambda"] = objective.lam
+        self.report.line(summary_line(result))
         if self.world.main:
             (self.out_dir / "search.json").write_text(json.dumps(result, indent=1))
         return result
+
+
+def summary_line(result: dict) -> str:
+    """The search's closing figures: derived cost (against the target) and decisiveness."""
+    unit, cost = result["cost_unit"], result["final_cost"]
+    text = f"derived architecture cost: {cost:.4g} {unit}"
+    if result["target"] is not None:
+        off = 100 * (cost / result["target"] - 1)
+        text += f" (target {result['target']:.4g} {unit}, {off:+.1f} %"
+        if moved := result["projected_layers"]:
+            text += f"; argmax {result['argmax_cost']:.4g}, {moved} layer{'s' * (moved > 1)} "
+            text += "moved into the band"
+        text += ")"
+    return text + f"; decisiveness (mean top op probability) {result['decisiveness']:.3f}"
 
 
 def run_search(exp: Experiment, out_dir: Path, report: Reporter | None = None,

@@ -1,13 +1,17 @@
-"""Single-path strategies: each step runs one sampled candidate per layer (two for a binary-gate
-architecture step), so search steps cost about as much as training one network.
+"""Single-path strategies: each weight step trains one sampled candidate per layer, so search
+steps cost about as much as training one network.
 
-- ``gumbel`` (FBNet's Gumbel-softmax, GDAS-style hard sampling): one path per layer sampled
-  from softmax((alpha + g) / tau) with an annealed temperature; the forward pass runs only the
-  sampled op, weighted by the straight-through one-hot, so alpha gets gradients through the
-  relaxed sample.
+- ``gumbel`` (FBNet's Gumbel-softmax, GDAS-style hard sampling): architecture steps sample one
+  path per layer from softmax((alpha + g) / tau), tau annealed per architecture epoch; the
+  forward pass trains only the sampled op, weighted by the straight-through one-hot
+  ``hard - soft.detach() + soft``. The other candidates run without gradient ("probe") so that
+  every path weight gets its exact straight-through gradient <dL/dy, o(x)>: the sampled op's
+  own gradient <dL/dy, y> is exactly 0 wherever train-mode batch norm follows the layer.
 - ``binary_gates`` (ProxylessNAS): weight steps run one path sampled from softmax(alpha);
   architecture steps sample two paths, run both, and pass the gradient through the two paths'
-  renormalised probabilities with a straight-through binary gate.
+  renormalised probabilities with a straight-through binary gate. Only the two sampled alphas
+  move, then are shifted so that their total probability is unchanged (ProxylessNAS' rescaling):
+  the probabilities of the unsampled ops stay exactly as they were.
 Both add the cost term on the expected cost of softmax(alpha), as DARTS does.
 """
 
@@ -20,17 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dnas.cost_model import cost_penalty
 from dnas.darts import DartsStrategy
 from dnas.registry import STRATEGIES
 from dnas.runtime import weight_step
 
 
 class _SinglePath(DartsStrategy):
+    probe = False  # run unsampled candidates without gradient in architecture steps
+
     def new_epoch(self, epoch: int) -> None:
         super().new_epoch(epoch)
         sp = self.cfg.single_path
-        self.tau = max(sp.tau_min, sp.tau_start * sp.tau_decay**epoch)
+        arch_epoch = max(0, epoch - self.cfg.warmup_epochs)  # warm-up epochs do not anneal
+        self.tau = max(sp.tau_min, sp.tau_start * sp.tau_decay**arch_epoch)
 
     def sample_one(self) -> tuple[list[Tensor], list[list[int]]]:
         """One path per layer from softmax(alpha), gate 1 (no gradient to alpha)."""
@@ -58,15 +64,11 @@ class _SinglePath(DartsStrategy):
     def relaxed_paths(self) -> tuple[list[Tensor], list[list[int]]]:
         """Path weights (differentiable in alpha) and the active paths for an arch step."""
 
-    def arch_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        self.network.train()
-        self.a_opt.zero_grad(set_to_none=True)
-        weights, active = self.relaxed_paths()
-        task_loss = self.amp.forward_loss(self.network, batch, self.task.loss,
-                                          path_weights=weights, active=active)  # fmt: skip
-        penalty = cost_penalty(self.expected_cost(), self.cost_cfg)
-        self.amp.step(task_loss + penalty, self.a_opt, self.alphas)
-        return {"arch/task_loss": task_loss.item(), "arch/cost_loss": penalty.item()}
+    def arch_forward(self, batch: dict[str, Any]) -> Tensor:
+        self.paths = self.relaxed_paths()
+        weights, active = self.paths
+        return self.amp.forward_loss(self.network, batch, self.task.loss, path_weights=weights,
+                                     active=active, probe=self.probe)  # fmt: skip
 
     def end_epoch(self, epoch: int, val_loader: Any) -> dict[str, float]:
         stats = super().end_epoch(epoch, val_loader)
@@ -76,6 +78,8 @@ class _SinglePath(DartsStrategy):
 
 @STRATEGIES.register("gumbel")
 class GumbelStrategy(_SinglePath):
+    probe = True
+
     def relaxed_paths(self) -> tuple[list[Tensor], list[list[int]]]:
         weights, active = [], []
         for alpha in self.alphas:
@@ -101,4 +105,15 @@ class BinaryGateStrategy(_SinglePath):
                                                      gate - renorm.detach() + renorm)  # fmt: skip
             weights.append(full)
             active.append(pair)
+        self.before = [alpha.detach().clone() for alpha in self.alphas]
         return weights, active
+
+    def after_arch_step(self) -> None:
+        """Keep the unsampled alphas, and shift the sampled pair by one constant so that
+        logsumexp over the pair (their total probability mass) is what it was before."""
+        with torch.no_grad():
+            for alpha, old, pair in zip(self.alphas, self.before, self.paths[1], strict=True):
+                index = torch.tensor(pair, device=alpha.device)
+                new = alpha[index]
+                alpha.copy_(old)
+                alpha[index] = new + (old[index].logsumexp(0) - new.logsumexp(0))

@@ -1,7 +1,8 @@
 """The Strategy interface (NASLib's lifecycle) that every search method implements.
 
-The search loop (``dnas.search``) only ever calls these methods, so DARTS, the random-search
-baseline and later single-path methods are interchangeable by name in the experiment YAML.
+The search loop (``dnas.search``) only ever calls these methods, so DARTS, the single-path
+methods and the random-search baseline are interchangeable by name in the experiment YAML.
+``adapt_search_space`` sets ``network`` and ``table``, which the final architecture reads.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from dnas.budget import most_probable_within
 from dnas.config import CostConfig, SearchConfig
 from dnas.cost_model import CostTable
 from dnas.network import Network
@@ -60,13 +62,22 @@ class Strategy(ABC):
     def arch_probs(self) -> dict[str, list[float]]:
         """Current probability of each candidate op, per searchable layer."""
 
-    def get_final_architecture(self) -> dict[str, str]:
-        """The chosen op per searchable layer (default: the most probable one)."""
+    def argmax_architecture(self) -> dict[str, str]:
+        """The most probable op per searchable layer."""
         layers = {layer.name: layer for layer in self.network.space.searchable_layers}
         return {
             name: layers[name].candidates[max(range(len(p)), key=p.__getitem__)]
             for name, p in self.arch_probs().items()
         }
+
+    def get_final_architecture(self) -> dict[str, str]:
+        """The chosen op per searchable layer: the argmax; under ``form: budget``, when the
+        argmax misses the target band, the most probable architecture inside it."""
+        choices = self.argmax_architecture()
+        band = self.cost_cfg.band()
+        if band is None or band[0] <= self.table.of_choices(choices) <= band[1]:
+            return choices
+        return most_probable_within(self.arch_probs(), self.table, *band) or choices
 
     @abstractmethod
     def get_checkpointables(self) -> dict[str, Any]:

@@ -22,8 +22,8 @@ def _variant(exp: Experiment, kind: str, value: float) -> Experiment:
         variant.cost_model.weight = value
     else:
         variant.cost_model.target = value
-        if variant.cost_model.form == "log":
-            variant.cost_model.form = "hinge"
+        if variant.cost_model.form in ("relative", "log"):  # a target asks for a budget form
+            variant.cost_model.form = "budget"
     return variant
 
 

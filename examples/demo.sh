@@ -16,10 +16,10 @@ step() { printf '\n== %s\n' "$*"; }
 step "1/5 data: synthetic MPII-format set in $DATA"
 $DNAS data synth-mpii "$DATA" --train "$N_TRAIN" --val "$N_VAL" --seed 0
 
-step "2/5 search: cost-aware DARTS over mbv2_pose_small"
+step "2/5 search: gumbel over mbv2_pose_small under a FLOPs budget (cost_model.target)"
 $DNAS search "$CONFIG" --out "$OUT/search" --set "task.root=$DATA"
 
-step "3/5 derive: most probable op per layer"
+step "3/5 derive: most probable op per layer (within the budget band)"
 $DNAS derive "$OUT/search" -o "$OUT/arch.yaml" --name demo-derived
 
 step "4/5 train the derived net"

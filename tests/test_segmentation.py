@@ -16,8 +16,10 @@ from pycocotools.coco import COCO
 
 from dnas.cli import cli
 from dnas.config import Experiment, load_experiment
+from dnas.cost_model import get_cost_model
 from dnas.errors import ConfigError
 from dnas.network import Network
+from dnas.search_space import load_space
 from dnas.task import build_space, build_task
 from dnas.train import load_weights
 from tasks.segmentation.coco import IGNORE, class_map, decode, load_records, read_coco
@@ -404,3 +406,19 @@ def test_latency_table_at_segmentation_size_and_fpn_lite_search(synth_root, tmp_
     run("derive", tmp_path / "s", "-o", tmp_path / "arch.yaml")
     arch = yaml.safe_load((tmp_path / "arch.yaml").read_text())
     assert arch["head"]["type"] == "fpn_lite" and arch["head"]["width"] == 8
+
+
+@pytest.mark.parametrize("strategy", ["gumbel", "random"])
+def test_budget_search_lands_on_the_target_for_segmentation(synth_root, tmp_path, strategy):
+    space = Path(__file__).parent / "data" / "budget_space.yaml"
+    table = get_cost_model("flops").table(load_space(space), (64, 64), 4)
+    low, high = table.cost_range()
+    target = low + 0.4 * (high - low)
+    exp = seg_experiment(tmp_path / "exp.yaml", synth_root, space=str(space),
+                         cost_model={"form": "budget", "target": target},
+                         search={"strategy": strategy, "warmup_epochs": 0, "epochs": 2,
+                                 "arch_optimizer": {"lr": 0.1}})  # fmt: skip
+    run("search", exp, "--out", tmp_path / "s")
+    result = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert abs(result["final_cost"] / target - 1) <= 0.03
+    assert 0 < result["decisiveness"] <= 1

@@ -1,0 +1,205 @@
+"""Does the search beat chance? The paper's Table 3 claim, on real data (LSP-extended).
+
+One budget B = EfficientPose-A's MACs at the benchmark's input size. ``darts`` and ``gumbel``
+search ``mbv2_pose_small`` under ``cost_model: {form: budget, target: B}`` on images 1-1800 and
+the derived nets are taken as they are; 4 random architectures of the same space are drawn
+within 3 % of B (maximum-entropy sampler at mean B, rejection outside the band; draw seeds
+fixed below, before any result was seen). Every net, and EfficientPose-A itself, is trained
+with one identical schedule and each training seed, then scored by PCK@0.2 (flip test) on
+images 1801-2000. Prints one JSON object (per net and seed: MACs, params, CPU latency at
+batch 1, PCK@0.2) and writes it with a Markdown table into ``--out``.
+
+Run: ``make bench-quality`` (CPU profile, about an hour on 2 cores) or
+``python benchmarks/search_quality.py --device cuda`` (the paper's 256x256 input and schedule
+lengths). ``--quick`` is a minutes-long smoke run of the same code (tests use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from cost_models.latency import time_module
+from dnas.budget import sample_within
+from dnas.config import load_experiment
+from dnas.cost_model import get_cost_model
+from dnas.derive import derive, write_architecture
+from dnas.network import Network
+from dnas.profile import cost_report
+from dnas.progress import Reporter
+from dnas.search import run_search
+from dnas.search_space import load_space
+from dnas.train import run_eval, run_train
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = "mbv2_pose_small"
+STRATEGIES = ("darts", "gumbel")
+RANDOM_SEEDS = (1001, 1002, 1003, 1004)  # architecture draws, fixed before any run
+TRAIN_SEEDS = (0, 1)
+BAND = 0.03
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Input size and schedule lengths of one run of the benchmark."""
+
+    input_size: int
+    batch: int
+    warmup_epochs: int
+    search_epochs: int
+    arch_lr: float
+    train_epochs: int
+    train_lr: float
+    milestones: tuple[int, ...]
+    steps_per_epoch: int | None = None  # cap (quick runs only)
+
+
+PROFILES = {
+    # 2-core CPU, about an hour: a small input so that each net trains long enough to learn
+    "cpu": Profile(64, 32, 4, 8, 0.05, 30, 2e-3, (24,)),
+    # the paper's lengths (60 + 150 search epochs, 200 training epochs), 256x256, on a GPU
+    "cuda": Profile(256, 32, 60, 150, 3e-4, 200, 1e-3, (150, 170)),
+    "quick": Profile(64, 8, 1, 1, 0.05, 1, 1e-3, (1,), steps_per_epoch=2),
+}
+
+
+def experiment(profile: Profile, data: Path, device: str, out: Path, **extra) -> Path:
+    """The benchmark's experiment YAML (one schedule for every net), written into ``out``."""
+    size = profile.input_size
+    exp = {
+        "task": {"name": "pose", "dataset": "lsp", "root": str(data),
+                 "dataset_options": {"train_range": [0, 1800], "val_range": [1800, 2000]}},
+        "space": SPACE,
+        "input_size": [size, size],
+        "search": {"warmup_epochs": profile.warmup_epochs, "epochs": profile.search_epochs,
+                   "batch_size": profile.batch, "steps_per_epoch": profile.steps_per_epoch,
+                   "arch_optimizer": {"lr": profile.arch_lr}},
+        "train": {"epochs": profile.train_epochs, "batch_size": profile.batch,
+                  "lr": profile.train_lr, "milestones": list(profile.milestones),
+                  "eval_every": profile.train_epochs, "steps_per_epoch": profile.steps_per_epoch},
+        "device": device,
+        "workers": 2 if device == "cuda" else 0,
+        "seed": 0,
+        **extra,
+    }  # fmt: skip
+    path = out / "experiment.yaml"
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+def cpu_latency_ms(arch: Path | str, size: int) -> float:
+    """Median eager CPU latency at batch 1 (one thread per core, as the machine runs)."""
+    net = Network(load_space(str(arch)), 14).eval()
+    return time_module(net, [torch.randn(1, 3, size, size)], torch.device("cpu"), 3, 10)
+
+
+def architectures(profile: Profile, exp_path: Path, budget: float, out: Path,
+                  report: Reporter) -> dict[str, str]:  # fmt: skip
+    """name -> architecture file: the searched nets, the random draws and EfficientPose-A."""
+    nets: dict[str, str] = {"efficientpose-a": "efficientpose-a"}
+    for strategy in STRATEGIES:
+        exp = load_experiment(exp_path, [f"search.strategy={strategy}", "cost_model.form=budget",
+                                         f"cost_model.target={budget}"])  # fmt: skip
+        result = run_search(exp, out / f"search-{strategy}", report)
+        arch, _ = derive(out / f"search-{strategy}", f"searched-{strategy}")
+        path = out / f"searched-{strategy}.yaml"
+        write_architecture(arch, path, f"search_quality: {strategy}, budget {budget:.4g} MMAC")
+        nets[f"searched-{strategy}"] = str(path)
+        report.line(f"{strategy}: {result['final_cost']:.4g} MMAC, decisiveness "
+                    f"{result['decisiveness']:.3f}")  # fmt: skip
+    space = load_space(SPACE)
+    table = get_cost_model("flops").table(space, (profile.input_size,) * 2, 14)
+    for seed in RANDOM_SEEDS:
+        rng = np.random.default_rng(seed)
+        choices = sample_within(table, rng, budget * (1 - BAND), budget * (1 + BAND), 100_000)
+        path = out / f"random-{seed}.yaml"
+        write_architecture(space.with_choices(choices, f"random-{seed}"), path,
+                           f"search_quality: random draw, seed {seed}")  # fmt: skip
+        nets[f"random-{seed}"] = str(path)
+    return nets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps per epoch")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "search-quality")
+    args = parser.parse_args()
+    data = Path(os.environ.get("DNAS_TEST_DATA", REPO.parent / "shared" / "data")) / "lspet"
+    profile = PROFILES["quick" if args.quick else args.device]
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = Reporter(lambda line: print(line, flush=True), quiet=True)
+    exp_path = experiment(profile, data, args.device, args.out)
+    size = profile.input_size
+    budget = cost_report("efficientpose-a", (size, size), 14)["macs"] / 1e6
+    start = time.perf_counter()
+    nets = architectures(profile, exp_path, budget, args.out, report)
+    searched = time.perf_counter()
+    rows = []
+    for name, arch in nets.items():
+        scores = {}
+        for seed in TRAIN_SEEDS:
+            exp = load_experiment(exp_path, [f"seed={seed}"])
+            run = args.out / f"train-{name}-seed{seed}"
+            run_train(exp, arch, run, report=report)
+            scores[seed] = run_eval(exp, arch, run / "model.pt", run / "eval")["Mean"]
+        size_info = cost_report(arch, (size, size), 14)
+        rows.append({"net": name, "macs": size_info["macs"], "params": size_info["params"],
+                     "cpu_latency_ms": round(cpu_latency_ms(arch, size), 2),
+                     "pck@0.2": {str(s): round(v, 2) for s, v in scores.items()},
+                     "mean": round(statistics.mean(scores.values()), 2),
+                     "spread": round(max(scores.values()) - min(scores.values()), 2)})  # fmt: skip
+    summary = verdict(rows)
+    result = {
+        "benchmark": "search_quality",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": args.device},
+        "profile": profile.__dict__ | {"milestones": list(profile.milestones)},
+        "budget_mmac": round(budget, 3),
+        "random_seeds": list(RANDOM_SEEDS),
+        "train_seeds": list(TRAIN_SEEDS),
+        "search_s": round(searched - start, 1),
+        "total_s": round(time.perf_counter() - start, 1),
+        "rows": rows,
+        **summary,
+    }  # fmt: skip
+    (args.out / "search_quality.json").write_text(json.dumps(result, indent=1))
+    (args.out / "search_quality.md").write_text(markdown(rows))
+    print(json.dumps(result, indent=1))
+
+
+def verdict(rows: list[dict]) -> dict:
+    """Mean of the random nets, the largest seed spread, and whether each searched net beats
+    the random mean by more than that spread (the claim under test)."""
+    random_mean = statistics.mean(r["mean"] for r in rows if r["net"].startswith("random-"))
+    spread = max(r["spread"] for r in rows)
+    beats = {r["net"]: r["mean"] - random_mean > spread
+             for r in rows if r["net"].startswith("searched-")}  # fmt: skip
+    return {"random_mean": round(random_mean, 2), "max_seed_spread": spread,
+            "searched_beat_random_by_more_than_spread": beats}  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    seeds = " | ".join(f"PCK@0.2 seed {s}" for s in TRAIN_SEEDS)
+    lines = [f"| net | MMAC | params | CPU ms (batch 1) | {seeds} | mean |",
+             "|---|---|---|---|" + "---|" * len(TRAIN_SEEDS) + "---|"]  # fmt: skip
+    for r in rows:
+        scores = " | ".join(f"{r['pck@0.2'][str(s)]:.2f}" for s in TRAIN_SEEDS)
+        lines.append(f"| {r['net']} | {r['macs'] / 1e6:.1f} | {r['params']:,} | "
+                     f"{r['cpu_latency_ms']:.2f} | {scores} | {r['mean']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

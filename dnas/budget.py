@@ -1,0 +1,100 @@
+"""The most probable architecture whose cost lies in a band: the final projection of a budget
+search (as HardCoRe-NAS ends with a projection onto the hard constraint).
+
+Dual ascent (``dnas.objective``) steers the argmax net onto the target while the search runs;
+when the argmax still misses the band at the end (a discrete net cannot always meet a target
+exactly), this picks the architecture that maximises sum_l ln p_l(op) subject to
+``low <= cost <= high``, by dynamic programming over the cost in fine bins. It differs from the
+argmax only in the layers where giving up probability buys the most cost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dnas.cost_model import CostTable
+
+BINS = 20_000
+
+
+def most_probable_within(
+    probs: dict[str, list[float]], table: CostTable, low: float, high: float
+) -> dict[str, str] | None:
+    """``{layer: op}`` maximising the summed log-probability with cost in [low, high], or None
+    when no architecture of the space costs that much."""
+    names = list(probs)
+    costs = [np.array(list(table.layers[n].values()), dtype=np.float64) for n in names]
+    ops = [list(table.layers[n]) for n in names]
+    base = table.fixed + sum(float(c.min()) for c in costs)
+    top = high - base  # the most the layers may add above their cheapest ops
+    if top < 0:
+        return None
+    width = max(top, 1e-12) / BINS
+    slack = len(names) * width / 2  # worst rounding error of a sum of rounded costs
+    score = np.full(BINS + 1, -np.inf)
+    score[0] = 0.0
+    picks = np.zeros((len(names), BINS + 1), dtype=np.int16)
+    for i, name in enumerate(names):
+        logp = np.log(np.clip(np.asarray(probs[name], dtype=np.float64), 1e-30, None))
+        shifts = np.rint((costs[i] - costs[i].min()) / width).astype(int)
+        best = np.full(BINS + 1, -np.inf)
+        for o, shift in enumerate(shifts):
+            if shift > BINS:
+                continue
+            moved = np.full(BINS + 1, -np.inf)
+            moved[shift:] = score[: BINS + 1 - shift] + logp[o]
+            better = moved > best
+            best[better], picks[i][better] = moved[better], o
+        score = best
+    first = int(np.ceil(max(0.0, low - base + slack) / width))
+    last = int(np.floor((top - slack) / width))
+    if first > last or not np.isfinite(score[first : last + 1]).any():
+        return None
+    b = first + int(np.argmax(score[first : last + 1]))
+    choices: dict[str, str] = {}
+    for i in range(len(names) - 1, -1, -1):
+        o = int(picks[i][b])
+        choices[names[i]] = ops[i][o]
+        b -= int(np.rint((costs[i][o] - costs[i].min()) / width))
+    return {n: choices[n] for n in names}
+
+
+def tilted_probs(table: CostTable, target: float) -> dict[str, np.ndarray]:
+    """Per-layer op probabilities proportional to exp(-beta * cost), beta chosen (bisection) so
+    that the expected cost is ``target``: the maximum-entropy distribution over architectures
+    with that mean cost (beta = 0, uniform, when the uniform mean is the target)."""
+    costs = {n: np.array(list(ops.values()), dtype=np.float64) for n, ops in table.layers.items()}
+    scale = max(float(np.ptp(np.concatenate(list(costs.values())))), 1e-12)
+
+    def probs(beta: float) -> dict[str, np.ndarray]:
+        out = {}
+        for name, c in costs.items():
+            z = -beta * (c - c.min()) / scale
+            e = np.exp(z - z.max())
+            out[name] = e / e.sum()
+        return out
+
+    def mean(beta: float) -> float:
+        return table.fixed + sum(float(p @ costs[n]) for n, p in probs(beta).items())
+
+    lo, hi = -60.0, 60.0  # mean(beta) falls as beta rises
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean(mid) > target else (lo, mid)
+    return probs((lo + hi) / 2)
+
+
+def sample_within(
+    table: CostTable, rng: np.random.Generator, low: float, high: float, tries: int
+) -> dict[str, str] | None:
+    """A random architecture with cost in [low, high]: drawn from :func:`tilted_probs` at the
+    band's centre and rejected outside the band; None after ``tries`` draws."""
+    probs = tilted_probs(table, (low + high) / 2) if np.isfinite(high) else None
+    for _ in range(tries):
+        choices = {}
+        for name, ops in table.layers.items():
+            p = None if probs is None else probs[name]
+            choices[name] = list(ops)[int(rng.choice(len(ops), p=p))]
+        if low <= table.of_choices(choices) <= high:
+            return choices
+    return None

@@ -1,0 +1,348 @@
+"""The search's maths against the papers it cites: the scale-free cost term, dual ascent and the
+budget projection, and the single-path estimators (issue: the search must search)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_SPACE, write_experiment
+
+from cost_models.latency import build_lut
+from dnas import checkpoint
+from dnas.budget import most_probable_within, sample_within, tilted_probs
+from dnas.cli import cli
+from dnas.config import CostConfig, SearchConfig, load_experiment
+from dnas.cost_model import CostTable, get_cost_model
+from dnas.derive import derive
+from dnas.mixed_op import MixedOp
+from dnas.network import Network
+from dnas.objective import ArchObjective
+from dnas.ops import parse_op
+from dnas.progress import Reporter
+from dnas.random_search import matched_epochs
+from dnas.search import run_search
+from dnas.search_space import load_space
+from dnas.single_path import BinaryGateStrategy, GumbelStrategy
+from tasks.pose.task import PoseOptions, PoseTask
+
+BUDGET_SPACE = Path(__file__).parent / "data" / "budget_space.yaml"
+QUIET = Reporter(lambda _: None)
+
+
+def toy_table() -> CostTable:
+    layers = {"a": {"x": 1.0, "y": 4.0, "z": 9.0}, "b": {"x": 2.0, "y": 3.0},
+              "c": {"x": 0.5, "y": 5.0, "z": 6.0}}  # fmt: skip
+    return CostTable("flops", "MMAC", 10.0, layers, {})
+
+
+# -- the cost term -------------------------------------------------------------------------------
+
+
+def test_relative_form_has_the_gradient_of_ln_task_plus_lambda_ln_cost():
+    table = toy_table()
+    objective = ArchObjective(CostConfig(weight=0.7), table)
+    alpha = torch.tensor([0.3, -0.2, 0.1], requires_grad=True)
+    cost_w = torch.tensor([1.0, 4.0, 9.0])
+    for scale in (1.0, 1e-3):  # the task loss's units must not matter
+        alpha.grad = None
+        p = torch.softmax(alpha, 0)
+        task = scale * (p * torch.tensor([0.5, 0.2, 0.9])).sum()
+        cost = table.fixed + (p * cost_w).sum()
+        loss, stats = objective(task, cost)
+        loss.backward()
+        with torch.no_grad():
+            dp = torch.tensor([0.5, 0.2, 0.9]) / (p * torch.tensor([0.5, 0.2, 0.9])).sum()
+            dp += 0.7 * cost_w / cost
+            jac = torch.diag(p) - torch.outer(p, p)
+            expected = jac @ dp
+        assert torch.allclose(alpha.grad, expected, atol=1e-6), scale
+        assert stats["arch/lambda"] == 0.7
+
+
+def test_eq6_form_is_kept_exactly():
+    objective = ArchObjective(CostConfig(form="log", weight=0.3, tau=5.0), toy_table())
+    cost = torch.tensor(250.0, requires_grad=True)
+    task = torch.tensor(0.02, requires_grad=True)
+    loss, _ = objective(task, cost)
+    assert loss.item() == pytest.approx(0.02 + 0.3 * math.log(250.0) / math.log(5.0))
+    loss.backward()
+    assert float(task.grad) == 1.0
+    assert float(cost.grad) == pytest.approx(0.3 / (250.0 * math.log(5.0)))
+
+
+def test_dual_ascent_step_is_scale_free():
+    cfg = CostConfig(form="budget", target=20.0, weight=0.5, dual_lr=0.2)
+    objective = ArchObjective(cfg, toy_table())
+    assert objective.lam == 0.0  # a dual variable starts at 0
+    cost_grads = [torch.tensor([0.0, 3.0, 4.0])]  # |grad ln C| = 5
+    grads = [torch.tensor([6.0, 0.0, 0.0])]  # lambda 0: all task, |6| -> rho 1.2
+    objective.observe(25.0, 30.0, 0.25, grads, cost_grads)
+    assert objective.rho == pytest.approx(1.2)
+    lam = 0.2 * 1.2 * (0.25 * math.log(25.0 / 20.0) + 0.75 * math.log(30.0 / 20.0))
+    assert objective.lam == pytest.approx(lam)
+    grads = [torch.tensor([6.0, 0.0, 0.0]) + lam * cost_grads[0]]  # the task part stays 6
+    objective.observe(20.0, 20.0, 0.9, grads, cost_grads)  # on target: lambda stays
+    assert objective.rho == pytest.approx(1.2) and objective.lam == pytest.approx(lam)
+    for _ in range(200):  # far over the target for long: lambda stops at 4 rho (anti-windup)
+        grads = [torch.tensor([6.0, 0.0, 0.0]) + objective.lam * cost_grads[0]]
+        objective.observe(1e6, 1e6, 1.0, grads, cost_grads)
+    assert objective.lam == pytest.approx(4 * 1.2)
+    fixed = ArchObjective(CostConfig(weight=0.5), toy_table())
+    fixed.observe(25.0, 25.0, 1.0, grads, cost_grads)
+    assert fixed.lam == 0.5
+
+
+def test_expected_cost_is_float32_and_exact():
+    table = toy_table()
+    probs = [torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0, 0])]
+    cost = table.expected(["a", "b", "c"], probs)
+    assert cost.dtype == torch.float32
+    assert float(cost) == pytest.approx(10 + 0.2 + 1.2 + 4.5 + 2.5 + 0.5)
+
+
+# -- budget projection and sampling ---------------------------------------------------------------
+
+
+def brute_force(probs, table, low, high):
+    best, arg = -math.inf, None
+    names = list(probs)
+    for combo in itertools.product(*(range(len(probs[n])) for n in names)):
+        choices = {n: list(table.layers[n])[i] for n, i in zip(names, combo, strict=True)}
+        if low <= table.of_choices(choices) <= high:
+            score = sum(math.log(probs[n][i]) for n, i in zip(names, combo, strict=True))
+            if score > best:
+                best, arg = score, choices
+    return arg
+
+
+@pytest.mark.parametrize("target", [15.0, 18.5, 22.0, 27.0])
+def test_projection_is_the_most_probable_architecture_in_the_band(target):
+    table = toy_table()
+    probs = {"a": [0.57, 0.31, 0.12], "b": [0.23, 0.77], "c": [0.48, 0.13, 0.39]}
+    low, high = target * 0.97, target * 1.03
+    assert most_probable_within(probs, table, low, high) == brute_force(probs, table, low, high)
+
+
+def test_projection_reports_an_empty_band():
+    assert most_probable_within({"a": [1, 0, 0], "b": [1, 0], "c": [1, 0, 0]}, toy_table(),
+                                100.0, 101.0) is None  # fmt: skip
+
+
+def test_tilted_sampler_hits_the_mean_and_the_band():
+    table = get_cost_model("flops").table(load_space(BUDGET_SPACE), (64, 64), 16)
+    low, high = table.cost_range()
+    rng = np.random.default_rng(0)
+    for frac in (0.1, 0.5, 0.9):
+        target = low + frac * (high - low)
+        probs = tilted_probs(table, target)
+        mean = table.fixed + sum(float(p @ np.array(list(table.layers[n].values())))
+                                 for n, p in probs.items())  # fmt: skip
+        assert mean == pytest.approx(target, rel=1e-6)
+        choices = sample_within(table, rng, target * 0.97, target * 1.03, 1000)
+        assert target * 0.97 <= table.of_choices(choices) <= target * 1.03
+
+
+# -- budget searches land on the target -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def budget_lut(tmp_path_factory):
+    table = build_lut(load_space(BUDGET_SPACE), (64, 64), 16, 1, torch.device("cpu"), warmup=1,
+                      repeats=3, calibration=4, progress=False)  # fmt: skip
+    path = tmp_path_factory.mktemp("lut") / "budget.json"
+    path.write_text(json.dumps(table))
+    return path
+
+
+def budget_search(tmp_path, root, strategy, frac, cost_model):
+    model = get_cost_model(cost_model["type"], CostConfig(**cost_model))
+    table = model.table(load_space(BUDGET_SPACE), (64, 64), 16)
+    low, high = table.cost_range()
+    target = low + frac * (high - low)
+    exp = write_experiment(
+        tmp_path / f"{strategy}-{frac}.yaml", root, BUDGET_SPACE,
+        cost_model={**cost_model, "form": "budget", "target": target},
+        search={"strategy": strategy, "warmup_epochs": 0, "epochs": 2, "steps_per_epoch": 2,
+                "arch_optimizer": {"lr": 0.1}, "random": {"samples": 2, "epochs_per_arch": 1}},
+    )  # fmt: skip
+    result = run_search(load_experiment(exp), tmp_path / f"run-{strategy}-{frac}", QUIET)
+    return target, result
+
+
+@pytest.mark.parametrize("strategy", ["darts", "gumbel", "binary_gates", "random"])
+def test_budget_search_lands_within_3_percent_flops(strategy, tmp_path, real_mpii_root):
+    for frac in (0.15, 0.5, 0.85):
+        target, result = budget_search(tmp_path, real_mpii_root, strategy, frac,
+                                       {"type": "flops"})  # fmt: skip
+        assert abs(result["final_cost"] / target - 1) <= 0.03, (frac, result["final_cost"], target)
+        assert result["target"] == target and result["cost_form"] == "budget"
+        arch, _ = derive(tmp_path / f"run-{strategy}-{frac}")  # dnas derive gives that net
+        assert {lay.name: lay.candidates[0] for lay in arch.layers if lay.name in
+                result["choices"]} == result["choices"]  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["darts", "gumbel", "binary_gates", "random"])
+def test_budget_search_lands_within_3_percent_latency(strategy, tmp_path, real_mpii_root,
+                                                      budget_lut):  # fmt: skip
+    for frac in (0.3, 0.7):
+        target, result = budget_search(tmp_path, real_mpii_root, strategy, frac,
+                                       {"type": "latency", "table": str(budget_lut)})  # fmt: skip
+        assert result["cost_unit"] == "ms"
+        assert abs(result["final_cost"] / target - 1) <= 0.03, (frac, result["final_cost"], target)
+
+
+def test_budget_target_outside_the_space_is_a_one_line_error(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, BUDGET_SPACE,
+                           cost_model={"form": "budget", "target": 1000.0})  # fmt: skip
+    run = CliRunner().invoke(cli, ["search", str(exp), "--out", str(tmp_path / "s")])
+    assert run.exit_code == 1
+    assert run.output.strip().count("\n") == 0
+    assert "cost_model.target: 1000 MMAC is outside this space's range" in run.output
+
+
+def test_search_json_records_decisiveness_and_derive_warns(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root)
+    result = run_search(load_experiment(exp), tmp_path / "run", QUIET)
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    tops = [max(p) for p in saved["arch_probs"].values()]
+    assert saved["decisiveness"] == pytest.approx(sum(tops) / len(tops))
+    assert result["decisiveness"] < 0.5  # two steps at the paper's arch lr decide nothing
+    run = CliRunner().invoke(cli, ["derive", str(tmp_path / "run"), "-o",
+                                                   str(tmp_path / "a.yaml")])  # fmt: skip
+    assert run.exit_code == 0
+    assert run.stderr.count("\n") == 1 and "warning: the search ended undecided" in run.stderr
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "derived architecture cost:" in log and "decisiveness" in log
+
+
+# -- single-path strategies -----------------------------------------------------------------------
+
+
+def single_path(cls, root, cost_weight=0.0, warmup=0):
+    torch.manual_seed(0)
+    space = load_space(TINY_SPACE)
+    net = Network(space, 16)
+    task = PoseTask(PoseOptions(root=str(root)), (64, 64), "test")
+    table = get_cost_model("flops").table(space, (64, 64), 16)
+    cfg = SearchConfig(warmup_epochs=warmup, drop_path=0.0)
+    strategy = cls(cfg, CostConfig(weight=cost_weight))
+    strategy.adapt_search_space(net, task, table, torch.device("cpu"))
+    strategy.new_epoch(warmup)
+    batch = {"input": torch.randn(4, 3, 64, 64), "target": torch.rand(4, 16, 16, 16),
+             "target_weight": torch.ones(4, 16, 1)}  # fmt: skip
+    return strategy, batch
+
+
+def test_gumbel_arch_step_gives_every_layer_a_task_gradient(real_mpii_root):
+    """Where train-mode BN follows a layer, the sampled op's own gate gradient <dL/dy, y> is
+    exactly 0; probing the other candidates gives every layer the straight-through gradient."""
+    strategy, batch = single_path(GumbelStrategy, real_mpii_root)
+    for _ in range(5):
+        strategy.a_opt.zero_grad(set_to_none=True)
+        loss, _ = strategy.objective(strategy.arch_forward(batch), strategy.expected_cost())
+        loss.backward(inputs=strategy.alphas)
+        norms = [float(a.grad.abs().max()) for a in strategy.alphas]
+        assert all(n > 1e-9 for n in norms), norms
+
+
+def test_gumbel_temperature_counts_architecture_epochs_only(real_mpii_root):
+    strategy, _ = single_path(GumbelStrategy, real_mpii_root, warmup=3)
+    taus = []
+    for epoch in range(6):
+        strategy.new_epoch(epoch)
+        taus.append(strategy.tau)
+    assert taus == pytest.approx([5.0, 5.0, 5.0, 5.0, 5.0 * 0.956, 5.0 * 0.956**2])
+
+
+@pytest.mark.parametrize("cost_weight", [0.0, 2.0])
+def test_binary_gates_step_leaves_unsampled_probabilities_unchanged(real_mpii_root, cost_weight):
+    strategy, batch = single_path(BinaryGateStrategy, real_mpii_root, cost_weight)
+    for _ in range(4):
+        before = [torch.softmax(a.detach(), 0) for a in strategy.alphas]
+        strategy.arch_step(batch)
+        pairs = strategy.paths[1]
+        moved = False
+        for alpha, old, pair in zip(strategy.alphas, before, pairs, strict=True):
+            new = torch.softmax(alpha.detach(), 0)
+            rest = [i for i in range(len(alpha)) if i not in pair]
+            assert torch.allclose(new[rest], old[rest], atol=1e-6)
+            assert float(new[pair].sum()) == pytest.approx(float(old[pair].sum()), abs=1e-6)
+            moved |= not torch.allclose(new[pair], old[pair])
+        assert moved
+
+
+@pytest.mark.parametrize("cls", [GumbelStrategy, BinaryGateStrategy])
+def test_single_path_drop_path_never_wipes_a_layer(cls, real_mpii_root):
+    strategy, batch = single_path(cls, real_mpii_root)
+    strategy.network.set_drop_path(0.9)
+    outputs = []
+    for block in strategy.network.blocks.values():
+        if isinstance(block, MixedOp):
+            block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    strategy.network.train()
+    for _ in range(3):
+        weights, active = strategy.sample_one()
+        strategy.network(torch.randn(8, 3, 64, 64), weights, active)
+    per_sample = torch.cat([o.detach().flatten(1).abs().sum(1) for o in outputs])
+    assert bool((per_sample > 0).all())
+
+
+def test_darts_drop_path_still_drops_candidates():
+    torch.manual_seed(0)
+    op = MixedOp([parse_op("k3e3"), parse_op("skip")], 8, 8, 1)
+    op.drop_path_rate = 0.5
+    op.train()
+    x = torch.randn(64, 8, 8, 8)
+    w = torch.tensor([1.0, 0.0])
+    out = op(x, w)
+    assert int((out.flatten(1).abs().sum(1) == 0).sum()) > 10  # dense: about half dropped
+    assert torch.allclose(op(x, w, active=[0]), op.ops[0](x))  # one path: never dropped
+
+
+def test_drop_path_masks_differ_between_ranks(monkeypatch):
+    import dnas.network as network_module
+
+    masks = []
+    for rank in (0, 1):
+        monkeypatch.setattr(network_module.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(network_module.dist, "get_rank", lambda r=rank: r)
+        torch.manual_seed(0)  # the same global seed on every rank, as under torchrun
+        net = Network(load_space(TINY_SPACE), 16)
+        net.set_drop_path(0.5)
+        masks.append(torch.empty(64).bernoulli_(0.5, generator=net.drop_path_generator))
+    assert not torch.equal(masks[0], masks[1])
+
+
+def test_gradient_scaler_updates_once_per_search_step(tmp_path, real_mpii_root, monkeypatch):
+    calls = []
+    original = torch.amp.GradScaler.update
+    monkeypatch.setattr(torch.amp.GradScaler, "update",
+                        lambda self, *a: calls.append(1) or original(self, *a))  # fmt: skip
+    search = {"warmup_epochs": 0, "epochs": 3, "steps_per_epoch": 1}
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, precision="fp16", search=search)
+    run_search(load_experiment(exp), tmp_path / "run", QUIET)
+    assert len(calls) == 3
+
+
+def test_random_search_gets_the_compute_of_the_darts_search():
+    table = toy_table()
+    cfg = SearchConfig(warmup_epochs=60, epochs=150)
+    supernet = 10 + 14 + 5 + 11.5
+    uniform = 10 + 14 / 3 + 2.5 + 11.5 / 3
+    assert matched_epochs(cfg, table) == round((60 + 300) * supernet / uniform / 50)
+
+
+def test_interrupted_budget_search_resumes_lambda(tmp_path, real_mpii_root):
+    search = {"warmup_epochs": 0, "epochs": 2, "steps_per_epoch": 2}
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, BUDGET_SPACE,
+                           cost_model={"form": "budget", "target": 3.0}, search=search)  # fmt: skip
+    run_search(load_experiment(exp), tmp_path / "run", QUIET)
+    state = checkpoint.load(tmp_path / "run" / "search.pt")["strategy"]["objective"]
+    assert state["lambda"] != 0.0 and state["rho"] > 0

@@ -1,0 +1,31 @@
+"""The search-quality benchmark (make bench-quality) runs end to end in its quick profile."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import DATA, REPO, need
+
+
+def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
+    need(DATA / "lspet" / "joints.mat")
+    out = tmp_path / "q"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_quality.py"),
+                          "--quick", "--out", str(out)], capture_output=True, text=True,
+                         cwd=REPO, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((out / "search_quality.json").read_text())
+    names = [r["net"] for r in result["rows"]]
+    assert names[:3] == ["efficientpose-a", "searched-darts", "searched-gumbel"]
+    assert sum(n.startswith("random-") for n in names) == 4
+    budget = result["budget_mmac"]
+    for row in result["rows"][1:]:  # every searched and random net within 3 % of the budget
+        assert abs(row["macs"] / 1e6 / budget - 1) <= 0.03, row
+        assert set(row["pck@0.2"]) == {"0", "1"} and row["cpu_latency_ms"] > 0
+    assert set(result["searched_beat_random_by_more_than_spread"]) == {
+        "searched-darts",
+        "searched-gumbel",
+    }
+    assert "| searched-darts |" in (out / "search_quality.md").read_text()
