@@ -88,20 +88,23 @@ def broadcast_state(module: nn.Module) -> None:
             dist.broadcast(tensor, 0)
 
 
+def collective_device() -> torch.device:
+    """Where a tensor for a collective must live: NCCL reduces CUDA tensors only, gloo CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_over_world(values: dict[str, float]) -> dict[str, float]:
     """Each scalar averaged over the processes (epoch losses and costs)."""
     if not dist.is_initialized() or not values:
         return values
     keys = sorted(values)
-    flat = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    flat = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                        device=collective_device())  # fmt: skip
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
     return dict(zip(keys, flat.tolist(), strict=True))
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -127,7 +130,7 @@ def check_in_sync(module: nn.Module, what: str) -> None:
     flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in module.parameters()])
     probe = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64)  # fmt: skip
-    mine = torch.stack([flat @ probe, flat.abs().sum()])
+    mine = torch.stack([flat @ probe, flat.abs().sum()]).to(collective_device())
     ranks = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(ranks, mine)
     if any(not torch.allclose(r, ranks[0], rtol=1e-9, atol=1e-9) for r in ranks):

@@ -91,8 +91,9 @@ class ArchObjective:
                 grads: list[Tensor], cost_grads: list[Tensor]) -> None:  # fmt: skip
         """Dual ascent on lambda after an architecture step (``budget`` form only), given the
         argmax and expected costs, the decisiveness, the step's gradient on alpha and the
-        gradient of ln(expected cost) on alpha."""
-        if not self.adaptive:
+        gradient of ln(expected cost) on alpha. A step whose gradients are not finite (fp16:
+        the gradient scaler skipped it) is ignored, so lambda never becomes NaN."""
+        if not self.adaptive or not all(bool(torch.isfinite(g).all()) for g in grads):
             return
         cost_norm = float(torch.sqrt(sum((c.float() ** 2).sum() for c in cost_grads)))
         task = [g.float() - self.lam * c.float() for g, c in zip(grads, cost_grads, strict=True)]

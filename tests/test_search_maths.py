@@ -99,6 +99,34 @@ def test_dual_ascent_step_is_scale_free():
     assert fixed.lam == 0.5
 
 
+def test_dual_ascent_ignores_a_step_the_gradient_scaler_skipped():
+    objective = ArchObjective(CostConfig(form="budget", target=20.0), toy_table())
+    cost_grads = [torch.tensor([0.0, 3.0, 4.0])]
+    objective.observe(25.0, 30.0, 0.5, [torch.tensor([6.0, 0.0, 0.0])], cost_grads)
+    lam, rho = objective.lam, objective.rho
+    for bad in (math.inf, math.nan):  # fp16 overflow: the scaler skips the optimiser step
+        objective.observe(25.0, 30.0, 0.5, [torch.tensor([bad, 0.0, 0.0])], cost_grads)
+    assert (objective.lam, objective.rho) == (lam, rho)
+    assert math.isfinite(objective.lam) and lam > 0
+
+
+def test_collectives_use_the_backends_device(monkeypatch):
+    from dnas import distributed
+
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(distributed.torch.cuda, "current_device", lambda: 3)
+    assert distributed.collective_device() == torch.device("cuda", 3)  # NCCL: CUDA tensors
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: "gloo")
+    assert distributed.collective_device() == torch.device("cpu")
+    asked, reduced = [], []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t: reduced.append(t) or t.mul_(2))
+    monkeypatch.setattr(distributed, "collective_device", lambda: asked.append(1) or "cpu")
+    assert distributed.mean_over_world({"loss": 0.25}) == {"loss": 0.25}
+    assert asked == [1] and len(reduced) == 1
+
+
 def test_expected_cost_is_float32_and_exact():
     table = toy_table()
     probs = [torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0, 0])]
