@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# One prepared check of the CUDA path (make gpu-check): the CUDA-marked tests, search and
+# training throughput, EfficientPose-A/B/C inference latency, a latency table built and checked
+# on the device. Sized for at most 8 minutes on one H200; every step has its own time limit, so
+# one that hangs cannot take the others' results with it. Writes a log and one JSON per step
+# under --out, then summary.json and a printed summary with the targets (docs/benchmarks.md).
+#
+# Works on a bare GPU machine without network: it uses the python3 that holds the CUDA torch
+# (never reinstalls torch) and, if dnas is not installed there, installs this checkout and any
+# wheels in .whl/ (an ignored folder: e.g. pycocotools) into a private folder, offline.
+#
+#   benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--out DIR]
+#
+# --device cpu --quick runs every step on tiny sizes: the test of this script.
+set -uo pipefail
+
+DEVICE=cuda
+QUICK=0
+OUT=runs/gpu-check
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE="$2"; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --out) OUT="$2"; shift 2 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (expected --device, --quick, --out)" >&2; exit 1 ;;
+  esac
+done
+case "$DEVICE" in cuda|cpu) ;; *) echo "gpu_check.sh: --device must be cuda or cpu" >&2; exit 1 ;; esac
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO" || exit 1
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+LOG="$OUT/log.txt"
+: > "$LOG"
+PY=${PYTHON:-python3}
+say() { echo "[gpu-check $(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
+
+# -- set-up: dnas importable with its plugins, offline ----------------------------------------
+# DNAS_CHECK_INSTALL=1 takes this path even where dnas is installed (the script's own test)
+if [ "${DNAS_CHECK_INSTALL:-0}" = 1 ] || ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(not any(e.name == 'pose' for e in m.entry_points(group='dnas.plugins')))" 2>/dev/null; then
+  SITE="$OUT/site"
+  say "dnas is not installed for $PY: installing this checkout and .whl/*.whl into $SITE (offline)"
+  WHEELS=$(ls "${DNAS_CHECK_WHEELS:-.whl}"/*.whl 2>/dev/null)
+  # shellcheck disable=SC2086  # the wheel list is meant to split
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
+      --target "$SITE" . $WHEELS >> "$LOG" 2>&1 || { say "set-up failed (see $LOG)"; exit 1; }
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" - > "$OUT/machine.json" <<'EOF'
+import json, platform, torch
+cuda = torch.cuda.is_available()
+print(json.dumps({"platform": platform.platform(), "processor": platform.processor(),
+                  "torch": torch.__version__, "cuda": torch.version.cuda,
+                  "gpu": torch.cuda.get_device_name() if cuda else None}))
+EOF
+say "machine: $(cat "$OUT/machine.json")"
+
+# -- the steps: name, time limit (s), command ------------------------------------------------
+STATUS="$OUT/steps.tsv"
+: > "$STATUS"
+step() {
+  local name=$1 limit=$2
+  shift 2
+  say "$name: $* (limit ${limit}s)"
+  local start=$SECONDS
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >> "$STATUS"
+  say "$name: exit $rc after $((SECONDS - start)) s"
+}
+
+if [ "$QUICK" = 1 ]; then
+  export DNAS_CHECK_SPACE=tests/data/tiny_space.yaml
+  SEARCH=(--throughput-batch 4 --throughput-input 64 --throughput-steps 2 --workers 0)
+  SPEED=(--quick)
+  LUT_BUILD=(--space tests/data/tiny_space.yaml --input 64x64 --batch 1 --repeats 3
+             --warmup 1 --calibration 4)
+  LUT_CHECK=(--space tests/data/tiny_space.yaml --samples 4 --repeats 3)
+  LIMITS=(900 600 300 300)
+else
+  SEARCH=(--throughput-batch 32 --throughput-input 256 --throughput-steps 20 --workers 12
+          --precision bf16 --channels-last)
+  SPEED=()
+  LUT_BUILD=(--space mbv2_pose_large --input 256x256 --batch 32)
+  LUT_CHECK=(--samples 30)
+  LIMITS=(120 150 90 90)  # with set-up and summary: under 8 minutes
+fi
+
+DNAS_CHECK_DEVICE=$DEVICE step cuda_tests "${LIMITS[0]}" \
+  "$PY" -m pytest -q -m cuda -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" tests/test_cuda.py
+step search_speed "${LIMITS[1]}" sh -c \
+  "\"$PY\" benchmarks/search_cost.py --only throughput --device $DEVICE ${SEARCH[*]} > \"$OUT/search_speed.json\""
+step model_speed "${LIMITS[2]}" \
+  "$PY" benchmarks/model_speed.py --device "$DEVICE" "${SPEED[@]}" --out "$OUT/model_speed.json"
+step lut "${LIMITS[3]}" sh -c \
+  "\"$PY\" -m dnas lut build --device $DEVICE ${LUT_BUILD[*]} -o \"$OUT/lut.json\" --force \
+   && \"$PY\" -m dnas lut check --table \"$OUT/lut.json\" ${LUT_CHECK[*]} --format json \
+      > \"$OUT/lut_check.json\""
+
+"$PY" benchmarks/gpu_check_summary.py "$OUT" | tee -a "$LOG"
