@@ -94,12 +94,13 @@ def test_net_trained_on_the_device_exports_with_parity(synth, tmp_path):
     net.load_state_dict(checkpoint.load(tmp_path / "run" / "model.pt"))
     net = net.eval().to(DEVICE)
     x = torch.randn(2, 3, 64, 64)
+    tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # full fp32 convolutions for the comparison
     try:
         with torch.no_grad():
             ref = net(x.to(DEVICE)).cpu().numpy()
     finally:
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = tf32
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]
     assert float(np.abs(got - ref).max()) < 1e-4
