@@ -19,9 +19,9 @@ QUICK=0
 OUT=runs/gpu-check
 while [ $# -gt 0 ]; do
   case "$1" in
-    --device) DEVICE="$2"; shift 2 ;;
+    --device) DEVICE="${2:?gpu_check.sh: --device needs a value (cuda or cpu)}"; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    --out) OUT="$2"; shift 2 ;;
+    --out) OUT="${2:?gpu_check.sh: --out needs a folder}"; shift 2 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (expected --device, --quick, --out)" >&2; exit 1 ;;
   esac
 done

@@ -35,3 +35,13 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert (out / "site" / "dnas").is_dir()  # the offline install of the checkout ran
     assert "target single_path_search_fast:" in done.stdout
     assert (out / "log.txt").read_text().count("exit 0 after") == 4
+
+
+def test_gpu_check_rejects_bad_arguments_in_one_line():
+    script = str(REPO / "benchmarks" / "gpu_check.sh")
+    for args, words in ((["--device", "gpu"], "--device must be cuda or cpu"),
+                        (["--device"], "--device needs a value"),
+                        (["--bogus"], "unknown argument '--bogus'")):  # fmt: skip
+        done = subprocess.run(["bash", script, *args], capture_output=True, text=True)
+        assert done.returncode == 1
+        assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
