@@ -38,7 +38,7 @@ class CostConfig:
     """
 
     type: str = "flops"
-    weight: float = field(default=0.5, metadata={"min": 0.0, "max": 1e3})
+    weight: float = field(default=0.05, metadata={"min": 0.0, "max": 1e3})  # README: "Forms"
     tau: float = field(default=10.0, metadata={"min": 1.0001})
     table: str | None = None  # measured cost models (latency): the table from dnas lut build
     batch: int | None = field(default=None, metadata={"min": 1, "max": MAX_BATCH})  # of the table
