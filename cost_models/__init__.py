@@ -1,1 +1,1 @@
-"""Swappable cost models (FLOPs, params; measured latency tables later), registered by name."""
+"""Swappable cost models, registered by name: FLOPs, params, and measured latency tables."""

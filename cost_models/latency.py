@@ -25,8 +25,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dnas.choices import uniform_choices
 from dnas.cost_model import CostModel, CostTable
 from dnas.errors import ConfigError, DnasError
+from dnas.files import write_text_atomic
 from dnas.heads import build_head
 from dnas.network import Network
 from dnas.ops import build_op, parse_op
@@ -50,11 +52,6 @@ def time_module(module: nn.Module, inputs: list[torch.Tensor], device: torch.dev
             if i >= warmup:
                 times.append(1000.0 * (time.perf_counter() - start))
     return statistics.median(times)
-
-
-def random_choices(space: SearchSpace, rng: np.random.Generator) -> dict[str, str]:
-    return {lay.name: lay.candidates[rng.integers(len(lay.candidates))]
-            for lay in space.searchable_layers}  # fmt: skip
 
 
 def parts_ms(table: dict, choices: dict[str, str]) -> float:
@@ -85,7 +82,9 @@ def _warm_up(
     slower (thread pools, allocator, CPU clocks) and would bias whatever is timed first."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        _measure_network(space, random_choices(space, rng), num_outputs, x, device, 1, 3)
+        _measure_network(
+            space, uniform_choices(space.searchable_layers, rng), num_outputs, x, device, 1, 3
+        )
 
 
 def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, batch: int,
@@ -117,7 +116,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     bar.update()
     parts, measured = [], []
     for _ in range(calibration):
-        choices = random_choices(space, rng)
+        choices = uniform_choices(space.searchable_layers, rng)
         parts.append(parts_ms(table, choices))
         measured.append(_measure_network(space, choices, num_outputs, x, device, warmup,
                                          repeats))  # fmt: skip
@@ -145,7 +144,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, device: torch.devic
     _warm_up(space, meta["num_outputs"], x, device, rng)
     rows = []
     for _ in tqdm(range(samples), desc="check", disable=None):
-        choices = random_choices(space, rng)
+        choices = uniform_choices(space.searchable_layers, rng)
         measured = _measure_network(space, choices, meta["num_outputs"], x, device, warmup,
                                     repeats)  # fmt: skip
         rows.append({"predicted_ms": predict_ms(table, choices), "measured_ms": measured})
@@ -328,7 +327,7 @@ def lut_build(space: str, input_size: str, batch: int | None, device: str, threa
     table = build_lut(load_space(space), parse_size(input_size), outputs, batch,
                       pick_device(device), warmup, repeats, calibration)  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(table, indent=1))
+    write_text_atomic(output, json.dumps(table, indent=1))
     click.echo(
         f"wrote {output}: {sum(len(v) for v in table['layers'].values())} op entries, "
         f"correction {table['scale']:.3f} x parts + {table['overhead_ms']:.3f} ms, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections.abc import Callable
@@ -12,17 +11,12 @@ from typing import Any
 import torch
 
 from dnas.errors import DnasError
+from dnas.files import write_atomic
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, fsync, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> Any:
@@ -58,6 +52,15 @@ def state_dict_of(obj: Any, path: Path) -> dict:
     raise DnasError(f"{path}: not a state_dict or a dnas checkpoint with a 'model' entry")
 
 
+def step_files(directory: Path) -> list[Path]:
+    """The resume checkpoints ``step-<global step>.pt`` in ``directory``, oldest first."""
+    found = []
+    for path in Path(directory).glob("step-*.pt"):
+        if (match := re.fullmatch(r"step-(\d+)\.pt", path.name)) is not None:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
 class Checkpointer:
     """Rotating resume checkpoints in ``directory``: ``step-<global step>.pt``, the newest
     ``keep_last`` kept. :meth:`latest` skips (with a warning) files that do not load, such as
@@ -68,11 +71,7 @@ class Checkpointer:
 
     def files(self) -> list[Path]:
         """Checkpoint files, oldest first."""
-        found = []
-        for path in self.directory.glob("step-*.pt"):
-            if (match := re.fullmatch(r"step-(\d+)\.pt", path.name)) is not None:
-                found.append((int(match.group(1)), path))
-        return [path for _, path in sorted(found)]
+        return step_files(self.directory)
 
     def clear(self) -> None:
         """Drop an earlier run's checkpoints (a fresh run over it, after ``--force``)."""

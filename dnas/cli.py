@@ -1,4 +1,5 @@
-"""The ``dnas`` command line: search, derive, train, eval, cost, data, spaces."""
+"""The ``dnas`` command line: search, derive, train, eval, sweep, export, cost, plot, spaces,
+and the commands task plugins and cost models register (data, predict, lut, ...)."""
 
 from __future__ import annotations
 

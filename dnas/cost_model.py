@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dnas.config import CostConfig
+from dnas.files import write_text_atomic
 from dnas.registry import COST_MODELS
 from dnas.search_space import SearchSpace
 
@@ -57,10 +58,7 @@ class CostTable:
         return self.fixed + sum(self.layers[name][op] for name, op in choices.items())
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> CostTable:

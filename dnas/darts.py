@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
+from dnas.choices import decisiveness, entropies
 from dnas.cost_model import CostTable
 from dnas.network import Network
 from dnas.objective import ArchObjective
 from dnas.registry import STRATEGIES
-from dnas.runtime import weight_step
+from dnas.runtime import search_sgd, weight_step
 from dnas.strategy import Strategy
 from dnas.task import Task
 
@@ -32,9 +33,7 @@ class DartsStrategy(Strategy):
         w, a = self.cfg.weight_optimizer, self.cfg.arch_optimizer
         self.weights = network.weight_parameters()
         self.alphas = network.arch_parameters()
-        self.w_opt = torch.optim.SGD(
-            self.weights, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay
-        )
+        self.w_opt = search_sgd(self.weights, w)
         self.a_opt = torch.optim.Adam(
             self.alphas, lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
         )
@@ -72,10 +71,10 @@ class DartsStrategy(Strategy):
         cost_grads = torch.autograd.grad(torch.log(cost), self.alphas)
         self.after_arch_step()
         with torch.no_grad():
-            decided = float(torch.stack([p.max() for p in self.network.arch_probs()]).mean())
             expected = float(self.expected_cost())
-        self.objective.observe(self.table.of_choices(self.argmax_architecture()), expected,
-                               decided, grads, list(cost_grads))  # fmt: skip
+        argmax_cost = self.table.of_choices(self.argmax_architecture())
+        self.objective.observe(argmax_cost, expected, decisiveness(self.arch_probs()), grads,
+                               list(cost_grads))  # fmt: skip
         return stats
 
     def after_arch_step(self) -> None:
@@ -100,13 +99,13 @@ class DartsStrategy(Strategy):
     def end_epoch(self, epoch: int, val_loader: Any) -> dict[str, float]:
         lr = self.w_opt.param_groups[0]["lr"]
         self.w_sched.step()
-        probs = self.network.arch_probs()
-        entropy = torch.stack([-(p * p.clamp_min(1e-12).log()).sum() for p in probs]).mean()
+        probs = self.arch_probs()
+        entropy = entropies(probs)
         return {
             "search/expected_cost": float(self.expected_cost()),
             "search/derived_cost": self.table.of_choices(self.get_final_architecture()),
-            "search/mean_entropy": float(entropy),
-            "search/decisiveness": float(torch.stack([p.max() for p in probs]).mean()),
+            "search/mean_entropy": sum(entropy.values()) / max(len(entropy), 1),
+            "search/decisiveness": decisiveness(probs),
             "search/lambda": self.objective.lam,
             **({"search/rho": self.objective.rho} if self.objective.rho is not None else {}),
             "lr/weights": lr,

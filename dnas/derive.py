@@ -9,7 +9,9 @@ from pathlib import Path
 import yaml
 
 from dnas import checkpoint
+from dnas.choices import UNDECIDED, decisiveness, most_probable_ops
 from dnas.errors import DnasError
+from dnas.files import write_text_atomic
 from dnas.search_space import SearchSpace, space_from_dict
 
 
@@ -37,35 +39,21 @@ def derive(ref: Path, name: str | None = None) -> tuple[SearchSpace, list[Derive
     space = space_from_dict(ckpt["space"], source=str(path))
     probs, chosen = ckpt["arch_probs"], ckpt.get("choices")
     chosen = chosen if isinstance(chosen, dict) else {}
-    rows, choices = [], {}
+    choices = most_probable_ops(space, probs, str(path))
+    rows = []
     for layer in space.searchable_layers:
-        p = probs.get(layer.name)
-        if p is None or len(p) != len(layer.candidates):
-            raise DnasError(f"{path}: arch_probs do not match layer {layer.name}")
-        best = max(range(len(p)), key=p.__getitem__)
         if chosen.get(layer.name) in layer.candidates:
-            best = layer.candidates.index(chosen[layer.name])
-        choices[layer.name] = layer.candidates[best]
-        rows.append(DerivedLayer(layer.name, layer.candidates[best], p[best],
-                                 dict(zip(layer.candidates, p, strict=True))))  # fmt: skip
+            choices[layer.name] = chosen[layer.name]
+        p = dict(zip(layer.candidates, probs[layer.name], strict=True))
+        rows.append(DerivedLayer(layer.name, choices[layer.name], p[choices[layer.name]], p))
     arch = space.with_choices(choices, name or f"{space.name}-derived")
     return arch, rows
 
 
 def write_architecture(arch: SearchSpace, path: Path, comment: str = "") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = "".join(f"# {line}\n" for line in comment.splitlines())
-    path.write_text(
-        header + yaml.safe_dump(arch.to_dict(), sort_keys=False, default_flow_style=None)
-    )
-
-
-UNDECIDED = 0.5  # mean top op probability below which a search has not decided
-
-
-def decisiveness(probs: dict[str, list[float]]) -> float:
-    """Mean over layers of the top op probability: 1 is fully decided, 1/#ops is uniform."""
-    return sum(max(p) for p in probs.values()) / max(len(probs), 1)
+    body = yaml.safe_dump(arch.to_dict(), sort_keys=False, default_flow_style=None)
+    write_text_atomic(path, header + body)
 
 
 def undecided_warning(rows: list[DerivedLayer]) -> str | None:

@@ -28,6 +28,7 @@ MAX_EXPANSION = 16
 # One op may hold at most this many parameters (256 MiB in fp32): far above any real layer, low
 # enough that an absurd width is an error before anything is allocated.
 MAX_OP_PARAMS = 2**26
+MAX_WIDTH = 16384  # channels of any layer, backbone or head
 
 
 @dataclass(frozen=True)

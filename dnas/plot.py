@@ -8,7 +8,6 @@ coloured by kernel size, its height proportional to the expansion ratio.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from dnas import checkpoint
+from dnas.choices import most_probable_ops
 from dnas.errors import DnasError
 from dnas.ops import parse_op
 from dnas.search_space import SearchSpace, load_space, space_from_dict
@@ -130,24 +130,7 @@ def _annotate(ax, matrix: np.ndarray) -> None:
             )
 
 
-def op_entropies(arch_probs: dict[str, list[float]]) -> dict[str, float]:
-    """Natural-log entropy of each layer's op distribution (ln N when uniform, 0 when decided)."""
-    return {
-        layer: -sum(p * math.log(p) for p in probs if p > 0) for layer, probs in arch_probs.items()
-    }
-
-
 # ---------------------------------------------------------------- architecture
-
-
-def argmax_choices(space: SearchSpace, arch_probs: dict[str, list[float]]) -> dict[str, str]:
-    """The most probable op of every searchable layer (what ``dnas derive`` keeps)."""
-    candidates = candidates_of(space)
-    try:
-        layers, ops, matrix = op_probability_matrix(arch_probs, candidates)
-    except DnasError as exc:
-        raise DnasError(f"{space.source}: {exc}") from None
-    return {layer: ops[int(np.nanargmax(row))] for layer, row in zip(layers, matrix, strict=True)}
 
 
 def architecture_figure(
@@ -190,7 +173,7 @@ def _fixed(
         raise DnasError(
             f"{space.source}: a search space, not a fixed architecture; give choices or arch_probs"
         )
-    picked = choices if choices is not None else argmax_choices(space, arch_probs or {})
+    picked = choices if choices is not None else most_probable_ops(space, arch_probs or {})
     _check_choices(space, picked)
     return space.with_choices(picked, space.name)
 
@@ -255,6 +238,20 @@ def _legend_handles(ops: list[str]) -> list[Patch]:
 
 
 # ---------------------------------------------------------------- output
+
+
+def sweep_figure(rows: list[dict], kind: str) -> Figure:
+    """Score vs cost of a ``dnas sweep``, each point labelled with its weight or target."""
+    fig = _new_figure(5, 4)
+    ax = fig.add_subplot()
+    ax.plot([r["cost"] for r in rows], [r["score"] for r in rows], "o-")
+    for r in rows:
+        ax.annotate(f"{kind}={r[kind]:g}", (r["cost"], r["score"]), fontsize=8)
+    ax.set_xlabel(f"cost ({rows[0]['cost_unit'] if rows else ''})")
+    ax.set_ylabel(rows[0]["metric"] if rows else "score")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -327,7 +324,7 @@ def _from_checkpoint(path: Path) -> PlotSource:
         probs = ckpt.get("arch_probs")
         if not isinstance(probs, dict):
             raise DnasError(f"{path}: search checkpoint without 'arch_probs'")
-        argmax_choices(space, probs)  # checks they fit the space
+        most_probable_ops(space, probs, str(path))  # checks they fit the space
         return PlotSource(space, probs, ckpt.get("epoch"))
     if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), dict):
         return PlotSource(space_from_dict(ckpt["arch"], source=str(path)))

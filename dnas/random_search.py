@@ -16,12 +16,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from dnas.budget import sample_within
+from dnas.choices import uniform_choices
 from dnas.config import SearchConfig
 from dnas.cost_model import CostTable
 from dnas.errors import DnasError
 from dnas.network import Network
 from dnas.registry import STRATEGIES
-from dnas.runtime import to_device, weight_step
+from dnas.runtime import search_sgd, to_device, weight_step
 from dnas.strategy import Strategy
 from dnas.task import Task
 
@@ -74,10 +75,7 @@ class RandomSearchStrategy(Strategy):
         band = self.cost_cfg.band()
         if band is None:
             for _ in range(self.cfg.random.max_tries):
-                choices = {
-                    lay.name: lay.candidates[self.rng.integers(len(lay.candidates))]
-                    for lay in self.layers
-                }
+                choices = uniform_choices(self.layers, self.rng)
                 if self.table.of_choices(choices) <= (self.cfg.random.budget or float("inf")):
                     return choices
         elif choices := sample_within(self.table, self.rng, *band, self.cfg.random.max_tries):
@@ -101,11 +99,8 @@ class RandomSearchStrategy(Strategy):
         self.choices = choices
         arch = self.network.space.with_choices(choices)
         self.model = self.amp.model(Network(arch, self.task.num_outputs).to(self.device))
-        w = self.cfg.weight_optimizer
         self.params = self.model.weight_parameters()
-        self.opt = torch.optim.SGD(
-            self.params, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay
-        )
+        self.opt = search_sgd(self.params, self.cfg.weight_optimizer)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.per_arch)
 
     def wants_arch_batch(self) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dnas.config import WeightOptimizer
 from dnas.distributed import average_gradients
 from dnas.errors import DnasError
 
@@ -120,6 +121,11 @@ class Amp:
         self.scaler.step(optimizer)
         if update:
             self.scaler.update()
+
+
+def search_sgd(params: list[nn.Parameter], cfg: WeightOptimizer) -> torch.optim.SGD:
+    """The search's optimiser of operating weights (SGD with momentum, paper Sec. 4.1)."""
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def weight_step(

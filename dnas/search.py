@@ -23,10 +23,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dnas import distributed
 from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
+from dnas.choices import decisiveness, entropies
 from dnas.config import Experiment, config_hash
 from dnas.cost_model import CostTable, get_cost_model
-from dnas.derive import decisiveness
 from dnas.errors import ConfigError, DnasError
+from dnas.files import write_text_atomic
 from dnas.network import Network
 from dnas.progress import Reporter, eta_text, start_run
 from dnas.registry import STRATEGIES
@@ -256,10 +257,9 @@ class SearchRun:
         from dnas import plot
 
         probs = self.strategy.arch_probs()
-        for layer, value in plot.op_entropies(probs).items():
+        for layer, value in entropies(probs).items():
             writer.add_scalar(f"entropy/{layer}", value, epoch)
-        candidates = {lay.name: lay.candidates for lay in self.space.searchable_layers}
-        figure = plot.op_probability_figure(probs, candidates, epoch=epoch)
+        figure = plot.op_probability_figure(probs, plot.candidates_of(self.space), epoch=epoch)
         writer.add_image("search/op_probabilities", plot.figure_to_array(figure), epoch,
                          dataformats="HWC")  # fmt: skip
         arch = self.space.with_choices(self.strategy.get_final_architecture())
@@ -292,7 +292,7 @@ class SearchRun:
             result["lambda"] = objective.lam
         self.report.line(summary_line(result))
         if self.world.main:
-            (self.out_dir / "search.json").write_text(json.dumps(result, indent=1))
+            write_text_atomic(self.out_dir / "search.json", json.dumps(result, indent=1))
         return result
 
 
@@ -320,5 +320,5 @@ def run_search(exp: Experiment, out_dir: Path, report: Reporter | None = None,
         run.resume(force)
     elif world.main:
         run.checkpoints.clear()
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(exp), sort_keys=False))
+        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(exp), sort_keys=False))
     return run.run()

@@ -18,12 +18,11 @@ from typing import Any
 import networkx as nx
 
 from dnas.errors import ConfigError
-from dnas.ops import out_spatial, param_count, parse_op, shape_problem, size_problem
+from dnas.ops import MAX_WIDTH, out_spatial, param_count, parse_op, shape_problem, size_problem
 from dnas.schema import check_keys, expect_mapping, join, load_yaml
 
 INPUT = "input"
 HEAD = "head"
-MAX_WIDTH = 16384
 MAX_LAYERS = 256
 MAX_SPACE_PARAMS = 2**27  # all candidates of all layers together (512 MiB in fp32)
 

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from dnas.ops import MAX_OP_PARAMS
+from dnas.ops import MAX_OP_PARAMS, MAX_WIDTH
 from dnas.registry import HEADS
 
-MAX_WIDTH = 16384
 MAX_UPSAMPLINGS = 6  # x64: from a stride-64 backbone back to the input resolution
 
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dnas.budget import most_probable_within
+from dnas.choices import most_probable_ops
 from dnas.config import CostConfig, SearchConfig
 from dnas.cost_model import CostTable
 from dnas.network import Network
@@ -64,11 +65,7 @@ class Strategy(ABC):
 
     def argmax_architecture(self) -> dict[str, str]:
         """The most probable op per searchable layer."""
-        layers = {layer.name: layer for layer in self.network.space.searchable_layers}
-        return {
-            name: layers[name].candidates[max(range(len(p)), key=p.__getitem__)]
-            for name, p in self.arch_probs().items()
-        }
+        return most_probable_ops(self.network.space, self.arch_probs())
 
     def get_final_architecture(self) -> dict[str, str]:
         """The chosen op per searchable layer: the argmax; under ``form: budget``, when the

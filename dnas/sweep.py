@@ -7,8 +7,11 @@ import copy
 import json
 from pathlib import Path
 
+from dnas.checkpoint import step_files
 from dnas.config import Experiment
 from dnas.derive import derive, write_architecture
+from dnas.files import write_text_atomic
+from dnas.plot import save_figure, sweep_figure
 from dnas.profile import cost_report
 from dnas.progress import Reporter
 from dnas.search import run_search
@@ -50,7 +53,7 @@ def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path,
         report.line(f"== sweep: cost_model.{kind} = {value:g}")
         rows.append(sweep_one(_variant(exp, kind, value), kind, value, run_dir, outputs, report,
                               resume, force))  # fmt: skip
-        row_path.write_text(json.dumps(rows[-1], indent=1))
+        write_text_atomic(row_path, json.dumps(rows[-1], indent=1))
     write_outputs(rows, kind, out_dir)
     return rows
 
@@ -77,33 +80,19 @@ def sweep_one(variant: Experiment, kind: str, value: float, run_dir: Path, outpu
 
 def has_checkpoints(run_dir: Path, resume: bool) -> bool:
     """Resume a sub-run only when it left checkpoints; otherwise start it."""
-    return resume and any((run_dir / "checkpoints").glob("step-*.pt"))
+    return resume and bool(step_files(run_dir / "checkpoints"))
 
 
 def write_outputs(rows: list[dict], kind: str, out_dir: Path) -> dict[str, Path]:
     """``sweep.json``, ``sweep.md`` (a Markdown table) and ``sweep.png`` (score vs cost)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "sweep.json", "table": out_dir / "sweep.md",
              "plot": out_dir / "sweep.png"}  # fmt: skip
-    paths["json"].write_text(json.dumps(rows, indent=1))
+    write_text_atomic(paths["json"], json.dumps(rows, indent=1))
     unit = rows[0]["cost_unit"] if rows else ""
     lines = [f"| {kind} | cost ({unit}) | params | MACs | score |", "|---|---|---|---|---|"]
     lines += [f"| {r[kind]:g} | {r['cost']:.3f} | {r['params']:,} | {r['macs']:,} | "
               f"{r['score']:.2f} |" for r in rows]  # fmt: skip
-    paths["table"].write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([r["cost"] for r in rows], [r["score"] for r in rows], "o-")
-    for r in rows:
-        ax.annotate(f"{kind}={r[kind]:g}", (r["cost"], r["score"]), fontsize=8)
-    ax.set_xlabel(f"cost ({unit})")
-    ax.set_ylabel(rows[0]["metric"] if rows else "score")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(paths["plot"], dpi=120)
-    plt.close(fig)
+    write_text_atomic(paths["table"], "\n".join(lines) + "\n")
+    save_figure(sweep_figure(rows, kind), paths["plot"])
     return paths

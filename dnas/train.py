@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from dnas import checkpoint, distributed
 from dnas.config import Experiment, config_hash
 from dnas.errors import ConfigError, DnasError
+from dnas.files import write_text_atomic
 from dnas.network import Network
 from dnas.profile import count_macs, count_params, op_costs
 from dnas.progress import Reporter, eta_text, start_run
@@ -171,7 +172,7 @@ def run_train(
         run.restore(ckpts, force, report)
     elif world.main:
         ckpts.clear()
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(exp), sort_keys=False))
+        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(exp), sort_keys=False))
     train_set = task.dataset("train", augment=True, seed=exp.seed)
     loader = train_loader(train_set, range(len(train_set)), cfg.batch_size, exp.workers,
                           exp.seed, world.rank, world.size)  # fmt: skip
@@ -267,6 +268,6 @@ def _evaluate(exp: Experiment, arch_ref: str, weights: Path, out_dir: Path, save
         "files": metrics.files,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=1))
     results["table"] = metrics.table
     return results

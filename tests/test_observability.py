@@ -9,8 +9,8 @@ import pytest
 from conftest import write_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from dnas.choices import entropies
 from dnas.config import load_experiment
-from dnas.plot import op_entropies
 from dnas.progress import Reporter
 from dnas.search import run_search
 
@@ -28,7 +28,7 @@ def test_search_logs_entropies_pictures_and_lines(tmp_path, real_mpii_root):
     picture = events.Images("search/architecture")[-1]
     assert picture.width > 300 and picture.height > 100
     assert {"train/loss", "arch/task_loss", "search/expected_cost", "lr/weights"} <= scalars
-    final = op_entropies(result["arch_probs"])
+    final = entropies(result["arch_probs"])
     for layer, probs in result["arch_probs"].items():  # below uniform's ln(n): it moved
         assert 0 < final[layer] < math.log(len(probs)) - 1e-6
     for layer, value in final.items():

@@ -13,6 +13,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.patches import Rectangle
 
 from dnas.checkpoint import save_atomic
+from dnas.choices import entropies
 from dnas.cli import cli
 from dnas.derive import derive
 from dnas.errors import DnasError
@@ -24,7 +25,6 @@ from dnas.plot import (
     architecture_figure,
     candidates_of,
     figure_to_array,
-    op_entropies,
     op_probability_figure,
     op_probability_matrix,
     save_figure,
@@ -94,7 +94,7 @@ def test_heat_map_annotates_every_candidate_cell_and_names_the_epoch():
 
 
 def test_entropies_match_hand_computed_values():
-    got = op_entropies({"uniform3": [1 / 3] * 3, "onehot": [0.0, 1.0, 0.0], "half": [0.5, 0.5]})
+    got = entropies({"uniform3": [1 / 3] * 3, "onehot": [0.0, 1.0, 0.0], "half": [0.5, 0.5]})
     assert got["uniform3"] == pytest.approx(math.log(3))
     assert got["onehot"] == 0.0
     assert got["half"] == pytest.approx(math.log(2))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from dnas.errors import DnasError
-
 RIGHT, LEFT, CENTRE = (220, 50, 50), (50, 90, 230), (40, 200, 80)  # RGB
 
 
@@ -28,15 +26,3 @@ def draw_pose(image: np.ndarray, joints: np.ndarray, visible: np.ndarray, names:
         if visible[k]:
             cv2.circle(out, p, size + 1, _colour(names[k]), -1, cv2.LINE_AA)
     return out
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
-    """Two images of the same height next to each other with a white gap."""
-    spacer = np.full((left.shape[0], gap, 3), 255, np.uint8)
-    return np.concatenate([left, spacer, right], axis=1)
-
-
-def write_png(path, image_rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
-        raise DnasError(f"{path}: could not write the image")

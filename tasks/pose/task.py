@@ -12,10 +12,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from dnas.errors import ConfigError, DnasError
+from dnas.images import panels, write_png
 from dnas.registry import TASKS
 from dnas.schema import from_dict
 from dnas.task import Metrics, Task
-from tasks.pose.draw import draw_pose, side_by_side, write_png
+from tasks.pose.draw import draw_pose
 from tasks.pose.inference import predict_batch
 from tasks.pose.loss import joints_mse
 from tasks.pose.topdown import DATASETS, Augment, TopDownDataset
@@ -136,5 +137,5 @@ def save_visualisations(dataset: TopDownDataset, preds: np.ndarray, scores: np.n
         image = dataset.read_image(rec.image)
         truth = draw_pose(image, rec.joints, rec.vis > 0, names, skeleton)
         guess = draw_pose(image, preds[i], scores[i] > threshold, names, skeleton)
-        write_png(out_dir / f"{i:04d}.png", side_by_side(truth, guess))
+        write_png(out_dir / f"{i:04d}.png", panels([truth, guess]))
     return out_dir

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from dnas.errors import ConfigError, DnasError
+from dnas.images import panels, write_png
 from dnas.registry import TASKS
 from dnas.task import Metrics, Task
 from tasks.segmentation.coco import (
@@ -27,7 +28,7 @@ from tasks.segmentation.coco import (
     read_coco,
     select_categories,
 )
-from tasks.segmentation.draw import overlay, palette, panels, write_png
+from tasks.segmentation.draw import overlay, palette
 from tasks.segmentation.metrics import confusion, format_table, scores
 from tasks.segmentation.transforms import letterbox, random_scale_crop, to_image, to_input
 

@@ -1,0 +1,54 @@
+"""Architectures read from op probabilities, each rule written once: the most probable op per
+layer (what ``dnas derive`` keeps), the op entropy, the decisiveness figure, and a uniformly
+random architecture of a space."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from dnas.errors import DnasError
+from dnas.search_space import Layer, SearchSpace
+
+UNDECIDED = 0.5  # mean top op probability below which a search has not decided
+
+ArchProbs = Mapping[str, Sequence[float]]
+
+
+def top_index(probs: Sequence[float]) -> int:
+    """Index of the most probable op (the first one on ties, as ``argmax``)."""
+    return max(range(len(probs)), key=probs.__getitem__)
+
+
+def most_probable_ops(
+    space: SearchSpace, arch_probs: ArchProbs, source: str = ""
+) -> dict[str, str]:
+    """The most probable op of every searchable layer of ``space``; an error naming ``source``
+    (default: the space's file) and the layer when the probabilities do not fit its candidates."""
+    choices = {}
+    for layer in space.searchable_layers:
+        probs = arch_probs.get(layer.name)
+        if probs is None or len(probs) != len(layer.candidates):
+            raise DnasError(f"{source or space.source}: op probabilities do not match the "
+                            f"candidates of layer {layer.name}")  # fmt: skip
+        choices[layer.name] = layer.candidates[top_index(probs)]
+    return choices
+
+
+def entropies(arch_probs: ArchProbs) -> dict[str, float]:
+    """Natural-log entropy of each layer's op distribution (ln N when uniform, 0 when decided)."""
+    return {
+        layer: -sum(p * math.log(p) for p in probs if p > 0) for layer, probs in arch_probs.items()
+    }
+
+
+def decisiveness(arch_probs: ArchProbs) -> float:
+    """Mean over layers of the top op probability: 1 is fully decided, 1/#ops is uniform."""
+    return sum(max(p) for p in arch_probs.values()) / max(len(arch_probs), 1)
+
+
+def uniform_choices(layers: Iterable[Layer], rng: np.random.Generator) -> dict[str, str]:
+    """One op per layer, each drawn uniformly from its candidates (one ``rng.integers`` each)."""
+    return {lay.name: lay.candidates[rng.integers(len(lay.candidates))] for lay in layers}
