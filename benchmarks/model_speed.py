@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
-from dnas.network import Network
-from dnas.runtime import Amp
-from dnas.search_space import load_space
+from dnas.engine.runtime import Amp
+from dnas.nn.network import Network
+from dnas.space.graph import load_space
 
 NETS = ("efficientpose-a", "efficientpose-b", "efficientpose-c")
 PAPER_MS = {"efficientpose-a": 13.73, "efficientpose-b": 23.95, "efficientpose-c": 27.34}

@@ -26,12 +26,12 @@ from search_cost import parse_args as search_args  # benchmarks/search_cost.py
 from search_cost import search_report
 
 from dnas.config import CostConfig, SearchConfig
-from dnas.cost_model import get_cost_model
-from dnas.darts import DartsStrategy
-from dnas.export import export_onnx
-from dnas.network import Network
-from dnas.runtime import weight_step
-from dnas.search_space import load_space
+from dnas.engine.runtime import weight_step
+from dnas.nn.export import export_onnx
+from dnas.nn.network import Network
+from dnas.search.cost_model import get_cost_model
+from dnas.search.darts import DartsStrategy
+from dnas.space.graph import load_space
 from tasks.pose.mpii import MPIIDataset
 from tasks.pose.synth import write_synthetic_mpii
 from tasks.pose.task import PoseOptions, PoseTask

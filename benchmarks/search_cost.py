@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 
 from dnas.config import CostConfig, SearchConfig
-from dnas.cost_model import get_cost_model
-from dnas.network import Network
+from dnas.engine.runtime import Amp, to_device, weight_step
+from dnas.engine.sampling import stream, train_loader
+from dnas.nn.network import Network
 from dnas.registry import STRATEGIES, load_plugins
-from dnas.runtime import Amp, to_device, weight_step
-from dnas.sampling import stream, train_loader
-from dnas.search_space import load_space
+from dnas.search.cost_model import get_cost_model
+from dnas.space.graph import load_space
 from tasks.pose.synth import write_synthetic_mpii
 from tasks.pose.task import PoseOptions, PoseTask
 

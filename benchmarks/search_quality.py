@@ -30,16 +30,16 @@ import torch
 import yaml
 
 from cost_models.latency import time_module
-from dnas.budget import sample_within
 from dnas.config import load_experiment
-from dnas.cost_model import get_cost_model
-from dnas.derive import derive, write_architecture
-from dnas.network import Network
-from dnas.profile import cost_report
-from dnas.progress import Reporter
-from dnas.search import run_search
-from dnas.search_space import load_space
-from dnas.train import run_eval, run_train
+from dnas.engine.progress import Reporter
+from dnas.engine.train import run_eval, run_train
+from dnas.nn.network import Network
+from dnas.nn.profile import cost_report
+from dnas.search.budget import sample_within
+from dnas.search.cost_model import get_cost_model
+from dnas.search.derive import derive, write_architecture
+from dnas.search.run import run_search
+from dnas.space.graph import load_space
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = "mbv2_pose_small"

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from dnas.config import load_experiment
-from dnas.progress import Reporter
-from dnas.train import run_eval, run_train
+from dnas.engine.progress import Reporter
+from dnas.engine.train import run_eval, run_train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "examples" / "seg_coco.yaml"

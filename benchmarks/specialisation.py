@@ -16,12 +16,12 @@ import torch
 
 from cost_models.latency import build_lut, time_module
 from dnas.config import load_experiment
-from dnas.derive import derive
-from dnas.network import Network
-from dnas.profile import count_macs
-from dnas.progress import Reporter
-from dnas.search import run_search
-from dnas.search_space import load_space
+from dnas.engine.progress import Reporter
+from dnas.nn.network import Network
+from dnas.nn.profile import count_macs
+from dnas.search.derive import derive
+from dnas.search.run import run_search
+from dnas.space.graph import load_space
 from tasks.pose.synth import write_synthetic_mpii
 
 REPO = Path(__file__).resolve().parents[1]

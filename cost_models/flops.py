@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dnas.cost_model import CostModel, CostTable
-from dnas.profile import op_costs
+from dnas.nn.profile import op_costs
 from dnas.registry import COST_MODELS
-from dnas.search_space import SearchSpace
+from dnas.search.cost_model import CostModel, CostTable
+from dnas.space.graph import SearchSpace
 
 
 class _AnalyticCostModel(CostModel):

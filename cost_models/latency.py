@@ -25,17 +25,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dnas.choices import uniform_choices
-from dnas.cost_model import CostModel, CostTable
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
-from dnas.heads import build_head
-from dnas.network import Network
-from dnas.ops import build_op, parse_op
-from dnas.profile import _HeadOnInputs, op_costs
+from dnas.nn.heads import build_head
+from dnas.nn.network import Network
+from dnas.nn.profile import _HeadOnInputs, op_costs
 from dnas.registry import COMMANDS, COST_MODELS
 from dnas.schema import read_json
-from dnas.search_space import SearchSpace
+from dnas.search.cost_model import CostModel, CostTable
+from dnas.space.choices import uniform_choices
+from dnas.space.graph import SearchSpace
+from dnas.space.ops import build_op, parse_op
 
 
 def time_module(module: nn.Module, inputs: list[torch.Tensor], device: torch.device,
@@ -317,8 +317,8 @@ def lut_build(space: str, input_size: str, batch: int | None, device: str, threa
               force: bool) -> None:  # fmt: skip
     """Time every candidate op of SPACE at its exact input shape on this machine."""
     from dnas.cli import guard_output, parse_size
-    from dnas.runtime import pick_device
-    from dnas.search_space import load_space
+    from dnas.engine.runtime import pick_device
+    from dnas.space.graph import load_space
 
     guard_output(output, force)
     if threads:
@@ -343,8 +343,8 @@ def lut_build(space: str, input_size: str, batch: int | None, device: str, threa
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def lut_check(table_path: Path, space: str | None, samples: int, repeats: int, fmt: str) -> None:
     """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%)."""
-    from dnas.runtime import pick_device
-    from dnas.search_space import load_space
+    from dnas.engine.runtime import pick_device
+    from dnas.space.graph import load_space
 
     table = read_lut(table_path)
     meta = table["meta"]

@@ -125,8 +125,8 @@ def search(config: Path, out: Path, strategy: str | None, cost_model: str | None
 
     Works under ``torchrun --nproc_per_node N -m dnas search ...`` (data parallel)."""
     from dnas.config import load_experiment
-    from dnas.progress import Reporter
-    from dnas.search import run_search
+    from dnas.engine.progress import Reporter
+    from dnas.search.run import run_search
 
     extra = [f"search.strategy={strategy}"] if strategy else []
     extra += [f"remap_from={remap_from}"] if remap_from else []
@@ -149,8 +149,8 @@ def search(config: Path, out: Path, strategy: str | None, cost_model: str | None
 @force_opt
 def derive(run: Path, output: Path, name: str | None, force: bool):
     """Derive the architecture of a search RUN (directory or search.pt): argmax op per layer."""
-    from dnas.derive import derive as derive_arch
-    from dnas.derive import format_rows, undecided_warning, write_architecture
+    from dnas.search.derive import derive as derive_arch
+    from dnas.search.derive import format_rows, undecided_warning, write_architecture
 
     guard_output(output, force)
     arch, rows = derive_arch(run, name)
@@ -178,8 +178,8 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
 
     Works under ``torchrun --nproc_per_node N -m dnas train ...`` (DistributedDataParallel)."""
     from dnas.config import load_experiment
-    from dnas.progress import Reporter
-    from dnas.train import run_train
+    from dnas.engine.progress import Reporter
+    from dnas.engine.train import run_train
 
     extra = [f"remap_from={remap_from}"] if remap_from else []
     exp = load_experiment(config, [*overrides, *extra])
@@ -207,9 +207,9 @@ def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, save_v
              overrides: tuple[str], force: bool):  # fmt: skip
     """Evaluate WEIGHTS of ARCH on the validation split; writes OUT/results.json."""
     from dnas.config import load_experiment
-    from dnas.search_space import describe
+    from dnas.engine.train import run_eval
+    from dnas.space.graph import describe
     from dnas.task import build_space, build_task
-    from dnas.train import run_eval
 
     exp = load_experiment(config, list(overrides))
     guard_output(out / "results.json", force)
@@ -240,7 +240,7 @@ def cost(arch: str, input_size: str, outputs: int, fmt: str):
 
     For a search space, prints the range over its architectures instead.
     """
-    from dnas.profile import cost_report
+    from dnas.nn.profile import cost_report
 
     report = cost_report(arch, parse_size(input_size), outputs)
     if fmt == "json":
@@ -280,8 +280,8 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
     OUT/sweep.json, sweep.md and sweep.png (score vs cost). --resume keeps finished runs and
     continues the interrupted one."""
     from dnas.config import load_experiment
-    from dnas.progress import Reporter
-    from dnas.sweep import run_dir_of, run_sweep
+    from dnas.engine.progress import Reporter
+    from dnas.search.sweep import run_dir_of, run_sweep
 
     if (weight_values is None) == (target_values is None):
         raise click.UsageError("give exactly one of --weights and --targets")
@@ -308,10 +308,10 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
 def export(arch: str, weights: Path, output: Path, input_size: str, opset: int, force: bool):
     """Export trained WEIGHTS of ARCH to ONNX with batch norm folded into the convolutions."""
     from dnas import checkpoint
-    from dnas.export import export_onnx
-    from dnas.network import Network
-    from dnas.search_space import load_space
-    from dnas.train import load_weights
+    from dnas.engine.train import load_weights
+    from dnas.nn.export import export_onnx
+    from dnas.nn.network import Network
+    from dnas.space.graph import load_space
 
     guard_output(output, force)
     space = load_space(arch)
@@ -328,7 +328,7 @@ def export(arch: str, weights: Path, output: Path, input_size: str, opset: int, 
 @cli.command()
 def spaces():
     """List the shipped search spaces and architectures."""
-    from dnas.search_space import describe, load_space, shipped_names
+    from dnas.space.graph import describe, load_space, shipped_names
 
     for name in shipped_names():
         click.echo(describe(load_space(name)) + "\n")
@@ -343,7 +343,7 @@ def spaces():
 def plot(ref: str, out: Path, fmt: str, force: bool):
     """Draw REF (search or train run, checkpoint, architecture YAML or shipped name) into OUT:
     op_probs (searches) and architecture pictures."""
-    from dnas.plot import load_plot_source, plot_paths, write_plots
+    from dnas.vis.plot import load_plot_source, plot_paths, write_plots
 
     source = load_plot_source(ref)
     for path in plot_paths(source, out, fmt):

@@ -28,7 +28,7 @@ MAX_STEPS = 10**9
 
 @dataclass
 class CostConfig:
-    """The cost term of the architecture loss (``dnas.objective``; README, "cost-aware objective").
+    """The cost term of the architecture loss (``dnas.search.objective``; README, "Forms").
 
     ``form: relative`` (default): ln(task loss) + weight * ln(cost), scale-free, so ``weight``
     (lambda) means the same for every task and input size; ``budget``: the same, with lambda
@@ -85,7 +85,7 @@ class ArchOptimizer:
 class RandomSearchConfig:
     """Random-search baseline (paper Table 3): N architectures, each short-trained, best kept.
     ``epochs_per_arch: null`` gives the baseline the compute of the configured DARTS search
-    (``dnas.random_search.matched_epochs``), the comparison Table 3 makes."""
+    (``dnas.search.random_search.matched_epochs``), the comparison Table 3 makes."""
 
     samples: int = field(default=50, metadata={"min": 1, "max": MAX_EPOCHS})
     epochs_per_arch: int | None = field(default=None, metadata={"min": 1, "max": MAX_EPOCHS})
@@ -157,7 +157,7 @@ class Experiment:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})
-    remap_from: str | None = None  # seed MobileNetV2 state_dict for FNA remapping (dnas.remap)
+    remap_from: str | None = None  # seed MobileNetV2 state_dict for FNA remapping (dnas.nn.remap)
     workers: int = field(default=0, metadata={"min": 0, "max": 256})
     device: str = "auto"
     precision: str = field(default="fp32", metadata={"choices": ["fp32", "bf16", "fp16"]})

@@ -19,7 +19,7 @@ from dnas.config import Experiment
 from dnas.errors import ConfigError, DnasError
 from dnas.registry import TASKS
 from dnas.schema import from_dict
-from dnas.search_space import SearchSpace, load_space, space_from_dict
+from dnas.space.graph import SearchSpace, load_space, space_from_dict
 
 
 @dataclass

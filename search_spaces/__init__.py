@@ -1,1 +1,1 @@
-"""Shipped search spaces and fixed architectures (YAML); load them with ``dnas.search_space``."""
+"""Shipped search spaces and fixed architectures (YAML); load them with ``dnas.space.graph``."""

@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 from dnas.cli import cli
 from dnas.errors import ConfigError
-from dnas.network import Network
-from dnas.ops import Bottleneck, parse_op
-from dnas.profile import count_params
-from dnas.search_space import load_space
+from dnas.nn.network import Network
+from dnas.nn.profile import count_params
+from dnas.space.graph import load_space
+from dnas.space.ops import Bottleneck, parse_op
 
 
 def cost(ref: str, *args: str) -> dict:

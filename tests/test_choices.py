@@ -1,4 +1,4 @@
-"""The rules written once (``dnas.choices``, ``dnas.files``): the most probable op, entropy,
+"""The rules written once (``dnas.space.choices``, ``dnas.files``): the most probable op, entropy,
 decisiveness, uniform architectures, and atomic writes that never leave half a file."""
 
 from __future__ import annotations
@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 from conftest import TINY_SPACE
 
-from dnas.choices import decisiveness, entropies, most_probable_ops, top_index, uniform_choices
 from dnas.errors import DnasError
 from dnas.files import write_atomic, write_text_atomic
-from dnas.search_space import load_space
+from dnas.space.choices import (
+    decisiveness,
+    entropies,
+    most_probable_ops,
+    top_index,
+    uniform_choices,
+)
+from dnas.space.graph import load_space
 
 
 def test_most_probable_op_per_layer_first_on_ties():

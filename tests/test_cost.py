@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from conftest import TINY_SPACE
 
 from dnas.cli import cli
-from dnas.cost_model import get_cost_model
-from dnas.network import Network
-from dnas.objective import cost_loss
-from dnas.profile import count_macs, count_params
-from dnas.search_space import load_space
+from dnas.nn.network import Network
+from dnas.nn.profile import count_macs, count_params
+from dnas.search.cost_model import get_cost_model
+from dnas.search.objective import cost_loss
+from dnas.space.graph import load_space
 
 PAPER = [  # net, input, joints, params, MACs (PAPER.md, from the official code)
     ("efficientpose-a", "256x256", 16, 1_299_360, 542_220_288),
@@ -115,7 +115,7 @@ def test_cost_table_is_cached_and_keyed_by_input(tmp_path):
 
 def test_budget_forms_penalise_only_above_the_target():
     from dnas.config import CostConfig
-    from dnas.objective import budget_penalty as cost_penalty
+    from dnas.search.objective import budget_penalty as cost_penalty
 
     hinge = CostConfig(form="hinge", target=100.0, weight=2.0)
     power = CostConfig(form="power", target=100.0, weight=2.0, beta=3.0)

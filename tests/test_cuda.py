@@ -25,11 +25,11 @@ from conftest import write_experiment
 from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import load_experiment
-from dnas.cost_model import get_cost_model
-from dnas.network import Network
-from dnas.search import run_search
-from dnas.search_space import load_space
-from dnas.train import run_train
+from dnas.engine.train import run_train
+from dnas.nn.network import Network
+from dnas.search.cost_model import get_cost_model
+from dnas.search.run import run_search
+from dnas.space.graph import load_space
 from tasks.pose.synth import write_synthetic_mpii
 
 DEVICE = os.environ.get("DNAS_CHECK_DEVICE", "cuda")

@@ -9,10 +9,10 @@ from conftest import TINY_SPACE
 
 from dnas.checkpoint import save_atomic
 from dnas.cli import cli
-from dnas.derive import derive
 from dnas.errors import DnasError
-from dnas.network import Network
-from dnas.search_space import load_space
+from dnas.nn.network import Network
+from dnas.search.derive import derive
+from dnas.space.graph import load_space
 
 
 def fake_search_checkpoint(path, probs):

@@ -1,6 +1,6 @@
 """Data parallel runs: ``torchrun --nproc_per_node 2`` on CPU (gloo) against one process with the
 same global batch. The runs check themselves that every process ends with identical parameters
-(``dnas.distributed.check_in_sync``); here the results must match the 1-process run."""
+(``dnas.engine.distributed.check_in_sync``); here the results must match the 1-process run."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from conftest import write_experiment
 
 from dnas import checkpoint
 from dnas.config import load_experiment
-from dnas.runtime import seed_everything
+from dnas.engine.runtime import seed_everything
+from dnas.engine.train import build_fixed
 from dnas.task import build_task
-from dnas.train import build_fixed
 from tasks.pose.synth import write_synthetic_mpii
 
 ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")

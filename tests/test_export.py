@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from dnas.checkpoint import save_atomic
 from dnas.cli import cli
-from dnas.export import fold_batchnorm
-from dnas.network import Network
-from dnas.search_space import load_space
+from dnas.nn.export import fold_batchnorm
+from dnas.nn.network import Network
+from dnas.space.graph import load_space
 
 
 def trained_like(name: str, outputs: int) -> Network:

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from dnas.cli import cli
-from dnas.search_space import load_space
+from dnas.space.graph import load_space
 
 SCALE = max(1, int(os.environ.get("DNAS_FUZZ_SCALE", "1")))
 TINY_ARCH = TINY_SPACE.parent / "tiny_arch.yaml"

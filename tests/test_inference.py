@@ -11,8 +11,8 @@ from conftest import TINY_SPACE, write_experiment
 
 from dnas.checkpoint import save_atomic
 from dnas.cli import cli
-from dnas.network import Network
-from dnas.search_space import load_space
+from dnas.nn.network import Network
+from dnas.space.graph import load_space
 from tasks.pose import heatmap
 from tasks.pose.inference import infer_heatmaps
 
@@ -121,7 +121,7 @@ def test_eval_prediction_file_scores_the_same_with_dnas_pose_pckh(tmp_path, real
 def test_training_order_is_seeded_and_independent_of_workers(real_mpii_root):
     """The same seed gives the same augmented batches with 0 or 2 workers; another epoch
     gives another order and other augmentations."""
-    from dnas.sampling import epoch_batches, train_loader
+    from dnas.engine.sampling import epoch_batches, train_loader
     from tasks.pose.task import PoseOptions, PoseTask
 
     task = PoseTask(PoseOptions(root=str(real_mpii_root)), (64, 64), "test")

@@ -13,7 +13,7 @@ from conftest import TINY_SPACE, write_experiment
 from cost_models.latency import LatencyCostModel, build_lut, predict_ms
 from dnas.cli import cli
 from dnas.errors import DnasError
-from dnas.search_space import load_space
+from dnas.space.graph import load_space
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import TINY_SPACE
 
-from dnas.mixed_op import MixedOp, drop_path
-from dnas.network import Network
-from dnas.ops import parse_op
-from dnas.search_space import load_space
+from dnas.nn.mixed_op import MixedOp, drop_path
+from dnas.nn.network import Network
+from dnas.space.graph import load_space
+from dnas.space.ops import parse_op
 
 
 def test_weighted_sum_equals_manual_sum():

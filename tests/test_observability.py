@@ -9,10 +9,10 @@ import pytest
 from conftest import write_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dnas.choices import entropies
 from dnas.config import load_experiment
-from dnas.progress import Reporter
-from dnas.search import run_search
+from dnas.engine.progress import Reporter
+from dnas.search.run import run_search
+from dnas.space.choices import entropies
 
 
 def test_search_logs_entropies_pictures_and_lines(tmp_path, real_mpii_root):

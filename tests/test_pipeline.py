@@ -12,9 +12,9 @@ from conftest import write_experiment
 from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import load_experiment
+from dnas.engine.progress import Reporter
 from dnas.errors import DnasError
-from dnas.progress import Reporter
-from dnas.search import run_search, split_indices
+from dnas.search.run import run_search, split_indices
 
 
 def test_split_is_seeded_disjoint_and_80_20():
@@ -53,8 +53,8 @@ def test_cost_term_pushes_the_search_to_cheaper_ops(tmp_path, real_mpii_root):
         )  # fmt: skip
         run_search(load_experiment(path), tmp_path / f"run{weight}", Reporter(lambda _: None))
         ckpt = checkpoint.load(tmp_path / f"run{weight}" / "search.pt")
-        from dnas.cost_model import get_cost_model
-        from dnas.search_space import space_from_dict
+        from dnas.search.cost_model import get_cost_model
+        from dnas.space.graph import space_from_dict
 
         space = space_from_dict(ckpt["space"], "x")
         table = get_cost_model("flops").table(space, (64, 64), 16)

@@ -13,12 +13,13 @@ from matplotlib.colors import to_rgba
 from matplotlib.patches import Rectangle
 
 from dnas.checkpoint import save_atomic
-from dnas.choices import entropies
 from dnas.cli import cli
-from dnas.derive import derive
 from dnas.errors import DnasError
-from dnas.ops import parse_op
-from dnas.plot import (
+from dnas.search.derive import derive
+from dnas.space.choices import entropies
+from dnas.space.graph import load_space
+from dnas.space.ops import parse_op
+from dnas.vis.plot import (
     FIXED_COLOUR,
     KERNEL_COLOURS,
     OTHER_COLOURS,
@@ -29,7 +30,6 @@ from dnas.plot import (
     op_probability_matrix,
     save_figure,
 )
-from dnas.search_space import load_space
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -222,7 +222,7 @@ def test_cli_plots_a_search_run(search_run, tmp_path):
 
 def test_cli_draws_the_same_architecture_as_derive(search_run):
     arch, _ = derive(search_run)
-    from dnas.plot import load_plot_source
+    from dnas.vis.plot import load_plot_source
 
     source = load_plot_source(search_run / "search.pt")
     assert source.epoch == 1 and set(source.arch_probs) == set(candidates_of(source.space))

@@ -10,9 +10,9 @@ from conftest import TINY_SPACE, write_experiment
 from dnas.checkpoint import save_atomic
 from dnas.cli import cli
 from dnas.errors import DnasError
-from dnas.network import Network
-from dnas.remap import map_conv, remap_into
-from dnas.search_space import load_space
+from dnas.nn.network import Network
+from dnas.nn.remap import map_conv, remap_into
+from dnas.space.graph import load_space
 
 MBV2 = [(1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1)]
 

@@ -20,9 +20,9 @@ from dnas import checkpoint
 from dnas.checkpoint import Checkpointer
 from dnas.cli import cli
 from dnas.config import load_experiment
-from dnas.progress import Reporter
-from dnas.sweep import run_sweep
-from dnas.train import run_train
+from dnas.engine.progress import Reporter
+from dnas.engine.train import run_train
+from dnas.search.sweep import run_sweep
 from tasks.pose.synth import write_synthetic_mpii
 
 QUIET = Reporter(lambda _: None)

@@ -16,20 +16,20 @@ from conftest import TINY_SPACE, write_experiment
 
 from cost_models.latency import build_lut
 from dnas import checkpoint
-from dnas.budget import most_probable_within, sample_within, tilted_probs
 from dnas.cli import cli
 from dnas.config import CostConfig, SearchConfig, load_experiment
-from dnas.cost_model import CostTable, get_cost_model
-from dnas.derive import derive
-from dnas.mixed_op import MixedOp
-from dnas.network import Network
-from dnas.objective import ArchObjective
-from dnas.ops import parse_op
-from dnas.progress import Reporter
-from dnas.random_search import matched_epochs
-from dnas.search import run_search
-from dnas.search_space import load_space
-from dnas.single_path import BinaryGateStrategy, GumbelStrategy
+from dnas.engine.progress import Reporter
+from dnas.nn.mixed_op import MixedOp
+from dnas.nn.network import Network
+from dnas.search.budget import most_probable_within, sample_within, tilted_probs
+from dnas.search.cost_model import CostTable, get_cost_model
+from dnas.search.derive import derive
+from dnas.search.objective import ArchObjective
+from dnas.search.random_search import matched_epochs
+from dnas.search.run import run_search
+from dnas.search.single_path import BinaryGateStrategy, GumbelStrategy
+from dnas.space.graph import load_space
+from dnas.space.ops import parse_op
 from tasks.pose.task import PoseOptions, PoseTask
 
 BUDGET_SPACE = Path(__file__).parent / "data" / "budget_space.yaml"
@@ -111,7 +111,7 @@ def test_dual_ascent_ignores_a_step_the_gradient_scaler_skipped():
 
 
 def test_collectives_use_the_backends_device(monkeypatch):
-    from dnas import distributed
+    from dnas.engine import distributed
 
     monkeypatch.setattr(distributed.dist, "get_backend", lambda: "nccl")
     monkeypatch.setattr(distributed.torch.cuda, "current_device", lambda: 3)
@@ -335,7 +335,7 @@ def test_darts_drop_path_still_drops_candidates():
 
 
 def test_drop_path_masks_differ_between_ranks(monkeypatch):
-    import dnas.network as network_module
+    import dnas.nn.network as network_module
 
     masks = []
     for rank in (0, 1):

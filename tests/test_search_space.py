@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from dnas.cli import cli
 from dnas.errors import ConfigError
-from dnas.search_space import load_space, shipped_names
+from dnas.space.graph import load_space, shipped_names
 
 VALID = {
     "name": "t",

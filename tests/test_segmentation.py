@@ -16,12 +16,12 @@ from pycocotools.coco import COCO
 
 from dnas.cli import cli
 from dnas.config import Experiment, load_experiment
-from dnas.cost_model import get_cost_model
+from dnas.engine.train import load_weights
 from dnas.errors import ConfigError
-from dnas.network import Network
-from dnas.search_space import load_space
+from dnas.nn.network import Network
+from dnas.search.cost_model import get_cost_model
+from dnas.space.graph import load_space
 from dnas.task import build_space, build_task
-from dnas.train import load_weights
 from tasks.segmentation.coco import IGNORE, class_map, decode, load_records, read_coco
 from tasks.segmentation.metrics import confusion, scores
 from tasks.segmentation.synth import render, write_synthetic_seg

@@ -9,13 +9,13 @@ import torch
 from conftest import TINY_SPACE, write_experiment
 
 from dnas.config import CostConfig, SearchConfig, load_experiment
-from dnas.cost_model import get_cost_model
-from dnas.mixed_op import MixedOp
-from dnas.network import Network
-from dnas.progress import Reporter
-from dnas.search import run_search
-from dnas.search_space import load_space
-from dnas.single_path import BinaryGateStrategy, GumbelStrategy
+from dnas.engine.progress import Reporter
+from dnas.nn.mixed_op import MixedOp
+from dnas.nn.network import Network
+from dnas.search.cost_model import get_cost_model
+from dnas.search.run import run_search
+from dnas.search.single_path import BinaryGateStrategy, GumbelStrategy
+from dnas.space.graph import load_space
 from tasks.pose.task import PoseOptions, PoseTask
 
 
@@ -96,7 +96,7 @@ def test_mixed_precision_and_channels_last_search(tmp_path, real_mpii_root, stra
 
 
 def test_autocast_really_runs_in_bf16_and_steps_stay_finite():
-    from dnas.runtime import Amp, weight_step
+    from dnas.engine.runtime import Amp, weight_step
 
     torch.manual_seed(0)
     net = Network(load_space(TINY_SPACE.with_name("tiny_arch.yaml")), 16)

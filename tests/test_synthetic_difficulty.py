@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dnas.network import Network
-from dnas.sampling import make_loader
-from dnas.search_space import load_space
+from dnas.engine.sampling import make_loader
+from dnas.nn.network import Network
+from dnas.space.graph import load_space
 from tasks.pose.mpii import MPIIDataset
 from tasks.pose.pckh import load_gt_valid_mat, pckh_table
 from tasks.pose.synth import write_synthetic_mpii

@@ -150,10 +150,10 @@ def predict(image: Path, arch: str, weights: Path, box: str | None, dataset: str
             input_size: str, output: Path | None, no_flip: bool, force: bool) -> None:  # fmt: skip
     """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
     from dnas.cli import guard_output, parse_size
-    from dnas.images import write_png
-    from dnas.network import Network
-    from dnas.search_space import load_space
-    from dnas.train import load_weights
+    from dnas.engine.train import load_weights
+    from dnas.nn.network import Network
+    from dnas.space.graph import load_space
+    from dnas.vis.images import write_png
     from tasks.pose.draw import draw_pose
     from tasks.pose.inference import predict_batch
     from tasks.pose.topdown import DATASETS, box_to_center_scale, to_input

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from dnas.errors import ConfigError, DnasError
-from dnas.images import panels, write_png
 from dnas.registry import TASKS
 from dnas.schema import from_dict
 from dnas.task import Metrics, Task
+from dnas.vis.images import panels, write_png
 from tasks.pose.draw import draw_pose
 from tasks.pose.inference import predict_batch
 from tasks.pose.loss import joints_mse

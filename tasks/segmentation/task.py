@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from dnas.errors import ConfigError, DnasError
-from dnas.images import panels, write_png
 from dnas.registry import TASKS
 from dnas.task import Metrics, Task
+from dnas.vis.images import panels, write_png
 from tasks.segmentation.coco import (
     BACKGROUND,
     IGNORE,

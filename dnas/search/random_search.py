@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dnas.budget import sample_within
-from dnas.choices import uniform_choices
 from dnas.config import SearchConfig
-from dnas.cost_model import CostTable
+from dnas.engine.runtime import search_sgd, to_device, weight_step
 from dnas.errors import DnasError
-from dnas.network import Network
+from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
-from dnas.runtime import search_sgd, to_device, weight_step
-from dnas.strategy import Strategy
+from dnas.search.budget import sample_within
+from dnas.search.cost_model import CostTable
+from dnas.search.strategy import Strategy
+from dnas.space.choices import uniform_choices
 from dnas.task import Task
 
 
@@ -71,7 +71,7 @@ class RandomSearchStrategy(Strategy):
     def sample(self) -> dict[str, str]:
         """A random op per layer: uniform; with ``search.random.budget`` rejection-sampled to
         cost at most that; with a ``budget`` cost form drawn inside its band
-        (:func:`dnas.budget.sample_within`)."""
+        (:func:`dnas.search.budget.sample_within`)."""
         band = self.cost_cfg.band()
         if band is None:
             for _ in range(self.cfg.random.max_tries):

@@ -19,10 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from dnas import checkpoint
-from dnas.choices import most_probable_ops
 from dnas.errors import DnasError
-from dnas.ops import parse_op
-from dnas.search_space import SearchSpace, load_space, space_from_dict
+from dnas.space.choices import most_probable_ops
+from dnas.space.graph import SearchSpace, load_space, space_from_dict
+from dnas.space.ops import parse_op
 
 KERNEL_COLOURS = {3: "#4c72b0", 5: "#55a868", 7: "#c44e52"}
 OTHER_COLOURS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dnas.ops import OpSpec, build_op
+from dnas.space.ops import OpSpec, build_op
 
 
 def drop_path(x: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
@@ -21,7 +21,7 @@ class MixedOp(nn.Module):
     """x_out = sum_o w_o * o(x) over the candidate ops; the weights come from the strategy.
 
     The op modules are ordinary weights; the architecture parameters live elsewhere (in
-    :class:`dnas.network.Network`), so the two parameter groups never mix. ``weights`` may be
+    :class:`dnas.nn.network.Network`), so the two parameter groups never mix. ``weights`` may be
     dense (DARTS softmax) or sparse (sampled paths): zero-weight paths are not computed.
 
     Drop-path (DARTS) zeroes candidate paths per sample to decouple them; it applies only when

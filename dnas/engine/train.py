@@ -19,15 +19,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from dnas import checkpoint, distributed
+from dnas import checkpoint
 from dnas.config import Experiment, config_hash
-from dnas.errors import ConfigError, DnasError
-from dnas.files import write_text_atomic
-from dnas.network import Network
-from dnas.profile import count_macs, count_params, op_costs
-from dnas.progress import Reporter, eta_text, start_run
-from dnas.remap import remap_into
-from dnas.runtime import (
+from dnas.engine import distributed
+from dnas.engine.progress import Reporter, eta_text, start_run
+from dnas.engine.runtime import (
     Amp,
     check_finite,
     pick_device,
@@ -37,9 +33,14 @@ from dnas.runtime import (
     to_device,
     weight_step,
 )
-from dnas.sampling import epoch_batches, make_loader, train_loader
+from dnas.engine.sampling import epoch_batches, make_loader, train_loader
+from dnas.errors import ConfigError, DnasError
+from dnas.files import write_text_atomic
+from dnas.nn.network import Network
+from dnas.nn.profile import count_macs, count_params, op_costs
+from dnas.nn.remap import remap_into
 from dnas.schema import to_dict
-from dnas.search_space import SearchSpace
+from dnas.space.graph import SearchSpace
 from dnas.task import Metrics, Task, build_space, build_task
 
 KIND = "dnas-train"
@@ -138,7 +139,7 @@ def evaluate_on_main(task: Task, net: Network, loader: DataLoader, device: torch
 def run_train(
     exp: Experiment,
     arch_ref: str,
-    out_dir: Path,
+    out_dir: Path | str,
     init: Path | None = None,
     report: Reporter | None = None,
     resume: bool = False,
@@ -146,6 +147,7 @@ def run_train(
 ) -> Metrics:
     """Train ``arch_ref`` into ``out_dir`` (with ``resume``: continue the run there); returns
     the last evaluation. Under ``torchrun`` every process calls this; only rank 0 writes."""
+    out_dir = Path(out_dir)
     world, report = start_run(exp.device, out_dir, report)
     seed_everything(exp.seed)
     task = build_task(exp)

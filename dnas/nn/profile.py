@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 from dnas.config import MAX_INPUT
 from dnas.errors import ConfigError, DnasError
-from dnas.heads import build_head
-from dnas.ops import build_op, parse_op
-from dnas.search_space import SearchSpace, load_space
+from dnas.nn.heads import build_head
+from dnas.space.graph import SearchSpace, load_space
+from dnas.space.ops import build_op, parse_op
 
 MAX_ACTIVATION = 2**27  # values of one intermediate tensor per image (512 MiB in fp32)
 MAX_OUTPUTS = 16384

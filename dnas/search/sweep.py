@@ -9,14 +9,14 @@ from pathlib import Path
 
 from dnas.checkpoint import step_files
 from dnas.config import Experiment
-from dnas.derive import derive, write_architecture
+from dnas.engine.progress import Reporter
+from dnas.engine.train import run_train
 from dnas.files import write_text_atomic
-from dnas.plot import save_figure, sweep_figure
-from dnas.profile import cost_report
-from dnas.progress import Reporter
-from dnas.search import run_search
+from dnas.nn.profile import cost_report
+from dnas.search.derive import derive, write_architecture
+from dnas.search.run import run_search
 from dnas.task import build_task
-from dnas.train import run_train
+from dnas.vis.plot import save_figure, sweep_figure
 
 
 def _variant(exp: Experiment, kind: str, value: float) -> Experiment:

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from dnas import checkpoint
 from dnas.errors import DnasError
-from dnas.mixed_op import MixedOp
-from dnas.network import Network, module_key
-from dnas.ops import MBConv
+from dnas.nn.mixed_op import MixedOp
+from dnas.nn.network import Network, module_key
+from dnas.space.ops import MBConv
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 

@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dnas.heads import build_head
-from dnas.mixed_op import MixedOp
-from dnas.ops import build_op, parse_op
-from dnas.search_space import SearchSpace
+from dnas.nn.heads import build_head
+from dnas.nn.mixed_op import MixedOp
+from dnas.space.graph import SearchSpace
+from dnas.space.ops import build_op, parse_op
 
 
 def module_key(layer_name: str) -> str:

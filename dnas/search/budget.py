@@ -1,7 +1,7 @@
 """The most probable architecture whose cost lies in a band: the final projection of a budget
 search (as HardCoRe-NAS ends with a projection onto the hard constraint).
 
-Dual ascent (``dnas.objective``) steers the argmax net onto the target while the search runs;
+Dual ascent (``dnas.search.objective``) steers the argmax net onto the target while the search runs;
 when the argmax still misses the band at the end (a discrete net cannot always meet a target
 exactly), this picks the architecture that maximises sum_l ln p_l(op) subject to
 ``low <= cost <= high``, by dynamic programming over the cost in fine bins. It differs from the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dnas.cost_model import CostTable
+from dnas.search.cost_model import CostTable
 
 BINS = 20_000
 

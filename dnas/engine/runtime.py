@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dnas.config import WeightOptimizer
-from dnas.distributed import average_gradients
+from dnas.engine.distributed import average_gradients
 from dnas.errors import DnasError
 
 

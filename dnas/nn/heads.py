@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from dnas import slim_deconv  # noqa: F401  (registers the built-in head)
 from dnas.errors import ConfigError, DnasError
+from dnas.nn import slim_deconv  # noqa: F401  (registers the built-in head)
 from dnas.registry import HEADS
 from dnas.schema import from_dict
-from dnas.search_space import SearchSpace
+from dnas.space.graph import SearchSpace
 
 
 def build_head(space: SearchSpace, num_outputs: int) -> nn.Module:

@@ -18,8 +18,15 @@ from typing import Any
 import networkx as nx
 
 from dnas.errors import ConfigError
-from dnas.ops import MAX_WIDTH, out_spatial, param_count, parse_op, shape_problem, size_problem
 from dnas.schema import check_keys, expect_mapping, join, load_yaml
+from dnas.space.ops import (
+    MAX_WIDTH,
+    out_spatial,
+    param_count,
+    parse_op,
+    shape_problem,
+    size_problem,
+)
 
 INPUT = "input"
 HEAD = "head"

@@ -1,6 +1,6 @@
 """The Strategy interface (NASLib's lifecycle) that every search method implements.
 
-The search loop (``dnas.search``) only ever calls these methods, so DARTS, the single-path
+The search loop (``dnas.search.run``) only ever calls these methods, so DARTS, the single-path
 methods and the random-search baseline are interchangeable by name in the experiment YAML.
 ``adapt_search_space`` sets ``network`` and ``table``, which the final architecture reads.
 """
@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from dnas.budget import most_probable_within
-from dnas.choices import most_probable_ops
 from dnas.config import CostConfig, SearchConfig
-from dnas.cost_model import CostTable
-from dnas.network import Network
-from dnas.runtime import Amp
+from dnas.engine.runtime import Amp
+from dnas.nn.network import Network
+from dnas.search.budget import most_probable_within
+from dnas.search.cost_model import CostTable
+from dnas.space.choices import most_probable_ops
 from dnas.task import Task
 
 

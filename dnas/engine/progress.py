@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from dnas.distributed import World, init_world
+from dnas.engine.distributed import World, init_world
 
 T = TypeVar("T")
 

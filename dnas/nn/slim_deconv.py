@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from dnas.ops import MAX_OP_PARAMS, MAX_WIDTH
 from dnas.registry import HEADS
+from dnas.space.ops import MAX_OP_PARAMS, MAX_WIDTH
 
 MAX_UPSAMPLINGS = 6  # x64: from a stride-64 backbone back to the input resolution
 

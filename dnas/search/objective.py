@@ -18,7 +18,7 @@ Forms (``cost_model.form``):
   terms pull equally hard, so ``dual_lr`` is scale-free too: the fraction of that natural
   scale one step moves per unit of log-violation. lambda starts at 0 and is kept within
   +-4 rho (anti-windup: the argmax responds to alpha with a lag, and an unbounded integral
-  would drive every layer to its cheapest op first). ``dnas.budget`` projects the end result.
+  would drive every layer to its cheapest op first). ``dnas.search.budget`` projects the end result.
 - ``log``: the paper's Eq. 6, ``L_task + lambda * log_tau(C)``. Its lambda depends on the
   task loss's scale: it equals the relative form's lambda times ``L_task * ln(tau)``.
 - ``hinge`` / ``power``: ``L_task`` plus a penalty on the cost above ``target`` only.
@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from dnas.config import CostConfig
-from dnas.cost_model import CostTable
-from dnas.distributed import mean_over_world
+from dnas.engine.distributed import mean_over_world
 from dnas.errors import DnasError
+from dnas.search.cost_model import CostTable
 
 RELATIVE_FORMS = ("relative", "budget")
 WINDUP = 4.0  # |lambda| <= WINDUP * rho in the budget form: the cost may pull at most 4x harder

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from dnas.errors import DnasError
-from dnas.search_space import Layer, SearchSpace
+from dnas.space.graph import Layer, SearchSpace
 
 UNDECIDED = 0.5  # mean top op probability below which a search has not decided
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import yaml
 
 from dnas import checkpoint
-from dnas.choices import UNDECIDED, decisiveness, most_probable_ops
 from dnas.errors import DnasError
 from dnas.files import write_text_atomic
-from dnas.search_space import SearchSpace, space_from_dict
+from dnas.space.choices import UNDECIDED, decisiveness, most_probable_ops
+from dnas.space.graph import SearchSpace, space_from_dict
 
 
 @dataclass
@@ -29,7 +29,7 @@ def find_checkpoint(ref: Path) -> Path:
     return ref / "search.pt" if ref.is_dir() else ref
 
 
-def derive(ref: Path, name: str | None = None) -> tuple[SearchSpace, list[DerivedLayer]]:
+def derive(ref: Path | str, name: str | None = None) -> tuple[SearchSpace, list[DerivedLayer]]:
     """The architecture a search chose (its checkpoint's ``choices``; the argmax for checkpoints
     written before they were recorded), and per searchable layer the chosen op's probability."""
     path = find_checkpoint(ref)
@@ -50,7 +50,7 @@ def derive(ref: Path, name: str | None = None) -> tuple[SearchSpace, list[Derive
     return arch, rows
 
 
-def write_architecture(arch: SearchSpace, path: Path, comment: str = "") -> None:
+def write_architecture(arch: SearchSpace, path: Path | str, comment: str = "") -> None:
     header = "".join(f"# {line}\n" for line in comment.splitlines())
     body = yaml.safe_dump(arch.to_dict(), sort_keys=False, default_flow_style=None)
     write_text_atomic(path, header + body)

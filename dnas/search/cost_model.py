@@ -2,7 +2,7 @@
 
 Paper Eq. 4-5: cost_l = sum_o p_{l,o} * cost_{l,o}; cost = fixed + sum_l cost_l, where ``fixed``
 is the stem, head and every non-searchable layer. How the cost enters the architecture loss is
-``dnas.objective``.
+``dnas.search.objective``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 from dnas.config import CostConfig
 from dnas.files import write_text_atomic
 from dnas.registry import COST_MODELS
-from dnas.search_space import SearchSpace
+from dnas.space.graph import SearchSpace
 
 
 @dataclass
@@ -115,3 +115,12 @@ def get_cost_model(name: str, cfg: CostConfig | None = None) -> CostModel:
         cfg = cfg or CostConfig(type=name)
         return cls(cfg.table, cfg.batch, cfg.device)
     return cls()
+
+
+def cost_table(
+    space: SearchSpace, input_hw: tuple[int, int], outputs: int, cfg: CostConfig | None = None
+) -> CostTable:
+    """The cost of every candidate op of ``space`` at ``input_hw`` with ``outputs`` head
+    channels, under the cost model ``cfg`` names (default: FLOPs, in MMAC); cached."""
+    cfg = cfg or CostConfig()
+    return get_cost_model(cfg.type, cfg).table(space, input_hw, outputs)

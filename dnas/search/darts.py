@@ -2,7 +2,8 @@
 
 Warm-up epochs train weights only; afterwards each step first updates the architecture
 parameters on an architecture-split batch (the task term plus lambda times the cost term of
-``dnas.objective``, Adam), then the weights on a weight-split batch (task loss, SGD, cosine lr).
+``dnas.search.objective``, Adam), then the weights on a weight-split batch (task loss, SGD,
+cosine lr).
 First-order, as the paper.
 """
 
@@ -12,13 +13,13 @@ from typing import Any
 
 import torch
 
-from dnas.choices import decisiveness, entropies
-from dnas.cost_model import CostTable
-from dnas.network import Network
-from dnas.objective import ArchObjective
+from dnas.engine.runtime import search_sgd, weight_step
+from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
-from dnas.runtime import search_sgd, weight_step
-from dnas.strategy import Strategy
+from dnas.search.cost_model import CostTable
+from dnas.search.objective import ArchObjective
+from dnas.search.strategy import Strategy
+from dnas.space.choices import decisiveness, entropies
 from dnas.task import Task
 
 

@@ -21,22 +21,29 @@ import yaml
 from torch.utils.data import Subset
 from torch.utils.tensorboard import SummaryWriter
 
-from dnas import distributed
 from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
-from dnas.choices import decisiveness, entropies
 from dnas.config import Experiment, config_hash
-from dnas.cost_model import CostTable, get_cost_model
+from dnas.engine import distributed
+from dnas.engine.progress import Reporter, eta_text, start_run
+from dnas.engine.runtime import (
+    Amp,
+    check_finite,
+    pick_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from dnas.engine.runtime import to_device as move
+from dnas.engine.sampling import epoch_batches, make_loader, stream, train_loader
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
-from dnas.network import Network
-from dnas.progress import Reporter, eta_text, start_run
+from dnas.nn.network import Network
+from dnas.nn.remap import remap_into
 from dnas.registry import STRATEGIES
-from dnas.remap import remap_into
-from dnas.runtime import Amp, check_finite, pick_device, rng_state, seed_everything, set_rng_state
-from dnas.runtime import to_device as move
-from dnas.sampling import epoch_batches, make_loader, stream, train_loader
 from dnas.schema import to_dict
-from dnas.strategy import Strategy
+from dnas.search.cost_model import CostTable, get_cost_model
+from dnas.search.strategy import Strategy
+from dnas.space.choices import decisiveness, entropies
 from dnas.task import build_space, build_task
 
 KIND = "dnas-search"
@@ -254,7 +261,7 @@ class SearchRun:
 
     def log_pictures(self, writer: SummaryWriter, epoch: int) -> None:
         """Per-layer op entropy, the op-probability heat map and the argmax architecture."""
-        from dnas import plot
+        from dnas.vis import plot
 
         probs = self.strategy.arch_probs()
         for layer, value in entropies(probs).items():
@@ -310,10 +317,11 @@ def summary_line(result: dict) -> str:
     return text + f"; decisiveness (mean top op probability) {result['decisiveness']:.3f}"
 
 
-def run_search(exp: Experiment, out_dir: Path, report: Reporter | None = None,
+def run_search(exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
                resume: bool = False, force: bool = False) -> dict:  # fmt: skip
     """Run (or with ``resume`` continue) a whole search into ``out_dir``; returns the content
     of ``search.json``. Under ``torchrun`` every process calls this; only rank 0 writes."""
+    out_dir = Path(out_dir)
     world, report = start_run(exp.device, out_dir, report)
     run = SearchRun(exp, out_dir, report, world)
     if resume:

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dnas.darts import DartsStrategy
+from dnas.engine.runtime import weight_step
 from dnas.registry import STRATEGIES
-from dnas.runtime import weight_step
+from dnas.search.darts import DartsStrategy
 
 
 class _SinglePath(DartsStrategy):

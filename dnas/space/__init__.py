@@ -1,0 +1,1 @@
+"""Search spaces: the YAML schema and graph, the op grammar, and what op probabilities choose."""

@@ -1,0 +1,1 @@
+"""Pictures: op-probability heat maps, architecture diagrams, sweep plots, image panels."""
