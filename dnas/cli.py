@@ -232,17 +232,19 @@ def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, save_v
 @cli.command()
 @click.argument("arch")
 @click.option("--input-size", default="256x256", show_default=True, help="HxW.")
-@click.option("--joints", "--outputs", "outputs", type=click.IntRange(1), default=16,
-              show_default=True, help="Output channels of the head (pose: joints).")  # fmt: skip
+@click.option("--outputs", type=click.IntRange(1), help="Head output channels [default: 16].")
+@click.option("--joints", type=click.IntRange(1), hidden=True)  # the earlier name of --outputs
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def cost(arch: str, input_size: str, outputs: int, fmt: str):
+def cost(arch: str, input_size: str, outputs: int | None, joints: int | None, fmt: str):
     """Params and MACs of an architecture (YAML path or shipped name, e.g. efficientpose-a).
 
     For a search space, prints the range over its architectures instead.
     """
     from dnas.nn.profile import cost_report
 
-    report = cost_report(arch, parse_size(input_size), outputs)
+    if outputs is not None and joints is not None and outputs != joints:
+        raise click.UsageError("--joints is the earlier name of --outputs: give one of them")
+    report = cost_report(arch, parse_size(input_size), outputs or joints or 16)
     if fmt == "json":
         click.echo(json.dumps(report))
         return

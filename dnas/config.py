@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from dnas.errors import ConfigError
+from dnas.registry import TASKS
 from dnas.schema import expect_mapping, from_dict, load_yaml, to_dict
 
 # Upper bounds: absurd sizes are rejected here, before anything is allocated or looped over.
@@ -147,7 +148,7 @@ class CheckpointConfig:
 @dataclass
 class Experiment:
     task: dict[str, Any]
-    space: str = "mbv2_pose_small"
+    space: str | None = None  # None: the task's default_space, filled in by load_experiment
     input_size: list[int] = field(
         default_factory=lambda: [256, 256], metadata={"min": 8, "max": MAX_INPUT}
     )
@@ -209,10 +210,28 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         expected = "expected auto, cpu, cuda or cuda:N"
         raise ConfigError(source, "device", f"{expected}, got {exp.device!r}")
     if "name" not in exp.task:
-        raise ConfigError(source, "task.name", "missing required key (e.g. pose)")
+        raise ConfigError(source, "task.name", f"missing required key (one of: {task_names()})")
+    if exp.space is None:
+        exp.space = default_space(exp.task["name"], source)
     if exp.cost_model.form in ("budget", "hinge", "power") and exp.cost_model.target is None:
         raise ConfigError(source, "cost_model.target", f"required by form {exp.cost_model.form}")
     return exp
+
+
+def task_names() -> str:
+    return ", ".join(TASKS.names())
+
+
+def default_space(task_name: str, source: str) -> str | None:
+    """The space a task searches when the experiment names none (None for an unknown task:
+    ``build_task`` reports that)."""
+    if task_name not in TASKS.names():
+        return None
+    space = TASKS.get(task_name).default_space
+    if space is None:
+        raise ConfigError(source, "space", f"missing required key (task {task_name!r} has no "
+                                           "default space)")  # fmt: skip
+    return space
 
 
 def config_hash(exp: Experiment) -> str:

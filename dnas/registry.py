@@ -1,6 +1,6 @@
 """Named registries for pluggable parts (tasks, heads, strategies, cost models), as in mmpose.
 
-Plugins (the pose task, the FLOPs cost model, third-party packages) register themselves when
+Plugins (the task plugins, the cost models, third-party packages) register themselves when
 imported; :func:`load_plugins` imports every module of the ``dnas.plugins`` entry-point group, so
 the core never names a plugin.
 """

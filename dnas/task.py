@@ -40,6 +40,7 @@ class Task(ABC):
     name: ClassVar[str]
     Options: ClassVar[type]  # a dataclass: the task's keys under ``task:`` in the experiment YAML
     in_channels: ClassVar[int] = 3  # channels of the ``input`` tensors its datasets yield
+    default_space: ClassVar[str | None] = None  # searched when the experiment names no space
 
     def __init__(self, options: Any, input_hw: tuple[int, int], source: str) -> None:
         self.options = options
@@ -49,7 +50,7 @@ class Task(ABC):
     @property
     @abstractmethod
     def num_outputs(self) -> int:
-        """Output channels of the head (e.g. joints)."""
+        """Output channels of the head (one per heatmap, class, ...)."""
 
     @abstractmethod
     def default_head(self) -> dict[str, Any]:

@@ -77,3 +77,18 @@ def test_a_broken_plugin_warns_and_the_rest_load(monkeypatch):
     with pytest.warns(UserWarning, match=r"dnas plugin 'broken' \(dnas_no_such_plugin_module\)"):
         registry.load_plugins()
     assert "pose" in registry.TASKS.names()
+
+
+def test_a_missing_space_is_the_tasks_default(tmp_path, monkeypatch):
+    from dnas.registry import TASKS
+
+    for task in ("pose", "segmentation"):
+        exp = load_experiment(write(tmp_path, f"task: {{name: {task}, root: x}}\n"))
+        assert exp.space == TASKS.get(task).default_space == "mbv2_pose_small"
+    named = load_experiment(write(tmp_path, "task: {name: pose, root: x}\nspace: tiny.yaml\n"))
+    assert named.space == "tiny.yaml"
+    monkeypatch.setattr(TASKS.get("pose"), "default_space", None)
+    with pytest.raises(ConfigError, match=r"exp.yaml: space: missing required key \(task 'pose'"):
+        load_experiment(write(tmp_path, "task: {name: pose, root: x}\n"))
+    with pytest.raises(ConfigError, match=r"task.name: missing required key \(one of: .*pose"):
+        load_experiment(write(tmp_path, "task: {root: x}\n"))

@@ -37,6 +37,19 @@ def test_dnas_cost_reproduces_paper_table(net, size, joints, params, macs):
     assert report["backbone_macs"] + report["head_macs"] == macs
 
 
+def test_cost_outputs_option_and_its_earlier_name():
+    def run(*extra):
+        return CliRunner().invoke(cli, ["cost", "efficientpose-a", "--format", "json", *extra])
+
+    new, old = run("--outputs", "17"), run("--joints", "17")
+    assert new.exit_code == old.exit_code == 0, new.output + old.output
+    assert json.loads(new.output) == json.loads(old.output)
+    assert json.loads(run().output)["params"] != json.loads(new.output)["params"]  # default 16
+    both = run("--outputs", "16", "--joints", "17")
+    assert both.exit_code == 2 and "earlier name of --outputs" in both.output
+    assert "--joints" not in CliRunner().invoke(cli, ["cost", "--help"]).output
+
+
 def test_profiler_agrees_with_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -259,7 +259,7 @@ def _evaluate(exp: Experiment, arch_ref: str, weights: Path, out_dir: Path, save
     loader = make_loader(task.dataset("val", augment=False), exp.train.batch_size, exp.workers)
     metrics = task.evaluate(net, loader, device, out_dir, save_vis)
     results = {
-        **metrics.values,  # the task's metric table, flat (pose: Head .. Ankle, Mean, Mean@0.1)
+        **metrics.values,  # the task's metric table, flat
         "primary_metric": metrics.primary,
         "architecture": str(Path(arch_ref).resolve()) if Path(arch_ref).exists() else arch_ref,
         "architecture_name": arch.name,

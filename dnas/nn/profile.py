@@ -115,7 +115,7 @@ def check_sizes(input_hw: tuple[int, int], num_outputs: int) -> None:
         raise DnasError(f"input size {input_hw[0]}x{input_hw[1]}: expected both sides in "
                         f"8..{MAX_INPUT}")  # fmt: skip
     if not 1 <= num_outputs <= MAX_OUTPUTS:
-        raise DnasError(f"outputs (joints): expected 1..{MAX_OUTPUTS}, got {num_outputs}")
+        raise DnasError(f"outputs (head channels): expected 1..{MAX_OUTPUTS}, got {num_outputs}")
 
 
 def _check_activation(

@@ -1,6 +1,6 @@
 """The EfficientPose head: slim transposed convolutions + spatial information correction (SIC).
 
-It lives in the core because it is task-agnostic: any dense task (pose heatmaps, segmentation
+It lives in the core because it is task-agnostic: any dense task (heatmaps, segmentation
 logits) uses it by ``type: slim_deconv`` with its own number of outputs.
 """
 

@@ -1,13 +1,193 @@
-"""``dnas data synth-mpii``: write the built-in synthetic dataset (cached by its parameters)."""
+"""The pose plugin's commands: ``dnas pose ...`` (score prediction files with the pose metrics,
+outside any training run), ``dnas predict`` and ``dnas data synth-mpii``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+import cv2
+import h5py
+import numpy as np
 
-from dnas.registry import DATA_COMMANDS
+from dnas.errors import DnasError
+from dnas.registry import COMMANDS, DATA_COMMANDS
 from dnas.synthetic import already_there
+from tasks.pose.pckh import TABLE_KEYS, format_table, load_gt_valid_mat, pckh_table, read_mat
+
+
+def _read_array(path: Path, key: str) -> np.ndarray:
+    """``key`` from a MATLAB (.mat) or HDF5 (.h5) file."""
+    try:
+        if path.suffix == ".h5":
+            with h5py.File(path, "r") as f:
+                return np.asarray(f[key][()], np.float64)
+        return np.asarray(read_mat(path)[key], np.float64)
+    except KeyError:
+        raise DnasError(f"{path}: no {key!r} entry") from None
+    except (OSError, ValueError) as exc:
+        raise DnasError(f"{path}: cannot read ({exc})") from None
+
+
+def load_mpii_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gt (N,16,2) 1-based, missing (N,16), head sizes (N,)) from HRNet's gt_valid.mat or
+    Newell's valid.h5 (whose ``normalize`` is already 0.6 x the head-box diagonal)."""
+    if not path.is_file():
+        raise DnasError(f"{path}: no such ground-truth file")
+    if path.suffix == ".h5":
+        gt = _read_array(path, "part")
+        heads = _read_array(path, "normalize")
+        return gt, (gt == 0).all(-1), heads
+    if path.suffix != ".mat":
+        raise DnasError(f"{path}: expected gt_valid.mat (HRNet) or valid.h5 (Newell)")
+    try:
+        return load_gt_valid_mat(path)
+    except KeyError as exc:
+        raise DnasError(f"{path}: not HRNet's gt_valid.mat (no {exc} entry)") from None
+    except ValueError as exc:
+        raise DnasError(f"{path}: cannot read ({exc})") from None
+
+
+def load_mpii_predictions(path: Path, n_people: int) -> np.ndarray:
+    """``preds`` as (N, 16, 2), accepting the transposed (2, 16, N) layout of some files."""
+    if not path.is_file():
+        raise DnasError(f"{path}: no such prediction file")
+    preds = _read_array(path, "preds")
+    if preds.shape == (2, 16, n_people) and n_people != 2:
+        preds = preds.transpose(2, 1, 0)
+    if preds.shape != (n_people, 16, 2):
+        raise DnasError(f"{path}: preds has shape {preds.shape}, expected ({n_people}, 16, 2) "
+                        f"or (2, 16, {n_people}) to match the ground truth")  # fmt: skip
+    return preds
+
+
+@click.group("pose")
+def pose() -> None:
+    """Pose-estimation tools: score prediction files."""
+
+
+@pose.command("pckh")
+@click.option(
+    "--gt",
+    "gt_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="gt_valid.mat (HRNet head boxes) or valid.h5 (Newell, 'normalize').",
+)
+@click.option(
+    "--preds",
+    "preds_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help=".mat or .h5 with 'preds', N x 16 x 2 or 2 x 16 x N, 1-based.",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def pckh(gt_path: Path, preds_path: Path, fmt: str) -> None:  # fmt: skip
+    """MPII PCKh@0.5 per joint, Mean and Mean@0.1 (HRNet convention) of a prediction file."""
+    gt, missing, heads = load_mpii_ground_truth(gt_path)
+    preds = load_mpii_predictions(preds_path, len(gt))
+    table = pckh_table(preds, gt, missing, heads)
+    if fmt == "json":
+        click.echo(json.dumps({key: round(table[key], 4) for key in TABLE_KEYS}))
+    else:
+        click.echo(format_table(table))
+
+
+@pose.command("coco-ap")
+@click.option(
+    "--gt",
+    "gt_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="COCO person-keypoints annotation json (ground truth).",
+)
+@click.option(
+    "--results",
+    "results_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Keypoint results json in the official COCO results format.",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def coco_ap(gt_path: Path, results_path: Path, fmt: str) -> None:  # fmt: skip
+    """COCO keypoint AP, AP50, AP75, APM, APL, AR of a results file (pycocotools COCOeval)."""
+    from tasks.pose.coco import coco_keypoint_ap, format_coco_table
+
+    stats = coco_keypoint_ap(gt_path, results_path)
+    click.echo(json.dumps(stats) if fmt == "json" else format_coco_table(stats))
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected x,y,w,h in pixels, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise click.BadParameter(f"width and height must be positive, got {text!r}")
+    return x, y, w, h
+
+
+@click.command("predict")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--box", help="Person box x,y,w,h in pixels (default: the whole image).")
+@click.option(
+    "--dataset",
+    default="mpii",
+    show_default=True,
+    help="The joint set the weights predict (a registered pose dataset).",
+)
+@click.option("--input-size", default="256x256", show_default=True, help="HxW of the crop.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write (default: IMAGE's name + _pose.png, here).",
+)
+@click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+@click.option("--force", is_flag=True, help="Overwrite --output.")
+def predict(image: Path, arch: str, weights: Path, box: str | None, dataset: str,
+            input_size: str, output: Path | None, no_flip: bool, force: bool) -> None:  # fmt: skip
+    """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
+    from dnas.cli import guard_output, parse_size
+    from dnas.engine.train import load_weights
+    from dnas.nn.network import Network
+    from dnas.space.graph import load_space
+    from dnas.vis.images import write_png
+    from tasks.pose.draw import draw_pose
+    from tasks.pose.inference import predict_batch
+    from tasks.pose.topdown import DATASETS, box_to_center_scale, to_input
+    from tasks.pose.transforms import affine_transform, warp
+
+    output = output or Path(f"{image.stem}_pose.png")
+    guard_output(output, force)
+    cls = DATASETS.get(dataset)
+    net = Network(load_space(arch), cls.num_joints())
+    load_weights(net, weights)
+    height, width = parse_size(input_size)
+    picture = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    if picture is None:
+        raise DnasError(f"{image}: not an image that can be decoded")
+    picture = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+    person = parse_box(box) if box else (0.0, 0.0, float(picture.shape[1]), float(picture.shape[0]))
+    center, scale = box_to_center_scale(person, (width, height))
+    crop = warp(picture, affine_transform(center, scale, 0.0, (width, height)), (width, height))
+    preds, scores = predict_batch(net, to_input(crop)[None], center[None], scale[None],
+                                  cls.flip_pairs, flip=not no_flip)  # fmt: skip
+    drawn = draw_pose(picture, preds[0], scores[0] > 0.2, cls.joint_names, cls.skeleton)
+    write_png(output, drawn)
+    keypoints = [
+        {"name": n, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
+        for n, (x, y), s in zip(cls.joint_names, preds[0], scores[0], strict=True)
+    ]
+    click.echo(json.dumps({"image": str(image), "box": list(person), "output": str(output),
+                           "keypoints": keypoints}))  # fmt: skip
+
+
+COMMANDS.register("pose")(pose)
+COMMANDS.register("predict")(predict)
 
 
 @click.command("synth-mpii")

@@ -50,6 +50,7 @@ class PoseTask(Task):
     """Top-down heatmap pose estimation (paper Sec. 3), on any registered pose dataset."""
 
     name = "pose"
+    default_space = "mbv2_pose_small"
     Options = PoseOptions
 
     def __init__(self, options: PoseOptions, input_hw: tuple[int, int], source: str) -> None:
