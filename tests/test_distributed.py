@@ -80,3 +80,18 @@ def test_two_process_training_matches_one_process(experiment, tmp_path):
             assert torch.allclose(tensor, two[key], atol=WEIGHT_TOL), key
     assert max(float((one[k] - init[k]).abs().max()) for k in one
                if one[k].is_floating_point()) > 10 * WEIGHT_TOL  # fmt: skip
+
+
+def test_two_process_random_search_matches_one_process(experiment, tmp_path):
+    """Random search builds its own nets: under torchrun they get the global-batch batch norm
+    and rank 0's weights as the super net does, so every candidate scores as in one process."""
+    args = ["--set", "search.strategy=random", "--set", "search.random.samples=2",
+            "--set", "search.random.epochs_per_arch=1", "--set", "sync_batchnorm=true"]  # fmt: skip
+    for n in (1, 2):
+        run(["search", str(experiment), "--out", str(tmp_path / f"r{n}"), *args], n)
+    one, two = (json.loads((tmp_path / f"r{n}" / "search.json").read_text()) for n in (1, 2))
+    assert len(one["candidates"]) == 2
+    for a, b in zip(one["candidates"], two["candidates"], strict=True):
+        assert a["choices"] == b["choices"]
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6)  # 3e-5 apart without it
+    assert one["choices"] == two["choices"]

@@ -112,6 +112,9 @@ class DartsStrategy(Strategy):
             "lr/weights": lr,
         }
 
+    def result_extras(self) -> dict[str, Any]:
+        return {"lambda": self.objective.lam}
+
     def arch_probs(self) -> dict[str, list[float]]:
         with torch.no_grad():
             probs = self.network.arch_probs()

@@ -98,7 +98,8 @@ class RandomSearchStrategy(Strategy):
         """A fresh net of ``choices`` with its optimiser and schedule."""
         self.choices = choices
         arch = self.network.space.with_choices(choices)
-        self.model = self.amp.model(Network(arch, self.task.num_outputs).to(self.device))
+        model = self.prepare(Network(arch, self.task.num_outputs))
+        self.model = self.amp.model(model.to(self.device))
         self.params = self.model.weight_parameters()
         self.opt = search_sgd(self.params, self.cfg.weight_optimizer)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.per_arch)
@@ -127,6 +128,12 @@ class RandomSearchStrategy(Strategy):
             self.best = entry
         return {"random/val_loss": val_loss, "random/cost": entry["cost"],
                 "random/best_val_loss": self.best["val_loss"]}  # fmt: skip
+
+    def trained_models(self) -> list[torch.nn.Module]:
+        return [self.model] if self.choices else []
+
+    def result_extras(self) -> dict[str, Any]:
+        return {"candidates": self.history}
 
     def arch_probs(self) -> dict[str, list[float]]:
         """One-hot on the best architecture so far (the current one before any is scored)."""

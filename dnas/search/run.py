@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from torch import nn
 from torch.utils.data import Subset
 from torch.utils.tensorboard import SummaryWriter
 
@@ -117,11 +118,9 @@ class SearchRun:
         if exp.remap_from:
             mapped = remap_into(network, Path(exp.remap_from))
             report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
-        if exp.sync_batchnorm:
-            distributed.sync_batchnorm(network, self.device)
-        distributed.broadcast_state(network)
-        self.strategy.adapt_search_space(network.to(self.device), self.task, self.table,
-                                         self.device)  # fmt: skip
+        self.strategy.prepare = self.prepare
+        self.strategy.adapt_search_space(self.prepare(network).to(self.device), self.task,
+                                         self.table, self.device)  # fmt: skip
         self.position = Position()
         self.sums: dict[str, float] = {}  # the epoch's stats so far, and how many arch steps
         self.arch_steps = 0
@@ -244,9 +243,18 @@ class SearchRun:
         }
         return distributed.mean_over_world(stats)
 
+    def prepare(self, network: nn.Module) -> nn.Module:
+        """A new network of this run made ready for its processes: batch norm over the global
+        batch (``sync_batchnorm``) and rank 0's initial weights everywhere."""
+        if self.exp.sync_batchnorm:
+            network = distributed.sync_batchnorm(network, self.device)
+        distributed.broadcast_state(network)
+        return network
+
     def end_epoch(self, epoch: int, writer: SummaryWriter | None, seconds: float) -> None:
         stats = self.epoch_stats()
-        distributed.broadcast_state(self.strategy.network)  # rank 0's BN statistics everywhere
+        for model in self.strategy.trained_models():  # rank 0's BN statistics everywhere
+            distributed.broadcast_state(model)
         stats.update(self.strategy.end_epoch(epoch, self.score_loader))
         if writer is not None:
             for key, value in stats.items():
@@ -275,7 +283,8 @@ class SearchRun:
                          dataformats="HWC")  # fmt: skip
 
     def result(self) -> dict:
-        distributed.check_in_sync(self.strategy.network, "search")
+        for model in self.strategy.trained_models():
+            distributed.check_in_sync(model, "search")
         choices, probs = self.strategy.get_final_architecture(), self.strategy.arch_probs()
         argmax = self.strategy.argmax_architecture()
         cost = self.exp.cost_model
@@ -294,9 +303,7 @@ class SearchRun:
             "arch_probs": probs,
             "checkpoint": str(self.out_dir / "search.pt"),
         }
-        objective = getattr(self.strategy, "objective", None)
-        if objective is not None:
-            result["lambda"] = objective.lam
+        result.update(self.strategy.result_extras())
         self.report.line(summary_line(result))
         if self.world.main:
             write_text_atomic(self.out_dir / "search.json", json.dumps(result, indent=1))

@@ -8,9 +8,11 @@ methods and the random-search baseline are interchangeable by name in the experi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from dnas.config import CostConfig, SearchConfig
@@ -27,6 +29,9 @@ class Strategy(ABC):
         self.cfg = cfg
         self.cost_cfg = cost
         self.amp = amp or Amp(torch.device("cpu"))
+        # how the search run readies a network the strategy builds itself (under torchrun:
+        # batch-norm synchronisation and rank 0's weights); the run sets it
+        self.prepare: Callable[[nn.Module], nn.Module] = lambda model: model
 
     @abstractmethod
     def adapt_search_space(
@@ -62,6 +67,15 @@ class Strategy(ABC):
     @abstractmethod
     def arch_probs(self) -> dict[str, list[float]]:
         """Current probability of each candidate op, per searchable layer."""
+
+    def trained_models(self) -> list[nn.Module]:
+        """The networks whose weights the strategy trains now; the run keeps them identical
+        across processes (batch-norm statistics at epoch ends, a check at the end)."""
+        return [self.network]
+
+    def result_extras(self) -> dict[str, Any]:
+        """Strategy-specific entries for ``search.json``."""
+        return {}
 
     def argmax_architecture(self) -> dict[str, str]:
         """The most probable op per searchable layer."""
