@@ -61,6 +61,7 @@ class Registry:
 
 
 TASKS = Registry("task")
+OP_KINDS = Registry("op kind")  # dnas.space.ops.OpKind records: the op grammar
 HEADS = Registry("head")
 STRATEGIES = Registry("strategy")
 COST_MODELS = Registry("cost model")

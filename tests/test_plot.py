@@ -22,8 +22,8 @@ from dnas.space.ops import parse_op
 from dnas.vis.plot import (
     FIXED_COLOUR,
     KERNEL_COLOURS,
-    OTHER_COLOURS,
     architecture_figure,
+    block_colour,
     candidates_of,
     figure_to_array,
     op_probability_figure,
@@ -126,7 +126,7 @@ def test_efficientpose_a_has_one_block_per_layer_coloured_by_kernel():
 
 def test_other_ops_get_their_own_colour_and_legend_entry():
     fig = architecture_figure(load_space("simplebaseline-r50"))
-    assert {p.get_facecolor() for p in blocks(fig)} == {to_rgba(OTHER_COLOURS["res"])}
+    assert {p.get_facecolor() for p in blocks(fig)} == {to_rgba(block_colour("res3"))}
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["3x3", "5x5", "7x7", "ResNet bottleneck"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dnas.space.ops import OpSpec, build_op
+from dnas.space.ops import OpSpec, build_op, op_kind
 
 
 def drop_path(x: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
@@ -32,6 +32,7 @@ class MixedOp(nn.Module):
     def __init__(self, specs: list[OpSpec], cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.names = [s.name for s in specs]
+        self.identity = [op_kind(s).identity for s in specs]  # never dropped by drop-path
         self.ops = nn.ModuleList(build_op(s, cin, cout, stride) for s in specs)
         self.drop_path_rate = 0.0
         self.generator: torch.Generator | None = None
@@ -47,11 +48,11 @@ class MixedOp(nn.Module):
         dense = active is None
         indices = range(len(self.ops)) if dense else active
         for i in indices:
-            w, name, op = weights[i], self.names[i], self.ops[i]
+            w, op = weights[i], self.ops[i]
             if dense and not w.requires_grad and float(w) == 0.0:
                 continue
             y = op(x)
-            if self.training and dense and name != "skip":
+            if self.training and dense and not self.identity[i]:
                 y = drop_path(y, self.drop_path_rate, self.generator)
             out = w * y if out is None else out + w * y
         if out is None:

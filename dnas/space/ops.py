@@ -10,19 +10,21 @@ Grammar (``parse_op``):
   projection shortcut (1x1 conv + BN) when the shape changes, ReLU after the addition.
 - ``maxpoolK`` KxK max pooling (stride s); keeps the channels.
 - ``skip``  identity; only valid where input and output shapes are equal.
+
+Each kind is one :class:`OpKind` record in ``OP_KINDS`` (grammar, module, parameter count, shape
+rule and how diagrams draw it): a new kind is one registered record (docs/adding_an_op.md).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-_MBCONV = re.compile(r"^k(\d+)e(\d+)$")
-_CONV = re.compile(r"^conv(\d+)$")
-_RES = re.compile(r"^res(\d+)$")
-_POOL = re.compile(r"^maxpool(\d+)$")
+from dnas.registry import OP_KINDS
+
 MAX_KERNEL = 15
 MAX_EXPANSION = 16
 # One op may hold at most this many parameters (256 MiB in fp32): far above any real layer, low
@@ -33,7 +35,7 @@ MAX_WIDTH = 16384  # channels of any layer, backbone or head
 
 @dataclass(frozen=True)
 class OpSpec:
-    """A decoded op string: kind is 'mbconv', 'conv' or 'skip'."""
+    """A decoded op string: its kind (an ``OP_KINDS`` name), kernel and expansion."""
 
     name: str
     kind: str
@@ -41,26 +43,62 @@ class OpSpec:
     expansion: int = 0
 
 
+Builder = Callable[[OpSpec, int, int, int], nn.Module]  # (spec, cin, cout, stride)
+Counter = Callable[[OpSpec, int, int, int], int]
+
+
+def _any_shape(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class OpKind:
+    """One kind of candidate op, all of it in one place. ``pattern`` matches the whole op
+    string; its groups are the kernel and (optional) the expansion, checked against
+    MAX_KERNEL / MAX_EXPANSION. ``params`` counts what ``build`` makes, without building it.
+    ``colour`` and ``legend`` draw its blocks in diagrams, ``height`` their height (MBConv:
+    the expansion); an ``identity`` op is drawn as a line and never dropped by drop-path."""
+
+    name: str
+    pattern: str
+    syntax: str  # how the grammar error names it, e.g. "'convK'"
+    build: Builder
+    params: Counter
+    shape_problem: Callable[[OpSpec, int, int, int], str | None] = _any_shape
+    colour: Callable[[OpSpec], str] = lambda spec: OTHER_OP_COLOUR
+    legend: Callable[[OpSpec], str] = lambda spec: spec.kind
+    height: Callable[[OpSpec], float] = lambda spec: OTHER_OP_HEIGHT
+    identity: bool = False
+
+
+OTHER_OP_COLOUR = "#8172b3"
+OTHER_OP_HEIGHT = 3.0  # ops without an expansion: a fixed, mid-scale block height
+
+
+def register_op_kind(kind: OpKind) -> OpKind:
+    """Add ``kind`` to the grammar (a plugin calls this at import time)."""
+    return OP_KINDS.register(kind.name)(kind)
+
+
+def op_kind(spec: OpSpec) -> OpKind:
+    return OP_KINDS.get(spec.kind)
+
+
 def parse_op(name: str) -> OpSpec:
     """Decode an op string; raises ValueError with the grammar when it is not one."""
     if not isinstance(name, str):
         raise ValueError(f"expected an op string, got {name!r}")
-    if name == "skip":
-        return OpSpec(name, "skip")
-    if m := _MBCONV.match(name):
-        kernel, expansion = int(m.group(1)), int(m.group(2))
-        _check_kernel(name, kernel)
-        if not 1 <= expansion <= MAX_EXPANSION:
-            raise ValueError(f"op {name!r}: expansion must be 1..{MAX_EXPANSION}")
-        return OpSpec(name, "mbconv", kernel, expansion)
-    for kind, pattern in (("conv", _CONV), ("res", _RES), ("maxpool", _POOL)):
-        if m := pattern.match(name):
-            kernel = int(m.group(1))
-            _check_kernel(name, kernel)
-            return OpSpec(name, kind, kernel)
-    raise ValueError(
-        f"unknown op {name!r} (expected 'kKeE' e.g. k3e6, 'convK', 'resK', 'maxpoolK' or 'skip')"
-    )
+    kinds = [OP_KINDS.get(n) for n in OP_KINDS.names()]
+    for kind in kinds:
+        if m := re.fullmatch(kind.pattern, name):
+            numbers = [int(g) for g in m.groups()]
+            if numbers:
+                _check_kernel(name, numbers[0])
+            if len(numbers) > 1 and not 1 <= numbers[1] <= MAX_EXPANSION:
+                raise ValueError(f"op {name!r}: expansion must be 1..{MAX_EXPANSION}")
+            return OpSpec(name, kind.name, *numbers)
+    syntax = ", ".join(kind.syntax for kind in kinds)
+    raise ValueError(f"unknown op {name!r} (expected one of {syntax})")
 
 
 def _check_kernel(name: str, kernel: int) -> None:
@@ -70,13 +108,7 @@ def _check_kernel(name: str, kernel: int) -> None:
 
 def shape_problem(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
     """Why ``spec`` cannot map cin -> cout channels at this stride, or None if it can."""
-    if spec.kind == "skip" and (cin != cout or stride != 1):
-        return "needs equal input and output shapes"
-    if spec.kind == "maxpool" and cin != cout:
-        return "keeps the channel count"
-    if spec.kind == "res" and cout % 4:
-        return "needs a width divisible by 4 (bottleneck of width/4)"
-    return None
+    return op_kind(spec).shape_problem(spec, cin, cout, stride)
 
 
 def _conv_bn_params(cin: int, cout: int, kernel: int, groups: int = 1) -> int:
@@ -86,20 +118,7 @@ def _conv_bn_params(cin: int, cout: int, kernel: int, groups: int = 1) -> int:
 def param_count(spec: OpSpec, cin: int, cout: int, stride: int) -> int:
     """Parameters of ``build_op(spec, cin, cout, stride)`` (BN affine included), computed
     without building it, so sizes can be checked before anything is allocated."""
-    if spec.kind in ("skip", "maxpool"):
-        return 0
-    k = spec.kernel
-    if spec.kind == "mbconv":
-        hidden = cin * spec.expansion
-        expand = _conv_bn_params(cin, hidden, 1) if spec.expansion != 1 else 0
-        depthwise = _conv_bn_params(hidden, hidden, k, hidden)
-        return expand + depthwise + _conv_bn_params(hidden, cout, 1)
-    if spec.kind == "res":
-        mid = cout // 4
-        body = _conv_bn_params(cin, mid, 1) + _conv_bn_params(mid, mid, k)
-        body += _conv_bn_params(mid, cout, 1)
-        return body + (0 if stride == 1 and cin == cout else _conv_bn_params(cin, cout, 1))
-    return _conv_bn_params(cin, cout, k)
+    return op_kind(spec).params(spec, cin, cout, stride)
 
 
 def size_problem(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
@@ -173,12 +192,63 @@ def build_op(spec: OpSpec, cin: int, cout: int, stride: int) -> nn.Module:
     problem = shape_problem(spec, cin, cout, stride) or size_problem(spec, cin, cout, stride)
     if problem:
         raise ValueError(f"{spec.name!r} {problem}, got {cin}->{cout} channels, stride {stride}")
-    if spec.kind == "skip":
-        return nn.Identity()
-    if spec.kind == "mbconv":
-        return MBConv(cin, cout, spec.kernel, spec.expansion, stride)
-    if spec.kind == "res":
-        return Bottleneck(cin, cout, spec.kernel, stride)
-    if spec.kind == "maxpool":
-        return nn.MaxPool2d(spec.kernel, stride, spec.kernel // 2)
-    return conv_bn(cin, cout, spec.kernel, stride)
+    return op_kind(spec).build(spec, cin, cout, stride)
+
+
+# ---------------------------------------------------------------- the built-in kinds
+
+KERNEL_COLOURS = {3: "#4c72b0", 5: "#55a868", 7: "#c44e52"}  # MBConv blocks, by kernel size
+
+
+def _mbconv_params(spec: OpSpec, cin: int, cout: int, stride: int) -> int:
+    hidden = cin * spec.expansion
+    expand = _conv_bn_params(cin, hidden, 1) if spec.expansion != 1 else 0
+    depthwise = _conv_bn_params(hidden, hidden, spec.kernel, hidden)
+    return expand + depthwise + _conv_bn_params(hidden, cout, 1)
+
+
+def _res_params(spec: OpSpec, cin: int, cout: int, stride: int) -> int:
+    mid = cout // 4
+    body = _conv_bn_params(cin, mid, 1) + _conv_bn_params(mid, mid, spec.kernel)
+    body += _conv_bn_params(mid, cout, 1)
+    return body + (0 if stride == 1 and cin == cout else _conv_bn_params(cin, cout, 1))
+
+
+register_op_kind(OpKind(
+    "mbconv", r"k(\d+)e(\d+)", "'kKeE' (e.g. k3e6)",
+    build=lambda s, cin, cout, stride: MBConv(cin, cout, s.kernel, s.expansion, stride),
+    params=_mbconv_params,
+    colour=lambda s: KERNEL_COLOURS.get(s.kernel, OTHER_OP_COLOUR),
+    legend=lambda s: f"{s.kernel}x{s.kernel}" if s.kernel in KERNEL_COLOURS
+    else "MBConv, other kernel",
+    height=lambda s: float(s.expansion),
+))  # fmt: skip
+register_op_kind(OpKind(
+    "conv", r"conv(\d+)", "'convK'",
+    build=lambda s, cin, cout, stride: conv_bn(cin, cout, s.kernel, stride),
+    params=lambda s, cin, cout, stride: _conv_bn_params(cin, cout, s.kernel),
+    colour=lambda s: "#dd8452", legend=lambda s: "conv",
+))  # fmt: skip
+register_op_kind(OpKind(
+    "res", r"res(\d+)", "'resK'",
+    build=lambda s, cin, cout, stride: Bottleneck(cin, cout, s.kernel, stride),
+    params=_res_params,
+    shape_problem=lambda s, cin, cout, stride: (
+        "needs a width divisible by 4 (bottleneck of width/4)" if cout % 4 else None),
+    colour=lambda s: "#937860", legend=lambda s: "ResNet bottleneck",
+))  # fmt: skip
+register_op_kind(OpKind(
+    "maxpool", r"maxpool(\d+)", "'maxpoolK'",
+    build=lambda s, cin, cout, stride: nn.MaxPool2d(s.kernel, stride, s.kernel // 2),
+    params=lambda s, cin, cout, stride: 0,
+    shape_problem=lambda s, cin, cout, stride: "keeps the channel count" if cin != cout else None,
+    colour=lambda s: "#da8bc3", legend=lambda s: "max pool",
+))  # fmt: skip
+register_op_kind(OpKind(
+    "skip", r"skip", "'skip'",
+    build=lambda s, cin, cout, stride: nn.Identity(),
+    params=lambda s, cin, cout, stride: 0,
+    shape_problem=lambda s, cin, cout, stride: (
+        "needs equal input and output shapes" if cin != cout or stride != 1 else None),
+    colour=lambda s: "#333333", legend=lambda s: "skip", identity=True,
+))  # fmt: skip

@@ -22,40 +22,26 @@ from dnas import checkpoint
 from dnas.errors import DnasError
 from dnas.space.choices import most_probable_ops
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
-from dnas.space.ops import parse_op
+from dnas.space.ops import KERNEL_COLOURS, op_kind, parse_op
 
-KERNEL_COLOURS = {3: "#4c72b0", 5: "#55a868", 7: "#c44e52"}
-OTHER_COLOURS = {
-    "mbconv": "#8172b3",  # MBConv with a kernel other than 3, 5, 7
-    "conv": "#dd8452",
-    "res": "#937860",
-    "maxpool": "#da8bc3",
-}
-FIXED_COLOUR = "#b0b0b0"  # stem and head
-SKIP_COLOUR = "#333333"
-OTHER_OP_HEIGHT = 3.0  # blocks of non-MBConv ops have no expansion: a fixed, mid-scale height
+FIXED_COLOUR = "#b0b0b0"  # stem and head (an op's own colour is in its OpKind record)
 FORMATS = ("png", "svg")
 MAX_ANNOTATED_CELLS = 400
 
 
 def block_colour(op: str) -> str:
-    """The fill colour of an op's block: by kernel size for MBConv, by kind for the others."""
+    """The fill colour of an op's block (its OpKind's: MBConv by kernel size)."""
     spec = parse_op(op)
-    if spec.kind == "skip":
-        return SKIP_COLOUR
-    if spec.kind == "mbconv":
-        return KERNEL_COLOURS.get(spec.kernel, OTHER_COLOURS["mbconv"])
-    return OTHER_COLOURS[spec.kind]
+    return op_kind(spec).colour(spec)
 
 
 def _legend_label(op: str) -> str:
     spec = parse_op(op)
-    if spec.kind == "mbconv":
-        k = spec.kernel
-        return f"{k}x{k}" if k in KERNEL_COLOURS else "MBConv, other kernel"
-    return {"conv": "conv", "res": "ResNet bottleneck", "maxpool": "max pool"}.get(
-        spec.kind, spec.kind
-    )
+    return op_kind(spec).legend(spec)
+
+
+def _is_identity(op: str) -> bool:
+    return op_kind(parse_op(op)).identity
 
 
 # ---------------------------------------------------------------- op probabilities
@@ -142,7 +128,7 @@ def architecture_figure(
     arch = _fixed(space, choices, arch_probs)
     strides = _output_strides(arch)
     ops = [layer.candidates[0] for stage in arch.stages for layer in stage.layers]
-    top = max([_height(op) / 2 for op in ops if op != "skip"] + [2.0]) + 0.5
+    top = max([_height(op) / 2 for op in ops if not _is_identity(op)] + [2.0]) + 0.5
     fig = _new_figure(3.0 + 0.32 * (len(ops) + 4), 4.0)
     ax = fig.add_subplot()
     x = _fixed_block(ax, 0.0, "stem", " / ".join(s.candidates[0] for s in arch.stem))
@@ -199,13 +185,14 @@ def _output_strides(space: SearchSpace) -> dict[str, int]:
 
 def _height(op: str) -> float:
     spec = parse_op(op)
-    return float(spec.expansion) if spec.kind == "mbconv" else OTHER_OP_HEIGHT
+    return op_kind(spec).height(spec)
 
 
 def _layer_block(ax, x: float, label_y: float, name: str, op: str) -> float:
     """One layer at ``x``: a block (skip: a thin line), its op below; returns the next free x."""
-    if op == "skip":
-        ax.plot([x + 0.15, x + 0.15], [-0.8, 0.8], color=SKIP_COLOUR, lw=1.5, gid=f"skip:{name}")
+    if _is_identity(op):
+        ax.plot([x + 0.15, x + 0.15], [-0.8, 0.8], color=block_colour(op), lw=1.5,
+                gid=f"skip:{name}")  # fmt: skip
         ax.text(x + 0.15, label_y, op, rotation=90, ha="center", va="top", fontsize=6)
         return x + 0.45
     height = _height(op)

@@ -1,0 +1,68 @@
+"""An op kind is one registered record (``dnas.space.ops.OpKind``): the avgpool kind of
+docs/adding_an_op.md, added with no other edit, parses, builds, counts, checks shapes, runs
+in a network and is drawn; every built-in record's parameter count matches its module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from dnas.nn.network import Network
+from dnas.registry import OP_KINDS
+from dnas.space.graph import load_space
+from dnas.space.ops import OpKind, OpSpec, build_op, param_count, parse_op, shape_problem
+from dnas.vis.plot import architecture_figure, block_colour
+
+AVGPOOL = OpKind(
+    "avgpool", r"avgpool(\d+)", "'avgpoolK'",
+    build=lambda s, cin, cout, stride: nn.AvgPool2d(s.kernel, stride, s.kernel // 2),
+    params=lambda s, cin, cout, stride: 0,
+    shape_problem=lambda s, cin, cout, stride: "keeps the channel count" if cin != cout else None,
+    colour=lambda s: "#64b5cd", legend=lambda s: "avg pool",
+)  # fmt: skip
+
+
+@pytest.fixture
+def avgpool(monkeypatch):
+    monkeypatch.setitem(OP_KINDS._items, "avgpool", AVGPOOL)  # as register_op_kind, undone after
+
+
+def test_a_new_op_kind_is_one_record(avgpool, tmp_path):
+    spec = parse_op("avgpool3")
+    assert spec == OpSpec("avgpool3", "avgpool", 3)
+    module = build_op(spec, 8, 8, 2)
+    assert module(torch.zeros(1, 8, 16, 16)).shape == (1, 8, 8, 8)
+    assert param_count(spec, 8, 8, 2) == 0
+    assert shape_problem(spec, 8, 16, 1) == "keeps the channel count"
+    assert block_colour("avgpool3") == "#64b5cd"
+    with pytest.raises(ValueError, match="op 'avgpool4': kernel must be odd"):
+        parse_op("avgpool4")
+    with pytest.raises(ValueError, match="unknown op 'avg3' .*'avgpoolK'"):
+        parse_op("avg3")
+    space = {"name": "pooled", "stem": [{"op": "conv3", "width": 8, "stride": 2}],
+             "stages": [{"name": "s1", "width": 8, "stride": 2, "layers": 2,
+                         "ops": ["k3e3", "avgpool3"], "skip": True}],
+             "head": {"type": "slim_deconv", "deconv_widths": [8]}}  # fmt: skip
+    path = tmp_path / "pooled.yaml"
+    path.write_text(yaml.safe_dump(space))
+    net = Network(load_space(str(path)), 4)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 4, 16, 16)
+    fixed = load_space(str(path)).with_choices({"s1.0": "avgpool3", "s1.1": "skip"})
+    assert architecture_figure(fixed) is not None
+
+
+def test_without_its_record_an_op_is_unknown():
+    with pytest.raises(ValueError, match="unknown op 'avgpool3'"):
+        parse_op("avgpool3")
+
+
+@pytest.mark.parametrize("op", ["k3e6", "k5e1", "k7e3", "conv3", "res3", "maxpool3", "skip"])
+@pytest.mark.parametrize(("cin", "cout", "stride"), [(8, 8, 1), (8, 16, 2), (16, 16, 2)])
+def test_every_records_parameter_count_matches_its_module(op, cin, cout, stride):
+    spec = parse_op(op)
+    if shape_problem(spec, cin, cout, stride):
+        return
+    module = build_op(spec, cin, cout, stride)
+    assert param_count(spec, cin, cout, stride) == sum(p.numel() for p in module.parameters())
