@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dnas.cli import head_outputs, outputs_opt
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.nn.heads import build_head
@@ -298,9 +299,7 @@ def lut() -> None:
 @click.option("--batch", type=click.IntRange(1), help="Batch (default: CPU 1, GPU 32).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (torch.set_num_threads).")
-@click.option(
-    "--outputs", "--joints", "outputs", type=click.IntRange(1), default=16, show_default=True
-)
+@outputs_opt
 @click.option("--repeats", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True)
 @click.option(
@@ -313,8 +312,8 @@ def lut() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--force", is_flag=True)
 def lut_build(space: str, input_size: str, batch: int | None, device: str, threads: int | None,
-              outputs: int, repeats: int, warmup: int, calibration: int, output: Path,
-              force: bool) -> None:  # fmt: skip
+              outputs: int | None, joints: int | None, repeats: int, warmup: int,
+              calibration: int, output: Path, force: bool) -> None:  # fmt: skip
     """Time every candidate op of SPACE at its exact input shape on this machine."""
     from dnas.cli import guard_output, parse_size
     from dnas.engine.runtime import pick_device
@@ -324,7 +323,8 @@ def lut_build(space: str, input_size: str, batch: int | None, device: str, threa
     if threads:
         torch.set_num_threads(threads)
     batch = batch or (32 if device == "cuda" else 1)
-    table = build_lut(load_space(space), parse_size(input_size), outputs, batch,
+    num_outputs = head_outputs(outputs, joints)
+    table = build_lut(load_space(space), parse_size(input_size), num_outputs, batch,
                       pick_device(device), warmup, repeats, calibration)  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(table, indent=1))

@@ -1,6 +1,6 @@
 """dnas: hardware-aware differentiable neural architecture search for dense prediction.
 
-The public API, for notebooks and scripts (``examples/api_search.py`` uses each of them)::
+The public API, for notebooks and scripts (``examples/api_search.py`` runs these steps)::
 
     import dnas
     space = dnas.load_space("mbv2_pose_small")            # a shipped space or a YAML path

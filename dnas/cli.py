@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -80,6 +81,20 @@ def guard_output(path: Path, force: bool) -> None:
     """Never overwrite a result silently."""
     if path.exists() and not force:
         raise DnasError(f"{path} already exists; pass --force to overwrite or choose another --out")
+
+
+def outputs_opt(func: Callable) -> Callable:
+    """``--outputs N``, the head's output channels, and ``--joints``, its earlier name (hidden);
+    the command reads them with :func:`head_outputs`."""
+    func = click.option("--joints", type=click.IntRange(1), hidden=True)(func)
+    return click.option("--outputs", type=click.IntRange(1),
+                        help="Head output channels [default: 16].")(func)  # fmt: skip
+
+
+def head_outputs(outputs: int | None, joints: int | None, default: int = 16) -> int:
+    if outputs is not None and joints is not None and outputs != joints:
+        raise click.UsageError("--joints is the earlier name of --outputs: give one of them")
+    return outputs or joints or default
 
 
 config_arg = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
@@ -232,8 +247,7 @@ def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, save_v
 @cli.command()
 @click.argument("arch")
 @click.option("--input-size", default="256x256", show_default=True, help="HxW.")
-@click.option("--outputs", type=click.IntRange(1), help="Head output channels [default: 16].")
-@click.option("--joints", type=click.IntRange(1), hidden=True)  # the earlier name of --outputs
+@outputs_opt
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def cost(arch: str, input_size: str, outputs: int | None, joints: int | None, fmt: str):
     """Params and MACs of an architecture (YAML path or shipped name, e.g. efficientpose-a).
@@ -242,9 +256,7 @@ def cost(arch: str, input_size: str, outputs: int | None, joints: int | None, fm
     """
     from dnas.nn.profile import cost_report
 
-    if outputs is not None and joints is not None and outputs != joints:
-        raise click.UsageError("--joints is the earlier name of --outputs: give one of them")
-    report = cost_report(arch, parse_size(input_size), outputs or joints or 16)
+    report = cost_report(arch, parse_size(input_size), head_outputs(outputs, joints))
     if fmt == "json":
         click.echo(json.dumps(report))
         return

@@ -212,7 +212,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     if "name" not in exp.task:
         raise ConfigError(source, "task.name", f"missing required key (one of: {task_names()})")
     if exp.space is None:
-        exp.space = default_space(exp.task["name"], source)
+        exp.space = default_space(exp.task["name"])
     if exp.cost_model.form in ("budget", "hinge", "power") and exp.cost_model.target is None:
         raise ConfigError(source, "cost_model.target", f"required by form {exp.cost_model.form}")
     return exp
@@ -222,16 +222,13 @@ def task_names() -> str:
     return ", ".join(TASKS.names())
 
 
-def default_space(task_name: str, source: str) -> str | None:
-    """The space a task searches when the experiment names none (None for an unknown task:
-    ``build_task`` reports that)."""
+def default_space(task_name: str) -> str | None:
+    """The space a task searches when the experiment names none; None for a task without one
+    (only a search needs a space: ``dnas.task.build_space`` reports it) or an unknown task
+    (``build_task`` reports that)."""
     if task_name not in TASKS.names():
         return None
-    space = TASKS.get(task_name).default_space
-    if space is None:
-        raise ConfigError(source, "space", f"missing required key (task {task_name!r} has no "
-                                           "default space)")  # fmt: skip
-    return space
+    return TASKS.get(task_name).default_space
 
 
 def config_hash(exp: Experiment) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file, fsync it and rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +24,6 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         tmp.unlink(missing_ok=True)  # only left when writing failed
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path | str, text: str) -> None:
     """``path.write_text(text)`` (UTF-8), atomically."""
     write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -88,9 +88,14 @@ def build_task(exp: Experiment) -> Task:
     return cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
 
 
-def build_space(ref: str, task: Task, exp: Experiment) -> SearchSpace:
-    """Load a space or architecture and settle its head: the space's own ``head:`` section, else
-    the task's default, with the experiment's ``head:`` keys laid over it."""
+def build_space(ref: str | None, task: Task, exp: Experiment) -> SearchSpace:
+    """Load a space or architecture (None: the task's ``default_space``) and settle its head:
+    the space's own ``head:`` section, else the task's default, with the experiment's ``head:``
+    keys laid over it."""
+    ref = ref or task.default_space
+    if ref is None:
+        raise ConfigError(exp.source, "space", f"missing required key (the {task.name} task "
+                                               "has no default space)")  # fmt: skip
     space = load_space(ref)
     if space.head is None:
         head: dict[str, Any] = dict(task.default_head())

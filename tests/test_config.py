@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dnas.config import load_experiment
+from dnas.config import Experiment, load_experiment
 from dnas.errors import ConfigError
 
 
@@ -81,14 +81,19 @@ def test_a_broken_plugin_warns_and_the_rest_load(monkeypatch):
 
 def test_a_missing_space_is_the_tasks_default(tmp_path, monkeypatch):
     from dnas.registry import TASKS
+    from dnas.task import build_space, build_task
 
     for task in ("pose", "segmentation"):
         exp = load_experiment(write(tmp_path, f"task: {{name: {task}, root: x}}\n"))
         assert exp.space == TASKS.get(task).default_space == "mbv2_pose_small"
     named = load_experiment(write(tmp_path, "task: {name: pose, root: x}\nspace: tiny.yaml\n"))
     assert named.space == "tiny.yaml"
-    monkeypatch.setattr(TASKS.get("pose"), "default_space", None)
-    with pytest.raises(ConfigError, match=r"exp.yaml: space: missing required key \(task 'pose'"):
-        load_experiment(write(tmp_path, "task: {name: pose, root: x}\n"))
+    direct = Experiment(task={"name": "pose", "root": "x"}, source="api")  # space None
+    assert build_space(direct.space, build_task(direct), direct).name == "mbv2_pose_small"
+    monkeypatch.setattr(TASKS.get("pose"), "default_space", None)  # a task without one
+    exp = load_experiment(write(tmp_path, "task: {name: pose, root: x}\n"))
+    assert exp.space is None  # fine for train and eval, which take --arch
+    with pytest.raises(ConfigError, match=r"exp.yaml: space: missing required key \(the pose"):
+        build_space(exp.space, build_task(exp), exp)  # a search needs one
     with pytest.raises(ConfigError, match=r"task.name: missing required key \(one of: .*pose"):
         load_experiment(write(tmp_path, "task: {root: x}\n"))

@@ -66,3 +66,20 @@ def test_every_records_parameter_count_matches_its_module(op, cin, cout, stride)
         return
     module = build_op(spec, cin, cout, stride)
     assert param_count(spec, cin, cout, stride) == sum(p.numel() for p in module.parameters())
+
+
+def test_a_malformed_record_or_op_string_is_a_clear_error(monkeypatch):
+    from dnas.space.ops import register_op_kind
+
+    three = OpKind("three", r"t(\d)(\d)(\d)", "'tABC'", build=AVGPOOL.build, params=AVGPOOL.params)
+    with pytest.raises(ValueError, match="op kind 'three': .* 3 groups, expected at most 2"):
+        register_op_kind(three)
+    optional = OpKind("dw", r"dw(\d+)(?:x(\d+))?", "'dwK[xE]'", build=AVGPOOL.build,
+                      params=AVGPOOL.params)  # fmt: skip
+    monkeypatch.setitem(OP_KINDS._items, "dw", optional)
+    assert parse_op("dw3") == OpSpec("dw3", "dw", 3, 0)  # an empty optional group reads as 0
+    assert parse_op("dw3x2") == OpSpec("dw3x2", "dw", 3, 2)
+    letters = OpKind("word", r"w(\w+)", "'wK'", build=AVGPOOL.build, params=AVGPOOL.params)
+    monkeypatch.setitem(OP_KINDS._items, "word", letters)
+    with pytest.raises(ValueError, match=r"op 'wab': expected digits in \('ab',\)"):
+        parse_op("wab")

@@ -98,8 +98,8 @@ class RandomSearchStrategy(Strategy):
         """A fresh net of ``choices`` with its optimiser and schedule."""
         self.choices = choices
         arch = self.network.space.with_choices(choices)
-        model = self.prepare(Network(arch, self.task.num_outputs))
-        self.model = self.amp.model(model.to(self.device))
+        model = self.prepare(Network(arch, self.task.num_outputs).to(self.device))
+        self.model = self.amp.model(model)
         self.params = self.model.weight_parameters()
         self.opt = search_sgd(self.params, self.cfg.weight_optimizer)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.per_arch)

@@ -119,7 +119,7 @@ class SearchRun:
             mapped = remap_into(network, Path(exp.remap_from))
             report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
         self.strategy.prepare = self.prepare
-        self.strategy.adapt_search_space(self.prepare(network).to(self.device), self.task,
+        self.strategy.adapt_search_space(self.prepare(network.to(self.device)), self.task,
                                          self.table, self.device)  # fmt: skip
         self.position = Position()
         self.sums: dict[str, float] = {}  # the epoch's stats so far, and how many arch steps
@@ -244,8 +244,9 @@ class SearchRun:
         return distributed.mean_over_world(stats)
 
     def prepare(self, network: nn.Module) -> nn.Module:
-        """A new network of this run made ready for its processes: batch norm over the global
-        batch (``sync_batchnorm``) and rank 0's initial weights everywhere."""
+        """A new network of this run, already on its device, made ready for its processes:
+        batch norm over the global batch (``sync_batchnorm``) and rank 0's initial weights
+        everywhere (NCCL broadcasts device tensors)."""
         if self.exp.sync_batchnorm:
             network = distributed.sync_batchnorm(network, self.device)
         distributed.broadcast_state(network)

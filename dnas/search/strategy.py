@@ -29,8 +29,8 @@ class Strategy(ABC):
         self.cfg = cfg
         self.cost_cfg = cost
         self.amp = amp or Amp(torch.device("cpu"))
-        # how the search run readies a network the strategy builds itself (under torchrun:
-        # batch-norm synchronisation and rank 0's weights); the run sets it
+        # how the search run readies a network the strategy builds itself, once it is on the
+        # device (under torchrun: batch-norm synchronisation and rank 0's weights); set by the run
         self.prepare: Callable[[nn.Module], nn.Module] = lambda model: model
 
     @abstractmethod

@@ -54,10 +54,11 @@ def _any_shape(spec: OpSpec, cin: int, cout: int, stride: int) -> str | None:
 @dataclass(frozen=True)
 class OpKind:
     """One kind of candidate op, all of it in one place. ``pattern`` matches the whole op
-    string; its groups are the kernel and (optional) the expansion, checked against
-    MAX_KERNEL / MAX_EXPANSION. ``params`` counts what ``build`` makes, without building it.
-    ``colour`` and ``legend`` draw its blocks in diagrams, ``height`` their height (MBConv:
-    the expansion); an ``identity`` op is drawn as a line and never dropped by drop-path."""
+    string; its groups (at most two, digits) are the kernel and the expansion, checked against
+    MAX_KERNEL / MAX_EXPANSION (a group left empty reads as 0); patterns must not overlap.
+    ``params`` counts what ``build`` makes, without building it. ``colour`` and ``legend``
+    draw its blocks in diagrams, ``height`` their height (MBConv: the expansion); an
+    ``identity`` op is drawn as a line and never dropped by drop-path."""
 
     name: str
     pattern: str
@@ -77,6 +78,10 @@ OTHER_OP_HEIGHT = 3.0  # ops without an expansion: a fixed, mid-scale block heig
 
 def register_op_kind(kind: OpKind) -> OpKind:
     """Add ``kind`` to the grammar (a plugin calls this at import time)."""
+    groups = re.compile(kind.pattern).groups
+    if groups > 2:
+        raise ValueError(f"op kind {kind.name!r}: pattern {kind.pattern!r} has {groups} groups, "
+                         "expected at most 2 (kernel, expansion)")  # fmt: skip
     return OP_KINDS.register(kind.name)(kind)
 
 
@@ -91,14 +96,21 @@ def parse_op(name: str) -> OpSpec:
     kinds = [OP_KINDS.get(n) for n in OP_KINDS.names()]
     for kind in kinds:
         if m := re.fullmatch(kind.pattern, name):
-            numbers = [int(g) for g in m.groups()]
-            if numbers:
-                _check_kernel(name, numbers[0])
-            if len(numbers) > 1 and not 1 <= numbers[1] <= MAX_EXPANSION:
-                raise ValueError(f"op {name!r}: expansion must be 1..{MAX_EXPANSION}")
-            return OpSpec(name, kind.name, *numbers)
+            return OpSpec(name, kind.name, *_numbers(name, m.groups()))
     syntax = ", ".join(kind.syntax for kind in kinds)
     raise ValueError(f"unknown op {name!r} (expected one of {syntax})")
+
+
+def _numbers(name: str, groups: tuple[str | None, ...]) -> list[int]:
+    """The kernel and expansion of a matched op string, checked; an empty group reads as 0."""
+    if not all(g is None or g.isdigit() for g in groups):
+        raise ValueError(f"op {name!r}: expected digits in {groups}")
+    kernel, expansion = (*groups, None, None)[:2]
+    if kernel is not None:
+        _check_kernel(name, int(kernel))
+    if expansion is not None and not 1 <= int(expansion) <= MAX_EXPANSION:
+        raise ValueError(f"op {name!r}: expansion must be 1..{MAX_EXPANSION}")
+    return [int(g or 0) for g in groups]
 
 
 def _check_kernel(name: str, kernel: int) -> None:

@@ -100,7 +100,7 @@ class SegmentationTask(Task):
     """Semantic segmentation on COCO-format instance annotations (class 0 = background)."""
 
     name = "segmentation"
-    default_space = "mbv2_pose_small"  # the MobileNetV2 backbone space; its head is ours
+    default_space = "mbv2_pose_small"  # the paper's MobileNetV2 backbone space
     Options = SegmentationOptions
 
     def __init__(self, options: SegmentationOptions, input_hw: tuple[int, int],
