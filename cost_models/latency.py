@@ -16,6 +16,7 @@ import json
 import math
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -26,7 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from dnas.cli import head_outputs, outputs_opt
-from dnas.errors import ConfigError, DnasError
+from dnas.config import MAX_BATCH
+from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
 from dnas.nn.heads import build_head
 from dnas.nn.network import Network
@@ -123,7 +125,9 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
                                          repeats))  # fmt: skip
         bar.update()
     bar.close()
-    table["scale"], table["overhead_ms"] = fit_correction(parts, measured)
+    lowest = sum(table["fixed"].values()) + sum(min(ops.values())
+                                                for ops in table["layers"].values())  # fmt: skip
+    table["scale"], table["overhead_ms"] = fit_correction(parts, measured, lowest)
     table["meta"] = {
         "space": space.name, "space_digest": space.digest(), "input": list(input_hw),
         "num_outputs": num_outputs, "batch": batch, "device": device.type,
@@ -156,17 +160,25 @@ def check_lut(table: dict, space: SearchSpace, samples: int, device: torch.devic
             "samples": samples, "rows": rows}  # fmt: skip
 
 
-def fit_correction(parts: list[float], measured: list[float]) -> tuple[float, float]:
+def fit_correction(parts: list[float], measured: list[float],
+                   lowest: float = 0.0) -> tuple[float, float]:  # fmt: skip
     """(scale, overhead_ms) with measured ~ scale x parts + overhead, by least squares. A fit
-    whose scale is not positive (timings too noisy, e.g. on a busy machine) would rank bigger
-    nets as faster, so it falls back to scale 1 and the median overhead."""
+    that ranks bigger nets as faster (scale not positive) or predicts a non-positive latency
+    for the cheapest architecture (whose parts sum to ``lowest``: a steep line with a large
+    negative offset, fitted to noisy timings of a few nets) is not used: scale 1 and the
+    median overhead instead, or the proportional fit (no offset) if that overhead is negative
+    enough to make the cheapest net's latency non-positive."""
     if not measured:
         return 1.0, 0.0
     if len(measured) >= 2 and np.ptp(parts) > 0:
         scale, overhead = np.polyfit(parts, measured, 1)
-        if scale > 0:
+        if scale > 0 and scale * lowest + overhead > 0:
             return float(scale), float(overhead)
-    return 1.0, float(np.median(np.subtract(measured, parts)))
+    overhead = float(np.median(np.subtract(measured, parts)))
+    if lowest + overhead > 0:
+        return 1.0, overhead
+    p, m = np.asarray(parts), np.asarray(measured)
+    return float(p @ m / max(float(p @ p), 1e-12)), 0.0
 
 
 def read_lut(path: Path) -> dict:
@@ -232,21 +244,32 @@ def _check_table(table: dict, source: str) -> None:
             raise ConfigError(source, f"meta.{key}", f"expected {expected}, got {meta[key]!r}")
 
 
+@dataclass
+class LatencyOptions:
+    """``cost_model:`` keys of ``type: latency``: the table from ``dnas lut build``, and the
+    batch and device it must have been measured at (unchecked when null)."""
+
+    table: str | None = None
+    batch: int | None = field(default=None, metadata={"min": 1, "max": MAX_BATCH})
+    device: str | None = None  # cpu, cuda
+
+
 @COST_MODELS.register("latency")
 class LatencyCostModel(CostModel):
     """Measured milliseconds from a table written by ``dnas lut build``."""
 
     metric, unit = "latency", "ms"
-    needs_table = True
+    Options = LatencyOptions
 
-    def __init__(self, table: str | None = None, batch: int | None = None,
-                 device: str | None = None) -> None:  # fmt: skip
-        if table is None:
+    def __init__(self, options: LatencyOptions | None = None) -> None:
+        super().__init__(options)
+        if self.options.table is None:
             raise DnasError(
                 "cost_model.table: the latency cost model needs a table (build one "
                 "with 'dnas lut build --space S --input HxW -o table.json')"
             )
-        self.path, self.batch, self.device = Path(table), batch, device
+        self.path, self.batch = Path(self.options.table), self.options.batch
+        self.device = self.options.device
 
     def table(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
         return self.build(space, input_hw, num_outputs)  # the file is the cache
@@ -272,11 +295,9 @@ class LatencyCostModel(CostModel):
         if "head" not in lut["fixed"]:
             missing.append("head")
         if missing:
-            shown = ", ".join(missing[:8]) + (
-                f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-            )
             raise DnasError(
-                f"{self.path}: latency table does not cover this search: missing {shown}; "
+                f"{self.path}: latency table does not cover this search: missing "
+                f"{listing(missing, 8)}; "
                 f"build it with: dnas lut build --space {space.source} --input "
                 f"{input_hw[0]}x{input_hw[1]} --batch {self.batch or meta.get('batch', 1)} "
                 f"--device {self.device or meta.get('device', 'cpu')} -o {self.path}"
@@ -350,7 +371,7 @@ def lut_check(table_path: Path, space: str | None, samples: int, repeats: int, f
     meta = table["meta"]
     torch.set_num_threads(meta["threads"])
     search_space = load_space(space or meta["space"])
-    LatencyCostModel(str(table_path)).table(
+    LatencyCostModel(LatencyOptions(str(table_path))).table(
         search_space, tuple(meta["input"]), meta["num_outputs"]
     )  # validates coverage
     report = check_lut(table, search_space, samples, pick_device(meta["device"]),

@@ -51,6 +51,10 @@ _EXPORTS = {
     "write_architecture": "dnas.search.derive",
     "run_sweep": "dnas.search.sweep",
     "run_train": "dnas.engine.train",
+    "run_eval": "dnas.engine.train",
+    "RunContext": "dnas.engine.loop",
+    "EpochLoop": "dnas.engine.loop",
+    "from_dict": "dnas.schema",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from dnas.errors import DnasError
+from dnas.config import Experiment, config_changes, config_hash
+from dnas.errors import DnasError, listing
 from dnas.files import write_atomic
 
 
@@ -100,10 +101,15 @@ class Checkpointer:
         return None
 
 
-def check_resumable(state: dict, expected_hash: str, path: Path, force: bool) -> None:
-    """A resume continues the same experiment unless the user forces a changed config."""
-    if state.get("config_hash") != expected_hash and not force:
+def check_resumable(state: dict, exp: Experiment, path: Path, force: bool) -> None:
+    """A resume continues the same experiment unless the user forces a changed config; the
+    error names the keys that changed."""
+    if force or state.get("config_hash") == config_hash(exp):
+        return
+    changed = config_changes(state.get("config"), exp)
+    if changed:
+        shown = listing(changed, 6)
         raise DnasError(
-            f"{path}: the config differs from the one this run was started with (see the run's "
-            "config.yaml); pass --force to resume with the new config anyway"
+            f"{path}: the config differs from the one this run was started with ({shown}; see "
+            "the run's config.yaml); pass --force to resume with the new config anyway"
         )

@@ -16,15 +16,64 @@ from typing import Any
 
 import yaml
 
-from dnas.errors import ConfigError
-from dnas.registry import TASKS
-from dnas.schema import expect_mapping, from_dict, load_yaml, to_dict
+from dnas.errors import ConfigError, DnasError
+from dnas.files import write_text_atomic
+from dnas.registry import COST_MODELS, STRATEGIES, TASKS
+from dnas.schema import (
+    check_keys,
+    expect_mapping,
+    field_names,
+    from_dict,
+    join,
+    load_yaml,
+    plugin_field,
+    to_dict,
+)
 
 # Upper bounds: absurd sizes are rejected here, before anything is allocated or looped over.
 MAX_INPUT = 8192  # input height and width, pixels
 MAX_BATCH = 65536
 MAX_EPOCHS = 100_000
 MAX_STEPS = 10**9
+
+
+def cost_model_options(cfg: Any, extra: dict, source: str, path: str,
+                       declared: list[str]) -> Any:  # fmt: skip
+    """The keys of ``cost_model:`` that the cost model named by ``type`` declares."""
+    try:
+        options_cls = COST_MODELS.get(cfg.type).Options
+    except DnasError as exc:
+        raise ConfigError(source, join(path, "type"), str(exc)) from None
+    check_keys(extra, declared + field_names(options_cls), [], source, path)
+    return from_dict(options_cls, extra, source, path)
+
+
+def strategy_sections() -> dict[str, type]:
+    """The option sections of the registered strategies under ``search:`` (``search.random``,
+    ``search.single_path``, ...): key -> the ``Options`` dataclass, which strategies sharing a
+    key share."""
+    sections: dict[str, type] = {}
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        if cls.options_key is not None:
+            known = sections.setdefault(cls.options_key, cls.Options)
+            if known is not cls.Options:
+                raise TypeError(f"strategy {name!r}: search.{cls.options_key} has two Options "
+                                f"classes ({known.__name__}, {cls.Options.__name__})")  # fmt: skip
+    return sections
+
+
+def strategy_options(cfg: Any, extra: dict, source: str, path: str,
+                     declared: list[str]) -> dict[str, Any]:  # fmt: skip
+    """Every strategy's option section under ``search:``, given or at its defaults."""
+    sections = strategy_sections()
+    check_keys(extra, declared + list(sections), [], source, path)
+    return {key: from_dict(cls, extra.get(key), source, join(path, key))
+            for key, cls in sections.items()}  # fmt: skip
+
+
+def default_strategy_options() -> dict[str, Any]:
+    return {key: cls() for key, cls in strategy_sections().items()}
 
 
 @dataclass
@@ -35,15 +84,14 @@ class CostConfig:
     (lambda) means the same for every task and input size; ``budget``: the same, with lambda
     adapted from 0 (dual ascent, step ``dual_lr``) until the derived net costs ``target``;
     ``log``: the paper's Eq. 6, task loss + weight * log_tau(cost); ``hinge`` and ``power``:
-    penalise only the cost above ``target``. ``target`` is in the cost model's unit.
+    penalise only the cost above ``target``. ``target`` is in the cost model's unit. The cost
+    model named by ``type`` adds its own keys (its ``Options``: ``table``, ``batch``, ``device``
+    for ``latency``), held in ``options``.
     """
 
     type: str = "flops"
     weight: float = field(default=0.05, metadata={"min": 0.0, "max": 1e3})  # README: "Forms"
     tau: float = field(default=10.0, metadata={"min": 1.0001})
-    table: str | None = None  # measured cost models (latency): the table from dnas lut build
-    batch: int | None = field(default=None, metadata={"min": 1, "max": MAX_BATCH})  # of the table
-    device: str | None = None  # expected table device (cpu, cuda)
     form: str = field(
         default="relative", metadata={"choices": ["relative", "budget", "log", "hinge", "power"]}
     )
@@ -51,6 +99,8 @@ class CostConfig:
     beta: float = field(default=2.0, metadata={"min": 1.0})
     dual_lr: float = field(default=0.1, metadata={"min": 0.0, "max": 100.0})
     tolerance: float = field(default=0.02, metadata={"min": 0.0, "max": 0.5})  # budget band
+    # None: the cost model's defaults (set by the YAML reader; see ``cost_model_options``)
+    options: Any = plugin_field(cost_model_options, default=None)
 
     def band(self) -> tuple[float, float] | None:
         """The costs a ``budget`` search's derived net must lie between, else None."""
@@ -83,29 +133,10 @@ class ArchOptimizer:
 
 
 @dataclass
-class RandomSearchConfig:
-    """Random-search baseline (paper Table 3): N architectures, each short-trained, best kept.
-    ``epochs_per_arch: null`` gives the baseline the compute of the configured DARTS search
-    (``dnas.search.random_search.matched_epochs``), the comparison Table 3 makes."""
-
-    samples: int = field(default=50, metadata={"min": 1, "max": MAX_EPOCHS})
-    epochs_per_arch: int | None = field(default=None, metadata={"min": 1, "max": MAX_EPOCHS})
-    budget: float | None = field(default=None, metadata={"min": 0.0})
-    max_tries: int = field(default=10000, metadata={"min": 1, "max": MAX_STEPS})
-
-
-@dataclass
-class SinglePathConfig:
-    """Sampling strategies: Gumbel-softmax temperature, annealed per architecture epoch (warm-up
-    epochs do not count) from ``tau_start`` by ``tau_decay`` (FBNet: 5.0, x0.956)."""
-
-    tau_start: float = field(default=5.0, metadata={"min": 1e-3})
-    tau_decay: float = field(default=0.956, metadata={"min": 0.0, "max": 1.0})
-    tau_min: float = field(default=0.1, metadata={"min": 1e-3})
-
-
-@dataclass
 class SearchConfig:
+    """The search loop's settings; a strategy's own options live in its section
+    (``options[strategy.options_key]``, declared by the strategy's ``Options``)."""
+
     strategy: str = "darts"
     warmup_epochs: int = field(default=60, metadata={"min": 0, "max": MAX_EPOCHS})
     epochs: int = field(default=150, metadata={"min": 0, "max": MAX_EPOCHS})
@@ -117,8 +148,10 @@ class SearchConfig:
     arch_every: int = field(default=1, metadata={"min": 1, "max": MAX_STEPS})
     weight_optimizer: WeightOptimizer = field(default_factory=WeightOptimizer)
     arch_optimizer: ArchOptimizer = field(default_factory=ArchOptimizer)
-    random: RandomSearchConfig = field(default_factory=RandomSearchConfig)
-    single_path: SinglePathConfig = field(default_factory=SinglePathConfig)
+    # each strategy's own section, by its ``options_key`` (``search.random``, ...)
+    options: dict[str, Any] = plugin_field(
+        strategy_options, default_factory=default_strategy_options
+    )
 
 
 @dataclass
@@ -198,8 +231,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     source = str(path)
     data = expect_mapping(load_yaml(path) or {}, source, "")
     data = apply_overrides(data, overrides or [], source)
-    if "source" in data:
-        raise ConfigError(source, "source", "reserved key")
+    data.pop("source", None)  # the config.yaml of a run recorded before 2026-12-01 holds it
     exp = from_dict(Experiment, data, source)
     exp.source = source
     if len(exp.input_size) != 2:
@@ -231,10 +263,40 @@ def default_space(task_name: str) -> str | None:
     return TASKS.get(task_name).default_space
 
 
+def write_config(exp: Experiment, path: Path) -> None:
+    """Write ``exp`` as a run's ``config.yaml``: every value resolved, and loadable as it is
+    (``dnas search RUN/config.yaml``)."""
+    data = {k: v for k, v in to_dict(exp).items() if k != "source"}
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+UNHASHED = ("workers", "source", "checkpoint")  # cannot change a run's results
+
+
 def config_hash(exp: Experiment) -> str:
     """A digest of everything in the config that can change a run's results (``workers`` and
     the file's name and checkpoint rotation cannot), stored in checkpoints so that a resume
     can tell a changed config."""
-    unrelated = ("workers", "source", "checkpoint")
-    data = {k: v for k, v in to_dict(exp).items() if k not in unrelated}
+    data = {k: v for k, v in to_dict(exp).items() if k not in UNHASHED}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _leaves(data: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_leaves(value, join(path, str(key))))
+        return out
+    return {path: data}
+
+
+def config_changes(recorded: Any, exp: Experiment) -> list[str]:
+    """The key paths whose values differ between a run's recorded config (a checkpoint's
+    ``config``) and ``exp``. A key only one side has counts as null on the other: a config
+    recorded before a key was added or moved (``cost_model.table`` lives in the latency cost
+    model's options since 2026-12-01) still resumes."""
+    if not isinstance(recorded, dict):
+        return ["<the checkpoint records no config>"]
+    old = _leaves({k: v for k, v in recorded.items() if k not in UNHASHED})
+    new = _leaves({k: v for k, v in to_dict(exp).items() if k not in UNHASHED})
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))

@@ -16,6 +16,12 @@ class ConfigError(DnasError):
         super().__init__(f"{where}: {message}")
 
 
+def listing(items: list[str], limit: int) -> str:
+    """``a, b, c and 4 more``: at most ``limit`` items of a list for a one-line message."""
+    more = len(items) - limit
+    return ", ".join(items[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
 WORKER_PREFIX = "Caught "  # how torch's DataLoader re-raises an exception from a worker
 
 

@@ -158,21 +158,44 @@ def from_dict(cls: type[T], data: Any, source: str, path: str = "") -> T:
     if data is None:
         data = {}
     data = expect_mapping(data, source, path)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if "plugin" not in f.metadata}
+    plugin = next((f for f in dataclasses.fields(cls) if "plugin" in f.metadata), None)
     required = [
         n
         for n, f in fields.items()
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
-    check_keys(data, fields, required, source, path)
+    extra = {k: v for k, v in data.items() if k not in fields} if plugin else {}
+    check_keys({k: v for k, v in data.items() if k not in extra}, fields, required, source, path)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
+        if key in extra:
+            continue
         key_path = join(path, key)
         value = check_value(value, hints[key], source, key_path)
         _check_range(value, fields[key].metadata, source, key_path)
         kwargs[key] = value
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if plugin is not None:
+        setattr(obj, plugin.name, plugin.metadata["plugin"](obj, extra, source, path, list(fields)))
+    return obj
+
+
+def field_names(cls: type) -> list[str]:
+    """The YAML keys of dataclass ``cls``."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def plugin_field(resolve: typing.Callable[..., Any], **kwargs: Any) -> Any:
+    """A dataclass field that holds plugins' own options, written inline in the YAML mapping.
+
+    Keys of the mapping that the dataclass does not declare go to ``resolve(obj, extra, source,
+    path, declared)``, which validates them against the options the plugin declares (e.g. the
+    keys of the cost model that ``type`` names) and returns the field's value; ``to_dict``
+    writes that value's keys back inline, so the YAML keeps one flat mapping.
+    """
+    return dataclasses.field(metadata={"plugin": resolve}, **kwargs)
 
 
 def _check_range(value: Any, meta: typing.Mapping, source: str, path: str) -> None:
@@ -192,7 +215,14 @@ def _check_range(value: Any, meta: typing.Mapping, source: str, path: str) -> No
 def to_dict(obj: Any) -> Any:
     """A dataclass tree as plain YAML-able data (the resolved config written into run dirs)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = to_dict(getattr(obj, f.name))
+            if "plugin" in f.metadata:
+                out.update(value or {})  # a plugin's options, inline (see ``plugin_field``)
+            else:
+                out[f.name] = value
+        return out
     if isinstance(obj, list | tuple):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

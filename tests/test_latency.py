@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 from conftest import TINY_SPACE, write_experiment
 
-from cost_models.latency import LatencyCostModel, build_lut, predict_ms
+from cost_models.latency import LatencyCostModel, LatencyOptions, build_lut, predict_ms
 from dnas.cli import cli
 from dnas.errors import DnasError
 from dnas.space.graph import load_space
@@ -40,7 +40,7 @@ def test_table_covers_every_op_and_records_its_conditions(lut):
 
 def test_cost_model_expected_cost_equals_the_prediction(lut):
     space, table, path = lut
-    cost_table = LatencyCostModel(str(path)).table(space, (64, 64), 16)
+    cost_table = LatencyCostModel(LatencyOptions(str(path))).table(space, (64, 64), 16)
     choices = {lay.name: lay.candidates[-1] for lay in space.searchable_layers}
     probs = [torch.tensor([float(op == choices[lay.name]) for op in lay.candidates])
              for lay in space.searchable_layers]  # fmt: skip
@@ -55,16 +55,16 @@ def test_missing_ops_batch_and_shape_are_one_error_with_the_build_command(lut, t
     wider = tmp_path / "wider.yaml"
     wider.write_text(yaml.safe_dump(data))
     with pytest.raises(DnasError) as info:
-        LatencyCostModel(str(path)).table(load_space(wider), (64, 64), 16)
+        LatencyCostModel(LatencyOptions(str(path))).table(load_space(wider), (64, 64), 16)
     message = str(info.value)
     assert "missing stage3.0/k7e3" in message and "dnas lut build --space" in message
     assert "\n" not in message
     with pytest.raises(DnasError, match=r"missing batch 32 \(table has 1\)"):
-        LatencyCostModel(str(path), batch=32).table(space, (64, 64), 16)
+        LatencyCostModel(LatencyOptions(str(path), batch=32)).table(space, (64, 64), 16)
     with pytest.raises(DnasError, match=r"input \[128, 128\] \(table has \[64, 64\]\)"):
-        LatencyCostModel(str(path)).table(space, (128, 128), 16)
+        LatencyCostModel(LatencyOptions(str(path))).table(space, (128, 128), 16)
     with pytest.raises(DnasError, match="needs a table"):
-        LatencyCostModel(None)
+        LatencyCostModel()
 
 
 def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
@@ -107,3 +107,10 @@ def test_correction_fit_never_inverts_the_ranking():
     # noisy timings whose fit slopes downwards: scale 1 and the median offset instead
     assert fit_correction([1.0, 2.0, 3.0], [5.0, 4.0, 3.5]) == (1.0, pytest.approx(2.0))
     assert fit_correction([], []) == (1.0, 0.0)
+    # noisy timings of a few nets: a steep line whose offset makes the cheapest net (parts
+    # 1.0 ms) cost less than nothing is not used
+    steep = fit_correction([10.0, 10.5, 11.0], [5.0, 20.0, 35.0], lowest=1.0)
+    assert steep[0] > 0 and steep[0] * 1.0 + steep[1] > 0
+    assert steep == (1.0, pytest.approx(9.5))
+    # ... and where the median offset is negative enough too: the proportional fit
+    assert fit_correction([10.0, 11.0], [1.0, 1.5], lowest=1.0) == (pytest.approx(26.5 / 221), 0.0)

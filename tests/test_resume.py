@@ -134,7 +134,7 @@ def test_train_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path, synth_root)
     resumed = checkpoint.load(run / "model.pt")
     for key, tensor in full.items():
         assert torch.allclose(tensor.float(), resumed[key].float(), atol=1e-6), key
-    assert checkpoint.load(run / "best.pt")["progress"]["best_score"] is not None
+    assert checkpoint.load(run / "best.pt")["best_score"] is not None
     assert len(ckpts.files()) == 8  # 2 epochs x 4 steps, the epoch ends included
     assert "resumed from" in (run / "log.txt").read_text()
 
@@ -170,3 +170,47 @@ def test_quiet_mode_prints_plain_periodic_lines(tmp_path, synth_root):
               report)  # fmt: skip
     progress = [line for line in lines if ": step " in line]
     assert progress and all("eta" in line and "steps/s" in line for line in progress)
+
+
+def as_legacy(state: dict) -> dict:
+    """A checkpoint as the two run loops wrote it before the shared scaffold (2026-12-01)."""
+    state = dict(state)
+    position, sums = state.pop("position"), state.pop("sums")
+    if state["kind"] == "dnas-train":
+        best = state.pop("best_score")
+        state["progress"] = {**position, "loss_sum": sums.get("train/loss", 0.0),
+                             "best_score": best}  # fmt: skip
+    else:
+        state["position"] = {**position, "arch_batches": state.pop("arch_batches")}
+        state["sums"] = sums
+    return state
+
+
+@pytest.mark.parametrize("what", ["train", "search"])
+def test_a_checkpoint_of_the_earlier_loops_resumes_exactly(tmp_path, synth_root, what):
+    from dnas.search.run import run_search
+
+    exp = load_experiment(write_experiment(
+        tmp_path / "exp.yaml", synth_root, train={"steps_per_epoch": 3},
+        search={"steps_per_epoch": 3, "warmup_epochs": 1, "epochs": 1},
+        checkpoint={"every_steps": 1, "keep_last": 100},
+    ))  # fmt: skip
+    arch = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
+    run = tmp_path / "run"
+
+    def go(resume: bool) -> dict:
+        if what == "train":
+            run_train(exp, arch, run, report=QUIET, resume=resume)
+            return checkpoint.load(run / "model.pt")
+        return {"probs": torch.tensor(sum(run_search(exp, run, QUIET, resume)["arch_probs"]
+                                          .values(), []))}  # fmt: skip
+
+    full = go(False)
+    ckpts = Checkpointer(run / "checkpoints", 100, print)
+    for path in ckpts.files()[4:]:  # as if killed after step 4 (epoch 2, step 1)
+        path.unlink()
+    newest = ckpts.files()[-1]
+    checkpoint.save_atomic(as_legacy(checkpoint.load(newest)), newest)
+    resumed = go(True)
+    for key, tensor in full.items():
+        assert torch.allclose(tensor.float(), resumed[key].float(), atol=1e-6), key

@@ -12,6 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -70,11 +71,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DNAS_CACHE_DIR", Path.home() / ".cache" / "dnas"))
 
 
+@dataclass
+class NoOptions:
+    """The options of a cost model that has none (``flops``, ``params``)."""
+
+
 class CostModel(ABC):
-    """Builds (and caches) a :class:`CostTable`; subclasses are registered in ``COST_MODELS``."""
+    """Builds (and caches) a :class:`CostTable`; subclasses are registered in ``COST_MODELS``
+    and declare their own ``cost_model:`` keys as the dataclass ``Options``."""
 
     metric: str
     unit: str
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
 
     def table(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
         key = {
@@ -108,13 +119,9 @@ class CostModel(ABC):
 
 
 def get_cost_model(name: str, cfg: CostConfig | None = None) -> CostModel:
-    """The registered cost model ``name``; measured ones read ``cfg.table`` (and check its
-    batch and device when the config names them)."""
-    cls = COST_MODELS.get(name)
-    if getattr(cls, "needs_table", False):
-        cfg = cfg or CostConfig(type=name)
-        return cls(cfg.table, cfg.batch, cfg.device)
-    return cls()
+    """The registered cost model ``name``, with the options of ``cfg`` (its defaults when
+    ``cfg`` is None or holds none)."""
+    return COST_MODELS.get(name)(cfg.options if cfg is not None else None)
 
 
 def cost_table(

@@ -9,13 +9,14 @@ By default the baseline gets the compute of the DARTS search the same config des
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dnas.config import SearchConfig
+from dnas.config import MAX_EPOCHS, MAX_STEPS, SearchConfig
 from dnas.engine.runtime import search_sgd, to_device, weight_step
 from dnas.errors import DnasError
 from dnas.nn.network import Network
@@ -25,6 +26,18 @@ from dnas.search.cost_model import CostTable
 from dnas.search.strategy import Strategy
 from dnas.space.choices import uniform_choices
 from dnas.task import Task
+
+
+@dataclass
+class RandomSearchOptions:
+    """``search.random``: N architectures, each short-trained, best kept.
+    ``epochs_per_arch: null`` gives the baseline the compute of the configured DARTS search
+    (:func:`matched_epochs`), the comparison Table 3 makes."""
+
+    samples: int = field(default=50, metadata={"min": 1, "max": MAX_EPOCHS})
+    epochs_per_arch: int | None = field(default=None, metadata={"min": 1, "max": MAX_EPOCHS})
+    budget: float | None = field(default=None, metadata={"min": 0.0})
+    max_tries: int = field(default=10000, metadata={"min": 1, "max": MAX_STEPS})
 
 
 @torch.no_grad()
@@ -41,18 +54,21 @@ def mean_loss(
     return total / max(count, 1)
 
 
-def matched_epochs(cfg: SearchConfig, table: CostTable) -> int:
+def matched_epochs(cfg: SearchConfig, table: CostTable, samples: int) -> int:
     """Epochs per sampled net that spend what the configured DARTS search spends, in units of
     the cost table: each DARTS epoch runs the super net (every candidate, cost
     ``fixed + sum_l sum_o c_lo``) once per weight batch, plus once per ``arch_every`` weight
-    batches in the architecture epochs; a sampled net costs the uniform expectation."""
+    batches in the architecture epochs; a sampled net costs the uniform expectation; the
+    budget is shared by ``samples`` nets."""
     supernet = table.fixed + sum(sum(ops.values()) for ops in table.layers.values())
     passes = cfg.warmup_epochs + cfg.epochs * (1 + 1 / cfg.arch_every)
-    return max(1, round(passes * supernet / table.uniform_cost() / cfg.random.samples))
+    return max(1, round(passes * supernet / table.uniform_cost() / samples))
 
 
 @STRATEGIES.register("random")
 class RandomSearchStrategy(Strategy):
+    Options, options_key = RandomSearchOptions, "random"
+
     def adapt_search_space(
         self, network: Network, task: Task, table: CostTable, device: torch.device
     ) -> None:
@@ -62,11 +78,12 @@ class RandomSearchStrategy(Strategy):
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.choices: dict[str, str] = {}
-        self.per_arch = self.cfg.random.epochs_per_arch or matched_epochs(self.cfg, table)
+        opts = self.options
+        self.per_arch = opts.epochs_per_arch or matched_epochs(self.cfg, table, opts.samples)
 
     @property
     def num_epochs(self) -> int:
-        return self.cfg.random.samples * self.per_arch
+        return self.options.samples * self.per_arch
 
     def sample(self) -> dict[str, str]:
         """A random op per layer: uniform; with ``search.random.budget`` rejection-sampled to
@@ -74,18 +91,18 @@ class RandomSearchStrategy(Strategy):
         (:func:`dnas.search.budget.sample_within`)."""
         band = self.cost_cfg.band()
         if band is None:
-            for _ in range(self.cfg.random.max_tries):
+            for _ in range(self.options.max_tries):
                 choices = uniform_choices(self.layers, self.rng)
-                if self.table.of_choices(choices) <= (self.cfg.random.budget or float("inf")):
+                if self.table.of_choices(choices) <= (self.options.budget or float("inf")):
                     return choices
-        elif choices := sample_within(self.table, self.rng, *band, self.cfg.random.max_tries):
+        elif choices := sample_within(self.table, self.rng, *band, self.options.max_tries):
             return choices
-        low, high = band or (0.0, self.cfg.random.budget)
+        low, high = band or (0.0, self.options.budget)
         key = "search.random.budget" if band is None else "cost_model.target"
         cheapest, dearest = self.table.cost_range()
         raise DnasError(
             f"{key}: no architecture costs {low:.4g}..{high:.4g} {self.table.unit} in "
-            f"{self.cfg.random.max_tries} samples (the space spans {cheapest:.4g}..{dearest:.4g})"
+            f"{self.options.max_tries} samples (the space spans {cheapest:.4g}..{dearest:.4g})"
         )
 
     def new_epoch(self, epoch: int) -> None:

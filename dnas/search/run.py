@@ -11,29 +11,20 @@ and TensorBoard logs in ``tb/``.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from torch import nn
 from torch.utils.data import Subset
 from torch.utils.tensorboard import SummaryWriter
 
-from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
-from dnas.config import Experiment, config_hash
+from dnas.config import Experiment
 from dnas.engine import distributed
-from dnas.engine.progress import Reporter, eta_text, start_run
-from dnas.engine.runtime import (
-    Amp,
-    check_finite,
-    pick_device,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from dnas.engine.loop import EpochLoop
+from dnas.engine.progress import Reporter
+from dnas.engine.runtime import Amp
 from dnas.engine.runtime import to_device as move
 from dnas.engine.sampling import epoch_batches, make_loader, stream, train_loader
 from dnas.errors import ConfigError, DnasError
@@ -41,11 +32,10 @@ from dnas.files import write_text_atomic
 from dnas.nn.network import Network
 from dnas.nn.remap import remap_into
 from dnas.registry import STRATEGIES
-from dnas.schema import to_dict
 from dnas.search.cost_model import CostTable, get_cost_model
 from dnas.search.strategy import Strategy
 from dnas.space.choices import decisiveness, entropies
-from dnas.task import build_space, build_task
+from dnas.task import build_space
 
 KIND = "dnas-search"
 
@@ -77,35 +67,19 @@ def check_target(exp: Experiment, table: CostTable) -> None:
                           f"{exp.input_hw[0]}x{exp.input_hw[1]}")  # fmt: skip
 
 
-def format_stats(stats: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.5g}" for k, v in stats.items())
+class SearchRun(EpochLoop):
+    """One search in ``out_dir``: the strategy's steps on the weight split, with a batch of the
+    architecture split whenever the strategy wants one; ``search.pt`` after every epoch."""
 
+    kind, name = KIND, "search"
 
-@dataclass
-class Position:
-    """Where a search is: ``step`` steps of epoch ``epoch`` done, ``global_step`` in all, and
-    ``arch_batches`` architecture batches consumed (the architecture split's stream)."""
-
-    epoch: int = 0
-    step: int = 0
-    global_step: int = 0
-    arch_batches: int = 0
-
-
-class SearchRun:
-    """One search in ``out_dir``: set-up, optional resume, the epoch loop, the result."""
-
-    def __init__(self, exp: Experiment, out_dir: Path, report: Reporter,
-                 world: distributed.World) -> None:  # fmt: skip
-        self.exp, self.out_dir, self.report, self.world = exp, out_dir, report, world
-        seed_everything(exp.seed)
-        self.task = build_task(exp)
+    def __init__(self, exp: Experiment, out_dir: Path | str,
+                 report: Reporter | None = None) -> None:  # fmt: skip
+        super().__init__(exp, out_dir, report)
         self.space = build_space(exp.space, self.task, exp)
         if self.space.is_fixed:
             raise ConfigError(exp.source, "space", f"{self.space.source} has no searchable layer")
-        self.device = distributed.device_for(world, pick_device(exp.device))
-        self.amp = Amp(self.device, exp.precision, exp.channels_last)
-        self.amp.sync_grads = world.distributed
+        self.amp.sync_grads = self.world.distributed
         self.strategy = build_strategy(exp, self.amp)
         try:
             cost_model = get_cost_model(exp.cost_model.type, exp.cost_model)
@@ -117,15 +91,13 @@ class SearchRun:
         network = Network(self.space, self.task.num_outputs)
         if exp.remap_from:
             mapped = remap_into(network, Path(exp.remap_from))
-            report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
+            self.report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
         self.strategy.prepare = self.prepare
-        self.strategy.adapt_search_space(self.prepare(network.to(self.device)), self.task,
-                                         self.table, self.device)  # fmt: skip
-        self.position = Position()
-        self.sums: dict[str, float] = {}  # the epoch's stats so far, and how many arch steps
-        self.arch_steps = 0
-        self.checkpoints = Checkpointer(out_dir / "checkpoints", exp.checkpoint.keep_last,
-                                        report.line)  # fmt: skip
+        self.strategy.adapt_search_space(self.prepare(network), self.task, self.table,
+                                         self.device)  # fmt: skip
+        self.arch_batches = 0  # architecture batches consumed (the architecture split's stream)
+        self.arch_steps = 0  # architecture steps in this epoch
+        self.arch_stream: Iterator[dict] | None = None
 
     def make_loaders(self) -> None:
         exp, world = self.exp, self.world
@@ -141,134 +113,58 @@ class SearchRun:
         per_epoch = len(self.weight_loader)
         self.steps = min(per_epoch, exp.search.steps_per_epoch or per_epoch)
 
-    # -- checkpoints -------------------------------------------------------------------------
+    # -- the loop's hooks --------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "kind": KIND,
-            "epoch": self.position.epoch,  # epochs finished when ``position.step`` is 0
-            "position": asdict(self.position),
-            "sums": dict(self.sums),
-            "arch_steps": self.arch_steps,
-            "space": self.space.to_dict(),
-            "arch_probs": self.strategy.arch_probs(),
-            "choices": self.strategy.get_final_architecture(),
-            "strategy": self.strategy.get_checkpointables(),
-            "scaler": self.amp.scaler.state_dict(),
-            "rng": rng_state(),
-            "config": to_dict(self.exp),
-            "config_hash": config_hash(self.exp),
-        }
+    @property
+    def num_epochs(self) -> int:
+        return self.strategy.num_epochs
 
-    def save(self, end_of_epoch: bool) -> None:
-        if not self.world.main:
-            return
-        state = self.state()
-        self.checkpoints.save(state, self.position.global_step)
-        if end_of_epoch:
-            save_atomic(state, self.out_dir / "search.pt")
-
-    def resume(self, force: bool) -> None:
-        """Continue from the newest readable checkpoint (an older one if the newest is broken)."""
-        found = self.checkpoints.latest(KIND)
-        if found is None:
-            raise DnasError(f"{self.out_dir / 'checkpoints'}: no search checkpoint to resume from")
-        state, path = found
-        check_resumable(state, config_hash(self.exp), path, force)
-        self.position = Position(**state["position"])
-        if self.position.step:  # mid-epoch: the epoch had begun when the state was saved
-            self.strategy.new_epoch(self.position.epoch)
-        self.strategy.load_checkpointables(state["strategy"])
-        self.amp.scaler.load_state_dict(state["scaler"])
-        self.sums, self.arch_steps = dict(state["sums"]), state["arch_steps"]
-        set_rng_state(state["rng"])
-        p = self.position
-        self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
-
-    # -- the loop ----------------------------------------------------------------------------
-
-    def run(self) -> dict:
-        exp, strategy, report = self.exp, self.strategy, self.report
-        writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.position.epoch + 1) \
-            if self.world.main else None  # fmt: skip
-        report.line(
+    def header(self) -> str:
+        exp = self.exp
+        return (
             f"search: {self.space.name}, {len(self.space.searchable_layers)} searchable layers, "
-            f"strategy {exp.search.strategy}, {strategy.num_epochs} epochs x {self.steps} steps, "
+            f"strategy {exp.search.strategy}, {self.num_epochs} epochs x {self.steps} steps, "
             f"{len(self.w_idx)}/{len(self.a_idx)} weight/arch items, device {self.device}"
             + (f", {self.world.size} processes" if self.world.distributed else "")
         )
-        arch_batches = stream(self.arch_loader, self.position.arch_batches)
-        every = exp.checkpoint.every_steps
-        for epoch in range(self.position.epoch, strategy.num_epochs):
-            started = time.perf_counter()
-            if self.position.step == 0:
-                strategy.new_epoch(epoch)
-                self.sums, self.arch_steps = {}, 0
-            start = self.position.step
-            batches = epoch_batches(self.weight_loader, epoch, start)
-            for _, batch in self.report.steps(
-                zip(range(start, self.steps), batches, strict=False), self.steps, start,
-                f"epoch {epoch + 1}/{strategy.num_epochs}", self.running_stats,
-            ):  # fmt: skip
-                self.one_step(batch, arch_batches)
-                if every and self.position.global_step % every == 0 \
-                        and self.position.step < self.steps:  # fmt: skip
-                    self.save(end_of_epoch=False)
-            self.end_epoch(epoch, writer, time.perf_counter() - started)
-        if writer is not None:
-            writer.close()
-        return self.result()
 
-    def one_step(self, batch: dict, arch_batches) -> None:
+    def batches(self, epoch: int, start: int) -> Iterator[dict]:
+        if self.arch_stream is None:  # one stream for the run, from where a resume left it
+            self.arch_stream = stream(self.arch_loader, self.arch_batches)
+        return epoch_batches(self.weight_loader, epoch, start)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.strategy.new_epoch(epoch)
+        self.arch_steps = 0
+
+    def step(self, batch: dict) -> dict[str, float]:
         val = None
         if self.strategy.wants_arch_batch():
-            val = move(next(arch_batches), self.device)
-            self.position.arch_batches += 1
+            val = move(next(self.arch_stream), self.device)
+            self.arch_batches += 1
             self.arch_steps += 1
-        stats = self.strategy.step(move(batch, self.device), val)
-        for key, value in stats.items():
-            value = check_finite(value, key, self.position.global_step)
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.position.step += 1
-        self.position.global_step += 1
+        return self.strategy.step(move(batch, self.device), val)
 
-    def running_stats(self) -> dict[str, float]:
-        return {"loss": self.sums.get("train/loss", 0.0) / max(self.position.step, 1)}
-
-    def epoch_stats(self) -> dict[str, float]:
-        """Means over the epoch's steps; architecture-step stats over the steps that had one."""
+    def epoch_means(self) -> dict[str, float]:
+        """Architecture-step stats average over the steps that had one."""
         stats = {
             key: total / max(self.arch_steps if key.startswith("arch/") else self.position.step, 1)
             for key, total in self.sums.items()
         }
         return distributed.mean_over_world(stats)
 
-    def prepare(self, network: nn.Module) -> nn.Module:
-        """A new network of this run, already on its device, made ready for its processes:
-        batch norm over the global batch (``sync_batchnorm``) and rank 0's initial weights
-        everywhere (NCCL broadcasts device tensors)."""
-        if self.exp.sync_batchnorm:
-            network = distributed.sync_batchnorm(network, self.device)
-        distributed.broadcast_state(network)
-        return network
-
-    def end_epoch(self, epoch: int, writer: SummaryWriter | None, seconds: float) -> None:
-        stats = self.epoch_stats()
+    def end_epoch(self, epoch: int, stats: dict[str, float]) -> dict[str, float]:
         for model in self.strategy.trained_models():  # rank 0's BN statistics everywhere
             distributed.broadcast_state(model)
-        stats.update(self.strategy.end_epoch(epoch, self.score_loader))
-        if writer is not None:
-            for key, value in stats.items():
-                writer.add_scalar(key, value, epoch + 1)
-            self.log_pictures(writer, epoch + 1)
-        total = self.strategy.num_epochs
-        self.report.line(f"epoch {epoch + 1}/{total}  {format_stats(stats)}  "
-                         f"({seconds:.0f} s, {eta_text(epoch + 1, total, seconds)})")  # fmt: skip
-        self.position = Position(epoch + 1, 0, self.position.global_step,
-                                 self.position.arch_batches)  # fmt: skip
-        self.save(end_of_epoch=True)
+        return self.strategy.end_epoch(epoch, self.score_loader)
 
-    def log_pictures(self, writer: SummaryWriter, epoch: int) -> None:
+    def files_after_epoch(self) -> list[str]:
+        return ["search.pt"]
+
+    def models(self) -> list[nn.Module]:
+        return self.strategy.trained_models()
+
+    def write_pictures(self, writer: SummaryWriter, epoch: int) -> None:
         """Per-layer op entropy, the op-probability heat map and the argmax architecture."""
         from dnas.vis import plot
 
@@ -283,9 +179,23 @@ class SearchRun:
                          plot.figure_to_array(plot.architecture_figure(arch)), epoch,
                          dataformats="HWC")  # fmt: skip
 
-    def result(self) -> dict:
-        for model in self.strategy.trained_models():
-            distributed.check_in_sync(model, "search")
+    def state(self) -> dict[str, Any]:
+        return {
+            "arch_batches": self.arch_batches,
+            "arch_steps": self.arch_steps,
+            "space": self.space.to_dict(),
+            "arch_probs": self.strategy.arch_probs(),
+            "choices": self.strategy.get_final_architecture(),
+            "strategy": self.strategy.get_checkpointables(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.strategy.load_checkpointables(state["strategy"])
+        # before 2026-12-01 the architecture stream's position was part of ``position``
+        self.arch_batches = state.get("arch_batches", state["position"].get("arch_batches", 0))
+        self.arch_steps = state["arch_steps"]
+
+    def finish(self) -> dict:
         choices, probs = self.strategy.get_final_architecture(), self.strategy.arch_probs()
         argmax = self.strategy.argmax_architecture()
         cost = self.exp.cost_model
@@ -329,12 +239,4 @@ def run_search(exp: Experiment, out_dir: Path | str, report: Reporter | None = N
                resume: bool = False, force: bool = False) -> dict:  # fmt: skip
     """Run (or with ``resume`` continue) a whole search into ``out_dir``; returns the content
     of ``search.json``. Under ``torchrun`` every process calls this; only rank 0 writes."""
-    out_dir = Path(out_dir)
-    world, report = start_run(exp.device, out_dir, report)
-    run = SearchRun(exp, out_dir, report, world)
-    if resume:
-        run.resume(force)
-    elif world.main:
-        run.checkpoints.clear()
-        write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(exp), sort_keys=False))
-    return run.run()
+    return SearchRun(exp, out_dir, report).run(resume, force)

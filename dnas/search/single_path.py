@@ -18,6 +18,7 @@ Both add the cost term on the expected cost of softmax(alpha), as DARTS does.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,12 +30,23 @@ from dnas.registry import STRATEGIES
 from dnas.search.darts import DartsStrategy
 
 
+@dataclass
+class SinglePathOptions:
+    """``search.single_path``: the Gumbel-softmax temperature, annealed per architecture epoch
+    (warm-up epochs do not count) from ``tau_start`` by ``tau_decay`` (FBNet: 5.0, x0.956)."""
+
+    tau_start: float = field(default=5.0, metadata={"min": 1e-3})
+    tau_decay: float = field(default=0.956, metadata={"min": 0.0, "max": 1.0})
+    tau_min: float = field(default=0.1, metadata={"min": 1e-3})
+
+
 class _SinglePath(DartsStrategy):
+    Options, options_key = SinglePathOptions, "single_path"
     probe = False  # run unsampled candidates without gradient in architecture steps
 
     def new_epoch(self, epoch: int) -> None:
         super().new_epoch(epoch)
-        sp = self.cfg.single_path
+        sp = self.options
         arch_epoch = max(0, epoch - self.cfg.warmup_epochs)  # warm-up epochs do not anneal
         self.tau = max(sp.tau_min, sp.tau_start * sp.tau_decay**arch_epoch)
 

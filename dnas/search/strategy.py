@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,9 +25,16 @@ from dnas.task import Task
 
 
 class Strategy(ABC):
+    # a strategy's own YAML keys: the dataclass ``Options``, read from section
+    # ``search.<options_key>`` (strategies may share one); None: none
+    Options: ClassVar[type | None] = None
+    options_key: ClassVar[str | None] = None
+
     def __init__(self, cfg: SearchConfig, cost: CostConfig, amp: Amp | None = None) -> None:
         self.cfg = cfg
         self.cost_cfg = cost
+        self.options = (cfg.options.get(self.options_key) or self.Options()) \
+            if self.options_key else None  # fmt: skip
         self.amp = amp or Amp(torch.device("cpu"))
         # how the search run readies a network the strategy builds itself, once it is on the
         # device (under torchrun: batch-norm synchronisation and rank 0's weights); set by the run

@@ -1,0 +1,244 @@
+"""The run scaffold that search, training and evaluation share.
+
+:class:`RunContext` is what every run sets up: the torchrun world, the console and
+``log.txt``, the seed, the task, the device and mixed precision. :class:`EpochLoop` adds what
+search and training share: rotating resume checkpoints and exact resume (position, sums, RNG,
+gradient scaler), ``config.yaml``, TensorBoard, the epoch/step loop with ``every_steps``
+saves, per-epoch means, ETA lines and the end-of-run check that every process holds the same
+weights. A run supplies only its step, its epoch end and its own state.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
+from dnas.config import Experiment, config_hash, write_config
+from dnas.engine import distributed
+from dnas.engine.progress import Reporter, eta_text, start_run
+from dnas.engine.runtime import (
+    Amp,
+    check_finite,
+    pick_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from dnas.errors import DnasError
+from dnas.schema import to_dict
+from dnas.task import build_task
+
+
+def format_stats(stats: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.5g}" for k, v in stats.items())
+
+
+class RunContext:
+    """One run in ``out_dir``: joins the torchrun world (only rank 0 creates ``out_dir`` and
+    logs), seeds every generator, builds the task, and picks the device and precision."""
+
+    def __init__(self, exp: Experiment, out_dir: Path | str,
+                 report: Reporter | None = None) -> None:  # fmt: skip
+        self.exp, self.out_dir = exp, Path(out_dir)
+        self.world, self.report = start_run(exp.device, self.out_dir, report)
+        seed_everything(exp.seed)
+        self.task = build_task(exp)
+        self.device = distributed.device_for(self.world, pick_device(exp.device))
+        self.amp = Amp(self.device, exp.precision, exp.channels_last)
+
+    def prepare(self, network: nn.Module) -> nn.Module:
+        """A network of this run, made ready on its device for its processes: batch norm over
+        the global batch (``sync_batchnorm``) and rank 0's initial weights everywhere (NCCL
+        broadcasts device tensors, so it is moved first)."""
+        network = network.to(self.device)
+        if self.exp.sync_batchnorm:
+            network = distributed.sync_batchnorm(network, self.device)
+        distributed.broadcast_state(network)
+        return network
+
+
+@dataclass
+class Position:
+    """Where a run is: ``step`` steps of epoch ``epoch`` done (``epoch`` epochs finished when
+    ``step`` is 0), ``global_step`` steps in all."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+
+
+class EpochLoop(RunContext, ABC):
+    """Epochs of steps with exact resume; subclasses set ``steps`` (per epoch) in ``__init__``
+    and supply the hooks below."""
+
+    kind: ClassVar[str]  # the checkpoints' ``kind``
+    name: ClassVar[str]  # what the run is called in messages ("search", "train")
+    steps: int
+
+    def __init__(self, exp: Experiment, out_dir: Path | str,
+                 report: Reporter | None = None) -> None:  # fmt: skip
+        super().__init__(exp, out_dir, report)
+        self.position = Position()
+        self.sums: dict[str, float] = {}  # the epoch's summed step stats so far
+        self.checkpoints = Checkpointer(self.out_dir / "checkpoints", exp.checkpoint.keep_last,
+                                        self.report.line)  # fmt: skip
+
+    # -- what a run supplies -----------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def num_epochs(self) -> int: ...
+
+    @abstractmethod
+    def header(self) -> str:
+        """The run's first log line: what runs, how long, where."""
+
+    @abstractmethod
+    def batches(self, epoch: int, start: int) -> Iterable[Any]:
+        """Epoch ``epoch``'s batches from step ``start`` on (the resumable data order)."""
+
+    @abstractmethod
+    def step(self, batch: Any) -> dict[str, float]:
+        """One step; returns the stats summed into the epoch's means."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Before epoch ``epoch``'s first step (also when a resume lands inside it)."""
+
+    def epoch_means(self) -> dict[str, float]:
+        """The epoch's step stats averaged over its steps and over the processes."""
+        steps = max(self.position.step, 1)
+        return distributed.mean_over_world({k: v / steps for k, v in self.sums.items()})
+
+    def end_epoch(self, epoch: int, stats: dict[str, float]) -> dict[str, float]:
+        """After epoch ``epoch``'s steps: more stats to log (an evaluation, ...)."""
+        return {}
+
+    def epoch_line(self, stats: dict[str, float]) -> str:
+        return format_stats(stats)
+
+    def write_pictures(self, writer: SummaryWriter, epoch: int) -> None:
+        """TensorBoard images after an epoch (rank 0 only)."""
+
+    def files_after_epoch(self) -> list[str]:
+        """Files in ``out_dir`` that get the checkpoint state at each epoch end."""
+        return []
+
+    def models(self) -> list[nn.Module]:
+        """The networks that must be identical in every process at the end."""
+        return []
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the position, sums, RNG, scaler and config."""
+
+    @abstractmethod
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (the position is already restored)."""
+
+    @abstractmethod
+    def finish(self) -> Any:
+        """After the last epoch: the run's result."""
+
+    # -- the shared part ---------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "epoch": self.position.epoch,
+            "position": asdict(self.position),
+            "sums": dict(self.sums),
+            **self.state(),
+            "scaler": self.amp.scaler.state_dict(),
+            "rng": rng_state(),
+            "config": to_dict(self.exp),
+            "config_hash": config_hash(self.exp),
+        }
+
+    def save(self, *names: str) -> None:
+        """A resume checkpoint, and the same state into each of ``names`` (rank 0 only)."""
+        if not self.world.main:
+            return
+        state = self.checkpoint()
+        self.checkpoints.save(state, self.position.global_step)
+        for name in names:
+            save_atomic(state, self.out_dir / name)
+
+    def start(self, resume: bool, force: bool) -> None:
+        """Continue from the newest readable checkpoint, or begin afresh (dropping an earlier
+        run's checkpoints and writing ``config.yaml``)."""
+        if not resume:
+            if self.world.main:
+                self.checkpoints.clear()
+                write_config(self.exp, self.out_dir / "config.yaml")
+            return
+        found = self.checkpoints.latest(self.kind)
+        if found is None:
+            raise DnasError(f"{self.checkpoints.directory}: no {self.name} checkpoint to "
+                            "resume from")  # fmt: skip
+        state, path = found
+        check_resumable(state, self.exp, path, force)
+        fields = state.get("position") or state["progress"]  # "progress": a 2026-11 train run
+        self.position = Position(*(fields[k] for k in ("epoch", "step", "global_step")))
+        if self.position.step:  # mid-epoch: the epoch had begun when the state was saved
+            self.begin_epoch(self.position.epoch)
+        self.sums = dict(state.get("sums", {}))
+        self.load_state(state)
+        self.amp.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])  # last: nothing draws between the restore and the loop
+        p = self.position
+        self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
+
+    def running_stats(self) -> dict[str, float]:
+        return {"loss": self.sums.get("train/loss", 0.0) / max(self.position.step, 1)}
+
+    def run(self, resume: bool = False, force: bool = False) -> Any:
+        """The whole run (with ``resume``: from the newest checkpoint); returns :meth:`finish`."""
+        self.start(resume, force)
+        writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.position.epoch + 1) \
+            if self.world.main else None  # fmt: skip
+        self.report.line(self.header())
+        for epoch in range(self.position.epoch, self.num_epochs):
+            started = time.perf_counter()
+            self.run_steps(epoch)
+            stats = self.epoch_means()
+            stats.update(self.end_epoch(epoch, stats))
+            self.position.epoch, self.position.step = epoch + 1, 0
+            if writer is not None:
+                for key, value in stats.items():
+                    writer.add_scalar(key, value, epoch + 1)
+                self.write_pictures(writer, epoch + 1)
+            self.save(*self.files_after_epoch())
+            seconds = time.perf_counter() - started
+            eta = eta_text(epoch + 1, self.num_epochs, seconds)
+            self.report.line(f"epoch {epoch + 1}/{self.num_epochs}  {self.epoch_line(stats)}  "
+                             f"({seconds:.0f} s, {eta})")  # fmt: skip
+        if writer is not None:
+            writer.close()
+        for model in self.models():
+            distributed.check_in_sync(model, self.name)
+        return self.finish()
+
+    def run_steps(self, epoch: int) -> None:
+        """Epoch ``epoch``'s steps from where the position is, summing their stats; a resume
+        checkpoint every ``checkpoint.every_steps`` steps."""
+        p, every = self.position, self.exp.checkpoint.every_steps
+        if p.step == 0:
+            self.sums = {}
+            self.begin_epoch(epoch)
+        steps = zip(range(p.step, self.steps), self.batches(epoch, p.step), strict=False)
+        desc = f"epoch {epoch + 1}/{self.num_epochs}"
+        for _, batch in self.report.steps(steps, self.steps, p.step, desc, self.running_stats):
+            for key, value in self.step(batch).items():
+                value = check_finite(value, key, p.global_step)
+                self.sums[key] = self.sums.get(key, 0.0) + value
+            p.step, p.global_step = p.step + 1, p.global_step + 1
+            if every and p.global_step % every == 0 and p.step < self.steps:
+                self.save()

@@ -1,0 +1,159 @@
+"""Every plugin kind declares its YAML keys as an ``Options`` dataclass: a third-party strategy
+or cost model is configured through them with no edit of ``dnas/config.py``, and configs of
+the built-in ones keep their keys, their ``config.yaml`` layout and their resume hashes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from conftest import write_experiment
+
+from dnas.checkpoint import check_resumable
+from dnas.config import config_hash, load_experiment
+from dnas.errors import ConfigError, DnasError
+from dnas.registry import COST_MODELS, STRATEGIES
+from dnas.schema import to_dict
+from dnas.search.cost_model import CostModel, CostTable
+from dnas.search.darts import DartsStrategy
+from dnas.search.run import run_search
+from dnas.space.graph import SearchSpace
+
+
+@dataclass
+class ScaledOptions:
+    arch_lr_scale: float = field(default=1.0, metadata={"min": 0.0})
+
+
+class ScaledDarts(DartsStrategy):
+    """DARTS with its architecture lr scaled by its own option (a third-party strategy)."""
+
+    Options, options_key = ScaledOptions, "scaled"
+
+    def adapt_search_space(self, network, task, table, device) -> None:
+        super().adapt_search_space(network, task, table, device)
+        for group in self.a_opt.param_groups:
+            group["lr"] *= self.options.arch_lr_scale
+
+    def result_extras(self) -> dict:
+        return {"arch_lr": self.a_opt.param_groups[0]["lr"]}
+
+
+@dataclass
+class ConstantOptions:
+    per_op: float = field(default=1.0, metadata={"min": 0.0})
+
+
+class ConstantCost(CostModel):
+    """Every candidate op costs ``per_op`` units; the stem and head cost nothing."""
+
+    metric, unit, Options = "constant", "units", ConstantOptions
+
+    def key_extra(self) -> dict:
+        return {"per_op": self.options.per_op}
+
+    def build(self, space: SearchSpace, input_hw, num_outputs) -> CostTable:
+        layers = {
+            lay.name: {op: self.options.per_op * (1 + i) for i, op in enumerate(lay.candidates)}
+            for lay in space.searchable_layers
+        }
+        return CostTable(self.metric, self.unit, 0.0, layers, key={})
+
+
+@pytest.fixture
+def plugins():
+    STRATEGIES.register("scaled_darts")(ScaledDarts)
+    COST_MODELS.register("constant")(ConstantCost)
+    yield
+    STRATEGIES._items.pop("scaled_darts")
+    COST_MODELS._items.pop("constant")
+
+
+def test_third_party_plugins_are_configured_through_their_options(plugins, tmp_path,
+                                                                   real_mpii_root):  # fmt: skip
+    path = write_experiment(
+        tmp_path / "exp.yaml", real_mpii_root,
+        search={"strategy": "scaled_darts", "scaled": {"arch_lr_scale": 4.0},
+                "warmup_epochs": 0},
+        cost_model={"type": "constant", "per_op": 2.5},
+    )  # fmt: skip
+    exp = load_experiment(path)
+    assert exp.search.options["scaled"].arch_lr_scale == 4.0
+    assert exp.cost_model.options.per_op == 2.5
+    written = to_dict(exp)  # inline, as the user wrote them
+    assert written["cost_model"]["per_op"] == 2.5
+    assert written["search"]["scaled"] == {"arch_lr_scale": 4.0}
+    result = run_search(exp, tmp_path / "run")
+    assert result["cost_unit"] == "units" and result["arch_lr"] == pytest.approx(4 * 3e-4)
+    cheapest = {lay.name: lay.candidates[0] for lay in exp_space(exp).searchable_layers}
+    assert result["final_cost"] >= 2.5 * len(cheapest)
+    saved = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert saved["arch_lr"] == result["arch_lr"]
+    # the run's config.yaml feeds back in with the plugins' keys
+    again = load_experiment(tmp_path / "run" / "config.yaml")
+    assert config_hash(again) == config_hash(exp)
+
+
+def exp_space(exp) -> SearchSpace:
+    from dnas.space.graph import load_space
+
+    return load_space(exp.space)
+
+
+@pytest.mark.parametrize(
+    ("sections", "key", "words"),
+    [
+        ({"cost_model": {"type": "constant", "per_op": "many"}}, "cost_model.per_op", "number"),
+        ({"cost_model": {"type": "constant", "table": "x"}}, "cost_model.table", "per_op"),
+        ({"cost_model": {"type": "flops", "table": "x"}}, "cost_model.table", "unknown key"),
+        ({"cost_model": {"type": "nope"}}, "cost_model.type", "unknown cost model"),
+        ({"search": {"scaled": {"arch_lr_scale": -1}}}, "search.scaled.arch_lr_scale", ">= 0"),
+        ({"search": {"nope": {}}}, "search.nope", "scaled"),
+        ({"search": {"random": {"samples": 0}}}, "search.random.samples", ">= 1"),
+    ],
+)
+def test_option_mistakes_name_the_file_and_key(plugins, tmp_path, sections, key, words):
+    path = write_experiment(tmp_path / "exp.yaml", tmp_path, **sections)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert info.value.key == key and words in info.value.detail
+    assert info.value.source == str(path)
+
+
+LEGACY = """
+task: {name: pose, root: /data/mpii}
+space: mbv2_pose_small
+input_size: [128, 128]
+cost_model: {type: latency, table: lut.json, batch: 8, form: budget, target: 12.5}
+search: {strategy: gumbel, random: {samples: 3}, single_path: {tau_start: 2.0}}
+"""
+
+
+def test_built_in_configs_keep_their_keys_and_hash(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(LEGACY)
+    exp = load_experiment(path)
+    assert exp.cost_model.options.table == "lut.json" and exp.cost_model.options.batch == 8
+    assert exp.search.options["random"].samples == 3
+    assert exp.search.options["single_path"].tau_start == 2.0
+    written = to_dict(exp)
+    assert {"table", "batch", "device"} <= written["cost_model"].keys()
+    assert {"random", "single_path"} <= written["search"].keys()
+    # the digest this config had before the options moved into the plugins (2026-12-01)
+    assert config_hash(exp) == "10afeed004d728b9"
+
+
+def test_a_run_recorded_before_the_move_resumes_and_a_real_change_is_named(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path / "exp.yaml", tmp_path))
+    recorded = to_dict(exp)
+    recorded["cost_model"].update(table=None, batch=None, device=None)  # the old layout
+    state = {"config": recorded, "config_hash": "0" * 16}  # the old digest differs
+    check_resumable(state, exp, tmp_path / "step.pt", force=False)
+    recorded["search"]["epochs"] = 7
+    recorded["cost_model"]["weight"] = 0.5
+    with pytest.raises(DnasError) as info:
+        check_resumable(state, exp, tmp_path / "step.pt", force=False)
+    message = str(info.value)
+    assert "cost_model.weight, search.epochs" in message and "--force" in message
+    check_resumable(state, exp, tmp_path / "step.pt", force=True)
