@@ -24,7 +24,9 @@ class DnasGroup(click.Group):
             message = from_worker(exc)  # a data error inside a loader worker
             if message is None and not isinstance(exc, DnasError):
                 raise
-            raise click.ClickException(message or str(exc)) from None
+            error = click.ClickException(message or str(exc))
+            error.exit_code = getattr(exc, "exit_code", 1)  # Interrupted: 130 / 143
+            raise error from None
 
 
 class RootGroup(DnasGroup):
@@ -201,11 +203,11 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
     if not resume:  # an interrupted run leaves checkpoints/ and last.pt only
         for name in ("checkpoints", "last.pt", "best.pt", "model.pt"):
             guard_output(out / name, force)
-    metrics = run_train(exp, arch, out, init, Reporter(click.echo, quiet), resume, force)
+    run_train(exp, arch, out, init, Reporter(click.echo, quiet), resume, force)  # logs the table
     if not is_main_process():  # torchrun: rank 0 prints the results
         return
-    click.echo(metrics.table)
-    click.echo(f"wrote {out / 'model.pt'}, {out / 'best.pt'}, {out / 'last.pt'}, {out / 'tb'}")
+    click.echo(f"wrote {out / 'model.pt'}, {out / 'best.pt'}, {out / 'last.pt'}, "
+               f"{out / 'results.json'}, {out / 'tb'}")  # fmt: skip
 
 
 @cli.command("eval")

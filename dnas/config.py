@@ -156,7 +156,8 @@ class SearchConfig:
 
 @dataclass
 class TrainConfig:
-    """Training a fixed architecture: Adam, step schedule (paper: 200 epochs, x0.1 at 150, 170)."""
+    """Training a fixed architecture: Adam, step schedule (paper: 200 epochs, x0.1 at 150, 170)
+    or cosine."""
 
     epochs: int = field(default=200, metadata={"min": 1, "max": MAX_EPOCHS})
     batch_size: int = field(default=32, metadata={"min": 1, "max": MAX_BATCH})
@@ -168,6 +169,11 @@ class TrainConfig:
     gamma: float = field(default=0.1, metadata={"min": 0.0})
     steps_per_epoch: int | None = field(default=None, metadata={"min": 1, "max": MAX_STEPS})
     eval_every: int = field(default=10, metadata={"min": 1, "max": MAX_EPOCHS})
+    # ``step``: lr x gamma at each milestone epoch (the paper); ``cosine``: linear warm-up over
+    # ``warmup_steps`` steps, then lr (1 + cos(pi t / T)) / 2 per step down to 0 at the end
+    # (SGDR without restarts, Loshchilov & Hutter 2017; ``milestones``/``gamma`` unused)
+    schedule: str = field(default="step", metadata={"choices": ["step", "cosine"]})
+    warmup_steps: int = field(default=0, metadata={"min": 0, "max": MAX_STEPS})
 
 
 @dataclass
@@ -292,11 +298,18 @@ def _leaves(data: Any, path: str = "") -> dict[str, Any]:
 
 def config_changes(recorded: Any, exp: Experiment) -> list[str]:
     """The key paths whose values differ between a run's recorded config (a checkpoint's
-    ``config``) and ``exp``. A key only one side has counts as null on the other: a config
-    recorded before a key was added or moved (``cost_model.table`` lives in the latency cost
-    model's options since 2026-12-01) still resumes."""
+    ``config``) and ``exp``. A config recorded by an earlier version still resumes: a key it
+    lacks (added since) counts as that key's default, and a key that ``exp`` lacks (moved or
+    removed since: ``cost_model.table`` of a ``flops`` run) counts as null."""
     if not isinstance(recorded, dict):
         return ["<the checkpoint records no config>"]
     old = _leaves({k: v for k, v in recorded.items() if k not in UNHASHED})
     new = _leaves({k: v for k, v in to_dict(exp).items() if k not in UNHASHED})
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    defaults = _leaves(to_dict(_defaults(exp)))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k, defaults.get(k)) != new.get(k))
+
+
+def _defaults(exp: Experiment) -> Experiment:
+    """Every key at its default, for the task and the cost model ``exp`` uses."""
+    data = {"task": exp.task, "cost_model": {"type": exp.cost_model.type}}
+    return from_dict(Experiment, data, exp.source)

@@ -16,6 +16,15 @@ class ConfigError(DnasError):
         super().__init__(f"{where}: {message}")
 
 
+class Interrupted(DnasError):
+    """A run stopped by SIGINT or SIGTERM after checkpointing; exits 128 + the signal number
+    (130, 143), as a shell reports a command the signal ended."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def listing(items: list[str], limit: int) -> str:
     """``a, b, c and 4 more``: at most ``limit`` items of a list for a one-line message."""
     more = len(items) - limit

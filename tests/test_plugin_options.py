@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import write_experiment
 
 from dnas.checkpoint import check_resumable
@@ -121,33 +123,30 @@ def test_option_mistakes_name_the_file_and_key(plugins, tmp_path, sections, key,
     assert info.value.source == str(path)
 
 
-LEGACY = """
-task: {name: pose, root: /data/mpii}
-space: mbv2_pose_small
-input_size: [128, 128]
-cost_model: {type: latency, table: lut.json, batch: 8, form: budget, target: 12.5}
-search: {strategy: gumbel, random: {samples: 3}, single_path: {tau_start: 2.0}}
-"""
+LEGACY = Path(__file__).parent / "data" / "legacy_run_config.yaml"
 
 
-def test_built_in_configs_keep_their_keys_and_hash(tmp_path):
-    path = tmp_path / "exp.yaml"
-    path.write_text(LEGACY)
-    exp = load_experiment(path)
+def test_a_config_yaml_of_the_earlier_layout_loads_and_resumes_unchanged(tmp_path):
+    exp = load_experiment(LEGACY)  # 'source' and the inline keys of that version load
     assert exp.cost_model.options.table == "lut.json" and exp.cost_model.options.batch == 8
     assert exp.search.options["random"].samples == 3
     assert exp.search.options["single_path"].tau_start == 2.0
     written = to_dict(exp)
     assert {"table", "batch", "device"} <= written["cost_model"].keys()
     assert {"random", "single_path"} <= written["search"].keys()
-    # the digest this config had before the options moved into the plugins (2026-12-01)
-    assert config_hash(exp) == "10afeed004d728b9"
+    # a checkpoint of that run (its recorded config and digest) resumes without --force
+    state = {"config": yaml.safe_load(LEGACY.read_text()), "config_hash": "10afeed004d728b9"}
+    check_resumable(state, exp, tmp_path / "step.pt", force=False)
+    changed = load_experiment(LEGACY, ["cost_model.target=13.0"])
+    with pytest.raises(DnasError, match=r"\(cost_model.target; see"):
+        check_resumable(state, changed, tmp_path / "step.pt", force=False)
 
 
 def test_a_run_recorded_before_the_move_resumes_and_a_real_change_is_named(tmp_path):
     exp = load_experiment(write_experiment(tmp_path / "exp.yaml", tmp_path))
     recorded = to_dict(exp)
     recorded["cost_model"].update(table=None, batch=None, device=None)  # the old layout
+    del recorded["train"]["schedule"], recorded["train"]["warmup_steps"]  # keys added since
     state = {"config": recorded, "config_hash": "0" * 16}  # the old digest differs
     check_resumable(state, exp, tmp_path / "step.pt", force=False)
     recorded["search"]["epochs"] = 7

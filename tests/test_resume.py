@@ -110,11 +110,15 @@ def test_resume_refuses_a_changed_config_without_force(tmp_path, synth_root):
     assert checkpoint.load(tmp_path / "run" / "search.pt")["epoch"] == 2
 
 
-def test_resume_needs_a_checkpoint(tmp_path, synth_root):
+def test_resume_without_a_checkpoint_starts_afresh_and_says_so(tmp_path, synth_root):
     exp = search_experiment(tmp_path, synth_root, "darts")
     runner = CliRunner()
-    empty = runner.invoke(cli, ["search", str(exp), "--out", str(tmp_path / "none"), "--resume"])
-    assert empty.exit_code == 1 and "no search checkpoint to resume from" in empty.output
+    empty = runner.invoke(cli, ["search", str(exp), "--out", str(tmp_path / "none"), "--resume",
+                                "--set", "search.epochs=0"])  # fmt: skip
+    assert empty.exit_code == 0, empty.output
+    assert "no search checkpoint in" in empty.output and "starting afresh" in empty.output
+    assert (tmp_path / "none" / "search.json").exists()
+    assert (tmp_path / "none" / "config.yaml").exists()
 
 
 def test_train_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path, synth_root):

@@ -10,9 +10,12 @@ weights. A run supplies only its step, its epoch end and its own state.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +26,8 @@ from torch.utils.tensorboard import SummaryWriter
 from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
 from dnas.config import Experiment, config_hash, write_config
 from dnas.engine import distributed
-from dnas.engine.progress import Reporter, eta_text, start_run
+from dnas.engine.progress import Reporter, eta_text
+from dnas.engine.rundir import COMMON_OUTPUTS, RunLock, clear_outputs, command_line
 from dnas.engine.runtime import (
     Amp,
     check_finite,
@@ -32,7 +36,7 @@ from dnas.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from dnas.errors import DnasError
+from dnas.errors import Interrupted
 from dnas.schema import to_dict
 from dnas.task import build_task
 
@@ -41,18 +45,67 @@ def format_stats(stats: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.5g}" for k, v in stats.items())
 
 
-class RunContext:
-    """One run in ``out_dir``: joins the torchrun world (only rank 0 creates ``out_dir`` and
-    logs), seeds every generator, builds the task, and picks the device and precision."""
+@contextlib.contextmanager
+def stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to ``handler`` (it records them; the run stops at a step
+    boundary) while the block runs; the previous handlers afterwards. A second signal while
+    the first is pending ends the process the usual way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signums}
 
-    def __init__(self, exp: Experiment, out_dir: Path | str,
-                 report: Reporter | None = None) -> None:  # fmt: skip
-        self.exp, self.out_dir = exp, Path(out_dir)
-        self.world, self.report = start_run(exp.device, self.out_dir, report)
-        seed_everything(exp.seed)
-        self.task = build_task(exp)
-        self.device = distributed.device_for(self.world, pick_device(exp.device))
-        self.amp = Amp(self.device, exp.precision, exp.channels_last)
+    def record(signum: int, frame: object) -> None:
+        for s in signums:  # a second Ctrl-C is not swallowed
+            signal.signal(s, previous[s])
+        handler(signum)
+
+    for s in signums:
+        signal.signal(s, record)
+    try:
+        yield
+    finally:
+        for s in signums:
+            signal.signal(s, previous[s])
+
+
+class RunContext:
+    """One run in ``out_dir``: joins the torchrun world (only rank 0 creates ``out_dir``, locks
+    it and logs), seeds every generator, builds the task, and picks the device and precision;
+    then :meth:`setup` builds what the run needs. A run starting afresh (no ``resume``) first
+    removes an earlier run's ``outputs``. :meth:`close` (or a failing set-up) frees the lock."""
+
+    outputs: ClassVar[tuple[str, ...]] = ()  # what a fresh run of this kind clears first
+
+    def __init__(self, exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
+                 resume: bool = False, force: bool = False) -> None:  # fmt: skip
+        self.exp, self.out_dir, self.resume, self.force = exp, Path(out_dir), resume, force
+        self.world = distributed.init_world(exp.device)
+        self.report = report or Reporter()
+        self.report.active = self.world.main
+        self.lock = RunLock(self.out_dir)
+        if self.world.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire(self.report.line)
+            if not resume:
+                clear_outputs(self.out_dir, self.outputs)
+            self.report.attach(self.out_dir / "log.txt")
+        try:
+            seed_everything(exp.seed)
+            self.task = build_task(exp)
+            self.device = distributed.device_for(self.world, pick_device(exp.device))
+            self.amp = Amp(self.device, exp.precision, exp.channels_last)
+            self.setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def setup(self) -> None:
+        """What the run builds after the common set-up (nets, loaders, optimisers)."""
+
+    def close(self) -> None:
+        self.lock.release()
 
     def prepare(self, network: nn.Module) -> nn.Module:
         """A network of this run, made ready on its device for its processes: batch norm over
@@ -79,17 +132,20 @@ class EpochLoop(RunContext, ABC):
     """Epochs of steps with exact resume; subclasses set ``steps`` (per epoch) in ``__init__``
     and supply the hooks below."""
 
+    outputs = COMMON_OUTPUTS
     kind: ClassVar[str]  # the checkpoints' ``kind``
     name: ClassVar[str]  # what the run is called in messages ("search", "train")
     steps: int
 
-    def __init__(self, exp: Experiment, out_dir: Path | str,
-                 report: Reporter | None = None) -> None:  # fmt: skip
-        super().__init__(exp, out_dir, report)
+    def __init__(self, exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
+                 resume: bool = False, force: bool = False) -> None:  # fmt: skip
         self.position = Position()
         self.sums: dict[str, float] = {}  # the epoch's summed step stats so far
-        self.checkpoints = Checkpointer(self.out_dir / "checkpoints", exp.checkpoint.keep_last,
-                                        self.report.line)  # fmt: skip
+        self.checkpoints = Checkpointer(Path(out_dir) / "checkpoints",
+                                        exp.checkpoint.keep_last, print)  # fmt: skip
+        self.interrupted: int | None = None  # the signal that asked the run to stop
+        super().__init__(exp, out_dir, report, resume, force)
+        self.checkpoints.warn = self.report.line
 
     # -- what a run supplies -----------------------------------------------------------------
 
@@ -171,20 +227,20 @@ class EpochLoop(RunContext, ABC):
         for name in names:
             save_atomic(state, self.out_dir / name)
 
-    def start(self, resume: bool, force: bool) -> None:
-        """Continue from the newest readable checkpoint, or begin afresh (dropping an earlier
-        run's checkpoints and writing ``config.yaml``)."""
-        if not resume:
+    def start(self) -> None:
+        """Continue from the newest readable checkpoint (with ``resume``; afresh, saying so,
+        when there is none), or begin afresh: write ``config.yaml``."""
+        found = self.checkpoints.latest(self.kind) if self.resume else None
+        if found is None:
+            if self.resume:
+                self.report.line(f"no {self.name} checkpoint in {self.checkpoints.directory} to "
+                                 "resume from: starting afresh")  # fmt: skip
             if self.world.main:
                 self.checkpoints.clear()
                 write_config(self.exp, self.out_dir / "config.yaml")
             return
-        found = self.checkpoints.latest(self.kind)
-        if found is None:
-            raise DnasError(f"{self.checkpoints.directory}: no {self.name} checkpoint to "
-                            "resume from")  # fmt: skip
         state, path = found
-        check_resumable(state, self.exp, path, force)
+        check_resumable(state, self.exp, path, self.force)
         fields = state.get("position") or state["progress"]  # "progress": a 2026-11 train run
         self.position = Position(*(fields[k] for k in ("epoch", "step", "global_step")))
         if self.position.step:  # mid-epoch: the epoch had begun when the state was saved
@@ -199,32 +255,64 @@ class EpochLoop(RunContext, ABC):
     def running_stats(self) -> dict[str, float]:
         return {"loss": self.sums.get("train/loss", 0.0) / max(self.position.step, 1)}
 
-    def run(self, resume: bool = False, force: bool = False) -> Any:
-        """The whole run (with ``resume``: from the newest checkpoint); returns :meth:`finish`."""
-        self.start(resume, force)
+    def run(self) -> Any:
+        """The whole run; returns :meth:`finish`. SIGINT and SIGTERM end it at the next step
+        boundary with a checkpoint (:class:`dnas.errors.Interrupted`)."""
+        try:
+            with stop_signals(self.on_signal):
+                self.start()
+                return self.loop()
+        finally:
+            self.close()
+
+    def on_signal(self, signum: int) -> None:
+        self.interrupted = signum
+
+    def loop(self) -> Any:
         writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.position.epoch + 1) \
             if self.world.main else None  # fmt: skip
         self.report.line(self.header())
-        for epoch in range(self.position.epoch, self.num_epochs):
-            started = time.perf_counter()
-            self.run_steps(epoch)
-            stats = self.epoch_means()
-            stats.update(self.end_epoch(epoch, stats))
-            self.position.epoch, self.position.step = epoch + 1, 0
+        try:
+            for epoch in range(self.position.epoch, self.num_epochs):
+                self.run_epoch(epoch, writer)
+        finally:
             if writer is not None:
-                for key, value in stats.items():
-                    writer.add_scalar(key, value, epoch + 1)
-                self.write_pictures(writer, epoch + 1)
-            self.save(*self.files_after_epoch())
-            seconds = time.perf_counter() - started
-            eta = eta_text(epoch + 1, self.num_epochs, seconds)
-            self.report.line(f"epoch {epoch + 1}/{self.num_epochs}  {self.epoch_line(stats)}  "
-                             f"({seconds:.0f} s, {eta})")  # fmt: skip
-        if writer is not None:
-            writer.close()
+                writer.close()
         for model in self.models():
             distributed.check_in_sync(model, self.name)
         return self.finish()
+
+    def run_epoch(self, epoch: int, writer: SummaryWriter | None) -> None:
+        started = time.perf_counter()
+        self.run_steps(epoch)
+        stats = self.epoch_means()
+        stats.update(self.end_epoch(epoch, stats))
+        self.position.epoch, self.position.step = epoch + 1, 0
+        if writer is not None:
+            for key, value in stats.items():
+                writer.add_scalar(key, value, epoch + 1)
+            self.write_pictures(writer, epoch + 1)
+        self.save(*self.files_after_epoch())
+        seconds = time.perf_counter() - started
+        eta = eta_text(epoch + 1, self.num_epochs, seconds)
+        self.report.line(f"epoch {epoch + 1}/{self.num_epochs}  {self.epoch_line(stats)}  "
+                         f"({seconds:.0f} s, {eta})")  # fmt: skip
+        self.stop_if_interrupted()
+
+    def stop_if_interrupted(self) -> None:
+        """After a signal: checkpoint where the run is, say how to go on, and stop."""
+        if self.interrupted is None:
+            return
+        self.save()
+        p, name = self.position, signal.Signals(self.interrupted).name
+        epoch, step = (p.epoch + 1, p.step) if p.step else (p.epoch, self.steps)
+        command = command_line()
+        if "--resume" not in command.split():
+            command += " --resume"
+        message = (f"interrupted ({name}) at epoch {epoch} step {step}; checkpoint saved; "
+                   f"resume with: {command}")  # fmt: skip
+        self.report.line(message)
+        raise Interrupted(message, self.interrupted)
 
     def run_steps(self, epoch: int) -> None:
         """Epoch ``epoch``'s steps from where the position is, summing their stats; a resume
@@ -242,3 +330,5 @@ class EpochLoop(RunContext, ABC):
             p.step, p.global_step = p.step + 1, p.global_step + 1
             if every and p.global_step % every == 0 and p.step < self.steps:
                 self.save()
+            if self.interrupted is not None and p.step < self.steps:
+                self.stop_if_interrupted()

@@ -25,6 +25,7 @@ from dnas.engine.runtime import (
     weight_step,
 )
 from dnas.engine.sampling import epoch_batches, make_loader, train_loader
+from dnas.engine.schedule import Schedule
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.nn.network import Network
@@ -59,9 +60,13 @@ def load_weights(net: Network, path: Path) -> None:
     """Load a state_dict or dnas checkpoint into ``net``; a mismatch is a one-line error."""
     try:
         net.load_state_dict(checkpoint.state_dict_of(checkpoint.load(path), path))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise DnasError(f"{path}: weights do not fit {net.space.source} ({first})") from None
+    except RuntimeError as exc:  # torch: a header line, then one line per problem
+        problems = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
+        detail = problems[0] if problems else str(exc).strip()
+        if len(detail) > 400:
+            detail = detail[:400] + " ..."
+        more = f"; {len(problems) - 1} more problems" if len(problems) > 1 else ""
+        raise DnasError(f"{path}: weights do not fit {net.space.source}: {detail}{more}") from None
 
 
 def model_size(net: Network, input_hw: tuple[int, int]) -> dict[str, int]:
@@ -78,13 +83,19 @@ class TrainRun(EpochLoop):
     ``model.pt`` at the end."""
 
     kind, name = KIND, "train"
+    outputs = (*EpochLoop.outputs, "last.pt", "best.pt", "model.pt", "results.json")
 
     def __init__(self, exp: Experiment, arch_ref: str, out_dir: Path | str,
-                 init: Path | None = None, report: Reporter | None = None) -> None:  # fmt: skip
-        super().__init__(exp, out_dir, report)
-        self.arch, self.net = build_fixed(exp, arch_ref, self.task)
-        if init is not None:
-            load_weights(self.net, init)
+                 init: Path | None = None, report: Reporter | None = None, resume: bool = False,
+                 force: bool = False) -> None:  # fmt: skip
+        self.arch_ref, self.init = arch_ref, init
+        super().__init__(exp, out_dir, report, resume, force)
+
+    def setup(self) -> None:
+        exp = self.exp
+        self.arch, self.net = build_fixed(exp, self.arch_ref, self.task)
+        if self.init is not None:
+            load_weights(self.net, self.init)
         elif exp.remap_from:
             mapped = remap_into(self.net, Path(exp.remap_from))
             self.report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
@@ -92,14 +103,13 @@ class TrainRun(EpochLoop):
         cfg = exp.train
         self.params = self.net.weight_parameters()
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=cfg.milestones,
-                                                          gamma=cfg.gamma)  # fmt: skip
         train_set = self.task.dataset("train", augment=True, seed=exp.seed)
         self.loader = train_loader(train_set, range(len(train_set)), cfg.batch_size, exp.workers,
                                    exp.seed, self.world.rank, self.world.size)  # fmt: skip
         self.val_loader = make_loader(self.task.dataset("val", augment=False), cfg.batch_size,
                                       exp.workers)  # fmt: skip
         self.steps = min(len(self.loader), cfg.steps_per_epoch or len(self.loader))
+        self.sched = Schedule(self.opt, cfg, self.steps)
         self.model: nn.Module = self.net
         if self.world.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -123,11 +133,12 @@ class TrainRun(EpochLoop):
     def step(self, batch: dict) -> dict[str, float]:
         batch = to_device(batch, self.device)
         loss = weight_step(self.model, batch, self.task.loss, self.opt, self.params, amp=self.amp)
+        self.sched.after_step()
         return {"train/loss": float(loss)}
 
     def end_epoch(self, epoch: int, stats: dict[str, float]) -> dict[str, float]:
         extra = {"lr": self.opt.param_groups[0]["lr"]}
-        self.sched.step()
+        self.sched.after_epoch()
         self.best_now = False
         if (epoch + 1) % self.exp.train.eval_every == 0 or epoch + 1 == self.num_epochs:
             self.metrics = self.evaluate()
@@ -163,6 +174,13 @@ class TrainRun(EpochLoop):
         }  # fmt: skip
 
     def load_state(self, state: dict[str, Any]) -> None:
+        recorded = state.get("arch", {})
+        if recorded != self.arch.to_dict():  # weights of another net: refuse, even with --force
+            raise DnasError(
+                f"{self.checkpoints.directory}: this run trained architecture "
+                f"{recorded.get('name', '?')!r}, not {self.arch.name!r} ({self.arch.source}); "
+                "resume with the run's own --arch or start a new --out"
+            )
         self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -173,10 +191,21 @@ class TrainRun(EpochLoop):
             self.best_score = state["best_score"]
 
     def finish(self) -> Metrics:
+        """``model.pt``, and the final evaluation in ``log.txt`` and ``results.json``."""
         if self.world.main:
             checkpoint.save_atomic(self.net.state_dict(), self.out_dir / "model.pt")
         if self.metrics is None:  # a resumed run that had already finished: score what it holds
             self.metrics = self.evaluate()
+        self.report.line(self.metrics.table)
+        if self.world.main:
+            results = {
+                **self.metrics.values, "primary_metric": self.metrics.primary,
+                "architecture_name": self.arch.name, **model_size(self.net, self.exp.input_hw),
+                "input_size": list(self.exp.input_hw), "epochs": self.num_epochs,
+                "best_score": self.best_score, "weights": str(self.out_dir / "model.pt"),
+                "table": self.metrics.table,
+            }  # fmt: skip
+            write_text_atomic(self.out_dir / "results.json", json.dumps(results, indent=1))
         return self.metrics
 
 
@@ -191,7 +220,7 @@ def run_train(
 ) -> Metrics:
     """Train ``arch_ref`` into ``out_dir`` (with ``resume``: continue the run there); returns
     the last evaluation. Under ``torchrun`` every process calls this; only rank 0 writes."""
-    return TrainRun(exp, arch_ref, out_dir, init, report).run(resume, force)
+    return TrainRun(exp, arch_ref, out_dir, init, report, resume, force).run()
 
 
 def run_eval(
@@ -200,7 +229,10 @@ def run_eval(
     """Evaluate trained weights on the validation split; writes ``results.json`` into out_dir.
     Under ``torchrun`` rank 0 evaluates and every process returns its results."""
     run = RunContext(exp, out_dir, Reporter(lambda _: None))
-    results = _evaluate(run, arch_ref, weights, save_vis) if run.world.main else None
+    try:
+        results = _evaluate(run, arch_ref, weights, save_vis) if run.world.main else None
+    finally:
+        run.close()
     return distributed.broadcast_object(results)
 
 

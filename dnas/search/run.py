@@ -72,10 +72,10 @@ class SearchRun(EpochLoop):
     architecture split whenever the strategy wants one; ``search.pt`` after every epoch."""
 
     kind, name = KIND, "search"
+    outputs = (*EpochLoop.outputs, "search.pt", "search.json")
 
-    def __init__(self, exp: Experiment, out_dir: Path | str,
-                 report: Reporter | None = None) -> None:  # fmt: skip
-        super().__init__(exp, out_dir, report)
+    def setup(self) -> None:
+        exp = self.exp
         self.space = build_space(exp.space, self.task, exp)
         if self.space.is_fixed:
             raise ConfigError(exp.source, "space", f"{self.space.source} has no searchable layer")
@@ -239,4 +239,4 @@ def run_search(exp: Experiment, out_dir: Path | str, report: Reporter | None = N
                resume: bool = False, force: bool = False) -> dict:  # fmt: skip
     """Run (or with ``resume`` continue) a whole search into ``out_dir``; returns the content
     of ``search.json``. Under ``torchrun`` every process calls this; only rank 0 writes."""
-    return SearchRun(exp, out_dir, report).run(resume, force)
+    return SearchRun(exp, out_dir, report, resume, force).run()

@@ -10,6 +10,7 @@ from pathlib import Path
 from dnas.checkpoint import step_files
 from dnas.config import Experiment
 from dnas.engine.progress import Reporter
+from dnas.engine.rundir import RunLock
 from dnas.engine.train import run_train
 from dnas.files import write_text_atomic
 from dnas.nn.profile import cost_report
@@ -42,6 +43,17 @@ def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path,
     training continues from its checkpoints."""
     report = report or Reporter()
     outputs = build_task(exp).num_outputs
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out_dir)  # one sweep at a time; each run locks its own directory too
+    lock.acquire(report.line)
+    try:
+        return _sweep(exp, kind, values, out_dir, outputs, report, resume, force)
+    finally:
+        lock.release()
+
+
+def _sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path, outputs: int,
+           report: Reporter, resume: bool, force: bool) -> list[dict]:  # fmt: skip
     rows = []
     for value in values:
         run_dir = run_dir_of(out_dir, kind, value)

@@ -1,0 +1,101 @@
+"""A run directory in use: its lock (one run writes into it at a time) and the reset of its
+outputs when a run starts afresh over an earlier one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from dnas.errors import DnasError
+
+LOCK = ".dnas.lock"
+# what every search or training run writes; each run kind adds its own result files
+COMMON_OUTPUTS = ("log.txt", "tb", "checkpoints", "config.yaml", "metrics.jsonl")
+
+
+def command_line() -> str:
+    """The command this process runs, as a user would type it (``dnas search ...``)."""
+    args = sys.argv[1:] if Path(sys.argv[0]).name in ("dnas", "__main__.py") else []
+    return shlex.join(["dnas", *args]) if args else shlex.join(sys.argv)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists here and (where /proc tells) is a dnas or Python run,
+    so that a lock whose pid the system has since reused counts as stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return "dnas" in text or "python" in text
+    return True
+
+
+class RunLock:
+    """``out_dir/.dnas.lock``, created exclusively; it names the process that holds it. A lock
+    whose process no longer runs (a killed run) is taken over with a warning; one held by a
+    live process, or by another host, is a one-line error naming it."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / LOCK
+        self.held = False
+
+    def acquire(self, warn: Callable[[str], None]) -> None:
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "command": command_line(),
+                "started": datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+        while not self.held:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._check_stale(warn)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(mine, fh)
+            self.held = True
+
+    def _check_stale(self, warn: Callable[[str], None]) -> None:
+        try:
+            holder = json.loads(self.path.read_text())
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            holder, pid, host = {}, -1, socket.gethostname()  # unreadable: half-written, stale
+        if pid == os.getpid() and host == socket.gethostname():
+            raise DnasError(f"{self.path.parent}: already in use by this process")
+        if host != socket.gethostname():
+            raise DnasError(f"{self.path.parent}: in use by process {pid} on host {host} "
+                            f"({holder.get('command', '?')}); if that run is gone, delete "
+                            f"{self.path}")  # fmt: skip
+        if pid > 0 and _running(pid):
+            raise DnasError(f"{self.path.parent}: in use by process {pid} "
+                            f"({holder.get('command', '?')}, since {holder.get('started', '?')}); "
+                            "wait for it to end or stop it, or choose another --out")  # fmt: skip
+        warn(f"warning: {self.path}: process {pid} that locked this run directory is gone; "
+             "taking the lock over")  # fmt: skip
+        self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def clear_outputs(out_dir: Path, names: tuple[str, ...]) -> None:
+    """Remove an earlier run's outputs ``names`` (files or folders) from ``out_dir``, so a run
+    that starts afresh there leaves no line, event file or result of the one before."""
+    for name in names:
+        path = Path(out_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,149 @@
+"""Run directories a user can trust: SIGINT/SIGTERM checkpoint and say how to resume, one run
+at a time per directory (a stale lock is taken over), a fresh run over an old one leaves
+nothing of it, training results on disk, and a resume with another architecture refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_experiment
+
+from dnas import checkpoint
+from dnas.checkpoint import Checkpointer
+from dnas.cli import cli
+from dnas.engine.rundir import LOCK
+from tasks.pose.synth import write_synthetic_mpii
+
+ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_mpii(root, n_train=40, n_val=4, seed=0, image_size=64)
+    return root
+
+
+def long_search(tmp_path: Path, root: Path) -> Path:
+    """A search of many short steps (minutes if left alone), so a signal lands mid-epoch."""
+    return write_experiment(tmp_path / "exp.yaml", root, search={
+        "strategy": "gumbel", "warmup_epochs": 1, "epochs": 400, "batch_size": 4,
+        "steps_per_epoch": 8})  # fmt: skip
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dnas", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for_steps(proc: subprocess.Popen, ckpt_dir: Path) -> None:
+    """Until the run has finished its first epoch (a checkpoint exists) and is stepping on."""
+    deadline = time.monotonic() + 240
+    while not any(ckpt_dir.glob("step-*.pt")):
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "the run never reached its first checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_checkpoints_the_step_and_says_how_to_resume(tmp_path, synth_root, signum,
+                                                              code):  # fmt: skip
+    exp, run = long_search(tmp_path, synth_root), tmp_path / "run"
+    proc = start("search", str(exp), "--out", str(run), "--quiet")
+    wait_for_steps(proc, run / "checkpoints")
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    name = signal.Signals(signum).name
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and f"interrupted ({name}) at epoch" in lines[0]
+    assert f"resume with: dnas search {exp} --out {run} --quiet --resume" in lines[0]
+    assert f"interrupted ({name})" in (run / "log.txt").read_text()
+    newest = checkpoint.load(Checkpointer(run / "checkpoints", 3, print).files()[-1])
+    done = newest["position"]["global_step"]
+    assert done > 8 and newest["position"]["step"] == done % 8  # the step it stopped at
+    assert not (run / LOCK).exists()
+    # the resume command continues from that step
+    again = start("search", str(exp), "--out", str(run), "--quiet", "--resume")
+    position = newest["position"]
+    resumed = f"epoch {position['epoch'] + 1}, step {position['step']}"
+    deadline = time.monotonic() + 240
+    while resumed not in (run / "log.txt").read_text():
+        assert again.poll() is None and time.monotonic() < deadline, again.communicate()[1]
+        time.sleep(0.05)
+    again.send_signal(signal.SIGTERM)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 143, err
+
+
+def test_a_run_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path, synth_root):
+    exp, run = long_search(tmp_path, synth_root), tmp_path / "run"
+    first = start("search", str(exp), "--out", str(run), "--quiet")
+    wait_for_steps(first, run / "checkpoints")
+    second = start("search", str(exp), "--out", str(run), "--quiet", "--resume")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 1
+    holder = f"Error: {run}: in use by process {first.pid} (dnas search {exp} --out {run} --quiet"
+    assert err.startswith(holder) and err.strip().count("\n") == 0
+    assert "wait for it to end or stop it" in err
+    first.send_signal(signal.SIGKILL)  # a killed run leaves its lock behind
+    first.wait()
+    assert json.loads((run / LOCK).read_text())["pid"] == first.pid
+    runner = CliRunner()
+    taken = runner.invoke(cli, ["search", str(exp), "--out", str(run), "--resume",
+                                "--set", "search.epochs=0", "--force"])  # fmt: skip
+    assert taken.exit_code == 0, taken.output
+    assert f"process {first.pid} that locked this run directory is gone" in taken.output
+    assert not (run / LOCK).exists()
+
+
+def test_a_fresh_run_over_an_old_one_keeps_nothing_of_it(tmp_path, synth_root):
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    run, runner = tmp_path / "run", CliRunner()
+    args = ["train", str(exp), "--arch", ARCH, "--out", str(run)]
+    assert runner.invoke(cli, args).exit_code == 0
+    (run / "notes.txt").write_text("mine")  # not a dnas output: kept
+    forced = runner.invoke(cli, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    log = (run / "log.txt").read_text()
+    assert log.count("train: ") == 1 and (run / "notes.txt").read_text() == "mine"
+    assert len(list((run / "tb").glob("events.*"))) == 1
+
+
+def test_training_writes_its_results_and_logs_the_table(tmp_path, synth_root):
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", str(exp), "--arch", ARCH, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((run / "results.json").read_text())
+    assert results["primary_metric"] == "Mean" and 0 <= results["Mean"] <= 100
+    assert results["params"] > 0 and results["macs"] > 0 and results["input_size"] == [64, 64]
+    table = results["table"]
+    assert table.startswith("| PCKh@0.5") and table in (run / "log.txt").read_text()
+    assert result.output.count("| PCKh@0.5") == 1  # printed once, through the log
+    assert str(run / "results.json") in result.output
+
+
+def test_resuming_with_another_architecture_is_one_line(tmp_path, synth_root):
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    run, runner = tmp_path / "run", CliRunner()
+    assert runner.invoke(cli, ["train", str(exp), "--arch", ARCH, "--out", str(run)]).exit_code == 0
+    other = runner.invoke(cli, ["train", str(exp), "--arch", "efficientpose-a", "--out", str(run),
+                                "--resume", "--force"])  # fmt: skip
+    assert other.exit_code == 1
+    assert other.output.strip().count("\n") == 0
+    assert (
+        "trained architecture 'tiny-arch'" in other.output or "trained architecture" in other.output
+    )
+    assert "'efficientpose-a'" in other.output
+    assert not (run / LOCK).exists()
+    assert os.path.exists(run / "model.pt")  # the run's results are untouched
