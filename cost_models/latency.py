@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dnas.cli import head_outputs, outputs_opt
+from dnas.cli import example, head_outputs, out_opt, outputs_opt
 from dnas.config import MAX_BATCH
 from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
@@ -314,7 +314,10 @@ def lut() -> None:
     """Latency lookup tables: build one for this machine, check its predictions."""
 
 
-@lut.command("build")
+@lut.command(
+    "build",
+    epilog=example("dnas lut build --space mbv2_pose_small --input 256x256 --batch 1 -o lut.json"),
+)
 @click.option("--space", required=True, help="Search space YAML or shipped name.")
 @click.option("--input", "input_size", default="256x256", show_default=True, help="HxW.")
 @click.option("--batch", type=click.IntRange(1), help="Batch (default: CPU 1, GPU 32).")
@@ -330,7 +333,7 @@ def lut() -> None:
     show_default=True,
     help="Random whole networks measured for the per-network overhead.",
 )
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@out_opt("output", file=True)
 @click.option("--force", is_flag=True)
 def lut_build(space: str, input_size: str, batch: int | None, device: str, threads: int | None,
               outputs: int | None, joints: int | None, repeats: int, warmup: int,
@@ -356,7 +359,7 @@ def lut_build(space: str, input_size: str, batch: int | None, device: str, threa
     )
 
 
-@lut.command("check")
+@lut.command("check", epilog=example("dnas lut check --table lut.json --samples 30"))
 @click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
 @click.option("--space", help="Search space (default: the one named in the table).")
 @click.option("--samples", type=click.IntRange(2), default=30, show_default=True)

@@ -13,13 +13,17 @@ import click
 
 from dnas.errors import DnasError, from_worker
 
-# User mistakes surface as one line on stderr and exit code 1; click's own usage errors exit 2.
+# User mistakes surface as one line on stderr and exit code 1, click's usage errors included.
 
 
 class DnasGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # one line and exit 1, like every other user mistake
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            error = click.ClickException(f"{exc.format_message()} (see '{where} --help')")
+            raise error from None
         except (DnasError, RuntimeError) as exc:
             message = from_worker(exc)  # a data error inside a loader worker
             if message is None and not isinstance(exc, DnasError):
@@ -85,6 +89,15 @@ def guard_output(path: Path, force: bool) -> None:
         raise DnasError(f"{path} already exists; pass --force to overwrite or choose another --out")
 
 
+def out_opt(dest: str = "out", file: bool = False, required: bool = True,
+            help: str | None = None) -> Callable:  # fmt: skip
+    """The one output flag of every command: ``-o/--out`` (a directory, or with ``file`` a
+    file); ``--output``, its earlier name on some commands, still works."""
+    kind = click.Path(file_okay=file, dir_okay=not file, path_type=Path)
+    return click.option("-o", "--out", "--output", dest, type=kind, required=required,
+                        help=help or ("Output file." if file else "Output directory."))  # fmt: skip
+
+
 def outputs_opt(func: Callable) -> Callable:
     """``--outputs N``, the head's output channels, and ``--joints``, its earlier name (hidden);
     the command reads them with :func:`head_outputs`."""
@@ -102,7 +115,7 @@ def head_outputs(outputs: int | None, joints: int | None, default: int = 16) -> 
 config_arg = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 set_opt = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-    help="Override a config value, e.g. --set search.epochs=2 (repeatable).",
+    help="Override a config value as KEY.PATH=YAML (repeatable; see the examples below).",
 )  # fmt: skip
 force_opt = click.option("--force", is_flag=True, help="Overwrite existing results in --out.")
 resume_opt = click.option(
@@ -118,15 +131,26 @@ remap_opt = click.option(
 )  # fmt: skip
 
 
+def example(*commands: str) -> str:
+    """A help page's closing examples (click prints ``\\b`` paragraphs as written)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {c}" for c in commands)
+
+
 @click.group(cls=RootGroup)
 @click.version_option(package_name="dnas")
 def cli() -> None:
     """Hardware-aware differentiable architecture search for dense prediction."""
 
 
-@cli.command()
+@cli.command(
+    epilog=example(
+        "dnas search examples/demo.yaml -o runs/search --set search.epochs=2",
+        "dnas search EXP.yaml -o runs/search --resume",
+        "torchrun --nproc_per_node 2 -m dnas search EXP.yaml -o runs/search",
+    )
+)
 @config_arg
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@out_opt()
 @click.option("--strategy", help="Override search.strategy (darts, random, ...).")
 @click.option("--cost-model", help="Override cost_model.type (flops, params, latency).")
 @click.option("--cost-table", help="Override cost_model.table (a dnas lut build table).")
@@ -159,18 +183,25 @@ def search(config: Path, out: Path, strategy: str | None, cost_model: str | None
     click.echo(f"wrote {out / 'search.pt'}, {out / 'search.json'}, {out / 'tb'}")
 
 
-@cli.command()
+@cli.command(epilog=example("dnas derive runs/search -o runs/arch.yaml --name my-net"))
 @click.argument("run", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@out_opt("output", file=True)
 @click.option("--name", help="Name of the derived architecture.")
 @force_opt
 def derive(run: Path, output: Path, name: str | None, force: bool):
     """Derive the architecture of a search RUN (directory or search.pt): argmax op per layer."""
     from dnas.search.derive import derive as derive_arch
-    from dnas.search.derive import format_rows, undecided_warning, write_architecture
+    from dnas.search.derive import (
+        format_rows,
+        incomplete_warning,
+        undecided_warning,
+        write_architecture,
+    )
 
     guard_output(output, force)
     arch, rows = derive_arch(run, name)
+    if warning := incomplete_warning(run):
+        click.echo(f"warning: {warning}", err=True)
     write_architecture(arch, output, f"derived by 'dnas derive {run}'")
     click.echo(format_rows(rows))
     if warning := undecided_warning(rows):
@@ -178,10 +209,15 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     click.echo(f"wrote {output}")
 
 
-@cli.command()
+@cli.command(
+    epilog=example(
+        "dnas train examples/demo.yaml --arch runs/arch.yaml -o runs/train",
+        "dnas train EXP.yaml --arch efficientpose-a -o runs/a --set train.epochs=20",
+    )
+)
 @config_arg
 @click.option("--arch", required=True, help="Architecture YAML or shipped name.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@out_opt()
 @click.option("--init", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Initial weights (state_dict or dnas checkpoint).")  # fmt: skip
 @remap_opt
@@ -210,11 +246,17 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
                f"{out / 'results.json'}, {out / 'tb'}")  # fmt: skip
 
 
-@cli.command("eval")
+@cli.command(
+    "eval",
+    epilog=example(
+        "dnas eval EXP.yaml --arch runs/arch.yaml --weights runs/train/model.pt -o runs/eval",
+        "dnas eval EXP.yaml --arch efficientpose-a --weights a.pt -o runs/eval --save-vis 8",
+    ),
+)
 @config_arg
 @click.option("--arch", required=True, help="Architecture YAML or shipped name.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@out_opt()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--save-vis", type=click.IntRange(0), default=0, metavar="N",
               help="Save N pictures of ground truth beside prediction in OUT/vis.")  # fmt: skip
@@ -246,7 +288,7 @@ def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, save_v
     )
 
 
-@cli.command()
+@cli.command(epilog=example("dnas cost efficientpose-a --input-size 256x256 --outputs 16"))
 @click.argument("arch")
 @click.option("--input-size", default="256x256", show_default=True, help="HxW.")
 @outputs_opt
@@ -277,9 +319,14 @@ def parse_values(text: str) -> list[float]:
     return values
 
 
-@cli.command()
+@cli.command(
+    epilog=example(
+        "dnas sweep examples/lambda_sweep.yaml -o runs/sweep --weights 0.02,0.05,0.1",
+        "dnas sweep EXP.yaml -o runs/budgets --targets 20,30,40",
+    )
+)
 @config_arg
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@out_opt()
 @click.option("--weights", "weight_values", help="Cost weights (lambda) to sweep, e.g. 0.01,0.1,1.")
 @click.option(
     "--targets",
@@ -314,10 +361,14 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
                f"({len(rows)} runs)")  # fmt: skip
 
 
-@cli.command()
+@cli.command(
+    epilog=example(
+        "dnas export --arch runs/arch.yaml --weights runs/train/model.pt -o net.onnx",
+    )
+)
 @click.option("--arch", required=True, help="Architecture YAML or shipped name.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@out_opt("output", file=True)
 @click.option("--input-size", default="256x256", show_default=True, help="HxW.")
 @click.option("--opset", type=click.IntRange(11), default=17, show_default=True)
 @force_opt
@@ -341,7 +392,7 @@ def export(arch: str, weights: Path, output: Path, input_size: str, opset: int, 
     click.echo(f"wrote {output} ({head_weights[-1].shape[0]} outputs, batch-norm folded)")
 
 
-@cli.command()
+@cli.command(epilog=example("dnas spaces"))
 def spaces():
     """List the shipped search spaces and architectures."""
     from dnas.space.graph import describe, load_space, shipped_names
@@ -350,9 +401,13 @@ def spaces():
         click.echo(describe(load_space(name)) + "\n")
 
 
-@cli.command()
+@cli.command(
+    epilog=example(
+        "dnas plot runs/search -o runs/plots", "dnas plot efficientpose-a -o plots --format svg"
+    )
+)
 @click.argument("ref")
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@out_opt()
 @click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png",
               show_default=True)  # fmt: skip
 @force_opt

@@ -46,7 +46,7 @@ def test_cost_outputs_option_and_its_earlier_name():
     assert json.loads(new.output) == json.loads(old.output)
     assert json.loads(run().output)["params"] != json.loads(new.output)["params"]  # default 16
     both = run("--outputs", "16", "--joints", "17")
-    assert both.exit_code == 2 and "earlier name of --outputs" in both.output
+    assert both.exit_code == 1 and "earlier name of --outputs" in both.output
     assert "--joints" not in CliRunner().invoke(cli, ["cost", "--help"]).output
 
 

@@ -147,3 +147,42 @@ def test_resuming_with_another_architecture_is_one_line(tmp_path, synth_root):
     assert "'efficientpose-a'" in other.output
     assert not (run / LOCK).exists()
     assert os.path.exists(run / "model.pt")  # the run's results are untouched
+
+
+def test_every_step_is_logged_to_metrics_jsonl_and_tensorboard(tmp_path, synth_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)  # 2 epochs x 2 steps
+    run = tmp_path / "run"
+    assert (
+        CliRunner().invoke(cli, ["train", str(exp), "--arch", ARCH, "-o", str(run)]).exit_code == 0
+    )
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"], r["global_step"]) for r in records] == [
+        (1, 1, 1), (1, 2, 2), (2, 1, 3), (2, 2, 4)]  # fmt: skip
+    assert all(r["train/loss"] > 0 for r in records)
+    events = EventAccumulator(str(run / "tb" / "steps"))
+    events.Reload()
+    logged = events.Scalars("train/loss")
+    assert [e.step for e in logged] == [1, 2, 3, 4]
+    assert [e.value for e in logged] == pytest.approx([r["train/loss"] for r in records])
+
+
+def test_progress_lines_come_off_a_terminal_without_quiet():
+    from dnas.engine.progress import Reporter
+
+    lines: list[str] = []
+    report = Reporter(lines.append, quiet=False, every_s=0.0)
+    assert list(report.steps(iter(range(3)), 4, 0, "epoch 1/1", lambda: {"loss": 0.5})) == [0, 1, 2]
+    assert lines and lines[0].startswith("epoch 1/1: step 1/4") and "loss 0.5" in lines[0]
+
+
+def test_derive_warns_on_an_interrupted_search(tmp_path, synth_root):
+    exp, run = long_search(tmp_path, synth_root), tmp_path / "run"
+    proc = start("search", str(exp), "-o", str(run), "--quiet")
+    wait_for_steps(proc, run / "checkpoints")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    result = CliRunner().invoke(cli, ["derive", str(run), "-o", str(tmp_path / "arch.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "holds an incomplete search (" in result.output and "of 401 epochs" in result.output

@@ -37,9 +37,9 @@ def test_sweep_over_budgets_and_usage_errors(tmp_path, real_mpii_root):
     assert rows[0]["target"] == 1.2
     both = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "1",
                                     "--targets", "2"])  # fmt: skip
-    assert both.exit_code == 2 and "exactly one of --weights and --targets" in both.output
+    assert both.exit_code == 1 and "exactly one of --weights and --targets" in both.output
     bad = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "a,b"])
-    assert bad.exit_code == 2 and "comma-separated numbers" in bad.output
+    assert bad.exit_code == 1 and "comma-separated numbers" in bad.output
 
 
 def test_sweep_keeps_the_runs_of_a_partial_sweep(tmp_path, real_mpii_root):

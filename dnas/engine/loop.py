@@ -11,6 +11,7 @@ weights. A run supplies only its step, its epoch end and its own state.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -118,6 +119,27 @@ class RunContext:
         return network
 
 
+class StepLog:
+    """Every step's scalars: a line of ``metrics.jsonl`` (epoch, step, global step and the
+    stats) and TensorBoard scalars in ``tb/steps`` at the global step. A resumed run appends,
+    and repeats the lines of the steps after its checkpoint."""
+
+    def __init__(self, out_dir: Path, global_step: int) -> None:
+        self.file = open(out_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed by the run)
+        self.writer = SummaryWriter(str(out_dir / "tb" / "steps"), purge_step=global_step + 1)
+
+    def write(self, epoch: int, step: int, global_step: int, stats: dict[str, float]) -> None:
+        record = {"epoch": epoch, "step": step, "global_step": global_step, **stats}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in stats.items():
+            self.writer.add_scalar(key, value, global_step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+
+
 @dataclass
 class Position:
     """Where a run is: ``step`` steps of epoch ``epoch`` done (``epoch`` epochs finished when
@@ -144,6 +166,7 @@ class EpochLoop(RunContext, ABC):
         self.checkpoints = Checkpointer(Path(out_dir) / "checkpoints",
                                         exp.checkpoint.keep_last, print)  # fmt: skip
         self.interrupted: int | None = None  # the signal that asked the run to stop
+        self.steps_log: StepLog | None = None
         super().__init__(exp, out_dir, report, resume, force)
         self.checkpoints.warn = self.report.line
 
@@ -269,15 +292,18 @@ class EpochLoop(RunContext, ABC):
         self.interrupted = signum
 
     def loop(self) -> Any:
-        writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.position.epoch + 1) \
-            if self.world.main else None  # fmt: skip
-        self.report.line(self.header())
-        try:
+        with contextlib.ExitStack() as stack:
+            writer = self.steps_log = None
+            if (
+                self.world.main
+            ):  # epoch scalars in tb/, per-step ones in tb/steps/ and metrics.jsonl
+                writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.position.epoch + 1)
+                stack.callback(writer.close)
+                self.steps_log = StepLog(self.out_dir, self.position.global_step)
+                stack.callback(self.steps_log.close)
+            self.report.line(self.header())
             for epoch in range(self.position.epoch, self.num_epochs):
                 self.run_epoch(epoch, writer)
-        finally:
-            if writer is not None:
-                writer.close()
         for model in self.models():
             distributed.check_in_sync(model, self.name)
         return self.finish()
@@ -324,10 +350,12 @@ class EpochLoop(RunContext, ABC):
         steps = zip(range(p.step, self.steps), self.batches(epoch, p.step), strict=False)
         desc = f"epoch {epoch + 1}/{self.num_epochs}"
         for _, batch in self.report.steps(steps, self.steps, p.step, desc, self.running_stats):
-            for key, value in self.step(batch).items():
-                value = check_finite(value, key, p.global_step)
+            stats = {k: check_finite(v, k, p.global_step) for k, v in self.step(batch).items()}
+            for key, value in stats.items():
                 self.sums[key] = self.sums.get(key, 0.0) + value
             p.step, p.global_step = p.step + 1, p.global_step + 1
+            if self.steps_log is not None:
+                self.steps_log.write(epoch + 1, p.step, p.global_step, stats)
             if every and p.global_step % every == 0 and p.step < self.steps:
                 self.save()
             if self.interrupted is not None and p.step < self.steps:

@@ -1,9 +1,11 @@
-"""What a run shows while it works: progress bars with ETA on a terminal, or (``--quiet``) plain
-periodic log lines for batch jobs; every log line also goes to the run directory's ``log.txt``.
+"""What a run shows while it works: progress bars with ETA on a terminal, or (``--quiet``, and
+always off a terminal) plain periodic log lines for batch jobs; every log line also goes to
+the run directory's ``log.txt``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
@@ -51,7 +53,7 @@ class Reporter:
         if not self.active:
             yield from items
             return
-        if not self.quiet:
+        if not self.quiet and sys.stderr.isatty():  # off a terminal (nohup, SLURM, | tee): lines
             with tqdm(items, total=total, initial=start, desc=desc, leave=False,
                       disable=None, dynamic_ncols=True) as bar:  # fmt: skip
                 self._bar = None if bar.disable else bar

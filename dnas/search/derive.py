@@ -66,6 +66,20 @@ def undecided_warning(rows: list[DerivedLayer]) -> str | None:
             "search.arch_optimizer.lr")  # fmt: skip
 
 
+def incomplete_warning(ref: Path | str) -> str | None:
+    """One line when the search whose checkpoint this is stopped before its last epoch (an
+    interrupted run: its probabilities are those of a search cut short)."""
+    path = find_checkpoint(ref)
+    ckpt = checkpoint.load(path)
+    done, total = ckpt.get("epoch"), ckpt.get("num_epochs")
+    if not isinstance(done, int) or not isinstance(total, int) or done >= total:
+        return None
+    return (
+        f"{path} holds an incomplete search ({done} of {total} epochs); finish it with "
+        "'dnas search ... --resume' before deriving, or accept a search cut short"
+    )
+
+
 def format_rows(rows: list[DerivedLayer]) -> str:
     lines = [f"{'layer':<12} {'op':<6} {'prob':>6}   all candidates"]
     for r in rows:

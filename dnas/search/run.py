@@ -181,6 +181,7 @@ class SearchRun(EpochLoop):
 
     def state(self) -> dict[str, Any]:
         return {
+            "num_epochs": self.num_epochs,  # dnas derive warns on an incomplete search
             "arch_batches": self.arch_batches,
             "arch_steps": self.arch_steps,
             "space": self.space.to_dict(),

@@ -11,6 +11,7 @@ import cv2
 import h5py
 import numpy as np
 
+from dnas.cli import example, out_opt
 from dnas.errors import DnasError
 from dnas.registry import COMMANDS, DATA_COMMANDS
 from dnas.synthetic import already_there
@@ -67,7 +68,9 @@ def pose() -> None:
     """Pose-estimation tools: score prediction files."""
 
 
-@pose.command("pckh")
+@pose.command(
+    "pckh", epilog=example("dnas pose pckh data/mpii/annot/gt_valid.mat runs/eval/pred.mat")
+)
 @click.option(
     "--gt",
     "gt_path",
@@ -94,7 +97,10 @@ def pckh(gt_path: Path, preds_path: Path, fmt: str) -> None:  # fmt: skip
         click.echo(format_table(table))
 
 
-@pose.command("coco-ap")
+@pose.command(
+    "coco-ap",
+    epilog=example("dnas pose coco-ap person_keypoints_val2017.json runs/eval/results.json"),
+)
 @click.option(
     "--gt",
     "gt_path",
@@ -128,7 +134,13 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
-@click.command("predict")
+@click.command(
+    "predict",
+    epilog=example(
+        "dnas predict photo.jpg --arch runs/arch.yaml --weights runs/train/model.pt -o pose.png",
+        "dnas predict photo.jpg --arch efficientpose-a --weights a.pt --box 40,20,200,380",
+    ),
+)
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--arch", required=True, help="Architecture YAML or shipped name.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
@@ -140,14 +152,10 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     help="The joint set the weights predict (a registered pose dataset).",
 )
 @click.option("--input-size", default="256x256", show_default=True, help="HxW of the crop.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="PNG to write (default: IMAGE's name + _pose.png, here).",
-)
+@out_opt("output", file=True, required=False,
+         help="PNG to write (default: IMAGE's name + _pose.png, here).")  # fmt: skip
 @click.option("--no-flip", is_flag=True, help="Skip the flip test.")
-@click.option("--force", is_flag=True, help="Overwrite --output.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
 def predict(image: Path, arch: str, weights: Path, box: str | None, dataset: str,
             input_size: str, output: Path | None, no_flip: bool, force: bool) -> None:  # fmt: skip
     """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
@@ -190,7 +198,9 @@ COMMANDS.register("pose")(pose)
 COMMANDS.register("predict")(predict)
 
 
-@click.command("synth-mpii")
+@click.command(
+    "synth-mpii", epilog=example("dnas data synth-mpii data/synth-mpii --train 3000 --val 300")
+)
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--train", "n_train", type=click.IntRange(1), default=3000, show_default=True)
 @click.option("--val", "n_val", type=click.IntRange(1), default=300, show_default=True)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
+from dnas.cli import example
 from dnas.registry import DATA_COMMANDS
 from dnas.synthetic import already_there
 
 
-@click.command("synth-seg")
+@click.command("synth-seg", epilog=example("dnas data synth-seg data/synth-seg"))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--train", "n_train", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--val", "n_val", type=click.IntRange(1), default=200, show_default=True)
