@@ -254,7 +254,8 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
     ),
 )
 @config_arg
-@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
+@click.option("--arch", help="Architecture YAML or shipped name (default: the one the weights "
+              "record; dnas train's model.pt, best.pt and last.pt do).")  # fmt: skip
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @out_opt()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
@@ -262,7 +263,7 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
               help="Save N pictures of ground truth beside prediction in OUT/vis.")  # fmt: skip
 @set_opt
 @force_opt
-def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, save_vis: int,
+def evaluate(config: Path, arch: str | None, weights: Path, out: Path, fmt: str, save_vis: int,
              overrides: tuple[str], force: bool):  # fmt: skip
     """Evaluate WEIGHTS of ARCH on the validation split; writes OUT/results.json."""
     from dnas.config import load_experiment
@@ -279,7 +280,7 @@ def evaluate(config: Path, arch: str, weights: Path, out: Path, fmt: str, save_v
     if fmt == "json":
         click.echo(json.dumps(results))
         return
-    click.echo(describe(build_space(arch, build_task(exp), exp)))
+    click.echo(describe(build_space(results["architecture"], build_task(exp), exp)))
     click.echo(f"params {results['params']:,}  MACs {results['macs']:,} at "
                f"{exp.input_hw[0]}x{exp.input_hw[1]}")  # fmt: skip
     click.echo(table)
@@ -366,30 +367,36 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
         "dnas export --arch runs/arch.yaml --weights runs/train/model.pt -o net.onnx",
     )
 )
-@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
+@click.option("--arch", help="Architecture YAML or shipped name (default: the weights' own).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @out_opt("output", file=True)
-@click.option("--input-size", default="256x256", show_default=True, help="HxW.")
+@click.option(
+    "--input-size", help="HxW (default: the size the weights were trained at, else 256x256)."
+)
 @click.option("--opset", type=click.IntRange(11), default=17, show_default=True)
 @force_opt
-def export(arch: str, weights: Path, output: Path, input_size: str, opset: int, force: bool):
-    """Export trained WEIGHTS of ARCH to ONNX with batch norm folded into the convolutions."""
+def export(arch: str | None, weights: Path, output: Path, input_size: str | None, opset: int,
+           force: bool):  # fmt: skip
+    """Export trained WEIGHTS of ARCH to ONNX with batch norm folded into the convolutions; the
+    file's metadata records the architecture, input size, outputs and preprocessing."""
     from dnas import checkpoint
-    from dnas.engine.train import load_weights
     from dnas.nn.export import export_onnx
     from dnas.nn.network import Network
-    from dnas.space.graph import load_space
+    from dnas.nn.weights import load_weights, onnx_metadata, resolve
 
     guard_output(output, force)
-    space = load_space(arch)
+    space, size, info = resolve(weights, arch, parse_size(input_size) if input_size else None)
     state = checkpoint.state_dict_of(checkpoint.load(weights), weights)
     head_weights = [v for k, v in state.items() if k.startswith("head.") and k.endswith("weight")]
     if not head_weights:
         raise DnasError(f"{weights}: no head weights to size the output from")
-    net = Network(space, head_weights[-1].shape[0])  # the last head layer sets the outputs
+    outputs = head_weights[-1].shape[0]  # the last head layer sets the outputs
+    net = Network(space, outputs)
     load_weights(net, weights)
-    export_onnx(net, parse_size(input_size), output, space.in_channels, opset)
-    click.echo(f"wrote {output} ({head_weights[-1].shape[0]} outputs, batch-norm folded)")
+    export_onnx(
+        net, size, output, space.in_channels, opset, onnx_metadata(space, size, outputs, info)
+    )
+    click.echo(f"wrote {output} ({outputs} outputs at {size[0]}x{size[1]}, batch-norm folded)")
 
 
 @cli.command(epilog=example("dnas spaces"))

@@ -41,6 +41,9 @@ class Task(ABC):
     Options: ClassVar[type]  # a dataclass: the task's keys under ``task:`` in the experiment YAML
     in_channels: ClassVar[int] = 3  # channels of the ``input`` tensors its datasets yield
     default_space: ClassVar[str | None] = None  # searched when the experiment names no space
+    # how its inputs are made from images (recorded with trained weights for deployment):
+    # e.g. {"scale": 1/255, "mean": [...], "std": [...], "channels": "RGB"}
+    preprocess: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: Any, input_hw: tuple[int, int], source: str) -> None:
         self.options = options

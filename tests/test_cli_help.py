@@ -3,6 +3,9 @@ with exit code 1, and every help page ends with an example."""
 
 from __future__ import annotations
 
+import shlex
+
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -18,8 +21,21 @@ COMMANDS = [*WRITERS, ["cost"], ["spaces"], ["lut", "check"], ["data", "synth-mp
 def test_every_help_page_has_an_example(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0
-    examples = result.output.split("Examples:\n", 1)[1].splitlines()
-    assert examples and examples[0].strip().startswith(("dnas ", "torchrun "))
+    examples = [e.strip() for e in result.output.split("Examples:\n", 1)[1].splitlines()]
+    assert examples and examples[0].startswith(("dnas ", "torchrun "))
+    cmd = cli
+    for name in command:
+        cmd = cmd.get_command(None, name)
+    known = {opt for param in cmd.params for opt in param.opts}
+    for line in examples:  # every option an example uses is one the command has
+        args = shlex.split(line)
+        args = args[args.index("dnas") + 1 + len(command) :] if "dnas" in args else args
+        used = [a for a in args if a.startswith("-")]
+        assert set(used) <= known, (line, set(used) - known)
+        for option in (p for p in cmd.params if isinstance(p, click.Option) and p.required):
+            assert set(option.opts) & set(used), (line, option.opts)
+        positional = [p for p in cmd.params if isinstance(p, click.Argument) and p.required]
+        assert len([a for a in args if not a.startswith("-")]) >= len(positional), line
 
 
 @pytest.mark.parametrize("command", WRITERS, ids=" ".join)

@@ -16,9 +16,9 @@ from pycocotools.coco import COCO
 
 from dnas.cli import cli
 from dnas.config import Experiment, load_experiment
-from dnas.engine.train import load_weights
 from dnas.errors import ConfigError
 from dnas.nn.network import Network
+from dnas.nn.weights import load_weights
 from dnas.search.cost_model import get_cost_model
 from dnas.space.graph import load_space
 from dnas.task import build_space, build_task

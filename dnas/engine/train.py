@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from dnas import checkpoint
@@ -31,6 +32,7 @@ from dnas.files import write_text_atomic
 from dnas.nn.network import Network
 from dnas.nn.profile import count_macs, count_params, op_costs
 from dnas.nn.remap import remap_into
+from dnas.nn.weights import check_fits, load_weights, weights_info, with_info
 from dnas.space.graph import SearchSpace
 from dnas.task import Metrics, Task, build_space
 
@@ -56,17 +58,18 @@ def build_fixed(exp: Experiment, arch_ref: str, task: Task) -> tuple[SearchSpace
     return arch, Network(arch, task.num_outputs)
 
 
-def load_weights(net: Network, path: Path) -> None:
-    """Load a state_dict or dnas checkpoint into ``net``; a mismatch is a one-line error."""
-    try:
-        net.load_state_dict(checkpoint.state_dict_of(checkpoint.load(path), path))
-    except RuntimeError as exc:  # torch: a header line, then one line per problem
-        problems = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
-        detail = problems[0] if problems else str(exc).strip()
-        if len(detail) > 400:
-            detail = detail[:400] + " ..."
-        more = f"; {len(problems) - 1} more problems" if len(problems) > 1 else ""
-        raise DnasError(f"{path}: weights do not fit {net.space.source}: {detail}{more}") from None
+def show_size(info: dict | None) -> str:
+    return ", ".join(str(v) for v in info["input_size"]) if info else ""
+
+
+def recorded_arch(info: dict | None, weights: Path, out_dir: Path) -> str:
+    """The architecture the weights record, written as ``out_dir/arch.yaml`` (no --arch given)."""
+    if info is None:
+        raise DnasError(f"{weights}: these weights record no architecture; pass --arch")
+    path = out_dir / "arch.yaml"
+    body = yaml.safe_dump(info["arch"], sort_keys=False, default_flow_style=None)
+    write_text_atomic(path, f"# the architecture recorded in {weights}\n{body}")
+    return str(path)
 
 
 def model_size(net: Network, input_hw: tuple[int, int]) -> dict[str, int]:
@@ -193,7 +196,11 @@ class TrainRun(EpochLoop):
     def finish(self) -> Metrics:
         """``model.pt``, and the final evaluation in ``log.txt`` and ``results.json``."""
         if self.world.main:
-            checkpoint.save_atomic(self.net.state_dict(), self.out_dir / "model.pt")
+            info = {"arch": self.arch.to_dict(), "input_size": list(self.exp.input_hw),
+                    "num_outputs": self.task.num_outputs, "task": self.task.name,
+                    "preprocess": dict(self.task.preprocess)}  # fmt: skip
+            checkpoint.save_atomic(with_info(self.net.state_dict(), info),
+                                   self.out_dir / "model.pt")  # fmt: skip
         if self.metrics is None:  # a resumed run that had already finished: score what it holds
             self.metrics = self.evaluate()
         self.report.line(self.metrics.table)
@@ -236,9 +243,15 @@ def run_eval(
     return distributed.broadcast_object(results)
 
 
-def _evaluate(run: RunContext, arch_ref: str, weights: Path, save_vis: int) -> dict:
+def _evaluate(run: RunContext, arch_ref: str | None, weights: Path, save_vis: int) -> dict:
     exp = run.exp
+    info = weights_info(weights)
+    check_fits(info, weights, "input size", info and info["input_size"], exp.input_hw,
+               f" (evaluate with --set 'input_size=[{show_size(info)}]')")  # fmt: skip
+    check_fits(info, weights, "outputs", info and info["num_outputs"], run.task.num_outputs)
+    arch_ref = arch_ref or recorded_arch(info, weights, run.out_dir)
     arch, net = build_fixed(exp, arch_ref, run.task)
+    check_fits(info, weights, "architecture", info and info["arch"]["name"], arch.name)
     load_weights(net, weights)
     net.to(run.device)
     size = model_size(net, exp.input_hw)

@@ -31,8 +31,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def export_onnx(model: nn.Module, input_hw: tuple[int, int], path: Path, in_channels: int = 3,
-                opset: int = 17) -> Path:  # fmt: skip
-    """Write a BN-folded copy of ``model`` to ONNX with a dynamic batch axis."""
+                opset: int = 17, metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
+    """Write a BN-folded copy of ``model`` to ONNX with a dynamic batch axis; ``metadata``
+    goes into the model's ``metadata_props`` (what it is, what input it expects)."""
     model = fold_batchnorm(copy.deepcopy(model).eval())
     x = torch.zeros(1, in_channels, *input_hw)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,4 +47,10 @@ def export_onnx(model: nn.Module, input_hw: tuple[int, int], path: Path, in_chan
             )  # fmt: skip
     except OSError as exc:
         raise DnasError(f"{path}: cannot write ({exc.strerror})") from None
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.save(proto, str(path))
     return path

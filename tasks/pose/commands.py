@@ -69,7 +69,8 @@ def pose() -> None:
 
 
 @pose.command(
-    "pckh", epilog=example("dnas pose pckh data/mpii/annot/gt_valid.mat runs/eval/pred.mat")
+    "pckh",
+    epilog=example("dnas pose pckh --gt data/mpii/annot/gt_valid.mat --preds runs/eval/pred.mat"),
 )
 @click.option(
     "--gt",
@@ -99,7 +100,9 @@ def pckh(gt_path: Path, preds_path: Path, fmt: str) -> None:  # fmt: skip
 
 @pose.command(
     "coco-ap",
-    epilog=example("dnas pose coco-ap person_keypoints_val2017.json runs/eval/results.json"),
+    epilog=example(
+        "dnas pose coco-ap --gt person_keypoints_val2017.json --results runs/eval/results.json"
+    ),
 )
 @click.option(
     "--gt",
@@ -142,7 +145,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     ),
 )
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
+@click.option("--arch", help="Architecture YAML or shipped name (default: the weights' own).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--box", help="Person box x,y,w,h in pixels (default: the whole image).")
 @click.option(
@@ -151,18 +154,19 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     show_default=True,
     help="The joint set the weights predict (a registered pose dataset).",
 )
-@click.option("--input-size", default="256x256", show_default=True, help="HxW of the crop.")
+@click.option("--input-size", help="HxW of the crop (default: the weights' training size, else "
+              "256x256).")  # fmt: skip
 @out_opt("output", file=True, required=False,
          help="PNG to write (default: IMAGE's name + _pose.png, here).")  # fmt: skip
 @click.option("--no-flip", is_flag=True, help="Skip the flip test.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
-def predict(image: Path, arch: str, weights: Path, box: str | None, dataset: str,
-            input_size: str, output: Path | None, no_flip: bool, force: bool) -> None:  # fmt: skip
+def predict(image: Path, arch: str | None, weights: Path, box: str | None, dataset: str,
+            input_size: str | None, output: Path | None, no_flip: bool,
+            force: bool) -> None:  # fmt: skip
     """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
     from dnas.cli import guard_output, parse_size
-    from dnas.engine.train import load_weights
     from dnas.nn.network import Network
-    from dnas.space.graph import load_space
+    from dnas.nn.weights import check_fits, load_weights, resolve
     from dnas.vis.images import write_png
     from tasks.pose.draw import draw_pose
     from tasks.pose.inference import predict_batch
@@ -172,9 +176,13 @@ def predict(image: Path, arch: str, weights: Path, box: str | None, dataset: str
     output = output or Path(f"{image.stem}_pose.png")
     guard_output(output, force)
     cls = DATASETS.get(dataset)
-    net = Network(load_space(arch), cls.num_joints())
+    space, (height, width), info = resolve(
+        weights, arch, parse_size(input_size) if input_size else None
+    )
+    check_fits(info, weights, "outputs", info and info.get("num_outputs"), cls.num_joints(),
+               f" (the {dataset} joint set; pass the --dataset they were trained on)")  # fmt: skip
+    net = Network(space, cls.num_joints())
     load_weights(net, weights)
-    height, width = parse_size(input_size)
     picture = cv2.imread(str(image), cv2.IMREAD_COLOR)
     if picture is None:
         raise DnasError(f"{image}: not an image that can be decoded")

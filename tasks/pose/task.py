@@ -19,7 +19,7 @@ from dnas.vis.images import panels, write_png
 from tasks.pose.draw import draw_pose
 from tasks.pose.inference import predict_batch
 from tasks.pose.loss import joints_mse
-from tasks.pose.topdown import DATASETS, Augment, TopDownDataset
+from tasks.pose.topdown import DATASETS, IMAGENET_MEAN, IMAGENET_STD, Augment, TopDownDataset
 
 
 @dataclass
@@ -51,6 +51,8 @@ class PoseTask(Task):
 
     name = "pose"
     default_space = "mbv2_pose_small"
+    preprocess = {"scale": 1 / 255, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
+                  "channels": "RGB"}  # fmt: skip
     Options = PoseOptions
 
     def __init__(self, options: PoseOptions, input_hw: tuple[int, int], source: str) -> None:

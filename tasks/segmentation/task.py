@@ -30,7 +30,14 @@ from tasks.segmentation.coco import (
 )
 from tasks.segmentation.draw import overlay, palette
 from tasks.segmentation.metrics import confusion, format_table, scores
-from tasks.segmentation.transforms import letterbox, random_scale_crop, to_image, to_input
+from tasks.segmentation.transforms import (
+    MEAN,
+    STD,
+    letterbox,
+    random_scale_crop,
+    to_image,
+    to_input,
+)
 
 
 @dataclass
@@ -101,6 +108,7 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     default_space = "mbv2_pose_small"  # the paper's MobileNetV2 backbone space
+    preprocess = {"scale": 1 / 255, "mean": MEAN.tolist(), "std": STD.tolist(), "channels": "RGB"}
     Options = SegmentationOptions
 
     def __init__(self, options: SegmentationOptions, input_hw: tuple[int, int],

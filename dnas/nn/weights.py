@@ -1,0 +1,101 @@
+"""Weights that say what they are: ``model.pt`` is a plain state_dict (``load_state_dict``
+takes it as it is) whose ``_metadata["dnas"]`` records the architecture, the input size,
+the head's outputs, the task and its input preprocessing; a training checkpoint (``best.pt``,
+``last.pt``) records the same in its ``arch`` and ``config``. Consumers (eval, export,
+predict) read it with :func:`weights_info` and refuse a mismatch in one line naming both
+values."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from dnas import checkpoint
+from dnas.errors import DnasError
+from dnas.nn.network import Network
+from dnas.space.graph import SearchSpace, load_space, space_from_dict
+
+KEY = "dnas"
+
+
+def with_info(state: dict, info: dict[str, Any]) -> OrderedDict:
+    """``state`` (a state_dict) carrying ``info``; torch.save keeps it, weights_only loads it."""
+    out = OrderedDict(state)
+    out._metadata = dict(getattr(state, "_metadata", {}))  # type: ignore[attr-defined]
+    out._metadata[KEY] = info  # type: ignore[attr-defined]
+    return out
+
+
+def weights_info(path: Path) -> dict[str, Any] | None:
+    """What the weights at ``path`` were trained as: ``arch`` (the architecture mapping),
+    ``input_size``, ``num_outputs`` (None if unknown), ``task``, ``preprocess``; None for weights
+    that record nothing (a bare state_dict from elsewhere)."""
+    obj = checkpoint.load(path)
+    info = getattr(obj, "_metadata", {}).get(KEY) if isinstance(obj, dict) else None
+    if isinstance(info, dict):
+        return info
+    if isinstance(obj, dict) and isinstance(obj.get("arch"), dict) and "config" in obj:
+        config = obj["config"]  # a training checkpoint
+        task = config["task"].get("name")
+        return {"arch": obj["arch"], "input_size": list(config["input_size"]),
+                "num_outputs": None, "task": task, "preprocess": {}}  # fmt: skip
+    return None
+
+
+def load_weights(net: Network, path: Path) -> None:
+    """Load a state_dict or dnas checkpoint into ``net``; a mismatch is a one-line error."""
+    try:
+        net.load_state_dict(checkpoint.state_dict_of(checkpoint.load(path), path))
+    except RuntimeError as exc:  # torch: a header line, then one line per problem
+        problems = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
+        detail = problems[0] if problems else str(exc).strip()
+        if len(detail) > 400:
+            detail = detail[:400] + " ..."
+        more = f"; {len(problems) - 1} more problems" if len(problems) > 1 else ""
+        raise DnasError(f"{path}: weights do not fit {net.space.source}: {detail}{more}") from None
+
+
+def resolve(weights: Path, arch: str | None, input_size: tuple[int, int] | None
+            ) -> tuple[SearchSpace, tuple[int, int], dict[str, Any] | None]:  # fmt: skip
+    """The architecture and input size to use ``weights`` with: those given, checked against
+    what the weights record, else the recorded ones (input 256x256 when nothing says)."""
+    info = weights_info(weights)
+    if arch is None and info is None:
+        raise DnasError(f"{weights}: these weights record no architecture; pass --arch")
+    space = load_space(arch) if arch else space_from_dict(info["arch"], str(weights))
+    check_fits(info, weights, "architecture", info and info["arch"]["name"], space.name)
+    size = input_size or tuple(info["input_size"] if info else (256, 256))
+    check_fits(info, weights, "input size", info and info["input_size"], size)
+    return space, (int(size[0]), int(size[1])), info
+
+
+def onnx_metadata(space: SearchSpace, size: tuple[int, int], outputs: int,
+                  info: dict[str, Any] | None) -> dict[str, str]:  # fmt: skip
+    """What an exported ONNX file records of its net (``metadata_props``, strings)."""
+    meta = {"dnas.architecture": space.name, "dnas.input_size": f"{size[0]}x{size[1]}",
+            "dnas.num_outputs": str(outputs)}  # fmt: skip
+    for key in ("task", "preprocess"):
+        if info and info.get(key):
+            meta[f"dnas.{key}"] = json.dumps(info[key])
+    return meta
+
+
+def check_fits(info: dict[str, Any] | None, path: Path, what: str, expected: Any,
+               given: Any, hint: str = "") -> None:  # fmt: skip
+    """A one-line error when the weights' recorded ``what`` differs from the ``given`` use."""
+    if info is None or expected is None or given is None or list_of(expected) == list_of(given):
+        return
+    raise DnasError(f"{path}: these weights were trained with {what} {show(expected)}, not "
+                    f"{show(given)}{hint}")  # fmt: skip
+
+
+def list_of(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def show(value: Any) -> str:
+    if isinstance(value, tuple | list) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    return repr(value) if isinstance(value, str) else str(value)
