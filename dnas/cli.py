@@ -112,7 +112,23 @@ def head_outputs(outputs: int | None, joints: int | None, default: int = 16) -> 
     return outputs or joints or default
 
 
-config_arg = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+config_arg = click.argument("config", type=click.Path(path_type=Path))
+
+
+def run_config(config: Path, out: Path | None, default_out: str = "") -> tuple[Path, Path]:
+    """CONFIG is an experiment YAML or a run directory (its ``config.yaml``, fed back as it is);
+    ``--out`` defaults to the run directory (``/default_out`` below it)."""
+    if config.is_dir():
+        path = config / "config.yaml"
+        if not path.is_file():
+            raise DnasError(f"{config}: no config.yaml in it: not a dnas run directory")
+        return path, out or (config / default_out if default_out else config)
+    if out is None:
+        raise click.UsageError("Missing option '-o' / '--out' (needed unless CONFIG is a run "
+                               "directory)")  # fmt: skip
+    return config, out
+
+
 set_opt = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config value as KEY.PATH=YAML (repeatable; see the examples below).",
@@ -150,7 +166,7 @@ def cli() -> None:
     )
 )
 @config_arg
-@out_opt()
+@out_opt(required=False, help="Output directory (default: CONFIG, when it is a run directory).")
 @click.option("--strategy", help="Override search.strategy (darts, random, ...).")
 @click.option("--cost-model", help="Override cost_model.type (flops, params, latency).")
 @click.option("--cost-table", help="Override cost_model.table (a dnas lut build table).")
@@ -159,10 +175,11 @@ def cli() -> None:
 @resume_opt
 @quiet_opt
 @force_opt
-def search(config: Path, out: Path, strategy: str | None, cost_model: str | None,
+def search(config: Path, out: Path | None, strategy: str | None, cost_model: str | None,
            cost_table: str | None, remap_from: Path | None, overrides: tuple[str],
            resume: bool, quiet: bool, force: bool):  # fmt: skip
-    """Search an architecture with the experiment CONFIG; writes OUT/search.pt and search.json.
+    """Search an architecture with the experiment CONFIG (a YAML, or a run directory to
+    --resume); writes OUT/search.pt and search.json.
 
     Works under ``torchrun --nproc_per_node N -m dnas search ...`` (data parallel)."""
     from dnas.config import load_experiment
@@ -173,6 +190,7 @@ def search(config: Path, out: Path, strategy: str | None, cost_model: str | None
     extra += [f"remap_from={remap_from}"] if remap_from else []
     extra += [f"cost_model.type={cost_model}"] if cost_model else []
     extra += [f"cost_model.table={cost_table}"] if cost_table else []
+    config, out = run_config(config, out)
     exp = load_experiment(config, [*overrides, *extra])
     if not resume:
         guard_output(out / "search.pt", force)
@@ -216,8 +234,9 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     )
 )
 @config_arg
-@click.option("--arch", required=True, help="Architecture YAML or shipped name.")
-@out_opt()
+@click.option("--arch", help="Architecture YAML or shipped name (default: the run directory's "
+              "arch.yaml, when CONFIG is one).")  # fmt: skip
+@out_opt(required=False, help="Output directory (default: CONFIG, when it is a run directory).")
 @click.option("--init", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Initial weights (state_dict or dnas checkpoint).")  # fmt: skip
 @remap_opt
@@ -225,9 +244,11 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
 @resume_opt
 @quiet_opt
 @force_opt
-def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Path | None,
+def train(config: Path, arch: str | None, out: Path | None, init: Path | None,
+          remap_from: Path | None,
           overrides: tuple[str], resume: bool, quiet: bool, force: bool):  # fmt: skip
-    """Train a fixed architecture ARCH with the experiment CONFIG.
+    """Train a fixed architecture ARCH with the experiment CONFIG (a YAML, or a train run
+    directory to --resume); writes OUT/model.pt, results.json and arch.yaml (the architecture).
 
     Works under ``torchrun --nproc_per_node N -m dnas train ...`` (DistributedDataParallel)."""
     from dnas.config import load_experiment
@@ -235,6 +256,12 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
     from dnas.engine.train import run_train
 
     extra = [f"remap_from={remap_from}"] if remap_from else []
+    if arch is None and config.is_dir() and (config / "arch.yaml").is_file():
+        arch = str(config / "arch.yaml")  # the architecture the run recorded
+    if arch is None:
+        raise click.UsageError("Missing option '--arch' (needed unless CONFIG is a train run "
+                               "directory)")  # fmt: skip
+    config, out = run_config(config, out)
     exp = load_experiment(config, [*overrides, *extra])
     if not resume:  # an interrupted run leaves checkpoints/ and last.pt only
         for name in ("checkpoints", "last.pt", "best.pt", "model.pt"):
@@ -256,21 +283,31 @@ def train(config: Path, arch: str, out: Path, init: Path | None, remap_from: Pat
 @config_arg
 @click.option("--arch", help="Architecture YAML or shipped name (default: the one the weights "
               "record; dnas train's model.pt, best.pt and last.pt do).")  # fmt: skip
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@out_opt()
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="Weights file or train run directory (default: CONFIG/model.pt, when CONFIG "
+              "is a run directory).")  # fmt: skip
+@out_opt(required=False, help="Output directory (default: CONFIG/eval for a run directory).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--save-vis", type=click.IntRange(0), default=0, metavar="N",
               help="Save N pictures of ground truth beside prediction in OUT/vis.")  # fmt: skip
 @set_opt
 @force_opt
-def evaluate(config: Path, arch: str | None, weights: Path, out: Path, fmt: str, save_vis: int,
+def evaluate(config: Path, arch: str | None, weights: Path | None, out: Path | None, fmt: str,
+             save_vis: int,
              overrides: tuple[str], force: bool):  # fmt: skip
     """Evaluate WEIGHTS of ARCH on the validation split; writes OUT/results.json."""
     from dnas.config import load_experiment
     from dnas.engine.train import run_eval
+    from dnas.nn.weights import weights_file
     from dnas.space.graph import describe
     from dnas.task import build_space, build_task
 
+    run_dir = config if config.is_dir() else None
+    config, out = run_config(config, out, "eval")
+    if weights is None and run_dir is None:
+        raise click.UsageError("Missing option '--weights' (needed unless CONFIG is a train run "
+                               "directory)")  # fmt: skip
+    weights = weights_file(weights or run_dir)
     exp = load_experiment(config, list(overrides))
     guard_output(out / "results.json", force)
     results = run_eval(exp, arch, weights, out, save_vis)
@@ -368,7 +405,8 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
     )
 )
 @click.option("--arch", help="Architecture YAML or shipped name (default: the weights' own).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--weights", type=click.Path(path_type=Path), required=True,
+              help="Weights file or train run directory (its model.pt).")  # fmt: skip
 @out_opt("output", file=True)
 @click.option(
     "--input-size", help="HxW (default: the size the weights were trained at, else 256x256)."
@@ -382,9 +420,10 @@ def export(arch: str | None, weights: Path, output: Path, input_size: str | None
     from dnas import checkpoint
     from dnas.nn.export import export_onnx
     from dnas.nn.network import Network
-    from dnas.nn.weights import load_weights, onnx_metadata, resolve
+    from dnas.nn.weights import load_weights, onnx_metadata, resolve, weights_file
 
     guard_output(output, force)
+    weights = weights_file(weights)
     space, size, info = resolve(weights, arch, parse_size(input_size) if input_size else None)
     state = checkpoint.state_dict_of(checkpoint.load(weights), weights)
     head_weights = [v for k, v in state.items() if k.startswith("head.") and k.endswith("weight")]

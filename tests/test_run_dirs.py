@@ -186,3 +186,31 @@ def test_derive_warns_on_an_interrupted_search(tmp_path, synth_root):
     result = CliRunner().invoke(cli, ["derive", str(run), "-o", str(tmp_path / "arch.yaml")])
     assert result.exit_code == 0, result.output
     assert "holds an incomplete search (" in result.output and "of 401 epochs" in result.output
+
+
+def test_a_run_directory_is_enough_to_resume_evaluate_and_export(tmp_path, synth_root):
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root, search={"epochs": 0})
+    runner, train_dir, search_dir = CliRunner(), tmp_path / "train", tmp_path / "search"
+    first = runner.invoke(cli, ["train", str(exp), "--arch", ARCH, "-o", str(train_dir)])
+    assert first.exit_code == 0, first.output
+    assert "name: tiny-arch" in (train_dir / "arch.yaml").read_text()
+    again = runner.invoke(cli, ["train", str(train_dir), "--resume"])  # config.yaml + arch.yaml
+    assert again.exit_code == 0, again.output
+    assert "resumed from" in again.output
+    scored = runner.invoke(cli, ["eval", str(train_dir)])  # its model.pt, into RUN/eval
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((train_dir / "eval" / "results.json").read_text())["primary_metric"]
+    exported = runner.invoke(cli, ["export", "--weights", str(train_dir), "-o",
+                                   str(tmp_path / "n.onnx")])  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    assert runner.invoke(cli, ["search", str(exp), "-o", str(search_dir)]).exit_code == 0
+    # the run's config.yaml feeds back in as it is, and the directory resumes by itself
+    copy = runner.invoke(cli, ["search", str(search_dir / "config.yaml"), "-o",
+                               str(tmp_path / "copy")])  # fmt: skip
+    assert copy.exit_code == 0, copy.output
+    resumed = runner.invoke(cli, ["search", str(search_dir), "--resume"])
+    assert resumed.exit_code == 0 and "resumed from" in resumed.output
+    missing = runner.invoke(cli, ["eval", str(exp)])
+    assert missing.exit_code == 1 and "Missing option '-o' / '--out'" in missing.output
+    bare = runner.invoke(cli, ["search", str(tmp_path), "--resume"])
+    assert bare.exit_code == 1 and "no config.yaml in it: not a dnas run directory" in bare.output

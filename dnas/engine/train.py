@@ -21,6 +21,7 @@ from dnas.config import Experiment
 from dnas.engine import distributed
 from dnas.engine.loop import EpochLoop, RunContext
 from dnas.engine.progress import Reporter
+from dnas.engine.rundir import command_line
 from dnas.engine.runtime import (
     to_device,
     weight_step,
@@ -86,7 +87,7 @@ class TrainRun(EpochLoop):
     ``model.pt`` at the end."""
 
     kind, name = KIND, "train"
-    outputs = (*EpochLoop.outputs, "last.pt", "best.pt", "model.pt", "results.json")
+    outputs = (*EpochLoop.outputs, "last.pt", "best.pt", "model.pt", "results.json", "arch.yaml")
 
     def __init__(self, exp: Experiment, arch_ref: str, out_dir: Path | str,
                  init: Path | None = None, report: Reporter | None = None, resume: bool = False,
@@ -97,6 +98,10 @@ class TrainRun(EpochLoop):
     def setup(self) -> None:
         exp = self.exp
         self.arch, self.net = build_fixed(exp, self.arch_ref, self.task)
+        record = self.out_dir / "arch.yaml"  # the run's architecture: 'dnas train RUN --resume'
+        if self.world.main and not (self.resume and record.exists()):
+            body = yaml.safe_dump(self.arch.to_dict(), sort_keys=False, default_flow_style=None)
+            write_text_atomic(record, f"# trained by: {command_line()}\n{body}")
         if self.init is not None:
             load_weights(self.net, self.init)
         elif exp.remap_from:

@@ -20,6 +20,17 @@ from dnas.space.graph import SearchSpace, load_space, space_from_dict
 KEY = "dnas"
 
 
+def weights_file(path: Path) -> Path:
+    """A weights file, or a train run directory's ``model.pt``."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.pt").is_file():
+            raise DnasError(f"{path}: no model.pt in this directory (a finished dnas train run "
+                            "has one)")  # fmt: skip
+        return path / "model.pt"
+    return path
+
+
 def with_info(state: dict, info: dict[str, Any]) -> OrderedDict:
     """``state`` (a state_dict) carrying ``info``; torch.save keeps it, weights_only loads it."""
     out = OrderedDict(state)

@@ -146,7 +146,8 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 )
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--arch", help="Architecture YAML or shipped name (default: the weights' own).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--weights", type=click.Path(path_type=Path), required=True,
+              help="Weights file or train run directory (its model.pt).")  # fmt: skip
 @click.option("--box", help="Person box x,y,w,h in pixels (default: the whole image).")
 @click.option(
     "--dataset",
@@ -166,7 +167,7 @@ def predict(image: Path, arch: str | None, weights: Path, box: str | None, datas
     """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
     from dnas.cli import guard_output, parse_size
     from dnas.nn.network import Network
-    from dnas.nn.weights import check_fits, load_weights, resolve
+    from dnas.nn.weights import check_fits, load_weights, resolve, weights_file
     from dnas.vis.images import write_png
     from tasks.pose.draw import draw_pose
     from tasks.pose.inference import predict_batch
@@ -176,9 +177,9 @@ def predict(image: Path, arch: str | None, weights: Path, box: str | None, datas
     output = output or Path(f"{image.stem}_pose.png")
     guard_output(output, force)
     cls = DATASETS.get(dataset)
-    space, (height, width), info = resolve(
-        weights, arch, parse_size(input_size) if input_size else None
-    )
+    weights = weights_file(weights)
+    size = parse_size(input_size) if input_size else None
+    space, (height, width), info = resolve(weights, arch, size)
     check_fits(info, weights, "outputs", info and info.get("num_outputs"), cls.num_joints(),
                f" (the {dataset} joint set; pass the --dataset they were trained on)")  # fmt: skip
     net = Network(space, cls.num_joints())
