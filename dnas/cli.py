@@ -443,8 +443,9 @@ def spaces():
     """List the shipped search spaces and architectures."""
     from dnas.space.graph import describe, load_space, shipped_names
 
-    for name in shipped_names():
-        click.echo(describe(load_space(name)) + "\n")
+    for name in shipped_names():  # by the name that loads it, then its layers
+        summary = describe(load_space(name)).split("\n", 1)
+        click.echo("\n".join([name, *summary[1:]]) + "\n")
 
 
 @cli.command(

@@ -251,9 +251,30 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError(source, "task.name", f"missing required key (one of: {task_names()})")
     if exp.space is None:
         exp.space = default_space(exp.task["name"])
+    resolve_paths(exp, Path(source).parent)
     if exp.cost_model.form in ("budget", "hinge", "power") and exp.cost_model.target is None:
         raise ConfigError(source, "cost_model.target", f"required by form {exp.cost_model.form}")
     return exp
+
+
+def beside(value: Any, base: Path) -> Any:
+    """A relative path of a config: as given when it exists from the current directory (how
+    earlier configs were read), else beside the config file when it exists there."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
+        return value
+    candidate = base / value
+    return str(candidate) if candidate.exists() else value
+
+
+def resolve_paths(exp: Experiment, base: Path) -> None:
+    """The config's file and directory keys (``space``, ``remap_from``, ``task.root``, a cost
+    model's ``table``) resolved against ``base``, the config's directory (see :func:`beside`)."""
+    exp.space, exp.remap_from = beside(exp.space, base), beside(exp.remap_from, base)
+    if "root" in exp.task:
+        exp.task["root"] = beside(exp.task["root"], base)
+    options = exp.cost_model.options
+    if options is not None and hasattr(options, "table"):
+        options.table = beside(options.table, base)
 
 
 def task_names() -> str:

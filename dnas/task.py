@@ -99,7 +99,13 @@ def build_space(ref: str | None, task: Task, exp: Experiment) -> SearchSpace:
     if ref is None:
         raise ConfigError(exp.source, "space", f"missing required key (the {task.name} task "
                                                "has no default space)")  # fmt: skip
-    space = load_space(ref)
+    try:
+        space = load_space(ref)
+    except ConfigError as exc:
+        if exc.source != str(ref) or exc.key:  # a problem inside the space file: it names it
+            raise
+        raise ConfigError(exp.source, "space", f"{ref}: {exc.detail} (relative paths are read "
+                          "from the current directory or beside the config)") from None  # fmt: skip
     if space.head is None:
         head: dict[str, Any] = dict(task.default_head())
     else:

@@ -214,3 +214,32 @@ def test_a_run_directory_is_enough_to_resume_evaluate_and_export(tmp_path, synth
     assert missing.exit_code == 1 and "Missing option '-o' / '--out'" in missing.output
     bare = runner.invoke(cli, ["search", str(tmp_path), "--resume"])
     assert bare.exit_code == 1 and "no config.yaml in it: not a dnas run directory" in bare.output
+
+
+def test_config_paths_resolve_beside_the_config_and_a_missing_space_is_named(tmp_path, synth_root):
+    import shutil
+
+    from conftest import TINY_SPACE
+
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    shutil.copy(TINY_SPACE, folder / "my_space.yaml")
+    exp = write_experiment(folder / "exp.yaml", synth_root, "my_space.yaml", search={"epochs": 0})
+    runner = CliRunner()
+    done = runner.invoke(cli, ["search", str(exp), "-o", str(tmp_path / "s")])
+    assert done.exit_code == 0, done.output  # read beside the config, not from the cwd
+    missing = write_experiment(folder / "bad.yaml", synth_root, "nope.yaml")
+    failed = runner.invoke(cli, ["search", str(missing), "-o", str(tmp_path / "never")])
+    assert failed.exit_code == 1 and failed.output.strip().count("\n") == 0
+    assert failed.output.startswith(f"Error: {missing}: space: nope.yaml: no such file")
+    assert not (tmp_path / "never").exists()  # a run that failed to start leaves no directory
+
+
+def test_spaces_lists_the_names_that_load():
+    from dnas.space.graph import load_space
+
+    listed = CliRunner().invoke(cli, ["spaces"]).output
+    names = [line for line in listed.splitlines() if line and not line.startswith(" ")]
+    assert "mbv2-pose-small" in names and "mbv2_pose_small" not in names
+    for name in names:
+        load_space(name)

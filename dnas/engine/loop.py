@@ -28,7 +28,13 @@ from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
 from dnas.config import Experiment, config_hash, write_config
 from dnas.engine import distributed
 from dnas.engine.progress import Reporter, eta_text
-from dnas.engine.rundir import COMMON_OUTPUTS, RunLock, clear_outputs, command_line
+from dnas.engine.rundir import (
+    COMMON_OUTPUTS,
+    RunLock,
+    clear_outputs,
+    command_line,
+    remove_if_empty,
+)
 from dnas.engine.runtime import (
     Amp,
     check_finite,
@@ -86,6 +92,7 @@ class RunContext:
         self.report = report or Reporter()
         self.report.active = self.world.main
         self.lock = RunLock(self.out_dir)
+        self.created = not self.out_dir.exists()  # a failed set-up leaves no empty directory
         if self.world.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire(self.report.line)
@@ -100,6 +107,8 @@ class RunContext:
             self.setup()
         except BaseException:
             self.close()
+            if self.world.main and self.created:
+                remove_if_empty(self.out_dir)
             raise
 
     def setup(self) -> None:

@@ -90,6 +90,13 @@ class RunLock:
             self.held = False
 
 
+def remove_if_empty(out_dir: Path) -> None:
+    """Remove ``out_dir`` if a run that failed to start left nothing in it but its log."""
+    left = list(Path(out_dir).iterdir())
+    if all(p.name == "log.txt" and p.is_file() for p in left):
+        shutil.rmtree(out_dir)
+
+
 def clear_outputs(out_dir: Path, names: tuple[str, ...]) -> None:
     """Remove an earlier run's outputs ``names`` (files or folders) from ``out_dir``, so a run
     that starts afresh there leaves no line, event file or result of the one before."""
