@@ -101,7 +101,8 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     _warm_up(space, num_outputs, x, device, rng)
     jobs = [(layer, op) for layer in space.layers for op in layer.candidates]
     table: dict = {"fixed": {}, "layers": {}, "shapes": {}}
-    bar = tqdm(total=len(jobs) + 1 + calibration, desc="lut", disable=not progress)
+    # a bar on a terminal only (disable=None): no carriage returns into pipes and log files
+    bar = tqdm(total=len(jobs) + 1 + calibration, desc="lut", disable=None if progress else True)
     for layer, op in jobs:
         cin, h, w = shapes[layer.input]
         module = build_op(parse_op(op), cin, layer.width, layer.stride).eval().to(device)
@@ -350,6 +351,8 @@ def lut_build(space: str, input_size: str, batch: int | None, device: str, threa
     num_outputs = head_outputs(outputs, joints)
     table = build_lut(load_space(space), parse_size(input_size), num_outputs, batch,
                       pick_device(device), warmup, repeats, calibration)  # fmt: skip
+    if Path(space).is_file():  # a space of the user's: 'lut check' finds it again by its path
+        table["meta"]["space_file"] = str(Path(space).resolve())
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(table, indent=1))
     click.echo(
@@ -361,7 +364,7 @@ def lut_build(space: str, input_size: str, batch: int | None, device: str, threa
 
 @lut.command("check", epilog=example("dnas lut check --table lut.json --samples 30"))
 @click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
-@click.option("--space", help="Search space (default: the one named in the table).")
+@click.option("--space", help="Search space (default: the table's own, by its file or name).")
 @click.option("--samples", type=click.IntRange(2), default=30, show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
@@ -373,7 +376,9 @@ def lut_check(table_path: Path, space: str | None, samples: int, repeats: int, f
     table = read_lut(table_path)
     meta = table["meta"]
     torch.set_num_threads(meta["threads"])
-    search_space = load_space(space or meta["space"])
+    recorded = meta.get("space_file")
+    search_space = load_space(space or (recorded if recorded and Path(recorded).is_file()
+                                        else meta["space"]))  # fmt: skip
     LatencyCostModel(LatencyOptions(str(table_path))).table(
         search_space, tuple(meta["input"]), meta["num_outputs"]
     )  # validates coverage

@@ -4,6 +4,7 @@ values; model.pt stays a plain state_dict and the ONNX file records the same."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -89,6 +90,16 @@ def test_predict_needs_no_arch_and_refuses_another_joint_set(trained, tmp_path):
     done = runner.invoke(cli, ["predict", str(image), "--weights", str(weights), "-o",
                                str(tmp_path / "p.png")])  # fmt: skip
     assert done.exit_code == 0, done.output
+    keypoints = json.loads(done.output.strip().splitlines()[-1])["keypoints"]
+    assert len(keypoints) == 16 and all({"drawn", "in_image"} <= k.keys() for k in keypoints)
+    every = runner.invoke(cli, ["predict", str(image), "--weights", str(weights), "-o",
+                                str(tmp_path / "all.png"), "--min-score", "0"])  # fmt: skip
+    listed = json.loads(every.output.strip().splitlines()[-1])["keypoints"]
+    for k in keypoints:  # the threshold decides (scores in the JSON are rounded to 1e-4)
+        assert k["drawn"] == (k["score"] >= 0.2) or abs(k["score"] - 0.2) < 1e-4
+    assert sum(k["drawn"] for k in listed) >= sum(k["drawn"] for k in keypoints)
+    assert all(k["drawn"] == (k["score"] >= 0) or abs(k["score"]) < 1e-4 for k in listed)
+    assert all(k["in_image"] == (0 <= k["x"] < 60 and 0 <= k["y"] < 80) for k in listed)
     coco = runner.invoke(cli, ["predict", str(image), "--weights", str(weights), "--dataset",
                                "coco", "-o", str(tmp_path / "c.png")])  # fmt: skip
     assert coco.exit_code == 1 and "outputs 16, not 17" in coco.output

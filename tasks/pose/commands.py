@@ -160,9 +160,12 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 @out_opt("output", file=True, required=False,
          help="PNG to write (default: IMAGE's name + _pose.png, here).")  # fmt: skip
 @click.option("--no-flip", is_flag=True, help="Skip the flip test.")
+@click.option("--min-score", type=click.FloatRange(0.0), default=0.2, show_default=True,
+              help="Draw joints whose heatmap peak is at least this (the JSON lists them all, "
+              "each with 'drawn' and 'in_image').")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 def predict(image: Path, arch: str | None, weights: Path, box: str | None, dataset: str,
-            input_size: str | None, output: Path | None, no_flip: bool,
+            input_size: str | None, output: Path | None, no_flip: bool, min_score: float,
             force: bool) -> None:  # fmt: skip
     """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
     from dnas.cli import guard_output, parse_size
@@ -193,12 +196,14 @@ def predict(image: Path, arch: str | None, weights: Path, box: str | None, datas
     crop = warp(picture, affine_transform(center, scale, 0.0, (width, height)), (width, height))
     preds, scores = predict_batch(net, to_input(crop)[None], center[None], scale[None],
                                   cls.flip_pairs, flip=not no_flip)  # fmt: skip
-    drawn = draw_pose(picture, preds[0], scores[0] > 0.2, cls.joint_names, cls.skeleton)
-    write_png(output, drawn)
+    shown = scores[0] >= min_score
+    write_png(output, draw_pose(picture, preds[0], shown, cls.joint_names, cls.skeleton))
+    h, w = picture.shape[:2]
     keypoints = [
-        {"name": n, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
-        for n, (x, y), s in zip(cls.joint_names, preds[0], scores[0], strict=True)
-    ]
+        {"name": n, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4),
+         "drawn": bool(d), "in_image": bool(0 <= x < w and 0 <= y < h)}
+        for n, (x, y), s, d in zip(cls.joint_names, preds[0], scores[0], shown, strict=True)
+    ]  # fmt: skip
     click.echo(json.dumps({"image": str(image), "box": list(person), "output": str(output),
                            "keypoints": keypoints}))  # fmt: skip
 
