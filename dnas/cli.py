@@ -461,9 +461,12 @@ def spaces():
 def plot(ref: str, out: Path, fmt: str, force: bool):
     """Draw REF (search or train run, checkpoint, architecture YAML or shipped name) into OUT:
     op_probs (searches) and architecture pictures."""
+    from dnas.nn.heads import build_head
     from dnas.vis.plot import load_plot_source, plot_paths, write_plots
 
     source = load_plot_source(ref)
+    if source.space.head is not None:  # draw only what dnas can build (as 'dnas cost' does)
+        build_head(source.space, 1)
     for path in plot_paths(source, out, fmt):
         guard_output(path, force)
     written = write_plots(source, out, fmt)

@@ -279,3 +279,23 @@ def test_cli_refuses_a_search_space_yaml_and_empty_directories(tmp_path):
     (tmp_path / "empty").mkdir()
     result = invoke(tmp_path / "empty", "-o", tmp_path / "out")
     assert result.exit_code == 1 and "no search.pt, last.pt or best.pt" in result.output
+
+
+def test_plot_refuses_a_head_that_cannot_be_built(tmp_path):
+    import yaml
+
+    from dnas.space.graph import resolve_path
+
+    data = yaml.safe_load(resolve_path("efficientpose-a").read_text())
+    data["head"]["inputs"] = ["stage3", "stage4"]  # slim_deconv reads one node
+    arch = tmp_path / "two.yaml"
+    arch.write_text(yaml.safe_dump(data))
+    runner = CliRunner()
+    for command in (["plot", str(arch), "-o", str(tmp_path / "p")], ["cost", str(arch)]):
+        result = runner.invoke(cli, command)
+        assert result.exit_code == 1, command
+        assert (
+            result.output.strip()
+            == f"Error: {arch}: head: slim_deconv reads exactly one input node"
+        )
+    assert not (tmp_path / "p").exists()
