@@ -26,7 +26,7 @@ ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
 # runs agree to within a tolerance, not bit for bit: the gradients are averaged exactly.
 # Adam's first steps move alpha by about lr x sign(gradient), so where a layer's gradient is
 # near 0 the float-rounding differences of the averaged gradients decide it: 0.0064 apart on
-# an AMD EPYC (2026-12-01; the earlier 2e-3 held on the machine it was set on), while the
+# an Intel Xeon (2026-12-01; the earlier 2e-3 held on the machine it was set on), while the
 # search moves the probabilities by more than ten times the tolerance.
 PROB_TOL = 1e-2
 WEIGHT_TOL = 2e-2
