@@ -126,7 +126,9 @@ def test_cycle_is_rejected(tmp_path):
 def test_graph_branches_and_multi_input_head(tmp_path):
     data = mutate(["stages", 1, "input"], "stem")
     data["stages"][1]["blocks"] = ["k3e3", "k3e3"]
+    data["head"]["inputs"] = ["s1", "s2"]  # both branches are read (else s1 would be dead)
     space = load_space(write(tmp_path, data))
+    assert space.head.inputs == ("s1.1", "s2.1")
     assert space.stages[1].layers[0].input == "stem.1"
     shapes = space.infer_shapes(64, 64)
     assert shapes["s2.0"] == (16, 32, 32) and shapes["s1.1"] == (16, 16, 16)
@@ -158,3 +160,19 @@ def test_cli_lists_shipped_spaces():
     assert result.exit_code == 0
     assert "efficientpose-b" in result.output
     assert "stage4    160 s1  k7e3 k7e3 k7e3 k7e3 k7e3 k7e3 skip k7e3 k7e6 k7e3" in result.output
+
+
+def test_a_stage_whose_output_nothing_reads_is_refused(tmp_path):
+    from dnas.space.graph import resolve_path
+
+    data = yaml.safe_load(resolve_path("mbv2_pose_small").read_text())
+    head_input = data["head"]["inputs"][0]
+    data["stages"].append({"name": "unread", "width": 32, "stride": 1, "layers": 1,
+                           "ops": ["k3e3", "k5e6"]})  # fmt: skip
+    data["head"]["inputs"] = [head_input]  # the head still reads the old last stage
+    path = tmp_path / "dead.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    assert info.value.key == f"stages[{len(data['stages']) - 1}]"
+    assert "output of stage 'unread' is read by nothing" in info.value.detail

@@ -246,6 +246,8 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
         for node in head.inputs:
             graph.add_edge(node, HEAD)
     _check_acyclic(graph, source)
+    if head is not None:
+        _check_all_read(graph, stages, source)
     _check_op_shapes(graph, [*stem, *(lay for s in stages for lay in s.layers)], pending, source)
     return SearchSpace(name, source, in_channels, tuple(stem), tuple(stages), head, graph)
 
@@ -390,6 +392,17 @@ def _read_head(
             raise ConfigError(source, join("head.inputs", j), "the head cannot read the raw input")
         resolved.append(node)
     return HeadSpec(head_type, tuple(resolved), raw)
+
+
+def _check_all_read(graph: nx.DiGraph, stages: list[Stage], source: str) -> None:
+    """Every stage must feed the head (directly or through later stages): one whose output
+    nothing reads would be built, counted in the cost and searched on the cost term alone."""
+    feeding = nx.ancestors(graph, HEAD)
+    for i, stage in enumerate(stages):
+        if stage.layers[-1].name not in feeding:
+            raise ConfigError(source, join("stages", i), f"the output of stage {stage.name!r} "
+                              "is read by nothing (neither the head's inputs nor a later "
+                              "stage's input:); remove it or read it")  # fmt: skip
 
 
 def _check_acyclic(graph: nx.DiGraph, source: str) -> None:
