@@ -74,11 +74,6 @@ class Checkpointer:
         """Checkpoint files, oldest first."""
         return step_files(self.directory)
 
-    def clear(self) -> None:
-        """Drop an earlier run's checkpoints (a fresh run over it, after ``--force``)."""
-        for path in self.files():
-            path.unlink()
-
     def save(self, state: dict, step: int) -> Path:
         path = self.directory / f"step-{step:09d}.pt"
         save_atomic(state, path)

@@ -243,3 +243,15 @@ def test_spaces_lists_the_names_that_load():
     assert "mbv2-pose-small" in names and "mbv2_pose_small" not in names
     for name in names:
         load_space(name)
+
+
+def test_a_fresh_run_never_deletes_its_own_inputs(tmp_path, synth_root):
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    run, runner = tmp_path / "run", CliRunner()
+    assert runner.invoke(cli, ["train", str(exp), "--arch", ARCH, "-o", str(run)]).exit_code == 0
+    # start afresh from the run's own weights, into the same directory
+    again = runner.invoke(cli, ["train", str(exp), "--arch", str(run / "arch.yaml"), "--init",
+                                str(run / "model.pt"), "-o", str(run), "--force"])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert (run / "model.pt").exists() and (run / "arch.yaml").exists()
+    assert (run / "log.txt").read_text().count("train: ") == 1

@@ -30,6 +30,7 @@ from dnas.engine import distributed
 from dnas.engine.progress import Reporter, eta_text
 from dnas.engine.rundir import (
     COMMON_OUTPUTS,
+    LOGS,
     RunLock,
     clear_outputs,
     command_line,
@@ -81,9 +82,9 @@ class RunContext:
     """One run in ``out_dir``: joins the torchrun world (only rank 0 creates ``out_dir``, locks
     it and logs), seeds every generator, builds the task, and picks the device and precision;
     then :meth:`setup` builds what the run needs. A run starting afresh (no ``resume``) first
-    removes an earlier run's ``outputs``. :meth:`close` (or a failing set-up) frees the lock."""
+    removes an earlier run's ``logs``. :meth:`close` (or a failing set-up) frees the lock."""
 
-    outputs: ClassVar[tuple[str, ...]] = ()  # what a fresh run of this kind clears first
+    logs: ClassVar[tuple[str, ...]] = ()  # what a fresh run of this kind clears before logging
 
     def __init__(self, exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
                  resume: bool = False, force: bool = False) -> None:  # fmt: skip
@@ -97,7 +98,7 @@ class RunContext:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire(self.report.line)
             if not resume:
-                clear_outputs(self.out_dir, self.outputs)
+                clear_outputs(self.out_dir, self.logs)
             self.report.attach(self.out_dir / "log.txt")
         try:
             seed_everything(exp.seed)
@@ -163,7 +164,7 @@ class EpochLoop(RunContext, ABC):
     """Epochs of steps with exact resume; subclasses set ``steps`` (per epoch) in ``__init__``
     and supply the hooks below."""
 
-    outputs = COMMON_OUTPUTS
+    logs, outputs = LOGS, COMMON_OUTPUTS  # outputs: cleared by a fresh start, after set-up
     kind: ClassVar[str]  # the checkpoints' ``kind``
     name: ClassVar[str]  # what the run is called in messages ("search", "train")
     steps: int
@@ -268,7 +269,7 @@ class EpochLoop(RunContext, ABC):
                 self.report.line(f"no {self.name} checkpoint in {self.checkpoints.directory} to "
                                  "resume from: starting afresh")  # fmt: skip
             if self.world.main:
-                self.checkpoints.clear()
+                clear_outputs(self.out_dir, self.outputs)  # set-up has read its inputs by now
                 write_config(self.exp, self.out_dir / "config.yaml")
             return
         state, path = found

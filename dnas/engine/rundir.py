@@ -16,8 +16,11 @@ from pathlib import Path
 from dnas.errors import DnasError
 
 LOCK = ".dnas.lock"
-# what every search or training run writes; each run kind adds its own result files
-COMMON_OUTPUTS = ("log.txt", "tb", "checkpoints", "config.yaml", "metrics.jsonl")
+# what every search or training run logs: cleared before a fresh run writes its first line
+LOGS = ("log.txt", "tb", "metrics.jsonl")
+# what it records; each run kind adds its result files. Cleared once the run has read its
+# inputs, which may be among them ('dnas train --init RUN/model.pt --out RUN --force')
+COMMON_OUTPUTS = ("checkpoints", "config.yaml")
 
 
 def command_line() -> str:

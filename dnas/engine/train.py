@@ -87,7 +87,7 @@ class TrainRun(EpochLoop):
     ``model.pt`` at the end."""
 
     kind, name = KIND, "train"
-    outputs = (*EpochLoop.outputs, "last.pt", "best.pt", "model.pt", "results.json", "arch.yaml")
+    outputs = (*EpochLoop.outputs, "last.pt", "best.pt", "model.pt", "results.json")
 
     def __init__(self, exp: Experiment, arch_ref: str, out_dir: Path | str,
                  init: Path | None = None, report: Reporter | None = None, resume: bool = False,
@@ -99,7 +99,9 @@ class TrainRun(EpochLoop):
         exp = self.exp
         self.arch, self.net = build_fixed(exp, self.arch_ref, self.task)
         record = self.out_dir / "arch.yaml"  # the run's architecture: 'dnas train RUN --resume'
-        if self.world.main and not (self.resume and record.exists()):
+        given = Path(self.arch_ref)
+        same = given.is_file() and given.resolve() == record.resolve()  # --arch RUN/arch.yaml
+        if self.world.main and not same and not (self.resume and record.exists()):
             body = yaml.safe_dump(self.arch.to_dict(), sort_keys=False, default_flow_style=None)
             write_text_atomic(record, f"# trained by: {command_line()}\n{body}")
         if self.init is not None:
