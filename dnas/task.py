@@ -30,6 +30,11 @@ class Metrics:
     primary: str
     table: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    label: str = ""  # what the primary value is, for axes and tables, e.g. "PCKh@0.5, mean"
+
+    @property
+    def primary_label(self) -> str:
+        return self.label or self.primary
 
     @property
     def score(self) -> float:

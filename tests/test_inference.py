@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import torch
 from click.testing import CliRunner
@@ -13,6 +14,7 @@ from dnas.checkpoint import save_atomic
 from dnas.cli import cli
 from dnas.nn.network import Network
 from dnas.space.graph import load_space
+from dnas.vis.images import PANEL_HEIGHT, TITLE_HEIGHT
 from tasks.pose import heatmap
 from tasks.pose.inference import infer_heatmaps
 
@@ -90,6 +92,9 @@ def test_eval_save_vis(tmp_path, real_mpii_root):
     assert result.exit_code == 0, result.output
     pngs = sorted((tmp_path / "e" / "vis").glob("*.png"))
     assert [p.name for p in pngs] == ["0000.png", "0001.png", "0002.png"]
+    picture = cv2.imread(str(pngs[0]))
+    assert picture.shape[0] == PANEL_HEIGHT + TITLE_HEIGHT  # the photo shrunk under the titles
+    assert picture[:TITLE_HEIGHT].min() < 80  # "ground truth" / "prediction" written
 
 
 def test_eval_prediction_file_scores_the_same_with_dnas_pose_pckh(tmp_path, real_mpii_root):

@@ -16,8 +16,8 @@ from dnas.checkpoint import save_atomic
 from dnas.cli import cli
 from dnas.errors import DnasError
 from dnas.search.derive import derive
-from dnas.space.choices import entropies
-from dnas.space.graph import load_space
+from dnas.space.choices import entropies, undecided_layers
+from dnas.space.graph import load_space, space_from_dict
 from dnas.space.ops import parse_op
 from dnas.vis.plot import (
     FIXED_COLOUR,
@@ -29,6 +29,7 @@ from dnas.vis.plot import (
     op_probability_figure,
     op_probability_matrix,
     save_figure,
+    sweep_figure,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,12 +86,42 @@ def test_heat_map_annotates_every_candidate_cell_and_names_the_epoch():
     candidates = {"a": ("k3e3", "skip"), "b": ("k5e6", "k3e3", "conv3")}
     fig = op_probability_figure({"a": [0.9, 0.1], "b": [0.2, 0.3, 0.5]}, candidates, epoch=7)
     ax = fig.axes[0]
-    assert ax.get_title() == "op probabilities, epoch 7"
-    assert sorted(t.get_text() for t in ax.texts) == ["0.10", "0.20", "0.30", "0.50", "0.90"]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    assert ax.get_title().startswith("op probabilities, epoch 7\n")
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["0.100", "0.200", "0.300", "0.500", "0.900"]
     assert len(fig.axes) == 2  # the heat map and its colorbar
-    outlined = [p for p in ax.patches if isinstance(p, Rectangle)]
-    assert sorted(p.get_xy() for p in outlined) == [(-0.5, -0.5), (2.5, 0.5)]  # argmax per row
+    outlined = {p.get_gid(): p for p in ax.patches if isinstance(p, Rectangle)}
+    assert sorted(p.get_xy() for p in outlined.values()) == [(-0.5, -0.5), (2.5, 0.5)]  # argmax
+
+
+def test_heat_map_colours_the_deviation_from_uniform():
+    """0.14 and 0.17 of a 7-op layer must not look alike: colour is p - 1/#candidates."""
+    candidates = {"a": ("k3e3", "k5e3", "k7e3", "k3e6", "k5e6", "k7e6", "skip"),
+                  "b": ("k3e3", "skip")}  # fmt: skip
+    probs = {"a": [0.17, 0.14, 0.14, 0.14, 0.14, 0.14, 0.13], "b": [0.5, 0.5]}
+    fig = op_probability_figure(probs, candidates)
+    image = fig.axes[0].images[0]
+    deviation = image.get_array()
+    np.testing.assert_allclose(deviation[0], np.array(probs["a"]) - 1 / 7, atol=1e-12)
+    np.testing.assert_allclose(deviation[1, [0, 6]], [0.0, 0.0], atol=1e-12)
+    assert deviation.mask[1, 1:6].all()  # not candidates of b
+    low, high = image.get_clim()
+    assert high == pytest.approx(0.17 - 1 / 7) and low == -high  # white is uniform
+    colours = image.to_rgba(deviation)
+    assert np.abs(colours[0, 0] - colours[0, 1]).max() > 0.2  # 0.17 vs 0.14: distinct colours
+
+
+def test_heat_map_marks_undecided_layers_and_dashes_their_argmax():
+    candidates = {"a": ("k3e3", "skip"), "b": ("k5e6", "k3e3", "conv3"), "c": ("k3e3", "skip")}
+    probs = {"a": [0.9, 0.1], "b": [0.35, 0.33, 0.32], "c": [0.45, 0.55]}
+    fig = op_probability_figure(probs, candidates)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["a", "b (undecided)", "c"]  # top p 0.35 < 0.5; 0.55 is decided
+    assert "1 of 3 layers undecided" in ax.get_title()
+    styles = {p.get_gid(): p.get_linestyle() for p in ax.patches}
+    assert styles == {"argmax:0": "-", "argmax:1": "--", "argmax:2": "-"}
+    assert undecided_layers(probs) == ["b"]
 
 
 def test_entropies_match_hand_computed_values():
@@ -143,6 +174,54 @@ def test_search_space_is_drawn_with_choices_skip_as_a_thin_line():
     assert skips == ["skip:stage1.1", "skip:stage2.1"]
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["3x3", "5x5", "7x7", "skip"]
+
+
+BRANCHY = {
+    "name": "branchy",
+    "stem": [{"op": "conv3", "width": 8, "stride": 2}, {"op": "k3e1", "width": 8}],
+    "stages": [
+        {"name": "stage1", "width": 8, "stride": 2, "layers": 2, "ops": ["k3e3"]},
+        {"name": "stage2", "width": 16, "stride": 2, "layers": 2, "ops": ["k5e6"]},
+        {"name": "stage3", "width": 16, "stride": 2, "layers": 2, "ops": ["k3e6"]},
+        {"name": "side", "width": 16, "stride": 2, "layers": 1, "ops": ["k7e3"], "input": "stage2"},
+    ],
+    "head": {"type": "fpn_lite", "inputs": ["stage2", "stage3", "side"]},
+}
+
+
+def edges(fig) -> dict[str, np.ndarray]:
+    """gid -> the (x, y) vertices of each input-edge arrow of an architecture figure."""
+    return {str(p.get_gid()): p.get_path().vertices for p in fig.axes[0].patches
+            if str(p.get_gid()).startswith(("branch:", "head-input:"))}  # fmt: skip
+
+
+def test_branches_and_multi_input_heads_are_drawn_as_arrows_from_their_source():
+    import tasks.segmentation  # noqa: F401  (registers fpn_lite)
+
+    fig = architecture_figure(space_from_dict(BRANCHY, source="<test>"))
+    drawn = edges(fig)
+    assert sorted(drawn) == ["branch:side", "head-input:side.0", "head-input:stage2.1",
+                             "head-input:stage3.1"]  # fmt: skip
+    centre = {p.get_gid(): p.get_x() + p.get_width() / 2 for p in blocks(fig)}
+    head = next(p for p in fig.axes[0].patches if p.get_gid() == "head")
+    side = next(p for p in blocks(fig) if p.get_gid() == "layer:side.0")
+    # the branch leaves the top of stage2's last block and ends on side's stage boundary
+    assert drawn["branch:side"][0] == pytest.approx((centre["layer:stage2.1"], 3.0))
+    assert drawn["branch:side"][3][0] == pytest.approx(side.get_x() - 0.1)  # [3]: shaft end
+    for layer in ("stage2.1", "stage3.1", "side.0"):
+        start, end = drawn[f"head-input:{layer}"][0], drawn[f"head-input:{layer}"][3]
+        assert start[0] == pytest.approx(centre[f"layer:{layer}"])
+        assert end[0] == pytest.approx(head.get_x() + head.get_width() / 2)
+        assert end[1] == pytest.approx(head.get_y() + head.get_height(), abs=0.1)  # onto its top
+    levels = [v[1, 1] for v in drawn.values()]
+    assert len(set(levels)) == 4  # each arrow crosses at a level of its own
+    labels = sorted(t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("from"))
+    assert labels == ["from side", "from stage2", "from stage3"]  # each source named once
+
+
+def test_a_chained_net_has_no_extra_arrows():
+    assert edges(architecture_figure(load_space("efficientpose-a"))) == {}
+    assert edges(architecture_figure(load_space("mobilenetv2"))) == {}
 
 
 def test_search_space_needs_choices_or_probabilities_that_fit():
@@ -299,3 +378,27 @@ def test_plot_refuses_a_head_that_cannot_be_built(tmp_path):
             == f"Error: {arch}: head: slim_deconv reads exactly one input node"
         )
     assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def test_sweep_figure_names_the_metric_and_keeps_every_label_inside_the_axes():
+    rows = [{"weight": w, "cost": c, "cost_unit": "MMAC", "score": s, "metric": "Mean",
+             "metric_label": "PCKh@0.5, mean of joints (%)"}
+            for w, c, s in ((0.0, 1.345, 4.55), (1.0, 1.1, 2.0), (50.0, 0.967, 0.0))]  # fmt: skip
+    fig = sweep_figure(rows, "weight")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "val PCKh@0.5, mean of joints (%)"
+    assert ax.get_xlabel() == "derived cost (MMAC)"
+    fig.canvas.draw()
+    box = ax.get_window_extent()
+    labels = [t for t in ax.texts if t.get_text().startswith("weight=")]
+    assert [t.get_text() for t in labels] == ["weight=0", "weight=1", "weight=50"]
+    for text in labels:  # the rightmost and topmost labels were clipped at the axes' edge
+        extent = text.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, text.get_text()
+    older = sweep_figure([{k: v for k, v in r.items() if k != "metric_label"} for r in rows],
+                         "weight")  # fmt: skip
+    assert older.axes[0].get_ylabel() == "val Mean"  # sweeps recorded before the label existed

@@ -22,6 +22,7 @@ from dnas.nn.weights import load_weights
 from dnas.search.cost_model import get_cost_model
 from dnas.space.graph import load_space
 from dnas.task import build_space, build_task
+from dnas.vis.images import PANEL_HEIGHT, TITLE_HEIGHT
 from tasks.segmentation.coco import IGNORE, class_map, decode, load_records, read_coco
 from tasks.segmentation.metrics import confusion, scores
 from tasks.segmentation.synth import render, write_synthetic_seg
@@ -371,7 +372,9 @@ def test_cli_search_derive_train_eval_export(synth_root, tmp_path):
     assert len(pictures) == 2
     import cv2
 
-    assert cv2.imread(str(pictures[0])).shape == (64, 3 * 64 + 2 * 8, 3)
+    picture = cv2.imread(str(pictures[0]))
+    # three 64 px panels drawn at 384 px (6x), each under a 28 px title band, 8 px gaps
+    assert picture.shape == (PANEL_HEIGHT + TITLE_HEIGHT, 3 * PANEL_HEIGHT + 2 * 8, 3)
     onnx = tmp_path / "net.onnx"
     run("export", "--arch", arch, "--weights", weights, "-o", onnx, "--input-size", "64x64")
     import onnxruntime as ort

@@ -214,6 +214,7 @@ class TrainRun(EpochLoop):
         if self.world.main:
             results = {
                 **self.metrics.values, "primary_metric": self.metrics.primary,
+                "primary_label": self.metrics.primary_label,
                 "architecture_name": self.arch.name, **model_size(self.net, self.exp.input_hw),
                 "input_size": list(self.exp.input_hw), "epochs": self.num_epochs,
                 "best_score": self.best_score, "weights": str(self.out_dir / "model.pt"),
@@ -268,6 +269,7 @@ def _evaluate(run: RunContext, arch_ref: str | None, weights: Path, save_vis: in
     results = {
         **metrics.values,  # the task's metric table, flat
         "primary_metric": metrics.primary,
+        "primary_label": metrics.primary_label,
         "architecture": str(Path(arch_ref).resolve()) if Path(arch_ref).exists() else arch_ref,
         "architecture_name": arch.name,
         "params": size["params"],

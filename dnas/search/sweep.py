@@ -87,6 +87,7 @@ def sweep_one(variant: Experiment, kind: str, value: float, run_dir: Path, outpu
     size = cost_report(str(arch_path), variant.input_hw, outputs)
     return {kind: value, "cost": result["final_cost"], "cost_unit": result["cost_unit"],
             "params": size["params"], "macs": size["macs"], "metric": metrics.primary,
+            "metric_label": metrics.primary_label,
             "score": metrics.score, "architecture": str(arch_path)}  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Architectures read from op probabilities, each rule written once: the most probable op per
-layer (what ``dnas derive`` keeps), the op entropy, the decisiveness figure, and a uniformly
-random architecture of a space."""
+layer (what ``dnas derive`` keeps), the op entropy, the decisiveness figure and the undecided
+layers, and a uniformly random architecture of a space."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from dnas.errors import DnasError
 from dnas.space.graph import Layer, SearchSpace
 
-UNDECIDED = 0.5  # mean top op probability below which a search has not decided
+UNDECIDED = 0.5  # (mean) top op probability below which a search (a layer) has not decided
 
 ArchProbs = Mapping[str, Sequence[float]]
 
@@ -47,6 +47,11 @@ def entropies(arch_probs: ArchProbs) -> dict[str, float]:
 def decisiveness(arch_probs: ArchProbs) -> float:
     """Mean over layers of the top op probability: 1 is fully decided, 1/#ops is uniform."""
     return sum(max(p) for p in arch_probs.values()) / max(len(arch_probs), 1)
+
+
+def undecided_layers(arch_probs: ArchProbs) -> list[str]:
+    """Layers whose top op probability is below ``UNDECIDED``: their argmax breaks near-ties."""
+    return [layer for layer, probs in arch_probs.items() if max(probs) < UNDECIDED]
 
 
 def uniform_choices(layers: Iterable[Layer], rng: np.random.Generator) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Pictures that task plugins write (``dnas eval --save-vis``, ``dnas predict``): RGB panels
-side by side, written as PNG."""
+side by side, each under its title, written as PNG."""
 
 from __future__ import annotations
 
@@ -10,11 +10,49 @@ import numpy as np
 
 from dnas.errors import DnasError
 
+PANEL_HEIGHT = 384  # px: a 128 px synthetic crop is drawn 3x, a 720 px photo is shrunk
+TITLE_HEIGHT = 28  # px of white band above each panel for its title
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
-def panels(images: list[np.ndarray], gap: int = 8) -> np.ndarray:
-    """Same-height RGB images left to right with white gaps."""
-    spacer = np.full((images[0].shape[0], gap, 3), 255, np.uint8)
-    parts = [p for image in images for p in (image, spacer)][:-1]
+
+def resized(image: np.ndarray, height: int = PANEL_HEIGHT) -> tuple[np.ndarray, float]:
+    """``image`` scaled to ``height`` px (aspect kept) and the factor applied to its coordinates.
+
+    Enlarging is nearest-neighbour, so label maps and small crops stay crisp."""
+    factor = height / image.shape[0]
+    if factor == 1.0:
+        return image, 1.0
+    width = max(1, round(image.shape[1] * factor))
+    interpolation = cv2.INTER_NEAREST if factor > 1 else cv2.INTER_AREA
+    return cv2.resize(image, (width, height), interpolation=interpolation), factor
+
+
+def titled(image: np.ndarray, title: str) -> np.ndarray:
+    """``image`` below a white band with ``title`` centred in it (shrunk to fit the width)."""
+    width = image.shape[1]
+    band = np.full((TITLE_HEIGHT, width, 3), 255, np.uint8)
+    scale = 0.6
+    (text_w, text_h), _ = cv2.getTextSize(title, _FONT, scale, 1)
+    if text_w > width - 4:
+        scale *= (width - 4) / text_w
+        (text_w, text_h), _ = cv2.getTextSize(title, _FONT, scale, 1)
+    origin = ((width - text_w) // 2, (TITLE_HEIGHT + text_h) // 2)
+    cv2.putText(band, title, origin, _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([band, image], axis=0)
+
+
+def panels(
+    images: list[np.ndarray], titles: list[str], height: int = PANEL_HEIGHT, gap: int = 8
+) -> np.ndarray:
+    """RGB images left to right, each scaled to ``height`` px under its title, white gaps."""
+    if len(titles) != len(images):
+        raise ValueError(f"{len(images)} panels but {len(titles)} titles")
+    shown = [
+        titled(resized(image, height)[0], title)
+        for image, title in zip(images, titles, strict=True)
+    ]
+    spacer = np.full((shown[0].shape[0], gap, 3), 255, np.uint8)
+    parts = [p for image in shown for p in (image, spacer)][:-1]
     return np.concatenate(parts, axis=1)
 
 

@@ -16,12 +16,13 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
+from matplotlib.path import Path as MplPath
 
 from dnas import checkpoint
 from dnas.errors import DnasError
-from dnas.space.choices import most_probable_ops
-from dnas.space.graph import SearchSpace, load_space, space_from_dict
+from dnas.space.choices import UNDECIDED, most_probable_ops, undecided_layers
+from dnas.space.graph import INPUT, SearchSpace, load_space, space_from_dict
 from dnas.space.ops import KERNEL_COLOURS, op_kind, parse_op
 
 FIXED_COLOUR = "#b0b0b0"  # stem and head (an op's own colour is in its OpKind record)
@@ -73,47 +74,75 @@ def op_probability_figure(
     candidates: dict[str, tuple[str, ...]],
     epoch: int | None = None,
 ) -> Figure:
-    """Heat map of the op probabilities, one row per searchable layer in network order."""
+    """Heat map of the op probabilities, one row per searchable layer in network order.
+
+    Cells are coloured by the deviation from uniform (p - 1/#candidates of the layer), so a
+    short search's 0.14 and 0.17 look different; each cell is written to three decimals, and an
+    undecided layer (top probability below ``UNDECIDED``) is named so and its argmax dashed."""
     layers, ops, matrix = op_probability_matrix(arch_probs, candidates)
-    fig = _new_figure(2.5 + 0.7 * len(ops), 1.6 + 0.28 * len(layers))
+    deviation = matrix - 1.0 / np.array([[len(candidates[layer])] for layer in layers])
+    undecided = set(undecided_layers(dict(zip(layers, _rows(matrix), strict=True))))
+    fig = _new_figure(2.5 + 0.75 * len(ops), 1.8 + 0.28 * len(layers))
     ax = fig.add_subplot()
-    image = ax.imshow(
-        np.ma.masked_invalid(matrix), cmap=_cmap(), vmin=0.0, vmax=_top(matrix), aspect="auto"
-    )
-    fig.colorbar(image, ax=ax, label="probability")
+    span = _span(deviation)
+    image = ax.imshow(np.ma.masked_invalid(deviation), cmap=_cmap(), vmin=-span, vmax=span,
+                      aspect="auto")  # fmt: skip
+    fig.colorbar(image, ax=ax, label="probability - uniform (1/#candidates)")
     ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right")
-    ax.set_yticks(range(len(layers)), layers)
+    ax.set_yticks(range(len(layers)), [_row_label(n, n in undecided) for n in layers])
+    for label, layer in zip(ax.get_yticklabels(), layers, strict=True):
+        label.set_color(UNDECIDED_COLOUR if layer in undecided else "black")
     ax.set_xlabel("candidate op")
     if matrix.size <= MAX_ANNOTATED_CELLS:
-        _annotate(ax, matrix)
-    ax.set_title("op probabilities" + (f", epoch {epoch}" if epoch is not None else ""))
+        _annotate(ax, matrix, deviation, span)
+    _outline_argmax(ax, matrix, [layer in undecided for layer in layers])
+    title = "op probabilities" + (f", epoch {epoch}" if epoch is not None else "")
+    ax.set_title(f"{title}\n{len(undecided)} of {len(layers)} layers undecided "
+                 f"(top p < {UNDECIDED}, dashed); box = derived op", fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig
 
 
+UNDECIDED_COLOUR = "#c03000"
+
+
+def _rows(matrix: np.ndarray) -> list[list[float]]:
+    """Each row's candidate probabilities (the nan cells dropped)."""
+    return [[float(v) for v in row if np.isfinite(v)] for row in matrix]
+
+
+def _row_label(layer: str, undecided: bool) -> str:
+    return f"{layer} (undecided)" if undecided else layer
+
+
 def _cmap() -> Colormap:
-    return colormaps["viridis"].with_extremes(bad="#eeeeee")  # bad: not a candidate
+    return colormaps["RdBu_r"].with_extremes(bad="#dddddd")  # bad: not a candidate
 
 
-def _top(matrix: np.ndarray) -> float:
-    """Colour scale up to the largest probability, so small tilts near uniform stay visible."""
-    finite = matrix[np.isfinite(matrix)]
-    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+def _span(deviation: np.ndarray) -> float:
+    """Symmetric colour range: the largest deviation from uniform (white = uniform)."""
+    finite = np.abs(deviation[np.isfinite(deviation)])
+    return max(float(finite.max()) if finite.size else 0.0, 1e-3)
 
 
-def _annotate(ax, matrix: np.ndarray) -> None:
-    """Write each probability in its cell and outline each row's argmax (the derived op)."""
-    top = _top(matrix)
+def _annotate(ax, matrix: np.ndarray, deviation: np.ndarray, span: float) -> None:
+    """Write each probability in its cell, white on the strongly coloured ones."""
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
             if np.isfinite(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > 0.6 * top else "white")  # fmt: skip
+                strong = abs(deviation[i, j]) > 0.6 * span
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7,
+                        color="white" if strong else "black")  # fmt: skip
+
+
+def _outline_argmax(ax, matrix: np.ndarray, undecided: list[bool]) -> None:
+    """Outline each row's argmax (the derived op): solid when decided, dashed when not."""
+    for i, row in enumerate(matrix):
         if np.isfinite(row).any():
             best = int(np.nanargmax(row))
-            ax.add_patch(
-                Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5)
-            )
+            ax.add_patch(Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black",
+                                   lw=1.5, ls="--" if undecided[i] else "-",
+                                   gid=f"argmax:{i}"))  # fmt: skip
 
 
 # ---------------------------------------------------------------- architecture
@@ -124,7 +153,11 @@ def architecture_figure(
     choices: dict[str, str] | None = None,
     arch_probs: dict[str, list[float]] | None = None,
 ) -> Figure:
-    """Block diagram of a fixed architecture, or of a search space's ``choices`` (else argmax)."""
+    """Block diagram of a fixed architecture, or of a search space's ``choices`` (else argmax).
+
+    Blocks run left to right in stage order; an edge the straight line does not show (a stage
+    whose ``input:`` is an earlier node, a head reading other or several nodes) is an arrow
+    drawn above the blocks from the node it reads."""
     arch = _fixed(space, choices, arch_probs)
     strides = _output_strides(arch)
     ops = [layer.candidates[0] for stage in arch.stages for layer in stage.layers]
@@ -132,14 +165,26 @@ def architecture_figure(
     fig = _new_figure(3.0 + 0.32 * (len(ops) + 4), 4.0)
     ax = fig.add_subplot()
     x = _fixed_block(ax, 0.0, "stem", " / ".join(s.candidates[0] for s in arch.stem))
+    starts = {INPUT: (0.0, 0.0)} | {layer.name: (0.6, 2.0) for layer in arch.stem}
+    edges: list[Edge] = []
+    previous = arch.stem[-1].name
     for stage in arch.stages:
         total = strides[stage.layers[-1].name]
         _stage_marker(ax, x, top, f"{stage.name}\ns{stage.stride} (/{total})\n{stage.width} ch")
+        if stage.layers[0].input != previous:
+            edges.append(Edge(stage.layers[0].input, (x - 0.1, top), f"branch:{stage.name}"))
         for layer in stage.layers:
-            x = _layer_block(ax, x, -top, layer.name, layer.candidates[0])
-    _fixed_block(ax, x + 0.3, "head", arch.head.type if arch.head else "(none)")
+            op = layer.candidates[0]
+            starts[layer.name] = (x + 0.4, 0.0 if _is_identity(op) else _height(op) / 2)
+            x = _layer_block(ax, x, -top, layer.name, op)
+        previous = stage.layers[-1].name
+    head_x = x + 0.3
+    if arch.head and arch.head.inputs != (previous,):
+        edges += [Edge(n, (head_x + 0.6, 2.0), f"head-input:{n}") for n in arch.head.inputs]
+    _fixed_block(ax, head_x, "head", arch.head.type if arch.head else "(none)")
+    summit = _draw_edges(ax, edges, starts, top + 1.9, _node_names(arch))
     ax.set_xlim(-0.3, x + 1.6)
-    ax.set_ylim(-top - 2.0, top + 2.2)
+    ax.set_ylim(-top - 2.0, max(top + 2.2, summit))
     ax.set_axis_off()
     ax.set_title(f"{arch.name}: colour = kernel size, height = expansion ratio", fontsize=9)
     handles = _legend_handles(ops)
@@ -147,6 +192,45 @@ def architecture_figure(
               fontsize=7, frameon=False)  # fmt: skip
     fig.tight_layout()
     return fig
+
+
+EDGE_COLOUR = "#1f4e9e"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """An input edge the left-to-right order does not show: from ``source`` to ``end`` (x, y)."""
+
+    source: str
+    end: tuple[float, float]
+    gid: str
+
+
+def _node_names(space: SearchSpace) -> dict[str, str]:
+    """The name a reader knows a node by: its stage's name for a stage's last layer."""
+    return {stage.layers[-1].name: stage.name for stage in space.stages}
+
+
+def _draw_edges(
+    ax, edges: list[Edge], starts: dict[str, tuple[float, float]], base: float,
+    names: dict[str, str],
+) -> float:  # fmt: skip
+    """Each edge up from its source block to a level of its own, across, and down onto its
+    end, the source named once at its first edge; returns the top of the drawing."""
+    summit, named = base, set()
+    for k, edge in enumerate(edges):
+        level = base + 0.7 * k
+        (x0, y0), (x1, y1) = starts[edge.source], edge.end
+        route = MplPath([(x0, y0), (x0, level), (x1, level), (x1, y1)])  # up, across, down
+        arrow = FancyArrowPatch(path=route, arrowstyle="-|>", mutation_scale=8,
+                                color=EDGE_COLOUR, lw=0.9, gid=edge.gid, zorder=1)  # fmt: skip
+        ax.add_patch(arrow)
+        if edge.source not in named:
+            named.add(edge.source)
+            ax.text(x0 + 0.1, level + 0.05, f"from {names.get(edge.source, edge.source)}",
+                    fontsize=6, color=EDGE_COLOUR, ha="left", va="bottom")  # fmt: skip
+        summit = level + 0.6
+    return summit
 
 
 def _fixed(
@@ -213,7 +297,8 @@ def _fixed_block(ax, x: float, kind: str, text: str) -> float:
 def _stage_marker(ax, x: float, top: float, text: str) -> None:
     """A dashed stage boundary, its stride, output stride and width written above it."""
     ax.axvline(x - 0.1, color="grey", ls="--", lw=0.7)
-    ax.text(x, top, text, ha="left", va="bottom", fontsize=7)
+    behind = {"facecolor": "white", "edgecolor": "none", "pad": 0.5}  # input edges pass behind
+    ax.text(x, top, text, ha="left", va="bottom", fontsize=7, zorder=3, bbox=behind)
 
 
 def _legend_handles(ops: list[str]) -> list[Patch]:
@@ -229,16 +314,30 @@ def _legend_handles(ops: list[str]) -> list[Patch]:
 
 def sweep_figure(rows: list[dict], kind: str) -> Figure:
     """Score vs cost of a ``dnas sweep``, each point labelled with its weight or target."""
-    fig = _new_figure(5, 4)
+    fig = _new_figure(5.5, 4)
     ax = fig.add_subplot()
-    ax.plot([r["cost"] for r in rows], [r["score"] for r in rows], "o-")
-    for r in rows:
-        ax.annotate(f"{kind}={r[kind]:g}", (r["cost"], r["score"]), fontsize=8)
-    ax.set_xlabel(f"cost ({rows[0]['cost_unit'] if rows else ''})")
-    ax.set_ylabel(rows[0]["metric"] if rows else "score")
+    costs = [r["cost"] for r in rows]
+    ax.plot(costs, [r["score"] for r in rows], "o-")
+    middle = (min(costs) + max(costs)) / 2 if rows else 0.0
+    for r in rows:  # labels point inwards, so the end points' labels stay inside the axes
+        right = r["cost"] > middle
+        ax.annotate(f"{kind}={r[kind]:g}", (r["cost"], r["score"]),
+                    xytext=(-5 if right else 5, 5), textcoords="offset points",
+                    ha="right" if right else "left", fontsize=8)  # fmt: skip
+    ax.margins(x=0.08, y=0.15)
+    ax.set_xlabel(f"derived cost ({rows[0]['cost_unit'] if rows else ''})")
+    ax.set_ylabel(_score_label(rows))
+    ax.set_title(f"dnas sweep over cost_model.{kind}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _score_label(rows: list[dict]) -> str:
+    """The task's name for its primary metric (sweeps written before it was recorded: the key)."""
+    if not rows:
+        return "score"
+    return f"val {rows[0].get('metric_label') or rows[0]['metric']}"
 
 
 def _new_figure(width: float, height: float) -> Figure:

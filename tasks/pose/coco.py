@@ -318,4 +318,4 @@ class COCODataset(TopDownDataset):
             path.write_text(json.dumps(results))
             files["results"] = str(path)
         stats = _keypoint_stats(self.coco, results)
-        return Metrics(stats, "AP", format_coco_table(stats), files)
+        return Metrics(stats, "AP", format_coco_table(stats), files, "AP (OKS, fraction)")

@@ -95,4 +95,4 @@ class MPIIDataset(TopDownDataset):
             pred_path = out_dir / "pred.mat"
             scipy.io.savemat(str(pred_path), {"preds": preds})
             files["predictions"] = str(pred_path)
-        return Metrics(table, "Mean", format_table(table), files)
+        return Metrics(table, "Mean", format_table(table), files, "PCKh@0.5, mean of joints (%)")

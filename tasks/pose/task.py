@@ -15,7 +15,7 @@ from dnas.errors import ConfigError, DnasError
 from dnas.registry import TASKS
 from dnas.schema import from_dict
 from dnas.task import Metrics, Task
-from dnas.vis.images import panels, write_png
+from dnas.vis.images import panels, resized, write_png
 from tasks.pose.draw import draw_pose
 from tasks.pose.inference import predict_batch
 from tasks.pose.loss import joints_mse
@@ -137,8 +137,9 @@ def save_visualisations(dataset: TopDownDataset, preds: np.ndarray, scores: np.n
     """PNGs of the first ``count`` people: ground truth (left) beside the prediction (right)."""
     names, skeleton = dataset.joint_names, dataset.skeleton
     for i, rec in enumerate(dataset.records[:count]):
-        image = dataset.read_image(rec.image)
-        truth = draw_pose(image, rec.joints, rec.vis > 0, names, skeleton)
-        guess = draw_pose(image, preds[i], scores[i] > threshold, names, skeleton)
-        write_png(out_dir / f"{i:04d}.png", panels([truth, guess]))
+        image, factor = resized(dataset.read_image(rec.image))  # draw at the panel's size
+        truth = draw_pose(image, rec.joints * factor, rec.vis > 0, names, skeleton)
+        guess = draw_pose(image, preds[i] * factor, scores[i] > threshold, names, skeleton)
+        titles = ["ground truth", f"prediction (score > {threshold:g})"]
+        write_png(out_dir / f"{i:04d}.png", panels([truth, guess], titles))
     return out_dir

@@ -208,7 +208,8 @@ class SegmentationTask(Task):
         for name, iou in zip(self.class_names, result["iou"], strict=True):
             if iou is not None:
                 values[f"IoU/{name}"] = iou
-        metrics = Metrics(values, primary="mIoU", table=format_table(result, self.class_names))
+        metrics = Metrics(values, primary="mIoU", table=format_table(result, self.class_names),
+                          label="mIoU (%)")  # fmt: skip
         if out_dir is not None:
             metrics.files["confusion"] = str(self.write_confusion(matrix, out_dir))
             if shown:
@@ -231,7 +232,8 @@ class SegmentationTask(Task):
             truth = label.numpy().astype(np.uint8)
             guess = pred.numpy().astype(np.uint8)
             picture = panels(
-                [image, overlay(image, truth, colours), overlay(image, guess, colours)]
+                [image, overlay(image, truth, colours), overlay(image, guess, colours)],
+                ["image", "ground truth", "prediction"],
             )
             write_png(out_dir / f"{i:04d}.png", picture)
         return out_dir
