@@ -11,11 +11,12 @@ from conftest import DATA, need
 from dnas.errors import ConfigError, DnasError
 from dnas.schema import from_dict
 from tasks.pose import heatmap
-from tasks.pose.lsp import LSP_JOINTS, LSPDataset, LSPOptions, pck
+from tasks.pose.lsp import LSP_JOINTS, LSPDataset, LSPOptions, pck, reference_sizes, scored_note
 from tasks.pose.topdown import DATASETS
 from tasks.pose.transforms import affine_transform, apply_affine
 
 L_SHOULDER, R_HIP = LSP_JOINTS.index("l_shoulder"), LSP_JOINTS.index("r_hip")
+R_SHOULDER, L_HIP = LSP_JOINTS.index("r_shoulder"), LSP_JOINTS.index("l_hip")
 WRISTS = [LSP_JOINTS.index("r_wrist"), LSP_JOINTS.index("l_wrist")]
 
 
@@ -31,11 +32,18 @@ def val(lspet) -> LSPDataset:
 
 @pytest.fixture(scope="module")
 def val_gt(val):
-    """Ground truth of the val range, its annotated mask and torso sizes (0 if unscored)."""
+    """Ground truth of the val range, its annotated mask and each person's reference distance:
+    left shoulder-right hip, else right shoulder-left hip, else the median of those."""
     gt = np.stack([r.joints for r in val.records]).astype(np.float64)
     annotated = np.stack([r.vis for r in val.records]) > 0
-    torso = np.linalg.norm(gt[:, L_SHOULDER] - gt[:, R_HIP], axis=-1)
-    torso[~(annotated[:, L_SHOULDER] & annotated[:, R_HIP])] = 0.0
+
+    def diagonal(a: int, b: int) -> np.ndarray:
+        size = np.linalg.norm(gt[:, a] - gt[:, b], axis=-1)
+        return np.where(annotated[:, a] & annotated[:, b], size, 0.0)
+
+    torso = diagonal(L_SHOULDER, R_HIP)
+    torso = np.where(torso > 0, torso, diagonal(R_SHOULDER, L_HIP))
+    torso[torso == 0] = np.median(torso[torso > 0])
     return gt, annotated, torso
 
 
@@ -64,7 +72,7 @@ def test_default_ranges_give_1800_train_and_200_val_people(lspet, val):
 
 def test_sample_targets_decode_back_within_pck(val, val_gt):
     gt, annotated, torso = val_gt
-    people = np.flatnonzero(torso > 0)[:8]
+    people = np.arange(8)
     preds = gt.copy()
     for i in people:
         item = val[int(i)]
@@ -82,7 +90,12 @@ def test_sample_targets_decode_back_within_pck(val, val_gt):
 
 def test_pck_ground_truth_and_known_offsets(val_gt):
     gt, annotated, torso = val_gt
-    assert (torso > 0).sum() == 145  # 55 of the 200 lack the left shoulder or the right hip
+    size, rule = reference_sizes(gt, annotated)
+    np.testing.assert_allclose(size, torso, rtol=1e-12)
+    # every person is scored: 145 by the published diameter, 25 by the other diagonal, 30 by
+    # the split's median (they lack a shoulder and a hip of each diagonal)
+    assert np.bincount(rule).tolist() == [145, 25, 30]
+    assert np.median(torso[rule < 2]) == pytest.approx(torso[rule == 2][0])
     assert all(v == 100.0 for v in pck(gt.copy(), gt, annotated).values())
     shift = np.zeros_like(gt)
     shift[..., 0] = 0.1 * torso[:, None]
@@ -93,33 +106,62 @@ def test_pck_ground_truth_and_known_offsets(val_gt):
     shift[:, WRISTS, 1] = 0.3 * torso[:, None]
     table = pck(gt + shift, gt, annotated)
     assert table["Wrist"] == 0.0 and table["Elbow"] == 100.0 and table["Head"] == 100.0
-    counted = annotated[torso > 0]
-    expected = 100.0 * (counted.sum() - counted[:, WRISTS].sum()) / counted.sum()
-    assert table["Mean"] == pytest.approx(expected, abs=1e-12) and 80.0 < expected < 90.0
+    for key, people in (("Mean", rule >= 0), ("Mean_strict", rule == 0)):
+        counted = annotated[people]
+        expected = 100.0 * (counted.sum() - counted[:, WRISTS].sum()) / counted.sum()
+        assert table[key] == pytest.approx(expected, abs=1e-12) and 80.0 < expected < 90.0
 
 
 def test_pck_by_hand():
-    """Three people: torso 10 (threshold 2 px), torso 10 predicted exactly, torso 0 (skipped)."""
-    gt = np.tile(np.arange(14.0)[None, :, None] * 3.0, (3, 1, 2))
-    gt[:2, L_SHOULDER], gt[:2, R_HIP] = (0.0, 0.0), (6.0, 8.0)
-    gt[2, L_SHOULDER] = gt[2, R_HIP]
-    annotated = np.ones((3, 14), bool)
+    """Four people: the published diameter (10 px: threshold 2 px), the other diagonal (20 px),
+    a degenerate zero-length pair (the other diagonal again), and neither (the median of 10, 20
+    and 20)."""
+    gt = np.tile(np.arange(14.0)[None, :, None] * 3.0, (4, 1, 2))
+    gt[:, L_SHOULDER], gt[:, R_HIP] = (0.0, 0.0), (6.0, 8.0)  # 10 px
+    gt[:, R_SHOULDER], gt[:, L_HIP] = (0.0, 0.0), (12.0, 16.0)  # 20 px
+    gt[3, R_HIP] = gt[3, L_SHOULDER]  # zero length: not a diameter
+    annotated = np.ones((4, 14), bool)
     annotated[0, LSP_JOINTS.index("neck")] = False
+    annotated[1, L_SHOULDER] = False
+    annotated[2, [L_SHOULDER, R_SHOULDER]] = False
+    size, rule = reference_sizes(gt, annotated)
+    np.testing.assert_allclose(size, [10.0, 20.0, 20.0, 20.0])
+    assert rule.tolist() == [0, 1, 2, 1]
     preds = gt.copy()
-    preds[0, WRISTS[0]] += (0.0, 3.0)  # 0.3 torso: wrong
-    preds[0, WRISTS[1]] += (0.0, 1.5)  # 0.15 torso: right
+    preds[0, WRISTS[0]] += (0.0, 3.0)  # 0.3 x 10: wrong
+    preds[0, WRISTS[1]] += (0.0, 1.5)  # 0.15 x 10: right
     preds[0, LSP_JOINTS.index("neck")] += 50.0  # not annotated: ignored
-    preds[2] += 100.0  # no torso: ignored
+    preds[1, WRISTS[0]] += (0.0, 3.5)  # 0.175 x 20: right
+    preds[2, WRISTS[0]] += (0.0, 4.5)  # 0.225 x 20: wrong
+    preds[3, WRISTS[1]] += (0.0, 4.5)  # 0.225 x 20: wrong
     table = pck(preds, gt, annotated)
-    assert table["Wrist"] == 75.0 and table["Head"] == 100.0 and table["Ankle"] == 100.0
-    assert table["Mean"] == pytest.approx(100.0 * 26 / 27)
+    assert table["Wrist"] == 62.5 and table["Head"] == 100.0 and table["Ankle"] == 100.0
+    assert table["Mean"] == pytest.approx(100.0 * (annotated.sum() - 3) / annotated.sum())
+    assert table["Mean_strict"] == pytest.approx(100.0 * 12 / 13)  # person 0 alone
+    note = scored_note(gt, annotated)
+    assert note.startswith(
+        "4 of 4 people scored (1 by the left shoulder-right hip, 2 by the "
+        "right shoulder-left hip, 1 by the median of the split = 20.0 px)"
+    )
+
+
+def test_a_split_without_any_torso_scores_no_one():
+    gt = np.zeros((2, 14, 2))
+    annotated = np.ones((2, 14), bool)
+    annotated[:, [L_SHOULDER, R_SHOULDER]] = False
+    size, rule = reference_sizes(gt, annotated)
+    assert size.tolist() == [0.0, 0.0] and rule.tolist() == [2, 2]
+    assert pck(gt, gt, annotated)["Mean"] == 0.0
+    assert scored_note(gt, annotated).startswith("0 of 2 people scored")
 
 
 def test_evaluate_table_and_predictions_file(val, val_gt, tmp_path):
     gt, _, _ = val_gt
     metrics = val.evaluate(gt.copy(), np.ones(gt.shape[:2]), tmp_path)
     assert metrics.primary == "Mean" and metrics.score == 100.0
-    assert "| PCK@0.2 | Head |" in metrics.table and "145 of 200 people scored" in metrics.table
+    assert "| PCK@0.2 | Head |" in metrics.table
+    assert "200 of 200 people scored (145 by the left shoulder-right hip, 25 by" in metrics.table
+    assert metrics.values["Mean_strict"] == 100.0
     saved = scipy.io.loadmat(metrics.files["predictions"])["preds"]
     assert saved.shape == (200, 14, 2)
     np.testing.assert_allclose(saved, gt + 1.0)
