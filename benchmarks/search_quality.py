@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from cost_models.latency import time_module
+from cost_models.latency import cpu_bench, time_forward
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
 from dnas.engine.train import run_eval, run_train
@@ -106,7 +106,7 @@ def experiment(profile: Profile, data: Path, device: str, out: Path, **extra) ->
 def cpu_latency_ms(arch: Path | str, size: int) -> float:
     """Median eager CPU latency at batch 1 (one thread per core, as the machine runs)."""
     net = Network(load_space(str(arch)), 14).eval()
-    return time_module(net, [torch.randn(1, 3, size, size)], torch.device("cpu"), 3, 10)
+    return time_forward(cpu_bench(), net, [torch.randn(1, 3, size, size)])
 
 
 def architectures(profile: Profile, exp_path: Path, budget: float, out: Path,

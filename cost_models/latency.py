@@ -1,12 +1,15 @@
 """Measured latency lookup tables (FBNet-style) and the ``latency`` cost model.
 
-``build_lut`` times every candidate op of every searchable layer at its exact input shape,
-every fixed layer and the head (warm-up, repeats, median; CUDA synchronised), then measures
-random whole networks and fits measured = scale x (sum of parts) + overhead by least squares.
-Additive tables miss what happens between ops (dispatch, cache traffic); on the 2-core CPU
-heavier networks run ~10% slower than their parts add up to, so a constant overhead alone
-is not enough. The correction is linear, so expected costs stay linear in the op
-probabilities. ``check_lut`` compares predictions with end-to-end measurements.
+``build_lut`` times, in the chosen runtime (``cost_models.runtimes``: eager PyTorch or ONNX
+Runtime), every candidate op of every searchable layer at its exact input shape, every fixed
+layer and the head, each by ``torch.utils.benchmark`` under a ``NoiseGuard``
+(``cost_models.timing``). It then times random whole networks and fits the entries to them
+(``cost_models.calibration``): one scale per op and input resolution, and one overhead. The
+table stays a sum of per-op entries, so the expected cost stays linear in the op
+probabilities. What it cannot model: fusion across op boundaries that depends on the
+neighbouring ops (ONNX Runtime fuses conv + activation inside an op, which the op's own timing
+holds, but not across ops), and cache effects that depend on which op ran before. The
+held-out error of the fit and ``lut check`` say how much that costs on a machine.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cost_models.calibration import FIXED, Calibration, Sample, calibrate
+from cost_models.runtimes import Runtime, get_runtime
+from cost_models.timing import Job, NoiseGuard, NoisePolicy, Timing, measure
 from dnas.cli import example, head_outputs, out_opt, outputs_opt
 from dnas.config import MAX_BATCH
 from dnas.errors import ConfigError, DnasError, listing
@@ -33,28 +40,12 @@ from dnas.files import write_text_atomic
 from dnas.nn.heads import build_head
 from dnas.nn.network import Network
 from dnas.nn.profile import _HeadOnInputs, op_costs
-from dnas.registry import COMMANDS, COST_MODELS
+from dnas.registry import COMMANDS, COST_MODELS, RUNTIMES
 from dnas.schema import read_json
 from dnas.search.cost_model import CostModel, CostTable
 from dnas.space.choices import uniform_choices
-from dnas.space.graph import SearchSpace
+from dnas.space.graph import Layer, SearchSpace
 from dnas.space.ops import build_op, parse_op
-
-
-def time_module(module: nn.Module, inputs: list[torch.Tensor], device: torch.device,
-                warmup: int, repeats: int) -> float:  # fmt: skip
-    """Median milliseconds of one forward pass."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            sync()
-            start = time.perf_counter()
-            module(*inputs)
-            sync()
-            if i >= warmup:
-                times.append(1000.0 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def parts_ms(table: dict, choices: dict[str, str]) -> float:
@@ -66,120 +57,217 @@ def predict_ms(table: dict, choices: dict[str, str]) -> float:
     return table["scale"] * parts_ms(table, choices) + table["overhead_ms"]
 
 
-def _measure_network(space: SearchSpace, choices: dict[str, str], num_outputs: int,
-                     x: torch.Tensor, device: torch.device, warmup: int,
-                     repeats: int) -> float:  # fmt: skip
-    net = Network(space.with_choices(choices), num_outputs).eval().to(device)
-    return time_module(net, [x], device, warmup, repeats)
+@dataclass
+class Bench:
+    """Where and how timings are taken: the runtime (on its device and threads), the shortest
+    time spent on one timing, and the noise policy."""
+
+    runtime: Runtime
+    min_time: float = 0.1
+    policy: NoisePolicy = field(default_factory=NoisePolicy)
+
+    def time(self, fn: Callable[[], object]) -> Timing:
+        """One timing of ``fn``: at least ``min_time`` s and at least 4 blocks of calls."""
+        fn()  # the first call allocates and (ONNX Runtime) plans; never timed
+        start = time.perf_counter()
+        fn()
+        once = time.perf_counter() - start
+        return measure(fn, self.runtime.threads, max(self.min_time, 4 * once))
+
+    def guard(self, reference: Callable[[], object], what: str) -> NoiseGuard:
+        return NoiseGuard(self.time, reference, self.policy, what)
+
+
+def time_forward(bench: Bench, module: nn.Module, inputs: list[torch.Tensor]) -> float:
+    """Milliseconds of one forward pass of ``module`` in the bench's runtime: the median of
+    ``rounds`` timings (no noise guard; for reports, not tables)."""
+    fn = bench.runtime.prepare(module, inputs)
+    return statistics.median(bench.time(fn).median_ms for _ in range(bench.policy.rounds))
+
+
+def cpu_bench(runtime: str = "torch") -> Bench:
+    """Timings in ``runtime`` on the CPU with torch's thread count and the CLI's defaults."""
+    return Bench(get_runtime(runtime, torch.device("cpu"), torch.get_num_threads()))
+
+
+def network_job(bench: Bench, space: SearchSpace, choices: dict[str, str], num_outputs: int,
+                x: torch.Tensor) -> Callable[[], Callable[[], object]]:  # fmt: skip
+    """What prepares a whole network of ``choices`` in the bench's runtime."""
+    return lambda: bench.runtime.prepare(Network(space.with_choices(choices), num_outputs), [x])
 
 
 def _warm_up(
+    bench: Bench,
     space: SearchSpace,
+    input_hw: tuple[int, int],
     num_outputs: int,
     x: torch.Tensor,
-    device: torch.device,
     rng: np.random.Generator,
     seconds: float = 2.0,
 ) -> None:
-    """Run random whole networks for a while (discarded): the first passes of a process are
-    slower (thread pools, allocator, CPU clocks) and would bias whatever is timed first."""
+    """Run whole networks for a while (discarded): the first passes of a process are slower
+    (thread pools, CPU clocks), and the allocator serves a tensor size faster once it has
+    freed one that large (glibc raises its mmap threshold), so the largest network runs first:
+    without it, nets with many expansion-6 ops timed 5-14 % slower in a fresh process."""
+    costs, _ = op_costs(space, input_hw, num_outputs)
+    largest = {lay.name: max(lay.candidates, key=lambda op, n=lay.name: costs[n][op][0])
+               for lay in space.searchable_layers}  # fmt: skip
+    for _ in range(3):
+        network_job(bench, space, largest, num_outputs, x)()()
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        _measure_network(
-            space, uniform_choices(space.searchable_layers, rng), num_outputs, x, device, 1, 3
-        )
+        network_job(bench, space, uniform_choices(space.searchable_layers, rng), num_outputs,
+                    x)()()  # fmt: skip
+
+
+def _op_jobs(bench: Bench, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int,
+             batch: int) -> list[tuple[Layer | None, str, Job]]:  # fmt: skip
+    """(layer, op, job) for every candidate of every layer, then (None, "head", job)."""
+    shapes, device = space.infer_shapes(*input_hw), bench.runtime.device
+    jobs: list[tuple[Layer | None, str, Job]] = []
+    for layer in space.layers:
+        cin, h, w = shapes[layer.input]
+        for op in layer.candidates:
+
+            def prepare(op=op, layer=layer, shape=(cin, h, w)):  # noqa: ANN202
+                module = build_op(parse_op(op), shape[0], layer.width, layer.stride)
+                return bench.runtime.prepare(module, [torch.randn(batch, *shape, device=device)])
+
+            jobs.append((layer, op, (f"{layer.name}/{op}", prepare)))
+
+    def head():  # noqa: ANN202
+        feats = [torch.randn(batch, *shapes[n], device=device) for n in space.head_inputs()]
+        return bench.runtime.prepare(_HeadOnInputs(build_head(space, num_outputs)), feats)
+
+    jobs.append((None, "head", ("head", head)))
+    return jobs
+
+
+def group_of(table: dict, layer: str) -> str:
+    """The calibration group of a searchable layer's entries: its input resolution."""
+    _, h, w = table["shapes"][layer]
+    return f"{h}x{w}"
+
+
+def group_parts(table: dict, space: SearchSpace, choices: dict[str, str]) -> dict[str, float]:
+    """Per calibration group, the summed entries that the architecture ``choices`` picks."""
+    parts = {FIXED: sum(table["fixed"].values())}
+    for layer in space.searchable_layers:
+        group = group_of(table, layer.name)
+        parts[group] = parts.get(group, 0.0) + table["layers"][layer.name][choices[layer.name]]
+    return parts
 
 
 def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, batch: int,
-              device: torch.device, warmup: int = 5, repeats: int = 20, calibration: int = 10,
-              seed: int = 0, progress: bool = True) -> dict:  # fmt: skip
-    """The latency table of ``space`` on this machine (see the module docstring)."""
+              bench: Bench, calibration: int = 40, seed: int = 0,
+              progress: bool = True) -> dict:  # fmt: skip
+    """The latency table of ``space`` on this machine and runtime (see the module docstring)."""
     op_costs(space, input_hw, num_outputs)  # size checks before anything is allocated
-    shapes = space.infer_shapes(*input_hw)
+    device = bench.runtime.device
     x = torch.randn(batch, space.in_channels, *input_hw, device=device)
     rng = np.random.default_rng(seed)
-    _warm_up(space, num_outputs, x, device, rng)
-    jobs = [(layer, op) for layer in space.layers for op in layer.candidates]
-    table: dict = {"fixed": {}, "layers": {}, "shapes": {}}
+    _warm_up(bench, space, input_hw, num_outputs, x, np.random.default_rng(seed + 1000))
+    reference = network_job(bench, space, reference_choices(space), num_outputs, x)()
+    guard = bench.guard(reference, f"lut build --space {space.name}")
+    entries = _op_jobs(bench, space, input_hw, num_outputs, batch)
+    nets = [uniform_choices(space.searchable_layers, rng) for _ in range(calibration)]
+    jobs = [job for _, _, job in entries]
+    jobs += [(f"network {i + 1}", network_job(bench, space, c, num_outputs, x))
+             for i, c in enumerate(nets)]  # fmt: skip
     # a bar on a terminal only (disable=None): no carriage returns into pipes and log files
-    bar = tqdm(total=len(jobs) + 1 + calibration, desc="lut", disable=None if progress else True)
-    for layer, op in jobs:
-        cin, h, w = shapes[layer.input]
-        module = build_op(parse_op(op), cin, layer.width, layer.stride).eval().to(device)
-        ms = time_module(module, [torch.randn(batch, cin, h, w, device=device)], device, warmup,
-                         repeats)  # fmt: skip
-        table["shapes"][layer.name] = [cin, h, w]
+    total = len(jobs) * bench.policy.rounds
+    with tqdm(total=total, desc="lut", disable=None if progress else True) as bar:
+        timings = guard.run(jobs, bar.update)
+    shapes = space.infer_shapes(*input_hw)
+    table: dict = {"fixed": {}, "layers": {}, "shapes": {}}
+    for (layer, op, _), timing in zip(entries, timings, strict=False):
+        if layer is None:
+            table["fixed"]["head"] = timing.median_ms
+            continue
+        table["shapes"][layer.name] = list(shapes[layer.input])
         if layer.searchable:
-            table["layers"].setdefault(layer.name, {})[op] = ms
+            table["layers"].setdefault(layer.name, {})[op] = timing.median_ms
         else:
-            table["fixed"][layer.name] = ms
-        bar.update()
-    head = _HeadOnInputs(build_head(space, num_outputs)).eval().to(device)
-    feats = [torch.randn(batch, *shapes[n], device=device) for n in space.head_inputs()]
-    table["fixed"]["head"] = time_module(head, feats, device, warmup, repeats)
-    bar.update()
-    parts, measured = [], []
-    for _ in range(calibration):
-        choices = uniform_choices(space.searchable_layers, rng)
-        parts.append(parts_ms(table, choices))
-        measured.append(_measure_network(space, choices, num_outputs, x, device, warmup,
-                                         repeats))  # fmt: skip
-        bar.update()
-    bar.close()
-    lowest = sum(table["fixed"].values()) + sum(min(ops.values())
-                                                for ops in table["layers"].values())  # fmt: skip
-    table["scale"], table["overhead_ms"] = fit_correction(parts, measured, lowest)
+            table["fixed"][layer.name] = timing.median_ms
+    measured = [t.median_ms for t in timings[len(entries) :]]
+    fit = calibrate([Sample(group_parts(table, space, c), ms) for c, ms in zip(nets, measured,
+                                                                               strict=True)],
+                    group_parts(table, space, cheapest_choices(table, space)))  # fmt: skip
+    table = apply_calibration(table, space, fit)
     table["meta"] = {
         "space": space.name, "space_digest": space.digest(), "input": list(input_hw),
         "num_outputs": num_outputs, "batch": batch, "device": device.type,
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else "cpu"),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32",
-        "warmup": warmup, "repeats": repeats, "calibration": calibration,
+        "runtime": bench.runtime.name, "runtime_version": runtime_version(bench.runtime.name),
+        "threads": bench.runtime.threads, "torch": torch.__version__, "dtype": "float32",
+        "min_time": bench.min_time, "rounds": bench.policy.rounds, "calibration": calibration,
+        "calibration_fit": fit.to_dict(), "noise": guard.report.to_dict(),
+        "calibration_nets": [{"choices": c, "measured_ms": round(ms, 5)}
+                             for c, ms in zip(nets, measured, strict=True)],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     return table
 
 
-def check_lut(table: dict, space: SearchSpace, samples: int, device: torch.device,
-              warmup: int = 5, repeats: int = 20, seed: int = 1) -> dict:  # fmt: skip
-    """Predicted vs measured latency of ``samples`` random architectures."""
+def runtime_version(name: str) -> str:
+    if name == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    return torch.__version__
+
+
+def reference_choices(space: SearchSpace) -> dict[str, str]:
+    """The reference net of a noise guard: the first candidate of every layer (fixed, so two
+    builds of one space watch the same net)."""
+    return {layer.name: layer.candidates[0] for layer in space.searchable_layers}
+
+
+def cheapest_choices(table: dict, space: SearchSpace) -> dict[str, str]:
+    ops = table["layers"]
+    return {lay.name: min(ops[lay.name], key=ops[lay.name].get) for lay in space.searchable_layers}
+
+
+def apply_calibration(table: dict, space: SearchSpace, fit: Calibration) -> dict:
+    """The table with every entry multiplied by its group's scale and the fitted overhead; the
+    timings of the ops alone are kept under ``isolated``."""
+    layers = {}
+    for layer in space.searchable_layers:
+        scale = fit.scales.get(group_of(table, layer.name), 1.0)
+        layers[layer.name] = {op: scale * ms for op, ms in table["layers"][layer.name].items()}
+    fixed = {name: fit.scales.get(FIXED, 1.0) * ms for name, ms in table["fixed"].items()}
+    return {"fixed": fixed, "layers": layers, "shapes": table["shapes"], "scale": 1.0,
+            "overhead_ms": fit.overhead_ms,
+            "isolated": {"fixed": table["fixed"], "layers": table["layers"]}}  # fmt: skip
+
+
+def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench,
+              seed: int = 1) -> dict:  # fmt: skip
+    """Predicted vs measured latency of ``samples`` random architectures, in the table's
+    runtime, under the same noise guard as the build."""
     meta = table["meta"]
-    x = torch.randn(meta["batch"], space.in_channels, *meta["input"], device=device)
+    x = torch.randn(meta["batch"], space.in_channels, *meta["input"], device=bench.runtime.device)
     rng = np.random.default_rng(seed)
-    _warm_up(space, meta["num_outputs"], x, device, rng)
-    rows = []
-    for _ in tqdm(range(samples), desc="check", disable=None):
-        choices = uniform_choices(space.searchable_layers, rng)
-        measured = _measure_network(space, choices, meta["num_outputs"], x, device, warmup,
-                                    repeats)  # fmt: skip
-        rows.append({"predicted_ms": predict_ms(table, choices), "measured_ms": measured})
+    _warm_up(bench, space, tuple(meta["input"]), meta["num_outputs"], x,
+             np.random.default_rng(seed + 1000))  # fmt: skip
+    reference = network_job(bench, space, reference_choices(space), meta["num_outputs"], x)()
+    guard = bench.guard(reference, f"lut check --table ({space.name})")
+    built_at = meta.get("noise", {}).get("reference_ms", [None])[0]
+    nets = [uniform_choices(space.searchable_layers, rng) for _ in range(samples)]
+    jobs = [(f"network {i + 1}", network_job(bench, space, c, meta["num_outputs"], x))
+            for i, c in enumerate(nets)]  # fmt: skip
+    with tqdm(total=len(jobs) * bench.policy.rounds, desc="check", disable=None) as bar:
+        timings = guard.run(jobs, bar.update)
+    rows = [{"predicted_ms": predict_ms(table, c), "measured_ms": t.median_ms,
+             "spread": round(t.spread, 4)} for c, t in zip(nets, timings, strict=True)]  # fmt: skip
     pred = np.array([r["predicted_ms"] for r in rows])
     real = np.array([r["measured_ms"] for r in rows])
     tau = float(scipy.stats.kendalltau(pred, real).statistic) if samples > 1 else float("nan")
+    speed = guard.report.reference_ms[0] / built_at if built_at else None
     return {"kendall_tau": tau, "mape": float(100 * np.mean(np.abs(pred - real) / real)),
-            "samples": samples, "rows": rows}  # fmt: skip
-
-
-def fit_correction(parts: list[float], measured: list[float],
-                   lowest: float = 0.0) -> tuple[float, float]:  # fmt: skip
-    """(scale, overhead_ms) with measured ~ scale x parts + overhead, by least squares. A fit
-    that ranks bigger nets as faster (scale not positive) or predicts a non-positive latency
-    for the cheapest architecture (whose parts sum to ``lowest``: a steep line with a large
-    negative offset, fitted to noisy timings of a few nets) is not used: scale 1 and the
-    median overhead instead, or the proportional fit (no offset) if that overhead is negative
-    enough to make the cheapest net's latency non-positive."""
-    if not measured:
-        return 1.0, 0.0
-    if len(measured) >= 2 and np.ptp(parts) > 0:
-        scale, overhead = np.polyfit(parts, measured, 1)
-        if scale > 0 and scale * lowest + overhead > 0:
-            return float(scale), float(overhead)
-    overhead = float(np.median(np.subtract(measured, parts)))
-    if lowest + overhead > 0:
-        return 1.0, overhead
-    p, m = np.asarray(parts), np.asarray(measured)
-    return float(p @ m / max(float(p @ p), 1e-12)), 0.0
+            "samples": samples, "runtime": bench.runtime.name, "noise": guard.report.to_dict(),
+            "reference_vs_build": speed, "rows": rows}  # fmt: skip
 
 
 def read_lut(path: Path) -> dict:
@@ -243,16 +331,31 @@ def _check_table(table: dict, source: str) -> None:
             raise ConfigError(source, f"meta.{key}", "missing required key")
         if not ok(meta[key]):
             raise ConfigError(source, f"meta.{key}", f"expected {expected}, got {meta[key]!r}")
+    runtime = meta.get("runtime", "torch")  # tables from before runtimes were eager PyTorch
+    if runtime not in RUNTIMES.names():
+        raise ConfigError(
+            source,
+            "meta.runtime",
+            f"expected one of {', '.join(RUNTIMES.names())}, got {runtime!r}",
+        )
+
+
+def table_runtime(table: dict) -> str:
+    """The runtime a table was measured in (eager PyTorch for tables that do not say)."""
+    return table["meta"].get("runtime", "torch")
 
 
 @dataclass
 class LatencyOptions:
     """``cost_model:`` keys of ``type: latency``: the table from ``dnas lut build``, and the
-    batch and device it must have been measured at (unchecked when null)."""
+    batch, device, runtime and CPU threads it must have been measured with (unchecked when
+    null)."""
 
     table: str | None = None
     batch: int | None = field(default=None, metadata={"min": 1, "max": MAX_BATCH})
     device: str | None = None  # cpu, cuda
+    runtime: str | None = None  # torch, onnxruntime
+    threads: int | None = field(default=None, metadata={"min": 1})
 
 
 @COST_MODELS.register("latency")
@@ -271,6 +374,8 @@ class LatencyCostModel(CostModel):
             )
         self.path, self.batch = Path(self.options.table), self.options.batch
         self.device = self.options.device
+        if self.options.runtime is not None:
+            RUNTIMES.get(self.options.runtime)  # one line naming the registered runtimes
 
     def table(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
         return self.build(space, input_hw, num_outputs)  # the file is the cache
@@ -279,11 +384,14 @@ class LatencyCostModel(CostModel):
         lut = read_lut(self.path)
         op_costs(space, input_hw, num_outputs)  # size checks, on the meta device
         meta, shapes = lut["meta"], space.infer_shapes(*input_hw)
+        recorded = meta | {"runtime": table_runtime(lut)}
         missing = []
         for name, expected in (("input", list(input_hw)), ("num_outputs", num_outputs),
-                               ("batch", self.batch), ("device", self.device)):  # fmt: skip
-            if expected is not None and meta.get(name) != expected:
-                missing.append(f"{name} {expected} (table has {meta.get(name)})")
+                               ("batch", self.batch), ("device", self.device),
+                               ("runtime", self.options.runtime),
+                               ("threads", self.options.threads)):  # fmt: skip
+            if expected is not None and recorded.get(name) != expected:
+                missing.append(f"{name} {expected} (table has {recorded.get(name)})")
         for layer in space.layers:
             if lut.get("shapes", {}).get(layer.name) != list(shapes[layer.input]):
                 missing.append(f"{layer.name} at input {list(shapes[layer.input])}")
@@ -301,7 +409,8 @@ class LatencyCostModel(CostModel):
                 f"{listing(missing, 8)}; "
                 f"build it with: dnas lut build --space {space.source} --input "
                 f"{input_hw[0]}x{input_hw[1]} --batch {self.batch or meta.get('batch', 1)} "
-                f"--device {self.device or meta.get('device', 'cpu')} -o {self.path}"
+                f"--device {self.device or meta.get('device', 'cpu')} "
+                f"--runtime {self.options.runtime or recorded['runtime']} -o {self.path}"
             )
         scale = lut["scale"]  # the linear correction, folded into every entry
         layers = {lay.name: {op: scale * lut["layers"][lay.name][op] for op in lay.candidates}
@@ -315,75 +424,142 @@ def lut() -> None:
     """Latency lookup tables: build one for this machine, check its predictions."""
 
 
+def noise_options(command: Callable) -> Callable:
+    """The timing and noise options ``lut build`` and ``lut check`` share."""
+    for option in reversed([
+        click.option("--min-time", type=click.FloatRange(0.001), default=0.1, show_default=True,
+                     help="Seconds spent on each timing (torch.utils.benchmark blocks)."),
+        click.option("--rounds", type=click.IntRange(1), default=5, show_default=True,
+                     help="Passes over all timings; each keeps its median over the passes."),
+        click.option("--max-spread", type=click.FloatRange(0.0), default=0.25,
+                     show_default=True,
+                     help="IQR / median above which a timing is measured again."),
+        click.option("--max-drift", type=click.FloatRange(0.0), default=0.08,
+                     show_default=True,
+                     help="Change of the reference net's time within one chunk of timings."),
+        click.option("--max-slowdown", type=click.FloatRange(0.0), default=0.25,
+                     show_default=True,
+                     help="Reference net slower than at the start by this: the machine is busy."),
+        click.option("--allow-noise", is_flag=True,
+                     help="Keep noisy timings (counted in meta.noise) instead of stopping."),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def make_bench(runtime: str, device: str, threads: int, min_time: float, rounds: int,
+               max_spread: float, max_drift: float, max_slowdown: float,
+               allow_noise: bool) -> Bench:  # fmt: skip
+    from dnas.engine.runtime import pick_device
+
+    policy = NoisePolicy(max_spread, max_drift, max_slowdown, rounds=rounds,
+                         strict=not allow_noise)  # fmt: skip
+    return Bench(get_runtime(runtime, pick_device(device), threads), min_time, policy)
+
+
+def noise_line(noise: dict) -> str:
+    kept = f", {noise['kept_noisy']} noisy timings kept (--allow-noise)" if noise[
+        "kept_noisy"] else ""  # fmt: skip
+    return (
+        f"noise: worst spread {100 * noise['worst_spread']:.1f} %, reference drift "
+        f"{100 * noise['drift']:.1f} %, {noise['remeasured']} timings and "
+        f"{noise['chunks_redone']} chunks measured again{kept}"
+    )
+
+
 @lut.command(
     "build",
-    epilog=example("dnas lut build --space mbv2_pose_small --input 256x256 --batch 1 -o lut.json"),
+    epilog=example(
+        "dnas lut build --space mbv2_pose_small --input 256x256 --batch 1 -o lut.json",
+        "dnas lut build --space mbv2_pose_small --runtime onnxruntime -o ort.json",
+    ),
 )
 @click.option("--space", required=True, help="Search space YAML or shipped name.")
 @click.option("--input", "input_size", default="256x256", show_default=True, help="HxW.")
 @click.option("--batch", type=click.IntRange(1), help="Batch (default: CPU 1, GPU 32).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(1), help="CPU threads (torch.set_num_threads).")
+@click.option(
+    "--runtime",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default="torch",
+    show_default=True,
+    help="Eager PyTorch, or ONNX Runtime on the exported ONNX.",
+)
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's).")
 @outputs_opt
-@click.option("--repeats", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--warmup", type=click.IntRange(0), default=5, show_default=True)
 @click.option(
     "--calibration",
     type=click.IntRange(0),
-    default=10,
+    default=40,
     show_default=True,
-    help="Random whole networks measured for the per-network overhead.",
+    help="Random whole networks timed to fit the entries (a quarter held out).",
 )
+@noise_options
 @out_opt("output", file=True)
 @click.option("--force", is_flag=True)
-def lut_build(space: str, input_size: str, batch: int | None, device: str, threads: int | None,
-              outputs: int | None, joints: int | None, repeats: int, warmup: int,
-              calibration: int, output: Path, force: bool) -> None:  # fmt: skip
+def lut_build(space: str, input_size: str, batch: int | None, device: str, runtime: str,
+              threads: int | None, outputs: int | None, joints: int | None, calibration: int,
+              min_time: float, rounds: int, max_spread: float, max_drift: float,
+              max_slowdown: float, allow_noise: bool, output: Path,
+              force: bool) -> None:  # fmt: skip
     """Time every candidate op of SPACE at its exact input shape on this machine."""
     from dnas.cli import guard_output, parse_size
-    from dnas.engine.runtime import pick_device
     from dnas.space.graph import load_space
 
     guard_output(output, force)
-    if threads:
-        torch.set_num_threads(threads)
     batch = batch or (32 if device == "cuda" else 1)
+    bench = make_bench(runtime, device, threads or torch.get_num_threads(), min_time, rounds,
+                       max_spread, max_drift, max_slowdown, allow_noise)  # fmt: skip
     num_outputs = head_outputs(outputs, joints)
-    table = build_lut(load_space(space), parse_size(input_size), num_outputs, batch,
-                      pick_device(device), warmup, repeats, calibration)  # fmt: skip
+    table = build_lut(load_space(space), parse_size(input_size), num_outputs, batch, bench,
+                      calibration)  # fmt: skip
     if Path(space).is_file():  # a space of the user's: 'lut check' finds it again by its path
         table["meta"]["space_file"] = str(Path(space).resolve())
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(table, indent=1))
+    fit = table["meta"]["calibration_fit"]
+    held = (f", held-out MAPE {fit['heldout_mape']:.2f} % tau {fit['heldout_tau']:.3f}"
+            if fit["heldout_mape"] is not None else "")  # fmt: skip
     click.echo(
         f"wrote {output}: {sum(len(v) for v in table['layers'].values())} op entries, "
-        f"correction {table['scale']:.3f} x parts + {table['overhead_ms']:.3f} ms, "
-        f"batch {batch}, {table['meta']['device']}"
+        f"{runtime} batch {batch}, {table['meta']['device']}, {bench.runtime.threads} threads; "
+        f"calibrated on {calibration} networks (fit MAPE {fit['fit_mape']:.2f} %{held})"
     )
+    click.echo(noise_line(table["meta"]["noise"]))
 
 
 @lut.command("check", epilog=example("dnas lut check --table lut.json --samples 30"))
 @click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
 @click.option("--space", help="Search space (default: the table's own, by its file or name).")
 @click.option("--samples", type=click.IntRange(2), default=30, show_default=True)
-@click.option("--repeats", type=click.IntRange(1), default=20, show_default=True)
+@click.option(
+    "--runtime",
+    type=click.Choice(["torch", "onnxruntime"]),
+    help="The runtime to measure in (default and only choice: the table's).",
+)
+@noise_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def lut_check(table_path: Path, space: str | None, samples: int, repeats: int, fmt: str) -> None:
+def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | None,
+              min_time: float, rounds: int, max_spread: float, max_drift: float,
+              max_slowdown: float, allow_noise: bool, fmt: str) -> None:  # fmt: skip
     """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%)."""
-    from dnas.engine.runtime import pick_device
     from dnas.space.graph import load_space
 
     table = read_lut(table_path)
-    meta = table["meta"]
-    torch.set_num_threads(meta["threads"])
+    meta, recorded_runtime = table["meta"], table_runtime(table)
+    if runtime is not None and runtime != recorded_runtime:
+        raise DnasError(f"{table_path}: measured in {recorded_runtime}, not {runtime}; build a "
+                        f"table with 'dnas lut build --runtime {runtime}' to check that "
+                        "runtime")  # fmt: skip
     recorded = meta.get("space_file")
     search_space = load_space(space or (recorded if recorded and Path(recorded).is_file()
                                         else meta["space"]))  # fmt: skip
     LatencyCostModel(LatencyOptions(str(table_path))).table(
         search_space, tuple(meta["input"]), meta["num_outputs"]
     )  # validates coverage
-    report = check_lut(table, search_space, samples, pick_device(meta["device"]),
-                       repeats=repeats)  # fmt: skip
+    bench = make_bench(recorded_runtime, meta["device"], meta["threads"], min_time, rounds,
+                       max_spread, max_drift, max_slowdown, allow_noise)  # fmt: skip
+    report = check_lut(table, search_space, samples, bench)
     if fmt == "json":
         click.echo(json.dumps(report))
         return
@@ -391,7 +567,10 @@ def lut_check(table_path: Path, space: str | None, samples: int, repeats: int, f
         click.echo(
             f"predicted {row['predicted_ms']:8.3f} ms   measured {row['measured_ms']:8.3f} ms"
         )
-    click.echo(f"Kendall tau {report['kendall_tau']:.3f}   MAPE {report['mape']:.2f} %")
+    conditions = f"{recorded_runtime}, batch {meta['batch']}, {meta['threads']} threads"
+    click.echo(f"Kendall tau {report['kendall_tau']:.3f}   MAPE {report['mape']:.2f} %   "
+               f"({conditions})")  # fmt: skip
+    click.echo(noise_line(report["noise"]))
 
 
 COMMANDS.register("lut")(lut)

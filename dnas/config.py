@@ -85,8 +85,8 @@ class CostConfig:
     adapted from 0 (dual ascent, step ``dual_lr``) until the derived net costs ``target``;
     ``log``: the paper's Eq. 6, task loss + weight * log_tau(cost); ``hinge`` and ``power``:
     penalise only the cost above ``target``. ``target`` is in the cost model's unit. The cost
-    model named by ``type`` adds its own keys (its ``Options``: ``table``, ``batch``, ``device``
-    for ``latency``), held in ``options``.
+    model named by ``type`` adds its own keys (its ``Options``: ``table``, ``batch``, ``device``,
+    ``runtime`` and ``threads`` for ``latency``), held in ``options``.
     """
 
     type: str = "flops"

@@ -65,5 +65,6 @@ OP_KINDS = Registry("op kind")  # dnas.space.ops.OpKind records: the op grammar
 HEADS = Registry("head")
 STRATEGIES = Registry("strategy")
 COST_MODELS = Registry("cost model")
+RUNTIMES = Registry("runtime")  # what a latency table is measured in (cost_models.runtimes)
 DATA_COMMANDS = Registry("data command")
 COMMANDS = Registry("command")  # top-level CLI commands or groups contributed by plugins

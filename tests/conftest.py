@@ -59,6 +59,19 @@ def real_mpii_root(tmp_path_factory, mpii_samples, mpii_valid_h5) -> Path:
     return root
 
 
+def quick_bench():
+    """Short timings that never stop a test on a busy CI machine (noise kept, not refused):
+    tests that need real figures or the noise guard set their own policy."""
+    import torch
+
+    from cost_models.latency import Bench
+    from cost_models.runtimes import get_runtime
+    from cost_models.timing import NoisePolicy
+
+    return Bench(get_runtime("torch", torch.device("cpu"), torch.get_num_threads()),
+                 min_time=0.01, policy=NoisePolicy(rounds=1, strict=False))  # fmt: skip
+
+
 def write_experiment(path: Path, root: Path, space: Path | str = TINY_SPACE, **sections) -> Path:
     """A tiny experiment YAML: 64x64 input, few steps, a fresh cost-table cache."""
     exp = {

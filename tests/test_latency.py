@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_SPACE, write_experiment
+from conftest import TINY_SPACE, quick_bench, write_experiment
 
 from cost_models.latency import LatencyCostModel, LatencyOptions, build_lut, predict_ms
 from dnas.cli import cli
@@ -19,8 +19,7 @@ from dnas.space.graph import load_space
 @pytest.fixture(scope="module")
 def lut(tmp_path_factory):
     space = load_space(TINY_SPACE)
-    table = build_lut(space, (64, 64), 16, 1, torch.device("cpu"), warmup=1, repeats=3,
-                      calibration=4, progress=False)  # fmt: skip
+    table = build_lut(space, (64, 64), 16, 1, quick_bench(), calibration=8, progress=False)
     path = tmp_path_factory.mktemp("lut") / "tiny.json"
     path.write_text(json.dumps(table))
     return space, table, path
@@ -35,7 +34,18 @@ def test_table_covers_every_op_and_records_its_conditions(lut):
     meta = table["meta"]
     assert meta["batch"] == 1 and meta["device"] == "cpu" and meta["dtype"] == "float32"
     assert meta["torch"] == torch.__version__ and meta["threads"] >= 1 and meta["date"]
-    assert table["scale"] > 0
+    assert meta["runtime"] == "torch" and meta["calibration"] == 8
+    assert table["scale"] == 1.0  # the calibration is folded into the entries
+    fit, noise = meta["calibration_fit"], meta["noise"]
+    assert fit["heldout_mape"] is not None and fit["fit_mape"] >= 0  # 2 of the 8 held out
+    assert set(noise) >= {"worst_spread", "drift", "reference_ms", "remeasured", "kept_noisy"}
+    # every entry is its isolated timing times its group's scale (its input resolution)
+    for layer in space.searchable_layers:
+        _, h, w = table["shapes"][layer.name]
+        for op, ms in table["layers"][layer.name].items():
+            scale = fit["scales"].get(f"{h}x{w}", 1.0)
+            assert ms == pytest.approx(scale * table["isolated"]["layers"][layer.name][op],
+                                       rel=1e-3)  # fmt: skip
 
 
 def test_cost_model_expected_cost_equals_the_prediction(lut):
@@ -70,18 +80,23 @@ def test_missing_ops_batch_and_shape_are_one_error_with_the_build_command(lut, t
 def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     table = tmp_path / "t.json"
     result = CliRunner().invoke(cli, ["lut", "build", "--space", str(TINY_SPACE), "--input",
-                                      "64x64", "--repeats", "2", "--warmup", "1",
+                                      "64x64", "--min-time", "0.01", "--allow-noise",
                                       "--calibration", "3", "-o", str(table)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "correction" in result.output and "batch 1, cpu" in result.output
+    assert "calibrated on 3 networks" in result.output and "torch batch 1, cpu" in result.output
+    assert "noise: worst spread" in result.output
     assert "\r" not in result.output  # no progress bar into a pipe
     # no --space: the table built from a space file finds that file again by its path
     check = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--samples", "3",
-                                     "--repeats", "2", "--format", "json"])  # fmt: skip
+                                     "--min-time", "0.01", "--allow-noise", "--format",
+                                     "json"])  # fmt: skip
     assert check.exit_code == 0, check.output
     report = json.loads(check.output)
     assert -1.0 <= report["kendall_tau"] <= 1.0 and report["mape"] >= 0
-    assert len(report["rows"]) == 3
+    assert len(report["rows"]) == 3 and report["runtime"] == "torch" and "noise" in report
+    other = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--runtime",
+                                     "onnxruntime"])  # fmt: skip
+    assert other.exit_code == 1 and "measured in torch, not onnxruntime" in other.output
     exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root)
     run = CliRunner().invoke(
         cli,
@@ -100,18 +115,22 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     assert "ms" in run.output.splitlines()[-2]  # final architecture cost: ... ms
 
 
-def test_correction_fit_never_inverts_the_ranking():
-    from cost_models.latency import fit_correction
-
-    scale, overhead = fit_correction([1.0, 2.0, 3.0], [2.5, 4.5, 6.5])
-    assert scale == pytest.approx(2.0) and overhead == pytest.approx(0.5)
-    # noisy timings whose fit slopes downwards: scale 1 and the median offset instead
-    assert fit_correction([1.0, 2.0, 3.0], [5.0, 4.0, 3.5]) == (1.0, pytest.approx(2.0))
-    assert fit_correction([], []) == (1.0, 0.0)
-    # noisy timings of a few nets: a steep line whose offset makes the cheapest net (parts
-    # 1.0 ms) cost less than nothing is not used
-    steep = fit_correction([10.0, 10.5, 11.0], [5.0, 20.0, 35.0], lowest=1.0)
-    assert steep[0] > 0 and steep[0] * 1.0 + steep[1] > 0
-    assert steep == (1.0, pytest.approx(9.5))
-    # ... and where the median offset is negative enough too: the proportional fit
-    assert fit_correction([10.0, 11.0], [1.0, 1.5], lowest=1.0) == (pytest.approx(26.5 / 221), 0.0)
+def test_mismatched_runtime_threads_and_unknown_runtime_are_one_line_errors(lut, tmp_path):
+    space, table, path = lut
+    with pytest.raises(DnasError, match=r"missing runtime onnxruntime \(table has torch\)"):
+        LatencyCostModel(LatencyOptions(str(path), runtime="onnxruntime")).table(space, (64, 64),
+                                                                                  16)  # fmt: skip
+    threads = table["meta"]["threads"] + 1
+    with pytest.raises(DnasError, match=rf"threads {threads} \(table has {threads - 1}\)"):
+        LatencyCostModel(LatencyOptions(str(path), threads=threads)).table(space, (64, 64), 16)
+    with pytest.raises(DnasError, match=r"unknown runtime 'tvm' \(registered: onnxruntime, torch"):
+        LatencyCostModel(LatencyOptions(str(path), runtime="tvm"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(table | {"meta": table["meta"] | {"runtime": "tvm"}}))
+    with pytest.raises(DnasError, match=r"bad.json: meta.runtime: expected one of onnxruntime, "
+                                        r"torch, got 'tvm'"):  # fmt: skip
+        LatencyCostModel(LatencyOptions(str(bad))).table(space, (64, 64), 16)
+    old = tmp_path / "old.json"  # tables written before runtimes were eager PyTorch
+    meta = {k: v for k, v in table["meta"].items() if k != "runtime"}
+    old.write_text(json.dumps(table | {"meta": meta}))
+    LatencyCostModel(LatencyOptions(str(old), runtime="torch")).table(space, (64, 64), 16)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_SPACE, write_experiment
+from conftest import TINY_SPACE, quick_bench, write_experiment
 
 from cost_models.latency import build_lut
 from dnas import checkpoint
@@ -184,8 +184,8 @@ def test_tilted_sampler_hits_the_mean_and_the_band():
 
 @pytest.fixture(scope="module")
 def budget_lut(tmp_path_factory):
-    table = build_lut(load_space(BUDGET_SPACE), (64, 64), 16, 1, torch.device("cpu"), warmup=1,
-                      repeats=3, calibration=4, progress=False)  # fmt: skip
+    table = build_lut(load_space(BUDGET_SPACE), (64, 64), 16, 1, quick_bench(), calibration=4,
+                      progress=False)  # fmt: skip
     path = tmp_path_factory.mktemp("lut") / "budget.json"
     path.write_text(json.dumps(table))
     return path

@@ -400,7 +400,7 @@ def test_other_strategies_run(synth_root, tmp_path, strategy):
 def test_latency_table_at_segmentation_size_and_fpn_lite_search(synth_root, tmp_path):
     table = tmp_path / "lut.json"
     run("lut", "build", "--space", TINY_SPACE, "--input", "64x64", "--outputs", 4,
-        "--repeats", 3, "--warmup", 1, "--calibration", 0, "-o", table)  # fmt: skip
+        "--min-time", 0.01, "--allow-noise", "--calibration", 0, "-o", table)  # fmt: skip
     head = {"type": "fpn_lite", "inputs": ["stage2", "stage3"], "width": 8}
     exp = seg_experiment(tmp_path / "exp.yaml", synth_root, head=head)
     run("search", exp, "--out", tmp_path / "s", "--cost-model", "latency", "--cost-table", table)

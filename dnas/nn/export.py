@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -30,21 +31,33 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+OPSET = 17
+
+
+def export_module(model: nn.Module, inputs: list[torch.Tensor], target: Path | BinaryIO,
+                  opset: int = OPSET) -> None:  # fmt: skip
+    """Write a BN-folded copy of ``model`` (eval mode) to ONNX, every input and output with a
+    dynamic batch axis: what ``dnas export`` deploys and ``lut build --runtime onnxruntime``
+    times, op by op."""
+    model = fold_batchnorm(copy.deepcopy(model).eval())
+    names = ["input"] if len(inputs) == 1 else [f"input{i}" for i in range(len(inputs))]
+    axes = {name: {0: "batch"} for name in [*names, "output"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model, tuple(inputs), target if not isinstance(target, Path) else str(target),
+            dynamo=False, opset_version=opset, input_names=names, output_names=["output"],
+            dynamic_axes=axes,
+        )  # fmt: skip
+
+
 def export_onnx(model: nn.Module, input_hw: tuple[int, int], path: Path, in_channels: int = 3,
-                opset: int = 17, metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
+                opset: int = OPSET, metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Write a BN-folded copy of ``model`` to ONNX with a dynamic batch axis; ``metadata``
     goes into the model's ``metadata_props`` (what it is, what input it expects)."""
-    model = fold_batchnorm(copy.deepcopy(model).eval())
-    x = torch.zeros(1, in_channels, *input_hw)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                model, (x,), str(path), dynamo=False, opset_version=opset,
-                input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )  # fmt: skip
+        export_module(model, [torch.zeros(1, in_channels, *input_hw)], path, opset)
     except OSError as exc:
         raise DnasError(f"{path}: cannot write ({exc.strerror})") from None
     if metadata:

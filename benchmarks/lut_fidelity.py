@@ -1,0 +1,73 @@
+"""Latency-table fidelity on this machine (`make bench-lut`): several builds in a row of each
+setting, each followed by `dnas lut check` over 30 random architectures, as a user runs them
+(fresh processes, the CLI's defaults). Prints one JSON object; each build's Kendall tau and
+MAPE are held against the targets of issue 13 (tau >= 0.95, MAPE <= 5 %).
+
+    python benchmarks/lut_fidelity.py                       # the three settings, 3 builds each
+    python benchmarks/lut_fidelity.py --only small-b1 --builds 1 --runtime onnxruntime
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SETTINGS = {  # name -> lut build arguments
+    "small-b1": ["--space", "mbv2_pose_small", "--input", "256x256", "--batch", "1"],
+    "small-b8": ["--space", "mbv2_pose_small", "--input", "256x256", "--batch", "8"],
+    "large-b1": ["--space", "mbv2_pose_large", "--input", "256x256", "--batch", "1"],
+}
+TAU, MAPE = 0.95, 5.0
+
+
+def dnas(*args: str) -> str:
+    """Run the CLI in a fresh process; its stdout."""
+    done = subprocess.run([sys.executable, "-m", "dnas", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"dnas {' '.join(args)} failed: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def one_build(setting: list[str], runtime: str, samples: int, table: Path) -> dict:
+    start = time.perf_counter()
+    dnas("lut", "build", *setting, "--runtime", runtime, "-o", str(table), "--force")
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    report = json.loads(dnas("lut", "check", "--table", str(table), "--samples", str(samples),
+                             "--format", "json"))  # fmt: skip
+    meta = json.loads(table.read_text())["meta"]
+    fit = meta["calibration_fit"]
+    return {
+        "kendall_tau": round(report["kendall_tau"], 4), "mape": round(report["mape"], 3),
+        "pass": report["kendall_tau"] >= TAU and report["mape"] <= MAPE,
+        "heldout_mape": fit["heldout_mape"], "heldout_tau": fit["heldout_tau"],
+        "reference_vs_build": report["reference_vs_build"],
+        "build_noise": meta["noise"]["drift"], "check_noise": report["noise"]["drift"],
+        "build_s": round(built, 1), "check_s": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(SETTINGS), action="append")
+    parser.add_argument("--builds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch")
+    args = parser.parse_args()
+    results: dict = {"runtime": args.runtime, "targets": {"kendall_tau": TAU, "mape": MAPE}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or list(SETTINGS):
+            tables = [Path(tmp) / f"{name}-{i}.json" for i in range(args.builds)]
+            builds = [one_build(SETTINGS[name], args.runtime, args.samples, t) for t in tables]
+            results[name] = {"builds": builds, "all_pass": all(b["pass"] for b in builds)}
+            print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Timing forward passes with ``torch.utils.benchmark``, and telling a busy machine from a
+steady one.
+
+``measure`` runs blocks of calls (``Timer.blocked_autorange``: each block is long enough for
+the timer's own overhead to vanish, accelerators are synchronised, the thread count is set)
+and keeps the median and the interquartile range of the per-call times over the blocks.
+
+A ``NoiseGuard`` turns those into a table a user can trust. A timing whose IQR is a large
+part of its median is measured again. A reference network is timed at the start and again
+after every chunk of entries. A shared 2-core VM changes speed slowly by several percent over
+tens of seconds even when quiet (the reference net ran 24.4-27.8 ms within 40 s here), so
+each chunk's timings are expressed at the start's speed: multiplied by the reference's first
+time over its mean time around the chunk. A chunk during which the speed changed by more than
+``max_drift``, or a machine that has become ``max_slowdown`` slower than at the start (another
+process), gets the chunk measured again. When it stays noisy after the retries the guard stops
+with one line saying what it saw, so a busy machine never writes a silently wrong table.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch.utils.benchmark as benchmark
+
+from dnas.errors import DnasError
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and interquartile range of one call's milliseconds, over ``runs`` blocks."""
+
+    median_ms: float
+    iqr_ms: float
+    runs: int
+
+    @property
+    def spread(self) -> float:
+        """IQR / median: torch.utils.benchmark warns above 0.1, and above 0.25 of
+        "significant environmental influence"."""
+        return self.iqr_ms / self.median_ms if self.median_ms > 0 else 0.0
+
+
+Timer = Callable[[Callable[[], object]], Timing]  # what measures one callable
+Job = tuple[str, Callable[[], Callable[[], object]]]  # a name, and what prepares its callable
+
+
+def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.2) -> Timing:
+    """Time ``fn()`` by ``Timer.blocked_autorange`` with ``threads`` intra-op threads."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    result = timer.blocked_autorange(min_run_time=min_run_time)
+    return Timing(1000.0 * result.median, 1000.0 * result.iqr, len(result.times))
+
+
+class NoisyMachine(DnasError):
+    """The machine was too busy to measure on; nothing was written."""
+
+
+@dataclass
+class NoisePolicy:
+    """When a timing is too noisy to keep, and how often to try again."""
+
+    # IQR / median above which a timing is measured again: torch.utils.benchmark's "gross"
+    # threshold ("significant environmental influence"); its 0.1 warning threshold stopped
+    # builds on a quiet 2-core VM, where a 0.4 ms op's blocks spread 14 %; the median over
+    # the rounds absorbs that, and a load shows in the reference net
+    max_spread: float = 0.25
+    max_drift: float = 0.08  # change of the reference net's time across one chunk
+    max_slowdown: float = 0.25  # reference net slower than at the start by this: busy
+    retries: int = 3  # further measurements of a noisy timing or a drifted chunk
+    chunk: int = 12  # entries between two timings of the reference net
+    rounds: int = 5  # passes over all jobs; a job's timing is its median over the passes
+    strict: bool = True  # False (--allow-noise): keep the steadiest timing, count it, go on
+
+
+@dataclass
+class NoiseReport:
+    """What the guard saw; recorded in a table's ``meta.noise`` and in ``lut check``."""
+
+    remeasured: int = 0  # timings measured again for their spread
+    chunks_redone: int = 0  # chunks measured again after the reference drifted
+    kept_noisy: int = 0  # timings or chunks kept although noisy (strict off only)
+    worst_spread: float = 0.0  # largest IQR / median among the timings kept
+    reference_ms: list[float] = field(default_factory=list)  # the reference net, in order
+
+    @property
+    def drift(self) -> float:
+        """Largest relative change of the reference net's time from its first timing (corrected
+        for in the timings kept)."""
+        if not self.reference_ms:
+            return 0.0
+        first = self.reference_ms[0]
+        return max(abs(ms / first - 1.0) for ms in self.reference_ms)
+
+    def to_dict(self) -> dict:
+        return {"remeasured": self.remeasured, "chunks_redone": self.chunks_redone,
+                "kept_noisy": self.kept_noisy, "worst_spread": round(self.worst_spread, 4),
+                "drift": round(self.drift, 4),
+                "reference_ms": [round(ms, 4) for ms in self.reference_ms]}  # fmt: skip
+
+
+_ADVICE = "stop other work on this machine and run it again"
+
+
+class NoiseGuard:
+    """Steady timings of many callables, checked against a reference net (module docstring)."""
+
+    def __init__(self, timer: Timer, reference: Callable[[], object], policy: NoisePolicy,
+                 what: str) -> None:  # fmt: skip
+        self.timer, self.reference, self.policy, self.what = timer, reference, policy, what
+        self.report = NoiseReport()
+        self._base = self.steady(reference, "the reference net").median_ms
+        self.report.reference_ms.append(self._base)
+
+    def steady(self, fn: Callable[[], object], name: str) -> Timing:
+        """The steadiest of up to 1 + retries timings of ``fn``; one line if none is steady."""
+        best = self.timer(fn)
+        for _ in range(self.policy.retries):
+            if best.spread <= self.policy.max_spread:
+                break
+            self.report.remeasured += 1
+            again = self.timer(fn)
+            best = again if again.spread < best.spread else best
+        if best.spread > self.policy.max_spread and not self._keep_noisy():
+            raise NoisyMachine(
+                f"{self.what}: the machine is busy: the repeats of {name} spread "
+                f"{100 * best.spread:.0f} % around their median ({best.median_ms:.3f} ms; at most "
+                f"{100 * self.policy.max_spread:.0f} % is kept) after {self.policy.retries} "
+                f"re-measurements; {_ADVICE}"
+            )
+        self.report.worst_spread = max(self.report.worst_spread, best.spread)
+        return best
+
+    def run(self, jobs: list[Job], done: Callable[[int], object] | None = None) -> list[Timing]:
+        """Steady timings of every job: ``rounds`` passes over all of them, each chunk by chunk
+        between reference timings; a job's timing is its median over the passes, since the
+        speed of a shared machine wanders over seconds, which one long timing cannot average
+        out (two checks of 30 nets agreed to tau 0.885 with one 1 s timing each, 0.968 with
+        5 passes of 0.1 s). ``done(n)`` after each chunk."""
+        passes = []
+        for _ in range(self.policy.rounds):
+            timings: list[Timing] = []
+            for start in range(0, len(jobs), self.policy.chunk):
+                chunk = jobs[start : start + self.policy.chunk]
+                timings += self._chunk(chunk)
+                if done is not None:
+                    done(len(chunk))
+            passes.append(timings)
+        return [_median_of(list(job)) for job in zip(*passes, strict=True)]
+
+    def _keep_noisy(self) -> bool:
+        """Whether to keep a noisy timing (strict off), counted in the report."""
+        if self.policy.strict:
+            return False
+        self.report.kept_noisy += 1
+        return True
+
+    def _chunk(self, chunk: list[Job]) -> list[Timing]:
+        for attempt in range(self.policy.retries + 1):
+            before = self.report.reference_ms[-1]
+            timings = [self.steady(prepare(), name) for name, prepare in chunk]
+            after = self.steady(self.reference, "the reference net").median_ms
+            self.report.reference_ms.append(after)
+            problem = self._problem(before, after)
+            if problem is None:
+                factor = self._base / (0.5 * (before + after))  # at the start's speed
+                return [Timing(t.median_ms * factor, t.iqr_ms * factor, t.runs) for t in timings]
+            if attempt < self.policy.retries:
+                self.report.chunks_redone += 1
+        if self._keep_noisy():
+            return timings
+        raise NoisyMachine(
+            f"{self.what}: the machine is busy: {problem} after {self.policy.retries} "
+            f"re-measurements of {chunk[0][0]} .. {chunk[-1][0]}; {_ADVICE}"
+        )
+
+    def _problem(self, before: float, after: float) -> str | None:
+        """Why the timings of a chunk between two reference timings cannot be kept, if so."""
+        if after / self._base - 1.0 > self.policy.max_slowdown:
+            return (f"the reference net ran {after / self._base:.2f}x its time at the start "
+                    f"({after:.3f} vs {self._base:.3f} ms; at most "
+                    f"{100 * self.policy.max_slowdown:.0f} % slower is kept)")  # fmt: skip
+        if abs(after / before - 1.0) > self.policy.max_drift:
+            return (f"the reference net's time changed {after / before:.2f}x within one chunk "
+                    f"({before:.3f} -> {after:.3f} ms; at most "
+                    f"{100 * self.policy.max_drift:.0f} % is kept)")  # fmt: skip
+        return None
+
+
+def _median_of(timings: list[Timing]) -> Timing:
+    """One job's passes: the median of their medians and of their IQRs."""
+    return Timing(statistics.median(t.median_ms for t in timings),
+                  statistics.median(t.iqr_ms for t in timings),
+                  sum(t.runs for t in timings))  # fmt: skip

@@ -1,0 +1,155 @@
+"""Timing with torch.utils.benchmark and the noise guard: re-measuring, drift, busy machines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_SPACE
+
+from cost_models.timing import NoiseGuard, NoisePolicy, NoisyMachine, Timing, measure
+from dnas.cli import cli
+
+
+class Script:
+    """A fake timer: each callable's timings are played back in order (the last one repeats)."""
+
+    def __init__(self, plan: dict[str, list[Timing]]) -> None:
+        self.plan = {name: list(timings) for name, timings in plan.items()}
+        self.calls: list[str] = []
+
+    def fn(self, name: str):
+        def call() -> str:
+            return name
+
+        return call
+
+    def __call__(self, fn) -> Timing:
+        name = fn()
+        self.calls.append(name)
+        queue = self.plan[name]
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def steady(ms: float) -> Timing:
+    return Timing(ms, 0.01 * ms, 10)
+
+
+def noisy(ms: float) -> Timing:
+    return Timing(ms, 0.5 * ms, 10)
+
+
+def test_measure_times_a_known_sleep():
+    timing = measure(lambda: time.sleep(0.002), threads=1, min_run_time=0.1)
+    # blocks of 10 calls (the block grows until the timer's overhead is < 1e-4 of it)
+    assert 1.9 < timing.median_ms < 6.0 and timing.runs >= 3
+    assert timing.iqr_ms >= 0 and timing.spread == timing.iqr_ms / timing.median_ms
+
+
+def test_a_noisy_timing_is_measured_again_and_the_steadiest_kept():
+    script = Script({"ref": [steady(10.0)], "op": [noisy(2.0), Timing(2.1, 0.1, 10)]})
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(rounds=1), "test")
+    [timing] = guard.run([("op", lambda: script.fn("op"))])
+    assert timing.median_ms == 2.1 and guard.report.remeasured == 1
+    assert script.calls == ["ref", "op", "op", "ref"]  # reference before and after the chunk
+
+
+def test_a_timing_that_stays_noisy_stops_with_one_line():
+    script = Script({"ref": [steady(10.0)], "stage1.0/k3e3": [noisy(2.0)]})
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(retries=2, rounds=1), "lut build")
+    with pytest.raises(NoisyMachine) as info:
+        guard.run([("stage1.0/k3e3", lambda: script.fn("stage1.0/k3e3"))])
+    message = str(info.value)
+    assert message.startswith("lut build: the machine is busy: the repeats of stage1.0/k3e3 "
+                              "spread 50 % around their median")  # fmt: skip
+    assert "after 2 re-measurements" in message and "\n" not in message
+
+
+def test_slow_drift_is_corrected_to_the_speed_at_the_start():
+    """The reference ran 10 ms at the start and 10.6 ms after the chunk (10.3 ms on average
+    around it): the chunk's timings are scaled by 10 / 10.3."""
+    script = Script({"ref": [steady(10.0), steady(10.6)], "a": [steady(2.1)], "b": [steady(4.2)]})
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(rounds=1), "test")
+    timings = guard.run([("a", lambda: script.fn("a")), ("b", lambda: script.fn("b"))])
+    assert [t.median_ms for t in timings] == pytest.approx([2.1 * 10 / 10.3, 4.2 * 10 / 10.3])
+    assert timings[0].iqr_ms == pytest.approx(0.021 * 10 / 10.3)
+    assert guard.report.chunks_redone == 0 and guard.report.drift == pytest.approx(0.06)
+
+
+def test_a_speed_change_within_a_chunk_redoes_it_until_the_machine_is_steady_again():
+    # a load comes (15 ms) and goes (10.2 ms): both changes happen within a chunk
+    script = Script({"ref": [steady(10.0), steady(15.0), steady(10.2), steady(10.2)],
+                     "a": [steady(3.0), steady(2.5), steady(2.0)], "b": [steady(1.0)]})  # fmt: skip
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(chunk=2, rounds=1), "test")
+    timings = guard.run([("a", lambda: script.fn("a")), ("b", lambda: script.fn("b"))])
+    assert [t.median_ms for t in timings] == pytest.approx([2.0 * 10 / 10.2, 1.0 * 10 / 10.2])
+    assert guard.report.chunks_redone == 2
+    assert guard.report.reference_ms == [10.0, 15.0, 10.2, 10.2]
+    assert guard.report.drift == pytest.approx(0.5)
+
+
+def test_a_machine_that_stays_slower_stops_and_allow_noise_keeps_going():
+    plan = {"ref": [steady(10.0), steady(15.0)], "a": [steady(2.0)]}
+    script = Script(plan)
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(retries=1, rounds=1), "lut check")
+    with pytest.raises(
+        NoisyMachine,
+        match=r"lut check: the machine is busy: the reference net "
+        r"ran 1.50x its time at the start \(15.000 vs 10.000 ms",
+    ):
+        guard.run([("a", lambda: script.fn("a"))])
+    script = Script(plan | {"a": [noisy(2.0)]})
+    lenient = NoiseGuard(
+        script, script.fn("ref"), NoisePolicy(retries=1, rounds=1, strict=False), "x"
+    )
+    [timing] = lenient.run([("a", lambda: script.fn("a"))])
+    assert timing.median_ms == 2.0  # kept as measured
+    assert lenient.report.kept_noisy == 3  # the noisy op in both attempts, then the chunk
+
+
+# ---------------------------------------------------------------- a real concurrent load
+
+
+def busy_processes(count: int = 2) -> list[subprocess.Popen]:
+    """Processes that keep every core busy (this machine has 2)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def test_a_build_on_a_machine_that_turns_busy_stops_and_writes_nothing(monkeypatch, tmp_path):
+    """The load starts right after the reference net's first timing, as another job would."""
+    load: list[subprocess.Popen] = []
+    original = NoiseGuard.__init__
+
+    def start_load_after_the_reference(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        load.extend(busy_processes())
+        time.sleep(0.3)
+
+    monkeypatch.setattr(NoiseGuard, "__init__", start_load_after_the_reference)
+    out = tmp_path / "lut.json"
+    try:
+        result = CliRunner().invoke(cli, ["lut", "build", "--space", str(TINY_SPACE), "--input",
+                                          "64x64", "--min-time", "0.02", "--calibration", "4",
+                                          "--threads", "2", "-o", str(out)])  # fmt: skip
+    finally:
+        for process in load:
+            process.kill()
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: lut build --space tiny: the machine is busy")
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()  # never a silently wrong table
+
+
+def test_rounds_keep_each_jobs_median_over_the_passes():
+    script = Script({"ref": [steady(10.0)], "a": [steady(1.0), steady(3.0), steady(2.0)],
+                     "b": [steady(5.0), steady(4.0), steady(6.0)]})  # fmt: skip
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(rounds=3), "test")
+    done = []
+    timings = guard.run([("a", lambda: script.fn("a")), ("b", lambda: script.fn("b"))],
+                        done.append)  # fmt: skip
+    assert [t.median_ms for t in timings] == [2.0, 5.0] and timings[0].runs == 30
+    assert done == [2, 2, 2]  # one chunk per pass
+    assert script.calls == ["ref", "a", "b", "ref", "a", "b", "ref", "a", "b", "ref"]
