@@ -3,7 +3,7 @@ CPU latency), each under the budget form at the same fraction of its own cost ra
 derived net measured in every runtime. Prints JSON; `docs/benchmarks.md` holds the table.
 
 Every search shares the seed, data and hyperparameters of `examples/demo.yaml` (the built-in
-synthetic data, 128x128); only the cost model and its target differ. A net is "specialised"
+synthetic data), at 128x128 here; only the cost model and its target differ. A net is "specialised"
 when it is the fastest of the three in the runtime it was searched for.
 
     python benchmarks/specialisation.py [--fraction 0.35]
@@ -68,8 +68,8 @@ def main() -> None:
         report: dict = {"input": list(HW), "fraction": args.fraction, "nets": {}}
         for name, keys in cost_models(tables).items():
             goal = target(keys, args.fraction)
-            overrides = [f"task.root={tmp / 'data'}", "cost_model.form=budget",
-                         f"cost_model.target={goal}"]  # fmt: skip
+            overrides = [f"task.root={tmp / 'data'}", f"input_size=[{HW[0]}, {HW[1]}]",
+                         "cost_model.form=budget", f"cost_model.target={goal}"]  # fmt: skip
             overrides += [f"cost_model.{k}={v}" for k, v in keys.items()]
             exp = load_experiment(REPO / "examples" / "demo.yaml", overrides)
             run_search(exp, tmp / name, Reporter(lambda _: None))

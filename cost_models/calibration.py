@@ -1,22 +1,25 @@
 """Fitting a latency table's entries to whole-network timings while keeping it additive.
 
-An op timed alone is not the same op inside a network: its input stays hot in cache across
-the timing loop, and dispatch and memory traffic between ops cost time that no entry holds.
-How far off it is depends mostly on the tensor sizes, so the entries of each input resolution
-of the space get their own scale, and the network one overhead:
+An op timed alone is not the same op inside a network: its input stays hot in cache across the
+timing loop, and dispatch and memory traffic between ops cost time that no entry holds. How far
+off it is depends mostly on the tensor sizes, so the entries of each input resolution of the
+space get their own scale, and the network one overhead:
 
-    measured_j ~ sum_g s_g * P_jg + c
+    measured_j ~ F + sum_g s_g * P_jg + c
 
 Here P_jg is the sum of the entries of group g that architecture j picks. The groups are the
-searchable layers' input resolutions (``128x128``, ``64x64``, ...), plus ``fixed`` for the
-stem, the fixed layers and the head. Finer groups, one per op and resolution (36 scales for
-``mbv2_pose_small``, as nn-Meter's per-kernel predictors would suggest), fitted the noise of
-100 measured nets no better under 5-fold cross-validation (MAPE 2.2 vs 1.8 %) and swung
-between builds (one scale 0.38 in one build, 1.29 in the next). The fit is least squares on
-relative errors, since MAPE is what ``lut check`` reports, with a small ridge pull of every
-scale towards 1 so that a group few samples inform keeps its isolated timing. Scales are
-bounded to [0.2, 5]. The result stays a sum of per-op entries, so Eq. 4-5 (the expected
-cost) stay linear in the op probabilities. Architectures held out of the fit give its error.
+searchable layers' input resolutions (``128x128``, ``64x64``, ...). F, the stem, the fixed
+layers and the head (``fixed``), is the same in every net, so a scale of its own could not be
+told apart from the overhead c: it stays as timed, and c absorbs the difference. Finer groups,
+one per op and resolution (36 scales for ``mbv2_pose_small``, as nn-Meter's per-kernel
+predictors would suggest), fitted the noise of 100 measured nets no better under 5-fold
+cross-validation (MAPE 2.2 vs 1.8 %) and swung between builds (one scale 0.38 in one build,
+1.29 in the next). The fit is least squares on relative errors, since MAPE is what ``lut
+check`` reports, with a small ridge pull of every scale towards 1 (RIDGE x N x share_g^2 x (s_g
+- 1)^2 for N nets, so its strength does not depend on N) so that a group few samples inform
+keeps its isolated timing. Scales are bounded to [0.2, 5]. The result stays a sum of per-op
+entries, so Eq. 4-5 (the expected cost) stay linear in the op probabilities. Architectures held
+out of the fit give its error.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import scipy.stats
 
 FIXED = "fixed"
 SCALE_BOUNDS = (0.2, 5.0)
-RIDGE = 0.05  # pull of each scale towards 1, relative to a group's share of the network time
+RIDGE = 0.002  # pull of each scale towards 1, relative to a group's share of the network time
 
 
 @dataclass(frozen=True)
@@ -85,15 +88,17 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
 
 
 def _fit(samples: Sequence[Sample], lowest: dict[str, float]) -> Calibration:
-    groups = sorted({g for s in samples for g in s.parts})
+    groups = sorted({g for s in samples for g in s.parts} - {FIXED})
     real = np.array([s.measured_ms for s in samples])
+    fixed = np.array([s.parts.get(FIXED, 0.0) for s in samples])
     design = np.array([[s.parts.get(g, 0.0) for g in groups] + [1.0] for s in samples])
     weighted = design / real[:, None]  # relative errors
-    target = np.ones(len(samples))
+    target = (real - fixed) / real
     share = weighted[:, :-1].mean(axis=0)  # each group's mean share of a network's time
-    ridge = np.sqrt(RIDGE) * np.diag(np.append(share, 0.0))[:-1]
+    pull = np.sqrt(RIDGE * len(samples)) * share
+    ridge = np.diag(np.append(pull, 0.0))[:-1]
     a = np.vstack([weighted, ridge])
-    b = np.concatenate([target, np.sqrt(RIDGE) * share])
+    b = np.concatenate([target, pull])
     low = [SCALE_BOUNDS[0]] * len(groups) + [-np.inf]
     high = [SCALE_BOUNDS[1]] * len(groups) + [np.inf]
     scales, overhead = _solve(a, b, low, high, groups)

@@ -27,6 +27,11 @@ class Runtime(ABC):
     name: ClassVar[str]
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
+    @property
+    def version(self) -> str:
+        """The runtime's version, recorded in a table's meta."""
+        return torch.__version__
+
     def __init__(self, device: torch.device, threads: int) -> None:
         if device.type not in self.devices:
             raise DnasError(f"--runtime {self.name}: runs on {', '.join(self.devices)}, "
@@ -60,6 +65,15 @@ class OnnxRuntime(Runtime):
     """An ONNX Runtime session (all graph optimisations) on the module's ONNX export."""
 
     name = "onnxruntime"
+    # CPU only for now: fed from host arrays, a CUDA session would add a host-device copy to
+    # every op entry that a whole network pays once (io_binding would keep them on the device)
+    devices = ("cpu",)
+
+    @property
+    def version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
 
     def prepare(self, module: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], object]:
         import onnxruntime as ort
@@ -71,18 +85,11 @@ class OnnxRuntime(Runtime):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
-        session = ort.InferenceSession(buffer.getvalue(), options, providers=self._providers(ort))
+        session = ort.InferenceSession(buffer.getvalue(), options,
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
         names = [i.name for i in session.get_inputs()]
         feeds = {name: x.detach().cpu().numpy() for name, x in zip(names, inputs, strict=True)}
         return lambda: session.run(None, feeds)
-
-    def _providers(self, ort) -> list[str]:
-        if self.device.type != "cuda":
-            return ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DnasError("--runtime onnxruntime --device cuda: this onnxruntime has no "
-                            "CUDAExecutionProvider (install onnxruntime-gpu)")  # fmt: skip
-        return ["CUDAExecutionProvider"]
 
 
 def get_runtime(name: str, device: torch.device, threads: int) -> Runtime:

@@ -1,19 +1,20 @@
-"""Timing forward passes with ``torch.utils.benchmark``, and telling a busy machine from a
-steady one.
+"""Timing forward passes with ``torch.utils.benchmark``, and telling a busy machine from a steady
+one.
 
 ``measure`` runs blocks of calls (``Timer.blocked_autorange``: each block is long enough for
-the timer's own overhead to vanish, accelerators are synchronised, the thread count is set)
-and keeps the median and the interquartile range of the per-call times over the blocks.
+the timer's own overhead to vanish, accelerators are synchronised, the thread count is set) and
+keeps the median and the interquartile range of the per-call times over the blocks.
 
-A ``NoiseGuard`` turns those into a table a user can trust. A timing whose IQR is a large
-part of its median is measured again. A reference network is timed at the start and again
-after every chunk of entries. A shared 2-core VM changes speed slowly by several percent over
-tens of seconds even when quiet (the reference net ran 24.4-27.8 ms within 40 s here), so
-each chunk's timings are expressed at the start's speed: multiplied by the reference's first
-time over its mean time around the chunk. A chunk during which the speed changed by more than
-``max_drift``, or a machine that has become ``max_slowdown`` slower than at the start (another
-process), gets the chunk measured again. When it stays noisy after the retries the guard stops
-with one line saying what it saw, so a busy machine never writes a silently wrong table.
+A ``NoiseGuard`` turns those into a table a user can trust. A timing whose IQR is a large part
+of its median is measured again. A reference network is timed at the start and again after
+every chunk of entries. A shared 2-core VM changes speed slowly by several percent over tens of
+seconds even when quiet (the reference net ran 24.4-27.8 ms within 40 s here), so each chunk's
+timings are expressed at the start's speed: multiplied by the reference's first time over its
+mean time around the chunk. A chunk during which the speed changed by more than ``max_drift``,
+or a machine more than ``max_speed_change`` slower (another process) or faster (the start was
+busy) than at the start, gets the chunk measured again. When it stays noisy after the retries
+the guard stops with one line saying what it saw, so a busy machine never writes a silently
+wrong table.
 """
 
 from __future__ import annotations
@@ -46,10 +47,19 @@ Timer = Callable[[Callable[[], object]], Timing]  # what measures one callable
 Job = tuple[str, Callable[[], Callable[[], object]]]  # a name, and what prepares its callable
 
 
+MIN_BLOCKS = 4  # fewer blocks give no interquartile range worth the name
+
+
 def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.2) -> Timing:
-    """Time ``fn()`` by ``Timer.blocked_autorange`` with ``threads`` intra-op threads."""
+    """Time ``fn()`` by ``Timer.blocked_autorange`` with ``threads`` intra-op threads, in at
+    least ``MIN_BLOCKS`` blocks: the block grows tenfold while the timer's overhead is above
+    1e-4 of it, so a 5 ms call can get 50 ms blocks, two of them in 0.1 s; then it runs again
+    for long enough."""
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     result = timer.blocked_autorange(min_run_time=min_run_time)
+    if len(result.times) < MIN_BLOCKS:
+        block = result.number_per_run * result.median
+        result = timer.blocked_autorange(min_run_time=(MIN_BLOCKS + 0.5) * block)
     return Timing(1000.0 * result.median, 1000.0 * result.iqr, len(result.times))
 
 
@@ -67,11 +77,16 @@ class NoisePolicy:
     # the rounds absorbs that, and a load shows in the reference net
     max_spread: float = 0.25
     max_drift: float = 0.08  # change of the reference net's time across one chunk
-    max_slowdown: float = 0.25  # reference net slower than at the start by this: busy
+    max_speed_change: float = 0.25  # reference net this much slower or faster than at the start
     retries: int = 3  # further measurements of a noisy timing or a drifted chunk
     chunk: int = 12  # entries between two timings of the reference net
     rounds: int = 5  # passes over all jobs; a job's timing is its median over the passes
     strict: bool = True  # False (--allow-noise): keep the steadiest timing, count it, go on
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.chunk < 1 or self.rounds < 1:
+            raise ValueError(f"NoisePolicy needs retries >= 0, chunk >= 1 and rounds >= 1, got "
+                             f"{self.retries}, {self.chunk}, {self.rounds}")  # fmt: skip
 
 
 @dataclass
@@ -80,7 +95,8 @@ class NoiseReport:
 
     remeasured: int = 0  # timings measured again for their spread
     chunks_redone: int = 0  # chunks measured again after the reference drifted
-    kept_noisy: int = 0  # timings or chunks kept although noisy (strict off only)
+    kept_noisy: int = 0  # timings kept although their spread was too large (strict off only)
+    chunks_kept_noisy: int = 0  # chunks kept although the reference moved (strict off only)
     worst_spread: float = 0.0  # largest IQR / median among the timings kept
     reference_ms: list[float] = field(default_factory=list)  # the reference net, in order
 
@@ -95,7 +111,8 @@ class NoiseReport:
 
     def to_dict(self) -> dict:
         return {"remeasured": self.remeasured, "chunks_redone": self.chunks_redone,
-                "kept_noisy": self.kept_noisy, "worst_spread": round(self.worst_spread, 4),
+                "kept_noisy": self.kept_noisy, "chunks_kept_noisy": self.chunks_kept_noisy,
+                "worst_spread": round(self.worst_spread, 4),
                 "drift": round(self.drift, 4),
                 "reference_ms": [round(ms, 4) for ms in self.reference_ms]}  # fmt: skip
 
@@ -114,7 +131,8 @@ class NoiseGuard:
         self.report.reference_ms.append(self._base)
 
     def steady(self, fn: Callable[[], object], name: str) -> Timing:
-        """The steadiest of up to 1 + retries timings of ``fn``; one line if none is steady."""
+        """The steadiest of up to 1 + retries timings of ``fn``; one line if none is steady
+        (strict), else the steadiest, which the caller counts if it keeps it."""
         best = self.timer(fn)
         for _ in range(self.policy.retries):
             if best.spread <= self.policy.max_spread:
@@ -122,14 +140,13 @@ class NoiseGuard:
             self.report.remeasured += 1
             again = self.timer(fn)
             best = again if again.spread < best.spread else best
-        if best.spread > self.policy.max_spread and not self._keep_noisy():
+        if best.spread > self.policy.max_spread and self.policy.strict:
             raise NoisyMachine(
                 f"{self.what}: the machine is busy: the repeats of {name} spread "
                 f"{100 * best.spread:.0f} % around their median ({best.median_ms:.3f} ms; at most "
                 f"{100 * self.policy.max_spread:.0f} % is kept) after {self.policy.retries} "
                 f"re-measurements; {_ADVICE}"
             )
-        self.report.worst_spread = max(self.report.worst_spread, best.spread)
         return best
 
     def run(self, jobs: list[Job], done: Callable[[int], object] | None = None) -> list[Timing]:
@@ -149,14 +166,8 @@ class NoiseGuard:
             passes.append(timings)
         return [_median_of(list(job)) for job in zip(*passes, strict=True)]
 
-    def _keep_noisy(self) -> bool:
-        """Whether to keep a noisy timing (strict off), counted in the report."""
-        if self.policy.strict:
-            return False
-        self.report.kept_noisy += 1
-        return True
-
     def _chunk(self, chunk: list[Job]) -> list[Timing]:
+        """One chunk's timings between two reference timings, at the start's speed."""
         for attempt in range(self.policy.retries + 1):
             before = self.report.reference_ms[-1]
             timings = [self.steady(prepare(), name) for name, prepare in chunk]
@@ -164,23 +175,29 @@ class NoiseGuard:
             self.report.reference_ms.append(after)
             problem = self._problem(before, after)
             if problem is None:
-                factor = self._base / (0.5 * (before + after))  # at the start's speed
-                return [Timing(t.median_ms * factor, t.iqr_ms * factor, t.runs) for t in timings]
+                break
             if attempt < self.policy.retries:
                 self.report.chunks_redone += 1
-        if self._keep_noisy():
-            return timings
-        raise NoisyMachine(
-            f"{self.what}: the machine is busy: {problem} after {self.policy.retries} "
-            f"re-measurements of {chunk[0][0]} .. {chunk[-1][0]}; {_ADVICE}"
-        )
+        if problem is not None:
+            if self.policy.strict:
+                raise NoisyMachine(
+                    f"{self.what}: the machine is busy: {problem} after {self.policy.retries} "
+                    f"re-measurements of {chunk[0][0]} .. {chunk[-1][0]}; {_ADVICE}"
+                )
+            self.report.chunks_kept_noisy += 1
+        self.report.kept_noisy += sum(t.spread > self.policy.max_spread for t in timings)
+        self.report.worst_spread = max([self.report.worst_spread, *(t.spread for t in timings)])
+        factor = self._base / (0.5 * (before + after))  # at the start's speed
+        return [Timing(t.median_ms * factor, t.iqr_ms * factor, t.runs) for t in timings]
 
     def _problem(self, before: float, after: float) -> str | None:
-        """Why the timings of a chunk between two reference timings cannot be kept, if so."""
-        if after / self._base - 1.0 > self.policy.max_slowdown:
+        """Why the timings of a chunk between two reference timings cannot be kept, if so:
+        the machine is far off its speed at the start (slower: another process; faster: the
+        start itself was measured while busy), or its speed moved within the chunk."""
+        if abs(after / self._base - 1.0) > self.policy.max_speed_change:
             return (f"the reference net ran {after / self._base:.2f}x its time at the start "
                     f"({after:.3f} vs {self._base:.3f} ms; at most "
-                    f"{100 * self.policy.max_slowdown:.0f} % slower is kept)")  # fmt: skip
+                    f"{100 * self.policy.max_speed_change:.0f} % off is kept)")  # fmt: skip
         if abs(after / before - 1.0) > self.policy.max_drift:
             return (f"the reference net's time changed {after / before:.2f}x within one chunk "
                     f"({before:.3f} -> {after:.3f} ms; at most "

@@ -93,6 +93,11 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     assert check.exit_code == 0, check.output
     report = json.loads(check.output)
     assert -1.0 <= report["kendall_tau"] <= 1.0 and report["mape"] >= 0
+    speed = report["reference_vs_build"]  # the reference net now over its time at the build
+    errors = [abs(r["predicted_ms"] - r["measured_ms"] / speed) / (r["measured_ms"] / speed)
+              for r in report["rows"]]  # fmt: skip
+    expected = 100 * sum(errors) / len(errors)
+    assert speed > 0 and report["mape_at_build_speed"] == pytest.approx(expected)
     assert len(report["rows"]) == 3 and report["runtime"] == "torch" and "noise" in report
     other = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--runtime",
                                      "onnxruntime"])  # fmt: skip

@@ -58,6 +58,8 @@ def test_runtime_errors_are_one_line():
         get_runtime("tvm", CPU, 1)
     with pytest.raises(DnasError, match="--runtime torch: runs on cpu, cuda, not mps"):
         get_runtime("torch", torch.device("mps"), 1)
+    with pytest.raises(DnasError, match="--runtime onnxruntime: runs on cpu, not cuda"):
+        get_runtime("onnxruntime", torch.device("cuda"), 1)
 
 
 def test_an_onnxruntime_table_builds_checks_and_predicts_the_exported_net(tmp_path):

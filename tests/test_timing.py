@@ -91,23 +91,40 @@ def test_a_speed_change_within_a_chunk_redoes_it_until_the_machine_is_steady_aga
     assert guard.report.drift == pytest.approx(0.5)
 
 
+def busy_error(plan: dict[str, list[Timing]], what: str = "lut build") -> str:
+    """The one-line error of a guard that times job ``a`` under ``plan`` (one retry)."""
+    script = Script(plan)
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(retries=1, rounds=1), what)
+    with pytest.raises(NoisyMachine) as info:
+        guard.run([("a", lambda: script.fn("a"))])
+    return str(info.value)
+
+
 def test_a_machine_that_stays_slower_stops_and_allow_noise_keeps_going():
     plan = {"ref": [steady(10.0), steady(15.0)], "a": [steady(2.0)]}
-    script = Script(plan)
-    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(retries=1, rounds=1), "lut check")
-    with pytest.raises(
-        NoisyMachine,
-        match=r"lut check: the machine is busy: the reference net "
-        r"ran 1.50x its time at the start \(15.000 vs 10.000 ms",
-    ):
-        guard.run([("a", lambda: script.fn("a"))])
-    script = Script(plan | {"a": [noisy(2.0)]})
-    lenient = NoiseGuard(
-        script, script.fn("ref"), NoisePolicy(retries=1, rounds=1, strict=False), "x"
+    assert busy_error(plan, "lut check").startswith(
+        "lut check: the machine is busy: the reference net ran 1.50x its time at the start "
+        "(15.000 vs 10.000 ms"
     )
+    script = Script(plan | {"a": [noisy(2.0)]})
+    policy = NoisePolicy(retries=1, rounds=1, strict=False)
+    lenient = NoiseGuard(script, script.fn("ref"), policy, "x")
     [timing] = lenient.run([("a", lambda: script.fn("a"))])
-    assert timing.median_ms == 2.0  # kept as measured
-    assert lenient.report.kept_noisy == 3  # the noisy op in both attempts, then the chunk
+    assert timing.median_ms == pytest.approx(2.0 * 10 / 15)  # still at the start's speed
+    assert lenient.report.kept_noisy == 1 and lenient.report.chunks_kept_noisy == 1
+
+
+def test_a_start_measured_on_a_busy_machine_is_caught_when_it_turns_quiet():
+    """The reference's first timing was 1.6x slow; every later one is 'faster than the start'."""
+    message = busy_error({"ref": [steady(16.0), steady(10.0)], "a": [steady(2.0)]})
+    assert ("the reference net ran 0.62x its time at the start (10.000 vs 16.000 ms; at most "
+            "25 % off is kept)") in message  # fmt: skip
+
+
+def test_a_policy_that_cannot_run_is_refused():
+    for bad in ({"retries": -1}, {"chunk": 0}, {"rounds": 0}):
+        with pytest.raises(ValueError, match="NoisePolicy needs"):
+            NoisePolicy(**bad)
 
 
 # ---------------------------------------------------------------- a real concurrent load
