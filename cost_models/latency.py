@@ -15,6 +15,7 @@ held-out error of the fit and ``lut check`` say how much that costs on a machine
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import statistics
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from cost_models.calibration import FIXED, Calibration, Sample, calibrate
 from cost_models.runtimes import Runtime, get_runtime
-from cost_models.timing import Job, NoiseGuard, NoisePolicy, Timing, measure
+from cost_models.timing import Job, NoiseGuard, NoisePolicy, Prepare, Timing, measure
 from dnas.cli import example, head_outputs, out_opt, outputs_opt
 from dnas.config import MAX_BATCH
 from dnas.errors import ConfigError, DnasError, listing
@@ -74,6 +75,13 @@ class Bench:
     def guard(self, reference: Callable[[], object], what: str) -> NoiseGuard:
         return NoiseGuard(self.time, reference, self.policy, what)
 
+    def job(
+        self, prepare: Callable[[], Callable[[], object]]
+    ) -> Callable[[], Callable[[], object]]:
+        """``prepare`` as a job: prepared once for every round where the runtime's preparation
+        is dear (an ONNX export and a session), afresh each time otherwise (no tensors held)."""
+        return functools.cache(prepare) if self.runtime.reuse_prepared else prepare
+
 
 def time_forward(bench: Bench, module: nn.Module, inputs: list[torch.Tensor]) -> float:
     """Milliseconds of one forward pass of ``module`` in the bench's runtime: the median of
@@ -88,9 +96,11 @@ def cpu_bench(runtime: str = "torch") -> Bench:
 
 
 def network_job(bench: Bench, space: SearchSpace, choices: dict[str, str], num_outputs: int,
-                x: torch.Tensor) -> Callable[[], Callable[[], object]]:  # fmt: skip
+                x: torch.Tensor) -> Prepare:  # fmt: skip
     """What prepares a whole network of ``choices`` in the bench's runtime."""
-    return lambda: bench.runtime.prepare(Network(space.with_choices(choices), num_outputs), [x])
+    return bench.job(
+        lambda: bench.runtime.prepare(Network(space.with_choices(choices), num_outputs), [x])
+    )
 
 
 def _warm_up(
@@ -130,13 +140,13 @@ def _op_jobs(bench: Bench, space: SearchSpace, input_hw: tuple[int, int], num_ou
                 module = build_op(parse_op(op), shape[0], layer.width, layer.stride)
                 return bench.runtime.prepare(module, [torch.randn(batch, *shape, device=device)])
 
-            jobs.append((layer, op, (f"{layer.name}/{op}", prepare)))
+            jobs.append((layer, op, (f"{layer.name}/{op}", bench.job(prepare))))
 
     def head():  # noqa: ANN202
         feats = [torch.randn(batch, *shapes[n], device=device) for n in space.head_inputs()]
         return bench.runtime.prepare(_HeadOnInputs(build_head(space, num_outputs)), feats)
 
-    jobs.append((None, "head", ("head", head)))
+    jobs.append((None, "head", ("head", bench.job(head))))
     return jobs
 
 

@@ -26,6 +26,7 @@ class Runtime(ABC):
 
     name: ClassVar[str]
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    reuse_prepared: ClassVar[bool] = False  # keep a prepared callable for every round
 
     @property
     def version(self) -> str:
@@ -68,6 +69,7 @@ class OnnxRuntime(Runtime):
     # CPU only for now: fed from host arrays, a CUDA session would add a host-device copy to
     # every op entry that a whole network pays once (io_binding would keep them on the device)
     devices = ("cpu",)
+    reuse_prepared = True  # an export and a session per op per round would double a build
 
     @property
     def version(self) -> str:

@@ -44,7 +44,8 @@ class Timing:
 
 
 Timer = Callable[[Callable[[], object]], Timing]  # what measures one callable
-Job = tuple[str, Callable[[], Callable[[], object]]]  # a name, and what prepares its callable
+Prepare = Callable[[], Callable[[], object]]  # what prepares the callable that is timed
+Job = tuple[str, Prepare]
 
 
 MIN_BLOCKS = 4  # fewer blocks give no interquartile range worth the name

@@ -88,3 +88,20 @@ def test_an_onnxruntime_table_builds_checks_and_predicts_the_exported_net(tmp_pa
                                       for lay in space.searchable_layers}), 16)  # fmt: skip
     [out] = OnnxRuntime(CPU, 1).prepare(net, [torch.zeros(1, 3, 64, 64)])()
     assert out.shape == (1, 16, 16, 16)
+
+
+def test_onnxruntime_preparations_are_reused_across_rounds_eager_ones_are_not():
+    from cost_models.latency import Bench
+
+    calls = []
+
+    def prepare():
+        calls.append(1)
+        return lambda: None
+
+    job = Bench(OnnxRuntime(CPU, 1)).job(prepare)
+    job(), job(), job()
+    assert len(calls) == 1  # one export and session for all rounds
+    job = Bench(TorchEager(CPU, 1)).job(prepare)
+    job(), job()
+    assert len(calls) == 3  # eager modules and inputs are made afresh (no tensors held)
