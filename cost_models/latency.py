@@ -34,7 +34,7 @@ from tqdm import tqdm
 from cost_models.calibration import FIXED, Calibration, Sample, calibrate
 from cost_models.runtimes import Runtime, get_runtime
 from cost_models.timing import Job, NoiseGuard, NoisePolicy, Prepare, Timing, measure
-from dnas.cli import example, head_outputs, out_opt, outputs_opt
+from dnas.cli import example, head_outputs, out_opt, outputs_opt, set_opt
 from dnas.config import MAX_BATCH
 from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
@@ -202,7 +202,8 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
                     group_parts(table, space, cheapest_choices(table, space)))  # fmt: skip
     table = apply_calibration(table, space, fit)
     table["meta"] = {
-        "space": space.name, "space_digest": space.digest(), "input": list(input_hw),
+        "space": space.name, "space_digest": space.digest(), "space_dict": space.to_dict(),
+        "head": head_record(space), "input": list(input_hw),
         "num_outputs": num_outputs, "batch": batch, "device": device.type,
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else "cpu"),
@@ -215,6 +216,13 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     return table
+
+
+def head_record(space: SearchSpace) -> dict | None:
+    """The head a table timed (type, inputs, options), to refuse a search with another."""
+    if space.head is None:
+        return None
+    return {"type": space.head.type, "inputs": list(space.head.inputs), **space.head.options}
 
 
 def reference_choices(space: SearchSpace) -> dict[str, str]:
@@ -345,6 +353,13 @@ def _check_table(table: dict, source: str) -> None:
         )
 
 
+def _head_text(head: dict | None) -> str:
+    if head is None:
+        return "none"
+    options = ", ".join(f"{k}={v}" for k, v in head.items() if k not in ("type", "inputs"))
+    return f"{head['type']}({options}) on {', '.join(head['inputs'])}"
+
+
 def table_runtime(table: dict) -> str:
     """The runtime a table was measured in (eager PyTorch for tables that do not say)."""
     return table["meta"].get("runtime", "torch")
@@ -408,12 +423,15 @@ class LatencyCostModel(CostModel):
             missing += [f"{layer.name}/{op}" for op in absent]
         if "head" not in lut["fixed"]:
             missing.append("head")
+        elif "head" in meta and meta["head"] != head_record(space):  # older tables: unrecorded
+            missing.append(f"head {_head_text(head_record(space))} (table has "
+                           f"{_head_text(meta['head'])})")  # fmt: skip
         if missing:
             raise DnasError(
                 f"{self.path}: latency table does not cover this search: missing "
                 f"{listing(missing, 8)}; "
-                f"build it with: dnas lut build --space {space.source} --input "
-                f"{input_hw[0]}x{input_hw[1]} --batch {self.batch or meta.get('batch', 1)} "
+                f"build it with: dnas lut build --config EXPERIMENT (the space, head and input "
+                f"the search uses) --batch {self.batch or meta.get('batch', 1)} "
                 f"--device {self.device or meta.get('device', 'cpu')} "
                 f"--runtime {self.options.runtime or recorded['runtime']} -o {self.path}"
             )
@@ -427,6 +445,25 @@ class LatencyCostModel(CostModel):
 @click.group("lut")
 def lut() -> None:
     """Latency lookup tables: build one for this machine, check its predictions."""
+
+
+def what_to_build(space: str | None, config: Path | None, overrides: list[str],
+                  outputs: int) -> tuple[SearchSpace, tuple[int, int], int]:  # fmt: skip
+    """The space (with the head a search would use), input size and outputs to time: from
+    ``--space`` as written, or from ``--config`` as ``dnas search`` builds them."""
+    from dnas.config import load_experiment
+    from dnas.space.graph import load_space
+    from dnas.task import build_space, build_task
+
+    if (space is None) == (config is None):
+        raise click.UsageError("give one of --space and --config")
+    if space is not None:
+        if overrides:
+            raise click.UsageError("--set overrides keys of --config, not of --space")
+        return load_space(space), (256, 256), outputs
+    exp = load_experiment(config, overrides)
+    task = build_task(exp)
+    return build_space(exp.space, task, exp), exp.input_hw, task.num_outputs
 
 
 def noise_options(command: Callable) -> Callable:
@@ -478,18 +515,22 @@ def noise_line(noise: dict) -> str:
     epilog=example(
         "dnas lut build --space mbv2_pose_small --input 256x256 --batch 1 -o lut.json",
         "dnas lut build --space mbv2_pose_small --runtime onnxruntime -o ort.json",
+        "dnas lut build --config examples/seg_coco.yaml -o seg.json",
     ),
 )
-@click.option("--space", required=True, help="Search space YAML or shipped name.")
-@click.option("--input", "input_size", default="256x256", show_default=True, help="HxW.")
+@click.option("--space", help="Search space YAML or shipped name.")
+@click.option("--config", "config", type=click.Path(path_type=Path),
+              help="An experiment: its space, head (with its head: override), input size and "
+                   "outputs, exactly as 'dnas search' builds them.")  # fmt: skip
+@set_opt
+@click.option("--input", "input_size", help="HxW (default: the config's, else 256x256).")
 @click.option("--batch", type=click.IntRange(1), help="Batch (default: CPU 1, GPU 32).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option(
     "--runtime",
-    type=click.Choice(["torch", "onnxruntime"]),
     default="torch",
     show_default=True,
-    help="Eager PyTorch, or ONNX Runtime on the exported ONNX.",
+    help="A registered runtime: torch (eager) or onnxruntime (the exported ONNX).",
 )
 @click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's).")
 @outputs_opt
@@ -503,24 +544,23 @@ def noise_line(noise: dict) -> str:
 @noise_options
 @out_opt("output", file=True)
 @click.option("--force", is_flag=True)
-def lut_build(space: str, input_size: str, batch: int | None, device: str, runtime: str,
-              threads: int | None, outputs: int | None, joints: int | None, calibration: int,
-              min_time: float, rounds: int, max_spread: float, max_drift: float,
-              max_speed_change: float, allow_noise: bool, output: Path,
-              force: bool) -> None:  # fmt: skip
-    """Time every candidate op of SPACE at its exact input shape on this machine."""
+def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...],
+              input_size: str | None,
+              batch: int | None, device: str, runtime: str, threads: int | None,
+              outputs: int | None, joints: int | None, calibration: int, min_time: float,
+              rounds: int, max_spread: float, max_drift: float, max_speed_change: float,
+              allow_noise: bool, output: Path, force: bool) -> None:  # fmt: skip
+    """Time every candidate op of SPACE (or of CONFIG's search) at its exact input shape."""
     from dnas.cli import guard_output, parse_size
-    from dnas.space.graph import load_space
 
     guard_output(output, force)
     batch = batch or (32 if device == "cuda" else 1)
     bench = make_bench(runtime, device, threads or torch.get_num_threads(), min_time, rounds,
                        max_spread, max_drift, max_speed_change, allow_noise)  # fmt: skip
-    num_outputs = head_outputs(outputs, joints)
-    table = build_lut(load_space(space), parse_size(input_size), num_outputs, batch, bench,
-                      calibration)  # fmt: skip
-    if Path(space).is_file():  # a space of the user's: 'lut check' finds it again by its path
-        table["meta"]["space_file"] = str(Path(space).resolve())
+    search_space, hw, num_outputs = what_to_build(space, config, list(overrides),
+                                                  head_outputs(outputs, joints))  # fmt: skip
+    table = build_lut(search_space, hw if input_size is None else parse_size(input_size),
+                      num_outputs, batch, bench, calibration)  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(table, indent=1))
     fit = table["meta"]["calibration_fit"]
@@ -536,22 +576,30 @@ def lut_build(space: str, input_size: str, batch: int | None, device: str, runti
     click.echo(noise_line(table["meta"]["noise"]))
 
 
+def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpace:
+    """The space ``lut check`` samples: ``--space``, else the one the table was built from
+    (its recorded copy, head included; older tables: by its file or shipped name)."""
+    from dnas.space.graph import load_space, space_from_dict
+
+    if space is not None:
+        return load_space(space)
+    if isinstance(meta.get("space_dict"), dict):
+        return space_from_dict(meta["space_dict"], source=f"{table_path} (meta.space_dict)")
+    recorded = meta.get("space_file")
+    return load_space(recorded if recorded and Path(recorded).is_file() else meta["space"])
+
+
 @lut.command("check", epilog=example("dnas lut check --table lut.json --samples 30"))
 @click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
 @click.option("--space", help="Search space (default: the table's own, by its file or name).")
 @click.option("--samples", type=click.IntRange(2), default=30, show_default=True)
-@click.option(
-    "--runtime",
-    type=click.Choice(["torch", "onnxruntime"]),
-    help="The runtime to measure in (default and only choice: the table's).",
-)
+@click.option("--runtime", help="The runtime to measure in (default and only choice: the table's).")
 @noise_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | None,
               min_time: float, rounds: int, max_spread: float, max_drift: float,
               max_speed_change: float, allow_noise: bool, fmt: str) -> None:  # fmt: skip
     """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%)."""
-    from dnas.space.graph import load_space
 
     table = read_lut(table_path)
     meta, recorded_runtime = table["meta"], table_runtime(table)
@@ -559,9 +607,7 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
         raise DnasError(f"{table_path}: measured in {recorded_runtime}, not {runtime}; build a "
                         f"table with 'dnas lut build --runtime {runtime}' to check that "
                         "runtime")  # fmt: skip
-    recorded = meta.get("space_file")
-    search_space = load_space(space or (recorded if recorded and Path(recorded).is_file()
-                                        else meta["space"]))  # fmt: skip
+    search_space = checked_space(meta, space, table_path)
     LatencyCostModel(LatencyOptions(str(table_path))).table(
         search_space, tuple(meta["input"]), meta["num_outputs"]
     )  # validates coverage

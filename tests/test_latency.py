@@ -67,7 +67,7 @@ def test_missing_ops_batch_and_shape_are_one_error_with_the_build_command(lut, t
     with pytest.raises(DnasError) as info:
         LatencyCostModel(LatencyOptions(str(path))).table(load_space(wider), (64, 64), 16)
     message = str(info.value)
-    assert "missing stage3.0/k7e3" in message and "dnas lut build --space" in message
+    assert "missing stage3.0/k7e3" in message and "dnas lut build --config EXPERIMENT" in message
     assert "\n" not in message
     with pytest.raises(DnasError, match=r"missing batch 32 \(table has 1\)"):
         LatencyCostModel(LatencyOptions(str(path), batch=32)).table(space, (64, 64), 16)
@@ -139,3 +139,11 @@ def test_mismatched_runtime_threads_and_unknown_runtime_are_one_line_errors(lut,
     meta = {k: v for k, v in table["meta"].items() if k != "runtime"}
     old.write_text(json.dumps(table | {"meta": meta}))
     LatencyCostModel(LatencyOptions(str(old), runtime="torch")).table(space, (64, 64), 16)
+
+
+def test_lut_build_needs_exactly_one_of_space_and_config(tmp_path):
+    for args in ([], ["--space", str(TINY_SPACE), "--config", str(tmp_path / "exp.yaml")]):
+        result = CliRunner().invoke(cli, ["lut", "build", *args, "-o", str(tmp_path / "t.json")])
+        assert result.exit_code == 1 and "give one of --space and --config" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "t.json").exists()

@@ -398,11 +398,27 @@ def test_other_strategies_run(synth_root, tmp_path, strategy):
 
 
 def test_latency_table_at_segmentation_size_and_fpn_lite_search(synth_root, tmp_path):
+    quick = ["--min-time", 0.01, "--rounds", 1, "--allow-noise", "--calibration", 0]
     table = tmp_path / "lut.json"
-    run("lut", "build", "--space", TINY_SPACE, "--input", "64x64", "--outputs", 4,
-        "--min-time", 0.01, "--allow-noise", "--calibration", 0, "-o", table)  # fmt: skip
+    run("lut", "build", "--space", TINY_SPACE, "--input", "64x64", "--outputs", 4, *quick,
+        "-o", table)  # fmt: skip
     head = {"type": "fpn_lite", "inputs": ["stage2", "stage3"], "width": 8}
     exp = seg_experiment(tmp_path / "exp.yaml", synth_root, head=head)
+    # a table of the space's own head (slim_deconv) does not time the search's fpn_lite head
+    args = ["search", exp, "--out", tmp_path / "r", "--cost-model", "latency", "--cost-table",
+            table]  # fmt: skip
+    refused = CliRunner().invoke(cli, [str(a) for a in args])
+    assert refused.exit_code == 1
+    assert ("missing head fpn_lite(width=8) on stage2.1, stage3.0 (table has "
+            "slim_deconv(deconv_widths=[8, 8]) on stage3.0)") in refused.output  # fmt: skip
+    # --config builds what the search uses: the space with the experiment's head and outputs
+    run("lut", "build", "--config", exp, "--set", f"task.root={synth_root}", *quick, "-o", table,
+        "--force")  # fmt: skip
+    meta = json.loads(table.read_text())["meta"]
+    assert meta["head"]["type"] == "fpn_lite" and meta["num_outputs"] == 4
+    assert meta["input"] == [64, 64]
+    run("lut", "check", "--table", table, "--samples", 2, "--min-time", 0.01, "--rounds", 1,
+        "--allow-noise")  # fmt: skip
     run("search", exp, "--out", tmp_path / "s", "--cost-model", "latency", "--cost-table", table)
     result = json.loads((tmp_path / "s" / "search.json").read_text())
     assert result["cost_unit"] == "ms" and result["final_cost"] > 0
