@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -130,9 +131,11 @@ def test_a_policy_that_cannot_run_is_refused():
 # ---------------------------------------------------------------- a real concurrent load
 
 
-def busy_processes(count: int = 2) -> list[subprocess.Popen]:
-    """Processes that keep every core busy (this machine has 2)."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+def busy_processes() -> list[subprocess.Popen]:
+    """One busy process per core, so the load slows the build on any machine."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(count or 2)]  # fmt: skip
 
 
 def test_a_build_on_a_machine_that_turns_busy_stops_and_writes_nothing(monkeypatch, tmp_path):
