@@ -12,13 +12,16 @@ seconds even when quiet (the reference net ran 24.4-27.8 ms within 40 s here), s
 timings are expressed at the start's speed: multiplied by the reference's first time over its
 mean time around the chunk. A chunk during which the speed changed by more than ``max_drift``,
 or a machine more than ``max_speed_change`` slower (another process) or faster (the start was
-busy) than at the start, gets the chunk measured again. When it stays noisy after the retries
-the guard stops with one line saying what it saw, so a busy machine never writes a silently
-wrong table.
+busy) than around any of the last ``speed_window`` chunks kept, gets the chunk measured
+again. So a sudden change is refused while a slow, steady one is corrected: another process
+made the reference 1.6x slower at once here, while this VM slowed by 1.25x over ten minutes of
+a batch-8 build. When it stays noisy after the retries the guard stops with one line saying
+what it saw, so a busy machine never writes a silently wrong table.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,16 +81,20 @@ class NoisePolicy:
     # the rounds absorbs that, and a load shows in the reference net
     max_spread: float = 0.25
     max_drift: float = 0.08  # change of the reference net's time across one chunk
-    max_speed_change: float = 0.25  # reference net this much slower or faster than at the start
+    # reference net this much slower or faster than around any of the last speed_window
+    # chunks kept (the start included while it is among them)
+    max_speed_change: float = 0.25
+    speed_window: int = 10  # chunks: about a minute of timings
     retries: int = 3  # further measurements of a noisy timing or a drifted chunk
     chunk: int = 12  # entries between two timings of the reference net
     rounds: int = 5  # passes over all jobs; a job's timing is its median over the passes
     strict: bool = True  # False (--allow-noise): keep the steadiest timing, count it, go on
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.chunk < 1 or self.rounds < 1:
-            raise ValueError(f"NoisePolicy needs retries >= 0, chunk >= 1 and rounds >= 1, got "
-                             f"{self.retries}, {self.chunk}, {self.rounds}")  # fmt: skip
+        if self.retries < 0 or self.chunk < 1 or self.rounds < 1 or self.speed_window < 1:
+            raise ValueError(f"NoisePolicy needs retries >= 0 and chunk, rounds, speed_window "
+                             f">= 1, got {self.retries}, {self.chunk}, {self.rounds}, "
+                             f"{self.speed_window}")  # fmt: skip
 
 
 @dataclass
@@ -130,6 +137,7 @@ class NoiseGuard:
         self.report = NoiseReport()
         self._base = self.steady(reference, "the reference net").median_ms
         self.report.reference_ms.append(self._base)
+        self._kept = [self._base]  # the reference timings around the chunks kept so far
 
     def steady(self, fn: Callable[[], object], name: str) -> Timing:
         """The steadiest of up to 1 + retries timings of ``fn``; one line if none is steady
@@ -186,6 +194,7 @@ class NoiseGuard:
                     f"re-measurements of {chunk[0][0]} .. {chunk[-1][0]}; {_ADVICE}"
                 )
             self.report.chunks_kept_noisy += 1
+        self._kept.append(after)
         self.report.kept_noisy += sum(t.spread > self.policy.max_spread for t in timings)
         self.report.worst_spread = max([self.report.worst_spread, *(t.spread for t in timings)])
         factor = self._base / (0.5 * (before + after))  # at the start's speed
@@ -193,11 +202,18 @@ class NoiseGuard:
 
     def _problem(self, before: float, after: float) -> str | None:
         """Why the timings of a chunk between two reference timings cannot be kept, if so:
-        the machine is far off its speed at the start (slower: another process; faster: the
-        start itself was measured while busy), or its speed moved within the chunk."""
-        if abs(after / self._base - 1.0) > self.policy.max_speed_change:
-            return (f"the reference net ran {after / self._base:.2f}x its time at the start "
-                    f"({after:.3f} vs {self._base:.3f} ms; at most "
+        the machine's speed jumped against the reference timings around the last
+        ``speed_window`` chunks kept (slower: another process; faster: those, or the start,
+        were measured while busy), or it moved within the chunk."""
+        first = max(len(self._kept) - self.policy.speed_window, 0)
+        index = max(range(first, len(self._kept)),
+                    key=lambda i: abs(math.log(after / self._kept[i])))  # fmt: skip
+        ratio = after / self._kept[index]
+        if abs(ratio - 1.0) > self.policy.max_speed_change:
+            back = len(self._kept) - index
+            when = "at the start" if index == 0 else f"{back} chunk{'s' * (back > 1)} earlier"
+            return (f"the reference net ran {ratio:.2f}x its time {when} ({after:.3f} vs "
+                    f"{self._kept[index]:.3f} ms; at most "
                     f"{100 * self.policy.max_speed_change:.0f} % off is kept)")  # fmt: skip
         if abs(after / before - 1.0) > self.policy.max_drift:
             return (f"the reference net's time changed {after / before:.2f}x within one chunk "

@@ -92,12 +92,15 @@ def test_a_speed_change_within_a_chunk_redoes_it_until_the_machine_is_steady_aga
     assert guard.report.drift == pytest.approx(0.5)
 
 
-def busy_error(plan: dict[str, list[Timing]], what: str = "lut build") -> str:
-    """The one-line error of a guard that times job ``a`` under ``plan`` (one retry)."""
+def busy_error(plan: dict[str, list[Timing]], what: str = "lut build", jobs: int = 1,
+               **policy: int) -> str:  # fmt: skip
+    """The one-line error of a guard that times job ``a`` ``jobs`` times under ``plan`` (one
+    retry, one round, and ``policy``)."""
     script = Script(plan)
-    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(retries=1, rounds=1), what)
+    policy = NoisePolicy(**{"retries": 1, "rounds": 1} | policy)
+    guard = NoiseGuard(script, script.fn("ref"), policy, what)
     with pytest.raises(NoisyMachine) as info:
-        guard.run([("a", lambda: script.fn("a"))])
+        guard.run([("a", lambda: script.fn("a"))] * jobs)
     return str(info.value)
 
 
@@ -122,8 +125,38 @@ def test_a_start_measured_on_a_busy_machine_is_caught_when_it_turns_quiet():
             "25 % off is kept)") in message  # fmt: skip
 
 
+def test_a_slow_steady_slowdown_is_corrected_but_a_sudden_one_is_refused():
+    """This VM slowed 1.25x over ten minutes of load (too slowly for another process): 2 % a
+    chunk over 20 chunks is kept and rescaled; the same 1.3x in one step is a busy machine."""
+    refs = [steady(10.0 * 1.02**k) for k in range(21)]
+    script = Script({"ref": refs, "a": [steady(2.0)]})
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(chunk=1, rounds=1), "test")
+    timings = guard.run([("a", lambda: script.fn("a"))] * 20)
+    assert guard.report.chunks_redone == 0 and guard.report.drift == pytest.approx(1.02**20 - 1)
+    # chunk k lies between references 10 * 1.02^k and 10 * 1.02^(k + 1)
+    expected = [2.0 * 10 / (5 * 1.02**k * 2.02) for k in range(20)]
+    assert [t.median_ms for t in timings] == pytest.approx(expected)
+    # within the window a change adds up: 3 % a chunk is 1.27x after 8 chunks, which stops
+    creep = Script({"ref": [steady(10.0 * 1.03**k) for k in range(12)], "a": [steady(2.0)]})
+    guard = NoiseGuard(creep, creep.fn("ref"), NoisePolicy(chunk=1, rounds=1, retries=0), "x")
+    with pytest.raises(NoisyMachine, match=r"ran 1\.27x its time at the start"):
+        guard.run([("a", lambda: creep.fn("a"))] * 11)
+    jump = Script({"ref": [steady(10.0), steady(10.1), steady(13.0)], "a": [steady(2.0)]})
+    guard = NoiseGuard(jump, jump.fn("ref"), NoisePolicy(chunk=1, rounds=1), "lut build")
+    with pytest.raises(NoisyMachine, match=r"ran 1\.30x its time at the start \(13\.000 vs"):
+        guard.run([("a", lambda: jump.fn("a"))] * 2)
+
+
+def test_a_redone_chunk_is_held_against_the_chunks_kept_not_against_its_own_first_try():
+    """A load that stays (15 ms) cannot be passed off as a new speed by measuring again: the
+    retry's chunk is steady (15 -> 15 ms) but still held against the 10 ms kept before it."""
+    plan = {"ref": [steady(10.0), steady(10.0), steady(15.0)], "a": [steady(2.0)]}
+    message = busy_error(plan, jobs=2, chunk=1, speed_window=1)
+    assert "ran 1.50x its time 1 chunk earlier (15.000 vs 10.000 ms" in message
+
+
 def test_a_policy_that_cannot_run_is_refused():
-    for bad in ({"retries": -1}, {"chunk": 0}, {"rounds": 0}):
+    for bad in ({"retries": -1}, {"chunk": 0}, {"rounds": 0}, {"speed_window": 0}):
         with pytest.raises(ValueError, match="NoisePolicy needs"):
             NoisePolicy(**bad)
 
