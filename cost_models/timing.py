@@ -84,7 +84,7 @@ class NoisePolicy:
     # reference net this much slower or faster than around any of the last speed_window
     # chunks kept (the start included while it is among them)
     max_speed_change: float = 0.25
-    speed_window: int = 10  # chunks: about a minute of timings
+    speed_window: int = 10  # chunks kept: tens of seconds at the default chunk of 12
     retries: int = 3  # further measurements of a noisy timing or a drifted chunk
     chunk: int = 12  # entries between two timings of the reference net
     rounds: int = 5  # passes over all jobs; a job's timing is its median over the passes
