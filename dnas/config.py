@@ -146,6 +146,10 @@ class SearchConfig:
     steps_per_epoch: int | None = field(default=None, metadata={"min": 1, "max": MAX_STEPS})
     # one architecture step per this many weight steps (DARTS, the paper: 1; ProxylessNAS: 5)
     arch_every: int = field(default=1, metadata={"min": 1, "max": MAX_STEPS})
+    # where alpha starts: ``uniform`` (alpha = 0, the paper) or ``budget``: the log of the
+    # maximum-entropy op distribution whose expected cost is cost_model.target, so that the
+    # search starts on the budget instead of dragging the expected cost down to it
+    arch_init: str = field(default="uniform", metadata={"choices": ["uniform", "budget"]})
     weight_optimizer: WeightOptimizer = field(default_factory=WeightOptimizer)
     arch_optimizer: ArchOptimizer = field(default_factory=ArchOptimizer)
     # each strategy's own section, by its ``options_key`` (``search.random``, ...)
@@ -254,6 +258,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     resolve_paths(exp, Path(source).parent)
     if exp.cost_model.form in ("budget", "hinge", "power") and exp.cost_model.target is None:
         raise ConfigError(source, "cost_model.target", f"required by form {exp.cost_model.form}")
+    if exp.search.arch_init == "budget" and exp.cost_model.target is None:
+        raise ConfigError(source, "cost_model.target", "required by search.arch_init: budget")
     return exp
 
 

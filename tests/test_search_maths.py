@@ -234,6 +234,33 @@ def test_budget_search_lands_within_3_percent_latency(strategy, tmp_path, real_m
         assert abs(result["final_cost"] / target - 1) <= 0.03, (frac, result["final_cost"], target)
 
 
+@pytest.mark.parametrize("strategy", ["darts", "gumbel"])
+def test_arch_init_budget_starts_the_search_on_the_target(strategy, tmp_path, real_mpii_root):
+    """``search.arch_init: budget``: before any architecture step the expected cost (Eq. 4-5)
+    is the target, under the maximum-entropy distribution with that mean."""
+    table = get_cost_model("flops").table(load_space(BUDGET_SPACE), (64, 64), 16)
+    low, high = table.cost_range()
+    target = low + 0.3 * (high - low)
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, BUDGET_SPACE,
+                           cost_model={"form": "budget", "target": target},
+                           search={"strategy": strategy, "arch_init": "budget", "warmup_epochs": 1,
+                                   "epochs": 0, "steps_per_epoch": 1})  # fmt: skip
+    result = run_search(load_experiment(exp), tmp_path / "run", QUIET)
+    probs = result["arch_probs"]
+    expected = table.fixed + sum(float(np.dot(probs[n], list(table.layers[n].values())))
+                                 for n in probs)  # fmt: skip
+    assert expected == pytest.approx(target, rel=1e-4)
+    assert expected < table.uniform_cost()  # not where alpha = 0 starts
+    tilted = tilted_probs(table, target)
+    for name, p in probs.items():
+        np.testing.assert_allclose(p, tilted[name], rtol=1e-4)
+    no_target = write_experiment(tmp_path / "bad.yaml", real_mpii_root, BUDGET_SPACE,
+                                 search={"arch_init": "budget"})  # fmt: skip
+    run = CliRunner().invoke(cli, ["search", str(no_target), "--out", str(tmp_path / "s")])
+    assert run.exit_code == 1 and run.output.strip().count("\n") == 0
+    assert "cost_model.target: required by search.arch_init: budget" in run.output
+
+
 def test_budget_target_outside_the_space_is_a_one_line_error(tmp_path, real_mpii_root):
     exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, BUDGET_SPACE,
                            cost_model={"form": "budget", "target": 1000.0})  # fmt: skip

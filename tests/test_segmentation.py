@@ -15,10 +15,11 @@ from conftest import DATA, TINY_SPACE, need, write_experiment
 from pycocotools.coco import COCO
 
 from dnas.cli import cli
-from dnas.config import Experiment, load_experiment
+from dnas.config import CostConfig, Experiment, load_experiment
 from dnas.errors import ConfigError
 from dnas.nn.network import Network
 from dnas.nn.weights import load_weights
+from dnas.schema import from_dict
 from dnas.search.cost_model import get_cost_model
 from dnas.space.graph import load_space
 from dnas.task import build_space, build_task
@@ -425,6 +426,36 @@ def test_latency_table_at_segmentation_size_and_fpn_lite_search(synth_root, tmp_
     run("derive", tmp_path / "s", "-o", tmp_path / "arch.yaml")
     arch = yaml.safe_load((tmp_path / "arch.yaml").read_text())
     assert arch["head"]["type"] == "fpn_lite" and arch["head"]["width"] == 8
+
+
+def test_an_onnxruntime_table_for_a_segmentation_search(synth_root, tmp_path):
+    """The segmentation plugin's search on ONNX Runtime latency, end to end: the table built for
+    the experiment's fpn_lite head, checked in ONNX Runtime, refused by an eager check, used
+    by a budget search."""
+    quick = ["--min-time", 0.01, "--rounds", 1, "--allow-noise", "--calibration", 0]
+    head = {"type": "fpn_lite", "inputs": ["stage2", "stage3"], "width": 8}
+    exp = seg_experiment(tmp_path / "exp.yaml", synth_root, head=head)
+    table = tmp_path / "ort.json"
+    run("lut", "build", "--config", exp, "--runtime", "onnxruntime", *quick, "-o", table)
+    meta = json.loads(table.read_text())["meta"]
+    assert meta["runtime"] == "onnxruntime" and meta["head"]["type"] == "fpn_lite"
+    check = run("lut", "check", "--table", table, "--runtime", "onnxruntime", "--samples", 2,
+                "--min-time", 0.01, "--rounds", 1, "--allow-noise", "--format", "json")  # fmt: skip
+    assert json.loads(check)["runtime"] == "onnxruntime"
+    eager = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--runtime", "torch"])
+    assert eager.exit_code == 1 and "measured in onnxruntime, not torch" in eager.output
+    cost = {"type": "latency", "table": str(table)}
+    e = load_experiment(exp)
+    model = get_cost_model("latency", from_dict(CostConfig, cost, "<test>"))
+    low, high = model.table(build_space(e.space, build_task(e), e), (64, 64), 4).cost_range()
+    target = low + 0.5 * (high - low)
+    budget = seg_experiment(tmp_path / "budget.yaml", synth_root, head=head,
+                            cost_model={**cost, "form": "budget", "target": target},
+                            search={"strategy": "gumbel", "warmup_epochs": 0, "epochs": 2,
+                                    "arch_optimizer": {"lr": 0.1}})  # fmt: skip
+    run("search", budget, "--out", tmp_path / "s")
+    result = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert result["cost_unit"] == "ms" and abs(result["final_cost"] / target - 1) <= 0.03
 
 
 @pytest.mark.parametrize("strategy", ["gumbel", "random"])

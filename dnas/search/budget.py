@@ -11,6 +11,7 @@ argmax only in the layers where giving up probability buys the most cost.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from dnas.search.cost_model import CostTable
 
@@ -82,6 +83,16 @@ def tilted_probs(table: CostTable, target: float) -> dict[str, np.ndarray]:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if mean(mid) > target else (lo, mid)
     return probs((lo + hi) / 2)
+
+
+def start_on_budget(alphas: list[torch.Tensor], names: list[str], table: CostTable,
+                    target: float) -> None:  # fmt: skip
+    """Set every layer's alpha to the log of :func:`tilted_probs` at ``target``: the search then
+    starts with its expected cost on the budget (``search.arch_init: budget``)."""
+    probs = tilted_probs(table, target)
+    with torch.no_grad():
+        for alpha, name in zip(alphas, names, strict=True):
+            alpha.copy_(torch.log(torch.as_tensor(probs[name], dtype=alpha.dtype)))
 
 
 def sample_within(

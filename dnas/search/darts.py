@@ -16,6 +16,7 @@ import torch
 from dnas.engine.runtime import search_sgd, weight_step
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
+from dnas.search.budget import start_on_budget
 from dnas.search.cost_model import CostTable
 from dnas.search.objective import ArchObjective
 from dnas.search.strategy import Strategy
@@ -34,6 +35,8 @@ class DartsStrategy(Strategy):
         w, a = self.cfg.weight_optimizer, self.cfg.arch_optimizer
         self.weights = network.weight_parameters()
         self.alphas = network.arch_parameters()
+        if self.cfg.arch_init == "budget":
+            start_on_budget(self.alphas, network.searchable, table, self.cost_cfg.target)
         self.w_opt = search_sgd(self.weights, w)
         self.a_opt = torch.optim.Adam(
             self.alphas, lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
