@@ -35,7 +35,7 @@ bench-seg: install
 	$(PY) benchmarks/seg_coco.py
 
 bench-quality: install
-	$(PY) benchmarks/search_quality.py
+	$(PY) benchmarks/search_quality.py $(ARGS)
 
 bench-lut: install
 	$(PY) benchmarks/lut_fidelity.py $(ARGS)

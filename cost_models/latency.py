@@ -83,11 +83,23 @@ class Bench:
         return functools.cache(prepare) if self.runtime.reuse_prepared else prepare
 
 
+def time_forwards(
+    bench: Bench, modules: dict[str, nn.Module], inputs: list[torch.Tensor]
+) -> dict[str, float]:
+    """Milliseconds of one forward pass of each module in the bench's runtime: the median of
+    ``rounds`` timings, taken in interleaved rounds so that a change of the machine's speed
+    falls on every module alike (no noise guard; for reports, not tables)."""
+    fns = {name: bench.runtime.prepare(module, inputs) for name, module in modules.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(bench.policy.rounds):
+        for name, fn in fns.items():
+            times[name].append(bench.time(fn).median_ms)
+    return {name: statistics.median(ms) for name, ms in times.items()}
+
+
 def time_forward(bench: Bench, module: nn.Module, inputs: list[torch.Tensor]) -> float:
-    """Milliseconds of one forward pass of ``module`` in the bench's runtime: the median of
-    ``rounds`` timings (no noise guard; for reports, not tables)."""
-    fn = bench.runtime.prepare(module, inputs)
-    return statistics.median(bench.time(fn).median_ms for _ in range(bench.policy.rounds))
+    """Milliseconds of one forward pass of ``module`` (``time_forwards`` of one module)."""
+    return time_forwards(bench, {"module": module}, inputs)["module"]
 
 
 def cpu_bench(runtime: str = "torch") -> Bench:

@@ -10,7 +10,16 @@ import yaml
 from click.testing import CliRunner
 from conftest import TINY_SPACE, quick_bench, write_experiment
 
-from cost_models.latency import LatencyCostModel, LatencyOptions, build_lut, predict_ms
+from cost_models.latency import (
+    Bench,
+    LatencyCostModel,
+    LatencyOptions,
+    build_lut,
+    predict_ms,
+    time_forwards,
+)
+from cost_models.runtimes import get_runtime
+from cost_models.timing import NoisePolicy, Timing
 from dnas.cli import cli
 from dnas.errors import DnasError
 from dnas.space.graph import load_space
@@ -147,3 +156,29 @@ def test_lut_build_needs_exactly_one_of_space_and_config(tmp_path):
         assert result.exit_code == 1 and "give one of --space and --config" in result.output
         assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "t.json").exists()
+
+
+class Tag(torch.nn.Module):
+    """A module whose output names it, so a fake timer knows which one it is timing."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def forward(self, x: torch.Tensor) -> str:
+        return self.tag
+
+
+def test_time_forwards_interleaves_rounds_so_a_slowing_machine_hits_every_net_alike(monkeypatch):
+    calls: list[str] = []
+
+    def slowing(self, fn) -> Timing:  # each timing 1 ms slower than the one before
+        calls.append(fn())
+        return Timing(median_ms=10.0 + len(calls), iqr_ms=0.0, runs=4)
+
+    monkeypatch.setattr(Bench, "time", slowing)
+    bench = Bench(get_runtime("torch", torch.device("cpu"), 1), policy=NoisePolicy(rounds=3))
+    ms = time_forwards(bench, {"a": Tag("a"), "b": Tag("b")}, [torch.zeros(1)])
+    assert calls == ["a", "b"] * 3
+    # medians of calls 1, 3, 5 and 2, 4, 6; timed one after the other they would be 2 and 5
+    assert ms == {"a": 13.0, "b": 14.0}

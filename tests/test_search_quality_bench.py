@@ -13,10 +13,11 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
     need(DATA / "lspet" / "joints.mat")
     out = tmp_path / "q"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_quality.py"),
-                          "--quick", "--out", str(out)], capture_output=True, text=True,
-                         cwd=REPO, timeout=900)  # fmt: skip
+                          "--quick", "--train-epochs", "2", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((out / "search_quality.json").read_text())
+    assert result["profile"]["train_epochs"] == 2 and result["profile"]["milestones"] == [2]
     names = [r["net"] for r in result["rows"]]
     assert names[:3] == ["efficientpose-a", "searched-darts", "searched-gumbel"]
     assert sum(n.startswith("random-") for n in names) == 4
@@ -24,8 +25,10 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
     for row in result["rows"][1:]:  # every searched and random net within 3 % of the budget
         assert abs(row["macs"] / 1e6 / budget - 1) <= 0.03, row
         assert set(row["pck@0.2"]) == {"0", "1"} and row["cpu_latency_ms"] > 0
-    assert set(result["searched_beat_random_by_more_than_spread"]) == {
-        "searched-darts",
-        "searched-gumbel",
-    }
+        assert set(row["pck@0.2_strict"]) == {"0", "1"} and row["spread_strict"] >= 0
+    for key in ("", "_strict"):
+        assert set(result[f"searched_beat_random_by_more_than_spread{key}"]) == {
+            "searched-darts",
+            "searched-gumbel",
+        }
     assert "| searched-darts |" in (out / "search_quality.md").read_text()
