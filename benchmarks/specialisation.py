@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from cost_models.latency import Bench, build_lut, cpu_bench, time_forward
+from cost_models.latency import Bench, build_lut, cpu_bench, time_forwards
 from cost_models.timing import NoisePolicy
 from dnas.config import CostConfig, load_experiment
 from dnas.engine.progress import Reporter
@@ -66,20 +66,28 @@ def target(keys: dict, fraction: float) -> float:
 
 
 def search(name: str, keys: dict, goal: float, tmp: Path) -> dict:
-    """One budget search at ``goal``; the derived net's ops, MACs and time in every runtime."""
+    """One budget search at ``goal``; the derived net's ops, MACs and architecture (``arch``,
+    timed later by :func:`time_all`)."""
     overrides = [f"task.root={tmp / 'data'}", f"input_size=[{HW[0]}, {HW[1]}]",
                  "cost_model.form=budget", f"cost_model.target={goal}"]  # fmt: skip
     overrides += [f"cost_model.{k}={v}" for k, v in keys.items()]
     exp = load_experiment(REPO / "examples" / "demo.yaml", overrides)
     run_search(exp, tmp / name, Reporter(lambda _: None))
     arch, rows = derive(tmp / name)
-    net = Network(arch, 16).eval()
-    x = torch.zeros(1, 3, *HW)
-    return {
-        "target": round(goal, 4), "ops": {r.layer: r.op for r in rows},
-        "mmac": round(count_macs(net, x) / 1e6, 2),
-        **{f"{rt}_ms": round(time_forward(cpu_bench(rt), net, [x]), 3) for rt in RUNTIMES},
-    }  # fmt: skip
+    return {"target": round(goal, 4), "ops": {r.layer: r.op for r in rows},
+            "mmac": round(count_macs(Network(arch, 16), torch.zeros(1, 3, *HW)) / 1e6, 2),
+            "arch": arch}  # fmt: skip
+
+
+def time_all(nets: list[dict]) -> None:
+    """Add every net's time in every runtime (``<runtime>_ms``), all nets of a runtime timed
+    together in interleaved rounds: timed one by one after their searches, minutes apart, the
+    machine's change of speed would be part of the 3-5 % that tells the nets apart."""
+    models = {str(i): Network(net.pop("arch"), 16).eval() for i, net in enumerate(nets)}
+    for rt in RUNTIMES:
+        ms = time_forwards(cpu_bench(rt), models, [torch.zeros(1, 3, *HW)])
+        for i, net in enumerate(nets):
+            net[f"{rt}_ms"] = round(ms[str(i)], 3)
 
 
 def matched(models: dict[str, dict], nets: dict[str, dict], tmp: Path) -> dict:
@@ -124,11 +132,13 @@ def main() -> None:
         for name, keys in models.items():
             report["nets"][name] = search(name, keys, target(keys, args.fraction), tmp)
         nets = report["nets"]
+        if args.matched:
+            report["matched"] = matched(models, nets, tmp)
+        own = [m[f"searched_for_{rt}"] for rt, m in report.get("matched", {}).items()]
+        time_all([*nets.values(), *own])
         report["fastest"] = {rt: min(nets, key=lambda n, rt=rt: nets[n][f"{rt}_ms"])
                              for rt in RUNTIMES}  # fmt: skip
         report["specialised"] = {rt: report["fastest"][rt] == f"latency-{rt}" for rt in RUNTIMES}
-        if args.matched:
-            report["matched"] = matched(models, nets, tmp)
     print(json.dumps(report, indent=1))
 
 
