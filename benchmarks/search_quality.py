@@ -62,6 +62,8 @@ class Profile:
     train_lr: float
     milestones: tuple[int, ...]
     tau: tuple[float, float]  # gumbel's temperature: start, decay per architecture epoch
+    # darts' mixture temperature (search.darts): at the first and the last architecture epoch
+    darts_temperature: tuple[float, float] = (1.0, 1.0)
     steps_per_epoch: int | None = None  # cap (quick runs only)
 
 
@@ -98,7 +100,9 @@ def experiment(profile: Profile, data: Path, device: str, out: Path, **extra) ->
         "search": {"warmup_epochs": profile.warmup_epochs, "epochs": profile.search_epochs,
                    "batch_size": profile.batch, "steps_per_epoch": profile.steps_per_epoch,
                    "arch_optimizer": {"lr": profile.arch_lr},
-                   "single_path": {"tau_start": profile.tau[0], "tau_decay": profile.tau[1]}},
+                   "single_path": {"tau_start": profile.tau[0], "tau_decay": profile.tau[1]},
+                   "darts": {"temperature_start": profile.darts_temperature[0],
+                             "temperature_end": profile.darts_temperature[1]}},
         "train": {"epochs": profile.train_epochs, "batch_size": profile.batch,
                   "lr": profile.train_lr, "milestones": list(profile.milestones),
                   "eval_every": profile.train_epochs, "steps_per_epoch": profile.steps_per_epoch},
@@ -151,10 +155,20 @@ def row(name: str, arch: str, results: dict[int, dict], latency_ms: float, size:
     return line
 
 
-def architectures(profile: Profile, exp_path: Path, budget: float, out: Path,
-                  report: Reporter, reuse: bool) -> dict[str, str]:  # fmt: skip
-    """name -> architecture file: the searched nets, the random draws and EfficientPose-A."""
+def search_figures(result: dict) -> dict:
+    """What a search's ``search.json`` says of how it ended: derived cost, decisiveness, and
+    for ``darts`` its mixture temperature and discretisation gap."""
+    keys = ("final_cost", "argmax_cost", "projected_layers", "decisiveness",
+            "mixture_temperature", "discretisation_gap")  # fmt: skip
+    return {key: result[key] for key in keys if key in result}
+
+
+def architectures(profile: Profile, exp_path: Path, budget: float, out: Path, report: Reporter,
+                  reuse: bool) -> tuple[dict[str, str], dict[str, dict]]:  # fmt: skip
+    """name -> architecture file (the searched nets, the random draws and EfficientPose-A), and
+    strategy -> :func:`search_figures` of its search."""
     nets: dict[str, str] = {"efficientpose-a": "efficientpose-a"}
+    searches: dict[str, dict] = {}
     for strategy in STRATEGIES:
         exp = load_experiment(exp_path, [f"search.strategy={strategy}", "cost_model.form=budget",
                                          f"cost_model.target={budget}"])  # fmt: skip
@@ -168,8 +182,11 @@ def architectures(profile: Profile, exp_path: Path, budget: float, out: Path,
         path = out / f"searched-{strategy}.yaml"
         write_architecture(arch, path, f"search_quality: {strategy}, budget {budget:.4g} MMAC")
         nets[f"searched-{strategy}"] = str(path)
+        searches[strategy] = search_figures(result)
+        gap = result.get("discretisation_gap")
+        gap_text = "" if gap is None else f", discretisation gap {gap['gap']:+.2%}"
         report.line(f"{strategy}: {result['final_cost']:.4g} MMAC, decisiveness "
-                    f"{result['decisiveness']:.3f}")  # fmt: skip
+                    f"{result['decisiveness']:.3f}{gap_text}")  # fmt: skip
     space = load_space(SPACE)
     table = get_cost_model("flops").table(space, (profile.input_size,) * 2, 14)
     for seed in RANDOM_SEEDS:
@@ -179,7 +196,7 @@ def architectures(profile: Profile, exp_path: Path, budget: float, out: Path,
         write_architecture(space.with_choices(choices, f"random-{seed}"), path,
                            f"search_quality: random draw, seed {seed}")  # fmt: skip
         nets[f"random-{seed}"] = str(path)
-    return nets
+    return nets, searches
 
 
 def main() -> None:
@@ -202,7 +219,7 @@ def main() -> None:
     size = profile.input_size
     budget = cost_report("efficientpose-a", (size, size), 14)["macs"] / 1e6
     start = time.perf_counter()
-    nets = architectures(profile, exp_path, budget, args.out, report, args.reuse)
+    nets, searches = architectures(profile, exp_path, budget, args.out, report, args.reuse)
     searched = time.perf_counter()
     results = {name: train_and_score(exp_path, name, arch, args.out, report, args.reuse)
                for name, arch in nets.items()}  # fmt: skip
@@ -218,6 +235,7 @@ def main() -> None:
         "budget_mmac": round(budget, 3),
         "random_seeds": list(RANDOM_SEEDS),
         "train_seeds": list(TRAIN_SEEDS),
+        "searches": searches,
         "search_s": round(searched - start, 1),
         "total_s": round(time.perf_counter() - start, 1),
         "rows": rows,

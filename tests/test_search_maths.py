@@ -20,11 +20,13 @@ from dnas.cli import cli
 from dnas.config import CostConfig, SearchConfig, load_experiment
 from dnas.engine.progress import Reporter
 from dnas.nn.mixed_op import MixedOp
-from dnas.nn.network import Network
+from dnas.nn.network import Network, module_key
 from dnas.schema import from_dict
 from dnas.search.budget import most_probable_within, sample_within, tilted_probs
 from dnas.search.cost_model import CostTable, get_cost_model
+from dnas.search.darts import DartsOptions, DartsStrategy
 from dnas.search.derive import derive
+from dnas.search.gap import discretisation_gap
 from dnas.search.objective import ArchObjective
 from dnas.search.random_search import matched_epochs
 from dnas.search.run import run_search
@@ -409,3 +411,129 @@ def test_interrupted_budget_search_resumes_lambda(tmp_path, real_mpii_root):
     run_search(load_experiment(exp), tmp_path / "run", QUIET)
     state = checkpoint.load(tmp_path / "run" / "search.pt")["strategy"]["objective"]
     assert state["lambda"] != 0.0 and state["rho"] > 0
+
+
+# -- DARTS: the mixture's temperature and its discretisation gap ----------------------------------
+
+
+def darts_with(root, start: float, end: float, warmup: int = 2, epochs: int = 5):
+    torch.manual_seed(0)
+    space = load_space(TINY_SPACE)
+    net = Network(space, 16)
+    task = PoseTask(PoseOptions(root=str(root)), (64, 64), "test")
+    table = get_cost_model("flops").table(space, (64, 64), 16)
+    cfg = SearchConfig(warmup_epochs=warmup, epochs=epochs, drop_path=0.0,
+                       options={"darts": DartsOptions(start, end)})  # fmt: skip
+    strategy = DartsStrategy(cfg, CostConfig(weight=0.0))
+    strategy.adapt_search_space(net, task, table, torch.device("cpu"))
+    return strategy, net, table
+
+
+def test_darts_temperature_anneals_geometrically_over_architecture_epochs(real_mpii_root):
+    """T_e = T0 (T1 / T0)^(e / (E - 1)) over the E architecture epochs (warm-up stays at T0);
+    the mixture, its expected cost (Eq. 4-5) and search.json's probabilities all use
+    softmax(alpha / T_e)."""
+    strategy, net, table = darts_with(real_mpii_root, 2.0, 0.1)
+    with torch.no_grad():
+        for alpha in net.alphas:
+            alpha.copy_(torch.linspace(-1.0, 1.0, len(alpha)))
+    temps = []
+    for epoch in range(7):
+        strategy.new_epoch(epoch)
+        temps.append(net.temperature)
+        probs = [torch.softmax(a.detach() / net.temperature, -1) for a in net.alphas]
+        for got, want in zip(net.arch_probs(), probs, strict=True):
+            torch.testing.assert_close(got.detach(), want)
+        costs = [torch.tensor(list(table.layers[n].values())) for n in net.searchable]
+        expected = table.fixed + sum(float(p @ c) for p, c in zip(probs, costs, strict=True))
+        assert float(strategy.expected_cost().detach()) == pytest.approx(expected, rel=1e-5)
+    ratio = 0.05**0.25
+    assert temps == pytest.approx([2.0, 2.0, 2.0, 2.0 * ratio, 2.0 * ratio**2, 2.0 * ratio**3, 0.1])
+
+
+def test_darts_default_is_eq2_exactly(real_mpii_root):
+    strategy, net, _ = darts_with(real_mpii_root, 1.0, 1.0)
+    for epoch in range(7):
+        strategy.new_epoch(epoch)
+        assert net.temperature == 1.0
+    for got, alpha in zip(net.arch_probs(), net.alphas, strict=True):
+        assert torch.equal(got, torch.softmax(alpha, -1))
+
+
+def test_darts_budget_start_holds_at_any_temperature(real_mpii_root, tmp_path):
+    """``arch_init: budget`` with T0 != 1 still starts on the maximum-entropy distribution."""
+    table = get_cost_model("flops").table(load_space(BUDGET_SPACE), (64, 64), 16)
+    low, high = table.cost_range()
+    target = low + 0.4 * (high - low)
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, BUDGET_SPACE,
+                           cost_model={"form": "budget", "target": target},
+                           search={"arch_init": "budget", "warmup_epochs": 1, "epochs": 0,
+                                   "steps_per_epoch": 1,
+                                   "darts": {"temperature_start": 3.0}})  # fmt: skip
+    result = run_search(load_experiment(exp), tmp_path / "run", QUIET)
+    tilted = tilted_probs(table, target)
+    for name, p in result["arch_probs"].items():
+        np.testing.assert_allclose(p, tilted[name], rtol=1e-4)
+
+
+def fixed_copy(net: Network, choices: dict[str, str]) -> Network:
+    """The derived net as a plain network, holding the super net's weights of ``choices``."""
+    fixed = Network(net.space.with_choices(choices), 16)
+    state = {}
+    for key, value in net.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "alphas":
+            continue
+        if parts[0] == "blocks" and parts[2] == "ops":
+            layer = next(n for n in net.searchable if module_key(n) == parts[1])
+            index = list(net.space.searchable_layers[net.searchable.index(layer)].candidates)
+            if int(parts[3]) != index.index(choices[layer]):
+                continue
+            key = ".".join(parts[:2] + parts[4:])
+        state[key] = value
+    fixed.load_state_dict(state)
+    return fixed
+
+
+def test_discretisation_gap_measures_the_derived_net_with_the_trained_weights(real_mpii_root):
+    strategy, net, _ = darts_with(real_mpii_root, 1.0, 1.0)
+    batches = [{"input": torch.randn(4, 3, 64, 64), "target": torch.rand(4, 16, 16, 16),
+                "target_weight": torch.ones(4, 16, 1)} for _ in range(2)]  # fmt: skip
+    net.train()
+    for batch in batches:  # give batch norm running statistics that differ from the batches'
+        net(batch["input"] * 3 + 1)
+    running = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    choices = strategy.get_final_architecture()
+    figures = discretisation_gap(net, batches, strategy.amp, strategy.task.loss,
+                                 torch.device("cpu"), choices)  # fmt: skip
+    for key, value in net.state_dict().items():
+        if key in running:
+            assert torch.equal(value, running[key]), key  # running statistics untouched
+    assert net.training  # mode restored
+    fixed = fixed_copy(net, choices)
+    fixed.train()  # batch statistics, as the gap measures them
+    with torch.no_grad():
+        want = sum(float(strategy.task.loss(fixed(b["input"]), b)) for b in batches) / 2
+        mixture = sum(float(strategy.task.loss(net(b["input"]), b)) for b in batches) / 2
+    assert figures["derived_loss"] == pytest.approx(want, rel=1e-5)
+    assert figures["mixture_loss"] == pytest.approx(mixture, rel=1e-5)
+    assert figures["gap"] == pytest.approx(want / mixture - 1, rel=1e-4)
+    assert abs(figures["gap"]) > 1e-5  # two different nets were measured
+    with torch.no_grad():  # a decided mixture is its derived net: no gap
+        for alpha, layer in zip(net.alphas, net.space.searchable_layers, strict=True):
+            alpha.copy_(torch.full_like(alpha, -1e4))
+            alpha[list(layer.candidates).index(choices[layer.name])] = 0.0
+    decided = discretisation_gap(net, batches, strategy.amp, strategy.task.loss,
+                                 torch.device("cpu"), choices)  # fmt: skip
+    assert decided["gap"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_darts_search_json_records_the_gap_and_temperature(tmp_path, real_mpii_root):
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root,
+                           search={"epochs": 2, "darts": {"temperature_start": 1.0,
+                                                          "temperature_end": 0.2}})  # fmt: skip
+    result = run_search(load_experiment(exp), tmp_path / "run", QUIET)
+    gap = result["discretisation_gap"]
+    assert set(gap) == {"mixture_loss", "derived_loss", "gap"}
+    assert gap["gap"] == pytest.approx(gap["derived_loss"] / gap["mixture_loss"] - 1)
+    assert result["mixture_temperature"] == pytest.approx(0.2)  # the last architecture epoch's

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import DATA, REPO, need
 
 
@@ -32,3 +33,10 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
             "searched-gumbel",
         }
     assert "| searched-darts |" in (out / "search_quality.md").read_text()
+    darts = result["searches"]["darts"]  # how the DARTS search ended: temperature, gap
+    start, end = result["profile"]["darts_temperature"]
+    assert darts["mixture_temperature"] == (start if result["profile"]["search_epochs"] == 1
+                                            else end)  # fmt: skip
+    gap = darts["discretisation_gap"]
+    assert gap["gap"] == pytest.approx(gap["derived_loss"] / gap["mixture_loss"] - 1)
+    assert "discretisation_gap" not in result["searches"]["gumbel"]

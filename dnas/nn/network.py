@@ -43,6 +43,8 @@ class Network(nn.Module):
             nn.Parameter(1e-3 * torch.randn(len(layer.candidates)))
             for layer in space.searchable_layers
         )
+        # T of p = softmax(alpha / T); 1 is Eq. 2. A strategy may anneal it (``search.darts``).
+        self.temperature = 1.0
         self.head_inputs = list(space.head_inputs())
         self.head = build_head(space, num_outputs)
 
@@ -55,8 +57,8 @@ class Network(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def arch_probs(self) -> list[Tensor]:
-        """p_l = softmax(alpha_l) for every searchable layer (Eq. 2)."""
-        return [torch.softmax(a, dim=-1) for a in self.alphas]
+        """p_l = softmax(alpha_l / T) for every searchable layer (Eq. 2 at T = 1)."""
+        return [torch.softmax(a / self.temperature, dim=-1) for a in self.alphas]
 
     def set_drop_path(self, rate: float, device: torch.device | str = "cpu") -> None:
         """Drop-path at ``rate`` with its own generator, seeded from the global seed and the

@@ -86,13 +86,15 @@ def tilted_probs(table: CostTable, target: float) -> dict[str, np.ndarray]:
 
 
 def start_on_budget(alphas: list[torch.Tensor], names: list[str], table: CostTable,
-                    target: float) -> None:  # fmt: skip
-    """Set every layer's alpha to the log of :func:`tilted_probs` at ``target``: the search then
+                    target: float, temperature: float = 1.0) -> None:  # fmt: skip
+    """Set every layer's alpha to ``temperature`` times the log of :func:`tilted_probs` at
+    ``target``, so that softmax(alpha / temperature) is that distribution: the search then
     starts with its expected cost on the budget (``search.arch_init: budget``)."""
     probs = tilted_probs(table, target)
     with torch.no_grad():
         for alpha, name in zip(alphas, names, strict=True):
-            alpha.copy_(torch.log(torch.as_tensor(probs[name], dtype=alpha.dtype)))
+            log_p = torch.log(torch.as_tensor(probs[name], dtype=alpha.dtype))
+            alpha.copy_(temperature * log_p)
 
 
 def sample_within(

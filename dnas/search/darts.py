@@ -5,10 +5,17 @@ parameters on an architecture-split batch (the task term plus lambda times the c
 ``dnas.search.objective``, Adam), then the weights on a weight-split batch (task loss, SGD,
 cosine lr).
 First-order, as the paper.
+
+The mixture weights are p = softmax(alpha / T) (Eq. 2 at T = 1, the default). ``search.darts``
+may anneal T geometrically over the architecture epochs (ASAP, Noy et al., AISTATS 2020; SNAS,
+Xie et al., ICLR 2019): as T falls the mixture the super net trains approaches the one-hot net
+that is derived from it, which closes DARTS' discretisation gap (the argmax of a barely
+decided mixture is not the net that was trained; Wang et al., ICLR 2021).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,25 +25,51 @@ from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
 from dnas.search.budget import start_on_budget
 from dnas.search.cost_model import CostTable
+from dnas.search.gap import discretisation_gap
 from dnas.search.objective import ArchObjective
 from dnas.search.strategy import Strategy
 from dnas.space.choices import decisiveness, entropies
 from dnas.task import Task
 
 
+@dataclass
+class DartsOptions:
+    """``search.darts``: the softmax temperature T of p = softmax(alpha / T), annealed
+    geometrically from ``temperature_start`` at the first architecture epoch to
+    ``temperature_end`` at the last (warm-up epochs stay at the start value), so the schedule
+    does not depend on the number of epochs. 1 and 1: the paper's Eq. 2 throughout."""
+
+    temperature_start: float = field(default=1.0, metadata={"min": 1e-3, "max": 1e3})
+    temperature_end: float = field(default=1.0, metadata={"min": 1e-3, "max": 1e3})
+
+
+def annealed_temperature(start: float, end: float, arch_epoch: int, arch_epochs: int) -> float:
+    """start * (end / start) ** (e / (E - 1)) at architecture epoch e of E (0-based): start at
+    the first, end at the last, a constant ratio per epoch in between; start before e = 0."""
+    if arch_epoch <= 0 or arch_epochs <= 1:
+        return start
+    return start * (end / start) ** (min(arch_epoch, arch_epochs - 1) / (arch_epochs - 1))
+
+
 @STRATEGIES.register("darts")
 class DartsStrategy(Strategy):
+    Options, options_key = DartsOptions, "darts"
+    trains_mixture = True  # the super net trains the softmax mixture (its gap is measured)
+
     def adapt_search_space(
         self, network: Network, task: Task, table: CostTable, device: torch.device
     ) -> None:
         self.network, self.task, self.table = self.amp.model(network), task, table
+        self.device, self.gap = device, None
         self.objective = ArchObjective(self.cost_cfg, table)
         network.set_drop_path(self.cfg.drop_path, device)
         w, a = self.cfg.weight_optimizer, self.cfg.arch_optimizer
         self.weights = network.weight_parameters()
         self.alphas = network.arch_parameters()
+        network.temperature = self.temperature_at(0)
         if self.cfg.arch_init == "budget":
-            start_on_budget(self.alphas, network.searchable, table, self.cost_cfg.target)
+            start_on_budget(self.alphas, network.searchable, table, self.cost_cfg.target,
+                            network.temperature)  # fmt: skip
         self.w_opt = search_sgd(self.weights, w)
         self.a_opt = torch.optim.Adam(
             self.alphas, lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
@@ -53,6 +86,18 @@ class DartsStrategy(Strategy):
     @property
     def warming_up(self) -> bool:
         return self.epoch < self.cfg.warmup_epochs
+
+    def temperature_at(self, epoch: int) -> float:
+        """T of the mixture p = softmax(alpha / T) in ``epoch``, from ``search.darts`` (read
+        by section, so a subclass with ``Options`` of its own still has its temperature)."""
+        opts = self.cfg.options.get("darts") or DartsOptions()
+        arch_epoch = epoch - self.cfg.warmup_epochs
+        return annealed_temperature(opts.temperature_start, opts.temperature_end, arch_epoch,
+                                    self.cfg.epochs)  # fmt: skip
+
+    def new_epoch(self, epoch: int) -> None:
+        super().new_epoch(epoch)
+        self.network.temperature = self.temperature_at(epoch)
 
     def expected_cost(self) -> torch.Tensor:
         return self.table.expected(self.network.searchable, self.network.arch_probs())
@@ -105,18 +150,29 @@ class DartsStrategy(Strategy):
         self.w_sched.step()
         probs = self.arch_probs()
         entropy = entropies(probs)
+        if self.trains_mixture and epoch == self.num_epochs - 1 and not self.warming_up:
+            self.gap = discretisation_gap(self.network, val_loader, self.amp, self.task.loss,
+                                          self.device, self.get_final_architecture())  # fmt: skip
+        gap = {} if self.gap is None else {f"search/{k}": v for k, v in self.gap.items()}
         return {
+            **gap,
             "search/expected_cost": float(self.expected_cost()),
             "search/derived_cost": self.table.of_choices(self.get_final_architecture()),
             "search/mean_entropy": sum(entropy.values()) / max(len(entropy), 1),
             "search/decisiveness": decisiveness(probs),
             "search/lambda": self.objective.lam,
+            "search/mixture_temperature": self.network.temperature,
             **({"search/rho": self.objective.rho} if self.objective.rho is not None else {}),
             "lr/weights": lr,
         }
 
     def result_extras(self) -> dict[str, Any]:
-        return {"lambda": self.objective.lam}
+        """The final lambda and, for a mixture search, its temperature and discretisation gap
+        at the end."""
+        return {"lambda": self.objective.lam,
+                **({"mixture_temperature": self.network.temperature} if self.trains_mixture
+                   else {}),
+                **({} if self.gap is None else {"discretisation_gap": self.gap})}  # fmt: skip
 
     def arch_probs(self) -> dict[str, list[float]]:
         with torch.no_grad():

@@ -43,6 +43,11 @@ class SinglePathOptions:
 class _SinglePath(DartsStrategy):
     Options, options_key = SinglePathOptions, "single_path"
     probe = False  # run unsampled candidates without gradient in architecture steps
+    trains_mixture = False  # sampled paths are trained, not the softmax mixture
+
+    def temperature_at(self, epoch: int) -> float:
+        """1: paths are sampled from softmax(alpha); ``tau`` is the relaxation's temperature."""
+        return 1.0
 
     def new_epoch(self, epoch: int) -> None:
         super().new_epoch(epoch)
