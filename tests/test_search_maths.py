@@ -502,7 +502,8 @@ def test_discretisation_gap_measures_the_derived_net_with_the_trained_weights(re
     net.train()
     for batch in batches:  # give batch norm running statistics that differ from the batches'
         net(batch["input"] * 3 + 1)
-    running = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    running = {k: v.clone() for k, v in net.state_dict().items()
+               if "running" in k or "num_batches_tracked" in k}  # fmt: skip
     choices = strategy.get_final_architecture()
     figures = discretisation_gap(net, batches, strategy.amp, strategy.task.loss,
                                  torch.device("cpu"), choices)  # fmt: skip

@@ -26,10 +26,13 @@ from dnas.nn.network import Network
 @contextlib.contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[None]:
     """Eval mode (no drop-path) except batch norm, which normalises by the batch's own
-    statistics with momentum 0, so its running statistics stay unchanged; restored after."""
+    statistics with momentum 0, so its running statistics (and batch count) stay unchanged;
+    every module's mode is restored after."""
     was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone()
+              for m in norms]  # fmt: skip
     model.eval()
     for m in norms:
         m.train()
@@ -37,8 +40,10 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, momentum in zip(norms, momenta, strict=True):
+        for m, momentum, count in zip(norms, momenta, counts, strict=True):
             m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
         model.train(was_training)
 
 
