@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # One prepared check of the CUDA path (make gpu-check): the CUDA-marked tests, search and
 # training throughput, EfficientPose-A/B/C inference latency, a latency table built and checked
-# on the device. Sized for at most 8 minutes on one H200; every step has its own time limit, so
-# one that hangs cannot take the others' results with it. Writes a log and one JSON per step
+# on the device. About 10 minutes on one H200 (measured 2026-12-04, docs/benchmarks.md); every
+# step has its own time limit, so one that hangs cannot take the others' results with it, and
+# --only reruns the steps named (e.g. one that timed out) in a fraction of that. Writes a log and one JSON per step
 # under --out, then summary.json and a printed summary with the targets (docs/benchmarks.md).
 #
 # Works on a bare GPU machine without network: it uses the python3 that holds the CUDA torch
 # (never reinstalls torch) and, if dnas is not installed there, installs this checkout and any
 # wheels in .whl/ (an ignored folder: e.g. pycocotools) into a private folder, offline.
 #
-#   benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--out DIR]
+#   benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--out DIR] [--only STEP,...]
 #
 # --device cpu --quick runs every step on tiny sizes: the test of this script.
 set -uo pipefail
@@ -17,12 +18,21 @@ set -uo pipefail
 DEVICE=cuda
 QUICK=0
 OUT=runs/gpu-check
+ALL_STEPS="cuda_tests,search_speed,model_speed,lut"
+ONLY=$ALL_STEPS
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="${2:?gpu_check.sh: --device needs a value (cuda or cpu)}"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --out) OUT="${2:?gpu_check.sh: --out needs a folder}"; shift 2 ;;
-    *) echo "gpu_check.sh: unknown argument '$1' (expected --device, --quick, --out)" >&2; exit 1 ;;
+    --only) ONLY="${2:?gpu_check.sh: --only needs step names ($ALL_STEPS)}"; shift 2 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (expected --device, --quick, --out, --only)" >&2
+       exit 1 ;;
+  esac
+done
+for name in ${ONLY//,/ }; do
+  case ",$ALL_STEPS," in *",$name,"*) ;; *)
+    echo "gpu_check.sh: --only: unknown step '$name' (expected some of $ALL_STEPS)" >&2; exit 1 ;;
   esac
 done
 case "$DEVICE" in cuda|cpu) ;; *) echo "gpu_check.sh: --device must be cuda or cpu" >&2; exit 1 ;; esac
@@ -62,6 +72,7 @@ STATUS="$OUT/steps.tsv"
 step() {
   local name=$1 limit=$2
   shift 2
+  case ",$ONLY," in *",$name,"*) ;; *) return ;; esac
   say "$name: $* (limit ${limit}s)"
   local start=$SECONDS
   timeout --signal=TERM --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
@@ -82,9 +93,14 @@ else
   SEARCH=(--throughput-batch 32 --throughput-input 256 --throughput-steps 20 --workers 12
           --precision bf16 --channels-last)
   SPEED=()
-  LUT_BUILD=(--space mbv2_pose_large --input 256x256 --batch 32)
-  LUT_CHECK=(--samples 30)
-  LIMITS=(120 120 150 80)  # with set-up and summary: under 8 minutes (compiling is slow)
+  # on the H200 the defaults (--min-time 0.1, 5 rounds, 40 nets) would take about 12 minutes
+  # (estimated: --min-time 0.02 with 20 nets did not finish in 190 s); 3 rounds of 0.01 s
+  # with 20 nets are estimated at 60-90 s (not yet run there)
+  LUT_BUILD=(--space mbv2_pose_large --input 256x256 --batch 32 --min-time 0.01 --rounds 3
+             --calibration 20)
+  LUT_CHECK=(--samples 30 --min-time 0.01 --rounds 3)
+  # measured on the H200: the tests 140 s, search 93 s, model speed 113 s (compiling is slow)
+  LIMITS=(200 120 150 150)
 fi
 
 DNAS_CHECK_DEVICE=$DEVICE step cuda_tests "${LIMITS[0]}" \

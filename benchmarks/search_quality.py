@@ -156,10 +156,11 @@ def row(name: str, arch: str, results: dict[int, dict], latency_ms: float, size:
 
 
 def search_figures(result: dict) -> dict:
-    """What a search's ``search.json`` says of how it ended: derived cost, decisiveness, and
-    for ``darts`` its mixture temperature and discretisation gap."""
+    """What a search's ``search.json`` says of how it ended: derived cost, decisiveness, the
+    evidence of its architecture gradient against noise, and for ``darts`` its mixture
+    temperature and discretisation gap."""
     keys = ("final_cost", "argmax_cost", "projected_layers", "decisiveness",
-            "mixture_temperature", "discretisation_gap")  # fmt: skip
+            "mixture_temperature", "discretisation_gap", "gradient_evidence")  # fmt: skip
     return {key: result[key] for key in keys if key in result}
 
 

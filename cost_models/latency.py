@@ -21,6 +21,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +30,13 @@ import numpy as np
 import scipy.stats
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cost_models.calibration import FIXED, Calibration, Sample, calibrate
 from cost_models.runtimes import Runtime, get_runtime
 from cost_models.timing import Job, NoiseGuard, NoisePolicy, Prepare, Timing, measure
 from dnas.cli import example, head_outputs, out_opt, outputs_opt, set_opt
 from dnas.config import MAX_BATCH
+from dnas.engine.progress import counter
 from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
 from dnas.nn.heads import build_head
@@ -193,10 +194,9 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     jobs = [job for _, _, job in entries]
     jobs += [(f"network {i + 1}", network_job(bench, space, c, num_outputs, x))
              for i, c in enumerate(nets)]  # fmt: skip
-    # a bar on a terminal only (disable=None): no carriage returns into pipes and log files
-    total = len(jobs) * bench.policy.rounds
-    with tqdm(total=total, desc="lut", disable=None if progress else True) as bar:
-        timings = guard.run(jobs, bar.update)
+    with counter(len(jobs) * bench.policy.rounds, "lut build: timings") if progress \
+            else nullcontext(None) as update:  # fmt: skip
+        timings = guard.run(jobs, update)
     shapes = space.infer_shapes(*input_hw)
     table: dict = {"fixed": {}, "layers": {}, "shapes": {}}
     for (layer, op, _), timing in zip(entries, timings, strict=False):
@@ -278,8 +278,8 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     nets = [uniform_choices(space.searchable_layers, rng) for _ in range(samples)]
     jobs = [(f"network {i + 1}", network_job(bench, space, c, meta["num_outputs"], x))
             for i, c in enumerate(nets)]  # fmt: skip
-    with tqdm(total=len(jobs) * bench.policy.rounds, desc="check", disable=None) as bar:
-        timings = guard.run(jobs, bar.update)
+    with counter(len(jobs) * bench.policy.rounds, "lut check: timings") as update:
+        timings = guard.run(jobs, update)
     rows = [{"predicted_ms": predict_ms(table, c), "measured_ms": t.median_ms,
              "spread": round(t.spread, 4)} for c, t in zip(nets, timings, strict=True)]  # fmt: skip
     pred = np.array([r["predicted_ms"] for r in rows])

@@ -49,6 +49,7 @@ _EXPORTS = {
     "run_search": "dnas.search.run",
     "derive": "dnas.search.derive",
     "write_architecture": "dnas.search.derive",
+    "compare_runs": "dnas.search.agreement",
     "run_sweep": "dnas.search.sweep",
     "run_train": "dnas.engine.train",
     "run_eval": "dnas.engine.train",

@@ -210,6 +210,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     """Derive the architecture of a search RUN (directory or search.pt): argmax op per layer."""
     from dnas.search.derive import derive as derive_arch
     from dnas.search.derive import (
+        evidence_warning,
         format_rows,
         incomplete_warning,
         undecided_warning,
@@ -222,9 +223,41 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
         click.echo(f"warning: {warning}", err=True)
     write_architecture(arch, output, f"derived by 'dnas derive {run}'")
     click.echo(format_rows(rows))
-    if warning := undecided_warning(rows):
-        click.echo(f"warning: {warning}", err=True)
+    for warning in (undecided_warning(rows), evidence_warning(run)):
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {output}")
+
+
+@cli.command(epilog=example("dnas agreement runs/search-s0 runs/search-s1 runs/search-s2"))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--band",
+    type=click.FloatRange(0.001, 1.0),
+    default=0.03,
+    show_default=True,
+    help="Chance: random architectures within this share of the runs' mean cost.",
+)
+@click.option(
+    "--pairs",
+    type=click.IntRange(10),
+    default=200,
+    show_default=True,
+    help="Pairs of random architectures that estimate chance.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of those draws.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def agreement(runs: tuple[Path, ...], band: float, pairs: int, seed: int, fmt: str):
+    """Whether search RUNS that differ in their seed derive the same ops, against chance.
+
+    Prints the share of layers on which each pair of derived nets agrees, and the same share
+    between random architectures of the runs' mean derived cost. Searches whose decisions come
+    from the data agree above chance (z > 2); ones that agree at chance decided on their seed.
+    """
+    from dnas.search.agreement import compare_runs, format_report
+
+    report = compare_runs(list(runs), band, pairs, seed)
+    click.echo(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
 
 
 @cli.command(

@@ -41,7 +41,20 @@ def test_gpu_check_rejects_bad_arguments_in_one_line():
     script = str(REPO / "benchmarks" / "gpu_check.sh")
     for args, words in ((["--device", "gpu"], "--device must be cuda or cpu"),
                         (["--device"], "--device needs a value"),
+                        (["--only", "lut,speed"], "--only: unknown step 'speed'"),
                         (["--bogus"], "unknown argument '--bogus'")):  # fmt: skip
         done = subprocess.run(["bash", script, *args], capture_output=True, text=True)
         assert done.returncode == 1
         assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_gpu_check_only_reruns_the_steps_named(tmp_path):
+    out = tmp_path / "check"
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu",
+                           "--quick", "--only", "lut", "--out", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": sys.executable},
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["steps"]) == ["lut"] and summary["steps"]["lut"]["exit"] == 0
+    assert -1 <= summary["lut"]["kendall_tau"] <= 1

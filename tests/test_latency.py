@@ -100,7 +100,7 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
                                      "--min-time", "0.01", "--allow-noise", "--format",
                                      "json"])  # fmt: skip
     assert check.exit_code == 0, check.output
-    report = json.loads(check.output)
+    report = json.loads(check.stdout)  # progress lines go to stderr
     assert -1.0 <= report["kendall_tau"] <= 1.0 and report["mape"] >= 0
     speed = report["reference_vs_build"]  # the reference net now over its time at the build
     errors = [abs(r["predicted_ms"] - r["measured_ms"] / speed) / (r["measured_ms"] / speed)

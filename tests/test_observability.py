@@ -10,7 +10,7 @@ from conftest import write_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dnas.config import load_experiment
-from dnas.engine.progress import Reporter
+from dnas.engine.progress import Reporter, counter
 from dnas.search.run import run_search
 from dnas.space.choices import entropies
 
@@ -38,3 +38,19 @@ def test_search_logs_entropies_pictures_and_lines(tmp_path, real_mpii_root):
     log = (tmp_path / "run" / "log.txt").read_text().splitlines()
     assert log[0].split(" ", 1)[1].startswith("search: ")
     assert sum(" epoch " in line and "eta " in line for line in log) == 2
+
+
+def test_counter_off_a_terminal_prints_counts_and_eta_lines():
+    lines = []
+    with counter(10, "lut build: timings", every_s=0.0, echo=lines.append) as update:
+        for _ in range(5):
+            update(2)
+    # one line per update but the last (the work is done then), each with count, share, ETA
+    assert [line.split("  ")[0] for line in lines] == [
+        f"lut build: timings: {n}/10 ({10 * n}%)" for n in (2, 4, 6, 8)
+    ]
+    assert all("eta 0:00:0" in line for line in lines)
+    quiet = []
+    with counter(10, "x", every_s=3600.0, echo=quiet.append) as update:
+        update(5)
+    assert quiet == []  # nothing before every_s has passed

@@ -76,7 +76,7 @@ def test_an_onnxruntime_table_builds_checks_and_predicts_the_exported_net(tmp_pa
                                      "onnxruntime", "--samples", "4", *quick, "--format",
                                      "json"])  # fmt: skip
     assert check.exit_code == 0, check.output
-    report = json.loads(check.output)
+    report = json.loads(check.stdout)  # progress lines go to stderr
     assert report["runtime"] == "onnxruntime" and len(report["rows"]) == 4
     assert report["mape"] < 100  # the same exported graph, predicted within a factor of 2
     space = load_space(TINY_SPACE)

@@ -92,11 +92,14 @@ def test_dual_ascent_step_is_scale_free():
     lam = 0.2 * 1.2 * (0.25 * math.log(25.0 / 20.0) + 0.75 * math.log(30.0 / 20.0))
     assert objective.lam == pytest.approx(lam)
     grads = [torch.tensor([6.0, 0.0, 0.0]) + lam * cost_grads[0]]  # the task part stays 6
-    objective.observe(20.0, 20.0, 0.9, grads, cost_grads)  # on target: lambda stays
+    task = objective.task_gradients(grads, 20.0, cost_grads)
+    assert task[0].tolist() == pytest.approx([6.0, 0.0, 0.0])
+    objective.observe(20.0, 20.0, 0.9, task, cost_grads)  # on target: lambda stays
     assert objective.rho == pytest.approx(1.2) and objective.lam == pytest.approx(lam)
     for _ in range(200):  # far over the target for long: lambda stops at 4 rho (anti-windup)
         grads = [torch.tensor([6.0, 0.0, 0.0]) + objective.lam * cost_grads[0]]
-        objective.observe(1e6, 1e6, 1.0, grads, cost_grads)
+        objective.observe(1e6, 1e6, 1.0, objective.task_gradients(grads, 1e6, cost_grads),
+                          cost_grads)  # fmt: skip
     assert objective.lam == pytest.approx(4 * 1.2)
     fixed = ArchObjective(CostConfig(weight=0.5), toy_table())
     fixed.observe(25.0, 25.0, 1.0, grads, cost_grads)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -81,6 +82,33 @@ class Reporter:
                 eta = timedelta(seconds=round((total - done) / rate)) if rate > 0 else "?"
                 extra = "".join(f"  {k} {v:.4g}" for k, v in (status() if status else {}).items())
                 self.line(f"{desc}: step {done}/{total}  {rate:.3g} steps/s  eta {eta}{extra}")
+
+
+@contextmanager
+def counter(
+    total: int, desc: str, every_s: float = 30.0, echo: Callable[[str], None] | None = None
+) -> Iterator[Callable[[int], None]]:
+    """An ``update(n)`` callable for work done in counted units: a bar on a terminal, else (a
+    log file, a batch job) a line on stderr every ``every_s`` seconds with the count and ETA,
+    so that minutes of timings never pass in silence."""
+    echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
+    if sys.stderr.isatty():
+        with tqdm(total=total, desc=desc) as bar:
+            yield bar.update
+        return
+    began = last = time.monotonic()
+    done = 0
+
+    def update(n: int) -> None:
+        nonlocal done, last
+        done += n
+        now = time.monotonic()
+        if now - last >= every_s and done < total:
+            last = now
+            eta = timedelta(seconds=round((total - done) * (now - began) / done))
+            echo(f"{desc}: {done}/{total} ({done / total:.0%})  eta {eta}")
+
+    yield update
 
 
 def eta_text(done_epochs: int, total_epochs: int, seconds_per_epoch: float) -> str:

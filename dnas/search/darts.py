@@ -25,6 +25,7 @@ from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
 from dnas.search.budget import start_on_budget
 from dnas.search.cost_model import CostTable
+from dnas.search.evidence import GradientEvidence
 from dnas.search.gap import discretisation_gap
 from dnas.search.objective import ArchObjective
 from dnas.search.strategy import Strategy
@@ -78,6 +79,8 @@ class DartsStrategy(Strategy):
             self.w_opt, T_max=max(self.num_epochs, 1), eta_min=0.0
         )
         self.steps_done = 0
+        # the task gradient's evidence: this epoch's architecture steps, and all of them
+        self.evidence, self.run_evidence = GradientEvidence(), GradientEvidence()
 
     @property
     def num_epochs(self) -> int:
@@ -97,6 +100,7 @@ class DartsStrategy(Strategy):
 
     def new_epoch(self, epoch: int) -> None:
         super().new_epoch(epoch)
+        self.evidence.reset()
         self.network.temperature = self.temperature_at(epoch)
 
     def expected_cost(self) -> torch.Tensor:
@@ -110,20 +114,23 @@ class DartsStrategy(Strategy):
         """One Adam step on alpha; then the objective sees the derived net's cost (budget)."""
         self.network.train()
         self.a_opt.zero_grad(set_to_none=True)
+        cost = self.expected_cost()
+        cost_grads = list(torch.autograd.grad(torch.log(cost), self.alphas))  # at this alpha
         loss, stats = self.objective(self.arch_forward(batch), self.expected_cost())
         self.amp.step(loss, self.a_opt, self.alphas, update=False)  # weight_step updates
-        if not self.objective.adaptive:
-            self.after_arch_step()
-            return stats
-        grads = [a.grad if a.grad is not None else torch.zeros_like(a) for a in self.alphas]
-        cost = self.expected_cost()
-        cost_grads = torch.autograd.grad(torch.log(cost), self.alphas)
+        scale = self.amp.scaler.get_scale() if self.amp.scaler.is_enabled() else 1.0
+        grads = [a.grad / scale if a.grad is not None else torch.zeros_like(a)
+                 for a in self.alphas]  # fmt: skip
+        task = self.objective.task_gradients(grads, float(cost.detach()), cost_grads)
+        self.evidence.add(task)
+        self.run_evidence.add(task)
         self.after_arch_step()
-        with torch.no_grad():
-            expected = float(self.expected_cost())
-        argmax_cost = self.table.of_choices(self.argmax_architecture())
-        self.objective.observe(argmax_cost, expected, decisiveness(self.arch_probs()), grads,
-                               list(cost_grads))  # fmt: skip
+        if self.objective.adaptive:
+            with torch.no_grad():
+                expected = float(self.expected_cost())
+            argmax_cost = self.table.of_choices(self.argmax_architecture())
+            self.objective.observe(argmax_cost, expected, decisiveness(self.arch_probs()), task,
+                                   cost_grads)  # fmt: skip
         return stats
 
     def after_arch_step(self) -> None:
@@ -154,6 +161,9 @@ class DartsStrategy(Strategy):
             self.gap = discretisation_gap(self.network, val_loader, self.amp, self.task.loss,
                                           self.device, self.get_final_architecture())  # fmt: skip
         gap = {} if self.gap is None else {f"search/{k}": v for k, v in self.gap.items()}
+        evidence = self.evidence.summary()
+        if evidence is not None:
+            gap["search/gradient_evidence"] = evidence["significant"]
         return {
             **gap,
             "search/expected_cost": float(self.expected_cost()),
@@ -170,9 +180,15 @@ class DartsStrategy(Strategy):
         """The final lambda and, for a mixture search, its temperature and discretisation gap
         at the end."""
         return {"lambda": self.objective.lam,
+                "gradient_evidence": self.gradient_evidence(),
                 **({"mixture_temperature": self.network.temperature} if self.trains_mixture
                    else {}),
                 **({} if self.gap is None else {"discretisation_gap": self.gap})}  # fmt: skip
+
+    def gradient_evidence(self) -> dict[str, Any] | None:
+        """The t-test of every architecture step's task gradient against noise
+        (:class:`~dnas.search.evidence.GradientEvidence`); None before 3 steps."""
+        return self.run_evidence.summary()
 
     def arch_probs(self) -> dict[str, list[float]]:
         with torch.no_grad():
@@ -188,6 +204,8 @@ class DartsStrategy(Strategy):
             "steps_done": self.steps_done,
             "objective": self.objective.state_dict(),
             "drop_path_rng": self.network.drop_path_rng_state(),
+            "evidence": self.evidence.state_dict(),
+            "run_evidence": self.run_evidence.state_dict(),
         }
 
     def load_checkpointables(self, state: dict[str, Any]) -> None:
@@ -198,3 +216,6 @@ class DartsStrategy(Strategy):
         self.steps_done = state["steps_done"]
         self.objective.load_state_dict(state["objective"])
         self.network.set_drop_path_rng_state(state["drop_path_rng"])
+        if "evidence" in state:  # checkpoints before 2026-12-02 hold no evidence
+            self.evidence.load_state_dict(state["evidence"])
+            self.run_evidence.load_state_dict(state["run_evidence"])

@@ -11,6 +11,7 @@ import yaml
 from dnas import checkpoint
 from dnas.errors import DnasError
 from dnas.files import write_text_atomic
+from dnas.search.evidence import noise_warning
 from dnas.space.choices import UNDECIDED, decisiveness, most_probable_ops
 from dnas.space.graph import SearchSpace, space_from_dict
 
@@ -78,6 +79,13 @@ def incomplete_warning(ref: Path | str) -> str | None:
         f"{path} holds an incomplete search ({done} of {total} epochs); finish it with "
         "'dnas search ... --resume' before deriving, or accept a search cut short"
     )
+
+
+def evidence_warning(ref: Path | str) -> str | None:
+    """One line when the search's architecture gradient never rose above noise
+    (:func:`dnas.search.evidence.noise_warning`)."""
+    ckpt = checkpoint.load(find_checkpoint(ref))
+    return noise_warning(ckpt.get("gradient_evidence"))
 
 
 def format_rows(rows: list[DerivedLayer]) -> str:

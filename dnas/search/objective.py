@@ -72,31 +72,45 @@ class ArchObjective:
 
     def __call__(self, task_loss: Tensor, cost: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The loss to minimise over alpha and the scalars to log."""
-        form = self.cfg.form
-        if form in RELATIVE_FORMS:
+        task_term, cost_term = task_loss, self.cost_term(cost)
+        if self.cfg.form in RELATIVE_FORMS:
             # d ln L = dL / L, with L the loss over all processes' batches (torchrun): each
             # process's gradient of L_rank / L is then averaged into exactly dL / L
             scale = mean_over_world({"loss": task_loss.item()})["loss"]
             task_term = task_loss / max(scale, 1e-12)
-            cost_term = self.lam * torch.log(cost / self.ref)
-        elif form == "log":
-            task_term, cost_term = task_loss, cost_loss(cost, self.lam, self.cfg.tau)
-        else:
-            task_term, cost_term = task_loss, budget_penalty(cost, self.cfg)
         stats = {"arch/task_loss": task_loss.item(), "arch/cost_loss": cost_term.item(),
                  "arch/expected_cost": cost.item(), "arch/lambda": self.lam}  # fmt: skip
         return task_term + cost_term, stats
 
+    def cost_term(self, cost: Tensor) -> Tensor:
+        """The cost part of the architecture loss, a function of the expected cost alone."""
+        form = self.cfg.form
+        if form in RELATIVE_FORMS:
+            return self.lam * torch.log(cost / self.ref)
+        if form == "log":
+            return cost_loss(cost, self.lam, self.cfg.tau)
+        return budget_penalty(cost, self.cfg)
+
+    def task_gradients(self, grads: list[Tensor], cost: float,
+                       log_cost_grads: list[Tensor]) -> list[Tensor]:  # fmt: skip
+        """The task term's part of a step's gradient on alpha: ``grads`` less the cost term's,
+        which by the chain rule is d(cost term)/dC * C * d ln C / d alpha."""
+        c = torch.tensor(float(cost), dtype=torch.float64, requires_grad=True)
+        (slope,) = torch.autograd.grad(self.cost_term(c), c, allow_unused=True)
+        factor = 0.0 if slope is None else float(slope) * float(cost)
+        return [g.float() - factor * lc.float()
+                for g, lc in zip(grads, log_cost_grads, strict=True)]  # fmt: skip
+
     def observe(self, argmax_cost: float, expected_cost: float, decided: float,
-                grads: list[Tensor], cost_grads: list[Tensor]) -> None:  # fmt: skip
+                task: list[Tensor], cost_grads: list[Tensor]) -> None:  # fmt: skip
         """Dual ascent on lambda after an architecture step (``budget`` form only), given the
-        argmax and expected costs, the decisiveness, the step's gradient on alpha and the
-        gradient of ln(expected cost) on alpha. A step whose gradients are not finite (fp16:
-        the gradient scaler skipped it) is ignored, so lambda never becomes NaN."""
-        if not self.adaptive or not all(bool(torch.isfinite(g).all()) for g in grads):
+        argmax and expected costs, the decisiveness, the step's task gradient on alpha
+        (:meth:`task_gradients`) and the gradient of ln(expected cost) on alpha. A step whose
+        gradients are not finite (fp16: the gradient scaler skipped it) is ignored, so lambda
+        never becomes NaN."""
+        if not self.adaptive or not all(bool(torch.isfinite(g).all()) for g in task):
             return
         cost_norm = float(torch.sqrt(sum((c.float() ** 2).sum() for c in cost_grads)))
-        task = [g.float() - self.lam * c.float() for g, c in zip(grads, cost_grads, strict=True)]
         task_norm = float(torch.sqrt(sum((t**2).sum() for t in task)))
         ratio = task_norm / max(cost_norm, 1e-12)
         self.rho = ratio if self.rho is None else 0.9 * self.rho + 0.1 * ratio

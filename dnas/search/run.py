@@ -187,6 +187,7 @@ class SearchRun(EpochLoop):
             "space": self.space.to_dict(),
             "arch_probs": self.strategy.arch_probs(),
             "choices": self.strategy.get_final_architecture(),
+            "gradient_evidence": self.strategy.gradient_evidence(),  # dnas derive warns on noise
             "strategy": self.strategy.get_checkpointables(),
         }
 
@@ -233,7 +234,12 @@ def summary_line(result: dict) -> str:
             text += f"; argmax {result['argmax_cost']:.4g}, {moved} layer{'s' * (moved > 1)} "
             text += "moved into the band"
         text += ")"
-    return text + f"; decisiveness (mean top op probability) {result['decisiveness']:.3f}"
+    text += f"; decisiveness (mean top op probability) {result['decisiveness']:.3f}"
+    if evidence := result.get("gradient_evidence"):
+        text += (f"; gradient evidence {evidence['significant']:.1%} of alpha entries with "
+                 f"|t| > 2 (noise alone {evidence['under_noise']:.1%}"
+                 f"{', indistinguishable' if evidence['noise'] else ''})")  # fmt: skip
+    return text
 
 
 def run_search(exp: Experiment, out_dir: Path | str, report: Reporter | None = None,

@@ -84,6 +84,11 @@ class Strategy(ABC):
         """Strategy-specific entries for ``search.json``."""
         return {}
 
+    def gradient_evidence(self) -> dict[str, Any] | None:
+        """Whether the architecture gradient rose above noise (:mod:`dnas.search.evidence`);
+        None for a strategy without one."""
+        return None
+
     def argmax_architecture(self) -> dict[str, str]:
         """The most probable op per searchable layer."""
         return most_probable_ops(self.network.space, self.arch_probs())

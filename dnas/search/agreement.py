@@ -1,0 +1,124 @@
+"""Do searches that differ only in their seed derive the same ops? The reproducibility test of
+a search (Li & Talwalkar, UAI 2019, "Random Search and Reproducibility for NAS").
+
+The figure is the share of searchable layers on which two derived nets pick the same op. What
+it means depends on the space and the budget: a budget alone makes some ops likelier, so
+chance is the same share between pairs of random architectures drawn within ``band`` of the
+runs' mean derived cost (:func:`dnas.search.budget.sample_within`). A search whose decisions
+come from the data agrees above chance; one whose decisions come from its seed does not,
+however decided each run ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dnas import checkpoint
+from dnas.config import Experiment
+from dnas.errors import DnasError
+from dnas.schema import from_dict
+from dnas.search.budget import sample_within
+from dnas.search.cost_model import CostTable, get_cost_model
+from dnas.search.derive import find_checkpoint
+from dnas.space.choices import most_probable_ops
+from dnas.space.graph import space_from_dict
+from dnas.task import build_task
+
+DRAW_TRIES = 100_000  # rejection draws per random architecture before giving up
+
+
+def op_agreement(a: dict[str, str], b: dict[str, str]) -> float:
+    """The share of layers on which ``a`` and ``b`` pick the same op (same layers required)."""
+    if a.keys() != b.keys():
+        raise DnasError("the two architectures have different searchable layers")
+    return sum(a[name] == b[name] for name in a) / len(a)
+
+
+def chance_agreement(table: CostTable, cost: float, band: float = 0.03, pairs: int = 200,
+                     seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """Mean and standard deviation of :func:`op_agreement` over ``pairs`` pairs of random
+    architectures within ``band`` (relative) of ``cost``."""
+    rng = np.random.default_rng(seed)
+    low, high = cost * (1 - band), cost * (1 + band)
+    shares = []
+    for _ in range(pairs):
+        a, b = (sample_within(table, rng, low, high, DRAW_TRIES) for _ in range(2))
+        if a is None or b is None:
+            raise DnasError(f"no random architecture of the space costs {low:.4g}-{high:.4g} "
+                            f"{table.unit} (widen --band)")  # fmt: skip
+        shares.append(op_agreement(a, b))
+    return statistics.mean(shares), statistics.pstdev(shares)
+
+
+@dataclass
+class SearchOutcome:
+    """What one search run derived, and the cost table it searched with."""
+
+    run: str
+    choices: dict[str, str]
+    cost: float
+    table: CostTable
+    digest: str
+
+
+def load_outcome(ref: Path | str) -> SearchOutcome:
+    """The derived ops of a search run (directory or ``search.pt``) and their cost under the
+    run's own cost model, input size and head."""
+    path = find_checkpoint(Path(ref))
+    ckpt = checkpoint.load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "dnas-search":
+        raise DnasError(f"{path}: not a dnas search checkpoint (write one with 'dnas search')")
+    space = space_from_dict(ckpt["space"], source=str(path))
+    chosen = ckpt.get("choices")
+    choices = chosen if isinstance(chosen, dict) else most_probable_ops(space, ckpt["arch_probs"])
+    exp = from_dict(Experiment, ckpt["config"], str(path), "config")
+    exp.source = str(path)
+    task = build_task(exp)
+    table = get_cost_model(exp.cost_model.type, exp.cost_model).table(space, exp.input_hw,
+                                                                      task.num_outputs)  # fmt: skip
+    return SearchOutcome(str(ref), choices, table.of_choices(choices), table, space.digest())
+
+
+def compare_runs(refs: list[Path | str], band: float = 0.03, pairs: int = 200,
+                 seed: int = 0) -> dict:  # fmt: skip
+    """Pairwise agreement of the derived ops of search runs (at least two, of one space and
+    cost model), their mean, and chance at their mean derived cost with its z-score."""
+    if len(refs) < 2:
+        raise DnasError("agreement needs at least two search runs")
+    runs = [load_outcome(ref) for ref in refs]
+    first = runs[0]
+    for other in runs[1:]:
+        if other.digest != first.digest or other.table.layers != first.table.layers:
+            raise DnasError(
+                f"{other.run}: searched another space or cost table than "
+                f"{first.run}; only searches of one space and cost model compare"
+            )
+    pairwise = [{"runs": [a.run, b.run], "agreement": op_agreement(a.choices, b.choices)}
+                for a, b in itertools.combinations(runs, 2)]  # fmt: skip
+    mean = statistics.mean(p["agreement"] for p in pairwise)
+    cost = statistics.mean(r.cost for r in runs)
+    chance, sd = chance_agreement(first.table, cost, band, pairs, seed)
+    return {"runs": [{"run": r.run, "cost": r.cost} for r in runs], "unit": first.table.unit,
+            "layers": len(first.choices), "pairwise": pairwise, "mean": mean,
+            "chance": chance, "chance_sd": sd, "z": (mean - chance) / sd if sd > 0 else None,
+            "band": band, "pairs": pairs, "seed": seed}  # fmt: skip
+
+
+def format_report(report: dict) -> str:
+    """The report of :func:`compare_runs` as text: one line per pair, then the verdict."""
+    lines = [f"{p['agreement']:.3f}  {p['runs'][0]} vs {p['runs'][1]}" for p in report["pairwise"]]
+    z = report["z"]
+    above = z is not None and z > 2
+    lines.append(
+        f"mean agreement {report['mean']:.3f} over {report['layers']} layers; chance "
+        f"{report['chance']:.3f} +- {report['chance_sd']:.3f} (random architectures within "
+        f"{report['band']:.0%} of {statistics.mean(r['cost'] for r in report['runs']):.4g} "
+        f"{report['unit']}, {report['pairs']} pairs)"
+        + (f"; z = {z:.1f}: {'above' if above else 'not above'} chance" if z is not None else "")
+    )
+    return "\n".join(lines)
