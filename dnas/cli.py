@@ -239,15 +239,15 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     help="Chance: random architectures within this share of the runs' mean cost.",
 )
 @click.option(
-    "--pairs",
+    "--samples",
     type=click.IntRange(10),
     default=200,
     show_default=True,
-    help="Pairs of random architectures that estimate chance.",
+    help="Sets of random architectures (as many as RUNS) that estimate chance.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of those draws.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def agreement(runs: tuple[Path, ...], band: float, pairs: int, seed: int, fmt: str):
+def agreement(runs: tuple[Path, ...], band: float, samples: int, seed: int, fmt: str):
     """Whether search RUNS that differ in their seed derive the same ops, against chance.
 
     Prints the share of layers on which each pair of derived nets agrees, and the same share
@@ -256,7 +256,7 @@ def agreement(runs: tuple[Path, ...], band: float, pairs: int, seed: int, fmt: s
     """
     from dnas.search.agreement import compare_runs, format_report
 
-    report = compare_runs(list(runs), band, pairs, seed)
+    report = compare_runs(list(runs), band, samples, seed)
     click.echo(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
 
 

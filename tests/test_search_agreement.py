@@ -14,7 +14,7 @@ from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
 from dnas.errors import DnasError
-from dnas.search.agreement import chance_agreement, op_agreement
+from dnas.search.agreement import chance_agreement, mean_agreement, op_agreement
 from dnas.search.budget import tilted_probs
 from dnas.search.cost_model import get_cost_model
 from dnas.search.run import run_search
@@ -25,6 +25,8 @@ def test_op_agreement_is_the_share_of_equal_layers():
     a = {"l1": "k3e3", "l2": "skip", "l3": "k5e6", "l4": "k3e6"}
     assert op_agreement(a, a) == 1.0
     assert op_agreement(a, {**a, "l2": "k3e3", "l4": "skip"}) == 0.5
+    b, c = {**a, "l1": "skip"}, {**a, "l1": "skip", "l2": "k3e3"}
+    assert mean_agreement([a, b, c]) == pytest.approx((0.75 + 0.5 + 0.75) / 3)
     with pytest.raises(DnasError, match="different searchable layers"):
         op_agreement(a, {"l1": "k3e3"})
 
@@ -37,13 +39,17 @@ def test_chance_is_the_collision_rate_of_the_budget_sampler():
     cost = low + 0.4 * (high - low)
     probs = tilted_probs(table, cost)
     expected = float(np.mean([float(p @ p) for p in probs.values()]))
-    mean, sd = chance_agreement(table, cost, band=100.0, pairs=600, seed=3)
+    mean, sd = chance_agreement(table, cost, band=100.0, samples=600, seed=3)
     assert abs(mean - expected) < 3 * sd / np.sqrt(600) + 1e-9
+    # the mean over the 6 pairs of 4 runs has the same expectation and a smaller spread
+    mean4, sd4 = chance_agreement(table, cost, band=100.0, samples=300, seed=4, runs=4)
+    assert abs(mean4 - expected) < 3 * sd4 / np.sqrt(300) + 1e-9
+    assert sd4 < 0.75 * sd
     uniform = 1 / np.mean([len(ops) for ops in table.layers.values()])
     assert abs(expected - uniform) > 0.005  # the sampler is tilted: uniform would differ
     # inside a 3 % band the budget constrains the draws: a different (and seeded) figure
-    again = chance_agreement(table, cost, band=0.03, pairs=50, seed=3)
-    assert again == chance_agreement(table, cost, band=0.03, pairs=50, seed=3)
+    again = chance_agreement(table, cost, band=0.03, samples=50, seed=3)
+    assert again == chance_agreement(table, cost, band=0.03, samples=50, seed=3)
 
 
 def test_cli_compares_real_searches_and_rejects_mismatches(tmp_path, real_mpii_root):

@@ -39,19 +39,25 @@ def op_agreement(a: dict[str, str], b: dict[str, str]) -> float:
     return sum(a[name] == b[name] for name in a) / len(a)
 
 
-def chance_agreement(table: CostTable, cost: float, band: float = 0.03, pairs: int = 200,
-                     seed: int = 0) -> tuple[float, float]:  # fmt: skip
-    """Mean and standard deviation of :func:`op_agreement` over ``pairs`` pairs of random
-    architectures within ``band`` (relative) of ``cost``."""
+def mean_agreement(archs: list[dict[str, str]]) -> float:
+    """The mean of :func:`op_agreement` over every pair of ``archs``."""
+    return statistics.mean(op_agreement(a, b) for a, b in itertools.combinations(archs, 2))
+
+
+def chance_agreement(table: CostTable, cost: float, band: float = 0.03, samples: int = 200,
+                     seed: int = 0, runs: int = 2) -> tuple[float, float]:  # fmt: skip
+    """Mean and standard deviation, over ``samples`` sets of ``runs`` random architectures
+    within ``band`` (relative) of ``cost``, of their :func:`mean_agreement`: the null
+    distribution of the figure that ``runs`` searches give."""
     rng = np.random.default_rng(seed)
     low, high = cost * (1 - band), cost * (1 + band)
     shares = []
-    for _ in range(pairs):
-        a, b = (sample_within(table, rng, low, high, DRAW_TRIES) for _ in range(2))
-        if a is None or b is None:
+    for _ in range(samples):
+        archs = [sample_within(table, rng, low, high, DRAW_TRIES) for _ in range(runs)]
+        if any(a is None for a in archs):
             raise DnasError(f"no random architecture of the space costs {low:.4g}-{high:.4g} "
                             f"{table.unit} (widen --band)")  # fmt: skip
-        shares.append(op_agreement(a, b))
+        shares.append(mean_agreement(archs))
     return statistics.mean(shares), statistics.pstdev(shares)
 
 
@@ -84,10 +90,11 @@ def load_outcome(ref: Path | str) -> SearchOutcome:
     return SearchOutcome(str(ref), choices, table.of_choices(choices), table, space.digest())
 
 
-def compare_runs(refs: list[Path | str], band: float = 0.03, pairs: int = 200,
+def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
                  seed: int = 0) -> dict:  # fmt: skip
     """Pairwise agreement of the derived ops of search runs (at least two, of one space and
-    cost model), their mean, and chance at their mean derived cost with its z-score."""
+    cost model), their mean, and chance for that mean (as many random architectures as runs,
+    at the runs' mean derived cost) with the z-score of the mean against it."""
     if len(refs) < 2:
         raise DnasError("agreement needs at least two search runs")
     runs = [load_outcome(ref) for ref in refs]
@@ -100,13 +107,13 @@ def compare_runs(refs: list[Path | str], band: float = 0.03, pairs: int = 200,
             )
     pairwise = [{"runs": [a.run, b.run], "agreement": op_agreement(a.choices, b.choices)}
                 for a, b in itertools.combinations(runs, 2)]  # fmt: skip
-    mean = statistics.mean(p["agreement"] for p in pairwise)
+    mean = mean_agreement([r.choices for r in runs])
     cost = statistics.mean(r.cost for r in runs)
-    chance, sd = chance_agreement(first.table, cost, band, pairs, seed)
+    chance, sd = chance_agreement(first.table, cost, band, samples, seed, len(runs))
     return {"runs": [{"run": r.run, "cost": r.cost} for r in runs], "unit": first.table.unit,
             "layers": len(first.choices), "pairwise": pairwise, "mean": mean,
             "chance": chance, "chance_sd": sd, "z": (mean - chance) / sd if sd > 0 else None,
-            "band": band, "pairs": pairs, "seed": seed}  # fmt: skip
+            "band": band, "samples": samples, "seed": seed}  # fmt: skip
 
 
 def format_report(report: dict) -> str:
@@ -118,7 +125,7 @@ def format_report(report: dict) -> str:
         f"mean agreement {report['mean']:.3f} over {report['layers']} layers; chance "
         f"{report['chance']:.3f} +- {report['chance_sd']:.3f} (random architectures within "
         f"{report['band']:.0%} of {statistics.mean(r['cost'] for r in report['runs']):.4g} "
-        f"{report['unit']}, {report['pairs']} pairs)"
+        f"{report['unit']}, {report['samples']} draws of {len(report['runs'])})"
         + (f"; z = {z:.1f}: {'above' if above else 'not above'} chance" if z is not None else "")
     )
     return "\n".join(lines)
