@@ -24,8 +24,7 @@ from dnas.errors import DnasError
 from dnas.schema import from_dict
 from dnas.search.budget import sample_within
 from dnas.search.cost_model import CostTable, get_cost_model
-from dnas.search.derive import find_checkpoint
-from dnas.space.choices import most_probable_ops
+from dnas.search.derive import derive, find_checkpoint
 from dnas.space.graph import space_from_dict
 from dnas.task import build_task
 
@@ -75,14 +74,13 @@ class SearchOutcome:
 def load_outcome(ref: Path | str) -> SearchOutcome:
     """The derived ops of a search run (directory or ``search.pt``) and their cost under the
     run's own cost model, input size and head."""
+    _, rows = derive(ref)  # the checkpoint checks and the choices of ``dnas derive``
+    choices = {row.layer: row.op for row in rows}
     path = find_checkpoint(Path(ref))
     ckpt = checkpoint.load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "dnas-search":
-        raise DnasError(f"{path}: not a dnas search checkpoint (write one with 'dnas search')")
-    space = space_from_dict(ckpt["space"], source=str(path))
-    chosen = ckpt.get("choices")
-    choices = chosen if isinstance(chosen, dict) else most_probable_ops(space, ckpt["arch_probs"])
-    exp = from_dict(Experiment, ckpt["config"], str(path), "config")
+    space = space_from_dict(ckpt["space"], source=str(path))  # the space searched
+    config = {k: v for k, v in ckpt["config"].items() if k != "source"}
+    exp = from_dict(Experiment, config, str(path), "config")
     exp.source = str(path)
     task = build_task(exp)
     table = get_cost_model(exp.cost_model.type, exp.cost_model).table(space, exp.input_hw,
