@@ -93,9 +93,9 @@ else
   SEARCH=(--throughput-batch 32 --throughput-input 256 --throughput-steps 20 --workers 12
           --precision bf16 --channels-last)
   SPEED=()
-  # on the H200 the defaults (--min-time 0.1, 5 rounds, 40 nets) would take about 12 minutes
-  # (estimated: --min-time 0.02 with 20 nets did not finish in 190 s); 3 rounds of 0.01 s
-  # with 20 nets are estimated at 60-90 s (not yet run there)
+  # measured on the H200 (2026-12-04): about 1 s per timing whatever --min-time, so these
+  # 3 rounds of the 237 ops and 20 calibration nets (771 timings) take about 13 minutes and
+  # do not fit the step's limit; the overhead per timing is not yet profiled
   LUT_BUILD=(--space mbv2_pose_large --input 256x256 --batch 32 --min-time 0.01 --rounds 3
              --calibration 20)
   LUT_CHECK=(--samples 30 --min-time 0.01 --rounds 3)

@@ -356,7 +356,7 @@ def test_single_path_drop_path_never_wipes_a_layer(cls, real_mpii_root):
             block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
     strategy.network.train()
     for _ in range(3):
-        weights, active = strategy.sample_one()
+        weights, active = strategy.weight_paths()[0]
         strategy.network(torch.randn(8, 3, 64, 64), weights, active)
     per_sample = torch.cat([o.detach().flatten(1).abs().sum(1) for o in outputs])
     assert bool((per_sample > 0).all())

@@ -32,6 +32,7 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
             "searched-darts",
             "searched-gumbel",
         }
+        assert result[f"seed_sd{key}"] >= 0 and result[f"architecture_sd{key}"] >= 0
     assert "| searched-darts |" in (out / "search_quality.md").read_text()
     darts = result["searches"]["darts"]  # how the DARTS search ended: temperature, gap
     start, end = result["profile"]["darts_temperature"]
@@ -40,3 +41,16 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
     gap = darts["discretisation_gap"]
     assert gap["gap"] == pytest.approx(gap["derived_loss"] / gap["mixture_loss"] - 1)
     assert "discretisation_gap" not in result["searches"]["gumbel"]
+
+
+def test_variance_components_separate_seed_noise_from_architecture():
+    """Two nets scoring 1, 3 and 5, 7: seed variance 2; the net means 2 and 6 vary by 8, of
+    which 2 / 2 is seed noise, so the architecture's variance is 7."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from search_quality import variance_components
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    seed_sd, arch_sd = variance_components([[1.0, 3.0], [5.0, 7.0]])
+    assert seed_sd == pytest.approx(2**0.5) and arch_sd == pytest.approx(7**0.5)
+    assert variance_components([[1.0, 3.0], [2.0, 2.0]])[1] == 0.0  # means differ by noise only

@@ -48,7 +48,7 @@ def test_steps_run_one_path_per_layer(cls, arch_paths, real_mpii_root):
     net, strategy, batch = setup(cls, real_mpii_root)
     calls = count_calls(net)
     n_mixed = sum(isinstance(b, MixedOp) for b in net.blocks.values())
-    weights, active = strategy.sample_one()
+    weights, active = strategy.weight_paths()[0]
     strategy.network(batch["input"], weights, active)
     assert len(calls) <= n_mixed  # skip candidates run no module hook
     calls.clear()
@@ -114,3 +114,69 @@ def test_autocast_really_runs_in_bf16_and_steps_stay_finite():
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(params, before, strict=True))
     assert net.blocks["stem_0"][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fair_weight_step_trains_every_candidate_once():
+    """FairNAS' strict fairness: the m paths of one step hold each candidate of each
+    m-candidate layer exactly once; a layer with fewer candidates repeats its permutation."""
+    from dnas.search.single_path import fair_paths
+
+    torch.manual_seed(0)
+    alphas = [torch.randn(7) * 5, torch.zeros(7), torch.zeros(3)]
+    for _ in range(5):
+        paths = fair_paths(alphas)
+        assert len(paths) == 7
+        picks = [[active[layer][0] for _, active in paths] for layer in range(3)]
+        assert sorted(picks[0]) == sorted(picks[1]) == list(range(7))
+        assert sorted(picks[2][:3]) == [0, 1, 2] and sorted(picks[2][3:6]) == [0, 1, 2]
+        for weights, active in paths:
+            for w, a in zip(weights, active, strict=True):
+                assert w.tolist() == [float(i == a[0]) for i in range(len(w))]
+
+
+@pytest.mark.parametrize("sampling", ["alpha", "uniform"])
+def test_weight_sampling_draws_from_the_named_distribution(sampling, real_mpii_root):
+    """``alpha``: weight steps draw from softmax(alpha) (FBNet, ProxylessNAS); ``uniform``:
+    uniformly whatever alpha is (SPOS). Frequencies over 3000 draws within 4 sd of p."""
+    _, strategy, _ = setup(GumbelStrategy, real_mpii_root)
+    strategy.options.weight_sampling = sampling
+    with torch.no_grad():
+        for alpha in strategy.alphas:
+            alpha.copy_(torch.linspace(-2.0, 2.0, len(alpha)))
+    n = 3000
+    counts = torch.zeros(len(strategy.alphas[0]))
+    for _ in range(n):
+        (paths,) = strategy.weight_paths()
+        counts[paths[1][0][0]] += 1
+    alpha = strategy.alphas[0].detach()
+    p = torch.softmax(alpha, 0) if sampling == "alpha" else torch.full_like(alpha, 1 / len(alpha))
+    sd = (p * (1 - p) / n).sqrt()
+    assert bool(((counts / n - p).abs() < 4 * sd).all()), (counts / n, p)
+
+
+def test_fair_weight_step_equals_the_mean_of_its_paths_gradients(real_mpii_root):
+    """One ``fair`` step accumulates the gradient of the mean loss over its m paths: it is the
+    SGD step of that mean, and every candidate op's weights receive a gradient."""
+    net, strategy, batch = setup(GumbelStrategy, real_mpii_root)
+    strategy.options.weight_sampling = "fair"
+    torch.manual_seed(1)
+    paths = strategy.weight_paths()
+    net.train()
+    net.zero_grad(set_to_none=True)
+    losses = [strategy.task.loss(net(batch["input"], w, a), batch) for w, a in paths]
+    torch.stack(losses).mean().backward()
+    expected = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    trained = {n for n, g in expected.items() if g.abs().sum() > 0}
+    for name, block in net.blocks.items():
+        if isinstance(block, MixedOp):
+            for i, op in enumerate(block.ops):
+                params = [f"blocks.{name}.ops.{i}.{n}" for n, _ in op.named_parameters()]
+                assert not params or set(params) & trained, (name, i)
+    torch.manual_seed(1)
+    state = {n: t.clone() for n, t in net.state_dict().items()}
+    strategy.w_opt = torch.optim.SGD(strategy.weights, lr=1.0)
+    strategy.step(batch, None)
+    params = dict(net.named_parameters())
+    for name, grad in expected.items():
+        if "alpha" not in name:
+            assert torch.allclose(state[name] - params[name].detach(), grad, atol=1e-6), name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,7 +112,16 @@ class Amp:
         """Backward into ``params`` only, optional clipping, optimiser step (fp16: scaled).
         ``update=False`` leaves the scale update to a later step of the same iteration: the
         gradient scaler must update once per iteration, after every optimiser stepped."""
+        self.backward(loss, params)
+        self.apply(optimizer, params, grad_clip, update)
+
+    def backward(self, loss: Tensor, params: list[nn.Parameter]) -> None:
+        """Accumulate the (fp16: scaled) gradient of ``loss`` into ``params`` only."""
         self.scaler.scale(loss).backward(inputs=params)
+
+    def apply(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+              grad_clip: float = 0.0, update: bool = True) -> None:  # fmt: skip
+        """The optimiser step on the accumulated gradients (see :meth:`step`)."""
         if self.sync_grads:
             average_gradients(params)
         if grad_clip > 0:
@@ -136,12 +145,21 @@ def weight_step(
     params: list[nn.Parameter],
     grad_clip: float = 0.0,
     amp: Amp | None = None,
+    forwards: Sequence[dict[str, Any]] | None = None,
     **forward_kwargs: Any,
 ) -> Tensor:
-    """One optimisation step of ``params`` on the task loss (search warm-up, DARTS, training)."""
+    """One optimisation step of ``params`` on the task loss (search warm-up, DARTS, training).
+    ``forwards``: the keyword arguments of several forward passes on the same batch, whose
+    mean loss is stepped on, their gradients accumulated one pass at a time (FairNAS' strict
+    fairness); default: one pass with ``forward_kwargs``."""
     amp = amp or Amp(batch["input"].device)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = amp.forward_loss(model, batch, loss_fn, **forward_kwargs)
-    amp.step(loss, optimizer, params, grad_clip)
-    return loss.detach()
+    passes = forwards or [forward_kwargs]
+    total = torch.zeros((), device=batch["input"].device)
+    for kwargs in passes:
+        loss = amp.forward_loss(model, batch, loss_fn, **kwargs) / len(passes)
+        amp.backward(loss, params)
+        total += loss.detach()
+    amp.apply(optimizer, params, grad_clip)
+    return total

@@ -13,11 +13,18 @@ steps cost about as much as training one network.
   move, then are shifted so that their total probability is unchanged (ProxylessNAS' rescaling):
   the probabilities of the unsampled ops stay exactly as they were.
 Both add the cost term on the expected cost of softmax(alpha), as DARTS does.
+
+Which paths the weight steps train is ``search.single_path.weight_sampling``: ``alpha`` (FBNet,
+ProxylessNAS: the ones the architecture prefers), ``uniform`` (SPOS, Guo et al., ECCV 2020) or
+``fair`` (FairNAS' strict fairness, Chu et al., ICCV 2021). The last two keep the super net's
+training independent of alpha, so a search cannot confirm its own early draws by training
+the ops it happens to prefer more than the others.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +45,43 @@ class SinglePathOptions:
     tau_start: float = field(default=5.0, metadata={"min": 1e-3})
     tau_decay: float = field(default=0.956, metadata={"min": 0.0, "max": 1.0})
     tau_min: float = field(default=0.1, metadata={"min": 1e-3})
+    # the paths weight steps train: ``alpha`` (sampled from softmax(alpha)), ``uniform`` (one
+    # path drawn uniformly), ``fair`` (every candidate of every layer once, gradients summed)
+    weight_sampling: str = field(
+        default="alpha", metadata={"choices": ["alpha", "uniform", "fair"]}
+    )
+
+
+Paths = tuple[list[Tensor], list[list[int]]]  # one-hot path weights and active ops, per layer
+
+
+def one_path(probs: list[Tensor]) -> Paths:
+    """One op per layer drawn from ``probs``, gate 1 (no gradient to alpha)."""
+    weights, active = [], []
+    for p in probs:
+        index = int(torch.multinomial(p, 1))
+        weights.append(F.one_hot(torch.tensor(index), len(p)).to(p))
+        active.append([index])
+    return weights, active
+
+
+def fair_paths(alphas: list[Tensor]) -> list[Paths]:
+    """FairNAS' strict fairness: m = the most candidates of any layer paths, built from one
+    random permutation of each layer's candidates (repeated where a layer has fewer), so each
+    candidate of an m-candidate layer is in exactly one of them."""
+    m = max(len(a) for a in alphas)
+    orders = [torch.cat([torch.randperm(len(a)) for _ in range(-(-m // len(a)))])[:m]
+              for a in alphas]  # fmt: skip
+    return [([F.one_hot(order[k], len(a)).to(a.detach()) for a, order in zip(alphas, orders,
+                                                                              strict=True)],
+             [[int(order[k])] for order in orders]) for k in range(m)]  # fmt: skip
+
+
+WEIGHT_SAMPLING: dict[str, Callable[[list[Tensor]], list[Paths]]] = {
+    "alpha": lambda alphas: [one_path([torch.softmax(a.detach(), -1) for a in alphas])],
+    "uniform": lambda alphas: [one_path([torch.ones_like(a.detach()) for a in alphas])],
+    "fair": fair_paths,
+}
 
 
 class _SinglePath(DartsStrategy):
@@ -55,30 +99,25 @@ class _SinglePath(DartsStrategy):
         arch_epoch = max(0, epoch - self.cfg.warmup_epochs)  # warm-up epochs do not anneal
         self.tau = max(sp.tau_min, sp.tau_start * sp.tau_decay**arch_epoch)
 
-    def sample_one(self) -> tuple[list[Tensor], list[list[int]]]:
-        """One path per layer from softmax(alpha), gate 1 (no gradient to alpha)."""
-        weights, active = [], []
-        for alpha in self.alphas:
-            index = int(torch.multinomial(torch.softmax(alpha.detach(), -1), 1))
-            weights.append(F.one_hot(torch.tensor(index), len(alpha)).to(alpha))
-            active.append([index])
-        return weights, active
+    def weight_paths(self) -> list[Paths]:
+        """The paths the next weight step trains (``weight_sampling``)."""
+        return WEIGHT_SAMPLING[self.options.weight_sampling](self.alphas)
 
     def step(
         self, train_batch: dict[str, Any], val_batch: dict[str, Any] | None
     ) -> dict[str, float]:
         stats = {} if val_batch is None else self.arch_step(val_batch)
-        weights, active = self.sample_one()
+        forwards = [{"path_weights": w, "active": a} for w, a in self.weight_paths()]
         loss = weight_step(
             self.network, train_batch, self.task.loss, self.w_opt, self.weights,
-            self.cfg.weight_optimizer.grad_clip, self.amp, path_weights=weights, active=active,
+            self.cfg.weight_optimizer.grad_clip, self.amp, forwards=forwards,
         )  # fmt: skip
         self.steps_done += 1
         stats["train/loss"] = float(loss)
         return stats
 
     @abstractmethod
-    def relaxed_paths(self) -> tuple[list[Tensor], list[list[int]]]:
+    def relaxed_paths(self) -> Paths:
         """Path weights (differentiable in alpha) and the active paths for an arch step."""
 
     def arch_forward(self, batch: dict[str, Any]) -> Tensor:
@@ -97,7 +136,7 @@ class _SinglePath(DartsStrategy):
 class GumbelStrategy(_SinglePath):
     probe = True
 
-    def relaxed_paths(self) -> tuple[list[Tensor], list[list[int]]]:
+    def relaxed_paths(self) -> Paths:
         weights, active = [], []
         for alpha in self.alphas:
             soft = F.gumbel_softmax(alpha, tau=self.tau, hard=False)
@@ -110,7 +149,7 @@ class GumbelStrategy(_SinglePath):
 
 @STRATEGIES.register("binary_gates")
 class BinaryGateStrategy(_SinglePath):
-    def relaxed_paths(self) -> tuple[list[Tensor], list[list[int]]]:
+    def relaxed_paths(self) -> Paths:
         weights, active = [], []
         for alpha in self.alphas:
             k = min(2, len(alpha))
