@@ -210,7 +210,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     """Derive the architecture of a search RUN (directory or search.pt): argmax op per layer."""
     from dnas.search.derive import derive as derive_arch
     from dnas.search.derive import (
-        evidence_warning,
+        evidence_warnings,
         format_rows,
         incomplete_warning,
         undecided_warning,
@@ -223,7 +223,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
         click.echo(f"warning: {warning}", err=True)
     write_architecture(arch, output, f"derived by 'dnas derive {run}'")
     click.echo(format_rows(rows))
-    for warning in (undecided_warning(rows), evidence_warning(run)):
+    for warning in (undecided_warning(rows), *evidence_warnings(run)):
         if warning:
             click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {output}")

@@ -19,7 +19,7 @@ from dnas.cli import cli
 from dnas.config import CostConfig, load_experiment
 from dnas.engine.progress import Reporter
 from dnas.search.cost_model import CostTable
-from dnas.search.evidence import GradientEvidence, noise_warning
+from dnas.search.evidence import GradientEvidence, noise_epochs_warning, noise_warning
 from dnas.search.objective import ArchObjective
 from dnas.search.run import run_search
 
@@ -119,7 +119,9 @@ def test_search_records_its_evidence_and_derive_warns_on_noise(tmp_path, real_mp
     evidence = json.loads((tmp_path / "run" / "search.json").read_text())["gradient_evidence"]
     assert evidence == result["gradient_evidence"]
     assert evidence["steps"] == 4  # 4 architecture epochs x 1 step (4 of 5 items, batch 4)
-    assert set(evidence) == {"steps", "significant", "under_noise", "p_value", "noise"}
+    assert set(evidence) == {"steps", "significant", "under_noise", "p_value", "noise",
+                             "arch_epochs", "noise_epochs"}  # fmt: skip
+    assert evidence["arch_epochs"] == 0  # an epoch of 1 step gets no test of its own
     assert evidence["under_noise"] == pytest.approx(2 * stats.t.sf(2.0, 3))
     path = tmp_path / "run" / "search.pt"
     ckpt = checkpoint.load(path)
@@ -130,7 +132,38 @@ def test_search_records_its_evidence_and_derive_warns_on_noise(tmp_path, real_mp
                                    str(tmp_path / "a.yaml")])  # fmt: skip
     assert run.exit_code == 0
     assert "warning: the search's architecture gradient never rose above noise" in run.stderr
+    assert "noise in" not in run.stderr
     assert noise_warning({**evidence, "noise": False}) is None and noise_warning(None) is None
+    ckpt["gradient_evidence"] = {**evidence, "arch_epochs": 4, "noise_epochs": 3}
+    checkpoint.save_atomic(ckpt, path)
+    run = CliRunner().invoke(cli, ["derive", str(tmp_path / "run"), "-o",
+                                   str(tmp_path / "b.yaml")])  # fmt: skip
+    assert "warning: the architecture gradient was noise in 3 of 4 architecture epochs" in (
+        run.stderr
+    )
+    assert noise_epochs_warning({**evidence, "arch_epochs": 4, "noise_epochs": 2}) is None
+
+
+def test_each_architecture_epoch_is_tested_and_checkpointed(real_mpii_root):
+    """An epoch of at least 3 architecture steps gets its own noise test; the flags count in
+    ``gradient_evidence`` and survive a checkpoint (exact resume)."""
+    from test_single_path import setup
+
+    from dnas.search.single_path import GumbelStrategy
+
+    _, strategy, batch = setup(GumbelStrategy, real_mpii_root)
+    for epoch in range(2):
+        strategy.new_epoch(epoch)
+        for _ in range(4):
+            strategy.step(batch, batch)  # an architecture step, then a weight step
+        stats = strategy.end_epoch(epoch, None)
+        assert "search/gradient_evidence" in stats
+    evidence = strategy.gradient_evidence()
+    assert evidence["arch_epochs"] == 2 and evidence["steps"] == 8
+    assert evidence["noise_epochs"] == sum(strategy.noise_epochs)
+    _, again, _ = setup(GumbelStrategy, real_mpii_root)
+    again.load_checkpointables(strategy.get_checkpointables())
+    assert again.noise_epochs == strategy.noise_epochs
 
 
 def test_adam_decides_on_pure_noise():

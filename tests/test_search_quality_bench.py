@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import DATA, REPO, need
 
 
@@ -41,6 +42,11 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
     gap = darts["discretisation_gap"]
     assert gap["gap"] == pytest.approx(gap["derived_loss"] / gap["mixture_loss"] - 1)
     assert "discretisation_gap" not in result["searches"]["gumbel"]
+    # a strategy's own overrides (the quick profile: gumbel warms up 2 epochs, darts 1)
+    assert result["profile"]["search_overrides"] == {"gumbel": ["search.warmup_epochs=2"]}
+    warmups = {s: yaml.safe_load((out / f"search-{s}" / "config.yaml").read_text())["search"]
+               ["warmup_epochs"] for s in ("darts", "gumbel")}  # fmt: skip
+    assert warmups == {"darts": 1, "gumbel": 2}
 
 
 def test_variance_components_separate_seed_noise_from_architecture():

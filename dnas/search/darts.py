@@ -81,6 +81,7 @@ class DartsStrategy(Strategy):
         self.steps_done = 0
         # the task gradient's evidence: this epoch's architecture steps, and all of them
         self.evidence, self.run_evidence = GradientEvidence(), GradientEvidence()
+        self.noise_epochs: list[bool] = []  # per architecture epoch: was its gradient noise
 
     @property
     def num_epochs(self) -> int:
@@ -164,6 +165,7 @@ class DartsStrategy(Strategy):
         evidence = self.evidence.summary()
         if evidence is not None:
             gap["search/gradient_evidence"] = evidence["significant"]
+            self.noise_epochs.append(evidence["noise"])
         return {
             **gap,
             "search/expected_cost": float(self.expected_cost()),
@@ -187,8 +189,13 @@ class DartsStrategy(Strategy):
 
     def gradient_evidence(self) -> dict[str, Any] | None:
         """The t-test of every architecture step's task gradient against noise
-        (:class:`~dnas.search.evidence.GradientEvidence`); None before 3 steps."""
-        return self.run_evidence.summary()
+        (:class:`~dnas.search.evidence.GradientEvidence`), with how many architecture epochs'
+        gradients were noise on their own; None before 3 steps."""
+        summary = self.run_evidence.summary()
+        if summary is None:
+            return None
+        return summary | {"arch_epochs": len(self.noise_epochs),
+                          "noise_epochs": sum(self.noise_epochs)}  # fmt: skip
 
     def arch_probs(self) -> dict[str, list[float]]:
         with torch.no_grad():
@@ -206,6 +213,7 @@ class DartsStrategy(Strategy):
             "drop_path_rng": self.network.drop_path_rng_state(),
             "evidence": self.evidence.state_dict(),
             "run_evidence": self.run_evidence.state_dict(),
+            "noise_epochs": list(self.noise_epochs),
         }
 
     def load_checkpointables(self, state: dict[str, Any]) -> None:
@@ -219,3 +227,4 @@ class DartsStrategy(Strategy):
         if "evidence" in state:  # checkpoints before 2026-12-02 hold no evidence
             self.evidence.load_state_dict(state["evidence"])
             self.run_evidence.load_state_dict(state["run_evidence"])
+        self.noise_epochs = list(state.get("noise_epochs", []))  # none before 2026-12-04

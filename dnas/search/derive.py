@@ -11,7 +11,7 @@ import yaml
 from dnas import checkpoint
 from dnas.errors import DnasError
 from dnas.files import write_text_atomic
-from dnas.search.evidence import noise_warning
+from dnas.search.evidence import noise_epochs_warning, noise_warning
 from dnas.space.choices import UNDECIDED, decisiveness, most_probable_ops
 from dnas.space.graph import SearchSpace, space_from_dict
 
@@ -81,11 +81,12 @@ def incomplete_warning(ref: Path | str) -> str | None:
     )
 
 
-def evidence_warning(ref: Path | str) -> str | None:
-    """One line when the search's architecture gradient never rose above noise
-    (:func:`dnas.search.evidence.noise_warning`)."""
-    ckpt = checkpoint.load(find_checkpoint(ref))
-    return noise_warning(ckpt.get("gradient_evidence"))
+def evidence_warnings(ref: Path | str) -> list[str]:
+    """A line each when the search's architecture gradient never rose above noise, and when it
+    was noise in most of its architecture epochs (:mod:`dnas.search.evidence`)."""
+    evidence = checkpoint.load(find_checkpoint(ref)).get("gradient_evidence")
+    lines = (noise_warning(evidence), noise_epochs_warning(evidence))
+    return [line for line in lines if line]
 
 
 def format_rows(rows: list[DerivedLayer]) -> str:

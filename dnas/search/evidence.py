@@ -89,3 +89,19 @@ def noise_warning(summary: dict[str, Any] | None) -> str | None:
             f"{summary['steps']} steps; noise alone gives {summary['under_noise']:.1%}): the "
             "derived ops may be noise; search longer or with a larger search.batch_size, and "
             "check that searches with other seeds agree")  # fmt: skip
+
+
+def noise_epochs_warning(summary: dict[str, Any] | None) -> str | None:
+    """One line when the architecture gradient was noise in more than half of the architecture
+    epochs taken one by one, although the whole search may pass: alpha then moved on noise for
+    most of the search (``gumbel`` at a low temperature: its straight-through gradient is a
+    few large spikes, measured as noise below a temperature of about 0.5 in docs/benchmarks.md)."""
+    if not summary or "noise_epochs" not in summary:
+        return None
+    noisy, epochs = summary["noise_epochs"], summary["arch_epochs"]
+    if 2 * noisy <= epochs:
+        return None
+    return (f"the architecture gradient was noise in {noisy} of {epochs} architecture epochs: "
+            "alpha moved on noise for most of the search; gumbel: keep its temperature higher "
+            "(search.single_path.tau_min, tau_decay); any strategy: more steps per epoch or a "
+            "larger search.batch_size")  # fmt: skip

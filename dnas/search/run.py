@@ -239,6 +239,11 @@ def summary_line(result: dict) -> str:
         text += (f"; gradient evidence {evidence['significant']:.1%} of alpha entries with "
                  f"|t| > 2 (noise alone {evidence['under_noise']:.1%}"
                  f"{', indistinguishable' if evidence['noise'] else ''})")  # fmt: skip
+        if "noise_epochs" in evidence:
+            text += (
+                f", noise in {evidence['noise_epochs']} of {evidence['arch_epochs']} "
+                "architecture epochs"
+            )
     return text
 
 
