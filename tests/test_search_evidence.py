@@ -21,7 +21,7 @@ from dnas.engine.progress import Reporter
 from dnas.search.cost_model import CostTable
 from dnas.search.evidence import GradientEvidence, noise_epochs_warning, noise_warning
 from dnas.search.objective import ArchObjective
-from dnas.search.run import run_search
+from dnas.search.run import run_search, summary_line
 
 
 def fed(samples: np.ndarray, layers: int = 4) -> GradientEvidence:
@@ -122,6 +122,9 @@ def test_search_records_its_evidence_and_derive_warns_on_noise(tmp_path, real_mp
     assert set(evidence) == {"steps", "significant", "under_noise", "p_value", "noise",
                              "arch_epochs", "noise_epochs"}  # fmt: skip
     assert evidence["arch_epochs"] == 0  # an epoch of 1 step gets no test of its own
+    assert "architecture epochs" not in summary_line(result)
+    tested = {**result, "gradient_evidence": {**evidence, "arch_epochs": 4, "noise_epochs": 3}}
+    assert summary_line(tested).endswith(", noise in 3 of 4 architecture epochs")
     assert evidence["under_noise"] == pytest.approx(2 * stats.t.sf(2.0, 3))
     path = tmp_path / "run" / "search.pt"
     ckpt = checkpoint.load(path)

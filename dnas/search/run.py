@@ -239,7 +239,7 @@ def summary_line(result: dict) -> str:
         text += (f"; gradient evidence {evidence['significant']:.1%} of alpha entries with "
                  f"|t| > 2 (noise alone {evidence['under_noise']:.1%}"
                  f"{', indistinguishable' if evidence['noise'] else ''})")  # fmt: skip
-        if "noise_epochs" in evidence:
+        if evidence.get("arch_epochs"):  # epochs of at least 3 architecture steps
             text += (
                 f", noise in {evidence['noise_epochs']} of {evidence['arch_epochs']} "
                 "architecture epochs"
