@@ -229,15 +229,14 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     click.echo(f"wrote {output}")
 
 
+def band_opt(help: str) -> Callable:
+    return click.option("--band", type=click.FloatRange(0.001, 1.0), default=0.03,
+                        show_default=True, help=help)  # fmt: skip
+
+
 @cli.command(epilog=example("dnas agreement runs/search-s0 runs/search-s1 runs/search-s2"))
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--band",
-    type=click.FloatRange(0.001, 1.0),
-    default=0.03,
-    show_default=True,
-    help="Chance: random architectures within this share of the runs' mean cost.",
-)
+@band_opt("Chance: random architectures within this share of the runs' mean cost.")
 @click.option(
     "--samples",
     type=click.IntRange(10),
@@ -257,6 +256,39 @@ def agreement(runs: tuple[Path, ...], band: float, samples: int, seed: int, fmt:
     from dnas.search.agreement import compare_runs, format_report
 
     report = compare_runs(list(runs), band, samples, seed)
+    click.echo(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
+
+
+@cli.command(
+    epilog=example(
+        "dnas rank runs/search --random 20",
+        "dnas rank runs/search runs/train-a-s0 runs/train-a-s1 runs/train-b-s0 efficientpose-a",
+    )
+)
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.argument("archs", nargs=-1)
+@click.option("--random", "random_nets", type=click.IntRange(0), default=0, show_default=True,
+              help="Also score this many random nets of the derived net's cost.")  # fmt: skip
+@band_opt("Random architectures within this share of the derived net's cost.")
+@click.option("--calibration-batches", type=click.IntRange(1), default=20, show_default=True,
+              help="Training batches that recompute each net's batch-norm statistics.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random draws and of the calibration batches.")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@set_opt
+def rank(run: Path, archs: tuple[str, ...], random_nets: int, band: float,
+         calibration_batches: int, seed: int, fmt: str, overrides: tuple[str]):  # fmt: skip
+    """Score architectures with the weights of search RUN's super net (one-shot evaluation).
+
+    ARCHS are architecture YAMLs, shipped names or 'dnas train' run directories; a run's
+    score is the net's standalone figure, and with three or more trained nets the report gives
+    Kendall's tau between the super net's ranking and training alone. Near 0, the super net
+    cannot tell better nets from worse ones, so its search cannot beat random ones.
+    """
+    from dnas.search.oneshot import format_report
+    from dnas.search.oneshot import rank as rank_nets
+
+    report = rank_nets(run, list(archs), random_nets, band, calibration_batches, seed, overrides)
     click.echo(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
 
 

@@ -111,10 +111,16 @@ class CostConfig:
 
 @dataclass
 class WeightOptimizer:
-    """SGD on the operating weights, lr cosine-annealed to 0 over the search (paper Sec. 4.1)."""
+    """The operating weights' optimiser, lr cosine-annealed to 0 over the search: SGD with
+    momentum (paper Sec. 4.1), or Adam (``betas``; the optimiser pose nets train with, which
+    does not depend on the heatmap loss's small scale: give it a training lr such as 1e-3)."""
 
+    type: str = field(default="sgd", metadata={"choices": ["sgd", "adam"]})
     lr: float = field(default=0.05, metadata={"min": 0.0})
     momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999], metadata={"min": 0.0, "max": 0.99999}
+    )
     weight_decay: float = field(default=1e-4, metadata={"min": 0.0})
     grad_clip: float = field(default=5.0, metadata={"min": 0.0})
 

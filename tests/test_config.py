@@ -24,6 +24,33 @@ def test_paper_defaults(tmp_path):
     assert exp.input_hw == (256, 256)
 
 
+def test_search_weight_optimizer_is_sgd_or_adam(tmp_path):
+    import torch
+
+    from dnas.engine.runtime import search_weight_optimizer
+
+    params = [torch.nn.Parameter(torch.ones(3))]
+    exp = load_experiment(write(tmp_path, "task: {name: pose, root: data}\n"))
+    sgd = search_weight_optimizer(params, exp.search.weight_optimizer)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    exp = load_experiment(
+        write(tmp_path, "task: {name: pose, root: data}\n"),
+        [
+            "search.weight_optimizer.type=adam",
+            "search.weight_optimizer.lr=2e-3",
+            "search.weight_optimizer.betas=[0.8, 0.99]",
+            "search.weight_optimizer.weight_decay=0",
+        ],
+    )
+    adam = search_weight_optimizer(params, exp.search.weight_optimizer)
+    assert isinstance(adam, torch.optim.Adam)
+    assert (adam.defaults["lr"], adam.defaults["betas"], adam.defaults["weight_decay"]) == (
+        2e-3,
+        (0.8, 0.99),
+        0.0,
+    )
+
+
 def test_overrides_and_numeric_strings(tmp_path):
     path = write(tmp_path, "task: {name: pose, root: data}\nsearch: {arch_optimizer: {lr: 1e-3}}\n")
     exp = load_experiment(
@@ -44,6 +71,8 @@ def test_overrides_and_numeric_strings(tmp_path):
          "<= 0.99"),
         ("task: {name: pose, root: x}\ntrain: {milestones: [-1]}\n", "train.milestones", ">= 1"),
         ("task: {name: pose, root: x}\ninput_size: [64]\n", "input_size", "[height, width]"),
+        ("task: {name: pose, root: x}\nsearch: {weight_optimizer: {type: rmsprop}}\n",
+         "search.weight_optimizer.type", "expected one of sgd, adam"),
     ],
 )  # fmt: skip
 def test_errors_name_file_and_key(tmp_path, text, key, words):

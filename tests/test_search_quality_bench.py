@@ -47,6 +47,12 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
     warmups = {s: yaml.safe_load((out / f"search-{s}" / "config.yaml").read_text())["search"]
                ["warmup_epochs"] for s in ("darts", "gumbel")}  # fmt: skip
     assert warmups == {"darts": 1, "gumbel": 2}
+    optimisers = {s: yaml.safe_load((out / f"search-{s}" / "config.yaml").read_text())["search"]
+                  ["weight_optimizer"] for s in ("darts", "gumbel")}  # fmt: skip
+    assert all(o["type"] == "adam" and o["lr"] == 2e-3 for o in optimisers.values())
+    for strategy, ranks in result["oneshot_rankings"].items():  # each super net ranks the nets
+        assert set(ranks["oneshot"]) >= {"derived", "efficientpose-a"}, strategy
+        assert ranks["kendall_tau"] is None or -1 <= ranks["kendall_tau"] <= 1
 
 
 def test_variance_components_separate_seed_noise_from_architecture():

@@ -132,8 +132,12 @@ class Amp:
             self.scaler.update()
 
 
-def search_sgd(params: list[nn.Parameter], cfg: WeightOptimizer) -> torch.optim.SGD:
-    """The search's optimiser of operating weights (SGD with momentum, paper Sec. 4.1)."""
+def search_weight_optimizer(params: list[nn.Parameter],
+                            cfg: WeightOptimizer) -> torch.optim.Optimizer:  # fmt: skip
+    """The search's optimiser of operating weights: SGD with momentum (paper Sec. 4.1) or Adam."""
+    if cfg.type == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                weight_decay=cfg.weight_decay)  # fmt: skip
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

@@ -18,15 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dnas import checkpoint
-from dnas.config import Experiment
 from dnas.errors import DnasError
-from dnas.schema import from_dict
 from dnas.search.budget import sample_within
-from dnas.search.cost_model import CostTable, get_cost_model
-from dnas.search.derive import derive, find_checkpoint
-from dnas.space.graph import space_from_dict
-from dnas.task import build_task
+from dnas.search.cost_model import CostTable
+from dnas.search.derive import load_search
 
 DRAW_TRIES = 100_000  # rejection draws per random architecture before giving up
 
@@ -74,18 +69,9 @@ class SearchOutcome:
 def load_outcome(ref: Path | str) -> SearchOutcome:
     """The derived ops of a search run (directory or ``search.pt``) and their cost under the
     run's own cost model, input size and head."""
-    _, rows = derive(ref)  # the checkpoint checks and the choices of ``dnas derive``
-    choices = {row.layer: row.op for row in rows}
-    path = find_checkpoint(Path(ref))
-    ckpt = checkpoint.load(path)
-    space = space_from_dict(ckpt["space"], source=str(path))  # the space searched
-    config = {k: v for k, v in ckpt["config"].items() if k != "source"}
-    exp = from_dict(Experiment, config, str(path), "config")
-    exp.source = str(path)
-    task = build_task(exp)
-    table = get_cost_model(exp.cost_model.type, exp.cost_model).table(space, exp.input_hw,
-                                                                      task.num_outputs)  # fmt: skip
-    return SearchOutcome(str(ref), choices, table.of_choices(choices), table, space.digest())
+    record = load_search(ref)
+    return SearchOutcome(str(ref), record.choices, record.table.of_choices(record.choices),
+                         record.table, record.space.digest())  # fmt: skip
 
 
 def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dnas.engine.runtime import search_sgd, weight_step
+from dnas.engine.runtime import search_weight_optimizer, weight_step
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
 from dnas.search.budget import start_on_budget
@@ -71,7 +71,7 @@ class DartsStrategy(Strategy):
         if self.cfg.arch_init == "budget":
             start_on_budget(self.alphas, network.searchable, table, self.cost_cfg.target,
                             network.temperature)  # fmt: skip
-        self.w_opt = search_sgd(self.weights, w)
+        self.w_opt = search_weight_optimizer(self.weights, w)
         self.a_opt = torch.optim.Adam(
             self.alphas, lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
         )

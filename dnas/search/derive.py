@@ -3,17 +3,22 @@ most probable one; under a ``budget`` cost form, the most probable net within th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from dnas import checkpoint
+from dnas.config import Experiment, apply_overrides
 from dnas.errors import DnasError
 from dnas.files import write_text_atomic
+from dnas.schema import from_dict
+from dnas.search.cost_model import CostTable, get_cost_model
 from dnas.search.evidence import noise_epochs_warning, noise_warning
 from dnas.space.choices import UNDECIDED, decisiveness, most_probable_ops
 from dnas.space.graph import SearchSpace, space_from_dict
+from dnas.task import Task, build_task
 
 
 @dataclass
@@ -28,6 +33,38 @@ def find_checkpoint(ref: Path) -> Path:
     """A search run directory (its ``search.pt``) or a checkpoint file."""
     ref = Path(ref)
     return ref / "search.pt" if ref.is_dir() else ref
+
+
+@dataclass
+class SearchRecord:
+    """What a search checkpoint holds, rebuilt: the space searched, the experiment, its task,
+    the cost table it searched with, the derived ops, and the raw checkpoint."""
+
+    path: Path
+    ckpt: dict
+    space: SearchSpace
+    exp: Experiment
+    task: Task
+    table: CostTable
+    choices: dict[str, str]
+
+
+def load_search(ref: Path | str, overrides: Sequence[str] = ()) -> SearchRecord:
+    """A search run (directory or ``search.pt``) with its experiment, task and cost table
+    rebuilt from the checkpoint's own copy (``overrides``: ``key=value`` laid over it, e.g. a
+    moved dataset's ``task.root``), and the ops ``dnas derive`` would write."""
+    _, rows = derive(ref)  # the checkpoint checks and the choices of ``dnas derive``
+    path = find_checkpoint(Path(ref))
+    ckpt = checkpoint.load(path)
+    space = space_from_dict(ckpt["space"], source=str(path))  # the space searched
+    config = {k: v for k, v in ckpt["config"].items() if k != "source"}
+    config = apply_overrides(config, list(overrides), str(path))
+    exp = from_dict(Experiment, config, str(path), "config")
+    exp.source = str(path)
+    task = build_task(exp)
+    table = get_cost_model(exp.cost_model.type, exp.cost_model).table(space, exp.input_hw,
+                                                                      task.num_outputs)  # fmt: skip
+    return SearchRecord(path, ckpt, space, exp, task, table, {r.layer: r.op for r in rows})
 
 
 def derive(ref: Path | str, name: str | None = None) -> tuple[SearchSpace, list[DerivedLayer]]:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dnas.config import MAX_EPOCHS, MAX_STEPS, SearchConfig
-from dnas.engine.runtime import search_sgd, to_device, weight_step
+from dnas.engine.runtime import search_weight_optimizer, to_device, weight_step
 from dnas.errors import DnasError
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
@@ -118,7 +118,7 @@ class RandomSearchStrategy(Strategy):
         model = self.prepare(Network(arch, self.task.num_outputs).to(self.device))
         self.model = self.amp.model(model)
         self.params = self.model.weight_parameters()
-        self.opt = search_sgd(self.params, self.cfg.weight_optimizer)
+        self.opt = search_weight_optimizer(self.params, self.cfg.weight_optimizer)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.per_arch)
 
     def wants_arch_batch(self) -> bool:

@@ -1,0 +1,261 @@
+"""One-shot evaluation: score architectures with the weights a search's super net trained, and
+measure how well that ranking agrees with training each net alone.
+
+A weight-sharing search can only pick nets as well as its super net ranks them. Each
+architecture's ops are copied out of the super net into a standalone net, its batch-norm
+statistics are recalibrated on training batches (the super net's running statistics mix every
+path; SPOS, Guo et al. ECCV 2020, recalibrates them per sub-net), and it is scored on the
+validation split. Against the scores of the same nets trained alone, Kendall's tau is the
+figure Yu et al. (ICLR 2020, "Evaluating the Search Phase of Neural Architecture Search") use:
+near 0, the super net cannot tell better nets from worse ones, and its search cannot beat
+random architectures of equal cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+from torch import nn
+
+from dnas.engine.runtime import pick_device, seed_everything, to_device
+from dnas.engine.sampling import make_loader, stream, train_loader
+from dnas.errors import DnasError
+from dnas.nn.network import Network, module_key
+from dnas.search.budget import sample_within
+from dnas.search.derive import SearchRecord, load_search
+from dnas.search.run import split_indices
+from dnas.space.graph import SearchSpace, load_space
+
+DRAW_TRIES = 100_000  # rejection draws per random architecture before giving up
+
+
+@dataclass
+class Candidate:
+    """One architecture to score: its ops in the super net's space, and the scores of its
+    standalone trainings (empty when none was given)."""
+
+    name: str
+    choices: dict[str, str]
+    standalone: list[float] = field(default_factory=list)
+    oneshot: float | None = None
+    cost: float | None = None
+
+
+@dataclass
+class SuperNet:
+    """A search run's super net: its weights, and what :func:`load_search` rebuilds."""
+
+    record: SearchRecord
+    state: dict[str, torch.Tensor]
+
+
+def load_supernet(ref: Path | str, overrides: Sequence[str] = ()) -> SuperNet:
+    """The super net of a search run (directory or ``search.pt``) of a weight-sharing strategy
+    (``overrides``: see :func:`load_search`)."""
+    record = load_search(ref, overrides)
+    state = record.ckpt.get("strategy", {}).get("model")
+    expected = Network(record.space, record.task.num_outputs).state_dict().keys()
+    if not isinstance(state, dict) or state.keys() != expected:
+        strategy = record.exp.search.strategy
+        raise DnasError(f"{record.path}: this {strategy!r} search trained no super net; "
+                        "nothing to rank with")  # fmt: skip
+    return SuperNet(record, state)
+
+
+def choices_in(space: SearchSpace, arch: SearchSpace) -> dict[str, str]:
+    """The ops of fixed ``arch`` at ``space``'s searchable layers. A layer the architecture
+    leaves out (a stage cut short, as EfficientPose-A's) is ``skip`` when the space offers it."""
+    if not arch.is_fixed:
+        raise DnasError(f"{arch.source}: a search space, not an architecture (derive one first)")
+    ops = {layer.name: layer for layer in arch.layers}
+    unknown = sorted(set(ops) - {layer.name for layer in space.layers})
+    if unknown:
+        raise DnasError(f"{arch.source}: layer {unknown[0]} is not a layer of {space.source}")
+    choices = {}
+    for layer in space.layers:
+        own = ops.get(layer.name)
+        op = own.candidates[0] if own else "skip"
+        if own and (own.width, own.stride) != (layer.width, layer.stride):
+            raise DnasError(f"{arch.source}: layer {layer.name} has width {own.width} and "
+                            f"stride {own.stride}, not {layer.width} and {layer.stride} as in "
+                            f"{space.source}")  # fmt: skip
+        if op not in layer.candidates:
+            raise DnasError(f"{arch.source}: layer {layer.name}: {op!r} is not one of its "
+                            f"candidates in {space.source} {list(layer.candidates)}")  # fmt: skip
+        if layer.searchable:
+            choices[layer.name] = op
+    return choices
+
+
+def read_candidate(ref: str, space: SearchSpace) -> Candidate:
+    """An architecture YAML, a shipped name, or a ``dnas train`` run directory (its
+    ``arch.yaml``, and its ``results.json`` score as the standalone figure)."""
+    path = Path(ref)
+    if path.is_dir():
+        arch_file, results_file = path / "arch.yaml", path / "results.json"
+        if not arch_file.is_file() or not results_file.is_file():
+            raise DnasError(f"{path}: not a finished 'dnas train' run (no arch.yaml and "
+                            "results.json)")  # fmt: skip
+        results = json.loads(results_file.read_text())
+        arch = load_space(arch_file)
+        return Candidate(arch.name, choices_in(space, arch),
+                         [float(results[results["primary_metric"]])])  # fmt: skip
+    arch = load_space(ref)
+    return Candidate(arch.name, choices_in(space, arch))
+
+
+def merge(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """One candidate per architecture: the standalone scores of its trainings pooled."""
+    merged: dict[tuple, Candidate] = {}
+    for c in candidates:
+        key = tuple(sorted(c.choices.items()))
+        if key in merged:
+            merged[key].standalone.extend(c.standalone)
+        else:
+            merged[key] = Candidate(c.name, c.choices, list(c.standalone))
+    return list(merged.values())
+
+
+def subnet(space: SearchSpace, num_outputs: int, state: dict[str, torch.Tensor],
+           choices: dict[str, str]) -> Network:  # fmt: skip
+    """The standalone net of ``choices`` with the weights of its ops taken from the super
+    net's ``state`` (a :class:`Network` of ``space``): the same function as the super net
+    restricted to those paths."""
+    net = Network(space.with_choices(choices, "oneshot"), num_outputs)
+    picked = {module_key(layer.name): list(layer.candidates).index(choices[layer.name])
+              for layer in space.searchable_layers}  # fmt: skip
+    own = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "alphas":
+            continue
+        if parts[0] == "blocks" and parts[1] in picked:  # blocks.<layer>.ops.<i>.<rest>
+            if int(parts[3]) != picked[parts[1]]:
+                continue
+            key = ".".join(parts[:2] + parts[4:])
+        own[key] = value
+    net.load_state_dict(own)
+    return net
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(net: nn.Module, batches: Iterable[dict[str, Any]],
+                           device: torch.device) -> None:  # fmt: skip
+    """Running statistics of every batch norm recomputed as the plain average over ``batches``
+    with the net's own ops (eval mode elsewhere: no drop-path)."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    net.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    for batch in batches:
+        net(to_device(batch, device)["input"])
+    net.eval()
+
+
+def random_candidates(supernet: SuperNet, count: int, band: float, seed: int) -> list[Candidate]:
+    """``count`` random architectures within ``band`` of the derived net's cost (the search's
+    own cost model), drawn with ``seed``."""
+    table = supernet.record.table
+    cost = table.of_choices(supernet.record.choices)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        choices = sample_within(table, rng, cost * (1 - band), cost * (1 + band), DRAW_TRIES)
+        if choices is None:
+            raise DnasError(f"no random architecture of the space costs within {band:.0%} of "
+                            f"{cost:.4g} {table.unit} (widen --band)")  # fmt: skip
+        out.append(Candidate(f"random-{seed}-{i}", choices))
+    return out
+
+
+def score(supernet: SuperNet, candidates: list[Candidate], calibration_batches: int,
+          seed: int = 0) -> str:  # fmt: skip
+    """Fill each candidate's ``oneshot`` score (the task's primary metric on the validation
+    split) and ``cost`` (the search's cost model); returns the metric's label. Every
+    candidate's batch norm is recalibrated on the same ``calibration_batches`` batches of the
+    search's weight split."""
+    exp, task = supernet.record.exp, supernet.record.task
+    device = pick_device(exp.device)
+    train = task.dataset("train", augment=True, seed=seed)
+    weight_idx, _ = split_indices(len(train), exp.search.arch_fraction, exp.seed)
+    loader = train_loader(train, weight_idx, exp.search.batch_size, exp.workers, seed)
+    calibration = list(itertools.islice(stream(loader, 0), calibration_batches))
+    val = make_loader(task.dataset("val", augment=False), exp.search.batch_size, exp.workers)
+    label = ""
+    for c in candidates:
+        seed_everything(seed)
+        net = subnet(supernet.record.space, task.num_outputs, supernet.state, c.choices)
+        net = net.to(device)
+        recalibrate_batch_norm(net, calibration, device)
+        metrics = task.evaluate(net, val, device, None)
+        c.oneshot, label = metrics.score, metrics.primary_label
+        c.cost = supernet.record.table.of_choices(c.choices)
+    return label
+
+
+def rank(
+    run: Path | str,
+    archs: list[str],
+    random: int = 0,
+    band: float = 0.03,
+    calibration_batches: int = 20,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One-shot scores of the run's derived net, of ``archs`` and of ``random`` random nets of
+    its cost; Kendall's tau between one-shot and standalone scores where given; and the derived
+    net's place among the others by one-shot score."""
+    if calibration_batches < 1:
+        raise DnasError(f"--calibration-batches: expected at least 1, got {calibration_batches}")
+    supernet = load_supernet(run, overrides)
+    derived = Candidate("derived", dict(supernet.record.choices))
+    given = merge(read_candidate(ref, supernet.record.space) for ref in archs)
+    candidates = merge([derived, *given, *random_candidates(supernet, random, band, seed)])
+    label = score(supernet, candidates, calibration_batches, seed)
+    trained = [c for c in candidates if c.standalone]
+    report: dict[str, Any] = {
+        "run": str(run), "metric": label, "unit": supernet.record.table.unit,
+        "calibration_batches": calibration_batches, "seed": seed,
+        "candidates": [{"name": c.name, "cost": c.cost, "oneshot": c.oneshot,
+                        "standalone": c.standalone,
+                        "standalone_mean": statistics.mean(c.standalone) if c.standalone else None,
+                        "choices": c.choices} for c in candidates],
+        "kendall_tau": None, "kendall_p": None, "trained": len(trained),
+    }  # fmt: skip
+    if len(trained) >= 3:
+        tau, p = kendalltau([c.oneshot for c in trained],
+                            [statistics.mean(c.standalone) for c in trained])  # fmt: skip
+        report["kendall_tau"], report["kendall_p"] = float(tau), float(p)
+    others = [c.oneshot for c in candidates[1:]]
+    if others:
+        report["derived_above"] = sum(candidates[0].oneshot > o for o in others) / len(others)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report of :func:`rank` as text: a line per net, best one-shot score first, then the
+    rank correlation."""
+    rows = sorted(report["candidates"], key=lambda c: -c["oneshot"])
+    lines = [f"{'one-shot':>9} {'standalone':>10} {'cost':>10}  net"]
+    for c in rows:
+        alone = f"{c['standalone_mean']:.2f}" if c["standalone_mean"] is not None else "-"
+        lines.append(f"{c['oneshot']:9.2f} {alone:>10} {c['cost']:10.4g}  {c['name']}")
+    if "derived_above" in report:
+        lines.append(f"the derived net's one-shot score is above {report['derived_above']:.0%} "
+                     f"of the {len(rows) - 1} other nets")  # fmt: skip
+    if report["kendall_tau"] is not None:
+        tau, p = report["kendall_tau"], report["kendall_p"]
+        lines.append(f"Kendall tau, one-shot vs standalone over {report['trained']} trained "
+                     f"nets: {tau:.3f} (p = {p:.3f})")  # fmt: skip
+    return "\n".join(lines)
