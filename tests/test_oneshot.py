@@ -123,6 +123,10 @@ def test_rank_scores_real_nets_of_a_real_search(tmp_path, real_mpii_root):
     text = CliRunner().invoke(cli, ["rank", str(tmp_path / "search"), *runs,
                                     "--calibration-batches", "2"])  # fmt: skip
     assert text.exit_code == 0 and "Kendall tau, one-shot vs standalone over 3" in text.output
+    broken = tmp_path / "train0" / "results.json"
+    broken.write_text(json.dumps({"Mean": 1.0}))
+    bad = CliRunner().invoke(cli, ["rank", str(tmp_path / "search"), runs[0]])
+    assert bad.exit_code == 1 and f"{broken}: primary_metric: expected" in bad.output
     bad = CliRunner().invoke(cli, ["rank", str(tmp_path / "search"), str(TINY_SPACE)])
     assert bad.exit_code == 1 and "a search space, not an architecture" in bad.output
     assert len(bad.output.strip().splitlines()) == 1

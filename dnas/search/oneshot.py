@@ -106,6 +106,9 @@ def read_candidate(ref: str, space: SearchSpace) -> Candidate:
             raise DnasError(f"{path}: not a finished 'dnas train' run (no arch.yaml and "
                             "results.json)")  # fmt: skip
         results = json.loads(results_file.read_text())
+        if results.get("primary_metric") not in results:
+            raise DnasError(f"{results_file}: primary_metric: expected the name of a score "
+                            "in the file")  # fmt: skip
         arch = load_space(arch_file)
         return Candidate(arch.name, choices_in(space, arch),
                          [float(results[results["primary_metric"]])])  # fmt: skip
