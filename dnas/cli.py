@@ -261,7 +261,7 @@ def agreement(runs: tuple[Path, ...], band: float, samples: int, seed: int, fmt:
 
 @cli.command(
     epilog=example(
-        "dnas rank runs/search --random 20",
+        "dnas rank runs/search --random 50 -o runs/best.yaml",
         "dnas rank runs/search runs/train-a-s0 runs/train-a-s1 runs/train-b-s0 efficientpose-a",
     )
 )
@@ -275,21 +275,34 @@ def agreement(runs: tuple[Path, ...], band: float, samples: int, seed: int, fmt:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random draws and of the calibration batches.")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@out_opt("output", file=True, required=False,
+         help="Write the best one-shot net within the band as an architecture YAML.")  # fmt: skip
 @set_opt
+@force_opt
 def rank(run: Path, archs: tuple[str, ...], random_nets: int, band: float,
-         calibration_batches: int, seed: int, fmt: str, overrides: tuple[str]):  # fmt: skip
+         calibration_batches: int, seed: int, fmt: str, output: Path | None,
+         overrides: tuple[str], force: bool):  # fmt: skip
     """Score architectures with the weights of search RUN's super net (one-shot evaluation).
 
     ARCHS are architecture YAMLs, shipped names or 'dnas train' run directories; a run's
     score is the net's standalone figure, and with three or more trained nets the report gives
     Kendall's tau between the super net's ranking and training alone. Near 0, the super net
-    cannot tell better nets from worse ones, so its search cannot beat random ones.
+    cannot tell better nets from worse ones, so its search cannot beat random ones. With -o,
+    the best net by one-shot score within the band of the derived net's cost is written as an
+    architecture (random search with weight sharing); score it on data other than the final
+    test by pointing the validation split elsewhere with --set.
     """
-    from dnas.search.oneshot import format_report
+    from dnas.search.oneshot import format_report, write_best
     from dnas.search.oneshot import rank as rank_nets
 
+    if output is not None:
+        guard_output(output, force)
     report = rank_nets(run, list(archs), random_nets, band, calibration_batches, seed, overrides)
     click.echo(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
+    if output is not None:
+        write_best(run, report, output)
+        if fmt == "text":
+            click.echo(f"wrote {output}")
 
 
 @cli.command(

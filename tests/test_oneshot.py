@@ -120,9 +120,15 @@ def test_rank_scores_real_nets_of_a_real_search(tmp_path, real_mpii_root):
     derived = report["candidates"][0]["oneshot"]
     others = [c["oneshot"] for c in report["candidates"][1:]]
     assert report["derived_above"] == sum(derived > o for o in others) / len(others)
-    text = CliRunner().invoke(cli, ["rank", str(tmp_path / "search"), *runs,
-                                    "--calibration-batches", "2"])  # fmt: skip
+    target = report["candidates"][0]["cost"]  # the derived net's
+    within = [c for c in report["candidates"] if abs(c["cost"] - target) <= 0.03 * target]
+    best = max(within, key=lambda c: c["oneshot"])
+    assert report["best"] == best["name"]
+    text = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "best.yaml")])
     assert text.exit_code == 0 and "Kendall tau, one-shot vs standalone over 3" in text.output
+    assert choices_in(space, load_space(tmp_path / "best.yaml")) == best["choices"]
+    again = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "best.yaml")])
+    assert again.exit_code == 1 and "--force" in again.output
     broken = tmp_path / "train0" / "results.json"
     broken.write_text(json.dumps({"Mean": 1.0}))
     bad = CliRunner().invoke(cli, ["rank", str(tmp_path / "search"), runs[0]])

@@ -31,7 +31,7 @@ from dnas.engine.sampling import make_loader, stream, train_loader
 from dnas.errors import DnasError
 from dnas.nn.network import Network, module_key
 from dnas.search.budget import sample_within
-from dnas.search.derive import SearchRecord, load_search
+from dnas.search.derive import SearchRecord, load_search, write_architecture
 from dnas.search.run import split_indices
 from dnas.space.graph import SearchSpace, load_space
 
@@ -243,7 +243,27 @@ def rank(
     others = [c.oneshot for c in candidates[1:]]
     if others:
         report["derived_above"] = sum(candidates[0].oneshot > o for o in others) / len(others)
+    report["best"] = best_within(candidates, band).name
     return report
+
+
+def best_within(candidates: list[Candidate], band: float) -> Candidate:
+    """The candidate with the highest one-shot score (the task's metric, higher is better, as
+    in training's model selection) among those within ``band`` of the first one's cost (the
+    derived net's): random search with weight sharing (Li & Talwalkar, UAI 2019)."""
+    target = candidates[0].cost
+    within = [c for c in candidates if abs(c.cost - target) <= band * abs(target)]
+    return max(within, key=lambda c: c.oneshot)
+
+
+def write_best(run: Path | str, report: dict[str, Any], path: Path | str) -> None:
+    """The report's best net as an architecture YAML of the run's space."""
+    best = next(c for c in report["candidates"] if c["name"] == report["best"])
+    space = load_search(run).space
+    write_architecture(space.with_choices(best["choices"], f"{space.name}-oneshot-best"), path,
+                       f"the best of {len(report['candidates'])} nets by one-shot "
+                       f"{report['metric']} in 'dnas rank {run}': {best['oneshot']:.4g} "
+                       f"({best['name']}, {best['cost']:.4g} {report['unit']})")  # fmt: skip
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -257,6 +277,7 @@ def format_report(report: dict[str, Any]) -> str:
     if "derived_above" in report:
         lines.append(f"the derived net's one-shot score is above {report['derived_above']:.0%} "
                      f"of the {len(rows) - 1} other nets")  # fmt: skip
+    lines.append(f"best one-shot net within the band of the derived net's cost: {report['best']}")
     if report["kendall_tau"] is not None:
         tau, p = report["kendall_tau"], report["kendall_p"]
         lines.append(f"Kendall tau, one-shot vs standalone over {report['trained']} trained "
