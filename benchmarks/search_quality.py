@@ -35,7 +35,7 @@ from dnas.engine.progress import Reporter
 from dnas.engine.train import run_eval, run_train
 from dnas.nn.network import Network
 from dnas.nn.profile import cost_report
-from dnas.search.budget import sample_within
+from dnas.search.budget import DRAW_TRIES, sample_within
 from dnas.search.cost_model import get_cost_model
 from dnas.search.derive import derive, write_architecture
 from dnas.search.oneshot import rank
@@ -226,7 +226,7 @@ def architectures(profile: Profile, exp_path: Path, budget: float, out: Path, re
     table = get_cost_model("flops").table(space, (profile.input_size,) * 2, 14)
     for seed in RANDOM_SEEDS:
         rng = np.random.default_rng(seed)
-        choices = sample_within(table, rng, budget * (1 - BAND), budget * (1 + BAND), 100_000)
+        choices = sample_within(table, rng, budget * (1 - BAND), budget * (1 + BAND), DRAW_TRIES)
         path = out / f"random-{seed}.yaml"
         write_architecture(space.with_choices(choices, f"random-{seed}"), path,
                            f"search_quality: random draw, seed {seed}")  # fmt: skip

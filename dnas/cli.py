@@ -289,8 +289,9 @@ def rank(run: Path, archs: tuple[str, ...], random_nets: int, band: float,
     Kendall's tau between the super net's ranking and training alone. Near 0, the super net
     cannot tell better nets from worse ones, so its search cannot beat random ones. With -o,
     the best net by one-shot score within the band of the derived net's cost is written as an
-    architecture (random search with weight sharing); score it on data other than the final
-    test by pointing the validation split elsewhere with --set.
+    architecture (random search with weight sharing); select on images that neither the
+    search trained on nor the final score uses, pointing the validation split at them with
+    --set.
     """
     from dnas.search.oneshot import format_report, write_best
     from dnas.search.oneshot import rank as rank_nets

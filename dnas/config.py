@@ -252,8 +252,9 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     exp.source = source
     if len(exp.input_size) != 2:
         raise ConfigError(source, "input_size", f"expected [height, width], got {exp.input_size}")
-    if len(exp.search.arch_optimizer.betas) != 2:
-        raise ConfigError(source, "search.arch_optimizer.betas", "expected two numbers [b1, b2]")
+    for key in ("arch_optimizer", "weight_optimizer"):
+        if len(getattr(exp.search, key).betas) != 2:
+            raise ConfigError(source, f"search.{key}.betas", "expected two numbers [b1, b2]")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", exp.device):
         expected = "expected auto, cpu, cuda or cuda:N"
         raise ConfigError(source, "device", f"{expected}, got {exp.device!r}")

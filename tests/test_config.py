@@ -73,6 +73,8 @@ def test_overrides_and_numeric_strings(tmp_path):
         ("task: {name: pose, root: x}\ninput_size: [64]\n", "input_size", "[height, width]"),
         ("task: {name: pose, root: x}\nsearch: {weight_optimizer: {type: rmsprop}}\n",
          "search.weight_optimizer.type", "expected one of sgd, adam"),
+        ("task: {name: pose, root: x}\nsearch: {weight_optimizer: {betas: [0.9]}}\n",
+         "search.weight_optimizer.betas", "expected two numbers"),
     ],
 )  # fmt: skip
 def test_errors_name_file_and_key(tmp_path, text, key, words):

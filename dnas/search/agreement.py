@@ -19,11 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from dnas.errors import DnasError
-from dnas.search.budget import sample_within
+from dnas.search.budget import DRAW_TRIES, sample_within
 from dnas.search.cost_model import CostTable
 from dnas.search.derive import load_search
-
-DRAW_TRIES = 100_000  # rejection draws per random architecture before giving up
 
 
 def op_agreement(a: dict[str, str], b: dict[str, str]) -> float:

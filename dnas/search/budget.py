@@ -16,6 +16,7 @@ import torch
 from dnas.search.cost_model import CostTable
 
 BINS = 20_000
+DRAW_TRIES = 100_000  # rejection draws per random architecture before giving up
 
 
 def most_probable_within(

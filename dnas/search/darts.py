@@ -2,9 +2,8 @@
 
 Warm-up epochs train weights only; afterwards each step first updates the architecture
 parameters on an architecture-split batch (the task term plus lambda times the cost term of
-``dnas.search.objective``, Adam), then the weights on a weight-split batch (task loss, SGD,
-cosine lr).
-First-order, as the paper.
+``dnas.search.objective``, Adam), then the weights on a weight-split batch (task loss,
+``search.weight_optimizer``: SGD as the paper, or Adam; cosine lr). First-order, as the paper.
 
 The mixture weights are p = softmax(alpha / T) (Eq. 2 at T = 1, the default). ``search.darts``
 may anneal T geometrically over the architecture epochs (ASAP, Noy et al., AISTATS 2020; SNAS,
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dnas.engine.runtime import search_weight_optimizer, weight_step
+from dnas.engine.runtime import load_optimizer_state, search_weight_optimizer, weight_step
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
 from dnas.search.budget import start_on_budget
@@ -218,7 +217,7 @@ class DartsStrategy(Strategy):
 
     def load_checkpointables(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["model"])
-        self.w_opt.load_state_dict(state["weight_optimizer"])
+        load_optimizer_state(self.w_opt, state["weight_optimizer"], "search.weight_optimizer.type")
         self.a_opt.load_state_dict(state["arch_optimizer"])
         self.w_sched.load_state_dict(state["weight_scheduler"])
         self.steps_done = state["steps_done"]

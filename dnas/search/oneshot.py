@@ -30,12 +30,10 @@ from dnas.engine.runtime import pick_device, seed_everything, to_device
 from dnas.engine.sampling import make_loader, stream, train_loader
 from dnas.errors import DnasError
 from dnas.nn.network import Network, module_key
-from dnas.search.budget import sample_within
+from dnas.search.budget import DRAW_TRIES, sample_within
 from dnas.search.derive import SearchRecord, load_search, write_architecture
 from dnas.search.run import split_indices
-from dnas.space.graph import SearchSpace, load_space
-
-DRAW_TRIES = 100_000  # rejection draws per random architecture before giving up
+from dnas.space.graph import SearchSpace, load_space, space_from_dict
 
 
 @dataclass
@@ -63,11 +61,15 @@ def load_supernet(ref: Path | str, overrides: Sequence[str] = ()) -> SuperNet:
     (``overrides``: see :func:`load_search`)."""
     record = load_search(ref, overrides)
     state = record.ckpt.get("strategy", {}).get("model")
-    expected = Network(record.space, record.task.num_outputs).state_dict().keys()
-    if not isinstance(state, dict) or state.keys() != expected:
+    expected = Network(record.space, record.task.num_outputs).state_dict()
+    if not isinstance(state, dict) or not any(".ops." in key for key in state):
         strategy = record.exp.search.strategy
         raise DnasError(f"{record.path}: this {strategy!r} search trained no super net; "
                         "nothing to rank with")  # fmt: skip
+    if state.keys() != expected.keys() or any(state[k].shape != v.shape
+                                              for k, v in expected.items()):  # fmt: skip
+        raise DnasError(f"{record.path}: its super net does not fit the space and task rebuilt "
+                        "from it (an override of the outputs or the head?)")  # fmt: skip
     return SuperNet(record, state)
 
 
@@ -80,9 +82,16 @@ def choices_in(space: SearchSpace, arch: SearchSpace) -> dict[str, str]:
     unknown = sorted(set(ops) - {layer.name for layer in space.layers})
     if unknown:
         raise DnasError(f"{arch.source}: layer {unknown[0]} is not a layer of {space.source}")
+    if arch.in_channels != space.in_channels or (arch.head and arch.head != space.head):
+        raise DnasError(f"{arch.source}: its input channels or head differ from {space.source}'s "
+                        f"({arch.in_channels}, {arch.head} against {space.in_channels}, "
+                        f"{space.head})")  # fmt: skip
     choices = {}
     for layer in space.layers:
         own = ops.get(layer.name)
+        if own is None and "skip" not in layer.candidates:
+            raise DnasError(f"{arch.source}: layer {layer.name} of {space.source} is missing "
+                            "(it can be left out only where 'skip' is a candidate)")  # fmt: skip
         op = own.candidates[0] if own else "skip"
         if own and (own.width, own.stride) != (layer.width, layer.stride):
             raise DnasError(f"{arch.source}: layer {layer.name} has width {own.width} and "
@@ -105,9 +114,13 @@ def read_candidate(ref: str, space: SearchSpace) -> Candidate:
         if not arch_file.is_file() or not results_file.is_file():
             raise DnasError(f"{path}: not a finished 'dnas train' run (no arch.yaml and "
                             "results.json)")  # fmt: skip
-        results = json.loads(results_file.read_text())
-        if results.get("primary_metric") not in results:
-            raise DnasError(f"{results_file}: primary_metric: expected the name of a score "
+        try:
+            results = json.loads(results_file.read_text())
+        except ValueError as exc:
+            raise DnasError(f"{results_file}: not valid JSON ({exc})") from None
+        metric = results.get("primary_metric") if isinstance(results, dict) else None
+        if not isinstance(results.get(metric) if metric else None, int | float):
+            raise DnasError(f"{results_file}: primary_metric: expected the name of a number "
                             "in the file")  # fmt: skip
         arch = load_space(arch_file)
         return Candidate(arch.name, choices_in(space, arch),
@@ -117,14 +130,21 @@ def read_candidate(ref: str, space: SearchSpace) -> Candidate:
 
 
 def merge(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """One candidate per architecture: the standalone scores of its trainings pooled."""
+    """One candidate per architecture, the standalone scores of its trainings pooled, and
+    one name per candidate (a repeated name gets ``#2``, ``#3``, ...)."""
     merged: dict[tuple, Candidate] = {}
+    names: set[str] = set()
     for c in candidates:
         key = tuple(sorted(c.choices.items()))
         if key in merged:
             merged[key].standalone.extend(c.standalone)
-        else:
-            merged[key] = Candidate(c.name, c.choices, list(c.standalone))
+            continue
+        name, n = c.name, 1
+        while name in names:
+            n += 1
+            name = f"{c.name}#{n}"
+        names.add(name)
+        merged[key] = Candidate(name, c.choices, list(c.standalone))
     return list(merged.values())
 
 
@@ -210,7 +230,7 @@ def score(supernet: SuperNet, candidates: list[Candidate], calibration_batches: 
 def rank(
     run: Path | str,
     archs: list[str],
-    random: int = 0,
+    random_nets: int = 0,
     band: float = 0.03,
     calibration_batches: int = 20,
     seed: int = 0,
@@ -224,7 +244,7 @@ def rank(
     supernet = load_supernet(run, overrides)
     derived = Candidate("derived", dict(supernet.record.choices))
     given = merge(read_candidate(ref, supernet.record.space) for ref in archs)
-    candidates = merge([derived, *given, *random_candidates(supernet, random, band, seed)])
+    candidates = merge([derived, *given, *random_candidates(supernet, random_nets, band, seed)])
     label = score(supernet, candidates, calibration_batches, seed)
     trained = [c for c in candidates if c.standalone]
     report: dict[str, Any] = {
@@ -239,11 +259,19 @@ def rank(
     if len(trained) >= 3:
         tau, p = kendalltau([c.oneshot for c in trained],
                             [statistics.mean(c.standalone) for c in trained])  # fmt: skip
-        report["kendall_tau"], report["kendall_p"] = float(tau), float(p)
+        if np.isfinite(tau):  # not when either side is constant
+            report["kendall_tau"], report["kendall_p"] = float(tau), float(p)
     others = [c.oneshot for c in candidates[1:]]
-    if others:
-        report["derived_above"] = sum(candidates[0].oneshot > o for o in others) / len(others)
-    report["best"] = best_within(candidates, band).name
+    if others:  # ties count half, as in a rank statistic
+        derived = candidates[0].oneshot
+        report["derived_above"] = sum((derived > o) + 0.5 * (derived == o) for o in others) \
+            / len(others)  # fmt: skip
+    best = best_within(candidates, band)
+    space = supernet.record.space
+    report["best"] = best.name
+    report["best_architecture"] = space.with_choices(
+        best.choices, f"{space.name}-oneshot-best"
+    ).to_dict()
     return report
 
 
@@ -257,10 +285,10 @@ def best_within(candidates: list[Candidate], band: float) -> Candidate:
 
 
 def write_best(run: Path | str, report: dict[str, Any], path: Path | str) -> None:
-    """The report's best net as an architecture YAML of the run's space."""
+    """The report's best net (``best_architecture``) as an architecture YAML."""
     best = next(c for c in report["candidates"] if c["name"] == report["best"])
-    space = load_search(run).space
-    write_architecture(space.with_choices(best["choices"], f"{space.name}-oneshot-best"), path,
+    arch = space_from_dict(report["best_architecture"], source=str(path))
+    write_architecture(arch, path,
                        f"the best of {len(report['candidates'])} nets by one-shot "
                        f"{report['metric']} in 'dnas rank {run}': {best['oneshot']:.4g} "
                        f"({best['name']}, {best['cost']:.4g} {report['unit']})")  # fmt: skip

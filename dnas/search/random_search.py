@@ -2,7 +2,8 @@
 
 Each sampled architecture (uniform per layer, optionally rejected above a cost budget) is built
 from scratch as a fixed net, trained ``epochs_per_arch`` epochs on the weight split with the
-search's SGD settings, and scored by its task loss on the architecture split (lower is better).
+search's weight optimiser, and scored by its task loss on the architecture split (lower is
+better).
 By default the baseline gets the compute of the DARTS search the same config describes
 (:func:`matched_epochs`), the "same total cost" comparison of the paper's Table 3.
 """
@@ -17,7 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from dnas.config import MAX_EPOCHS, MAX_STEPS, SearchConfig
-from dnas.engine.runtime import search_weight_optimizer, to_device, weight_step
+from dnas.engine.runtime import (
+    load_optimizer_state,
+    search_weight_optimizer,
+    to_device,
+    weight_step,
+)
 from dnas.errors import DnasError
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
@@ -178,5 +184,5 @@ class RandomSearchStrategy(Strategy):
         if state["choices"]:
             self.build(state["choices"])
             self.model.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.opt, state["optimizer"], "search.weight_optimizer.type")
             self.sched.load_state_dict(state["scheduler"])
