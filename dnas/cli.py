@@ -274,14 +274,17 @@ def agreement(runs: tuple[Path, ...], band: float, samples: int, seed: int, fmt:
               help="Training batches that recompute each net's batch-norm statistics.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random draws and of the calibration batches.")  # fmt: skip
+@click.option("--compare", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Another search run of the space (another seed): score the same nets "
+              "in its super net; Kendall's tau between the two rankings (repeatable).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @out_opt("output", file=True, required=False,
          help="Write the best one-shot net within the band as an architecture YAML.")  # fmt: skip
 @set_opt
 @force_opt
 def rank(run: Path, archs: tuple[str, ...], random_nets: int, band: float,
-         calibration_batches: int, seed: int, fmt: str, output: Path | None,
-         overrides: tuple[str], force: bool):  # fmt: skip
+         calibration_batches: int, seed: int, compare: tuple[Path, ...], fmt: str,
+         output: Path | None, overrides: tuple[str], force: bool):  # fmt: skip
     """Score architectures with the weights of search RUN's super net (one-shot evaluation).
 
     ARCHS are architecture YAMLs, shipped names or 'dnas train' run directories; a run's
@@ -298,7 +301,8 @@ def rank(run: Path, archs: tuple[str, ...], random_nets: int, band: float,
 
     if output is not None:
         guard_output(output, force)
-    report = rank_nets(run, list(archs), random_nets, band, calibration_batches, seed, overrides)
+    report = rank_nets(run, list(archs), random_nets, band, calibration_batches, seed, overrides,
+                       compare)  # fmt: skip
     click.echo(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
     if output is not None:
         write_best(run, report, output)

@@ -156,6 +156,26 @@ def test_rank_scores_real_nets_of_a_real_search(tmp_path, real_mpii_root):
     assert choices_in(space, load_space(tmp_path / "best.yaml")) == best["choices"]
     again = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "best.yaml")])
     assert again.exit_code == 1 and "--force" in again.output
+    # the same nets in another super net: itself ranks them alike, another space is refused
+    run_search(load_experiment(exp_path, ["seed=1"]), tmp_path / "search1", quiet)
+    compared = CliRunner().invoke(cli, [*args, "--compare", str(tmp_path / "search"),
+                                        "--compare", str(tmp_path / "search1"),
+                                        "--format", "json"])  # fmt: skip
+    assert compared.exit_code == 0, compared.output
+    itself, other = json.loads(compared.stdout)["compared"]
+    assert itself["kendall_tau"] == pytest.approx(1.0)
+    assert itself["oneshot"] == {c["name"]: c["oneshot"] for c in report["candidates"]}
+    assert set(other["oneshot"]) == set(names) and other["oneshot"] != itself["oneshot"]
+    tau, _ = kendalltau([c["oneshot"] for c in report["candidates"]],
+                        [other["oneshot"][n] for n in names])  # fmt: skip
+    assert other["kendall_tau"] == (None if np.isnan(tau) else pytest.approx(tau))
+    small = tmp_path / "small.yaml"
+    small.write_text(TINY_SPACE.read_text().replace("ops: [k3e3, k3e6]", "ops: [k3e3, k5e3]"))
+    run_search(load_experiment(write_experiment(tmp_path / "exp2.yaml", real_mpii_root, small,
+                                                search={"strategy": "gumbel"})),
+               tmp_path / "search2", quiet)  # fmt: skip
+    refused = CliRunner().invoke(cli, [*args, "--compare", str(tmp_path / "search2")])
+    assert refused.exit_code == 1 and "searched another space" in refused.output
     broken = tmp_path / "train0" / "results.json"
     for text, words in ((json.dumps({"Mean": 1.0}), "primary_metric: expected"),
                         (json.dumps([1]), "primary_metric: expected"),

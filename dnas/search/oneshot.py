@@ -235,13 +235,21 @@ def rank(
     calibration_batches: int = 20,
     seed: int = 0,
     overrides: Sequence[str] = (),
+    compare: Sequence[Path | str] = (),
 ) -> dict[str, Any]:
-    """One-shot scores of the run's derived net, of ``archs`` and of ``random`` random nets of
-    its cost; Kendall's tau between one-shot and standalone scores where given; and the derived
-    net's place among the others by one-shot score."""
+    """One-shot scores of the run's derived net, of ``archs`` and of ``random_nets`` random
+    nets of its cost; Kendall's tau between one-shot and standalone scores where given, and
+    between this run's one-shot scores and those of the same nets in each ``compare`` run's
+    super net (searches of the same space with other seeds); and the derived net's place
+    among the others by one-shot score."""
     if calibration_batches < 1:
         raise DnasError(f"--calibration-batches: expected at least 1, got {calibration_batches}")
     supernet = load_supernet(run, overrides)
+    others = [load_supernet(ref, overrides) for ref in compare]
+    for ref, other in zip(compare, others, strict=True):
+        if other.record.space.digest() != supernet.record.space.digest():
+            raise DnasError(f"{ref}: searched another space than {run}; only super nets of one "
+                            "space compare")  # fmt: skip
     derived = Candidate("derived", dict(supernet.record.choices))
     given = merge(read_candidate(ref, supernet.record.space) for ref in archs)
     candidates = merge([derived, *given, *random_candidates(supernet, random_nets, band, seed)])
@@ -257,15 +265,21 @@ def rank(
         "kendall_tau": None, "kendall_p": None, "trained": len(trained),
     }  # fmt: skip
     if len(trained) >= 3:
-        tau, p = kendalltau([c.oneshot for c in trained],
-                            [statistics.mean(c.standalone) for c in trained])  # fmt: skip
-        if np.isfinite(tau):  # not when either side is constant
-            report["kendall_tau"], report["kendall_p"] = float(tau), float(p)
-    others = [c.oneshot for c in candidates[1:]]
-    if others:  # ties count half, as in a rank statistic
+        report["kendall_tau"], report["kendall_p"] = kendall(
+            [c.oneshot for c in trained], [statistics.mean(c.standalone) for c in trained]
+        )
+    report["compared"] = []
+    for ref, other in zip(compare, others, strict=True):
+        again = [Candidate(c.name, c.choices) for c in candidates]
+        score(other, again, calibration_batches, seed)
+        tau, p = kendall([c.oneshot for c in candidates], [c.oneshot for c in again])
+        report["compared"].append({"run": str(ref), "kendall_tau": tau, "kendall_p": p,
+                                   "oneshot": {c.name: c.oneshot for c in again}})  # fmt: skip
+    rest = [c.oneshot for c in candidates[1:]]
+    if rest:  # ties count half, as in a rank statistic
         derived = candidates[0].oneshot
-        report["derived_above"] = sum((derived > o) + 0.5 * (derived == o) for o in others) \
-            / len(others)  # fmt: skip
+        report["derived_above"] = sum((derived > o) + 0.5 * (derived == o) for o in rest) \
+            / len(rest)  # fmt: skip
     best = best_within(candidates, band)
     space = supernet.record.space
     report["best"] = best.name
@@ -273,6 +287,15 @@ def rank(
         best.choices, f"{space.name}-oneshot-best"
     ).to_dict()
     return report
+
+
+def kendall(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
+    """Kendall's tau-b of two score lists and its p-value; (None, None) when it is undefined
+    (fewer than two items, or a constant side)."""
+    if len(x) < 2:
+        return None, None
+    tau, p = kendalltau(x, y)
+    return (float(tau), float(p)) if np.isfinite(tau) else (None, None)
 
 
 def best_within(candidates: list[Candidate], band: float) -> Candidate:
@@ -306,6 +329,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"the derived net's one-shot score is above {report['derived_above']:.0%} "
                      f"of the {len(rows) - 1} other nets")  # fmt: skip
     lines.append(f"best one-shot net within the band of the derived net's cost: {report['best']}")
+    for other in report["compared"]:
+        tau = "undefined" if other["kendall_tau"] is None else f"{other['kendall_tau']:.3f} " \
+            f"(p = {other['kendall_p']:.3f})"  # fmt: skip
+        lines.append(f"Kendall tau, one-shot here vs in {other['run']}'s super net over "
+                     f"{len(rows)} nets: {tau}")  # fmt: skip
     if report["kendall_tau"] is not None:
         tau, p = report["kendall_tau"], report["kendall_p"]
         lines.append(f"Kendall tau, one-shot vs standalone over {report['trained']} trained "
