@@ -81,8 +81,8 @@ class Profile:
 # 0.5 decisiveness; annealed, 0.99-1.00 with the same seed agreement. gumbel holds its
 # temperature at 1 after 48 uniform warm-up epochs (about 15 min here): the one setting
 # measured whose searches agree across seeds (z = 4.4; halving the temperature per epoch
-# left 3 of 4 architecture epochs on noise). docs/benchmarks.md; the recorded 24-epoch
-# table predates both changes (about 2 h 5 min now)
+# left 3 of 4 architecture epochs on noise). docs/benchmarks.md records a full run of this
+# profile (2026-12-04, 7627 s on the Intel Xeon).
 # The super net's weights: Adam at the training lr. The paper's SGD (lr 0.05) barely trains it
 # on the heatmap loss: 52 epochs end at a training loss of 0.0155 (a zero output: 0.0207),
 # above Adam's after 2 epochs (0.0148), and its sub-nets score 3-4 PCK@0.2 one-shot.
