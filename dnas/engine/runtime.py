@@ -144,9 +144,11 @@ def search_weight_optimizer(params: list[nn.Parameter],
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
                          key: str) -> None:  # fmt: skip
     """Restore a checkpoint's optimiser state, refusing in one line one of another kind (a
-    resumed run whose config changed ``key``, e.g. SGD's momentum buffers into Adam)."""
-    saved = set(state["param_groups"][0]) if state.get("param_groups") else set()
-    if saved and saved != set(optimizer.param_groups[0]):
+    resumed run whose config changed ``key``, e.g. SGD's momentum buffers into Adam). The kind
+    is told by Adam's ``betas``, not by the whole set of group keys, which torch versions
+    extend."""
+    groups = state.get("param_groups") or []
+    if groups and ("betas" in groups[0]) != ("betas" in optimizer.param_groups[0]):
         raise DnasError(f"{key}: the checkpoint holds the state of another optimiser than "
                         f"{type(optimizer).__name__}; resume with the run's own {key}")  # fmt: skip
     optimizer.load_state_dict(state)
