@@ -3,7 +3,10 @@ one.
 
 ``measure`` runs blocks of calls (``Timer.blocked_autorange``: each block is long enough for
 the timer's own overhead to vanish, accelerators are synchronised, the thread count is set) and
-keeps the median and the interquartile range of the per-call times over the blocks.
+keeps the median and the interquartile range of the per-call times over the blocks. Its blocks
+are sized by ``BlockTimer``: torch's rule (the overhead under 1e-4 of a block) counts an
+accelerator's synchronisation as overhead, which asks for blocks of 0.1-0.2 s on a GPU and
+makes one timing of a 30 us op take seconds.
 
 A ``NoiseGuard`` turns those into a table a user can trust. A timing whose IQR is a large part
 of its median is measured again. A reference network is timed at the start and again after
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch.utils.benchmark as benchmark
+from torch.utils.benchmark.utils.common import set_torch_threads
 
 from dnas.errors import DnasError
 
@@ -54,12 +58,36 @@ Job = tuple[str, Prepare]
 MIN_BLOCKS = 4  # fewer blocks give no interquartile range worth the name
 
 
+class BlockTimer(benchmark.Timer):
+    """``Timer`` whose blocks need the timer's overhead under ``MAX_OVERHEAD`` of a block, not
+    torch's 1e-4. On a CPU the overhead is tens of ns and nothing changes for calls of 0.1 ms
+    and more; on a GPU it is a synchronisation (5-20 us), and 1e-4 of it asks for 0.05-0.2 s
+    blocks: a timing of a launch-bound op took 1-2 s, one of a whole table's hundreds. At
+    1e-3 the blocks are 5-20 ms there, and the synchronisation biases a block by 0.1 %."""
+
+    MAX_OVERHEAD = 1e-3
+
+    def _estimate_block_size(self, min_run_time: float) -> int:
+        """Calls per block: tenfold until the overhead is small and the block is at least
+        ``min_run_time / 1000`` (torch's rule otherwise), or the block alone is that long."""
+        with set_torch_threads(self._task_spec.num_threads):
+            overhead = statistics.median(self._timeit(0) for _ in range(5))
+            number = 1
+            while number < 10**8:
+                taken = self._timeit(number)
+                if taken > min_run_time or (
+                    overhead <= self.MAX_OVERHEAD * taken and taken >= min_run_time / 1000
+                ):
+                    break
+                number *= 10
+        return number
+
+
 def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.2) -> Timing:
-    """Time ``fn()`` by ``Timer.blocked_autorange`` with ``threads`` intra-op threads, in at
-    least ``MIN_BLOCKS`` blocks: the block grows tenfold while the timer's overhead is above
-    1e-4 of it, so a 5 ms call can get 50 ms blocks, two of them in 0.1 s; then it runs again
-    for long enough."""
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    """Time ``fn()`` by ``BlockTimer.blocked_autorange`` with ``threads`` intra-op threads, in
+    at least ``MIN_BLOCKS`` blocks: a call longer than a quarter of ``min_run_time`` gets fewer,
+    and then runs again for long enough."""
+    timer = BlockTimer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     result = timer.blocked_autorange(min_run_time=min_run_time)
     if len(result.times) < MIN_BLOCKS:
         block = result.number_per_run * result.median

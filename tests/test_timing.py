@@ -8,10 +8,20 @@ import sys
 import time
 
 import pytest
+import torch
+import torch.utils.benchmark as benchmark
 from click.testing import CliRunner
 from conftest import TINY_SPACE
 
-from cost_models.timing import NoiseGuard, NoisePolicy, NoisyMachine, Timing, measure
+from cost_models.timing import (
+    MIN_BLOCKS,
+    BlockTimer,
+    NoiseGuard,
+    NoisePolicy,
+    NoisyMachine,
+    Timing,
+    measure,
+)
 from dnas.cli import cli
 
 
@@ -45,9 +55,33 @@ def noisy(ms: float) -> Timing:
 
 def test_measure_times_a_known_sleep():
     timing = measure(lambda: time.sleep(0.002), threads=1, min_run_time=0.1)
-    # blocks of 10 calls (the block grows until the timer's overhead is < 1e-4 of it)
-    assert 1.9 < timing.median_ms < 6.0 and timing.runs >= 3
+    assert 1.9 < timing.median_ms < 6.0 and timing.runs >= MIN_BLOCKS
     assert timing.iqr_ms >= 0 and timing.spread == timing.iqr_ms / timing.median_ms
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="a custom timer is CPU-only")
+def test_blocks_stay_short_when_the_timer_itself_is_slow():
+    """A timer that costs 20 us a call (as a GPU synchronisation does) around a 50 us call:
+    torch's rule (overhead under 1e-4 of a block) asks for 0.5 s blocks, ``BlockTimer``'s
+    (1e-3) for 50 ms ones, so a 0.2 s timing has several blocks and the right median."""
+
+    def synchronising_timer() -> float:
+        _spin(20e-6)
+        return time.perf_counter()
+
+    def stmt(cls):
+        return cls(stmt="spin(50e-6)", globals={"spin": _spin}, timer=synchronising_timer)
+
+    ours = stmt(BlockTimer).blocked_autorange(min_run_time=0.2)
+    assert ours.number_per_run == 1000 and len(ours.times) >= MIN_BLOCKS
+    assert 50e-6 < ours.median < 55e-6
+    assert stmt(benchmark.Timer)._estimate_block_size(0.2) == 10_000
 
 
 def test_a_noisy_timing_is_measured_again_and_the_steadiest_kept():
