@@ -94,10 +94,10 @@ else
           --precision bf16 --channels-last)
   SPEED=()
   # measured on the H200 (2026-12-04): about 1 s per timing whatever --min-time, so these
-  # 3 rounds of the 237 ops and 20 calibration nets (771 timings) take about 13 minutes and
-  # do not fit the step's limit: profiled, an eager op at batch 32 is launch-bound (about 0.5
-  # ms of CPU work per call) and blocked_autorange grows its blocks to 100 calls
-  # (docs/benchmarks.md, "GPU")
+  # 3 rounds of the 237 ops and 20 calibration nets (771 timings) took about 13 minutes: an
+  # eager op at batch 32 is launch-bound (about 0.5 ms of CPU work per call) and torch's
+  # block estimate grew its blocks to 100 calls (docs/benchmarks.md, "GPU"). BlockTimer now
+  # sizes blocks to 2.5 ms at --min-time 0.01: about 20 ms per timing, not yet run on a GPU
   LUT_BUILD=(--space mbv2_pose_large --input 256x256 --batch 32 --min-time 0.01 --rounds 3
              --calibration 20)
   LUT_CHECK=(--samples 30 --min-time 0.01 --rounds 3)

@@ -59,34 +59,34 @@ MIN_BLOCKS = 4  # fewer blocks give no interquartile range worth the name
 
 
 class BlockTimer(benchmark.Timer):
-    """``Timer`` whose blocks need the timer's overhead under ``MAX_OVERHEAD`` of a block, not
-    torch's 1e-4. On a CPU the overhead is tens of ns and nothing changes for calls of 0.1 ms
-    and more; on a GPU it is a synchronisation (5-20 us), and 1e-4 of it asks for 0.05-0.2 s
-    blocks: a timing of a launch-bound op took 1-2 s, one of a whole table's hundreds. At
-    1e-3 the blocks are 5-20 ms there, and the synchronisation biases a block by 0.1 %."""
+    """``Timer`` whose blocks are sized from the call's own time. Torch grows a block tenfold
+    until the timer's overhead is under 1e-4 of it; on a GPU that overhead is a
+    synchronisation (5-20 us), so blocks grew to 0.05-0.5 s whatever ``min_run_time``, and
+    one timing of a launch-bound op took 1-2 s (a table has hundreds). Here a block aims at
+    ``MAX_OVERHEAD`` (the synchronisation then biases it by 0.1 %), at most a quarter of
+    ``min_run_time`` so that one run holds ``MIN_BLOCKS`` blocks. On a CPU the overhead is
+    tens of ns and calls of 0.1 ms and more still get blocks of one call."""
 
     MAX_OVERHEAD = 1e-3
 
     def _estimate_block_size(self, min_run_time: float) -> int:
-        """Calls per block: tenfold until the overhead is small and the block is at least
-        ``min_run_time / 1000`` (torch's rule otherwise), or the block alone is that long."""
+        """Calls per block: tenfold until a block is a tenth of the goal (a steady base),
+        then scaled to the goal in one step."""
         with set_torch_threads(self._task_spec.num_threads):
             overhead = statistics.median(self._timeit(0) for _ in range(5))
-            number = 1
-            while number < 10**8:
-                taken = self._timeit(number)
-                if taken > min_run_time or (
-                    overhead <= self.MAX_OVERHEAD * taken and taken >= min_run_time / 1000
-                ):
-                    break
+            goal = min(max(overhead / self.MAX_OVERHEAD, min_run_time / 1000),
+                       min_run_time / MIN_BLOCKS)  # fmt: skip
+            number, taken = 1, self._timeit(1)
+            while taken < goal / 10 and number < 10**8:
                 number *= 10
-        return number
+                taken = self._timeit(number)
+        return max(1, round(number * goal / taken))
 
 
 def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.2) -> Timing:
     """Time ``fn()`` by ``BlockTimer.blocked_autorange`` with ``threads`` intra-op threads, in
-    at least ``MIN_BLOCKS`` blocks: a call longer than a quarter of ``min_run_time`` gets fewer,
-    and then runs again for long enough."""
+    at least ``MIN_BLOCKS`` blocks: a call longer than a quarter of ``min_run_time`` gets fewer
+    at first, and then runs again for long enough."""
     timer = BlockTimer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     result = timer.blocked_autorange(min_run_time=min_run_time)
     if len(result.times) < MIN_BLOCKS:

@@ -69,7 +69,8 @@ def _spin(seconds: float) -> None:
 def test_blocks_stay_short_when_the_timer_itself_is_slow():
     """A timer that costs 20 us a call (as a GPU synchronisation does) around a 50 us call:
     torch's rule (overhead under 1e-4 of a block) asks for 0.5 s blocks, ``BlockTimer``'s
-    (1e-3) for 50 ms ones, so a 0.2 s timing has several blocks and the right median."""
+    (1e-3) for 20 ms ones, about 400 calls, so a 0.2 s timing has 10 blocks and the right
+    median."""
 
     def synchronising_timer() -> float:
         _spin(20e-6)
@@ -79,8 +80,8 @@ def test_blocks_stay_short_when_the_timer_itself_is_slow():
         return cls(stmt="spin(50e-6)", globals={"spin": _spin}, timer=synchronising_timer)
 
     ours = stmt(BlockTimer).blocked_autorange(min_run_time=0.2)
-    assert ours.number_per_run == 1000 and len(ours.times) >= MIN_BLOCKS
-    assert 50e-6 < ours.median < 55e-6
+    assert 300 <= ours.number_per_run <= 500 and len(ours.times) >= 2 * MIN_BLOCKS
+    assert 50e-6 < ours.median < 60e-6
     assert stmt(benchmark.Timer)._estimate_block_size(0.2) == 10_000
 
 
