@@ -57,6 +57,7 @@ def measured(setting: list[str], runtime: str, samples: int, table: Path) -> dic
     return {
         "kendall_tau": round(report["kendall_tau"], 4), "mape": round(report["mape"], 3),
         "mape_at_build_speed": round(report["mape_at_build_speed"], 3),
+        "picked_mape": round(report["picked_mape"], 3) if report["picked"] else None,
         "pass": report["kendall_tau"] >= TAU and report["mape"] <= MAPE,
         "heldout_mape": fit["heldout_mape"], "heldout_tau": fit["heldout_tau"],
         "reference_vs_build": report["reference_vs_build"],

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from cost_models.calibration import FIXED, Calibration, Sample, calibrate
+from cost_models.flops import FlopsCostModel
 from cost_models.runtimes import Runtime, get_runtime
 from cost_models.timing import Job, NoiseGuard, NoisePolicy, Prepare, Timing, measure
 from dnas.cli import example, head_outputs, out_opt, outputs_opt, set_opt
@@ -44,10 +45,14 @@ from dnas.nn.network import Network
 from dnas.nn.profile import _HeadOnInputs, op_costs
 from dnas.registry import COMMANDS, COST_MODELS, RUNTIMES
 from dnas.schema import read_json
+from dnas.search.budget import cheapest_within
 from dnas.search.cost_model import CostModel, CostTable
 from dnas.space.choices import uniform_choices
 from dnas.space.graph import Layer, SearchSpace
 from dnas.space.ops import build_op, parse_op
+
+PICK_LEVELS = (0.25, 0.5, 0.75)  # MAC levels of the table's own picks (``picked_choices``)
+PICK_BAND = 0.01
 
 
 def parts_ms(table: dict, choices: dict[str, str]) -> float:
@@ -230,6 +235,36 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     return table
 
 
+def lut_cost_table(lut: dict, space: SearchSpace, key: dict | None = None) -> CostTable:
+    """A table's entries for ``space`` as a ``CostTable`` (ms), the linear correction and the
+    overhead folded in, so that ``of_choices`` is ``predict_ms``."""
+    scale = lut["scale"]
+    layers = {lay.name: {op: scale * lut["layers"][lay.name][op] for op in lay.candidates}
+              for lay in space.searchable_layers}  # fmt: skip
+    fixed = scale * sum(lut["fixed"].values()) + lut["overhead_ms"]
+    return CostTable(LatencyCostModel.metric, LatencyCostModel.unit, fixed, layers, key=key or {})
+
+
+def mac_bands(macs: CostTable) -> dict[float, tuple[float, float]]:
+    """``{level: (low, high)}``: the MACs within ``PICK_BAND`` of each of ``PICK_LEVELS`` of
+    the space's MAC range (``macs`` is its FLOPs table)."""
+    low, high = macs.cost_range()
+    goals = {level: low + level * (high - low) for level in PICK_LEVELS}
+    return {level: (g * (1 - PICK_BAND), g * (1 + PICK_BAND)) for level, g in goals.items()}
+
+
+def picked_choices(lut: dict, space: SearchSpace) -> dict[float, dict[str, str]]:
+    """The nets a latency-aware search is drawn to: ``{level: choices}``, at each of the
+    ``mac_bands`` the net the table predicts fastest among those of that many MACs (levels
+    without a net are left out). An optimiser seeks out the nets whose entries err low,
+    which random nets rarely are (the optimiser's curse), so ``lut check`` times these too."""
+    meta = lut["meta"]
+    macs = FlopsCostModel().build(space, tuple(meta["input"]), meta["num_outputs"])
+    ms = lut_cost_table(lut, space)
+    picks = {level: cheapest_within(ms, macs, *band) for level, band in mac_bands(macs).items()}
+    return {level: c for level, c in picks.items() if c is not None}
+
+
 def head_record(space: SearchSpace) -> dict | None:
     """The head a table timed (type, inputs, options), to refuse a search with another."""
     if space.head is None:
@@ -263,8 +298,9 @@ def apply_calibration(table: dict, space: SearchSpace, fit: Calibration) -> dict
 
 def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed: int = 1,
               what: str = "lut check") -> dict:  # fmt: skip
-    """Predicted vs measured latency of ``samples`` random architectures, in the table's
-    runtime, under the same noise guard as the build."""
+    """Predicted vs measured latency of ``samples`` random architectures and of the table's
+    own picks (``picked_choices``), in the table's runtime, under the same noise guard as the
+    build."""
     meta = table["meta"]
     x = torch.randn(meta["batch"], space.in_channels, *meta["input"], device=bench.runtime.device)
     rng = np.random.default_rng(seed)
@@ -276,12 +312,18 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     built_at = (noise["reference_ms"][0] if isinstance(noise, dict)
                 and noise.get("reference_ms") else None)  # fmt: skip
     nets = [uniform_choices(space.searchable_layers, rng) for _ in range(samples)]
-    jobs = [(f"network {i + 1}", network_job(bench, space, c, meta["num_outputs"], x))
-            for i, c in enumerate(nets)]  # fmt: skip
+    picks = picked_choices(table, space)
+    named = [(f"network {i + 1}", c) for i, c in enumerate(nets)]
+    named += [(f"picked net at {100 * level:.0f} % of the MACs", c) for level, c in picks.items()]
+    jobs = [(name, network_job(bench, space, c, meta["num_outputs"], x)) for name, c in named]
     with counter(len(jobs) * bench.policy.rounds, "lut check: timings") as update:
         timings = guard.run(jobs, update)
     rows = [{"predicted_ms": predict_ms(table, c), "measured_ms": t.median_ms,
-             "spread": round(t.spread, 4)} for c, t in zip(nets, timings, strict=True)]  # fmt: skip
+             "spread": round(t.spread, 4)}
+            for (_, c), t in zip(named, timings, strict=True)]  # fmt: skip
+    rows, picked = rows[:samples], rows[samples:]
+    for row, (level, choices) in zip(picked, picks.items(), strict=True):
+        row |= {"level": level, "choices": choices}
     pred = np.array([r["predicted_ms"] for r in rows])
     real = np.array([r["measured_ms"] for r in rows])
     tau = float(scipy.stats.kendalltau(pred, real).statistic) if samples > 1 else float("nan")
@@ -289,10 +331,18 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     # the same check with the machine's speed now expressed at its speed during the build
     # (through the reference net): what the table gets wrong, rather than the machine
     steady = real / speed if speed else real
-    return {"kendall_tau": tau, "mape": float(100 * np.mean(np.abs(pred - real) / real)),
-            "mape_at_build_speed": float(100 * np.mean(np.abs(pred - steady) / steady)),
+    picked_pred = np.array([r["predicted_ms"] for r in picked])
+    picked_real = np.array([r["measured_ms"] for r in picked])
+    return {"kendall_tau": tau, "mape": _mape(pred, real),
+            "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": guard.report.to_dict(),
-            "reference_vs_build": speed, "rows": rows}  # fmt: skip
+            "reference_vs_build": speed, "rows": rows, "picked": picked,
+            "picked_mape": _mape(picked_pred, picked_real) if picked else None}  # fmt: skip
+
+
+def _mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Mean absolute percentage error of ``predicted`` against ``measured``."""
+    return float(100 * np.mean(np.abs(predicted - measured) / measured))
 
 
 def read_lut(path: Path) -> dict:
@@ -447,11 +497,7 @@ class LatencyCostModel(CostModel):
                 f"--device {self.device or meta.get('device', 'cpu')} "
                 f"--runtime {self.options.runtime or recorded['runtime']} -o {self.path}"
             )
-        scale = lut["scale"]  # the linear correction, folded into every entry
-        layers = {lay.name: {op: scale * lut["layers"][lay.name][op] for op in lay.candidates}
-                  for lay in space.searchable_layers}  # fmt: skip
-        fixed = scale * sum(lut["fixed"].values()) + lut["overhead_ms"]
-        return CostTable(self.metric, self.unit, fixed, layers, key={"table": str(self.path)})
+        return lut_cost_table(lut, space, key={"table": str(self.path)})
 
 
 @click.group("lut")
@@ -613,7 +659,8 @@ def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpac
 def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | None,
               min_time: float, rounds: int, max_spread: float, max_drift: float,
               max_speed_change: float, allow_noise: bool, fmt: str) -> None:  # fmt: skip
-    """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%)."""
+    """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%); and
+    of the table's own fastest nets at 25, 50 and 75 % of the space's MAC range."""
 
     table = read_lut(table_path)
     meta, recorded_runtime = table["meta"], table_runtime(table)
@@ -638,6 +685,12 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
     conditions = f"{recorded_runtime}, batch {meta['batch']}, {meta['threads']} threads"
     click.echo(f"Kendall tau {report['kendall_tau']:.3f}   MAPE {report['mape']:.2f} %   "
                f"({conditions})")  # fmt: skip
+    if report["picked"]:
+        errors = ", ".join(f"{100 * r['level']:.0f} % {r['predicted_ms']:.3f} vs "
+                           f"{r['measured_ms']:.3f} ms" for r in report["picked"])  # fmt: skip
+        click.echo(f"the table's own picks (its fastest net at a share of the MAC range), "
+                   f"predicted vs measured: {errors}; "
+                   f"MAPE {report['picked_mape']:.2f} %")  # fmt: skip
     if report["reference_vs_build"] is not None:
         click.echo(f"machine speed: the reference net ran {report['reference_vs_build']:.3f}x "
                    f"its time at the build; MAPE at the build's speed "

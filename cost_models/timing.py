@@ -5,8 +5,8 @@ one.
 the timer's own overhead to vanish, accelerators are synchronised, the thread count is set) and
 keeps the median and the interquartile range of the per-call times over the blocks. Its blocks
 are sized by ``BlockTimer``: torch's rule (the overhead under 1e-4 of a block) counts an
-accelerator's synchronisation as overhead, which asks for blocks of 0.1-0.2 s on a GPU and
-makes one timing of a 30 us op take seconds.
+accelerator's synchronisation as overhead, which asks for blocks of 0.05-0.5 s on a GPU and
+makes one timing of a small op take 1-2 s.
 
 A ``NoiseGuard`` turns those into a table a user can trust. A timing whose IQR is a large part
 of its median is measured again. A reference network is timed at the start and again after
@@ -56,16 +56,18 @@ Job = tuple[str, Prepare]
 
 
 MIN_BLOCKS = 4  # fewer blocks give no interquartile range worth the name
+MAX_CALLS = 10**8  # calls per block at most (torch's C++ timer takes a 32-bit count)
 
 
 class BlockTimer(benchmark.Timer):
     """``Timer`` whose blocks are sized from the call's own time. Torch grows a block tenfold
     until the timer's overhead is under 1e-4 of it; on a GPU that overhead is a
     synchronisation (5-20 us), so blocks grew to 0.05-0.5 s whatever ``min_run_time``, and
-    one timing of a launch-bound op took 1-2 s (a table has hundreds). Here a block aims at
-    ``MAX_OVERHEAD`` (the synchronisation then biases it by 0.1 %), at most a quarter of
-    ``min_run_time`` so that one run holds ``MIN_BLOCKS`` blocks. On a CPU the overhead is
-    tens of ns and calls of 0.1 ms and more still get blocks of one call."""
+    one timing of a launch-bound op took 1-2 s (a table has hundreds). Here the overhead aims
+    at ``MAX_OVERHEAD`` of a block (a 0.1 % bias), but a block is at most a quarter of
+    ``min_run_time`` so that one run holds ``MIN_BLOCKS`` blocks (at ``--min-time 0.01`` a
+    GPU block is 2.5 ms and the bias up to 1 %). On a CPU the overhead is about 0.3 us: blocks
+    of 0.3 ms or one call, where torch's were 3.5 ms or one call."""
 
     MAX_OVERHEAD = 1e-3
 
@@ -77,10 +79,10 @@ class BlockTimer(benchmark.Timer):
             goal = min(max(overhead / self.MAX_OVERHEAD, min_run_time / 1000),
                        min_run_time / MIN_BLOCKS)  # fmt: skip
             number, taken = 1, self._timeit(1)
-            while taken < goal / 10 and number < 10**8:
+            while taken < goal / 10 and number < MAX_CALLS:
                 number *= 10
                 taken = self._timeit(number)
-        return max(1, round(number * goal / taken))
+        return max(1, min(round(number * goal / taken), MAX_CALLS))
 
 
 def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.2) -> Timing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -10,11 +11,15 @@ import yaml
 from click.testing import CliRunner
 from conftest import TINY_SPACE, quick_bench, write_experiment
 
+from cost_models.flops import FlopsCostModel
 from cost_models.latency import (
+    PICK_BAND,
+    PICK_LEVELS,
     Bench,
     LatencyCostModel,
     LatencyOptions,
     build_lut,
+    picked_choices,
     predict_ms,
     time_forwards,
 )
@@ -67,6 +72,24 @@ def test_cost_model_expected_cost_equals_the_prediction(lut):
     assert expected == pytest.approx(predict_ms(table, choices), rel=1e-5)
 
 
+def test_the_tables_own_picks_are_its_fastest_nets_at_each_mac_level(lut):
+    """Each pick is, among all 72 nets of the tiny space with MACs within 1 % of its level,
+    the one the table predicts fastest (by enumeration)."""
+    space, table, _ = lut
+    macs = FlopsCostModel().build(space, (64, 64), 16)
+    names = list(macs.layers)
+    every = [dict(zip(names, ops, strict=True))
+             for ops in itertools.product(*(list(macs.layers[n]) for n in names))]  # fmt: skip
+    low, high = macs.cost_range()
+    picks = picked_choices(table, space)
+    assert list(picks) == list(PICK_LEVELS)
+    for level, pick in picks.items():
+        goal = low + level * (high - low)
+        band = [c for c in every if abs(macs.of_choices(c) / goal - 1) <= PICK_BAND]
+        assert pick in band and len(band) > 1
+        assert predict_ms(table, pick) == pytest.approx(min(predict_ms(table, c) for c in band))
+
+
 def test_missing_ops_batch_and_shape_are_one_error_with_the_build_command(lut, tmp_path):
     space, _, path = lut
     data = space.to_dict()
@@ -108,6 +131,10 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     expected = 100 * sum(errors) / len(errors)
     assert speed > 0 and report["mape_at_build_speed"] == pytest.approx(expected)
     assert len(report["rows"]) == 3 and report["runtime"] == "torch" and "noise" in report
+    assert [r["level"] for r in report["picked"]] == list(PICK_LEVELS)  # the table's own picks
+    assert report["picked_mape"] >= 0 and set(report["picked"][0]["choices"]) == {
+        lay.name for lay in load_space(TINY_SPACE).searchable_layers
+    }
     other = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--runtime",
                                      "onnxruntime"])  # fmt: skip
     assert other.exit_code == 1 and "measured in torch, not onnxruntime" in other.output

@@ -22,7 +22,7 @@ from dnas.engine.progress import Reporter
 from dnas.nn.mixed_op import MixedOp
 from dnas.nn.network import Network, module_key
 from dnas.schema import from_dict
-from dnas.search.budget import most_probable_within, sample_within, tilted_probs
+from dnas.search.budget import best_within, most_probable_within, sample_within, tilted_probs
 from dnas.search.cost_model import CostTable, get_cost_model
 from dnas.search.darts import DartsOptions, DartsStrategy
 from dnas.search.derive import derive
@@ -145,13 +145,14 @@ def test_expected_cost_is_float32_and_exact():
 # -- budget projection and sampling ---------------------------------------------------------------
 
 
-def brute_force(probs, table, low, high):
+def brute_force(scores, table, low, high):
+    """The architecture in [low, high] with the largest summed score, by enumeration."""
     best, arg = -math.inf, None
-    names = list(probs)
-    for combo in itertools.product(*(range(len(probs[n])) for n in names)):
+    names = list(scores)
+    for combo in itertools.product(*(range(len(scores[n])) for n in names)):
         choices = {n: list(table.layers[n])[i] for n, i in zip(names, combo, strict=True)}
         if low <= table.of_choices(choices) <= high:
-            score = sum(math.log(probs[n][i]) for n, i in zip(names, combo, strict=True))
+            score = sum(scores[n][i] for n, i in zip(names, combo, strict=True))
             if score > best:
                 best, arg = score, choices
     return arg
@@ -162,7 +163,19 @@ def test_projection_is_the_most_probable_architecture_in_the_band(target):
     table = toy_table()
     probs = {"a": [0.57, 0.31, 0.12], "b": [0.23, 0.77], "c": [0.48, 0.13, 0.39]}
     low, high = target * 0.97, target * 1.03
-    assert most_probable_within(probs, table, low, high) == brute_force(probs, table, low, high)
+    logp = {n: [math.log(v) for v in p] for n, p in probs.items()}
+    assert most_probable_within(probs, table, low, high) == brute_force(logp, table, low, high)
+
+
+@pytest.mark.parametrize("target", [15.0, 18.5, 22.0, 27.0])
+def test_best_within_is_the_cheapest_net_of_another_table_at_this_tables_cost(target):
+    """Negated costs of a second table (a runtime's ms) as scores: the net that runtime runs
+    fastest among those with this table's cost (MACs) in the band."""
+    table = toy_table()
+    ms = {"a": [3.0, 1.0, 2.5], "b": [0.5, 0.7], "c": [2.0, 1.5, 0.1]}
+    scores = {n: [-v for v in row] for n, row in ms.items()}
+    low, high = target * 0.97, target * 1.03
+    assert best_within(scores, table, low, high) == brute_force(scores, table, low, high)
 
 
 def test_projection_reports_an_empty_band():

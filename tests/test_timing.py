@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import torch
 import torch.utils.benchmark as benchmark
 from click.testing import CliRunner
 from conftest import TINY_SPACE
@@ -59,30 +58,37 @@ def test_measure_times_a_known_sleep():
     assert timing.iqr_ms >= 0 and timing.spread == timing.iqr_ms / timing.median_ms
 
 
-def _spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+class SimulatedClock:
+    """A deterministic clock: ``tick(s)`` is a call that takes s seconds, and reading the
+    clock costs ``overhead`` seconds, as a GPU synchronisation does."""
+
+    def __init__(self, overhead: float) -> None:
+        self.now, self.overhead = 0.0, overhead
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+    def timer(self) -> float:
+        self.now += self.overhead
+        return self.now
+
+    def make(self, cls, call_s: float):
+        return cls(stmt=f"tick({call_s})", globals={"tick": self.tick}, timer=self.timer)
 
 
-@pytest.mark.skipif(torch.accelerator.is_available(), reason="a custom timer is CPU-only")
 def test_blocks_stay_short_when_the_timer_itself_is_slow():
-    """A timer that costs 20 us a call (as a GPU synchronisation does) around a 50 us call:
-    torch's rule (overhead under 1e-4 of a block) asks for 0.5 s blocks, ``BlockTimer``'s
-    (1e-3) for 20 ms ones, about 400 calls, so a 0.2 s timing has 10 blocks and the right
-    median."""
-
-    def synchronising_timer() -> float:
-        _spin(20e-6)
-        return time.perf_counter()
-
-    def stmt(cls):
-        return cls(stmt="spin(50e-6)", globals={"spin": _spin}, timer=synchronising_timer)
-
-    ours = stmt(BlockTimer).blocked_autorange(min_run_time=0.2)
-    assert 300 <= ours.number_per_run <= 500 and len(ours.times) >= 2 * MIN_BLOCKS
-    assert 50e-6 < ours.median < 60e-6
-    assert stmt(benchmark.Timer)._estimate_block_size(0.2) == 10_000
+    """A 20 us timer around a 50 us call: torch's rule (overhead under 1e-4 of a block) asks
+    for 0.5 s blocks of 10 000 calls; ``BlockTimer`` scales its 5.02 ms block of 100 calls to
+    the 20 ms goal (overhead 1e-3 of it), 398 calls, so a 0.2 s timing has 11 blocks."""
+    clock = SimulatedClock(20e-6)
+    assert clock.make(benchmark.Timer, 50e-6)._estimate_block_size(0.2) == 10_000
+    ours = clock.make(BlockTimer, 50e-6).blocked_autorange(min_run_time=0.2)
+    assert ours.number_per_run == 398 and len(ours.times) == 11  # 11 x 19.92 ms >= 0.2 s
+    assert ours.median == pytest.approx(50e-6 + 20e-6 / 398)
+    # the goal is at most a quarter of min_run_time (10 ms here): 199 calls
+    assert clock.make(BlockTimer, 50e-6)._estimate_block_size(0.04) == 199
+    # a call longer than the goal is a block of its own
+    assert clock.make(BlockTimer, 30e-3)._estimate_block_size(0.1) == 1
 
 
 def test_a_noisy_timing_is_measured_again_and_the_steadiest_kept():

@@ -24,7 +24,20 @@ def most_probable_within(
 ) -> dict[str, str] | None:
     """``{layer: op}`` maximising the summed log-probability with cost in [low, high], or None
     when no architecture of the space costs that much."""
-    names = list(probs)
+    logp = {n: np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-30, None))
+            for n, p in probs.items()}  # fmt: skip
+    return best_within(logp, table, low, high)
+
+
+def best_within(
+    scores: dict[str, list[float]], table: CostTable, low: float, high: float
+) -> dict[str, str] | None:
+    """``{layer: op}`` maximising the summed per-op ``scores`` (each layer's in the order of
+    ``table.layers``) with cost in [low, high], or None when no architecture costs that much:
+    a multiple-choice knapsack, solved by dynamic programming over the cost in ``BINS`` bins.
+    With log-probabilities it is the budget projection; with another table's negated costs it
+    is the cheapest net in that table at this table's cost (benchmarks/specialisation.py)."""
+    names = list(scores)
     costs = [np.array(list(table.layers[n].values()), dtype=np.float64) for n in names]
     ops = [list(table.layers[n]) for n in names]
     base = table.fixed + sum(float(c.min()) for c in costs)
@@ -37,14 +50,14 @@ def most_probable_within(
     score[0] = 0.0
     picks = np.zeros((len(names), BINS + 1), dtype=np.int16)
     for i, name in enumerate(names):
-        logp = np.log(np.clip(np.asarray(probs[name], dtype=np.float64), 1e-30, None))
+        gain = np.asarray(scores[name], dtype=np.float64)
         shifts = np.rint((costs[i] - costs[i].min()) / width).astype(int)
         best = np.full(BINS + 1, -np.inf)
         for o, shift in enumerate(shifts):
             if shift > BINS:
                 continue
             moved = np.full(BINS + 1, -np.inf)
-            moved[shift:] = score[: BINS + 1 - shift] + logp[o]
+            moved[shift:] = score[: BINS + 1 - shift] + gain[o]
             better = moved > best
             best[better], picks[i][better] = moved[better], o
         score = best
@@ -59,6 +72,15 @@ def most_probable_within(
         choices[names[i]] = ops[i][o]
         b -= int(np.rint((costs[i][o] - costs[i].min()) / width))
     return {n: choices[n] for n in names}
+
+
+def cheapest_within(
+    costs: CostTable, table: CostTable, low: float, high: float
+) -> dict[str, str] | None:
+    """``{layer: op}`` of the lowest cost under ``costs`` (a runtime's ms) among the nets
+    whose ``table`` cost (MACs) is in [low, high], or None when none is."""
+    scores = {n: [-costs.layers[n][op] for op in ops] for n, ops in table.layers.items()}
+    return best_within(scores, table, low, high)
 
 
 def tilted_probs(table: CostTable, target: float) -> dict[str, np.ndarray]:
