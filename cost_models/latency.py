@@ -3,8 +3,7 @@
 ``build_lut`` times, in the chosen runtime (``cost_models.runtimes``: eager PyTorch or ONNX
 Runtime), every candidate op of every searchable layer at its exact input shape, every fixed
 layer and the head, each by ``torch.utils.benchmark`` under a ``NoiseGuard``
-(``cost_models.timing``). It then times whole networks (``calibration_choices``: half
-uniform, half with each resolution's share varied) and fits the entries to them
+(``cost_models.timing``). It then times random whole networks and fits the entries to them
 (``cost_models.calibration``): one scale per input resolution, and one overhead. The
 table stays a sum of per-op entries, so the expected cost stays linear in the op
 probabilities. What it cannot model: fusion across op boundaries that depends on the
@@ -184,30 +183,6 @@ def group_parts(table: dict, space: SearchSpace, choices: dict[str, str]) -> dic
     return parts
 
 
-def calibration_choices(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int,
-                        count: int, rng: np.random.Generator) -> list[dict[str, str]]:  # fmt: skip
-    """The nets a table is calibrated on: every other one uniform, the rest tilted by input
-    resolution: the layers of each resolution take the op at one random quantile of their
-    MACs (skip near 0, the dearest near 1). Uniform nets hold every resolution in similar
-    shares, which leaves the per-resolution scales loose, and a search exploits that (a pick
-    predicted 26 % low, docs/benchmarks.md); varied shares tell the scales apart."""
-    macs, _ = op_costs(space, input_hw, num_outputs)
-    shapes = space.infer_shapes(*input_hw)
-    nets = []
-    for i in range(count):
-        if i % 2 == 0:
-            nets.append(uniform_choices(space.searchable_layers, rng))
-            continue
-        quantiles: dict[tuple[int, int], float] = {}
-        choices = {}
-        for layer in space.searchable_layers:
-            q = quantiles.setdefault(tuple(shapes[layer.input][1:]), float(rng.uniform()))
-            ranked = sorted(layer.candidates, key=lambda op, n=layer.name: macs[n][op][0])
-            choices[layer.name] = ranked[min(int(q * len(ranked)), len(ranked) - 1)]
-        nets.append(choices)
-    return nets
-
-
 def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, batch: int,
               bench: Bench, calibration: int = 40, seed: int = 0,
               progress: bool = True) -> dict:  # fmt: skip
@@ -220,7 +195,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     reference = network_job(bench, space, reference_choices(space), num_outputs, x)()
     guard = bench.guard(reference, f"lut build --space {space.name}")
     entries = _op_jobs(bench, space, input_hw, num_outputs, batch)
-    nets = calibration_choices(space, input_hw, num_outputs, calibration, rng)
+    nets = [uniform_choices(space.searchable_layers, rng) for _ in range(calibration)]
     jobs = [job for _, _, job in entries]
     jobs += [(f"network {i + 1}", network_job(bench, space, c, num_outputs, x))
              for i, c in enumerate(nets)]  # fmt: skip
@@ -624,8 +599,7 @@ def noise_line(noise: dict) -> str:
     type=click.IntRange(0),
     default=40,
     show_default=True,
-    help="Whole networks timed to fit the entries (half uniform, half with each input "
-    "resolution's share varied; a quarter held out).",
+    help="Random whole networks timed to fit the entries (a quarter held out).",
 )
 @noise_options
 @out_opt("output", file=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,7 +19,6 @@ from cost_models.latency import (
     LatencyCostModel,
     LatencyOptions,
     build_lut,
-    calibration_choices,
     picked_choices,
     predict_ms,
     time_forwards,
@@ -29,8 +27,6 @@ from cost_models.runtimes import get_runtime
 from cost_models.timing import NoisePolicy, Timing
 from dnas.cli import cli
 from dnas.errors import DnasError
-from dnas.nn.profile import op_costs
-from dnas.space.choices import uniform_choices
 from dnas.space.graph import load_space
 
 
@@ -74,32 +70,6 @@ def test_cost_model_expected_cost_equals_the_prediction(lut):
              for lay in space.searchable_layers]  # fmt: skip
     expected = float(cost_table.expected(list(choices), probs))
     assert expected == pytest.approx(predict_ms(table, choices), rel=1e-5)
-
-
-def test_calibration_nets_vary_the_share_of_each_resolution():
-    """Every other calibration net is uniform; the rest take, in all layers of one input
-    resolution, the op at one MAC rank, so the resolutions' shares of a net vary far more than
-    among uniform nets (which leave per-resolution scales loose for a search to exploit)."""
-    space = load_space("mbv2_pose_small")
-    macs, _ = op_costs(space, (128, 128), 16)
-    shapes = space.infer_shapes(128, 128)
-    nets = calibration_choices(space, (128, 128), 16, 40, np.random.default_rng(0))
-    uniform = [uniform_choices(space.searchable_layers, np.random.default_rng(0))] + nets[2::2]
-
-    def share_of_16x16(choices):
-        per = {lay: macs[lay.name][choices[lay.name]][0] for lay in space.searchable_layers}
-        return sum(m for lay, m in per.items() if shapes[lay.input][1] == 16) / sum(per.values())
-
-    for net in nets[1::2]:
-        ranks = {}
-        for lay in space.searchable_layers:
-            ranked = sorted(lay.candidates, key=lambda op, n=lay.name: macs[n][op][0])
-            rank = ranked.index(net[lay.name]) / len(ranked)
-            ranks.setdefault(shapes[lay.input][1:], set()).add(rank)
-        assert all(max(r) - min(r) < 0.3 for r in ranks.values())  # one quantile per resolution
-    tilted = [share_of_16x16(n) for n in nets[1::2]]
-    plain = [share_of_16x16(n) for n in uniform]
-    assert np.std(tilted) > 2 * np.std(plain)
 
 
 def test_the_tables_own_picks_are_its_fastest_nets_at_each_mac_level(lut):
