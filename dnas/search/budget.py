@@ -36,7 +36,7 @@ def best_within(
     ``table.layers``) with cost in [low, high], or None when no architecture costs that much:
     a multiple-choice knapsack, solved by dynamic programming over the cost in ``BINS`` bins.
     With log-probabilities it is the budget projection; with another table's negated costs it
-    is the cheapest net in that table at this table's cost (benchmarks/specialisation.py)."""
+    is the cheapest net in that table at this table's cost (``lut check``'s picks)."""
     names = list(scores)
     costs = [np.array(list(table.layers[n].values()), dtype=np.float64) for n in names]
     ops = [list(table.layers[n]) for n in names]
