@@ -60,6 +60,7 @@ def measured(setting: list[str], runtime: str, samples: int, table: Path) -> dic
         "picked_mape": round(report["picked_mape"], 3) if report["picked"] else None,
         "pass": report["kendall_tau"] >= TAU and report["mape"] <= MAPE,
         "heldout_mape": fit["heldout_mape"], "heldout_tau": fit["heldout_tau"],
+        "speed_vs_build": report["speed_vs_build"],
         "reference_vs_build": report["reference_vs_build"],
         "build_noise": meta["noise"]["drift"], "check_noise": report["noise"]["drift"],
         "build_s": round(built, 1), "check_s": round(time.perf_counter() - start, 1),

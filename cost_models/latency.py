@@ -53,6 +53,7 @@ from dnas.space.ops import build_op, parse_op
 
 PICK_LEVELS = (0.25, 0.5, 0.75)  # MAC levels of the table's own picks (``picked_choices``)
 PICK_BAND = 0.01
+SPEED_NETS = 6  # calibration nets ``lut check`` times again to compare the machine's speed
 
 
 def parts_ms(table: dict, choices: dict[str, str]) -> float:
@@ -300,7 +301,8 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
               what: str = "lut check") -> dict:  # fmt: skip
     """Predicted vs measured latency of ``samples`` random architectures and of the table's
     own picks (``picked_choices``), in the table's runtime, under the same noise guard as the
-    build."""
+    build; a few of the build's calibration nets are timed again for the machine's speed
+    (``machine_speed``)."""
     meta = table["meta"]
     x = torch.randn(meta["batch"], space.in_channels, *meta["input"], device=bench.runtime.device)
     rng = np.random.default_rng(seed)
@@ -308,36 +310,97 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
              np.random.default_rng(seed + 1000))  # fmt: skip
     reference = network_job(bench, space, reference_choices(space), meta["num_outputs"], x)()
     guard = bench.guard(reference, what)
-    noise = meta.get("noise")
-    built_at = (noise["reference_ms"][0] if isinstance(noise, dict)
-                and noise.get("reference_ms") else None)  # fmt: skip
     nets = [uniform_choices(space.searchable_layers, rng) for _ in range(samples)]
     picks = picked_choices(table, space)
-    named = [(f"network {i + 1}", c) for i, c in enumerate(nets)]
-    named += [(f"picked net at {100 * level:.0f} % of the MACs", c) for level, c in picks.items()]
+    gauges = gauge_nets(meta, space)
+    checked = [(f"network {i + 1}", c) for i, c in enumerate(nets)]
+    checked += [(f"picked net at {100 * level:.0f} % of the MACs", c) for level, c in picks.items()]
+    named, at = interleaved(checked, [(f"calibration net {i + 1} again", n["choices"])
+                                      for i, n in enumerate(gauges)])  # fmt: skip
     jobs = [(name, network_job(bench, space, c, meta["num_outputs"], x)) for name, c in named]
     with counter(len(jobs) * bench.policy.rounds, "lut check: timings") as update:
         timings = guard.run(jobs, update)
     rows = [{"predicted_ms": predict_ms(table, c), "measured_ms": t.median_ms,
              "spread": round(t.spread, 4)}
             for (_, c), t in zip(named, timings, strict=True)]  # fmt: skip
+    gauge_rows = [rows[i] for i in at]
+    rows = [r for i, r in enumerate(rows) if i not in set(at)]
     rows, picked = rows[:samples], rows[samples:]
     for row, (level, choices) in zip(picked, picks.items(), strict=True):
         row |= {"level": level, "choices": choices}
     pred = np.array([r["predicted_ms"] for r in rows])
     real = np.array([r["measured_ms"] for r in rows])
     tau = float(scipy.stats.kendalltau(pred, real).statistic) if samples > 1 else float("nan")
-    speed = guard.report.reference_ms[0] / built_at if built_at else None
-    # the same check with the machine's speed now expressed at its speed during the build
-    # (through the reference net): what the table gets wrong, rather than the machine
-    steady = real / speed if speed else real
+    speed = machine_speed(meta, guard.report.reference_ms[0], gauges, gauge_rows)
+    # the same check with the machine's speed now expressed at its speed during the build:
+    # what the table gets wrong, rather than the machine
+    steady = real / speed["ratio"] if speed["ratio"] else real
     picked_pred = np.array([r["predicted_ms"] for r in picked])
     picked_real = np.array([r["measured_ms"] for r in picked])
     return {"kendall_tau": tau, "mape": _mape(pred, real),
             "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": guard.report.to_dict(),
-            "reference_vs_build": speed, "rows": rows, "picked": picked,
+            "speed_vs_build": speed["ratio"], "speed_from": speed["source"],
+            "gauge_nets": [{"build_ms": n["measured_ms"], "measured_ms": r["measured_ms"],
+                            "spread": r["spread"]}
+                           for n, r in zip(gauges, gauge_rows, strict=True)],
+            "reference_vs_build": speed["reference"], "rows": rows, "picked": picked,
             "picked_mape": _mape(picked_pred, picked_real) if picked else None}  # fmt: skip
+
+
+def interleaved(items: list, extra: list) -> tuple[list, list[int]]:
+    """``items`` with ``extra`` spread evenly among them, and the positions of ``extra``: nets
+    timed at one moment share that moment's speed, so the gauges sample the whole run."""
+    merged, at = list(items), []
+    for i, item in enumerate(extra):
+        position = round((i + 0.5) * len(items) / len(extra)) + i
+        merged.insert(position, item)
+        at.append(position)
+    return merged, at
+
+
+def gauge_nets(meta: dict, space: SearchSpace) -> list[dict]:
+    """Up to ``SPEED_NETS`` of the table's calibration nets that ``space`` can build, with a
+    positive time, spread over the build's order: timed again by ``lut check``, they gauge the
+    machine's speed against the build. Malformed entries are skipped."""
+    nets = meta.get("calibration_nets")
+    if not isinstance(nets, list):
+        return []
+    layers = {lay.name: set(lay.candidates) for lay in space.searchable_layers}
+
+    def buildable(net: object) -> bool:
+        if not (isinstance(net, dict) and _is_number(net.get("measured_ms"))
+                and net["measured_ms"] > 0 and isinstance(net.get("choices"), dict)):  # fmt: skip
+            return False
+        choices = net["choices"]
+        return set(choices) == set(layers) and all(
+            isinstance(op, str) and op in layers[name] for name, op in choices.items())  # fmt: skip
+
+    usable = [n for n in nets if buildable(n)]
+    if len(usable) <= SPEED_NETS:
+        return usable
+    # spread over the build's order: nets timed one after the other share its speed then
+    return [usable[round(i * (len(usable) - 1) / (SPEED_NETS - 1))] for i in range(SPEED_NETS)]
+
+
+def machine_speed(meta: dict, reference_now: float, gauges: list[dict],
+                  gauge_rows: list[dict]) -> dict:  # fmt: skip
+    """How many times as long nets take now as at the build: the median over the gauge nets
+    (``gauge_nets``, timed again as ``gauge_rows``) of their time now over their time then,
+    else (no such nets) the reference net's ratio. Measured: the reference net alone can move
+    the other way (1.04-1.09x its build time while 12 calibration nets took 0.90-1.00x theirs,
+    three fresh processes), since a shared machine's speed changes differ between nets."""
+    noise = meta.get("noise")
+    built_at = noise.get("reference_ms") if isinstance(noise, dict) else None
+    built_at = built_at[0] if isinstance(built_at, list) and built_at else None
+    reference = reference_now / built_at if _is_number(built_at) and built_at > 0 else None
+    if gauges:
+        ratios = [r["measured_ms"] / n["measured_ms"]
+                  for n, r in zip(gauges, gauge_rows, strict=True)]  # fmt: skip
+        source = f"{len(ratios)} calibration net{'s' * (len(ratios) > 1)}"
+        return {"ratio": statistics.median(ratios), "source": source, "reference": reference}
+    return {"ratio": reference, "source": "the reference net" if reference else None,
+            "reference": reference}  # fmt: skip
 
 
 def _mape(predicted: np.ndarray, measured: np.ndarray) -> float:
@@ -691,9 +754,9 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
         click.echo(f"the table's own picks (its fastest net at a share of the MAC range), "
                    f"predicted vs measured: {errors}; "
                    f"MAPE {report['picked_mape']:.2f} %")  # fmt: skip
-    if report["reference_vs_build"] is not None:
-        click.echo(f"machine speed: the reference net ran {report['reference_vs_build']:.3f}x "
-                   f"its time at the build; MAPE at the build's speed "
+    if report["speed_vs_build"] is not None:
+        click.echo(f"machine speed: {report['speed_from']} took {report['speed_vs_build']:.3f}x "
+                   f"as long as at the build; MAPE at the build's speed "
                    f"{report['mape_at_build_speed']:.2f} %")  # fmt: skip
     click.echo(noise_line(report["noise"]))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 
 import pytest
 import torch
@@ -15,10 +16,14 @@ from cost_models.flops import FlopsCostModel
 from cost_models.latency import (
     PICK_BAND,
     PICK_LEVELS,
+    SPEED_NETS,
     Bench,
     LatencyCostModel,
     LatencyOptions,
     build_lut,
+    gauge_nets,
+    interleaved,
+    machine_speed,
     picked_choices,
     predict_ms,
     time_forwards,
@@ -90,6 +95,38 @@ def test_the_tables_own_picks_are_its_fastest_nets_at_each_mac_level(lut):
         assert predict_ms(table, pick) == pytest.approx(min(predict_ms(table, c) for c in band))
 
 
+def test_machine_speed_gauges_on_calibration_nets_the_space_can_build(lut):
+    """Nets the checked space cannot build, and malformed entries, are skipped; with none left
+    the reference net's ratio stands in."""
+    space, table, _ = lut
+    meta = table["meta"]
+    nets = meta["calibration_nets"]
+    assert len(nets) == 8 and SPEED_NETS == 6  # spread over the build's order, ends included
+    assert gauge_nets(meta, space) == [nets[i] for i in (0, 1, 3, 4, 6, 7)]
+    assert gauge_nets(dict(meta, calibration_nets=nets[:5]), space) == nets[:5]
+    bad = [{**nets[0], "choices": {**nets[0]["choices"], "stage1.0": "k9e9"}},
+           {**nets[0], "choices": {**nets[0]["choices"], "stage1.0": ["k3e3"]}},
+           {**nets[0], "measured_ms": 0}, {**nets[0], "measured_ms": "1"}, "net", None]  # fmt: skip
+    for malformed in (bad, None, 3, "nets"):
+        assert gauge_nets(dict(meta, calibration_nets=malformed), space) == []
+    built_at = meta["noise"]["reference_ms"][0]
+    speed = machine_speed(meta, 1.1 * built_at, [], [])
+    assert speed["ratio"] == pytest.approx(1.1) and speed["source"] == "the reference net"
+    for noise in (None, {"reference_ms": 5}, {"reference_ms": ["a"]}, {"reference_ms": [-1.0]}):
+        assert machine_speed(dict(meta, noise=noise), 1.0, [], [])["ratio"] is None
+    again = [{"measured_ms": 0.9 * nets[0]["measured_ms"]},
+             {"measured_ms": 1.0 * nets[1]["measured_ms"]}]  # fmt: skip
+    speed = machine_speed(meta, 1.3 * built_at, nets[:2], again)
+    assert speed["ratio"] == pytest.approx(0.95) and speed["reference"] == pytest.approx(1.3)
+
+
+def test_gauges_are_spread_among_the_checked_nets():
+    merged, at = interleaved(list(range(33)), ["a", "b", "c"])
+    assert [merged[i] for i in at] == ["a", "b", "c"] and at == [6, 17, 30]
+    assert [m for m in merged if isinstance(m, int)] == list(range(33))  # order kept
+    assert interleaved([1, 2], []) == ([1, 2], [])
+
+
 def test_missing_ops_batch_and_shape_are_one_error_with_the_build_command(lut, tmp_path):
     space, _, path = lut
     data = space.to_dict()
@@ -125,7 +162,14 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     assert check.exit_code == 0, check.output
     report = json.loads(check.stdout)  # progress lines go to stderr
     assert -1.0 <= report["kendall_tau"] <= 1.0 and report["mape"] >= 0
-    speed = report["reference_vs_build"]  # the reference net now over its time at the build
+    # the machine's speed: 3 calibration nets timed again, their median time now over then
+    assert report["speed_from"] == "3 calibration nets" and len(report["gauge_nets"]) == 3
+    speed = report["speed_vs_build"]
+    assert speed == pytest.approx(statistics.median(
+        n["measured_ms"] / n["build_ms"] for n in report["gauge_nets"]))  # fmt: skip
+    built = json.loads(table.read_text())["meta"]["calibration_nets"]
+    assert [n["build_ms"] for n in report["gauge_nets"]] == [n["measured_ms"] for n in built]
+    assert report["reference_vs_build"] > 0  # the reference net's ratio is still reported
     errors = [abs(r["predicted_ms"] - r["measured_ms"] / speed) / (r["measured_ms"] / speed)
               for r in report["rows"]]  # fmt: skip
     expected = 100 * sum(errors) / len(errors)
