@@ -50,6 +50,7 @@ from dnas.space.graph import load_space
 from tasks.pose.synth import write_synthetic_mpii
 
 REPO = Path(__file__).resolve().parents[1]
+SPACE = "mbv2_pose_small"
 HW = (128, 128)
 RUNTIMES = ("torch", "onnxruntime")
 CAPACITY_RANDOM = 3  # random nets per level (draw seed CAPACITY_SEED, fixed up front)
@@ -67,7 +68,7 @@ def cost_models(tables: dict[str, Path]) -> dict[str, dict]:
 def table_of(keys: dict) -> CostTable:
     """The cost table of the model ``keys`` names, for the benchmark's space and input."""
     model = get_cost_model(keys["type"], from_dict(CostConfig, keys, "<specialisation>"))
-    return model.table(load_space("mbv2_pose_small"), HW, 16)
+    return model.table(load_space(SPACE), HW, 16)
 
 
 def target(keys: dict, fraction: float) -> float:
@@ -130,7 +131,7 @@ def capacity(models: dict[str, dict]) -> list[dict]:
     nets of those MACs, which FLOPs cannot tell apart; every net timed in every runtime. This
     isolates the tables from the search, whose task signal picks among nets of one cost by
     noise at this scale (issue 10)."""
-    space = load_space("mbv2_pose_small")
+    space = load_space(SPACE)
     flops, latency = table_of(models["flops"]), latency_tables(models)
     rng = np.random.default_rng(CAPACITY_SEED)
     levels = []
@@ -186,7 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_synthetic_mpii(tmp / "data", n_train=800, n_val=8, seed=0, image_size=256)
-        space = load_space("mbv2_pose_small")
+        space = load_space(SPACE)
         tables, noise = {}, {}
         for runtime in RUNTIMES:
             tables[runtime] = tmp / f"lut-{runtime}.json"

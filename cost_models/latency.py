@@ -323,8 +323,8 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     rows = [{"predicted_ms": predict_ms(table, c), "measured_ms": t.median_ms,
              "spread": round(t.spread, 4)}
             for (_, c), t in zip(named, timings, strict=True)]  # fmt: skip
-    gauge_rows = [rows[i] for i in at]
-    rows = [r for i, r in enumerate(rows) if i not in set(at)]
+    gauge_rows, gauged = [rows[i] for i in at], set(at)
+    rows = [r for i, r in enumerate(rows) if i not in gauged]
     rows, picked = rows[:samples], rows[samples:]
     for row, (level, choices) in zip(picked, picks.items(), strict=True):
         row |= {"level": level, "choices": choices}
