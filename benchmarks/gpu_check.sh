@@ -86,8 +86,9 @@ if [ "$QUICK" = 1 ]; then
   SEARCH=(--throughput-batch 4 --throughput-input 64 --throughput-steps 2 --workers 0)
   SPEED=(--quick)
   LUT_BUILD=(--space tests/data/tiny_space.yaml --input 64x64 --batch 1 --min-time 0.01
-             --calibration 4 --allow-noise)
-  LUT_CHECK=(--space tests/data/tiny_space.yaml --samples 4 --min-time 0.01 --allow-noise)
+             --calibration 4 --allow-noise --rounds 2)
+  LUT_CHECK=(--space tests/data/tiny_space.yaml --samples 4 --min-time 0.01 --allow-noise
+             --rounds 2)
   LIMITS=(900 600 300 300)
 else
   SEARCH=(--throughput-batch 32 --throughput-input 256 --throughput-steps 20 --workers 12

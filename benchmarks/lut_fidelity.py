@@ -5,6 +5,7 @@ MAPE are held against the targets of issue 13 (tau >= 0.95, MAPE <= 5 %).
 
     python benchmarks/lut_fidelity.py                       # the three settings, 3 builds each
     python benchmarks/lut_fidelity.py --only small-b1 --builds 1 --runtime onnxruntime
+    python benchmarks/lut_fidelity.py --only small-b1 --in-process   # every round in one process
 """
 
 from __future__ import annotations
@@ -37,21 +38,22 @@ def dnas(*args: str) -> str:
     return done.stdout
 
 
-def one_build(setting: list[str], runtime: str, samples: int, table: Path) -> dict:
-    """One build and its check; a refused one is recorded as such (it counts as a failure)."""
+def one_build(setting: list[str], options: list[str], samples: int, table: Path) -> dict:
+    """One build and its check, both with ``options`` (the runtime, how rounds run); a refused
+    one is recorded as such (it counts as a failure)."""
     try:
-        return measured(setting, runtime, samples, table)
+        return measured(setting, options, samples, table)
     except Refused as exc:
         return {"pass": False, "refused": str(exc)}
 
 
-def measured(setting: list[str], runtime: str, samples: int, table: Path) -> dict:
+def measured(setting: list[str], options: list[str], samples: int, table: Path) -> dict:
     start = time.perf_counter()
-    dnas("lut", "build", *setting, "--runtime", runtime, "-o", str(table), "--force")
+    dnas("lut", "build", *setting, *options, "-o", str(table), "--force")
     built = time.perf_counter() - start
     start = time.perf_counter()
     report = json.loads(dnas("lut", "check", "--table", str(table), "--samples", str(samples),
-                             "--format", "json"))  # fmt: skip
+                             *options, "--format", "json"))  # fmt: skip
     meta = json.loads(table.read_text())["meta"]
     fit = meta["calibration_fit"]
     return {
@@ -73,12 +75,20 @@ def main() -> None:
     parser.add_argument("--builds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="Every round of a build or check in its one process (the CLI's "
+        "--in-process), for comparison with the default fresh processes.",
+    )
     args = parser.parse_args()
-    results: dict = {"runtime": args.runtime, "targets": {"kendall_tau": TAU, "mape": MAPE}}
+    results: dict = {"runtime": args.runtime, "fresh_processes": not args.in_process,
+                     "targets": {"kendall_tau": TAU, "mape": MAPE}}  # fmt: skip
+    options = ["--runtime", args.runtime] + ["--in-process"] * args.in_process
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(SETTINGS):
             tables = [Path(tmp) / f"{name}-{i}.json" for i in range(args.builds)]
-            builds = [one_build(SETTINGS[name], args.runtime, args.samples, t) for t in tables]
+            builds = [one_build(SETTINGS[name], options, args.samples, t) for t in tables]
             results[name] = {"builds": builds, "all_pass": all(b["pass"] for b in builds)}
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))

@@ -22,7 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -33,8 +33,18 @@ from torch import nn
 
 from cost_models.calibration import FIXED, Calibration, Sample, calibrate
 from cost_models.flops import FlopsCostModel
+from cost_models.processes import Done, in_fresh_process
 from cost_models.runtimes import Runtime, get_runtime
-from cost_models.timing import Job, NoiseGuard, NoisePolicy, Prepare, Timing, measure
+from cost_models.timing import (
+    Job,
+    NoiseGuard,
+    NoisePolicy,
+    NoiseReport,
+    Prepare,
+    Timing,
+    measure,
+    median_of,
+)
 from dnas.cli import example, head_outputs, out_opt, outputs_opt, set_opt
 from dnas.config import MAX_BATCH
 from dnas.engine.progress import counter
@@ -78,9 +88,6 @@ class Bench:
         """One timing of ``fn``: at least ``min_time`` s (and 4 blocks of calls)."""
         fn()  # the first call allocates and (ONNX Runtime) plans; never timed
         return measure(fn, self.runtime.threads, self.min_time)
-
-    def guard(self, reference: Callable[[], object], what: str) -> NoiseGuard:
-        return NoiseGuard(self.time, reference, self.policy, what)
 
     def job(
         self, prepare: Callable[[], Callable[[], object]]
@@ -169,6 +176,61 @@ def _op_jobs(bench: Bench, space: SearchSpace, input_hw: tuple[int, int], num_ou
     return jobs
 
 
+@dataclass(frozen=True)
+class TimingPass:
+    """What one pass of a build or check times, as data that a fresh process rebuilds its
+    jobs from: every candidate op and the head (``ops``, a build), then the named whole
+    networks, between timings of the reference net (``reference_choices``)."""
+
+    bench: Bench
+    space: SearchSpace
+    input_hw: tuple[int, int]
+    num_outputs: int
+    batch: int
+    nets: list[tuple[str, dict[str, str]]]
+    ops: bool
+    what: str  # the command, named in a noise error
+    warm_up_seed: int
+
+    def size(self) -> int:
+        """The number of jobs a pass times."""
+        entries = sum(len(layer.candidates) for layer in self.space.layers) + 1 if self.ops else 0
+        return entries + len(self.nets)
+
+
+def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> tuple[list[Timing], NoiseReport]:
+    """``rounds`` passes of ``plan`` in this process under one noise guard, after a warm-up."""
+    bench, space = plan.bench, plan.space
+    x = torch.randn(plan.batch, space.in_channels, *plan.input_hw, device=bench.runtime.device)
+    _warm_up(bench, space, plan.input_hw, plan.num_outputs, x,
+             np.random.default_rng(plan.warm_up_seed))  # fmt: skip
+    reference = network_job(bench, space, reference_choices(space), plan.num_outputs, x)()
+    guard = NoiseGuard(bench.time, reference, replace(bench.policy, rounds=rounds), plan.what)
+    jobs = ([job for _, _, job in _op_jobs(bench, space, plan.input_hw, plan.num_outputs,
+                                           plan.batch)] if plan.ops else [])  # fmt: skip
+    jobs += [(name, network_job(bench, space, c, plan.num_outputs, x)) for name, c in plan.nets]
+    return guard.run(jobs, done), guard.report
+
+
+def fresh_passes(policy: NoisePolicy) -> bool:
+    """Whether a build or check under ``policy`` runs each pass in a process of its own."""
+    return policy.fresh_processes and policy.rounds > 1
+
+
+def time_passes(plan: TimingPass, label: str | None) -> tuple[list[Timing], NoiseReport]:
+    """Every job of ``plan`` over the bench's rounds, each round in a fresh process
+    (``cost_models.processes``: a process's memory layout biases its timings) unless the
+    policy says otherwise; a job's timing is its median over the rounds. ``label``: the
+    progress counter's (None: silent)."""
+    policy = plan.bench.policy
+    with counter(plan.size() * policy.rounds, label) if label else nullcontext(None) as done:
+        if not fresh_passes(policy):
+            return time_pass(plan, policy.rounds, done)
+        passes = [in_fresh_process(time_pass, (plan, 1), done) for _ in range(policy.rounds)]
+    timings = [median_of(list(job)) for job in zip(*(t for t, _ in passes), strict=True)]
+    return timings, NoiseReport.merged([report for _, report in passes])
+
+
 def group_of(table: dict, layer: str) -> str:
     """The calibration group of a searchable layer's entries: its input resolution."""
     _, h, w = table["shapes"][layer]
@@ -190,19 +252,13 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     """The latency table of ``space`` on this machine and runtime (see the module docstring)."""
     op_costs(space, input_hw, num_outputs)  # size checks before anything is allocated
     device = bench.runtime.device
-    x = torch.randn(batch, space.in_channels, *input_hw, device=device)
     rng = np.random.default_rng(seed)
-    _warm_up(bench, space, input_hw, num_outputs, x, np.random.default_rng(seed + 1000))
-    reference = network_job(bench, space, reference_choices(space), num_outputs, x)()
-    guard = bench.guard(reference, f"lut build --space {space.name}")
-    entries = _op_jobs(bench, space, input_hw, num_outputs, batch)
+    entries = _op_jobs(bench, space, input_hw, num_outputs, batch)  # their order, not run here
     nets = [uniform_choices(space.searchable_layers, rng) for _ in range(calibration)]
-    jobs = [job for _, _, job in entries]
-    jobs += [(f"network {i + 1}", network_job(bench, space, c, num_outputs, x))
-             for i, c in enumerate(nets)]  # fmt: skip
-    with counter(len(jobs) * bench.policy.rounds, "lut build: timings") if progress \
-            else nullcontext(None) as update:  # fmt: skip
-        timings = guard.run(jobs, update)
+    plan = TimingPass(bench, space, input_hw, num_outputs, batch,
+                      [(f"network {i + 1}", c) for i, c in enumerate(nets)], ops=True,
+                      what=f"lut build --space {space.name}", warm_up_seed=seed + 1000)  # fmt: skip
+    timings, noise = time_passes(plan, "lut build: timings" if progress else None)
     shapes = space.infer_shapes(*input_hw)
     table: dict = {"fixed": {}, "layers": {}, "shapes": {}}
     for (layer, op, _), timing in zip(entries, timings, strict=False):
@@ -227,8 +283,9 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
                         else "cpu"),
         "runtime": bench.runtime.name, "runtime_version": bench.runtime.version,
         "threads": bench.runtime.threads, "torch": torch.__version__, "dtype": "float32",
-        "min_time": bench.min_time, "rounds": bench.policy.rounds, "calibration": calibration,
-        "calibration_fit": fit.to_dict(), "noise": guard.report.to_dict(),
+        "min_time": bench.min_time, "rounds": bench.policy.rounds,
+        "fresh_processes": fresh_passes(bench.policy), "calibration": calibration,
+        "calibration_fit": fit.to_dict(), "noise": noise.to_dict(),
         "calibration_nets": [{"choices": c, "measured_ms": round(ms, 5)}
                              for c, ms in zip(nets, measured, strict=True)],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -304,12 +361,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     build; a few of the build's calibration nets are timed again for the machine's speed
     (``machine_speed``)."""
     meta = table["meta"]
-    x = torch.randn(meta["batch"], space.in_channels, *meta["input"], device=bench.runtime.device)
     rng = np.random.default_rng(seed)
-    _warm_up(bench, space, tuple(meta["input"]), meta["num_outputs"], x,
-             np.random.default_rng(seed + 1000))  # fmt: skip
-    reference = network_job(bench, space, reference_choices(space), meta["num_outputs"], x)()
-    guard = bench.guard(reference, what)
     nets = [uniform_choices(space.searchable_layers, rng) for _ in range(samples)]
     picks = picked_choices(table, space)
     gauges = gauge_nets(meta, space)
@@ -317,9 +369,9 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     checked += [(f"picked net at {100 * level:.0f} % of the MACs", c) for level, c in picks.items()]
     named, at = interleaved(checked, [(f"calibration net {i + 1} again", n["choices"])
                                       for i, n in enumerate(gauges)])  # fmt: skip
-    jobs = [(name, network_job(bench, space, c, meta["num_outputs"], x)) for name, c in named]
-    with counter(len(jobs) * bench.policy.rounds, "lut check: timings") as update:
-        timings = guard.run(jobs, update)
+    plan = TimingPass(bench, space, tuple(meta["input"]), meta["num_outputs"], meta["batch"],
+                      named, ops=False, what=what, warm_up_seed=seed + 1000)  # fmt: skip
+    timings, noise = time_passes(plan, "lut check: timings")
     rows = [{"predicted_ms": predict_ms(table, c), "measured_ms": t.median_ms,
              "spread": round(t.spread, 4)}
             for (_, c), t in zip(named, timings, strict=True)]  # fmt: skip
@@ -331,7 +383,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     pred = np.array([r["predicted_ms"] for r in rows])
     real = np.array([r["measured_ms"] for r in rows])
     tau = float(scipy.stats.kendalltau(pred, real).statistic) if samples > 1 else float("nan")
-    speed = machine_speed(meta, guard.report.reference_ms[0], gauges, gauge_rows)
+    speed = machine_speed(meta, noise.start_ms, gauges, gauge_rows)
     # the same check with the machine's speed now expressed at its speed during the build:
     # what the table gets wrong, rather than the machine
     steady = real / speed["ratio"] if speed["ratio"] else real
@@ -339,7 +391,8 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     picked_real = np.array([r["measured_ms"] for r in picked])
     return {"kendall_tau": tau, "mape": _mape(pred, real),
             "mape_at_build_speed": _mape(pred, steady),
-            "samples": samples, "runtime": bench.runtime.name, "noise": guard.report.to_dict(),
+            "samples": samples, "runtime": bench.runtime.name, "noise": noise.to_dict(),
+            "fresh_processes": fresh_passes(bench.policy),
             "speed_vs_build": speed["ratio"], "speed_from": speed["source"],
             "gauge_nets": [{"build_ms": n["measured_ms"], "measured_ms": r["measured_ms"],
                             "spread": r["spread"]}
@@ -390,9 +443,11 @@ def machine_speed(meta: dict, reference_now: float, gauges: list[dict],
     else (no such nets) the reference net's ratio. Measured: the reference net alone can move
     the other way (1.04-1.09x its build time while 12 calibration nets took 0.90-1.00x theirs,
     three fresh processes), since a shared machine's speed changes differ between nets."""
-    noise = meta.get("noise")
-    built_at = noise.get("reference_ms") if isinstance(noise, dict) else None
-    built_at = built_at[0] if isinstance(built_at, list) and built_at else None
+    noise = meta.get("noise") if isinstance(meta.get("noise"), dict) else {}
+    built_at = noise.get("reference_start_ms")  # older tables: their one guard's first timing
+    if not _is_number(built_at):
+        built_at = noise.get("reference_ms")
+        built_at = built_at[0] if isinstance(built_at, list) and built_at else None
     reference = reference_now / built_at if _is_number(built_at) and built_at > 0 else None
     if gauges:
         ratios = [r["measured_ms"] / n["measured_ms"]
@@ -607,6 +662,9 @@ def noise_options(command: Callable) -> Callable:
                           f"last {NoisePolicy.speed_window} chunks: busy."),
         click.option("--allow-noise", is_flag=True,
                      help="Keep noisy timings (counted in meta.noise) instead of stopping."),
+        click.option("--in-process", is_flag=True,
+                     help="Run every round in this process rather than each in a fresh one "
+                          "(quicker; one process's memory layout then biases all timings)."),
     ]):  # fmt: skip
         command = option(command)
     return command
@@ -614,11 +672,11 @@ def noise_options(command: Callable) -> Callable:
 
 def make_bench(runtime: str, device: str, threads: int, min_time: float, rounds: int,
                max_spread: float, max_drift: float, max_speed_change: float,
-               allow_noise: bool) -> Bench:  # fmt: skip
+               allow_noise: bool, in_process: bool) -> Bench:  # fmt: skip
     from dnas.engine.runtime import pick_device
 
     policy = NoisePolicy(max_spread, max_drift, max_speed_change, rounds=rounds,
-                         strict=not allow_noise)  # fmt: skip
+                         strict=not allow_noise, fresh_processes=not in_process)  # fmt: skip
     return Bench(get_runtime(runtime, pick_device(device), threads), min_time, policy)
 
 
@@ -672,14 +730,15 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
               batch: int | None, device: str, runtime: str, threads: int | None,
               outputs: int | None, joints: int | None, calibration: int, min_time: float,
               rounds: int, max_spread: float, max_drift: float, max_speed_change: float,
-              allow_noise: bool, output: Path, force: bool) -> None:  # fmt: skip
+              allow_noise: bool, in_process: bool, output: Path, force: bool) -> None:  # fmt: skip
     """Time every candidate op of SPACE (or of CONFIG's search) at its exact input shape."""
     from dnas.cli import guard_output, parse_size
 
     guard_output(output, force)
     batch = batch or (32 if device == "cuda" else 1)
     bench = make_bench(runtime, device, threads or torch.get_num_threads(), min_time, rounds,
-                       max_spread, max_drift, max_speed_change, allow_noise)  # fmt: skip
+                       max_spread, max_drift, max_speed_change, allow_noise,
+                       in_process)  # fmt: skip
     search_space, hw, num_outputs = what_to_build(space, config, list(overrides),
                                                   head_outputs(outputs, joints))  # fmt: skip
     table = build_lut(search_space, hw if input_size is None else parse_size(input_size),
@@ -721,7 +780,8 @@ def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpac
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | None,
               min_time: float, rounds: int, max_spread: float, max_drift: float,
-              max_speed_change: float, allow_noise: bool, fmt: str) -> None:  # fmt: skip
+              max_speed_change: float, allow_noise: bool, in_process: bool,
+              fmt: str) -> None:  # fmt: skip
     """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%); and
     of the table's own fastest nets at 25, 50 and 75 % of the space's MAC range."""
 
@@ -736,7 +796,8 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
         search_space, tuple(meta["input"]), meta["num_outputs"]
     )  # validates coverage
     bench = make_bench(recorded_runtime, meta["device"], meta["threads"], min_time, rounds,
-                       max_spread, max_drift, max_speed_change, allow_noise)  # fmt: skip
+                       max_spread, max_drift, max_speed_change, allow_noise,
+                       in_process)  # fmt: skip
     report = check_lut(table, search_space, samples, bench, what=f"lut check --table {table_path}")
     if fmt == "json":
         click.echo(json.dumps(report))

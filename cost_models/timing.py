@@ -119,6 +119,9 @@ class NoisePolicy:
     chunk: int = 12  # entries between two timings of the reference net
     rounds: int = 5  # passes over all jobs; a job's timing is its median over the passes
     strict: bool = True  # False (--allow-noise): keep the steadiest timing, count it, go on
+    # each pass in a process of its own (cost_models.processes: a process's memory layout
+    # biases its timings); False (--in-process): all passes in this one
+    fresh_processes: bool = True
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.chunk < 1 or self.rounds < 1 or self.speed_window < 1:
@@ -137,22 +140,52 @@ class NoiseReport:
     chunks_kept_noisy: int = 0  # chunks kept although the reference moved (strict off only)
     worst_spread: float = 0.0  # largest IQR / median among the timings kept
     reference_ms: list[float] = field(default_factory=list)  # the reference net, in order
+    # how many of reference_ms each pass timed, pass after pass, where passes ran in processes
+    # of their own, each with its own start (empty: one guard, one start)
+    passes: list[int] = field(default_factory=list)
+
+    def _starts(self) -> list[list[float]]:
+        """``reference_ms`` cut into its guards' runs, each from its own start."""
+        runs, at = [], 0
+        for size in self.passes or [len(self.reference_ms)]:
+            runs.append(self.reference_ms[at : at + size])
+            at += size
+        return [run for run in runs if run]
 
     @property
     def drift(self) -> float:
-        """Largest relative change of the reference net's time from its first timing (corrected
-        for in the timings kept)."""
-        if not self.reference_ms:
-            return 0.0
-        first = self.reference_ms[0]
-        return max(abs(ms / first - 1.0) for ms in self.reference_ms)
+        """Largest relative change of the reference net's time from its guard's first timing
+        (corrected for in the timings kept)."""
+        return max((abs(ms / run[0] - 1.0) for run in self._starts() for ms in run), default=0.0)
+
+    @property
+    def start_ms(self) -> float | None:
+        """The reference net's time at the start: the median over the guards' first timings."""
+        firsts = [run[0] for run in self._starts()]
+        return statistics.median(firsts) if firsts else None
+
+    @classmethod
+    def merged(cls, reports: list[NoiseReport]) -> NoiseReport:
+        """One report of several guards' passes (each in a process of its own), in order."""
+        return cls(
+            remeasured=sum(r.remeasured for r in reports),
+            chunks_redone=sum(r.chunks_redone for r in reports),
+            kept_noisy=sum(r.kept_noisy for r in reports),
+            chunks_kept_noisy=sum(r.chunks_kept_noisy for r in reports),
+            worst_spread=max((r.worst_spread for r in reports), default=0.0),
+            reference_ms=[ms for r in reports for ms in r.reference_ms],
+            passes=[len(run) for r in reports for run in r._starts()],
+        )
 
     def to_dict(self) -> dict:
+        start = self.start_ms
         return {"remeasured": self.remeasured, "chunks_redone": self.chunks_redone,
                 "kept_noisy": self.kept_noisy, "chunks_kept_noisy": self.chunks_kept_noisy,
                 "worst_spread": round(self.worst_spread, 4),
                 "drift": round(self.drift, 4),
-                "reference_ms": [round(ms, 4) for ms in self.reference_ms]}  # fmt: skip
+                "reference_ms": [round(ms, 4) for ms in self.reference_ms],
+                "passes": [len(run) for run in self._starts()],
+                "reference_start_ms": None if start is None else round(start, 4)}  # fmt: skip
 
 
 _ADVICE = "stop other work on this machine and run it again"
@@ -203,7 +236,7 @@ class NoiseGuard:
                 if done is not None:
                     done(len(chunk))
             passes.append(timings)
-        return [_median_of(list(job)) for job in zip(*passes, strict=True)]
+        return [median_of(list(job)) for job in zip(*passes, strict=True)]
 
     def _chunk(self, chunk: list[Job]) -> list[Timing]:
         """One chunk's timings between two reference timings, at the start's speed."""
@@ -252,7 +285,7 @@ class NoiseGuard:
         return None
 
 
-def _median_of(timings: list[Timing]) -> Timing:
+def median_of(timings: list[Timing]) -> Timing:
     """One job's passes: the median of their medians and of their IQRs."""
     return Timing(statistics.median(t.median_ms for t in timings),
                   statistics.median(t.iqr_ms for t in timings),

@@ -1,3 +1,4 @@
 from dnas.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process imports it (cost_models.processes)
+    main()

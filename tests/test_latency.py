@@ -148,19 +148,28 @@ def test_missing_ops_batch_and_shape_are_one_error_with_the_build_command(lut, t
 
 def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     table = tmp_path / "t.json"
+    # two rounds, each in a fresh process (the default)
     result = CliRunner().invoke(cli, ["lut", "build", "--space", str(TINY_SPACE), "--input",
                                       "64x64", "--min-time", "0.01", "--allow-noise",
-                                      "--calibration", "3", "-o", str(table)])  # fmt: skip
+                                      "--rounds", "2", "--calibration", "3",
+                                      "-o", str(table)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "calibrated on 3 networks" in result.output and "torch batch 1, cpu" in result.output
     assert "noise: worst spread" in result.output
     assert "\r" not in result.output  # no progress bar into a pipe
+    meta = json.loads(table.read_text())["meta"]
+    noise = meta["noise"]
+    assert meta["fresh_processes"] and meta["rounds"] == 2 and len(noise["passes"]) == 2
+    assert sum(noise["passes"]) == len(noise["reference_ms"])  # each pass with its own start
+    firsts = [noise["reference_ms"][0], noise["reference_ms"][noise["passes"][0]]]
+    assert noise["reference_start_ms"] == pytest.approx(statistics.median(firsts), abs=1e-4)
     # no --space: the table built from a space file finds that file again by its path
     check = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--samples", "3",
-                                     "--min-time", "0.01", "--allow-noise", "--format",
-                                     "json"])  # fmt: skip
+                                     "--min-time", "0.01", "--allow-noise", "--in-process",
+                                     "--format", "json"])  # fmt: skip
     assert check.exit_code == 0, check.output
     report = json.loads(check.stdout)  # progress lines go to stderr
+    assert not report["fresh_processes"] and len(report["noise"]["passes"]) == 1
     assert -1.0 <= report["kendall_tau"] <= 1.0 and report["mape"] >= 0
     # the machine's speed: 3 calibration nets timed again, their median time now over then
     assert report["speed_from"] == "3 calibration nets" and len(report["gauge_nets"]) == 3

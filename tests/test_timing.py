@@ -17,6 +17,7 @@ from cost_models.timing import (
     BlockTimer,
     NoiseGuard,
     NoisePolicy,
+    NoiseReport,
     NoisyMachine,
     Timing,
     measure,
@@ -227,7 +228,8 @@ def test_a_build_on_a_machine_that_turns_busy_stops_and_writes_nothing(monkeypat
     try:
         result = CliRunner().invoke(cli, ["lut", "build", "--space", str(TINY_SPACE), "--input",
                                           "64x64", "--min-time", "0.02", "--calibration", "4",
-                                          "--threads", "2", "-o", str(out)])  # fmt: skip
+                                          "--threads", "2", "--in-process",  # the patch is here
+                                          "-o", str(out)])  # fmt: skip
     finally:
         for process in load:
             process.kill()
@@ -247,3 +249,24 @@ def test_rounds_keep_each_jobs_median_over_the_passes():
     assert [t.median_ms for t in timings] == [2.0, 5.0] and timings[0].runs == 30
     assert done == [2, 2, 2]  # one chunk per pass
     assert script.calls == ["ref", "a", "b", "ref", "a", "b", "ref", "a", "b", "ref"]
+
+
+def test_passes_in_processes_of_their_own_keep_their_own_starts():
+    """Each fresh process's guard expresses its timings at its own start's speed, so the
+    merged drift is each guard's own and the start is the median of the guards' firsts."""
+    first = NoiseReport(remeasured=1, worst_spread=0.1, reference_ms=[10.0, 11.0])
+    second = NoiseReport(chunks_redone=2, worst_spread=0.3, reference_ms=[20.0, 19.0, 21.0])
+    third = NoiseReport(kept_noisy=1, reference_ms=[12.0])
+    merged = NoiseReport.merged([first, second, third])
+    assert merged.passes == [2, 3, 1] and merged.reference_ms == [10.0, 11.0, 20.0, 19.0, 21.0,
+                                                                  12.0]  # fmt: skip
+    assert merged.drift == pytest.approx(0.1)  # not 1.1: 21 ms is 1.05x its own start
+    assert merged.start_ms == 12.0  # the median of 10, 20 and 12
+    assert (merged.remeasured, merged.chunks_redone, merged.kept_noisy) == (1, 2, 1)
+    assert merged.worst_spread == 0.3
+    record = merged.to_dict()
+    assert record["passes"] == [2, 3, 1] and record["reference_start_ms"] == 12.0
+    single = NoiseReport(reference_ms=[10.0, 12.0]).to_dict()  # one guard, one start
+    assert single["passes"] == [2] and single["drift"] == 0.2
+    assert single["reference_start_ms"] == 10.0
+    assert NoiseReport().to_dict()["reference_start_ms"] is None
