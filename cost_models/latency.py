@@ -194,7 +194,7 @@ class TimingPass:
 
     def size(self) -> int:
         """The number of jobs a pass times."""
-        entries = sum(len(layer.candidates) for layer in self.space.layers) + 1 if self.ops else 0
+        entries = (sum(len(layer.candidates) for layer in self.space.layers) + 1) if self.ops else 0
         return entries + len(self.nets)
 
 
@@ -436,7 +436,7 @@ def gauge_nets(meta: dict, space: SearchSpace) -> list[dict]:
     return [usable[round(i * (len(usable) - 1) / (SPEED_NETS - 1))] for i in range(SPEED_NETS)]
 
 
-def machine_speed(meta: dict, reference_now: float, gauges: list[dict],
+def machine_speed(meta: dict, reference_now: float | None, gauges: list[dict],
                   gauge_rows: list[dict]) -> dict:  # fmt: skip
     """How many times as long nets take now as at the build: the median over the gauge nets
     (``gauge_nets``, timed again as ``gauge_rows``) of their time now over their time then,
@@ -448,7 +448,8 @@ def machine_speed(meta: dict, reference_now: float, gauges: list[dict],
     if not _is_number(built_at):
         built_at = noise.get("reference_ms")
         built_at = built_at[0] if isinstance(built_at, list) and built_at else None
-    reference = reference_now / built_at if _is_number(built_at) and built_at > 0 else None
+    reference = (reference_now / built_at if reference_now and _is_number(built_at)
+                 and built_at > 0 else None)  # fmt: skip
     if gauges:
         ratios = [r["measured_ms"] / n["measured_ms"]
                   for n, r in zip(gauges, gauge_rows, strict=True)]  # fmt: skip

@@ -16,7 +16,9 @@ anything obviously wrong!", ASPLOS 2009).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
+import signal
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -33,11 +35,13 @@ def in_fresh_process(fn: Callable[..., T], args: tuple, done: Done | None = None
     nothing inherited); ``report(n)`` in the child calls ``done(n)`` here. A ``DnasError`` in
     the child is raised here as the same class with its one line; any other error as a
     ``RuntimeError`` carrying the child's traceback. ``fn`` must be importable by its module
-    and name, and ``args`` picklable."""
+    and name, and ``args`` picklable. Interrupted here (Ctrl-C, an error), the child is
+    stopped at once; it also stops by itself when this process dies."""
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     child = context.Process(target=_child, args=(fn, args, messages), daemon=True)
     child.start()
+    finished = False
     try:
         while True:
             kind, value = _next_message(messages, child)
@@ -45,16 +49,24 @@ def in_fresh_process(fn: Callable[..., T], args: tuple, done: Done | None = None
                 if done is not None:
                     done(value)
             elif kind == "result":
+                finished = True
                 return value
             elif kind == "dnas":
-                error_type, text = value
-                raise error_type(text)
+                raise _dnas_error(*value)
             else:
                 raise RuntimeError(f"the timing process failed:\n{value}")
     finally:
-        child.join(timeout=10)
-        if child.is_alive():
+        if not finished:
             child.terminate()
+        child.join(timeout=10)
+
+
+def _dnas_error(error_type: type[DnasError], text: str) -> DnasError:
+    """The child's error as its own class where that takes the one line, else a DnasError."""
+    try:
+        return error_type(text)
+    except TypeError:  # a subclass with more arguments (ConfigError): its line is what counts
+        return DnasError(text)
 
 
 def _next_message(messages: Any, child: Any) -> tuple[str, Any]:
@@ -74,9 +86,18 @@ def _next_message(messages: Any, child: Any) -> tuple[str, Any]:
 
 def _child(fn: Callable[..., Any], args: tuple, messages: Any) -> None:
     """The child's side of ``in_fresh_process``: run, report progress, send the result or the
-    error back."""
+    error back. Ctrl-C is the parent's to handle (it stops the child), and a child whose
+    parent died stops at its next report rather than time on for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+
+    def report(n: int) -> None:
+        if parent is not None and not parent.is_alive():
+            os._exit(1)
+        messages.put(("done", n))
+
     try:
-        result = fn(*args, lambda n: messages.put(("done", n)))
+        result = fn(*args, report)
     except DnasError as error:
         messages.put(("dnas", (type(error), str(error))))
     except Exception:  # a bug: the parent shows the traceback

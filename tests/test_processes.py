@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -11,7 +12,7 @@ from conftest import TINY_SPACE
 from cost_models.processes import in_fresh_process
 from cost_models.timing import NoisyMachine
 from dnas.cli import cli
-from dnas.errors import DnasError
+from dnas.errors import ConfigError, DnasError
 
 STATE = {"set_here": False}  # set in the parent; a spawned child imports it afresh
 
@@ -34,6 +35,16 @@ def die(done) -> None:
     os._exit(3)
 
 
+def bad_config(done) -> None:
+    raise ConfigError("exp.yaml", "cost_model.target", "expected a number")
+
+
+def time_on(done) -> None:
+    while True:
+        done(os.getpid())
+        time.sleep(0.05)
+
+
 def test_a_pass_runs_in_a_fresh_interpreter_and_reports_its_progress(monkeypatch):
     monkeypatch.setitem(STATE, "set_here", True)
     done: list[int] = []
@@ -49,6 +60,24 @@ def test_errors_in_the_child_come_back_as_one_line_or_as_its_traceback():
         in_fresh_process(crash, ())
     with pytest.raises(DnasError, match=r"stopped \(exit code 3\) before it reported"):
         in_fresh_process(die, ())
+    with pytest.raises(DnasError, match="^exp.yaml: cost_model.target: expected a number$"):
+        in_fresh_process(bad_config, ())  # a subclass with more arguments keeps its line
+
+
+def test_a_pass_interrupted_here_stops_its_process_at_once():
+    pids: list[int] = []
+    interrupted_at: list[float] = []
+
+    def interrupt(pid: int) -> None:
+        pids.append(pid)
+        interrupted_at.append(time.monotonic())
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        in_fresh_process(time_on, (), interrupt)
+    assert time.monotonic() - interrupted_at[0] < 5  # terminated, not the 10 s grace of a join
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)  # stopped and reaped
 
 
 def test_a_build_refused_in_a_fresh_process_stops_with_one_line_and_writes_nothing(tmp_path):
