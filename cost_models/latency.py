@@ -193,9 +193,9 @@ class TimingPass:
     warm_up_seed: int
 
     def size(self) -> int:
-        """The number of jobs a pass times."""
-        entries = (sum(len(layer.candidates) for layer in self.space.layers) + 1) if self.ops else 0
-        return entries + len(self.nets)
+        """The number of jobs a pass times (the op jobs are only made here, not run)."""
+        ops = _op_jobs(self.bench, self.space, self.input_hw, self.num_outputs, self.batch)
+        return (len(ops) if self.ops else 0) + len(self.nets)
 
 
 def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> tuple[list[Timing], NoiseReport]:
@@ -442,7 +442,8 @@ def machine_speed(meta: dict, reference_now: float | None, gauges: list[dict],
     (``gauge_nets``, timed again as ``gauge_rows``) of their time now over their time then,
     else (no such nets) the reference net's ratio. Measured: the reference net alone can move
     the other way (1.04-1.09x its build time while 12 calibration nets took 0.90-1.00x theirs,
-    three fresh processes), since a shared machine's speed changes differ between nets."""
+    three fresh processes): each process's memory layout biases nets differently
+    (``cost_models.processes``), and so do a shared machine's changes of speed."""
     noise = meta.get("noise") if isinstance(meta.get("noise"), dict) else {}
     built_at = noise.get("reference_start_ms")  # older tables: their one guard's first timing
     if not _is_number(built_at):
