@@ -45,7 +45,7 @@ from cost_models.timing import (
     measure,
     median_of,
 )
-from dnas.cli import example, head_outputs, out_opt, outputs_opt, set_opt
+from dnas.cli import SIZE, FiniteRange, example, head_outputs, out_opt, outputs_opt, set_opt
 from dnas.config import MAX_BATCH
 from dnas.engine.progress import counter
 from dnas.errors import ConfigError, DnasError, listing
@@ -53,17 +53,18 @@ from dnas.files import write_text_atomic
 from dnas.nn.heads import build_head
 from dnas.nn.network import Network
 from dnas.nn.profile import _HeadOnInputs, op_costs
-from dnas.registry import COMMANDS, COST_MODELS, RUNTIMES
-from dnas.schema import read_json
+from dnas.registry import COMMANDS, COST_MODELS, HEADS, RUNTIMES
+from dnas.schema import from_dict, read_json, to_dict
 from dnas.search.budget import cheapest_within
 from dnas.search.cost_model import CostModel, CostTable
 from dnas.space.choices import uniform_choices
-from dnas.space.graph import Layer, SearchSpace
+from dnas.space.graph import Layer, SearchSpace, space_from_dict
 from dnas.space.ops import build_op, parse_op
 
 PICK_LEVELS = (0.25, 0.5, 0.75)  # MAC levels of the table's own picks (``picked_choices``)
 PICK_BAND = 0.01
 SPEED_NETS = 6  # calibration nets ``lut check`` times again to compare the machine's speed
+MAX_MS = 1e9  # an entry above this (11 days) is not a timing: refused before it overflows a sum
 
 
 def parts_ms(table: dict, choices: dict[str, str]) -> float:
@@ -327,7 +328,32 @@ def head_record(space: SearchSpace) -> dict | None:
     """The head a table timed (type, inputs, options), to refuse a search with another."""
     if space.head is None:
         return None
-    return {"type": space.head.type, "inputs": list(space.head.inputs), **space.head.options}
+    return normal_head({"type": space.head.type, "inputs": list(space.head.inputs),
+                        **space.head.options})  # fmt: skip
+
+
+def normal_head(record: dict | None) -> dict | None:
+    """A head record with its type's defaults filled in, so that options written out at their
+    defaults compare equal to options left out. A record of an unknown type or with bad options
+    stays as written: it then differs from any head a search builds, which is reported."""
+    if record is None:
+        return None
+    options = {k: v for k, v in record.items() if k not in ("type", "inputs")}
+    try:
+        filled = from_dict(HEADS.get(record["type"]).Options, options, "<table>", "head")
+    except DnasError:
+        return record
+    return {"type": record["type"], "inputs": list(record["inputs"]), **to_dict(filled)}
+
+
+def built_shapes(lut: dict, source: Path) -> dict[str, tuple[int, int, int]] | None:
+    """Every node's output shape in the space the table was built from, or None for a table
+    that did not record its space: an op's name and input shape do not fix its output width."""
+    recorded = lut["meta"].get("space_dict")
+    if not isinstance(recorded, dict):
+        return None
+    space = space_from_dict(recorded, source=f"{source} (meta.space_dict)")
+    return space.infer_shapes(*lut["meta"]["input"])
 
 
 def reference_choices(space: SearchSpace) -> dict[str, str]:
@@ -489,8 +515,10 @@ def _check_ms(entries: object, source: str, key: str) -> None:
     if not isinstance(entries, dict):
         raise ConfigError(source, key, "expected a mapping of names to milliseconds")
     for name, ms in entries.items():
-        if not _is_number(ms) or ms < 0:
-            raise ConfigError(source, f"{key}.{name}", f"expected milliseconds >= 0, got {ms!r}")
+        if not _is_number(ms) or not 0 <= ms <= MAX_MS:
+            raise ConfigError(
+                source, f"{key}.{name}", f"expected milliseconds in [0, {MAX_MS:g}], got {ms!r}"
+            )
 
 
 def _check_table(table: dict, source: str) -> None:
@@ -506,9 +534,14 @@ def _check_table(table: dict, source: str) -> None:
     for name, shape in shapes.items():
         if not isinstance(shape, list) or len(shape) != 3 or not all(map(_is_count, shape)):
             raise ConfigError(source, f"shapes.{name}", f"expected [C, H, W], got {shape!r}")
-    for key in ("scale", "overhead_ms"):
-        if not _is_number(table[key]):
-            raise ConfigError(source, key, f"expected a finite number, got {table[key]!r}")
+    if not _is_number(table["scale"]) or not 0 < table["scale"] <= MAX_MS:
+        raise ConfigError(source, "scale", f"expected a positive number, got {table['scale']!r}")
+    if not _is_number(table["overhead_ms"]) or abs(table["overhead_ms"]) > MAX_MS:
+        raise ConfigError(
+            source,
+            "overhead_ms",
+            f"expected milliseconds (a finite number), got {table['overhead_ms']!r}",
+        )
     meta = table["meta"]
     if not isinstance(meta, dict):
         raise ConfigError(source, "meta", "expected a mapping (space, input, batch, device, ...)")
@@ -526,6 +559,14 @@ def _check_table(table: dict, source: str) -> None:
             raise ConfigError(source, f"meta.{key}", "missing required key")
         if not ok(meta[key]):
             raise ConfigError(source, f"meta.{key}", f"expected {expected}, got {meta[key]!r}")
+    head = meta.get("head")
+    if head is not None and not (
+        isinstance(head, dict) and isinstance(head.get("type"), str)
+        and isinstance(head.get("inputs"), list) and all(isinstance(i, str) for i in head["inputs"])
+    ):  # fmt: skip
+        raise ConfigError(
+            source, "meta.head", f"expected null or a mapping with type and inputs, got {head!r}"
+        )
     runtime = meta.get("runtime", "torch")  # tables from before runtimes were eager PyTorch
     if runtime not in RUNTIMES.names():
         raise ConfigError(
@@ -555,7 +596,7 @@ class LatencyOptions:
 
     table: str | None = None
     batch: int | None = field(default=None, metadata={"min": 1, "max": MAX_BATCH})
-    device: str | None = None  # cpu, cuda
+    device: str | None = field(default=None, metadata={"choices": ["cpu", "cuda"]})
     runtime: str | None = None  # torch, onnxruntime
     threads: int | None = field(default=None, metadata={"min": 1})
 
@@ -570,14 +611,16 @@ class LatencyCostModel(CostModel):
     def __init__(self, options: LatencyOptions | None = None) -> None:
         super().__init__(options)
         if self.options.table is None:
-            raise DnasError(
-                "cost_model.table: the latency cost model needs a table (build one "
-                "with 'dnas lut build --space S --input HxW -o table.json')"
-            )
+            raise ConfigError("", "cost_model.table", "the latency cost model needs a table "
+                              "(build one with 'dnas lut build --space S --input HxW -o "
+                              "table.json'; on the command line: --cost-table)")  # fmt: skip
         self.path, self.batch = Path(self.options.table), self.options.batch
         self.device = self.options.device
         if self.options.runtime is not None:
-            RUNTIMES.get(self.options.runtime)  # one line naming the registered runtimes
+            try:
+                RUNTIMES.get(self.options.runtime)  # one line naming the registered runtimes
+            except DnasError as exc:
+                raise ConfigError("", "cost_model.runtime", str(exc)) from None
 
     def table(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
         return self.build(space, input_hw, num_outputs)  # the file is the cache
@@ -594,9 +637,13 @@ class LatencyCostModel(CostModel):
                                ("threads", self.options.threads)):  # fmt: skip
             if expected is not None and recorded.get(name) != expected:
                 missing.append(f"{name} {expected} (table has {recorded.get(name)})")
+        built = built_shapes(lut, self.path)
         for layer in space.layers:
             if lut.get("shapes", {}).get(layer.name) != list(shapes[layer.input]):
                 missing.append(f"{layer.name} at input {list(shapes[layer.input])}")
+                continue
+            if built is not None and built.get(layer.name) != shapes[layer.name]:
+                missing.append(f"{layer.name} with output {list(shapes[layer.name])}")
                 continue
             ops = lut["layers"].get(layer.name, {}) if layer.searchable else {}
             absent = [op for op in layer.candidates if layer.searchable and op not in ops]
@@ -605,7 +652,7 @@ class LatencyCostModel(CostModel):
             missing += [f"{layer.name}/{op}" for op in absent]
         if "head" not in lut["fixed"]:
             missing.append("head")
-        elif "head" in meta and meta["head"] != head_record(space):  # older tables: unrecorded
+        elif "head" in meta and normal_head(meta["head"]) != head_record(space):  # older: none
             missing.append(f"head {_head_text(head_record(space))} (table has "
                            f"{_head_text(meta['head'])})")  # fmt: skip
         if missing:
@@ -615,9 +662,16 @@ class LatencyCostModel(CostModel):
                 f"build it with: dnas lut build --config EXPERIMENT (the space, head and input "
                 f"the search uses) --batch {self.batch or meta.get('batch', 1)} "
                 f"--device {self.device or meta.get('device', 'cpu')} "
-                f"--runtime {self.options.runtime or recorded['runtime']} -o {self.path}"
+                f"--runtime {self.options.runtime or recorded['runtime']} "
+                f"--threads {self.options.threads or meta['threads']} -o {self.path} --force"
             )
-        return lut_cost_table(lut, space, key={"table": str(self.path)})
+        table = lut_cost_table(lut, space, key={"table": str(self.path)})
+        cheapest = table.cost_range()[0]
+        if cheapest <= 0:
+            raise ConfigError(str(self.path), "overhead_ms",
+                              f"the table predicts {cheapest:.4g} ms for this space's cheapest "
+                              "net: scale and overhead_ms must give positive times")  # fmt: skip
+        return table
 
 
 @click.group("lut")
@@ -626,7 +680,7 @@ def lut() -> None:
 
 
 def what_to_build(space: str | None, config: Path | None, overrides: list[str],
-                  outputs: int) -> tuple[SearchSpace, tuple[int, int], int]:  # fmt: skip
+                  outputs: int | None) -> tuple[SearchSpace, tuple[int, int], int]:  # fmt: skip
     """The space (with the head a search would use), input size and outputs to time: from
     ``--space`` as written, or from ``--config`` as ``dnas search`` builds them."""
     from dnas.config import load_experiment
@@ -638,7 +692,9 @@ def what_to_build(space: str | None, config: Path | None, overrides: list[str],
     if space is not None:
         if overrides:
             raise click.UsageError("--set overrides keys of --config, not of --space")
-        return load_space(space), (256, 256), outputs
+        return load_space(space), (256, 256), head_outputs(outputs, None)  # its default
+    if outputs is not None:
+        raise click.UsageError("--outputs goes with --space; with --config the task sets them")
     exp = load_experiment(config, overrides)
     task = build_task(exp)
     return build_space(exp.space, task, exp), exp.input_hw, task.num_outputs
@@ -647,18 +703,18 @@ def what_to_build(space: str | None, config: Path | None, overrides: list[str],
 def noise_options(command: Callable) -> Callable:
     """The timing and noise options ``lut build`` and ``lut check`` share."""
     for option in reversed([
-        click.option("--min-time", type=click.FloatRange(0.001), default=0.1, show_default=True,
+        click.option("--min-time", type=FiniteRange(0.001), default=0.1, show_default=True,
                      help="Seconds spent on each timing (torch.utils.benchmark blocks)."),
         click.option("--rounds", type=click.IntRange(1), default=NoisePolicy.rounds,
                      show_default=True,
                      help="Passes over all timings; each keeps its median over the passes."),
-        click.option("--max-spread", type=click.FloatRange(0.0), default=NoisePolicy.max_spread,
+        click.option("--max-spread", type=FiniteRange(0.0), default=NoisePolicy.max_spread,
                      show_default=True,
                      help="IQR / median above which a timing is measured again."),
-        click.option("--max-drift", type=click.FloatRange(0.0), default=NoisePolicy.max_drift,
+        click.option("--max-drift", type=FiniteRange(0.0), default=NoisePolicy.max_drift,
                      show_default=True,
                      help="Change of the reference net's time within one chunk of timings."),
-        click.option("--max-speed-change", type=click.FloatRange(0.0),
+        click.option("--max-speed-change", type=FiniteRange(0.0),
                      default=NoisePolicy.max_speed_change, show_default=True,
                      help="Reference net this much slower or faster than around any of the "
                           f"last {NoisePolicy.speed_window} chunks: busy."),
@@ -706,8 +762,9 @@ def noise_line(noise: dict) -> str:
               help="An experiment: its space, head (with its head: override), input size and "
                    "outputs, exactly as 'dnas search' builds them.")  # fmt: skip
 @set_opt
-@click.option("--input", "input_size", help="HxW (default: the config's, else 256x256).")
-@click.option("--batch", type=click.IntRange(1), help="Batch (default: CPU 1, GPU 32).")
+@click.option("--input", "input_size", type=SIZE,
+              help="HxW (default: the config's, else 256x256).")  # fmt: skip
+@click.option("--batch", type=click.IntRange(1, MAX_BATCH), help="Batch (default: CPU 1, GPU 32).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option(
     "--runtime",
@@ -728,22 +785,23 @@ def noise_line(noise: dict) -> str:
 @out_opt("output", file=True)
 @click.option("--force", is_flag=True)
 def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...],
-              input_size: str | None,
+              input_size: tuple[int, int] | None,
               batch: int | None, device: str, runtime: str, threads: int | None,
               outputs: int | None, joints: int | None, calibration: int, min_time: float,
               rounds: int, max_spread: float, max_drift: float, max_speed_change: float,
               allow_noise: bool, in_process: bool, output: Path, force: bool) -> None:  # fmt: skip
     """Time every candidate op of SPACE (or of CONFIG's search) at its exact input shape."""
-    from dnas.cli import guard_output, parse_size
+    from dnas.cli import guard_output
 
     guard_output(output, force)
     batch = batch or (32 if device == "cuda" else 1)
     bench = make_bench(runtime, device, threads or torch.get_num_threads(), min_time, rounds,
                        max_spread, max_drift, max_speed_change, allow_noise,
                        in_process)  # fmt: skip
-    search_space, hw, num_outputs = what_to_build(space, config, list(overrides),
-                                                  head_outputs(outputs, joints))  # fmt: skip
-    table = build_lut(search_space, hw if input_size is None else parse_size(input_size),
+    search_space, hw, num_outputs = what_to_build(
+        space, config, list(overrides), head_outputs(outputs, joints, default=None)
+    )
+    table = build_lut(search_space, input_size or hw,
                       num_outputs, batch, bench, calibration)  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(table, indent=1))
@@ -763,14 +821,25 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
 def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpace:
     """The space ``lut check`` samples: ``--space``, else the one the table was built from
     (its recorded copy, head included; older tables: by its file or shipped name)."""
-    from dnas.space.graph import load_space, space_from_dict
+    from dnas.space.graph import load_space
 
     if space is not None:
         return load_space(space)
     if isinstance(meta.get("space_dict"), dict):
         return space_from_dict(meta["space_dict"], source=f"{table_path} (meta.space_dict)")
+    if "space_dict" in meta:
+        raise ConfigError(str(table_path), "meta.space_dict",
+                          "expected the space's mapping that dnas lut build writes; or give "
+                          "--space")  # fmt: skip
     recorded = meta.get("space_file")
-    return load_space(recorded if recorded and Path(recorded).is_file() else meta["space"])
+    try:
+        return load_space(recorded if recorded and Path(recorded).is_file() else meta["space"])
+    except DnasError as exc:
+        raise ConfigError(
+            str(table_path),
+            "meta.space",
+            f"the table records no space_dict, and {exc}; give --space",
+        ) from None
 
 
 @lut.command("check", epilog=example("dnas lut check --table lut.json --samples 30"))
@@ -789,6 +858,10 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
 
     table = read_lut(table_path)
     meta, recorded_runtime = table["meta"], table_runtime(table)
+    if runtime is not None and runtime not in RUNTIMES.names():
+        known = ", ".join(RUNTIMES.names())
+        raise click.BadParameter(f"unknown runtime {runtime!r} (registered: {known})",
+                                 param_hint="'--runtime'")  # fmt: skip
     if runtime is not None and runtime != recorded_runtime:
         raise DnasError(f"{table_path}: measured in {recorded_runtime}, not {runtime}; build a "
                         f"table with 'dnas lut build --runtime {runtime}' to check that "

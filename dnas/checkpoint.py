@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,13 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     if not path.is_file():
         raise DnasError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    # torch's safe unpickler also raises KeyError on some malformed pickles
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError) as exc:
+        with warnings.catch_warnings():  # torch warns of an old pickle protocol: not one line
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    # torch's safe unpickler also raises these on text and other malformed files (a YAML given
+    # as weights: IndexError); the load reads data only, so each means "not a checkpoint"
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,
+            IndexError, TypeError, AttributeError, struct.error) as exc:  # fmt: skip
         raise DnasError(f"{path}: {_load_problem(exc)}") from None
 
 
@@ -38,7 +44,7 @@ def _load_problem(exc: BaseException) -> str:
     if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
         return (f"refused: it pickles the Python object {found.group(1)}, so loading it would "
                 "run arbitrary code; re-save it as a state_dict of tensors")  # fmt: skip
-    if "Weights only load failed" in text or isinstance(exc, KeyError):
+    if "Weights only load failed" in text or isinstance(exc, KeyError | IndexError):
         return "not a PyTorch checkpoint (no pickled tensors in it)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return f"not a readable PyTorch checkpoint ({first})"

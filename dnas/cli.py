@@ -4,6 +4,7 @@ and the commands task plugins and cost models register (data, predict, lut, ...)
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -11,15 +12,22 @@ from pathlib import Path
 
 import click
 
-from dnas.errors import DnasError, from_worker
+from dnas.errors import ConfigError, DnasError, from_worker
+from dnas.files import check_writable
 
 # User mistakes surface as one line on stderr and exit code 1, click's usage errors included.
+
+
+# click >= 8.2 raises this for a group run without a command; it prints the group's help
+NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class DnasGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except NO_ARGS_HELP:
+            raise  # 'dnas lut' alone: its help, as 'dnas' alone prints the root's
         except click.UsageError as exc:  # one line and exit 1, like every other user mistake
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             error = click.ClickException(f"{exc.format_message()} (see '{where} --help')")
@@ -69,24 +77,48 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``256x192`` (height x width) or ``256``."""
-    parts = text.lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise click.BadParameter(f"expected HxW such as 256x192, got {text!r}") from None
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) < 8:
-        raise click.BadParameter(f"expected HxW with both sides >= 8, got {text!r}")
-    return values[0], values[1]
+class SizeParam(click.ParamType):
+    """An input size option: ``256x192`` (height x width) or ``256``; click names the option
+    in its one-line error."""
+
+    name = "HxW"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, int]:  # fmt: skip
+        from dnas.config import MAX_INPUT
+
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().split("x")
+        if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+            self.fail(f"expected HxW such as 256x192, got {value!r}", param, ctx)
+        height, width = (int(parts[0]), int(parts[-1]))
+        if not 8 <= min(height, width) <= max(height, width) <= MAX_INPUT:
+            self.fail(f"expected both sides in 8..{MAX_INPUT}, got {value!r}", param, ctx)
+        return height, width
+
+
+SIZE = SizeParam()
+
+
+class FiniteRange(click.FloatRange):
+    """A number within bounds that is also finite (click's ``FloatRange`` lets nan and inf
+    through: comparisons with nan are false)."""
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:  # fmt: skip
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        return number
 
 
 def guard_output(path: Path, force: bool) -> None:
-    """Never overwrite a result silently."""
+    """Never overwrite a result silently, and say before any work when ``path`` cannot be
+    written at all."""
     if path.exists() and not force:
         raise DnasError(f"{path} already exists; pass --force to overwrite or choose another --out")
+    check_writable(path)
 
 
 def out_opt(dest: str = "out", file: bool = False, required: bool = True,
@@ -106,7 +138,8 @@ def outputs_opt(func: Callable) -> Callable:
                         help="Head output channels [default: 16].")(func)  # fmt: skip
 
 
-def head_outputs(outputs: int | None, joints: int | None, default: int = 16) -> int:
+def head_outputs(outputs: int | None, joints: int | None, default: int | None = 16) -> int | None:
+    """``--outputs`` (or ``--joints``), else ``default``."""
     if outputs is not None and joints is not None and outputs != joints:
         raise click.UsageError("--joints is the earlier name of --outputs: give one of them")
     return outputs or joints or default
@@ -191,7 +224,13 @@ def search(config: Path, out: Path | None, strategy: str | None, cost_model: str
     extra += [f"cost_model.type={cost_model}"] if cost_model else []
     extra += [f"cost_model.table={cost_table}"] if cost_table else []
     config, out = run_config(config, out)
-    exp = load_experiment(config, [*overrides, *extra])
+    try:
+        exp = load_experiment(config, [*overrides, *extra])
+    except ConfigError as exc:
+        if cost_table and exc.key == "cost_model.table":  # the type's options hold no table
+            raise click.UsageError("--cost-table goes with --cost-model latency (a cost model "
+                                   "that reads a table)") from None  # fmt: skip
+        raise
     if not resume:
         guard_output(out / "search.pt", force)
         guard_output(out / "checkpoints", force)
@@ -230,7 +269,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
 
 
 def band_opt(help: str) -> Callable:
-    return click.option("--band", type=click.FloatRange(0.001, 1.0), default=0.03,
+    return click.option("--band", type=FiniteRange(0.001, 1.0), default=0.03,
                         show_default=True, help=help)  # fmt: skip
 
 
@@ -411,17 +450,17 @@ def evaluate(config: Path, arch: str | None, weights: Path | None, out: Path | N
 
 @cli.command(epilog=example("dnas cost efficientpose-a --input-size 256x256 --outputs 16"))
 @click.argument("arch")
-@click.option("--input-size", default="256x256", show_default=True, help="HxW.")
+@click.option("--input-size", type=SIZE, default="256x256", show_default=True, help="HxW.")
 @outputs_opt
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def cost(arch: str, input_size: str, outputs: int | None, joints: int | None, fmt: str):
+def cost(arch: str, input_size: tuple[int, int], outputs: int | None, joints: int | None, fmt: str):
     """Params and MACs of an architecture (YAML path or shipped name, e.g. efficientpose-a).
 
     For a search space, prints the range over its architectures instead.
     """
     from dnas.nn.profile import cost_report
 
-    report = cost_report(arch, parse_size(input_size), head_outputs(outputs, joints))
+    report = cost_report(arch, input_size, head_outputs(outputs, joints))
     if fmt == "json":
         click.echo(json.dumps(report))
         return
@@ -430,13 +469,22 @@ def cost(arch: str, input_size: str, outputs: int | None, joints: int | None, fm
         click.echo(f"{key:<18} {shown}")
 
 
-def parse_values(text: str) -> list[float]:
+def parse_values(
+    ctx: click.Context, param: click.Parameter, text: str | None
+) -> list[float] | None:
+    """``--weights`` / ``--targets``: distinct, finite, non-negative numbers (each names its own
+    run directory, ``weight_0.1``, so two that print alike would share one)."""
+    if text is None:
+        return None
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise click.BadParameter(f"expected non-negative numbers, got {text!r}")
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise click.BadParameter(f"expected finite non-negative numbers, got {text!r}")
+    names = [f"{v:g}" for v in values]
+    if len(set(names)) < len(names):
+        raise click.BadParameter(f"expected distinct values, got {', '.join(names)}")
     return values
 
 
@@ -448,17 +496,20 @@ def parse_values(text: str) -> list[float]:
 )
 @config_arg
 @out_opt()
-@click.option("--weights", "weight_values", help="Cost weights (lambda) to sweep, e.g. 0.01,0.1,1.")
+@click.option("--weights", "weight_values", callback=parse_values,
+              help="Cost weights (lambda) to sweep, e.g. 0.01,0.1,1.")  # fmt: skip
 @click.option(
     "--targets",
     "target_values",
+    callback=parse_values,
     help="Budget targets to sweep, in the cost model's unit, e.g. 100,200,400.",
 )
 @set_opt
 @resume_opt
 @quiet_opt
 @force_opt
-def sweep(config: Path, out: Path, weight_values: str | None, target_values: str | None,
+def sweep(config: Path, out: Path, weight_values: list[float] | None,
+          target_values: list[float] | None,
           overrides: tuple[str], resume: bool, quiet: bool, force: bool):  # fmt: skip
     """One search per lambda (or budget), each derived net trained and scored; writes
     OUT/sweep.json, sweep.md and sweep.png (score vs cost). --resume keeps finished runs and
@@ -469,8 +520,7 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
 
     if (weight_values is None) == (target_values is None):
         raise click.UsageError("give exactly one of --weights and --targets")
-    kind = "weight" if weight_values else "target"
-    values = parse_values(weight_values or target_values)
+    kind, values = ("weight", weight_values) if weight_values else ("target", target_values)
     exp = load_experiment(config, list(overrides))
     if not resume:
         guard_output(out / "sweep.json", force)
@@ -492,12 +542,14 @@ def sweep(config: Path, out: Path, weight_values: str | None, target_values: str
               help="Weights file or train run directory (its model.pt).")  # fmt: skip
 @out_opt("output", file=True)
 @click.option(
-    "--input-size", help="HxW (default: the size the weights were trained at, else 256x256)."
+    "--input-size",
+    type=SIZE,
+    help="HxW (default: the size the weights were trained at, else 256x256).",
 )
 @click.option("--opset", type=click.IntRange(11), default=17, show_default=True)
 @force_opt
-def export(arch: str | None, weights: Path, output: Path, input_size: str | None, opset: int,
-           force: bool):  # fmt: skip
+def export(arch: str | None, weights: Path, output: Path, input_size: tuple[int, int] | None,
+           opset: int, force: bool):  # fmt: skip
     """Export trained WEIGHTS of ARCH to ONNX with batch norm folded into the convolutions; the
     file's metadata records the architecture, input size, outputs and preprocessing."""
     from dnas import checkpoint
@@ -507,7 +559,7 @@ def export(arch: str | None, weights: Path, output: Path, input_size: str | None
 
     guard_output(output, force)
     weights = weights_file(weights)
-    space, size, info = resolve(weights, arch, parse_size(input_size) if input_size else None)
+    space, size, info = resolve(weights, arch, input_size)
     state = checkpoint.state_dict_of(checkpoint.load(weights), weights)
     head_weights = [v for k, v in state.items() if k.startswith("head.") and k.endswith("weight")]
     if not head_weights:

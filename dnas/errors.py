@@ -12,7 +12,7 @@ class ConfigError(DnasError):
 
     def __init__(self, source: str, key: str, message: str) -> None:
         self.source, self.key, self.detail = source, key, message
-        where = f"{source}: {key}" if key else source
+        where = ": ".join(part for part in (source, key) if part)  # no file: an option alone
         super().__init__(f"{where}: {message}")
 
 

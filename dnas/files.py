@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from dnas.errors import DnasError
+
 
 def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file, fsync it and rename it to ``path``."""
@@ -27,3 +29,16 @@ def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
 def write_text_atomic(path: Path | str, text: str) -> None:
     """``path.write_text(text)`` (UTF-8), atomically."""
     write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def check_writable(path: Path | str) -> None:
+    """A one-line error, before any work is done, when ``path`` cannot be created: a file
+    stands where one of its folders should be, or the nearest existing folder is read-only."""
+    for parent in Path(path).absolute().parents:
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise DnasError(f"{path}: cannot be written: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DnasError(f"{path}: cannot be written: {parent} is not writable")
+        return

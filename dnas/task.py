@@ -96,10 +96,12 @@ def build_task(exp: Experiment) -> Task:
     return cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
 
 
-def build_space(ref: str | None, task: Task, exp: Experiment) -> SearchSpace:
+def build_space(ref: str | None, task: Task, exp: Experiment,
+                option: str | None = None) -> SearchSpace:  # fmt: skip
     """Load a space or architecture (None: the task's ``default_space``) and settle its head:
     the space's own ``head:`` section, else the task's default, with the experiment's ``head:``
-    keys laid over it."""
+    keys laid over it. ``option`` names the command-line option ``ref`` came from (``--arch``),
+    which a missing file's error then names instead of the config's ``space``."""
     ref = ref or task.default_space
     if ref is None:
         raise ConfigError(exp.source, "space", f"missing required key (the {task.name} task "
@@ -109,6 +111,8 @@ def build_space(ref: str | None, task: Task, exp: Experiment) -> SearchSpace:
     except ConfigError as exc:
         if exc.source != str(ref) or exc.key:  # a problem inside the space file: it names it
             raise
+        if option is not None:
+            raise DnasError(f"{option} {ref}: {exc.detail}") from None
         raise ConfigError(exp.source, "space", f"{ref}: {exc.detail} (relative paths are read "
                           "from the current directory or beside the config)") from None  # fmt: skip
     if space.head is None:

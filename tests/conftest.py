@@ -72,6 +72,16 @@ def quick_bench():
                  min_time=0.01, policy=NoisePolicy(rounds=1, strict=False))  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic MPII set at 64x64 (40 train, 4 val images), shared read-only."""
+    from tasks.pose.synth import write_synthetic_mpii
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_mpii(root, n_train=40, n_val=4, seed=0, image_size=64)
+    return root
+
+
 def write_experiment(path: Path, root: Path, space: Path | str = TINY_SPACE, **sections) -> Path:
     """A tiny experiment YAML: 64x64 input, few steps, a fresh cost-table cache."""
     exp = {

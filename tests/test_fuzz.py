@@ -5,7 +5,7 @@ mutated (wrong types, missing and unknown keys, unknown ops, zero, negative and 
 strides, cycles and dangling inputs, non-mappings, invalid YAML, truncated or garbage files).
 Every mutated input must be either accepted, and then the command runs (one step) and writes
 its result, or rejected with exit code 1 and a one-line ``Error:`` naming the file (click's
-usage errors: exit code 2), never a traceback. Examples are derandomized; ``DNAS_FUZZ_SCALE=N``
+usage errors too), never a traceback. Examples are derandomized; ``DNAS_FUZZ_SCALE=N``
 runs N times as many.
 """
 

@@ -79,7 +79,11 @@ def test_predict_writes_png_and_prints_keypoints(tmp_path, mpii_samples):
     again = CliRunner().invoke(cli, ["predict", str(mpii_samples / "005808361.jpg"), "--arch",
                                      str(TINY_ARCH), "--weights", str(tmp_path / "w.pt"), "-o",
                                      str(out), "--box", "1,2,0,4"])  # fmt: skip
-    assert again.exit_code != 0 and "already exists" in again.output
+    assert again.exit_code == 1 and "width and height must be positive" in again.output
+    again = CliRunner().invoke(cli, ["predict", str(mpii_samples / "005808361.jpg"), "--arch",
+                                     str(TINY_ARCH), "--weights", str(tmp_path / "w.pt"), "-o",
+                                     str(out)])  # fmt: skip
+    assert again.exit_code == 1 and "already exists" in again.output
 
 
 def test_eval_save_vis(tmp_path, real_mpii_root):

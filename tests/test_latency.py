@@ -262,3 +262,108 @@ def test_time_forwards_interleaves_rounds_so_a_slowing_machine_hits_every_net_al
     assert calls == ["a", "b"] * 3
     # medians of calls 1, 3, 5 and 2, 4, 6; timed one after the other they would be 2 and 5
     assert ms == {"a": 13.0, "b": 14.0}
+
+
+def test_a_table_of_other_widths_or_impossible_times_is_refused_in_one_line(lut, tmp_path):
+    """Op names and input shapes alone do not fix an op's cost: a table of the same ops built
+    for other widths is refused, and so are entries no timing gives."""
+    space, table, path = lut
+    data = space.to_dict()
+    data["stages"][2]["width"] = 24  # stage3.0: same input, same ops, wider output
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(yaml.safe_dump(data))
+    with pytest.raises(DnasError, match=r"missing stage3.0 with output \[24, 4, 4\]"):
+        LatencyCostModel(LatencyOptions(str(path))).table(load_space(wider), (64, 64), 16)
+    edits = {
+        "overhead_ms: the table predicts -[0-9.]+ ms for this space's cheapest net":
+            {"overhead_ms": -100.0},
+        r"scale: expected a positive number, got 0": {"scale": 0},
+        r"layers.stage1.0.k3e3: expected milliseconds in \[0, 1e\+09\], got 1e\+308":
+            {"layers": table["layers"] | {"stage1.0": {"k3e3": 1e308}}},
+        r"meta.head: expected null or a mapping with type and inputs, got 'x'":
+            {"meta": table["meta"] | {"head": "x"}},
+    }  # fmt: skip
+    for message, edit in edits.items():
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(table | edit))
+        with pytest.raises(DnasError, match=rf"bad.json: {message}"):
+            LatencyCostModel(LatencyOptions(str(bad))).table(space, (64, 64), 16)
+
+
+def test_a_head_written_with_its_defaults_matches_the_same_head_left_at_them(lut, tmp_path):
+    space, table, path = lut
+    recorded = table["meta"]["head"]
+    assert recorded["deconv_kernel"] == 4 and recorded["sic"] is True  # defaults recorded
+    short = {"type": "slim_deconv", "inputs": recorded["inputs"], "deconv_widths": [8, 8]}
+    older = tmp_path / "older.json"  # tables before 2026-12-05 recorded the head as written
+    older.write_text(json.dumps(table | {"meta": table["meta"] | {"head": short}}))
+    LatencyCostModel(LatencyOptions(str(older))).table(space, (64, 64), 16)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(table | {"meta": table["meta"] | {"head": short | {"sic": False}}}))
+    with pytest.raises(DnasError, match="missing head slim_deconv"):
+        LatencyCostModel(LatencyOptions(str(other))).table(space, (64, 64), 16)
+
+
+def test_lut_cli_mistakes_are_one_line_before_any_timing(lut, tmp_path):
+    _, _, path = lut
+    occupied = tmp_path / "a-file"
+    occupied.write_text("")
+    build = ["lut", "build", "--space", str(TINY_SPACE)]
+    cases = {
+        "a-file is a file, not a folder": [*build, "-o", str(occupied / "t.json")],
+        "Invalid value for '--input': expected HxW such as 256x192, got '64x64x3'":
+            [*build, "--input", "64x64x3", "-o", str(tmp_path / "t.json")],
+        "Invalid value for '--batch'":
+            [*build, "--batch", "99999999999", "-o", str(tmp_path / "t.json")],
+        "--outputs goes with --space": ["lut", "build", "--config", str(tmp_path / "exp.yaml"),
+                                        "--outputs", "5", "-o", str(tmp_path / "t.json")],
+        "Invalid value for '--runtime': unknown runtime 'tvm'":
+            ["lut", "check", "--table", str(path), "--runtime", "tvm"],
+        "Invalid value for '--max-drift': expected a finite number":
+            ["lut", "check", "--table", str(path), "--max-drift", "nan"],
+    }  # fmt: skip
+    for message, args in cases.items():
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_search_options_of_the_latency_model_name_their_key(lut, tmp_path, real_mpii_root):
+    _, _, path = lut
+    exp = str(write_experiment(tmp_path / "exp.yaml", real_mpii_root))
+    out = ["--out", str(tmp_path / "s")]
+    latency = ["--cost-model", "latency", "--cost-table", str(path)]
+    cases = {
+        "--cost-table goes with --cost-model latency": ["--cost-table", str(path)],
+        "exp.yaml: cost_model.table: the latency cost model needs a table":
+            ["--cost-model", "latency"],
+        "exp.yaml: cost_model.runtime: unknown runtime 'tvm'":
+            [*latency, "--set", "cost_model.runtime=tvm"],
+        "exp.yaml: cost_model.device: expected one of cpu, cuda, got 'gpu'":
+            [*latency, "--set", "cost_model.device=gpu"],
+    }  # fmt: skip
+    for message, args in cases.items():
+        result = CliRunner().invoke(cli, ["search", exp, *out, *args])
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    threads = json.loads(path.read_text())["meta"]["threads"] + 1
+    result = CliRunner().invoke(cli, ["search", exp, *out, "--cost-model", "latency",
+                                      "--cost-table", str(path), "--set",
+                                      f"cost_model.threads={threads}"])  # fmt: skip
+    assert f"--threads {threads} -o {path} --force" in result.output  # the fix it suggests
+
+
+def test_a_resumed_search_refuses_a_table_whose_costs_changed(lut, tmp_path, real_mpii_root):
+    _, table, path = lut
+    mine = tmp_path / "t.json"
+    mine.write_text(json.dumps(table))
+    exp = str(write_experiment(tmp_path / "exp.yaml", real_mpii_root))
+    args = ["search", exp, "--out", str(tmp_path / "s"), "--cost-model", "latency",
+            "--cost-table", str(mine)]  # fmt: skip
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    mine.write_text(json.dumps(table | {"overhead_ms": table["overhead_ms"] + 1.0}))
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 1
+    assert f"cost_model: the costs of {mine} differ from those this search started" in result.output
+    assert CliRunner().invoke(cli, [*args, "--resume", "--force"]).exit_code == 0

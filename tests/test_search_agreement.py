@@ -4,6 +4,7 @@ derived nets agree on, chance from budget-matched random pairs, and the CLI on r
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -59,7 +60,10 @@ def test_cli_compares_real_searches_and_rejects_mismatches(tmp_path, real_mpii_r
                                seed=seed, input_size=[size, size])  # fmt: skip
         run_search(load_experiment(exp), tmp_path / name, Reporter(lambda _: None))
         runs[name] = str(tmp_path / name)
-    same = CliRunner().invoke(cli, ["agreement", runs["s0"], runs["s0"], "--format", "json"])
+    twice = CliRunner().invoke(cli, ["agreement", runs["s0"], runs["s0"]])
+    assert twice.exit_code == 1 and "the same search run given twice" in twice.output
+    copy = shutil.copytree(runs["s0"], tmp_path / "s0-copy")  # another run, the same choices
+    same = CliRunner().invoke(cli, ["agreement", runs["s0"], str(copy), "--format", "json"])
     assert same.exit_code == 0, same.output
     report = json.loads(same.stdout)
     assert report["mean"] == 1.0 and report["pairwise"][0]["agreement"] == 1.0

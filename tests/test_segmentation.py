@@ -410,8 +410,9 @@ def test_latency_table_at_segmentation_size_and_fpn_lite_search(synth_root, tmp_
             table]  # fmt: skip
     refused = CliRunner().invoke(cli, [str(a) for a in args])
     assert refused.exit_code == 1
-    assert ("missing head fpn_lite(width=8) on stage2.1, stage3.0 (table has "
-            "slim_deconv(deconv_widths=[8, 8]) on stage3.0)") in refused.output  # fmt: skip
+    assert ("missing head fpn_lite(width=8, smooth=True, upsample=bilinear) on stage2.1, "
+            "stage3.0 (table has slim_deconv(deconv_widths=[8, 8], deconv_kernel=4, sic=True, "
+            "upsample=deconv) on stage3.0)") in refused.output  # fmt: skip
     # --config builds what the search uses: the space with the experiment's head and outputs
     run("lut", "build", "--config", exp, "--set", f"task.root={synth_root}", *quick, "-o", table,
         "--force")  # fmt: skip

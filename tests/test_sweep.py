@@ -35,6 +35,10 @@ def test_sweep_over_budgets_and_usage_errors(tmp_path, real_mpii_root):
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "sweep.json").read_text())
     assert rows[0]["target"] == 1.2
+    changed = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--targets", "1.2",
+                                       "--resume", "--set", "train.epochs=2"])  # fmt: skip
+    assert changed.exit_code == 1 and "config differs" in changed.output  # its row is not reused
+    assert "train.epochs" in changed.output
     both = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "1",
                                     "--targets", "2"])  # fmt: skip
     assert both.exit_code == 1 and "exactly one of --weights and --targets" in both.output

@@ -44,7 +44,7 @@ from dnas.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from dnas.errors import Interrupted
+from dnas.errors import DnasError, Interrupted, listing
 from dnas.schema import to_dict
 from dnas.task import build_task
 
@@ -103,14 +103,23 @@ class RunContext:
         try:
             seed_everything(exp.seed)
             self.task = build_task(exp)
-            self.device = distributed.device_for(self.world, pick_device(exp.device))
+            try:
+                device = pick_device(exp.device)
+            except DnasError as exc:  # "device: ...": the key, in the config that set it
+                raise DnasError(f"{exp.source}: {exc}") from None
+            self.device = distributed.device_for(self.world, device)
             self.amp = Amp(self.device, exp.precision, exp.channels_last)
             self.setup()
         except BaseException:
-            self.close()
-            if self.world.main and self.created:
-                remove_if_empty(self.out_dir)
+            self.abandon()
             raise
+
+    def abandon(self) -> None:
+        """After a failed start: free the lock, and remove the run directory when this run
+        created it and wrote nothing but its log there."""
+        self.close()
+        if self.world.main and self.created:
+            remove_if_empty(self.out_dir)
 
     def setup(self) -> None:
         """What the run builds after the common set-up (nets, loaders, optimisers)."""
@@ -266,6 +275,7 @@ class EpochLoop(RunContext, ABC):
         found = self.checkpoints.latest(self.kind) if self.resume else None
         if found is None:
             if self.resume:
+                self.refuse_to_replace()
                 self.report.line(f"no {self.name} checkpoint in {self.checkpoints.directory} to "
                                  "resume from: starting afresh")  # fmt: skip
             if self.world.main:
@@ -284,6 +294,19 @@ class EpochLoop(RunContext, ABC):
         set_rng_state(state["rng"])  # last: nothing draws between the restore and the loop
         p = self.position
         self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
+
+    def refuse_to_replace(self) -> None:
+        """A resume that finds no checkpoint of its kind starts afresh, which clears the
+        outputs: refused (unless ``--force``) when they hold an earlier run's results or
+        checkpoints (a finished run whose checkpoints were deleted, another kind of run)."""
+        if self.force:
+            return
+        paths = [self.out_dir / name for name in self.outputs if name != "config.yaml"]
+        held = [p.name for p in paths if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+        if held:
+            raise DnasError(f"{self.out_dir}: no {self.name} checkpoint to resume from, and it "
+                            f"holds an earlier run's {listing(held, 4)}; pass --force to start "
+                            "afresh over them, or choose another --out")  # fmt: skip
 
     def running_stats(self) -> dict[str, float]:
         return {"loss": self.sums.get("train/loss", 0.0) / max(self.position.step, 1)}
@@ -347,7 +370,7 @@ class EpochLoop(RunContext, ABC):
             command += " --resume"
         message = (f"interrupted ({name}) at epoch {epoch} step {step}; checkpoint saved; "
                    f"resume with: {command}")  # fmt: skip
-        self.report.line(message)
+        self.report.log(message)  # the CLI prints it, as the error it exits with
         raise Interrupted(message, self.interrupted)
 
     def run_steps(self, epoch: int) -> None:

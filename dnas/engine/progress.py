@@ -43,7 +43,11 @@ class Reporter:
             self._bar.write(text)
         else:
             self.echo(text)
-        if self.log_file is not None:
+        self.log(text)
+
+    def log(self, text: str) -> None:
+        """Into the log file only (a line the command prints itself, as its error)."""
+        if self.active and self.log_file is not None:
             with open(self.log_file, "a") as fh:
                 fh.write(f"{datetime.now().isoformat(timespec='seconds')} {text}\n")
 

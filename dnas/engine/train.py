@@ -43,7 +43,7 @@ KIND = "dnas-train"
 def build_fixed(exp: Experiment, arch_ref: str, task: Task) -> tuple[SearchSpace, Network]:
     """The architecture and its network; sizes are checked first on the meta device, so an
     absurd input size or width is a one-line error, not an attempt to allocate it."""
-    arch = build_space(arch_ref, task, exp)
+    arch = build_space(arch_ref, task, exp, option="--arch")
     if not arch.is_fixed:
         n = len(arch.searchable_layers)
         raise ConfigError(
@@ -98,17 +98,17 @@ class TrainRun(EpochLoop):
     def setup(self) -> None:
         exp = self.exp
         self.arch, self.net = build_fixed(exp, self.arch_ref, self.task)
+        if self.init is not None:
+            load_weights(self.net, self.init)
+        elif exp.remap_from:
+            mapped = remap_into(self.net, Path(exp.remap_from))
+            self.report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
         record = self.out_dir / "arch.yaml"  # the run's architecture: 'dnas train RUN --resume'
         given = Path(self.arch_ref)
         same = given.is_file() and given.resolve() == record.resolve()  # --arch RUN/arch.yaml
         if self.world.main and not same and not (self.resume and record.exists()):
             body = yaml.safe_dump(self.arch.to_dict(), sort_keys=False, default_flow_style=None)
             write_text_atomic(record, f"# trained by: {command_line()}\n{body}")
-        if self.init is not None:
-            load_weights(self.net, self.init)
-        elif exp.remap_from:
-            mapped = remap_into(self.net, Path(exp.remap_from))
-            self.report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
         self.net = self.prepare(self.amp.model(self.net))
         cfg = exp.train
         self.params = self.net.weight_parameters()
@@ -246,8 +246,10 @@ def run_eval(
     run = RunContext(exp, out_dir, Reporter(lambda _: None))
     try:
         results = _evaluate(run, arch_ref, weights, save_vis) if run.world.main else None
-    finally:
-        run.close()
+    except BaseException:
+        run.abandon()  # wrong weights or architecture: no empty --out left behind
+        raise
+    run.close()
     return distributed.broadcast_object(results)
 
 

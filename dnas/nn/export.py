@@ -55,11 +55,20 @@ def export_onnx(model: nn.Module, input_hw: tuple[int, int], path: Path, in_chan
                 opset: int = OPSET, metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
     """Write a BN-folded copy of ``model`` to ONNX with a dynamic batch axis; ``metadata``
     goes into the model's ``metadata_props`` (what it is, what input it expects)."""
+    newest = getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", None)
+    if newest is not None and opset > newest:  # else torch prints its whole graph, then fails
+        raise DnasError(f"--opset {opset}: this torch {torch.__version__} exports opsets up to "
+                        f"{newest} (the default is {OPSET})")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         export_module(model, [torch.zeros(1, in_channels, *input_hw)], path, opset)
     except OSError as exc:
         raise DnasError(f"{path}: cannot write ({exc.strerror})") from None
+    except RuntimeError as exc:  # torch names the opset on its message's last line
+        if "Unsupported onnx_opset_version" not in str(exc):
+            raise
+        raise DnasError(f"--opset {opset}: this torch {torch.__version__} cannot export it "
+                        f"(the default is {OPSET})") from None  # fmt: skip
     if metadata:
         import onnx
 

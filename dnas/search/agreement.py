@@ -80,6 +80,9 @@ def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
     if len(refs) < 2:
         raise DnasError("agreement needs at least two search runs")
     runs = [load_outcome(ref) for ref in refs]
+    files = [Path(r.run).resolve() for r in runs]
+    if twice := sorted({str(f) for f in files if files.count(f) > 1}):
+        raise DnasError(f"{twice[0]}: the same search run given twice (it agrees with itself)")
     first = runs[0]
     for other in runs[1:]:
         if other.digest != first.digest or other.table.layers != first.table.layers:

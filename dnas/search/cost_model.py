@@ -7,6 +7,7 @@ is the stem, head and every non-searchable layer. How the cost enters the archit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from dnas.config import CostConfig
+from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.registry import COST_MODELS
 from dnas.space.graph import SearchSpace
@@ -57,6 +59,11 @@ class CostTable:
     def of_choices(self, choices: dict[str, str]) -> float:
         """Cost of the fixed architecture with op ``choices[layer]`` at every searchable layer."""
         return self.fixed + sum(self.layers[name][op] for name, op in choices.items())
+
+    def digest(self) -> str:
+        """A hash of the costs (not of ``key``): a resumed search refuses a table that changed."""
+        costs = json.dumps([self.metric, self.unit, self.fixed, self.layers], sort_keys=True)
+        return hashlib.sha256(costs.encode()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:
         write_text_atomic(path, json.dumps(asdict(self), indent=1))
@@ -122,6 +129,18 @@ def get_cost_model(name: str, cfg: CostConfig | None = None) -> CostModel:
     """The registered cost model ``name``, with the options of ``cfg`` (its defaults when
     ``cfg`` is None or holds none)."""
     return COST_MODELS.get(name)(cfg.options if cfg is not None else None)
+
+
+def configured_cost_model(cfg: CostConfig, source: str) -> CostModel:
+    """The cost model of an experiment's ``cost_model:`` (read from ``source``); a mistake is
+    one line naming the file and the key: the option a cost model names (``ConfigError`` with
+    no file), else ``cost_model.type``."""
+    try:
+        return get_cost_model(cfg.type, cfg)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.key, exc.detail) from None
+    except DnasError as exc:
+        raise ConfigError(source, "cost_model.type", str(exc)) from None
 
 
 def cost_table(

@@ -14,7 +14,7 @@ from dnas.config import Experiment, apply_overrides
 from dnas.errors import DnasError
 from dnas.files import write_text_atomic
 from dnas.schema import from_dict
-from dnas.search.cost_model import CostTable, get_cost_model
+from dnas.search.cost_model import CostTable, configured_cost_model
 from dnas.search.evidence import noise_epochs_warning, noise_warning
 from dnas.space.choices import UNDECIDED, decisiveness, most_probable_ops
 from dnas.space.graph import SearchSpace, space_from_dict
@@ -62,8 +62,8 @@ def load_search(ref: Path | str, overrides: Sequence[str] = ()) -> SearchRecord:
     exp = from_dict(Experiment, config, str(path), "config")
     exp.source = str(path)
     task = build_task(exp)
-    table = get_cost_model(exp.cost_model.type, exp.cost_model).table(space, exp.input_hw,
-                                                                      task.num_outputs)  # fmt: skip
+    table = configured_cost_model(exp.cost_model, exp.source).table(space, exp.input_hw,
+                                                                    task.num_outputs)  # fmt: skip
     return SearchRecord(path, ckpt, space, exp, task, table, {r.layer: r.op for r in rows})
 
 

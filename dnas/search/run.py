@@ -11,6 +11,7 @@ and TensorBoard logs in ``tb/``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from dnas.files import write_text_atomic
 from dnas.nn.network import Network
 from dnas.nn.remap import remap_into
 from dnas.registry import STRATEGIES
-from dnas.search.cost_model import CostTable, get_cost_model
+from dnas.search.cost_model import CostTable, configured_cost_model
 from dnas.search.strategy import Strategy
 from dnas.space.choices import decisiveness, entropies
 from dnas.task import build_space
@@ -81,10 +82,7 @@ class SearchRun(EpochLoop):
             raise ConfigError(exp.source, "space", f"{self.space.source} has no searchable layer")
         self.amp.sync_grads = self.world.distributed
         self.strategy = build_strategy(exp, self.amp)
-        try:
-            cost_model = get_cost_model(exp.cost_model.type, exp.cost_model)
-        except DnasError as exc:
-            raise ConfigError(exp.source, "cost_model.type", str(exc)) from None
+        cost_model = configured_cost_model(exp.cost_model, exp.source)
         self.table = cost_model.table(self.space, exp.input_hw, self.task.num_outputs)
         check_target(exp, self.table)
         self.make_loaders()
@@ -95,6 +93,11 @@ class SearchRun(EpochLoop):
         self.strategy.prepare = self.prepare
         self.strategy.adapt_search_space(self.prepare(network), self.task, self.table,
                                          self.device)  # fmt: skip
+        if self.num_epochs < 1:  # else it "ends" at once and writes no search.pt
+            raise ConfigError(exp.source, "search.epochs",
+                              f"the search would run no epoch (search.warmup_epochs "
+                              f"{exp.search.warmup_epochs} + search.epochs {exp.search.epochs}); "
+                              "give at least one")  # fmt: skip
         self.arch_batches = 0  # architecture batches consumed (the architecture split's stream)
         self.arch_steps = 0  # architecture steps in this epoch
         self.arch_stream: Iterator[dict] | None = None
@@ -185,6 +188,7 @@ class SearchRun(EpochLoop):
             "arch_batches": self.arch_batches,
             "arch_steps": self.arch_steps,
             "space": self.space.to_dict(),
+            "cost_table": self.table.digest(),  # a resume refuses another table's costs
             "arch_probs": self.strategy.arch_probs(),
             "choices": self.strategy.get_final_architecture(),
             "gradient_evidence": self.strategy.gradient_evidence(),  # dnas derive warns on noise
@@ -192,6 +196,12 @@ class SearchRun(EpochLoop):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        recorded = state.get("cost_table")  # checkpoints before 2026-12-05 did not record it
+        if recorded is not None and recorded != self.table.digest() and not self.force:
+            where = self.table.key.get("table", f"the {self.table.metric} table")
+            raise ConfigError(self.exp.source, "cost_model",
+                              f"the costs of {where} differ from those this search started "
+                              "with; pass --force to resume with them")  # fmt: skip
         self.strategy.load_checkpointables(state["strategy"])
         # before 2026-12-01 the architecture stream's position was part of ``position``
         self.arch_batches = state.get("arch_batches", state["position"].get("arch_batches", 0))
@@ -210,6 +220,7 @@ class SearchRun(EpochLoop):
             "target": cost.target,
             "final_cost": self.table.of_choices(choices),
             "argmax_cost": self.table.of_choices(argmax),
+            "band": list(band) if (band := cost.band()) else None,
             "projected_layers": sum(choices[n] != argmax[n] for n in choices),
             "decisiveness": decisiveness(probs),
             "choices": choices,
@@ -233,6 +244,9 @@ def summary_line(result: dict) -> str:
         if moved := result["projected_layers"]:
             text += f"; argmax {result['argmax_cost']:.4g}, {moved} layer{'s' * (moved > 1)} "
             text += "moved into the band"
+        low, high = result.get("band") or (-math.inf, math.inf)
+        if not low <= cost <= high:  # the projection found no net there
+            text += f"; no net of this space costs within the band {low:.4g}..{high:.4g} {unit}"
         text += ")"
     text += f"; decisiveness (mean top op probability) {result['decisiveness']:.3f}"
     if evidence := result.get("gradient_evidence"):

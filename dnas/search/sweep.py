@@ -7,16 +7,18 @@ import copy
 import json
 from pathlib import Path
 
-from dnas.checkpoint import step_files
+from dnas import checkpoint
+from dnas.checkpoint import check_resumable, step_files
 from dnas.config import Experiment
 from dnas.engine.progress import Reporter
 from dnas.engine.rundir import RunLock
 from dnas.engine.train import run_train
 from dnas.files import write_text_atomic
 from dnas.nn.profile import cost_report
+from dnas.search.cost_model import configured_cost_model
 from dnas.search.derive import derive, write_architecture
-from dnas.search.run import run_search
-from dnas.task import build_task
+from dnas.search.run import check_target, run_search
+from dnas.task import build_space, build_task
 from dnas.vis.plot import save_figure, sweep_figure
 
 
@@ -42,7 +44,14 @@ def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path,
     ``resume``, finished runs (their ``row.json``) are kept and an interrupted search or
     training continues from its checkpoints."""
     report = report or Reporter()
-    outputs = build_task(exp).num_outputs
+    task = build_task(exp)
+    outputs = task.num_outputs
+    if kind == "target":  # every target in the space's range before the first search starts
+        space = build_space(exp.space, task, exp)
+        table = configured_cost_model(exp.cost_model, exp.source).table(space, exp.input_hw,
+                                                                        outputs)  # fmt: skip
+        for value in values:
+            check_target(_variant(exp, kind, value), table)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out_dir)  # one sweep at a time; each run locks its own directory too
     lock.acquire(report.line)
@@ -59,6 +68,8 @@ def _sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path, outpu
         run_dir = run_dir_of(out_dir, kind, value)
         row_path = run_dir / "row.json"
         if resume and row_path.exists():
+            finished = run_dir / "search" / "search.pt"  # records the config it ran with
+            check_resumable(checkpoint.load(finished), _variant(exp, kind, value), finished, force)
             report.line(f"== sweep: {kind} = {value:g} already done ({row_path})")
             rows.append(json.loads(row_path.read_text()))
             continue

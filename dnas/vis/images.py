@@ -60,5 +60,9 @@ def write_png(path: Path, image_rgb: np.ndarray) -> None:
     """Write an RGB image as PNG, creating the folder; a failure is a one-line error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
-        raise DnasError(f"{path}: could not write the image")
+    try:
+        written = cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    except cv2.error:  # OpenCV knows no writer for the file's extension
+        written = False
+    if not written:
+        raise DnasError(f"{path}: could not write the image (a .png or .jpg path?)")

@@ -4,6 +4,7 @@ outside any training run), ``dnas predict`` and ``dnas data synth-mpii``."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -11,11 +12,14 @@ import cv2
 import h5py
 import numpy as np
 
-from dnas.cli import example, out_opt
+from dnas.cli import SIZE, FiniteRange, example, out_opt
 from dnas.errors import DnasError
+from dnas.files import check_writable
 from dnas.registry import COMMANDS, DATA_COMMANDS
 from dnas.synthetic import already_there
 from tasks.pose.pckh import TABLE_KEYS, format_table, load_gt_valid_mat, pckh_table, read_mat
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what --out of predict can be written as
 
 
 def _read_array(path: Path, key: str) -> np.ndarray:
@@ -127,11 +131,17 @@ def coco_ap(gt_path: Path, results_path: Path, fmt: str) -> None:  # fmt: skip
     click.echo(json.dumps(stats) if fmt == "json" else format_coco_table(stats))
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
+def parse_box(ctx: click.Context, param: click.Parameter,
+              text: str | None) -> tuple[float, float, float, float] | None:  # fmt: skip
+    """``--box x,y,w,h``: finite pixels, positive width and height."""
+    if text is None:
+        return None
     try:
         x, y, w, h = (float(v) for v in text.split(","))
     except ValueError:
         raise click.BadParameter(f"expected x,y,w,h in pixels, got {text!r}") from None
+    if not all(map(math.isfinite, (x, y, w, h))):
+        raise click.BadParameter(f"expected finite numbers, got {text!r}")
     if w <= 0 or h <= 0:
         raise click.BadParameter(f"width and height must be positive, got {text!r}")
     return x, y, w, h
@@ -148,27 +158,29 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 @click.option("--arch", help="Architecture YAML or shipped name (default: the weights' own).")
 @click.option("--weights", type=click.Path(path_type=Path), required=True,
               help="Weights file or train run directory (its model.pt).")  # fmt: skip
-@click.option("--box", help="Person box x,y,w,h in pixels (default: the whole image).")
+@click.option("--box", callback=parse_box,
+              help="Person box x,y,w,h in pixels (default: the whole image).")  # fmt: skip
 @click.option(
     "--dataset",
     default="mpii",
     show_default=True,
     help="The joint set the weights predict (a registered pose dataset).",
 )
-@click.option("--input-size", help="HxW of the crop (default: the weights' training size, else "
-              "256x256).")  # fmt: skip
+@click.option("--input-size", type=SIZE, help="HxW of the crop (default: the weights' training "
+              "size, else 256x256).")  # fmt: skip
 @out_opt("output", file=True, required=False,
          help="PNG to write (default: IMAGE's name + _pose.png, here).")  # fmt: skip
 @click.option("--no-flip", is_flag=True, help="Skip the flip test.")
-@click.option("--min-score", type=click.FloatRange(0.0), default=0.2, show_default=True,
+@click.option("--min-score", type=FiniteRange(0.0), default=0.2, show_default=True,
               help="Draw joints whose heatmap peak is at least this (the JSON lists them all, "
               "each with 'drawn' and 'in_image').")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite --out.")
-def predict(image: Path, arch: str | None, weights: Path, box: str | None, dataset: str,
-            input_size: str | None, output: Path | None, no_flip: bool, min_score: float,
-            force: bool) -> None:  # fmt: skip
+def predict(image: Path, arch: str | None, weights: Path,
+            box: tuple[float, float, float, float] | None, dataset: str,
+            input_size: tuple[int, int] | None, output: Path | None, no_flip: bool,
+            min_score: float, force: bool) -> None:  # fmt: skip
     """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
-    from dnas.cli import guard_output, parse_size
+    from dnas.cli import guard_output
     from dnas.nn.network import Network
     from dnas.nn.weights import check_fits, load_weights, resolve, weights_file
     from dnas.vis.images import write_png
@@ -178,11 +190,13 @@ def predict(image: Path, arch: str | None, weights: Path, box: str | None, datas
     from tasks.pose.transforms import affine_transform, warp
 
     output = output or Path(f"{image.stem}_pose.png")
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise click.BadParameter(f"expected a {' or '.join(IMAGE_SUFFIXES)} path, got "
+                                 f"'{output}'", param_hint="'-o' / '--out'")  # fmt: skip
     guard_output(output, force)
     cls = DATASETS.get(dataset)
     weights = weights_file(weights)
-    size = parse_size(input_size) if input_size else None
-    space, (height, width), info = resolve(weights, arch, size)
+    space, (height, width), info = resolve(weights, arch, input_size)
     check_fits(info, weights, "outputs", info and info.get("num_outputs"), cls.num_joints(),
                f" (the {dataset} joint set; pass the --dataset they were trained on)")  # fmt: skip
     net = Network(space, cls.num_joints())
@@ -191,7 +205,7 @@ def predict(image: Path, arch: str | None, weights: Path, box: str | None, datas
     if picture is None:
         raise DnasError(f"{image}: not an image that can be decoded")
     picture = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
-    person = parse_box(box) if box else (0.0, 0.0, float(picture.shape[1]), float(picture.shape[0]))
+    person = box or (0.0, 0.0, float(picture.shape[1]), float(picture.shape[0]))
     center, scale = box_to_center_scale(person, (width, height))
     crop = warp(picture, affine_transform(center, scale, 0.0, (width, height)), (width, height))
     preds, scores = predict_batch(net, to_input(crop)[None], center[None], scale[None],
@@ -218,7 +232,7 @@ COMMANDS.register("predict")(predict)
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--train", "n_train", type=click.IntRange(1), default=3000, show_default=True)
 @click.option("--val", "n_val", type=click.IntRange(1), default=300, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--size", "image_size", type=click.IntRange(64, 4096), default=256,
               show_default=True, help="Image side in pixels.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Regenerate even if OUT holds a different set.")
@@ -226,6 +240,7 @@ def synth_mpii(out: Path, n_train: int, n_val: int, seed: int, image_size: int, 
     """Draw a synthetic pose dataset into OUT in the MPII (HRNet json) layout."""
     from tasks.pose.synth import write_synthetic_mpii
 
+    check_writable(out / "synth.json")
     wanted = {"n_train": n_train, "n_val": n_val, "seed": seed, "image_size": image_size}
     if already_there(out, wanted, force, ["images", "annot"]):
         click.echo(f"{out}: synthetic MPII set already there (cached), nothing to do")

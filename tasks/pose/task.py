@@ -94,11 +94,14 @@ class PoseTask(Task):
     def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
         target, stride = batch["target"], self.options.heatmap_stride
         if output.shape[1:] != target.shape[1:]:
-            raise DnasError(
-                f"{self.source}: head output {tuple(output.shape[1:])} does not match the "
-                f"heatmap targets {tuple(target.shape[1:])} (joints x H/{stride} x W/{stride}); "
-                "check the space's strides and head widths"
-            )
+            height, width = self.input_hw
+            raise ConfigError(
+                self.source, "input_size",
+                f"{height}x{width}: the head's output {tuple(output.shape[1:])} does not match "
+                f"the heatmap targets {tuple(target.shape[1:])} (joints x H/{stride} x "
+                f"W/{stride}); use an input size that the space's strides divide, or check its "
+                "head's upsampling",
+            )  # fmt: skip
         return joints_mse(output, target, batch["target_weight"])
 
     def predict(

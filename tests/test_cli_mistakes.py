@@ -1,0 +1,156 @@
+"""User mistakes found by auditing the CLI as a new user: each is one line with exit code 1,
+names the option or key, and leaves every earlier result and no empty folder behind."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_experiment
+
+from dnas.cli import cli
+
+ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, synth_root) -> dict[str, Path]:
+    """A finished search and a finished training of the tiny space."""
+    base = tmp_path_factory.mktemp("runs")
+    exp = write_experiment(base / "exp.yaml", synth_root)
+    for args in (["search", str(exp), "--out", str(base / "search")],
+                 ["train", str(exp), "--arch", ARCH, "--out", str(base / "train")]):  # fmt: skip
+        assert CliRunner().invoke(cli, args).exit_code == 0
+    return {"exp": exp, "search": base / "search", "train": base / "train"}
+
+
+def one_line_error(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and message in result.output, (args, result.output)
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    for file in src.rglob("*"):
+        if file.is_file():
+            (dst / file.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (dst / file.relative_to(src)).write_bytes(file.read_bytes())
+    return dst
+
+
+def test_a_resume_without_its_checkpoints_never_starts_afresh_over_results(tmp_path, finished):
+    exp = str(finished["exp"])
+    search = copy_run(finished["search"], tmp_path / "search")
+    for ckpt in (search / "checkpoints").iterdir():
+        ckpt.unlink()
+    before = digest(search / "search.pt")
+    one_line_error(
+        ["search", exp, "--out", str(search), "--resume"],
+        "no search checkpoint to resume from, and it holds an earlier run's search.pt",
+    )
+    assert digest(search / "search.pt") == before
+    train = copy_run(finished["train"], tmp_path / "train")  # another kind's checkpoints
+    result = CliRunner().invoke(cli, ["search", exp, "--out", str(train), "--resume"])
+    assert result.exit_code == 1 and "holds an earlier run's checkpoints" in result.output
+    assert not (train / "search.pt").exists()
+    forced = CliRunner().invoke(cli, ["search", exp, "--out", str(search), "--resume", "--force"])
+    assert forced.exit_code == 0 and "starting afresh" in forced.output
+
+
+def test_run_mistakes_name_the_option_and_leave_no_folder(tmp_path, finished, synth_root):
+    exp, out = str(finished["exp"]), tmp_path / "out"
+    no_epochs = ["--set", "search.epochs=0", "--set", "search.warmup_epochs=0"]
+    one_line_error(
+        ["search", exp, "--out", str(out), *no_epochs],
+        "search.epochs: the search would run no epoch",
+    )
+    one_line_error(
+        ["train", exp, "--arch", str(tmp_path / "no.yaml"), "--out", str(out)],
+        f"--arch {tmp_path / 'no.yaml'}: no such file",
+    )
+    one_line_error(
+        ["train", exp, "--arch", ARCH, "--out", str(out), "--init", exp],
+        "exp.yaml: not a PyTorch checkpoint",
+    )  # a YAML given as weights
+    one_line_error(["eval", exp, "--weights", str(finished["search"] / "search.pt"), "-o",
+                    str(out)], "pass --arch")  # fmt: skip
+    assert not out.exists()
+    odd = ["search", exp, "--out", str(tmp_path / "odd"), "--set", "input_size=[72, 72]"]
+    result = CliRunner().invoke(cli, odd)  # found at the first step, after the header line
+    assert result.exit_code == 1
+    assert "exp.yaml: input_size: 72x72: the head's output" in result.output
+    one_line_error(
+        ["agreement", str(finished["search"]), str(finished["search"])],
+        "the same search run given twice",
+    )
+
+
+def test_option_values_are_checked_where_they_are_given(tmp_path, finished, synth_root):
+    image = str(next((synth_root / "images").iterdir()))
+    weights = str(finished["train"])
+    predict = ["predict", image, "--weights", weights]
+    one_line_error(
+        [*predict, "--box", "nan,0,10,10", "-o", str(tmp_path / "p.png")],
+        "Invalid value for '--box': expected finite numbers",
+    )
+    one_line_error(
+        [*predict, "-o", str(tmp_path / "p")],
+        "Invalid value for '-o' / '--out': expected a .png or .jpg or .jpeg path",
+    )
+    one_line_error(
+        [*predict, "--min-score", "nan", "-o", str(tmp_path / "p.png")],
+        "Invalid value for '--min-score': expected a finite number",
+    )
+    export = ["export", "--weights", weights, "-o", str(tmp_path / "n.onnx")]
+    one_line_error([*export, "--opset", "99"], "--opset 99: this torch")
+    one_line_error([*export, "--input-size", "0x64"], "Invalid value for '--input-size'")
+    occupied = tmp_path / "a-file"
+    occupied.write_text("")
+    one_line_error(
+        ["export", "--weights", weights, "-o", str(occupied / "n.onnx")],
+        "a-file is a file, not a folder",
+    )
+    one_line_error(["data", "synth-mpii", str(occupied / "d")], "a-file is a file, not a folder")
+    one_line_error(
+        ["data", "synth-mpii", str(tmp_path / "d"), "--seed", "-1"], "Invalid value for '--seed'"
+    )
+    assert not (tmp_path / "d").exists() and not (tmp_path / "n.onnx").exists()
+
+
+def test_a_sweep_checks_its_values_and_targets_before_the_first_run(tmp_path, finished):
+    exp, out = str(finished["exp"]), str(tmp_path / "sweep")
+    for values, message in (("0.1,0.10", "expected distinct values, got 0.1, 0.1"),
+                            ("nan", "expected finite non-negative numbers"),
+                            ("", "expected finite non-negative numbers")):  # fmt: skip
+        one_line_error(["sweep", exp, "--out", out, "--weights", values], message)
+    one_line_error(
+        ["sweep", exp, "--out", out, "--targets", "1.2,1e6"],
+        "cost_model.target: 1e+06 MMAC is outside this space's range",
+    )
+    assert not (tmp_path / "sweep" / "target_1.2").exists()
+
+
+def test_a_group_run_without_its_command_prints_its_help(tmp_path):
+    result = CliRunner().invoke(cli, ["lut"])
+    assert result.exit_code == 2 and "Error" not in result.output
+    assert "build" in result.output and "check" in result.output
+
+
+def test_set_without_a_key_and_an_absent_device_name_what_was_given(tmp_path, finished):
+    exp, out = str(finished["exp"]), str(tmp_path / "out")
+    one_line_error(
+        ["search", exp, "--out", out, "--set", "=3"],
+        "--set: =3: expected key.path=value with a key on the left",
+    )
+    if not torch.cuda.is_available():
+        one_line_error(
+            ["search", exp, "--out", out, "--set", "device=cuda"],
+            "exp.yaml: device: 'cuda' requested but CUDA is not available",
+        )
