@@ -335,7 +335,8 @@ def head_record(space: SearchSpace) -> dict | None:
 def normal_head(record: dict | None) -> dict | None:
     """A head record with its type's defaults filled in, so that options written out at their
     defaults compare equal to options left out. A record of an unknown type or with bad options
-    stays as written: it then differs from any head a search builds, which is reported."""
+    stays as written: it then differs from any head a search builds, which is reported. (An
+    older table, which recorded its head as written, is filled with today's defaults.)"""
     if record is None:
         return None
     options = {k: v for k, v in record.items() if k not in ("type", "inputs")}
@@ -349,8 +350,8 @@ def normal_head(record: dict | None) -> dict | None:
 def built_shapes(lut: dict, source: Path) -> dict[str, tuple[int, int, int]] | None:
     """Every node's output shape in the space the table was built from, or None for a table
     that did not record its space: an op's name and input shape do not fix its output width."""
-    recorded = lut["meta"].get("space_dict")
-    if not isinstance(recorded, dict):
+    recorded = lut["meta"].get("space_dict")  # a mapping if there (``_check_table``)
+    if recorded is None:
         return None
     space = space_from_dict(recorded, source=f"{source} (meta.space_dict)")
     return space.infer_shapes(*lut["meta"]["input"])
@@ -559,6 +560,9 @@ def _check_table(table: dict, source: str) -> None:
             raise ConfigError(source, f"meta.{key}", "missing required key")
         if not ok(meta[key]):
             raise ConfigError(source, f"meta.{key}", f"expected {expected}, got {meta[key]!r}")
+    if not isinstance(meta.get("space_dict", {}), dict):
+        raise ConfigError(source, "meta.space_dict", "expected the space's mapping that dnas lut "
+                          f"build writes, got {meta['space_dict']!r}")  # fmt: skip
     head = meta.get("head")
     if head is not None and not (
         isinstance(head, dict) and isinstance(head.get("type"), str)
@@ -694,7 +698,9 @@ def what_to_build(space: str | None, config: Path | None, overrides: list[str],
             raise click.UsageError("--set overrides keys of --config, not of --space")
         return load_space(space), (256, 256), head_outputs(outputs, None)  # its default
     if outputs is not None:
-        raise click.UsageError("--outputs goes with --space; with --config the task sets them")
+        raise click.UsageError(
+            "--outputs (--joints) goes with --space; with --config the task sets the outputs"
+        )
     exp = load_experiment(config, overrides)
     task = build_task(exp)
     return build_space(exp.space, task, exp), exp.input_hw, task.num_outputs
@@ -825,12 +831,8 @@ def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpac
 
     if space is not None:
         return load_space(space)
-    if isinstance(meta.get("space_dict"), dict):
+    if "space_dict" in meta:  # a mapping (``_check_table``)
         return space_from_dict(meta["space_dict"], source=f"{table_path} (meta.space_dict)")
-    if "space_dict" in meta:
-        raise ConfigError(str(table_path), "meta.space_dict",
-                          "expected the space's mapping that dnas lut build writes; or give "
-                          "--space")  # fmt: skip
     recorded = meta.get("space_file")
     try:
         return load_space(recorded if recorded and Path(recorded).is_file() else meta["space"])
@@ -858,10 +860,11 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
 
     table = read_lut(table_path)
     meta, recorded_runtime = table["meta"], table_runtime(table)
-    if runtime is not None and runtime not in RUNTIMES.names():
-        known = ", ".join(RUNTIMES.names())
-        raise click.BadParameter(f"unknown runtime {runtime!r} (registered: {known})",
-                                 param_hint="'--runtime'")  # fmt: skip
+    if runtime is not None:
+        try:
+            RUNTIMES.get(runtime)
+        except DnasError as exc:  # the registry's line, naming the registered runtimes
+            raise click.BadParameter(str(exc), param_hint="'--runtime'") from None
     if runtime is not None and runtime != recorded_runtime:
         raise DnasError(f"{table_path}: measured in {recorded_runtime}, not {runtime}; build a "
                         f"table with 'dnas lut build --runtime {runtime}' to check that "

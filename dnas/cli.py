@@ -90,9 +90,12 @@ class SizeParam(click.ParamType):
         if isinstance(value, tuple):
             return value
         parts = str(value).lower().split("x")
-        if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        try:
+            height, width = int(parts[0]), int(parts[-1])
+        except ValueError:
+            height = width = None
+        if len(parts) > 2 or height is None:
             self.fail(f"expected HxW such as 256x192, got {value!r}", param, ctx)
-        height, width = (int(parts[0]), int(parts[-1]))
         if not 8 <= min(height, width) <= max(height, width) <= MAX_INPUT:
             self.fail(f"expected both sides in 8..{MAX_INPUT}, got {value!r}", param, ctx)
         return height, width
@@ -227,7 +230,7 @@ def search(config: Path, out: Path | None, strategy: str | None, cost_model: str
     try:
         exp = load_experiment(config, [*overrides, *extra])
     except ConfigError as exc:
-        if cost_table and exc.key == "cost_model.table":  # the type's options hold no table
+        if cost_table and exc.key == "cost_model.table" and exc.detail.startswith("unknown key"):
             raise click.UsageError("--cost-table goes with --cost-model latency (a cost model "
                                    "that reads a table)") from None  # fmt: skip
         raise
@@ -472,8 +475,8 @@ def cost(arch: str, input_size: tuple[int, int], outputs: int | None, joints: in
 def parse_values(
     ctx: click.Context, param: click.Parameter, text: str | None
 ) -> list[float] | None:
-    """``--weights`` / ``--targets``: distinct, finite, non-negative numbers (each names its own
-    run directory, ``weight_0.1``, so two that print alike would share one)."""
+    """``--weights`` / ``--targets``: finite, non-negative numbers (the sweep checks each
+    against the config's bounds, and that they name distinct run directories)."""
     if text is None:
         return None
     try:
@@ -482,9 +485,6 @@ def parse_values(
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
     if not values or not all(math.isfinite(v) and v >= 0 for v in values):
         raise click.BadParameter(f"expected finite non-negative numbers, got {text!r}")
-    names = [f"{v:g}" for v in values]
-    if len(set(names)) < len(names):
-        raise click.BadParameter(f"expected distinct values, got {', '.join(names)}")
     return values
 
 

@@ -98,7 +98,7 @@ class CostConfig:
     target: float | None = field(default=None, metadata={"min": 1e-12})
     beta: float = field(default=2.0, metadata={"min": 1.0})
     dual_lr: float = field(default=0.1, metadata={"min": 0.0, "max": 100.0})
-    tolerance: float = field(default=0.02, metadata={"min": 0.001, "max": 0.5})  # budget band
+    tolerance: float = field(default=0.02, metadata={"min": 0.0, "max": 0.5})  # budget band
     # None: the cost model's defaults (set by the YAML reader; see ``cost_model_options``)
     options: Any = plugin_field(cost_model_options, default=None)
 

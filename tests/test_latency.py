@@ -288,6 +288,10 @@ def test_a_table_of_other_widths_or_impossible_times_is_refused_in_one_line(lut,
         bad.write_text(json.dumps(table | edit))
         with pytest.raises(DnasError, match=rf"bad.json: {message}"):
             LatencyCostModel(LatencyOptions(str(bad))).table(space, (64, 64), 16)
+    older = tmp_path / "older.json"  # no recorded space: widths unchecked, still accepted
+    older.write_text(json.dumps(table | {"meta": {k: v for k, v in table["meta"].items()
+                                                  if k != "space_dict"}}))  # fmt: skip
+    LatencyCostModel(LatencyOptions(str(older))).table(load_space(wider), (64, 64), 16)
 
 
 def test_a_head_written_with_its_defaults_matches_the_same_head_left_at_them(lut, tmp_path):
@@ -315,8 +319,9 @@ def test_lut_cli_mistakes_are_one_line_before_any_timing(lut, tmp_path):
             [*build, "--input", "64x64x3", "-o", str(tmp_path / "t.json")],
         "Invalid value for '--batch'":
             [*build, "--batch", "99999999999", "-o", str(tmp_path / "t.json")],
-        "--outputs goes with --space": ["lut", "build", "--config", str(tmp_path / "exp.yaml"),
-                                        "--outputs", "5", "-o", str(tmp_path / "t.json")],
+        "--outputs (--joints) goes with --space":
+            ["lut", "build", "--config", str(tmp_path / "exp.yaml"), "--outputs", "5", "-o",
+             str(tmp_path / "t.json")],
         "Invalid value for '--runtime': unknown runtime 'tvm'":
             ["lut", "check", "--table", str(path), "--runtime", "tvm"],
         "Invalid value for '--max-drift': expected a finite number":
@@ -329,9 +334,9 @@ def test_lut_cli_mistakes_are_one_line_before_any_timing(lut, tmp_path):
     assert not (tmp_path / "t.json").exists()
 
 
-def test_search_options_of_the_latency_model_name_their_key(lut, tmp_path, real_mpii_root):
+def test_search_options_of_the_latency_model_name_their_key(lut, tmp_path, synth_root):
     _, _, path = lut
-    exp = str(write_experiment(tmp_path / "exp.yaml", real_mpii_root))
+    exp = str(write_experiment(tmp_path / "exp.yaml", synth_root))
     out = ["--out", str(tmp_path / "s")]
     latency = ["--cost-model", "latency", "--cost-table", str(path)]
     cases = {
@@ -354,11 +359,11 @@ def test_search_options_of_the_latency_model_name_their_key(lut, tmp_path, real_
     assert f"--threads {threads} -o {path} --force" in result.output  # the fix it suggests
 
 
-def test_a_resumed_search_refuses_a_table_whose_costs_changed(lut, tmp_path, real_mpii_root):
+def test_a_resumed_search_refuses_a_table_whose_costs_changed(lut, tmp_path, synth_root):
     _, table, path = lut
     mine = tmp_path / "t.json"
     mine.write_text(json.dumps(table))
-    exp = str(write_experiment(tmp_path / "exp.yaml", real_mpii_root))
+    exp = str(write_experiment(tmp_path / "exp.yaml", synth_root))
     args = ["search", exp, "--out", str(tmp_path / "s"), "--cost-model", "latency",
             "--cost-table", str(mine)]  # fmt: skip
     assert CliRunner().invoke(cli, args).exit_code == 0

@@ -37,8 +37,12 @@ def test_sweep_over_budgets_and_usage_errors(tmp_path, real_mpii_root):
     assert rows[0]["target"] == 1.2
     changed = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--targets", "1.2",
                                        "--resume", "--set", "train.epochs=2"])  # fmt: skip
-    assert changed.exit_code == 1 and "config differs" in changed.output  # its row is not reused
+    assert changed.exit_code == 1 and "ran with another config" in changed.output  # not reused
     assert "train.epochs" in changed.output
+    again = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--targets", "1.2",
+                                     "--resume", "--force", "--set", "train.epochs=2"])  # fmt: skip
+    assert again.exit_code == 0 and "already done" not in again.output  # run again, replaced
+    assert "epochs: 2" in (out / "target_1.2" / "search" / "config.yaml").read_text()
     both = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "1",
                                     "--targets", "2"])  # fmt: skip
     assert both.exit_code == 1 and "exactly one of --weights and --targets" in both.output

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
+from dnas.checkpoint import Checkpointer, check_resumable, save_atomic, step_files
 from dnas.config import Experiment, config_hash, write_config
 from dnas.engine import distributed
 from dnas.engine.progress import Reporter, eta_text
@@ -298,11 +298,13 @@ class EpochLoop(RunContext, ABC):
     def refuse_to_replace(self) -> None:
         """A resume that finds no checkpoint of its kind starts afresh, which clears the
         outputs: refused (unless ``--force``) when they hold an earlier run's results or
-        checkpoints (a finished run whose checkpoints were deleted, another kind of run)."""
+        checkpoints (a finished run whose checkpoints were deleted, checkpoints that do not
+        load, another kind of run's)."""
         if self.force:
             return
-        paths = [self.out_dir / name for name in self.outputs if name != "config.yaml"]
-        held = [p.name for p in paths if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+        names = [name for name in self.outputs if name not in ("config.yaml", "checkpoints")]
+        held = [name for name in names if (self.out_dir / name).exists()]
+        held += ["checkpoints"] * bool(step_files(self.checkpoints.directory))  # not a .tmp
         if held:
             raise DnasError(f"{self.out_dir}: no {self.name} checkpoint to resume from, and it "
                             f"holds an earlier run's {listing(held, 4)}; pass --force to start "

@@ -103,12 +103,6 @@ class TrainRun(EpochLoop):
         elif exp.remap_from:
             mapped = remap_into(self.net, Path(exp.remap_from))
             self.report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")
-        record = self.out_dir / "arch.yaml"  # the run's architecture: 'dnas train RUN --resume'
-        given = Path(self.arch_ref)
-        same = given.is_file() and given.resolve() == record.resolve()  # --arch RUN/arch.yaml
-        if self.world.main and not same and not (self.resume and record.exists()):
-            body = yaml.safe_dump(self.arch.to_dict(), sort_keys=False, default_flow_style=None)
-            write_text_atomic(record, f"# trained by: {command_line()}\n{body}")
         self.net = self.prepare(self.amp.model(self.net))
         cfg = exp.train
         self.params = self.net.weight_parameters()
@@ -131,6 +125,17 @@ class TrainRun(EpochLoop):
     @property
     def num_epochs(self) -> int:
         return self.exp.train.epochs
+
+    def start(self) -> None:
+        """Resume or begin afresh, then record the run's architecture as ``arch.yaml`` ('dnas
+        train RUN --resume' reads it), only once the directory is this run's."""
+        super().start()
+        record = self.out_dir / "arch.yaml"
+        given = Path(self.arch_ref)
+        same = given.is_file() and given.resolve() == record.resolve()  # --arch RUN/arch.yaml
+        if self.world.main and not same and not (self.resume and record.exists()):
+            body = yaml.safe_dump(self.arch.to_dict(), sort_keys=False, default_flow_style=None)
+            write_text_atomic(record, f"# trained by: {command_line()}\n{body}")
 
     def header(self) -> str:
         return (f"train: {self.arch.name}, {self.num_epochs} epochs x {self.steps} steps, "

@@ -64,11 +64,6 @@ def export_onnx(model: nn.Module, input_hw: tuple[int, int], path: Path, in_chan
         export_module(model, [torch.zeros(1, in_channels, *input_hw)], path, opset)
     except OSError as exc:
         raise DnasError(f"{path}: cannot write ({exc.strerror})") from None
-    except RuntimeError as exc:  # torch names the opset on its message's last line
-        if "Unsupported onnx_opset_version" not in str(exc):
-            raise
-        raise DnasError(f"--opset {opset}: this torch {torch.__version__} cannot export it "
-                        f"(the default is {OPSET})") from None  # fmt: skip
     if metadata:
         import onnx
 

@@ -21,7 +21,7 @@ import numpy as np
 from dnas.errors import DnasError
 from dnas.search.budget import DRAW_TRIES, sample_within
 from dnas.search.cost_model import CostTable
-from dnas.search.derive import load_search
+from dnas.search.derive import find_checkpoint, load_search
 
 
 def op_agreement(a: dict[str, str], b: dict[str, str]) -> float:
@@ -79,10 +79,10 @@ def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
     at the runs' mean derived cost) with the z-score of the mean against it."""
     if len(refs) < 2:
         raise DnasError("agreement needs at least two search runs")
-    runs = [load_outcome(ref) for ref in refs]
-    files = [Path(r.run).resolve() for r in runs]
+    files = [find_checkpoint(ref).resolve() for ref in refs]  # RUN and RUN/search.pt alike
     if twice := sorted({str(f) for f in files if files.count(f) > 1}):
         raise DnasError(f"{twice[0]}: the same search run given twice (it agrees with itself)")
+    runs = [load_outcome(ref) for ref in refs]
     first = runs[0]
     for other in runs[1:]:
         if other.digest != first.digest or other.table.layers != first.table.layers:

@@ -138,6 +138,8 @@ def configured_cost_model(cfg: CostConfig, source: str) -> CostModel:
     try:
         return get_cost_model(cfg.type, cfg)
     except ConfigError as exc:
+        if exc.source:  # it names its own file
+            raise
         raise ConfigError(source, exc.key, exc.detail) from None
     except DnasError as exc:
         raise ConfigError(source, "cost_model.type", str(exc)) from None

@@ -36,7 +36,8 @@ from dnas.registry import STRATEGIES
 from dnas.search.cost_model import CostTable, configured_cost_model
 from dnas.search.strategy import Strategy
 from dnas.space.choices import decisiveness, entropies
-from dnas.task import build_space
+from dnas.space.graph import SearchSpace
+from dnas.task import Task, build_space
 
 KIND = "dnas-search"
 
@@ -68,6 +69,14 @@ def check_target(exp: Experiment, table: CostTable) -> None:
                           f"{exp.input_hw[0]}x{exp.input_hw[1]}")  # fmt: skip
 
 
+def search_table(exp: Experiment, task: Task) -> tuple[SearchSpace, CostTable]:
+    """The space a search of ``exp`` runs over (its head settled) and its cost table."""
+    space = build_space(exp.space, task, exp)
+    table = configured_cost_model(exp.cost_model, exp.source).table(space, exp.input_hw,
+                                                                    task.num_outputs)  # fmt: skip
+    return space, table
+
+
 class SearchRun(EpochLoop):
     """One search in ``out_dir``: the strategy's steps on the weight split, with a batch of the
     architecture split whenever the strategy wants one; ``search.pt`` after every epoch."""
@@ -77,13 +86,11 @@ class SearchRun(EpochLoop):
 
     def setup(self) -> None:
         exp = self.exp
-        self.space = build_space(exp.space, self.task, exp)
+        self.space, self.table = search_table(exp, self.task)
         if self.space.is_fixed:
             raise ConfigError(exp.source, "space", f"{self.space.source} has no searchable layer")
         self.amp.sync_grads = self.world.distributed
         self.strategy = build_strategy(exp, self.amp)
-        cost_model = configured_cost_model(exp.cost_model, exp.source)
-        self.table = cost_model.table(self.space, exp.input_hw, self.task.num_outputs)
         check_target(exp, self.table)
         self.make_loaders()
         network = Network(self.space, self.task.num_outputs)

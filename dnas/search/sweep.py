@@ -7,18 +7,18 @@ import copy
 import json
 from pathlib import Path
 
-from dnas import checkpoint
-from dnas.checkpoint import check_resumable, step_files
-from dnas.config import Experiment
+from dnas.checkpoint import step_files
+from dnas.config import CostConfig, Experiment, config_changes
 from dnas.engine.progress import Reporter
 from dnas.engine.rundir import RunLock
 from dnas.engine.train import run_train
+from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
 from dnas.nn.profile import cost_report
-from dnas.search.cost_model import configured_cost_model
+from dnas.schema import from_dict, load_yaml, to_dict
 from dnas.search.derive import derive, write_architecture
-from dnas.search.run import check_target, run_search
-from dnas.task import build_space, build_task
+from dnas.search.run import check_target, run_search, search_table
+from dnas.task import Task, build_task
 from dnas.vis.plot import save_figure, sweep_figure
 
 
@@ -45,37 +45,60 @@ def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path,
     training continues from its checkpoints."""
     report = report or Reporter()
     task = build_task(exp)
-    outputs = task.num_outputs
-    if kind == "target":  # every target in the space's range before the first search starts
-        space = build_space(exp.space, task, exp)
-        table = configured_cost_model(exp.cost_model, exp.source).table(space, exp.input_hw,
-                                                                        outputs)  # fmt: skip
-        for value in values:
-            check_target(_variant(exp, kind, value), table)
+    check_values(exp, kind, values, out_dir, task)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out_dir)  # one sweep at a time; each run locks its own directory too
     lock.acquire(report.line)
     try:
-        return _sweep(exp, kind, values, out_dir, outputs, report, resume, force)
+        return _sweep(exp, kind, values, out_dir, task.num_outputs, report, resume, force)
     finally:
         lock.release()
+
+
+def check_values(exp: Experiment, kind: str, values: list[float], out_dir: Path,
+                 task: Task) -> None:  # fmt: skip
+    """Every point before the first search starts: values that name distinct run directories,
+    each variant's ``cost_model`` within the schema's bounds, and every budget target within
+    the space's cost range; a mistake names the option and the value."""
+    option = f"--{kind}s"
+    names = [run_dir_of(out_dir, kind, value).name for value in values]
+    if len(set(names)) < len(names):
+        raise DnasError(f"{option}: two values name one run directory ({', '.join(names)})")
+    table = search_table(exp, task)[1] if kind == "target" else None
+    for value in values:
+        variant = _variant(exp, kind, value)
+        try:
+            from_dict(CostConfig, to_dict(variant.cost_model), option, "cost_model")
+            if table is not None:
+                check_target(variant, table)
+        except ConfigError as exc:
+            raise DnasError(f"{option} {value:g}: {exc.key}: {exc.detail}") from None
+
+
+def recorded_changes(run_dir: Path, variant: Experiment) -> list[str]:
+    """The keys in which a sweep point's recorded search (its ``config.yaml``) differs from the
+    variant the sweep runs now; none when the point recorded none yet."""
+    recorded = run_dir / "search" / "config.yaml"
+    return config_changes(load_yaml(recorded), variant) if recorded.is_file() else []
 
 
 def _sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path, outputs: int,
            report: Reporter, resume: bool, force: bool) -> list[dict]:  # fmt: skip
     rows = []
     for value in values:
-        run_dir = run_dir_of(out_dir, kind, value)
-        row_path = run_dir / "row.json"
-        if resume and row_path.exists():
-            finished = run_dir / "search" / "search.pt"  # records the config it ran with
-            check_resumable(checkpoint.load(finished), _variant(exp, kind, value), finished, force)
+        run_dir, variant = run_dir_of(out_dir, kind, value), _variant(exp, kind, value)
+        row_path, keep = run_dir / "row.json", resume
+        if resume and (changed := recorded_changes(run_dir, variant)):
+            if not force:
+                raise DnasError(f"{run_dir}: ran with another config ({listing(changed, 6)}); "
+                                "pass --force to run it again with this one")  # fmt: skip
+            keep = False  # --force: this point afresh, its old results replaced
+        if keep and row_path.exists():
             report.line(f"== sweep: {kind} = {value:g} already done ({row_path})")
             rows.append(json.loads(row_path.read_text()))
             continue
         report.line(f"== sweep: cost_model.{kind} = {value:g}")
-        rows.append(sweep_one(_variant(exp, kind, value), kind, value, run_dir, outputs, report,
-                              resume, force))  # fmt: skip
+        rows.append(sweep_one(variant, kind, value, run_dir, outputs, report, keep, force))
         write_text_atomic(row_path, json.dumps(rows[-1], indent=1))
     write_outputs(rows, kind, out_dir)
     return rows

@@ -62,7 +62,7 @@ def write_png(path: Path, image_rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         written = cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
-    except cv2.error:  # OpenCV knows no writer for the file's extension
-        written = False
+    except cv2.error:
+        raise DnasError(f"{path}: no image format has this file name's extension") from None
     if not written:
-        raise DnasError(f"{path}: could not write the image (a .png or .jpg path?)")
+        raise DnasError(f"{path}: could not write the image")

@@ -19,8 +19,6 @@ from dnas.registry import COMMANDS, DATA_COMMANDS
 from dnas.synthetic import already_there
 from tasks.pose.pckh import TABLE_KEYS, format_table, load_gt_valid_mat, pckh_table, read_mat
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what --out of predict can be written as
-
 
 def _read_array(path: Path, key: str) -> np.ndarray:
     """``key`` from a MATLAB (.mat) or HDF5 (.h5) file."""
@@ -190,9 +188,9 @@ def predict(image: Path, arch: str | None, weights: Path,
     from tasks.pose.transforms import affine_transform, warp
 
     output = output or Path(f"{image.stem}_pose.png")
-    if output.suffix.lower() not in IMAGE_SUFFIXES:
-        raise click.BadParameter(f"expected a {' or '.join(IMAGE_SUFFIXES)} path, got "
-                                 f"'{output}'", param_hint="'-o' / '--out'")  # fmt: skip
+    if not cv2.haveImageWriter(str(output)):
+        raise click.BadParameter(f"expected an image path such as pose.png, got '{output}'",
+                                 param_hint="'-o' / '--out'")  # fmt: skip
     guard_output(output, force)
     cls = DATASETS.get(dataset)
     weights = weights_file(weights)
