@@ -28,8 +28,10 @@ def load_plugins() -> None:
     for ep in entry_points(group=PLUGIN_GROUP):
         try:
             import_module(ep.value)
-        except ImportError as exc:  # one broken plugin must not take the others down
-            warnings.warn(f"dnas plugin {ep.name!r} ({ep.value}) not loaded: {exc}", stacklevel=2)
+        except Exception as exc:  # noqa: BLE001  any failure of third-party code: one broken
+            # plugin must not take the others down (nor be blamed on the user's files)
+            warnings.warn(f"dnas plugin {ep.name!r} ({ep.value}) not loaded: "
+                          f"{type(exc).__name__}: {exc}", stacklevel=2)  # fmt: skip
 
 
 class Registry:

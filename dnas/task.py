@@ -42,6 +42,9 @@ class Metrics:
 
 
 class Task(ABC):
+    """A dense-prediction task plugin: its datasets, loss, head default and evaluation; the
+    core runs any registered task without naming it (docs/adding_a_task.md)."""
+
     name: ClassVar[str]
     Options: ClassVar[type]  # a dataclass: the task's keys under ``task:`` in the experiment YAML
     in_channels: ClassVar[int] = 3  # channels of the ``input`` tensors its datasets yield
@@ -87,6 +90,7 @@ class Task(ABC):
 
 
 def build_task(exp: Experiment) -> Task:
+    """The task ``exp.task`` names, with its options (``task:`` keys) checked."""
     options = dict(exp.task)
     name = options.pop("name")
     try:

@@ -40,3 +40,49 @@ def test_api_example_searches_derives_and_trains(tmp_path):
     assert (out / "train" / "model.pt").is_file()
     score = float(re.search(r"^Mean: ([\d.]+)$", done.stdout, re.M).group(1))
     assert 0 <= score <= 100
+
+
+def test_wrong_api_inputs_are_dnas_errors_naming_what_was_wrong(tmp_path):
+    from conftest import TINY_SPACE
+
+    space = dnas.load_space(TINY_SPACE)
+    table = dnas.cost_table(space, (64, 64), 16)
+    choices = {layer.name: layer.candidates[0] for layer in space.searchable_layers}
+    assert table.of_choices(choices) > table.fixed
+    first = next(iter(choices))
+    cases = [
+        (lambda: table.of_choices({first: choices[first]}), "does not match its layers"),
+        (lambda: table.of_choices(choices | {"stage9.0": "k3e3"}), "not in the table stage9.0"),
+        (lambda: table.of_choices(choices | {first: "k9e9"}), "no op 'k9e9'"),
+        (lambda: dnas.Network(str(TINY_SPACE), 16), "expected a SearchSpace"),
+        (lambda: dnas.Network(space, 0), "expected num_outputs >= 1"),
+        (lambda: dnas.decisiveness({"a": []}), "at least one op per layer"),
+        (lambda: dnas.decisiveness({"a": [-1.0, 2.0]}), "probabilities in 0..1"),
+        (lambda: dnas.compare_runs(str(tmp_path)), "a list of at least two search runs"),
+        (lambda: dnas.write_architecture(space, tmp_path), "a folder"),
+        (lambda: dnas.CostTable.load(str(tmp_path / "none.json")), "cannot read cost table"),
+    ]
+    for call, message in cases:
+        with pytest.raises(dnas.DnasError, match=re.escape(message)):
+            call()
+    (tmp_path / "other.json").write_text(json.dumps({"meta": {}}))
+    with pytest.raises(dnas.DnasError, match="not a dnas cost table"):
+        dnas.CostTable.load(str(tmp_path / "other.json"))
+    dnas.write_architecture(space.with_choices(choices), tmp_path / "a.yaml", None)
+    assert dnas.load_space(tmp_path / "a.yaml").is_fixed
+
+
+def test_the_api_never_overwrites_a_run_without_force(tmp_path):
+    from conftest import TINY_SPACE, write_experiment
+
+    from tasks.pose.synth import write_synthetic_mpii
+
+    write_synthetic_mpii(tmp_path / "data", n_train=16, n_val=4, seed=0, image_size=64)
+    exp = dnas.load_experiment(write_experiment(tmp_path / "exp.yaml", tmp_path / "data",
+                                                TINY_SPACE))  # fmt: skip
+    dnas.run_search(exp, tmp_path / "s")
+    with pytest.raises(dnas.DnasError, match="already holds an earlier run's search.pt"):
+        dnas.run_search(exp, tmp_path / "s")
+    assert dnas.run_search(exp, tmp_path / "s", force=True)["choices"]
+    with pytest.raises(dnas.DnasError, match="kind: expected one of weight, target, got 'targte'"):
+        dnas.run_sweep(exp, "targte", [1.2], tmp_path / "sweep")

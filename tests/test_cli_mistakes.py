@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from conftest import write_experiment
 
 from dnas.cli import cli
+from dnas.errors import DnasError
 
 ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
 
@@ -161,3 +163,22 @@ def test_a_budget_search_says_when_no_net_lies_in_its_band(tmp_path, synth_root)
     record = json.loads((tmp_path / "s" / "search.json").read_text())
     assert record["band"] == [1.2, 1.2] and record["final_cost"] != 1.2
     assert "no net of this space costs within the band 1.2..1.2 MMAC" in result.output
+
+
+def test_an_empty_split_a_damaged_checkpoint_and_another_tasks_run_are_refused(tmp_path, finished):
+    from dnas.search.oneshot import same_task
+
+    root = copy_run(Path(yaml.safe_load(finished["exp"].read_text())["task"]["root"]),
+                    tmp_path / "data")  # fmt: skip
+    (root / "annot" / "valid.json").write_text("[]")
+    one_line_error(["eval", str(finished["exp"]), "--set", f"task.root={root}", "--weights",
+                    str(finished["train"]), "-o", str(tmp_path / "e")],
+                   "task.root: " + f"{root}: split 'valid' has no person")  # fmt: skip
+    fake = tmp_path / "fake.pt"
+    torch.save({"kind": "dnas-search"}, fake)
+    one_line_error(["rank", str(fake)], "a damaged search checkpoint (no space, arch_probs)")
+    with pytest.raises(DnasError, match="trained on segmentation, not the search's pose/lsp"):
+        same_task("runs/seg", {"name": "segmentation"}, {"name": "pose", "dataset": "lsp"},
+                  "trained")  # fmt: skip
+    same_task("runs/t", {"name": "pose", "dataset": "lsp", "root": "elsewhere"},
+              {"name": "pose", "dataset": "lsp"}, "trained")  # fmt: skip

@@ -94,6 +94,23 @@ def test_ground_truth_scores_ap_one(val, tmp_path):
     assert len(results) == len(val)
     assert set(results[0]) == {"image_id", "category_id", "keypoints", "score"}
     assert len(results[0]["keypoints"]) == 51 and results[0]["category_id"] == 1
+    # the same results as another category, or ground truth without a person category: refused
+    gt = val.root / "annotations" / "person_keypoints_val2017.json"
+    for i, edit in enumerate([{"category_id": 2}, {"category_id": "person"}]):
+        other = tmp_path / f"other{i}.json"
+        other.write_text(json.dumps([r | edit for r in results]))
+        with pytest.raises(DnasError, match=r"results\[0\]: category_id .* is not a category"):
+            coco_keypoint_ap(gt, other)
+    data = json.loads(gt.read_text())
+    no_person = tmp_path / "gt.json"
+    no_person.write_text(json.dumps(data | {"categories": [{"id": 2, "name": "dog"}]}))
+    with pytest.raises(DnasError, match=r"categories: no person category \(id 1\)"):
+        coco_keypoint_ap(no_person, tmp_path / "keypoints_val2017_results.json")
+    flags = json.loads(json.dumps(data))
+    flags["annotations"][0]["keypoints"][2] = 7
+    no_person.write_text(json.dumps(flags))
+    with pytest.raises(DnasError, match=r"annotations\[0\]: keypoint visibility flags must be"):
+        load_coco_keypoints(no_person)
 
 
 def test_perturbed_predictions_match_direct_cocoeval(coco_mini, val, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_experiment
+from conftest import TINY_SPACE, write_experiment
 
 from dnas.checkpoint import check_resumable
 from dnas.config import config_hash, load_experiment
@@ -52,9 +52,6 @@ class ConstantCost(CostModel):
 
     metric, unit, Options = "constant", "units", ConstantOptions
 
-    def key_extra(self) -> dict:
-        return {"per_op": self.options.per_op}
-
     def build(self, space: SearchSpace, input_hw, num_outputs) -> CostTable:
         layers = {
             lay.name: {op: self.options.per_op * (1 + i) for i, op in enumerate(lay.candidates)}
@@ -95,6 +92,16 @@ def test_third_party_plugins_are_configured_through_their_options(plugins, tmp_p
     # the run's config.yaml feeds back in with the plugins' keys
     again = load_experiment(tmp_path / "run" / "config.yaml")
     assert config_hash(again) == config_hash(exp)
+
+
+def test_a_cost_models_options_key_its_cached_tables(plugins):
+    """Two settings of a cost model's own keys are two tables, not one cached under both."""
+    from dnas.space.graph import load_space
+
+    space = load_space(TINY_SPACE)
+    costs = [ConstantCost(ConstantOptions(per_op)).table(space, (64, 64), 16).cost_range()[0]
+             for per_op in (2.0, 5.0, 2.0)]  # fmt: skip
+    assert costs[1] == pytest.approx(2.5 * costs[0]) and costs[2] == costs[0]
 
 
 def exp_space(exp) -> SearchSpace:
@@ -156,3 +163,26 @@ def test_a_run_recorded_before_the_move_resumes_and_a_real_change_is_named(tmp_p
     message = str(info.value)
     assert "cost_model.weight, search.epochs" in message and "--force" in message
     check_resumable(state, exp, tmp_path / "step.pt", force=True)
+
+
+def test_a_plugin_that_fails_on_import_is_skipped_and_the_rest_load(tmp_path, monkeypatch):
+    """Third-party code may raise anything on import (a ValueError from a bad op kind, ...):
+    the plugin is skipped with a warning naming it, and every other plugin still registers."""
+    from importlib.metadata import EntryPoint
+
+    from dnas import registry
+
+    (tmp_path / "broken_dnas_plugin.py").write_text("raise ValueError('bad op kind pattern')\n")
+    (tmp_path / "later_dnas_plugin.py").write_text(
+        "from dnas.registry import COST_MODELS\nCOST_MODELS.register('later_probe')(object)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = [EntryPoint(name, f"{name}_dnas_plugin", registry.PLUGIN_GROUP)
+               for name in ("broken", "later")]  # fmt: skip
+    monkeypatch.setattr(registry, "entry_points", lambda group: plugins)
+    monkeypatch.setattr(registry, "_loaded", False)
+    with pytest.warns(UserWarning, match=r"'broken' \(broken_dnas_plugin\) not loaded: "
+                                         r"ValueError: bad op kind pattern"):  # fmt: skip
+        registry.load_plugins()
+    assert "later_probe" in registry.COST_MODELS.names()  # the plugin after it still loaded
+    registry.COST_MODELS._items.pop("later_probe")

@@ -79,4 +79,22 @@ def test_text_table_and_errors(mpii_valid_h5, tmp_path):
     scipy.io.savemat(nokey, {"other": np.zeros(3)})
     result = CliRunner().invoke(cli, ["pose", "pckh", "--gt", str(mpii_valid_h5), "--preds",
                                       str(nokey)])  # fmt: skip
-    assert result.exit_code == 1 and "no 'preds' entry" in result.output
+    assert result.exit_code == 1 and "no 'preds' array" in result.output
+    cases = {  # an HDF5 of the wrong structure, NaN predictions, a ground truth without heads
+        "no 'preds' array": lambda f: f.create_group("preds"),
+        "preds holds NaN or infinite values": lambda f: f.create_dataset(
+            "preds", data=np.full((2958, 16, 2), np.nan)),
+    }  # fmt: skip
+    for message, make in cases.items():
+        bad = tmp_path / "bad.h5"
+        with h5py.File(bad, "w") as f:
+            make(f)
+        result = CliRunner().invoke(cli, ["pose", "pckh", "--gt", str(mpii_valid_h5), "--preds",
+                                          str(bad)])  # fmt: skip
+        assert result.exit_code == 1 and message in result.output, result.output
+    gt = tmp_path / "gt.h5"
+    with h5py.File(mpii_valid_h5, "r") as src, h5py.File(gt, "w") as f:
+        f.create_dataset("part", data=src["part"][()])
+        f.create_dataset("normalize", data=np.zeros(len(src["part"])))
+    result = CliRunner().invoke(cli, ["pose", "pckh", "--gt", str(gt), "--preds", str(preds)])
+    assert result.exit_code == 1 and "every head size must be positive" in result.output

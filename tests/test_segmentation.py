@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from pycocotools.coco import COCO
 
 from dnas.cli import cli
 from dnas.config import CostConfig, Experiment, load_experiment
-from dnas.errors import ConfigError
+from dnas.errors import ConfigError, DnasError
 from dnas.nn.network import Network
 from dnas.nn.weights import load_weights
 from dnas.schema import from_dict
@@ -473,3 +474,39 @@ def test_budget_search_lands_on_the_target_for_segmentation(synth_root, tmp_path
     result = json.loads((tmp_path / "s" / "search.json").read_text())
     assert abs(result["final_cost"] / target - 1) <= 0.03
     assert 0 < result["decisiveness"] <= 1
+
+
+def test_malformed_instances_are_one_error_naming_the_entry(synth_root, tmp_path):
+    """Entries the loader would crash on, or drop and so score wrongly, are refused."""
+    from tasks.segmentation.coco import read_coco
+
+    good = json.loads((synth_root / "annotations" / "instances_val.json").read_text())
+    rle = {"size": [64, 64], "counts": [100, 3996]}
+    edits = {
+        "annotations[0].category_id: expected the id of a category of the file, got 77":
+            lambda d: d["annotations"][0].update(category_id=77),
+        "annotations[0].image_id: expected the id of an image of the file, got 9999":
+            lambda d: d["annotations"][0].update(image_id=9999),
+        "images[1].id: 1 is used twice": lambda d: d["images"][1].update(id=1),
+        "categories[0].name: expected a name, got None": lambda d: d["categories"][0].pop("name"),
+        "images[0].height: expected a positive integer, got 'abc'":
+            lambda d: d["images"][0].update(height="abc"),
+        "annotations[0].segmentation: expected polygons":
+            lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5]]),
+        "an RLE of size [32, 32] on an image of [64, 64]":
+            lambda d: d["annotations"][0].update(segmentation=rle | {"size": [32, 32]}),
+        "RLE counts sum to 4000, not the image's 4096 pixels":
+            lambda d: d["annotations"][0].update(segmentation=rle | {"counts": [100, 3900]}),
+    }  # fmt: skip
+    for i, (message, edit) in enumerate(edits.items()):
+        data = json.loads(json.dumps(good))
+        edit(data)
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(DnasError, match=re.escape(message)):
+            read_coco(path)
+    fine = tmp_path / "fine.json"
+    data = json.loads(json.dumps(good))
+    data["annotations"][0]["segmentation"] = rle  # an uncompressed RLE of the image's size
+    fine.write_text(json.dumps(data))
+    assert len(read_coco(fine)["annotations"]) == len(good["annotations"])

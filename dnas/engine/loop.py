@@ -274,8 +274,8 @@ class EpochLoop(RunContext, ABC):
         when there is none), or begin afresh: write ``config.yaml``."""
         found = self.checkpoints.latest(self.kind) if self.resume else None
         if found is None:
+            self.refuse_to_replace()
             if self.resume:
-                self.refuse_to_replace()
                 self.report.line(f"no {self.name} checkpoint in {self.checkpoints.directory} to "
                                  "resume from: starting afresh")  # fmt: skip
             if self.world.main:
@@ -296,19 +296,24 @@ class EpochLoop(RunContext, ABC):
         self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
 
     def refuse_to_replace(self) -> None:
-        """A resume that finds no checkpoint of its kind starts afresh, which clears the
-        outputs: refused (unless ``--force``) when they hold an earlier run's results or
-        checkpoints (a finished run whose checkpoints were deleted, checkpoints that do not
-        load, another kind of run's)."""
+        """A fresh start clears the outputs: refused (unless ``force``) when they hold an
+        earlier run's results or checkpoints. The CLI says so before set-up; this holds for
+        the Python API too, and for a resume that finds no checkpoint of its kind (a finished
+        run whose checkpoints were deleted, checkpoints that do not load, another kind's)."""
         if self.force:
             return
         names = [name for name in self.outputs if name not in ("config.yaml", "checkpoints")]
         held = [name for name in names if (self.out_dir / name).exists()]
         held += ["checkpoints"] * bool(step_files(self.checkpoints.directory))  # not a .tmp
-        if held:
+        if held and self.resume:
             raise DnasError(f"{self.out_dir}: no {self.name} checkpoint to resume from, and it "
                             f"holds an earlier run's {listing(held, 4)}; pass --force to start "
                             "afresh over them, or choose another --out")  # fmt: skip
+        if held:
+            raise DnasError(
+                f"{self.out_dir} already holds an earlier run's {listing(held, 4)}; "
+                "pass --force (force=True) to overwrite, or choose another --out"
+            )
 
     def running_stats(self) -> dict[str, float]:
         return {"loss": self.sums.get("train/loss", 0.0) / max(self.position.step, 1)}

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from dnas.errors import DnasError
 from dnas.nn.heads import build_head
 from dnas.nn.mixed_op import MixedOp
 from dnas.space.graph import SearchSpace
@@ -23,7 +24,16 @@ def module_key(layer_name: str) -> str:
 
 
 class Network(nn.Module):
+    """The super net of ``space`` (a ``MixedOp`` per searchable layer, every candidate's
+    weights) or, for a fixed architecture, the plain net; its head has ``num_outputs``
+    channels."""
+
     def __init__(self, space: SearchSpace, num_outputs: int) -> None:
+        if not isinstance(space, SearchSpace):
+            raise DnasError(f"Network: expected a SearchSpace (dnas.load_space), got "
+                            f"{type(space).__name__}")  # fmt: skip
+        if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
+            raise DnasError(f"Network: expected num_outputs >= 1, got {num_outputs!r}")
         super().__init__()
         self.space = space
         self.order = [layer.name for layer in space.layers]

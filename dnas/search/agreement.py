@@ -77,8 +77,11 @@ def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
     """Pairwise agreement of the derived ops of search runs (at least two, of one space and
     cost model), their mean, and chance for that mean (as many random architectures as runs,
     at the runs' mean derived cost) with the z-score of the mean against it."""
-    if len(refs) < 2:
-        raise DnasError("agreement needs at least two search runs")
+    if isinstance(refs, str | Path) or len(refs) < 2:
+        raise DnasError("agreement needs a list of at least two search runs")
+    if samples < 1 or not 0 < band <= 1:
+        raise DnasError(f"agreement: expected samples >= 1 and 0 < band <= 1, got {samples}, "
+                        f"{band}")  # fmt: skip
     files = [find_checkpoint(ref).resolve() for ref in refs]  # RUN and RUN/search.pt alike
     if twice := sorted({str(f) for f in files if files.count(f) > 1}):
         raise DnasError(f"{twice[0]}: the same search run given twice (it agrees with itself)")

@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 
 from dnas.config import CostConfig
-from dnas.errors import ConfigError, DnasError
+from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
 from dnas.registry import COST_MODELS
+from dnas.schema import read_json
 from dnas.space.graph import SearchSpace
 
 
@@ -57,8 +58,22 @@ class CostTable:
         return low, self.fixed + sum(max(ops.values()) for ops in self.layers.values())
 
     def of_choices(self, choices: dict[str, str]) -> float:
-        """Cost of the fixed architecture with op ``choices[layer]`` at every searchable layer."""
-        return self.fixed + sum(self.layers[name][op] for name, op in choices.items())
+        """Cost of the fixed architecture with op ``choices[layer]`` at every searchable layer;
+        an architecture of another space (a layer missing, extra or with an op the table does
+        not hold) is an error, never a partial sum."""
+        if choices.keys() != self.layers.keys():
+            missing, extra = (
+                self.layers.keys() - choices.keys(),
+                choices.keys() - self.layers.keys(),
+            )
+            raise DnasError(f"{self.metric} table: the architecture does not match its layers "
+                            f"(missing {listing(sorted(missing), 4) or 'none'}, not in the "
+                            f"table {listing(sorted(extra), 4) or 'none'})")  # fmt: skip
+        try:
+            return self.fixed + sum(self.layers[name][op] for name, op in choices.items())
+        except KeyError as exc:
+            raise DnasError(f"{self.metric} table: no op {exc.args[0]!r} at the layer the "
+                            "architecture gives it") from None  # fmt: skip
 
     def digest(self) -> str:
         """A hash of the costs (not of ``key``): a resumed search refuses a table that changed."""
@@ -69,8 +84,14 @@ class CostTable:
         write_text_atomic(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> CostTable:
-        return cls(**json.loads(path.read_text()))
+    def load(cls, path: Path | str) -> CostTable:
+        """A table written by :meth:`save` (a cached one)."""
+        data = read_json(Path(path), "cost table")
+        try:
+            return cls(**data)
+        except TypeError:
+            raise DnasError(f"{path}: not a dnas cost table (a latency table is read with "
+                            "cost_model: {type: latency, table: ...})") from None  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -100,13 +121,18 @@ class CostModel(ABC):
             "space": space.digest(),
             "input": list(input_hw),
             "num_outputs": num_outputs,
+            "options": asdict(self.options),  # a table per setting of the model's own keys
             **self.key_extra(),
         }
-        name = "-".join(str(v) for v in key.values()).replace(" ", "").replace(",", "x")
-        path = cache_dir() / "cost_tables" / f"{name}.json"
+        key = json.loads(json.dumps(key))  # as the cached file holds it (tuples as lists)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = cache_dir() / "cost_tables" / f"{self.metric}-{digest}.json"
         if path.exists():
-            table = CostTable.load(path)
-            if table.key == key:
+            try:
+                table = CostTable.load(path)
+            except DnasError:  # a half-written or foreign file: measured again below
+                table = None
+            if table is not None and table.key == key:
                 return table
         # Building instantiates modules: keep the caller's RNG stream identical with or without
         # a cached table, so a seeded search does not depend on the cache.
@@ -117,7 +143,8 @@ class CostModel(ABC):
         return table
 
     def key_extra(self) -> dict:
-        """What else the table depends on (device, batch, ...), for the cache key."""
+        """What else the table depends on beyond the space, input, outputs and the model's
+        ``Options`` (all in the cache key already): e.g. a library version."""
         return {}
 
     @abstractmethod

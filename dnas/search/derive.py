@@ -56,6 +56,8 @@ def load_search(ref: Path | str, overrides: Sequence[str] = ()) -> SearchRecord:
     _, rows = derive(ref)  # the checkpoint checks and the choices of ``dnas derive``
     path = find_checkpoint(Path(ref))
     ckpt = checkpoint.load(path)
+    if not isinstance(ckpt.get("config"), dict):
+        raise DnasError(f"{path}: a damaged search checkpoint (no config)")
     space = space_from_dict(ckpt["space"], source=str(path))  # the space searched
     config = {k: v for k, v in ckpt["config"].items() if k != "source"}
     config = apply_overrides(config, list(overrides), str(path))
@@ -74,6 +76,8 @@ def derive(ref: Path | str, name: str | None = None) -> tuple[SearchSpace, list[
     ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "dnas-search":
         raise DnasError(f"{path}: not a dnas search checkpoint (write one with 'dnas search')")
+    if missing := [k for k in ("space", "arch_probs") if not isinstance(ckpt.get(k), dict)]:
+        raise DnasError(f"{path}: a damaged search checkpoint (no {', '.join(missing)})")
     space = space_from_dict(ckpt["space"], source=str(path))
     probs, chosen = ckpt["arch_probs"], ckpt.get("choices")
     chosen = chosen if isinstance(chosen, dict) else {}
@@ -88,8 +92,14 @@ def derive(ref: Path | str, name: str | None = None) -> tuple[SearchSpace, list[
     return arch, rows
 
 
-def write_architecture(arch: SearchSpace, path: Path | str, comment: str = "") -> None:
-    header = "".join(f"# {line}\n" for line in comment.splitlines())
+def write_architecture(arch: SearchSpace, path: Path | str, comment: str | None = "") -> None:
+    """Write ``arch`` as an architecture YAML (``comment`` as ``#`` lines above it), loadable
+    by ``--arch`` and ``load_space``."""
+    if not isinstance(arch, SearchSpace):
+        raise DnasError(f"write_architecture: expected a SearchSpace, got {type(arch).__name__}")
+    if Path(path).is_dir():
+        raise DnasError(f"{path}: a folder; give the architecture's file name (arch.yaml)")
+    header = "".join(f"# {line}\n" for line in (comment or "").splitlines())
     body = yaml.safe_dump(arch.to_dict(), sort_keys=False, default_flow_style=None)
     write_text_atomic(path, header + body)
 

@@ -30,6 +30,7 @@ from dnas.engine.runtime import pick_device, seed_everything, to_device
 from dnas.engine.sampling import make_loader, stream, train_loader
 from dnas.errors import DnasError
 from dnas.nn.network import Network, module_key
+from dnas.schema import load_yaml
 from dnas.search.budget import DRAW_TRIES, sample_within
 from dnas.search.derive import SearchRecord, load_search, write_architecture
 from dnas.search.run import split_indices
@@ -105,11 +106,31 @@ def choices_in(space: SearchSpace, arch: SearchSpace) -> dict[str, str]:
     return choices
 
 
-def read_candidate(ref: str, space: SearchSpace) -> Candidate:
-    """An architecture YAML, a shipped name, or a ``dnas train`` run directory (its
-    ``arch.yaml``, and its ``results.json`` score as the standalone figure)."""
-    path = Path(ref)
+TASK_KEYS = ("name", "dataset")  # what must match for two runs' scores to compare
+
+
+def task_text(task: dict) -> str:
+    return "/".join(str(task[k]) for k in TASK_KEYS if task.get(k))
+
+
+def same_task(ref: Path | str, theirs: Any, ours: dict, what: str) -> None:
+    """Scores of runs on another task or dataset do not compare: refused, naming both."""
+    theirs = theirs if isinstance(theirs, dict) else {}
+    if [theirs.get(k) for k in TASK_KEYS] != [ours.get(k) for k in TASK_KEYS]:
+        raise DnasError(f"{ref}: {what} on {task_text(theirs) or 'another task'}, not the "
+                        f"search's {task_text(ours)}; only scores of one task and dataset "
+                        "compare")  # fmt: skip
+
+
+def read_candidate(ref: str, record: SearchRecord) -> Candidate:
+    """An architecture YAML, a shipped name, or a ``dnas train`` run directory of the search's
+    task (its ``arch.yaml``, and its ``results.json`` score as the standalone figure)."""
+    path, space = Path(ref), record.space
     if path.is_dir():
+        config = path / "config.yaml"
+        recorded = load_yaml(config) if config.is_file() else None
+        same_task(path, (recorded or {}).get("task") if isinstance(recorded, dict) else None,
+                  record.exp.task, "trained")  # fmt: skip
         arch_file, results_file = path / "arch.yaml", path / "results.json"
         if not arch_file.is_file() or not results_file.is_file():
             raise DnasError(f"{path}: not a finished 'dnas train' run (no arch.yaml and "
@@ -247,11 +268,12 @@ def rank(
     supernet = load_supernet(run, overrides)
     others = [load_supernet(ref, overrides) for ref in compare]
     for ref, other in zip(compare, others, strict=True):
+        same_task(ref, other.record.exp.task, supernet.record.exp.task, "searched")
         if other.record.space.digest() != supernet.record.space.digest():
             raise DnasError(f"{ref}: searched another space than {run}; only super nets of one "
                             "space compare")  # fmt: skip
     derived = Candidate("derived", dict(supernet.record.choices))
-    given = merge(read_candidate(ref, supernet.record.space) for ref in archs)
+    given = merge(read_candidate(ref, supernet.record) for ref in archs)
     candidates = merge([derived, *given, *random_candidates(supernet, random_nets, band, seed)])
     label = score(supernet, candidates, calibration_batches, seed)
     trained = [c for c in candidates if c.standalone]

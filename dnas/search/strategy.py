@@ -25,6 +25,10 @@ from dnas.task import Task
 
 
 class Strategy(ABC):
+    """A search strategy's lifecycle (NASLib's): adapt the super net, step it, end epochs,
+    report op probabilities and the final architecture, checkpoint exactly; registered in
+    ``STRATEGIES`` and driven by the one search loop (README, "Search strategies")."""
+
     # a strategy's own YAML keys: the dataclass ``Options``, read from section
     # ``search.<options_key>`` (strategies may share one); None: none
     Options: ClassVar[type | None] = None

@@ -37,13 +37,20 @@ def run_dir_of(out_dir: Path, kind: str, value: float) -> Path:
     return out_dir / f"{kind}_{value:g}"
 
 
-def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path,
+KINDS = ("weight", "target")  # what a sweep varies: cost_model.weight or cost_model.target
+
+
+def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path | str,
               report: Reporter | None = None, resume: bool = False,
               force: bool = False) -> list[dict]:  # fmt: skip
-    """Search, derive, train and score once per value; returns the table rows. With
-    ``resume``, finished runs (their ``row.json``) are kept and an interrupted search or
-    training continues from its checkpoints."""
-    report = report or Reporter()
+    """Search, derive, train and score once per value of ``cost_model.<kind>`` (``weight`` or
+    ``target``); returns the table rows. With ``resume``, finished runs (their ``row.json``)
+    are kept and an interrupted search or training continues from its checkpoints."""
+    if kind not in KINDS:
+        raise DnasError(f"run_sweep: kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    if not isinstance(values, list | tuple) or not values:
+        raise DnasError(f"run_sweep: values: expected a non-empty list of numbers, got {values!r}")
+    out_dir, report = Path(out_dir), report or Reporter()
     task = build_task(exp)
     check_values(exp, kind, values, out_dir, task)
     out_dir.mkdir(parents=True, exist_ok=True)

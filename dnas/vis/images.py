@@ -1,5 +1,6 @@
-"""Pictures that task plugins write (``dnas eval --save-vis``, ``dnas predict``): RGB panels
-side by side, each under its title, written as PNG."""
+"""Pictures that task plugins read and write: a dataset's images (``read_rgb``) and the panels
+of ``dnas eval --save-vis`` and ``dnas predict`` (RGB, side by side, each under its title,
+written as PNG)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ from dnas.errors import DnasError
 PANEL_HEIGHT = 384  # px: a 128 px synthetic crop is drawn 3x, a 720 px photo is shrunk
 TITLE_HEIGHT = 28  # px of white band above each panel for its title
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as an (H, W, 3) RGB array; a missing or undecodable file is one line
+    (checked first, else OpenCV prints a warning of its own before it)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if Path(path).is_file() else None
+    if image is None:
+        raise DnasError(f"{path}: missing or unreadable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def resized(image: np.ndarray, height: int = PANEL_HEIGHT) -> tuple[np.ndarray, float]:

@@ -90,6 +90,10 @@ def _annotation_problem(ann: Any, image_ids: set) -> str | None:
         return "id and category_id must be integers"
     if ann["iscrowd"] not in (0, 1) or not _is_int(ann["num_keypoints"]):
         return "iscrowd must be 0 or 1 and num_keypoints an integer"
+    if any(v not in (0, 1, 2) for v in ann["keypoints"][2::3]):
+        return "keypoint visibility flags must be 0, 1 or 2"
+    if min(ann["bbox"][2:]) < 0 or ann["area"] < 0:
+        return "bbox width and height and area must not be negative"
     return None
 
 
@@ -127,6 +131,8 @@ def load_coco_keypoints(path: Path) -> COCO:
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or not _is_int(cat.get("id")):
             raise DnasError(f"{path}: categories[{i}] needs an integer id")
+    if PERSON not in {cat["id"] for cat in data["categories"]}:  # else every AP reads -1
+        raise DnasError(f"{path}: categories: no person category (id {PERSON})")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -144,6 +150,9 @@ def _check_results(path: Path, results: list, coco: COCO) -> None:
         if not isinstance(r["image_id"], int) or r["image_id"] not in coco.imgs:
             raise DnasError(f"{path}: results[{i}]: image_id {r['image_id']!r} is not in the "
                             "ground truth")  # fmt: skip
+        if not _is_int(r["category_id"]) or r["category_id"] not in coco.cats:
+            raise DnasError(f"{path}: results[{i}]: category_id {r['category_id']!r} is not a "
+                            "category of the ground truth (person: 1)")  # fmt: skip
 
 
 def _keypoint_stats(coco: COCO, results: list[dict]) -> dict[str, float]:

@@ -25,12 +25,18 @@ def _read_array(path: Path, key: str) -> np.ndarray:
     try:
         if path.suffix == ".h5":
             with h5py.File(path, "r") as f:
-                return np.asarray(f[key][()], np.float64)
-        return np.asarray(read_mat(path)[key], np.float64)
+                if not isinstance(f.get(key), h5py.Dataset):
+                    raise KeyError(key)  # absent, or a group
+                array = np.asarray(f[key][()], np.float64)
+        else:
+            array = np.asarray(read_mat(path)[key], np.float64)
     except KeyError:
-        raise DnasError(f"{path}: no {key!r} entry") from None
-    except (OSError, ValueError) as exc:
+        raise DnasError(f"{path}: no {key!r} array") from None
+    except (OSError, ValueError, TypeError) as exc:
         raise DnasError(f"{path}: cannot read ({exc})") from None
+    if not np.isfinite(array).all():
+        raise DnasError(f"{path}: {key} holds NaN or infinite values")
+    return array
 
 
 def load_mpii_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,7 +46,12 @@ def load_mpii_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
         raise DnasError(f"{path}: no such ground-truth file")
     if path.suffix == ".h5":
         gt = _read_array(path, "part")
-        heads = _read_array(path, "normalize")
+        heads = _read_array(path, "normalize").reshape(-1)
+        if gt.ndim != 3 or gt.shape[1:] != (16, 2) or heads.shape != (len(gt),):
+            raise DnasError(f"{path}: expected part (N, 16, 2) and normalize (N,), got "
+                            f"{gt.shape} and {heads.shape}")  # fmt: skip
+        if (heads <= 0).any():
+            raise DnasError(f"{path}: normalize: every head size must be positive")
         return gt, (gt == 0).all(-1), heads
     if path.suffix != ".mat":
         raise DnasError(f"{path}: expected gt_valid.mat (HRNet) or valid.h5 (Newell)")

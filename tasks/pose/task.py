@@ -86,10 +86,15 @@ class PoseTask(Task):
         name = {"train": opts.train_split or train, "val": opts.val_split or val}.get(split, split)
         if not Path(opts.root).is_dir():
             raise ConfigError(self.source, "task.root", f"no such directory {opts.root!r}")
-        return self.dataset_cls(
+        dataset = self.dataset_cls(
             Path(opts.root), name, self.input_hw, opts.sigma, opts.heatmap_stride,
             self.augment if augment else None, seed, self.dataset_options,
         )  # fmt: skip
+        if not len(dataset):  # else a traceback deep in collate or in the evaluation
+            raise ConfigError(self.source, "task.root", f"{opts.root}: split {name!r} has no "
+                              "person to train on or score (its annotations, ranges, boxes or "
+                              "detection threshold leave none)")  # fmt: skip
+        return dataset
 
     def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
         target, stride = batch["target"], self.options.heatmap_stride

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dnas.errors import DnasError
 from dnas.registry import Registry
 from dnas.task import Metrics
+from dnas.vis.images import read_rgb
 from tasks.pose import heatmap
 from tasks.pose.transforms import affine_transform, apply_affine, flip_joints, warp
 
@@ -120,10 +119,7 @@ class TopDownDataset(Dataset, ABC):
         return len(self.records)
 
     def read_image(self, path: Path) -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DnasError(f"{path}: missing or unreadable image")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return read_rgb(path)
 
     def box_to_center_scale(
         self, x: float, y: float, w: float, h: float, padding: float = 1.25

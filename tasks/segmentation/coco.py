@@ -50,7 +50,77 @@ def read_coco(path: Path) -> dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DnasError(f"{path}: not a COCO instances file (no '{key}' list)")
+    check_instances(data, str(path))
     return data
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _entries(data: dict, key: str, source: str, fields: dict[str, Any]) -> dict[int, dict]:
+    """The entries of list ``key`` by their unique ``id`` (when ``fields`` has one), each a
+    mapping whose ``fields`` pass their checks: one error naming the entry otherwise."""
+    by_id: dict[int, dict] = {}
+    for i, entry in enumerate(data[key]):
+        if not isinstance(entry, dict):
+            raise ConfigError(source, f"{key}[{i}]", "expected a mapping")
+        for name, (ok, expected) in fields.items():
+            if not ok(entry.get(name)):
+                raise ConfigError(source, f"{key}[{i}].{name}",
+                                  f"expected {expected}, got {entry.get(name)!r}")  # fmt: skip
+        if "id" in fields:
+            if entry["id"] in by_id:
+                raise ConfigError(source, f"{key}[{i}].id", f"{entry['id']} is used twice")
+            by_id[entry["id"]] = entry
+    return by_id
+
+
+def check_instances(data: dict, source: str) -> None:
+    """Every category, image and annotation of a COCO instances file as the loader reads it:
+    ids unique and known, sizes positive, every segmentation a polygon list or an RLE of its
+    image's size. A malformed entry is one error naming it; it is never dropped unseen."""
+    count = (_is_int, "a non-negative integer")
+    categories = _entries(data, "categories", source, {
+        "id": count, "name": (lambda v: isinstance(v, str) and bool(v), "a name")})  # fmt: skip
+    images = _entries(data, "images", source, {
+        "id": count, "file_name": (lambda v: isinstance(v, str) and bool(v), "a file name"),
+        "height": (lambda v: _is_int(v, 1), "a positive integer"),
+        "width": (lambda v: _is_int(v, 1), "a positive integer")})  # fmt: skip
+    _entries(data, "annotations", source, {
+        "image_id": (lambda v: v in images, "the id of an image of the file"),
+        "category_id": (lambda v: v in categories, "the id of a category of the file"),
+        "iscrowd": (lambda v: v in (None, 0, 1), "0 or 1")})  # fmt: skip
+    for i, ann in enumerate(data["annotations"]):
+        image = images[ann["image_id"]]
+        problem = segmentation_problem(ann.get("segmentation"), image["height"], image["width"])
+        if problem:
+            raise ConfigError(source, f"annotations[{i}].segmentation", problem)
+
+
+def segmentation_problem(segmentation: Any, height: int, width: int) -> str | None:
+    """Why ``segmentation`` is not a COCO polygon list or an RLE of an HxW image, or None."""
+    if isinstance(segmentation, list):
+        polygons_ok = bool(segmentation) and all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
+            for p in segmentation
+        )  # fmt: skip
+        return None if polygons_ok else ("expected polygons: lists of x, y numbers, an even "
+                                         "count of at least 6 each")  # fmt: skip
+    if not isinstance(segmentation, dict):
+        return f"expected a polygon list or an RLE mapping, got {type(segmentation).__name__}"
+    if segmentation.get("size") != [height, width]:
+        return (f"an RLE of size {segmentation.get('size')!r} on an image of "
+                f"[{height}, {width}]")  # fmt: skip
+    counts = segmentation.get("counts")
+    if isinstance(counts, str):
+        return None
+    if not (isinstance(counts, list) and all(_is_int(c) for c in counts)):
+        return "expected RLE counts: a string or a list of non-negative integers"
+    if sum(counts) != height * width:
+        return f"RLE counts sum to {sum(counts)}, not the image's {height * width} pixels"
+    return None
 
 
 def select_categories(

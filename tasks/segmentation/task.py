@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from dnas.errors import ConfigError, DnasError
 from dnas.registry import TASKS
 from dnas.task import Metrics, Task
-from dnas.vis.images import panels, write_png
+from dnas.vis.images import panels, read_rgb, write_png
 from tasks.segmentation.coco import (
     BACKGROUND,
     IGNORE,
@@ -82,13 +81,11 @@ class SegmentationDataset(Dataset):
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The RGB image and its class map at the original resolution."""
         rec = self.records[index]
-        image = cv2.imread(str(rec.path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DnasError(f"{rec.path}: missing or unreadable image")
+        image = read_rgb(rec.path)
         if image.shape[:2] != (rec.height, rec.width):
             raise DnasError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]}, the "
                             f"annotations say {rec.width}x{rec.height}")  # fmt: skip
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), class_map(rec, self.crowd_as_class)
+        return image, class_map(rec, self.crowd_as_class)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = self.read(index)
