@@ -164,7 +164,9 @@ def train_and_score(exp_path: Path, name: str, arch: str, out: Path, report: Rep
         if reuse and done.exists():
             results[seed] = json.loads(done.read_text())
             continue
-        run_train(exp, arch, run, report=report, resume=reuse and run.exists())
+        run_train(
+            exp, arch, run, report=report, resume=reuse and run.exists(), force=not reuse
+        )  # without --reuse a run starts afresh over an earlier one
         results[seed] = run_eval(exp, arch, run / "model.pt", run / "eval")
     return results
 
@@ -217,7 +219,8 @@ def architectures(profile: Profile, exp_path: Path, budget: float, out: Path, re
             result = json.loads(done.read_text())
         else:
             resume = reuse and (out / f"search-{strategy}" / "checkpoints").exists()
-            result = run_search(exp, out / f"search-{strategy}", report, resume=resume)
+            result = run_search(exp, out / f"search-{strategy}", report, resume=resume,
+                                force=not reuse)  # fmt: skip
         arch, _ = derive(out / f"search-{strategy}", f"searched-{strategy}")
         path = out / f"searched-{strategy}.yaml"
         write_architecture(arch, path, f"search_quality: {strategy}, budget {budget:.4g} MMAC")

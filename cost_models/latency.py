@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from dnas.nn.heads import build_head
 from dnas.nn.network import Network
 from dnas.nn.profile import _HeadOnInputs, op_costs
 from dnas.registry import COMMANDS, COST_MODELS, HEADS, RUNTIMES
-from dnas.schema import from_dict, read_json, to_dict
+from dnas.schema import from_dict, is_finite_number, is_integer, read_json, to_dict
 from dnas.search.budget import cheapest_within
 from dnas.search.cost_model import CostModel, CostTable
 from dnas.space.choices import uniform_choices
@@ -449,7 +448,7 @@ def gauge_nets(meta: dict, space: SearchSpace) -> list[dict]:
     layers = {lay.name: set(lay.candidates) for lay in space.searchable_layers}
 
     def buildable(net: object) -> bool:
-        if not (isinstance(net, dict) and _is_number(net.get("measured_ms"))
+        if not (isinstance(net, dict) and is_finite_number(net.get("measured_ms"))
                 and net["measured_ms"] > 0 and isinstance(net.get("choices"), dict)):  # fmt: skip
             return False
         choices = net["choices"]
@@ -473,10 +472,10 @@ def machine_speed(meta: dict, reference_now: float | None, gauges: list[dict],
     (``cost_models.processes``), and so do a shared machine's changes of speed."""
     noise = meta.get("noise") if isinstance(meta.get("noise"), dict) else {}
     built_at = noise.get("reference_start_ms")  # older tables: their one guard's first timing
-    if not _is_number(built_at):
+    if not is_finite_number(built_at):
         built_at = noise.get("reference_ms")
         built_at = built_at[0] if isinstance(built_at, list) and built_at else None
-    reference = (reference_now / built_at if reference_now and _is_number(built_at)
+    reference = (reference_now / built_at if reference_now and is_finite_number(built_at)
                  and built_at > 0 else None)  # fmt: skip
     if gauges:
         ratios = [r["measured_ms"] / n["measured_ms"]
@@ -502,13 +501,8 @@ def read_lut(path: Path) -> dict:
     return table
 
 
-def _is_number(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))  # fmt: skip
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def is_count(value: object) -> bool:
+    return is_integer(value, 1)
 
 
 def _check_ms(entries: object, source: str, key: str) -> None:
@@ -516,7 +510,7 @@ def _check_ms(entries: object, source: str, key: str) -> None:
     if not isinstance(entries, dict):
         raise ConfigError(source, key, "expected a mapping of names to milliseconds")
     for name, ms in entries.items():
-        if not _is_number(ms) or not 0 <= ms <= MAX_MS:
+        if not is_finite_number(ms) or not 0 <= ms <= MAX_MS:
             raise ConfigError(
                 source, f"{key}.{name}", f"expected milliseconds in [0, {MAX_MS:g}], got {ms!r}"
             )
@@ -533,11 +527,11 @@ def _check_table(table: dict, source: str) -> None:
     if not isinstance(shapes, dict):
         raise ConfigError(source, "shapes", "expected a mapping of layer names to [C, H, W]")
     for name, shape in shapes.items():
-        if not isinstance(shape, list) or len(shape) != 3 or not all(map(_is_count, shape)):
+        if not isinstance(shape, list) or len(shape) != 3 or not all(map(is_count, shape)):
             raise ConfigError(source, f"shapes.{name}", f"expected [C, H, W], got {shape!r}")
-    if not _is_number(table["scale"]) or not 0 < table["scale"] <= MAX_MS:
+    if not is_finite_number(table["scale"]) or not 0 < table["scale"] <= MAX_MS:
         raise ConfigError(source, "scale", f"expected a positive number, got {table['scale']!r}")
-    if not _is_number(table["overhead_ms"]) or abs(table["overhead_ms"]) > MAX_MS:
+    if not is_finite_number(table["overhead_ms"]) or abs(table["overhead_ms"]) > MAX_MS:
         raise ConfigError(
             source,
             "overhead_ms",
@@ -547,11 +541,11 @@ def _check_table(table: dict, source: str) -> None:
     if not isinstance(meta, dict):
         raise ConfigError(source, "meta", "expected a mapping (space, input, batch, device, ...)")
     checks = {
-        "input": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_count, v)),
+        "input": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(is_count, v)),
                   "[height, width]"),
-        "num_outputs": (_is_count, "a positive integer"),
-        "batch": (_is_count, "a positive integer"),
-        "threads": (_is_count, "a positive integer"),
+        "num_outputs": (is_count, "a positive integer"),
+        "batch": (is_count, "a positive integer"),
+        "threads": (is_count, "a positive integer"),
         "device": (lambda v: v in ("cpu", "cuda"), "cpu or cuda"),
         "space": (lambda v: isinstance(v, str) and bool(v), "a space name"),
     }  # fmt: skip

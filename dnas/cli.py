@@ -234,9 +234,6 @@ def search(config: Path, out: Path | None, strategy: str | None, cost_model: str
             raise click.UsageError("--cost-table goes with --cost-model latency (a cost model "
                                    "that reads a table)") from None  # fmt: skip
         raise
-    if not resume:
-        guard_output(out / "search.pt", force)
-        guard_output(out / "checkpoints", force)
     run_search(exp, out, Reporter(click.echo, quiet), resume, force)
     if not is_main_process():  # torchrun: rank 0 prints the results
         return
@@ -388,9 +385,6 @@ def train(config: Path, arch: str | None, out: Path | None, init: Path | None,
                                "directory)")  # fmt: skip
     config, out = run_config(config, out)
     exp = load_experiment(config, [*overrides, *extra])
-    if not resume:  # an interrupted run leaves checkpoints/ and last.pt only
-        for name in ("checkpoints", "last.pt", "best.pt", "model.pt"):
-            guard_output(out / name, force)
     run_train(exp, arch, out, init, Reporter(click.echo, quiet), resume, force)  # logs the table
     if not is_main_process():  # torchrun: rank 0 prints the results
         return
@@ -516,16 +510,12 @@ def sweep(config: Path, out: Path, weight_values: list[float] | None,
     continues the interrupted one."""
     from dnas.config import load_experiment
     from dnas.engine.progress import Reporter
-    from dnas.search.sweep import run_dir_of, run_sweep
+    from dnas.search.sweep import run_sweep
 
     if (weight_values is None) == (target_values is None):
         raise click.UsageError("give exactly one of --weights and --targets")
     kind, values = ("weight", weight_values) if weight_values else ("target", target_values)
     exp = load_experiment(config, list(overrides))
-    if not resume:
-        guard_output(out / "sweep.json", force)
-        for value in values:  # a partial sweep's finished runs are results too
-            guard_output(run_dir_of(out, kind, value), force)
     rows = run_sweep(exp, kind, values, out, Reporter(click.echo, quiet), resume, force)
     click.echo((out / "sweep.md").read_text().rstrip())
     click.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'} "

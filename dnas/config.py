@@ -248,9 +248,12 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     """An experiment YAML with ``overrides`` (``key.path=value``, as ``--set``) laid over it,
     every key and value checked; mistakes are one-line ``ConfigError``s naming file and key."""
-    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides or []):
-        raise ConfigError("--set", "", f"expected a list of 'key.path=value' strings, got "
-                          f"{overrides!r}")  # fmt: skip
+    if isinstance(overrides, str):
+        raise DnasError(f"overrides: expected a list of 'key.path=value' strings, got "
+                        f"{overrides!r}")  # fmt: skip
+    overrides = list(overrides or [])  # any iterable, once
+    if not all(isinstance(o, str) for o in overrides):
+        raise DnasError(f"overrides: expected 'key.path=value' strings, got {overrides!r}")
     source = str(path)
     data = expect_mapping(load_yaml(path) or {}, source, "")
     data = apply_overrides(data, overrides or [], source)

@@ -33,6 +33,18 @@ def read_json(path: str | Path, what: str) -> Any:
         raise DnasError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
+def is_integer(value: Any, low: int | None = None) -> bool:
+    """An int that is not a bool (JSON's true and false), at least ``low`` when given: what an
+    id, a count or a size in an untrusted file must be."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and (low is None or value >= low))  # fmt: skip
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float, not a bool, and finite (Python's json also reads NaN and Infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def load_yaml(path: str | Path) -> Any:
     """Parse YAML with ``yaml.safe_load``; unreadable files and syntax errors are ConfigErrors."""
     path = Path(path)

@@ -40,13 +40,13 @@ def main() -> None:
         "train.epochs=1", f"train.steps_per_epoch={args.steps}", "train.batch_size=8",
         "train.milestones=[1]", "train.eval_every=1",
     ])  # fmt: skip
-    result = dnas.run_search(exp, args.out / "search")
+    result = dnas.run_search(exp, args.out / "search", force=True)  # a rerun replaces its runs
     arch, rows = dnas.derive(args.out / "search", "api-derived")
     dnas.write_architecture(arch, args.out / "arch.yaml")
     print(f"derived {result['final_cost']:.2f} MMAC (target {target:.2f}), decisiveness "
           f"{dnas.decisiveness({r.layer: list(r.probs.values()) for r in rows}):.3f}")  # fmt: skip
 
-    metrics = dnas.run_train(exp, str(args.out / "arch.yaml"), args.out / "train")
+    metrics = dnas.run_train(exp, str(args.out / "arch.yaml"), args.out / "train", force=True)
     print(f"{metrics.primary}: {metrics.score:.2f}")
 
 

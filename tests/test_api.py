@@ -53,11 +53,12 @@ def test_wrong_api_inputs_are_dnas_errors_naming_what_was_wrong(tmp_path):
     cases = [
         (lambda: table.of_choices({first: choices[first]}), "does not match its layers"),
         (lambda: table.of_choices(choices | {"stage9.0": "k3e3"}), "not in the table stage9.0"),
-        (lambda: table.of_choices(choices | {first: "k9e9"}), "no op 'k9e9'"),
+        (lambda: table.of_choices(choices | {first: "k9e9"}), f"layer {first} has no op 'k9e9'"),
         (lambda: dnas.Network(str(TINY_SPACE), 16), "expected a SearchSpace"),
         (lambda: dnas.Network(space, 0), "expected num_outputs >= 1"),
         (lambda: dnas.decisiveness({"a": []}), "at least one op per layer"),
-        (lambda: dnas.decisiveness({"a": [-1.0, 2.0]}), "probabilities in 0..1"),
+        (lambda: dnas.decisiveness({"a": [-1.0, 2.0]}), "op probabilities outside 0..1"),
+        (lambda: dnas.decisiveness({"a": [float("nan")]}), "the search diverged"),
         (lambda: dnas.compare_runs(str(tmp_path)), "a list of at least two search runs"),
         (lambda: dnas.write_architecture(space, tmp_path), "a folder"),
         (lambda: dnas.CostTable.load(str(tmp_path / "none.json")), "cannot read cost table"),
@@ -80,9 +81,38 @@ def test_the_api_never_overwrites_a_run_without_force(tmp_path):
     write_synthetic_mpii(tmp_path / "data", n_train=16, n_val=4, seed=0, image_size=64)
     exp = dnas.load_experiment(write_experiment(tmp_path / "exp.yaml", tmp_path / "data",
                                                 TINY_SPACE))  # fmt: skip
-    dnas.run_search(exp, tmp_path / "s")
-    with pytest.raises(dnas.DnasError, match="already holds an earlier run's search.pt"):
-        dnas.run_search(exp, tmp_path / "s")
-    assert dnas.run_search(exp, tmp_path / "s", force=True)["choices"]
+    run = tmp_path / "s"
+    dnas.run_search(exp, run)
+    logs = {name: (run / name).read_bytes() for name in ("log.txt", "metrics.jsonl")}
+    with pytest.raises(dnas.DnasError, match="already holds an earlier run's checkpoints, "
+                                             "search.pt, search.json; pass --force"):  # fmt: skip
+        dnas.run_search(exp, run)
+    assert {name: (run / name).read_bytes() for name in logs} == logs  # refused before clearing
+    assert dnas.run_search(exp, run, force=True)["choices"]
+    arch = tmp_path / "arch.yaml"
+    dnas.write_architecture(dnas.derive(run)[0], arch)
+    dnas.run_train(exp, str(arch), tmp_path / "t")
+    with pytest.raises(dnas.DnasError, match="already holds an earlier run's checkpoints, "
+                                             "last.pt, best.pt, model.pt"):  # fmt: skip
+        dnas.run_train(exp, str(arch), tmp_path / "t")
     with pytest.raises(dnas.DnasError, match="kind: expected one of weight, target, got 'targte'"):
         dnas.run_sweep(exp, "targte", [1.2], tmp_path / "sweep")
+
+
+def test_a_corrupt_cached_table_is_measured_again(tmp_path, monkeypatch):
+    from conftest import TINY_SPACE
+
+    monkeypatch.setenv("DNAS_CACHE_DIR", str(tmp_path))
+    space = dnas.load_space(TINY_SPACE)
+    first = dnas.cost_table(space, (64, 64), 16)
+    (cached,) = (tmp_path / "cost_tables").glob("*.json")
+    cached.write_text("{half a fil")
+    assert dnas.cost_table(space, (64, 64), 16).layers == first.layers
+    assert json.loads(cached.read_text())["layers"] == first.layers  # written again
+
+
+def test_overrides_are_taken_from_any_iterable_and_checked():
+    exp = dnas.load_experiment(ROOT / "examples" / "demo.yaml", (o for o in ["seed=5"]))
+    assert exp.seed == 5
+    with pytest.raises(dnas.DnasError, match="overrides: expected a list"):
+        dnas.load_experiment(ROOT / "examples" / "demo.yaml", "seed=5")

@@ -180,5 +180,6 @@ def test_an_empty_split_a_damaged_checkpoint_and_another_tasks_run_are_refused(t
     with pytest.raises(DnasError, match="trained on segmentation, not the search's pose/lsp"):
         same_task("runs/seg", {"name": "segmentation"}, {"name": "pose", "dataset": "lsp"},
                   "trained")  # fmt: skip
+    same_task("runs/t", {"name": "pose", "dataset": "mpii"}, {"name": "pose"}, "trained")  # default
     same_task("runs/t", {"name": "pose", "dataset": "lsp", "root": "elsewhere"},
               {"name": "pose", "dataset": "lsp"}, "trained")  # fmt: skip

@@ -229,5 +229,8 @@ def test_train_refuses_to_overwrite_an_interrupted_run(tmp_path, real_mpii_root)
     (out / "last.pt").write_bytes(b"epoch 7 of a run that was killed")
     result = CliRunner().invoke(cli, ["train", str(exp), "--arch", "efficientpose-a", "--out",
                                       str(out)])  # fmt: skip
-    assert result.exit_code == 1 and "last.pt already exists; pass --force" in result.output
+    assert (
+        result.exit_code == 1
+        and "already holds an earlier run's last.pt; pass --force" in result.output
+    )
     assert (out / "last.pt").read_bytes() == b"epoch 7 of a run that was killed"

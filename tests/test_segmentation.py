@@ -487,6 +487,10 @@ def test_malformed_instances_are_one_error_naming_the_entry(synth_root, tmp_path
             lambda d: d["annotations"][0].update(category_id=77),
         "annotations[0].image_id: expected the id of an image of the file, got 9999":
             lambda d: d["annotations"][0].update(image_id=9999),
+        "annotations[0].image_id: expected the id of an image of the file, got [1]":
+            lambda d: d["annotations"][0].update(image_id=[1]),
+        "annotations[1].segmentation: expected polygons":
+            lambda d: d["annotations"][1].update(segmentation=[[1, 2, 3, 4, float("nan"), 6]]),
         "images[1].id: 1 is used twice": lambda d: d["images"][1].update(id=1),
         "categories[0].name: expected a name, got None": lambda d: d["categories"][0].pop("name"),
         "images[0].height: expected a positive integer, got 'abc'":

@@ -57,5 +57,5 @@ def test_sweep_keeps_the_runs_of_a_partial_sweep(tmp_path, real_mpii_root):
     (done / "marker").write_text("finished run")
     result = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(tmp_path / "sweep"),
                                       "--weights", "0.1,1"])  # fmt: skip
-    assert result.exit_code == 1 and "weight_0.1 already exists" in result.output
+    assert result.exit_code == 1 and "already holds an earlier sweep's weight_0.1" in result.output
     assert (done / "marker").read_text() == "finished run"

@@ -24,16 +24,18 @@ from typing import Any, ClassVar
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from dnas.checkpoint import Checkpointer, check_resumable, save_atomic, step_files
+from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
 from dnas.config import Experiment, config_hash, write_config
 from dnas.engine import distributed
 from dnas.engine.progress import Reporter, eta_text
 from dnas.engine.rundir import (
     COMMON_OUTPUTS,
+    LOCK,
     LOGS,
     RunLock,
     clear_outputs,
     command_line,
+    refuse_to_replace,
     remove_if_empty,
 )
 from dnas.engine.runtime import (
@@ -44,7 +46,8 @@ from dnas.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from dnas.errors import DnasError, Interrupted, listing
+from dnas.errors import DnasError, Interrupted
+from dnas.files import check_writable
 from dnas.schema import to_dict
 from dnas.task import build_task
 
@@ -85,6 +88,7 @@ class RunContext:
     removes an earlier run's ``logs``. :meth:`close` (or a failing set-up) frees the lock."""
 
     logs: ClassVar[tuple[str, ...]] = ()  # what a fresh run of this kind clears before logging
+    outputs: ClassVar[tuple[str, ...]] = ()  # its results: never cleared without ``force``
 
     def __init__(self, exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
                  resume: bool = False, force: bool = False) -> None:  # fmt: skip
@@ -95,9 +99,15 @@ class RunContext:
         self.lock = RunLock(self.out_dir)
         self.created = not self.out_dir.exists()  # a failed set-up leaves no empty directory
         if self.world.main:
+            check_writable(self.out_dir / LOCK)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire(self.report.line)
-            if not resume:
+            if not resume:  # before a fresh start clears the logs: they are the run's too
+                try:
+                    refuse_to_replace(self.out_dir, self.outputs, force)
+                except DnasError:
+                    self.lock.release()
+                    raise
                 clear_outputs(self.out_dir, self.logs)
             self.report.attach(self.out_dir / "log.txt")
         try:
@@ -274,8 +284,8 @@ class EpochLoop(RunContext, ABC):
         when there is none), or begin afresh: write ``config.yaml``."""
         found = self.checkpoints.latest(self.kind) if self.resume else None
         if found is None:
-            self.refuse_to_replace()
             if self.resume:
+                refuse_to_replace(self.out_dir, self.outputs, self.force, resuming=self.name)
                 self.report.line(f"no {self.name} checkpoint in {self.checkpoints.directory} to "
                                  "resume from: starting afresh")  # fmt: skip
             if self.world.main:
@@ -294,26 +304,6 @@ class EpochLoop(RunContext, ABC):
         set_rng_state(state["rng"])  # last: nothing draws between the restore and the loop
         p = self.position
         self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
-
-    def refuse_to_replace(self) -> None:
-        """A fresh start clears the outputs: refused (unless ``force``) when they hold an
-        earlier run's results or checkpoints. The CLI says so before set-up; this holds for
-        the Python API too, and for a resume that finds no checkpoint of its kind (a finished
-        run whose checkpoints were deleted, checkpoints that do not load, another kind's)."""
-        if self.force:
-            return
-        names = [name for name in self.outputs if name not in ("config.yaml", "checkpoints")]
-        held = [name for name in names if (self.out_dir / name).exists()]
-        held += ["checkpoints"] * bool(step_files(self.checkpoints.directory))  # not a .tmp
-        if held and self.resume:
-            raise DnasError(f"{self.out_dir}: no {self.name} checkpoint to resume from, and it "
-                            f"holds an earlier run's {listing(held, 4)}; pass --force to start "
-                            "afresh over them, or choose another --out")  # fmt: skip
-        if held:
-            raise DnasError(
-                f"{self.out_dir} already holds an earlier run's {listing(held, 4)}; "
-                "pass --force (force=True) to overwrite, or choose another --out"
-            )
 
     def running_stats(self) -> dict[str, float]:
         return {"loss": self.sums.get("train/loss", 0.0) / max(self.position.step, 1)}

@@ -13,14 +13,15 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from dnas.errors import DnasError
+from dnas.errors import DnasError, listing
 
 LOCK = ".dnas.lock"
 # what every search or training run logs: cleared before a fresh run writes its first line
 LOGS = ("log.txt", "tb", "metrics.jsonl")
 # what it records; each run kind adds its result files. Cleared once the run has read its
 # inputs, which may be among them ('dnas train --init RUN/model.pt --out RUN --force')
-COMMON_OUTPUTS = ("checkpoints", "config.yaml")
+CHECKPOINTS = "checkpoints"
+COMMON_OUTPUTS = (CHECKPOINTS, "config.yaml")
 
 
 def command_line() -> str:
@@ -98,6 +99,37 @@ def remove_if_empty(out_dir: Path) -> None:
     left = list(Path(out_dir).iterdir())
     if all(p.name == "log.txt" and p.is_file() for p in left):
         shutil.rmtree(out_dir)
+
+
+def held_outputs(out_dir: Path, names: tuple[str, ...]) -> list[str]:
+    """Which of a run kind's output ``names`` ``out_dir`` holds from an earlier run: its files
+    and results, and its checkpoints when a step checkpoint is among them (a ``.tmp`` left by a
+    killed write is none). ``config.yaml`` alone is no result."""
+    from dnas.checkpoint import step_files
+
+    held = []
+    for name in names:
+        path = Path(out_dir) / name
+        if name == CHECKPOINTS:
+            held += [name] * bool(step_files(path))
+        elif name != "config.yaml" and path.exists():
+            held.append(name)
+    return held
+
+
+def refuse_to_replace(out_dir: Path, names: tuple[str, ...], force: bool,
+                      resuming: str | None = None) -> None:  # fmt: skip
+    """The one rule of every run directory: starting afresh clears ``names``, so it is refused
+    (unless ``force``) while they hold an earlier run's results or checkpoints. ``resuming``
+    names the run kind of a resume that found no checkpoint of its own to continue."""
+    held = [] if force else held_outputs(out_dir, names)
+    if held and resuming:
+        raise DnasError(f"{out_dir}: no {resuming} checkpoint to resume from, and it holds an "
+                        f"earlier run's {listing(held, 4)}; pass --force to start afresh over "
+                        "them, or choose another --out")  # fmt: skip
+    if held:
+        raise DnasError(f"{out_dir} already holds an earlier run's {listing(held, 4)}; pass "
+                        "--force to overwrite it, or choose another --out")  # fmt: skip
 
 
 def clear_outputs(out_dir: Path, names: tuple[str, ...]) -> None:

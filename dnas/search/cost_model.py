@@ -69,11 +69,10 @@ class CostTable:
             raise DnasError(f"{self.metric} table: the architecture does not match its layers "
                             f"(missing {listing(sorted(missing), 4) or 'none'}, not in the "
                             f"table {listing(sorted(extra), 4) or 'none'})")  # fmt: skip
-        try:
-            return self.fixed + sum(self.layers[name][op] for name, op in choices.items())
-        except KeyError as exc:
-            raise DnasError(f"{self.metric} table: no op {exc.args[0]!r} at the layer the "
-                            "architecture gives it") from None  # fmt: skip
+        if unknown := [(n, op) for n, op in choices.items() if op not in self.layers[n]]:
+            raise DnasError(f"{self.metric} table: layer {unknown[0][0]} has no op "
+                            f"{unknown[0][1]!r}")  # fmt: skip
+        return self.fixed + sum(self.layers[name][op] for name, op in choices.items())
 
     def digest(self) -> str:
         """A hash of the costs (not of ``key``): a resumed search refuses a table that changed."""
@@ -124,7 +123,7 @@ class CostModel(ABC):
             "options": asdict(self.options),  # a table per setting of the model's own keys
             **self.key_extra(),
         }
-        key = json.loads(json.dumps(key))  # as the cached file holds it (tuples as lists)
+        key = json.loads(json.dumps(key, default=str))  # as the cached file holds it
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = cache_dir() / "cost_tables" / f"{self.metric}-{digest}.json"
         if path.exists():

@@ -13,6 +13,7 @@ random architectures of equal cost.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import statistics
@@ -30,6 +31,7 @@ from dnas.engine.runtime import pick_device, seed_everything, to_device
 from dnas.engine.sampling import make_loader, stream, train_loader
 from dnas.errors import DnasError
 from dnas.nn.network import Network, module_key
+from dnas.registry import TASKS
 from dnas.schema import load_yaml
 from dnas.search.budget import DRAW_TRIES, sample_within
 from dnas.search.derive import SearchRecord, load_search, write_architecture
@@ -113,9 +115,20 @@ def task_text(task: dict) -> str:
     return "/".join(str(task[k]) for k in TASK_KEYS if task.get(k))
 
 
+def resolved_task(task: Any) -> dict:
+    """A run's ``task:`` section with its task's defaults filled in (``dataset: mpii`` of a
+    pose run that left it out), as far as the task's ``Options`` give them."""
+    task = dict(task) if isinstance(task, dict) else {}
+    if task.get("name") in TASKS.names():
+        options = TASKS.get(task["name"]).Options
+        task = {f.name: f.default for f in dataclasses.fields(options)
+                if f.default is not dataclasses.MISSING} | task  # fmt: skip
+    return task
+
+
 def same_task(ref: Path | str, theirs: Any, ours: dict, what: str) -> None:
     """Scores of runs on another task or dataset do not compare: refused, naming both."""
-    theirs = theirs if isinstance(theirs, dict) else {}
+    theirs, ours = resolved_task(theirs), resolved_task(ours)
     if [theirs.get(k) for k in TASK_KEYS] != [ours.get(k) for k in TASK_KEYS]:
         raise DnasError(f"{ref}: {what} on {task_text(theirs) or 'another task'}, not the "
                         f"search's {task_text(ours)}; only scores of one task and dataset "
@@ -127,14 +140,14 @@ def read_candidate(ref: str, record: SearchRecord) -> Candidate:
     task (its ``arch.yaml``, and its ``results.json`` score as the standalone figure)."""
     path, space = Path(ref), record.space
     if path.is_dir():
-        config = path / "config.yaml"
-        recorded = load_yaml(config) if config.is_file() else None
-        same_task(path, (recorded or {}).get("task") if isinstance(recorded, dict) else None,
-                  record.exp.task, "trained")  # fmt: skip
         arch_file, results_file = path / "arch.yaml", path / "results.json"
         if not arch_file.is_file() or not results_file.is_file():
             raise DnasError(f"{path}: not a finished 'dnas train' run (no arch.yaml and "
                             "results.json)")  # fmt: skip
+        config = path / "config.yaml"
+        recorded = load_yaml(config) if config.is_file() else None
+        same_task(path, recorded.get("task") if isinstance(recorded, dict) else None,
+                  record.exp.task, "trained")  # fmt: skip
         try:
             results = json.loads(results_file.read_text())
         except ValueError as exc:

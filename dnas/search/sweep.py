@@ -53,6 +53,13 @@ def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path | s
     out_dir, report = Path(out_dir), report or Reporter()
     task = build_task(exp)
     check_values(exp, kind, values, out_dir, task)
+    if not (resume or force):  # a partial sweep's finished runs are results too
+        paths = [out_dir / "sweep.json", *(run_dir_of(out_dir, kind, v) for v in values)]
+        held = [path.name for path in paths if path.exists()]
+        if held:
+            raise DnasError(f"{out_dir} already holds an earlier sweep's {listing(held, 4)}; "
+                            "pass --resume to keep its finished runs or --force to overwrite, "
+                            "or choose another --out")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out_dir)  # one sweep at a time; each run locks its own directory too
     lock.acquire(report.line)
@@ -68,6 +75,8 @@ def check_values(exp: Experiment, kind: str, values: list[float], out_dir: Path,
     each variant's ``cost_model`` within the schema's bounds, and every budget target within
     the space's cost range; a mistake names the option and the value."""
     option = f"--{kind}s"
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise DnasError(f"{option}: expected numbers, got {values!r}")
     names = [run_dir_of(out_dir, kind, value).name for value in values]
     if len(set(names)) < len(names):
         raise DnasError(f"{option}: two values name one run directory ({', '.join(names)})")

@@ -46,12 +46,14 @@ def entropies(arch_probs: ArchProbs) -> dict[str, float]:
 
 def decisiveness(arch_probs: ArchProbs) -> float:
     """Mean over layers of the top op probability: 1 is fully decided, 1/#ops is uniform."""
-    if not isinstance(arch_probs, dict) or not all(
-        len(p) and all(-1e-6 <= q <= 1 + 1e-6 for q in p) for p in arch_probs.values()
-    ):  # fmt: skip
-        raise DnasError("decisiveness: expected {layer: [probabilities in 0..1]} with at least "
-                        "one op per layer")  # fmt: skip
-    return sum(max(p) for p in arch_probs.values()) / max(len(arch_probs), 1)
+    if not isinstance(arch_probs, Mapping) or not all(map(len, arch_probs.values())):
+        raise DnasError("decisiveness: expected {layer: [op probabilities]} with at least one "
+                        "op per layer")  # fmt: skip
+    tops = [max(p) for p in arch_probs.values()]
+    if not all(-1e-6 <= top <= 1 + 1e-6 for top in tops):  # NaN fails too
+        raise DnasError(f"decisiveness: op probabilities outside 0..1 (top {max(tops)!r}): the "
+                        "search diverged, or these are not probabilities")  # fmt: skip
+    return sum(tops) / max(len(tops), 1)
 
 
 def undecided_layers(arch_probs: ArchProbs) -> list[str]:

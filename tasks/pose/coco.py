@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from dnas.errors import DnasError
-from dnas.schema import read_json
+from dnas.schema import is_finite_number, is_integer, read_json
 from dnas.task import Metrics
 from tasks.pose.mpii import read_json_list
 from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
@@ -62,16 +61,7 @@ class COCOOptions:
 
 def _numbers(values: Any, count: int) -> bool:
     """``count`` finite numbers (json also reads NaN and Infinity)."""
-    return (
-        isinstance(values, list)
-        and len(values) == count
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        and all(math.isfinite(v) for v in values)
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(values, list) and len(values) == count and all(map(is_finite_number, values))
 
 
 def _annotation_problem(ann: Any, image_ids: set) -> str | None:
@@ -84,11 +74,11 @@ def _annotation_problem(ann: Any, image_ids: set) -> str | None:
         return f"keypoints must be {len(COCO_JOINTS)} x 3 numbers (x, y, v)"
     if not _numbers(ann["bbox"], 4) or not _numbers([ann["area"]], 1):
         return "bbox must be 4 numbers [x, y, w, h] and area a number"
-    if not _is_int(ann["image_id"]) or ann["image_id"] not in image_ids:
+    if not is_integer(ann["image_id"]) or ann["image_id"] not in image_ids:
         return f"image_id {ann['image_id']!r} is not in images"[:200]
-    if not (_is_int(ann["id"]) and _is_int(ann["category_id"])):
+    if not (is_integer(ann["id"]) and is_integer(ann["category_id"])):
         return "id and category_id must be integers"
-    if ann["iscrowd"] not in (0, 1) or not _is_int(ann["num_keypoints"]):
+    if ann["iscrowd"] not in (0, 1) or not is_integer(ann["num_keypoints"]):
         return "iscrowd must be 0 or 1 and num_keypoints an integer"
     if any(v not in (0, 1, 2) for v in ann["keypoints"][2::3]):
         return "keypoint visibility flags must be 0, 1 or 2"
@@ -100,7 +90,7 @@ def _annotation_problem(ann: Any, image_ids: set) -> str | None:
 def _image_problem(image: Any) -> str | None:
     if not isinstance(image, dict) or any(k not in image for k in _IMAGE_KEYS):
         return f"needs {', '.join(_IMAGE_KEYS)}"
-    if not _is_int(image["id"]):
+    if not is_integer(image["id"]):
         return "id must be an integer"
     if not isinstance(image["file_name"], str) or not image["file_name"]:
         return "file_name must be a file name"
@@ -129,7 +119,7 @@ def load_coco_keypoints(path: Path) -> COCO:
         if problem:
             raise DnasError(f"{path}: annotations[{i}]: {problem}")
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+        if not isinstance(cat, dict) or not is_integer(cat.get("id")):
             raise DnasError(f"{path}: categories[{i}] needs an integer id")
     if PERSON not in {cat["id"] for cat in data["categories"]}:  # else every AP reads -1
         raise DnasError(f"{path}: categories: no person category (id {PERSON})")
@@ -150,7 +140,7 @@ def _check_results(path: Path, results: list, coco: COCO) -> None:
         if not isinstance(r["image_id"], int) or r["image_id"] not in coco.imgs:
             raise DnasError(f"{path}: results[{i}]: image_id {r['image_id']!r} is not in the "
                             "ground truth")  # fmt: skip
-        if not _is_int(r["category_id"]) or r["category_id"] not in coco.cats:
+        if not is_integer(r["category_id"]) or r["category_id"] not in coco.cats:
             raise DnasError(f"{path}: results[{i}]: category_id {r['category_id']!r} is not a "
                             "category of the ground truth (person: 1)")  # fmt: skip
 

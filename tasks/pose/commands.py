@@ -192,7 +192,7 @@ def predict(image: Path, arch: str | None, weights: Path,
     from dnas.cli import guard_output
     from dnas.nn.network import Network
     from dnas.nn.weights import check_fits, load_weights, resolve, weights_file
-    from dnas.vis.images import write_png
+    from dnas.vis.images import read_rgb, write_png
     from tasks.pose.draw import draw_pose
     from tasks.pose.inference import predict_batch
     from tasks.pose.topdown import DATASETS, box_to_center_scale, to_input
@@ -210,10 +210,7 @@ def predict(image: Path, arch: str | None, weights: Path,
                f" (the {dataset} joint set; pass the --dataset they were trained on)")  # fmt: skip
     net = Network(space, cls.num_joints())
     load_weights(net, weights)
-    picture = cv2.imread(str(image), cv2.IMREAD_COLOR)
-    if picture is None:
-        raise DnasError(f"{image}: not an image that can be decoded")
-    picture = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+    picture = read_rgb(image)
     person = box or (0.0, 0.0, float(picture.shape[1]), float(picture.shape[0]))
     center, scale = box_to_center_scale(person, (width, height))
     crop = warp(picture, affine_transform(center, scale, 0.0, (width, height)), (width, height))

@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from dnas.errors import ConfigError, DnasError
-from dnas.schema import read_json
+from dnas.schema import is_finite_number, is_integer, read_json
 
 IGNORE = 255
 BACKGROUND = "background"
@@ -54,10 +54,6 @@ def read_coco(path: Path) -> dict:
     return data
 
 
-def _is_int(value: Any, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
 def _entries(data: dict, key: str, source: str, fields: dict[str, Any]) -> dict[int, dict]:
     """The entries of list ``key`` by their unique ``id`` (when ``fields`` has one), each a
     mapping whose ``fields`` pass their checks: one error naming the entry otherwise."""
@@ -80,16 +76,17 @@ def check_instances(data: dict, source: str) -> None:
     """Every category, image and annotation of a COCO instances file as the loader reads it:
     ids unique and known, sizes positive, every segmentation a polygon list or an RLE of its
     image's size. A malformed entry is one error naming it; it is never dropped unseen."""
-    count = (_is_int, "a non-negative integer")
+    count = (lambda v: is_integer(v, 0), "a non-negative integer")
     categories = _entries(data, "categories", source, {
         "id": count, "name": (lambda v: isinstance(v, str) and bool(v), "a name")})  # fmt: skip
     images = _entries(data, "images", source, {
         "id": count, "file_name": (lambda v: isinstance(v, str) and bool(v), "a file name"),
-        "height": (lambda v: _is_int(v, 1), "a positive integer"),
-        "width": (lambda v: _is_int(v, 1), "a positive integer")})  # fmt: skip
+        "height": (lambda v: is_integer(v, 1), "a positive integer"),
+        "width": (lambda v: is_integer(v, 1), "a positive integer")})  # fmt: skip
     _entries(data, "annotations", source, {
-        "image_id": (lambda v: v in images, "the id of an image of the file"),
-        "category_id": (lambda v: v in categories, "the id of a category of the file"),
+        "image_id": (lambda v: is_integer(v) and v in images, "the id of an image of the file"),
+        "category_id": (lambda v: is_integer(v) and v in categories,
+                        "the id of a category of the file"),
         "iscrowd": (lambda v: v in (None, 0, 1), "0 or 1")})  # fmt: skip
     for i, ann in enumerate(data["annotations"]):
         image = images[ann["image_id"]]
@@ -103,7 +100,7 @@ def segmentation_problem(segmentation: Any, height: int, width: int) -> str | No
     if isinstance(segmentation, list):
         polygons_ok = bool(segmentation) and all(
             isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
+            and all(map(is_finite_number, p))
             for p in segmentation
         )  # fmt: skip
         return None if polygons_ok else ("expected polygons: lists of x, y numbers, an even "
@@ -116,7 +113,7 @@ def segmentation_problem(segmentation: Any, height: int, width: int) -> str | No
     counts = segmentation.get("counts")
     if isinstance(counts, str):
         return None
-    if not (isinstance(counts, list) and all(_is_int(c) for c in counts)):
+    if not (isinstance(counts, list) and all(is_integer(c, 0) for c in counts)):
         return "expected RLE counts: a string or a list of non-negative integers"
     if sum(counts) != height * width:
         return f"RLE counts sum to {sum(counts)}, not the image's {height * width} pixels"
