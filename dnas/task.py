@@ -91,6 +91,8 @@ class Task(ABC):
 
 def build_task(exp: Experiment) -> Task:
     """The task ``exp.task`` names, with its options (``task:`` keys) checked."""
+    if not isinstance(exp, Experiment):
+        raise DnasError(f"build_task: expected an Experiment (dnas.load_experiment), got {exp!r}")
     options = dict(exp.task)
     name = options.pop("name")
     try:

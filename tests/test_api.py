@@ -116,3 +116,19 @@ def test_overrides_are_taken_from_any_iterable_and_checked():
     assert exp.seed == 5
     with pytest.raises(dnas.DnasError, match="overrides: expected a list"):
         dnas.load_experiment(ROOT / "examples" / "demo.yaml", "seed=5")
+
+
+def test_entry_points_name_a_wrong_kind_of_argument():
+    from conftest import TINY_SPACE
+
+    space = dnas.load_space(TINY_SPACE)
+    cases = [
+        (lambda: dnas.load_space(None), "load_space: expected a shipped name or a YAML path"),
+        (lambda: dnas.cost_table(str(TINY_SPACE), (64, 64), 16), "cost_table: expected a "),
+        (lambda: dnas.cost_table(space, 64, 16), "cost_table: expected input_hw"),
+        (lambda: dnas.cost_table(space, (64, 64), 16, {"type": "flops"}), "a CostConfig"),
+        (lambda: dnas.build_task("x"), "build_task: expected an Experiment"),
+    ]
+    for call, message in cases:
+        with pytest.raises(dnas.DnasError, match=re.escape(message)):
+            call()

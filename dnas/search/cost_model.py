@@ -22,7 +22,7 @@ from dnas.config import CostConfig
 from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
 from dnas.registry import COST_MODELS
-from dnas.schema import read_json
+from dnas.schema import is_integer, read_json
 from dnas.space.graph import SearchSpace
 
 
@@ -176,5 +176,13 @@ def cost_table(
 ) -> CostTable:
     """The cost of every candidate op of ``space`` at ``input_hw`` with ``outputs`` head
     channels, under the cost model ``cfg`` names (default: FLOPs, in MMAC); cached."""
+    if not isinstance(space, SearchSpace):
+        raise DnasError(f"cost_table: expected a SearchSpace (dnas.load_space), got {space!r}")
+    if not (isinstance(input_hw, tuple | list) and len(input_hw) == 2
+            and all(is_integer(v, 1) for v in input_hw)):  # fmt: skip
+        raise DnasError(f"cost_table: expected input_hw (height, width), got {input_hw!r}")
+    if not isinstance(cfg, CostConfig | None):
+        raise DnasError(f"cost_table: expected a CostConfig (an experiment's cost_model), got "
+                        f"{type(cfg).__name__}")  # fmt: skip
     cfg = cfg or CostConfig()
     return get_cost_model(cfg.type, cfg).table(space, input_hw, outputs)

@@ -17,7 +17,7 @@ from typing import Any
 
 import networkx as nx
 
-from dnas.errors import ConfigError
+from dnas.errors import ConfigError, DnasError
 from dnas.schema import check_keys, expect_mapping, join, load_yaml
 from dnas.space.ops import (
     MAX_WIDTH,
@@ -190,6 +190,8 @@ def resolve_path(ref: str | Path) -> Path:
 
 def load_space(ref: str | Path) -> SearchSpace:
     """Load and validate a search space or architecture YAML (a path or a shipped name)."""
+    if not isinstance(ref, str | Path):
+        raise DnasError(f"load_space: expected a shipped name or a YAML path, got {ref!r}")
     path = resolve_path(ref)
     return space_from_dict(load_yaml(path), source=str(path))
 
