@@ -98,16 +98,13 @@ class RunContext:
         self.report.active = self.world.main
         self.lock = RunLock(self.out_dir)
         self.created = not self.out_dir.exists()  # a failed set-up leaves no empty directory
+        if not resume:  # every rank (it only reads), before a fresh start clears the logs
+            refuse_to_replace(self.out_dir, self.outputs, force)
         if self.world.main:
             check_writable(self.out_dir / LOCK)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire(self.report.line)
-            if not resume:  # before a fresh start clears the logs: they are the run's too
-                try:
-                    refuse_to_replace(self.out_dir, self.outputs, force)
-                except DnasError:
-                    self.lock.release()
-                    raise
+            if not resume:
                 clear_outputs(self.out_dir, self.logs)
             self.report.attach(self.out_dir / "log.txt")
         try:
