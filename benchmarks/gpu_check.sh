@@ -85,10 +85,12 @@ if [ "$QUICK" = 1 ]; then
   export DNAS_CHECK_SPACE=tests/data/tiny_space.yaml
   SEARCH=(--throughput-batch 4 --throughput-input 64 --throughput-steps 2 --workers 0)
   SPEED=(--quick)
+  # one round each: every round already runs in a fresh process (tests/test_processes.py
+  # covers merging several)
   LUT_BUILD=(--space tests/data/tiny_space.yaml --input 64x64 --batch 1 --min-time 0.01
-             --calibration 4 --allow-noise --rounds 2)
+             --calibration 4 --allow-noise --rounds 1)
   LUT_CHECK=(--space tests/data/tiny_space.yaml --samples 4 --min-time 0.01 --allow-noise
-             --rounds 2)
+             --rounds 1)
   LIMITS=(900 600 300 300)
 else
   SEARCH=(--throughput-batch 32 --throughput-input 256 --throughput-steps 20 --workers 12

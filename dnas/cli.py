@@ -222,10 +222,11 @@ def search(config: Path, out: Path | None, strategy: str | None, cost_model: str
     from dnas.engine.progress import Reporter
     from dnas.search.run import run_search
 
-    extra = [f"search.strategy={strategy}"] if strategy else []
-    extra += [f"remap_from={remap_from}"] if remap_from else []
-    extra += [f"cost_model.type={cost_model}"] if cost_model else []
-    extra += [f"cost_model.table={cost_table}"] if cost_table else []
+    options = {"search.strategy": ("--strategy", strategy),
+               "remap_from": ("--remap-from", remap_from),
+               "cost_model.type": ("--cost-model", cost_model),
+               "cost_model.table": ("--cost-table", cost_table)}  # fmt: skip
+    extra = [f"{key}={value}" for key, (_, value) in options.items() if value]
     config, out = run_config(config, out)
     try:
         exp = load_experiment(config, [*overrides, *extra])
@@ -233,6 +234,9 @@ def search(config: Path, out: Path | None, strategy: str | None, cost_model: str
         if cost_table and exc.key == "cost_model.table" and exc.detail.startswith("unknown key"):
             raise click.UsageError("--cost-table goes with --cost-model latency (a cost model "
                                    "that reads a table)") from None  # fmt: skip
+        option, value = options.get(exc.key, (None, None))
+        if value:  # the option's value is wrong, not the config file
+            raise DnasError(f"{option} {value}: {exc.detail}") from None
         raise
     run_search(exp, out, Reporter(click.echo, quiet), resume, force)
     if not is_main_process():  # torchrun: rank 0 prints the results

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from conftest import write_experiment
 
 from dnas.cli import cli
-from dnas.errors import DnasError
+from dnas.config import load_experiment
+from dnas.errors import ConfigError, DnasError
 
 ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
 
@@ -89,10 +90,12 @@ def test_run_mistakes_name_the_option_and_leave_no_folder(tmp_path, finished):
     one_line_error(["eval", exp, "--weights", str(finished["search"] / "search.pt"), "-o",
                     str(out)], "pass --arch")  # fmt: skip
     assert not out.exists()
-    odd = ["search", exp, "--out", str(tmp_path / "odd"), "--set", "input_size=[72, 72]"]
-    result = CliRunner().invoke(cli, odd)  # found at the first step, after the header line
-    assert result.exit_code == 1
-    assert "exp.yaml: input_size: 72x72: the head's output" in result.output
+    odd = ["--out", str(tmp_path / "odd"), "--set", "input_size=[72, 72]"]
+    for command in (["search", exp], ["train", exp, "--arch", ARCH]):
+        # found in set-up on the meta device, before config.yaml or a log is written
+        one_line_error([*command, *odd], "exp.yaml: input_size: 72x72: the head's output "
+                       "(16, 20, 20) does not match the heatmap targets (16, 18, 18)")  # fmt: skip
+        assert not (tmp_path / "odd").exists()
     run = finished["search"]
     for pair in ([run, run], [run, run / "search.pt"]):
         one_line_error(["agreement", *map(str, pair)], "the same search run given twice")
@@ -153,6 +156,29 @@ def test_set_without_a_key_and_an_absent_device_name_what_was_given(tmp_path, fi
             ["search", exp, "--out", out, "--set", "device=cuda"],
             "exp.yaml: device: 'cuda' requested but CUDA is not available",
         )
+
+
+def test_wrong_names_blame_the_option_that_gave_them_and_a_super_net_keeps_its_space(
+    tmp_path, finished
+):
+    exp, out = str(finished["exp"]), str(tmp_path / "out")
+    one_line_error(["search", exp, "--out", out, "--strategy", "foo"],
+                   "--strategy foo: unknown strategy 'foo' (registered: ")  # fmt: skip
+    one_line_error(["search", exp, "--out", out, "--cost-model", "foo"],
+                   "--cost-model foo: unknown cost model 'foo'")  # fmt: skip
+    one_line_error(
+        ["train", exp, "--arch", ARCH, "--out", out, "--set", "task.name=bar"],
+        "exp.yaml: task.name: unknown task 'bar'",
+    )  # at load, before any set-up
+    with pytest.raises(ConfigError, match="search.strategy: unknown strategy 'foo'"):
+        load_experiment(exp, ["search.strategy=foo"])
+    run = str(finished["search"])
+    for key in ("space=mbv2_pose_large", "head.sic=false"):  # once silently ignored
+        one_line_error(
+            ["rank", run, ARCH, "--set", key],
+            f"--set {key.split('=')[0]}: a search run's super net is its own space",
+        )
+    assert not Path(out).exists()
 
 
 def test_a_budget_search_says_when_no_net_lies_in_its_band(tmp_path, synth_root):

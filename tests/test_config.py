@@ -91,9 +91,11 @@ def test_unknown_task_option_is_named(tmp_path):
     exp = load_experiment(write(tmp_path, "task: {name: pose, root: x, sigmaa: 2}\n"))
     with pytest.raises(ConfigError, match=r"exp.yaml: task.sigmaa: unknown key"):
         build_task(exp)
-    exp = load_experiment(write(tmp_path, "task: {name: segmentation-x}\n"))
-    with pytest.raises(ConfigError, match=r"task.name: unknown task 'segmentation-x'"):
-        build_task(exp)
+    unknown = r"exp.yaml: task.name: unknown task 'segmentation-x' \(registered: pose, "
+    with pytest.raises(ConfigError, match=unknown):  # named when the file is read
+        load_experiment(write(tmp_path, "task: {name: segmentation-x}\n"))
+    with pytest.raises(ConfigError, match=unknown):  # and for an Experiment made in code
+        build_task(Experiment(task={"name": "segmentation-x"}, source=str(tmp_path / "exp.yaml")))
 
 
 def test_a_broken_plugin_warns_and_the_rest_load(monkeypatch):

@@ -15,11 +15,11 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
     need(DATA / "lspet" / "joints.mat")
     out = tmp_path / "q"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_quality.py"),
-                          "--quick", "--train-epochs", "2", "--out", str(out)],
+                          "--quick", "--train-epochs", "1", "--out", str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((out / "search_quality.json").read_text())
-    assert result["profile"]["train_epochs"] == 2 and result["profile"]["milestones"] == [2]
+    assert result["profile"]["train_epochs"] == 1 and result["profile"]["milestones"] == [1]
     names = [r["net"] for r in result["rows"]]
     assert names[:3] == ["efficientpose-a", "searched-darts", "searched-gumbel"]
     assert sum(n.startswith("random-") for n in names) == 4
@@ -50,6 +50,7 @@ def test_quick_profile_runs_every_net_and_reports_the_verdict(tmp_path):
     optimisers = {s: yaml.safe_load((out / f"search-{s}" / "config.yaml").read_text())["search"]
                   ["weight_optimizer"] for s in ("darts", "gumbel")}  # fmt: skip
     assert all(o["type"] == "adam" and o["lr"] == 2e-3 for o in optimisers.values())
+    assert result["profile"]["rank_batches"] == 2  # the quick profile's batch-norm batches
     for strategy, ranks in result["oneshot_rankings"].items():  # each super net ranks the nets
         assert set(ranks["oneshot"]) >= {"derived", "efficientpose-a"}, strategy
         assert ranks["kendall_tau"] is None or -1 <= ranks["kendall_tau"] <= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
 from conftest import DATA, TINY_SPACE, need, write_experiment
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from dnas.cli import cli
@@ -476,6 +478,40 @@ def test_budget_search_lands_on_the_target_for_segmentation(synth_root, tmp_path
     assert 0 < result["decisiveness"] <= 1
 
 
+def test_compressed_rle_counts_are_the_masks_run_lengths():
+    """Decoded against run lengths counted from the mask itself (pycocotools' encoding)."""
+    from tasks.segmentation.coco import compressed_rle_counts
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        height, width = rng.integers(1, 40, 2)
+        mask = (rng.random((height, width)) < rng.random() * (trial % 4 > 0)).astype(np.uint8)
+        flat = mask.flatten(order="F")  # COCO runs go down the columns, zeros first
+        runs = [len(list(group)) for _, group in itertools.groupby(flat.tolist())]
+        runs = [0, *runs] if flat[0] else runs
+        text = mask_utils.encode(np.asfortranarray(mask))["counts"].decode()
+        assert compressed_rle_counts(text) == runs, (trial, text)
+    assert compressed_rle_counts("zzzz") is None and compressed_rle_counts("0") == [0]
+    assert compressed_rle_counts("P") is None  # a continued number cut short
+
+
+def test_a_split_without_an_object_of_its_categories_is_refused(synth_root, tmp_path):
+    root = tmp_path / "root"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val").symlink_to(synth_root / "val")
+    (root / "train").symlink_to(synth_root / "train")
+    for split in ("train", "val"):
+        data = json.loads((synth_root / "annotations" / f"instances_{split}.json").read_text())
+        data["annotations"] = [] if split == "val" else data["annotations"]
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    task = build_task(exp_for({"name": "segmentation", "root": str(root), "categories": "all",
+                               "train_split": "train", "val_split": "val"}))  # fmt: skip
+    assert len(task.dataset("train", augment=False))
+    with pytest.raises(DnasError, match="no annotation of the chosen categories .* in split "
+                                        "'val': nothing to learn or score"):  # fmt: skip
+        task.dataset("val", augment=False)  # once: mIoU 100 on background alone
+
+
 def test_malformed_instances_are_one_error_naming_the_entry(synth_root, tmp_path):
     """Entries the loader would crash on, or drop and so score wrongly, are refused."""
     from tasks.segmentation.coco import read_coco
@@ -501,6 +537,10 @@ def test_malformed_instances_are_one_error_naming_the_entry(synth_root, tmp_path
             lambda d: d["annotations"][0].update(segmentation=rle | {"size": [32, 32]}),
         "RLE counts sum to 4000, not the image's 4096 pixels":
             lambda d: d["annotations"][0].update(segmentation=rle | {"counts": [100, 3900]}),
+        "RLE counts: not a COCO compressed RLE string":  # pycocotools decodes it silently
+            lambda d: d["annotations"][0].update(segmentation=rle | {"counts": "zzzz"}),
+        "RLE counts sum to 4, not the image's 4096 pixels":  # a valid string, too short
+            lambda d: d["annotations"][0].update(segmentation=rle | {"counts": "13"}),
     }  # fmt: skip
     for i, (message, edit) in enumerate(edits.items()):
         data = json.loads(json.dumps(good))

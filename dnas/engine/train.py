@@ -31,13 +31,19 @@ from dnas.engine.schedule import Schedule
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.nn.network import Network
-from dnas.nn.profile import count_macs, count_params, op_costs
+from dnas.nn.profile import count_macs, count_params, head_output_shape, op_costs
 from dnas.nn.remap import remap_into
 from dnas.nn.weights import check_fits, load_weights, weights_info, with_info
 from dnas.space.graph import SearchSpace
 from dnas.task import Metrics, Task, build_space
 
 KIND = "dnas-train"
+
+
+def check_head_output(space: SearchSpace, task: Task) -> None:
+    """The task's check of the head's output shape at its input size, on the ``meta`` device,
+    so that a size the space's strides cannot serve fails before a run writes anything."""
+    task.check_output_shape(head_output_shape(space, task.input_hw, task.num_outputs))
 
 
 def build_fixed(exp: Experiment, arch_ref: str, task: Task) -> tuple[SearchSpace, Network]:
@@ -56,6 +62,7 @@ def build_fixed(exp: Experiment, arch_ref: str, task: Task) -> tuple[SearchSpace
         op_costs(arch, exp.input_hw, task.num_outputs)
     except DnasError as exc:
         raise ConfigError(exp.source, "input_size", str(exc)) from None
+    check_head_output(arch, task)
     return arch, Network(arch, task.num_outputs)
 
 

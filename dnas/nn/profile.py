@@ -109,6 +109,19 @@ def op_costs(
     return per_layer, (macs, count_params(head))
 
 
+@torch.no_grad()
+def head_output_shape(
+    space: SearchSpace, input_hw: tuple[int, int], num_outputs: int
+) -> tuple[int, int, int]:
+    """(C, H, W) of the head's output for one input of ``input_hw``, on the ``meta`` device:
+    what a task compares with its targets before a run writes anything."""
+    shapes = space.infer_shapes(*input_hw)
+    with torch.device("meta"):
+        head = _HeadOnInputs(build_head(space, num_outputs)).eval()
+        out = head(*(torch.zeros(1, *shapes[n]) for n in space.head_inputs()))
+    return tuple(out.shape[1:])
+
+
 def check_sizes(input_hw: tuple[int, int], num_outputs: int) -> None:
     """Bounds on the input size and the head's outputs, checked before anything is built."""
     if not all(8 <= side <= MAX_INPUT for side in input_hw):

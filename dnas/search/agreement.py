@@ -4,7 +4,7 @@ a search (Li & Talwalkar, UAI 2019, "Random Search and Reproducibility for NAS")
 The figure is the share of searchable layers on which two derived nets pick the same op. What
 it means depends on the space and the budget: a budget alone makes some ops likelier, so
 chance is the same share between pairs of random architectures drawn within ``band`` of the
-runs' mean derived cost (:func:`dnas.search.budget.sample_within`). A search whose decisions
+runs' mean derived cost (:class:`dnas.search.budget.BandSampler`). A search whose decisions
 come from the data agrees above chance; one whose decisions come from its seed does not,
 however decided each run ends.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dnas.errors import DnasError
-from dnas.search.budget import DRAW_TRIES, sample_within
+from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.cost_model import CostTable
 from dnas.search.derive import find_checkpoint, load_search
 
@@ -43,9 +43,10 @@ def chance_agreement(table: CostTable, cost: float, band: float = 0.03, samples:
     distribution of the figure that ``runs`` searches give."""
     rng = np.random.default_rng(seed)
     low, high = cost * (1 - band), cost * (1 + band)
+    sampler = BandSampler(table, low, high)
     shares = []
     for _ in range(samples):
-        archs = [sample_within(table, rng, low, high, DRAW_TRIES) for _ in range(runs)]
+        archs = [sampler.draw(rng, DRAW_TRIES) for _ in range(runs)]
         if any(a is None for a in archs):
             raise DnasError(f"no random architecture of the space costs {low:.4g}-{high:.4g} "
                             f"{table.unit} (widen --band)")  # fmt: skip

@@ -120,17 +120,29 @@ def start_on_budget(alphas: list[torch.Tensor], names: list[str], table: CostTab
             alpha.copy_(temperature * log_p)
 
 
+class BandSampler:
+    """Random architectures with cost in [low, high]: drawn from :func:`tilted_probs` at the
+    band's centre (uniform for an open band), computed once, and rejected outside the band."""
+
+    def __init__(self, table: CostTable, low: float, high: float) -> None:
+        self.table, self.low, self.high = table, low, high
+        self.probs = tilted_probs(table, (low + high) / 2) if np.isfinite(high) else None
+
+    def draw(self, rng: np.random.Generator, tries: int) -> dict[str, str] | None:
+        """One architecture of the band; None after ``tries`` rejected draws."""
+        for _ in range(tries):
+            choices = {}
+            for name, ops in self.table.layers.items():
+                p = None if self.probs is None else self.probs[name]
+                choices[name] = list(ops)[int(rng.choice(len(ops), p=p))]
+            if self.low <= self.table.of_choices(choices) <= self.high:
+                return choices
+        return None
+
+
 def sample_within(
     table: CostTable, rng: np.random.Generator, low: float, high: float, tries: int
 ) -> dict[str, str] | None:
-    """A random architecture with cost in [low, high]: drawn from :func:`tilted_probs` at the
-    band's centre and rejected outside the band; None after ``tries`` draws."""
-    probs = tilted_probs(table, (low + high) / 2) if np.isfinite(high) else None
-    for _ in range(tries):
-        choices = {}
-        for name, ops in table.layers.items():
-            p = None if probs is None else probs[name]
-            choices[name] = list(ops)[int(rng.choice(len(ops), p=p))]
-        if low <= table.of_choices(choices) <= high:
-            return choices
-    return None
+    """One draw of :class:`BandSampler` (callers that draw many keep one sampler: its
+    probabilities take a bisection to compute)."""
+    return BandSampler(table, low, high).draw(rng, tries)

@@ -49,6 +49,9 @@ class SearchRecord:
     choices: dict[str, str]
 
 
+FIXED_BY_SEARCH = ("space", "head")  # config keys that a search run's checkpoint settles
+
+
 def load_search(ref: Path | str, overrides: Sequence[str] = ()) -> SearchRecord:
     """A search run (directory or ``search.pt``) with its experiment, task and cost table
     rebuilt from the checkpoint's own copy (``overrides``: ``key=value`` laid over it, e.g. a
@@ -59,6 +62,12 @@ def load_search(ref: Path | str, overrides: Sequence[str] = ()) -> SearchRecord:
     if not isinstance(ckpt.get("config"), dict):
         raise DnasError(f"{path}: a damaged search checkpoint (no config)")
     space = space_from_dict(ckpt["space"], source=str(path))  # the space searched
+    for item in overrides:  # the super net is the space the search ran over, head included
+        key = str(item).split("=", 1)[0]
+        if key.split(".")[0] in FIXED_BY_SEARCH:
+            raise DnasError(f"--set {key}: a search run's super net is its own space and head, "
+                            f"recorded in {path}; only its task, data and run settings can be "
+                            "overridden")  # fmt: skip
     config = {k: v for k, v in ckpt["config"].items() if k != "source"}
     config = apply_overrides(config, list(overrides), str(path))
     exp = from_dict(Experiment, config, str(path), "config")

@@ -33,7 +33,7 @@ from dnas.errors import DnasError
 from dnas.nn.network import Network, module_key
 from dnas.registry import TASKS
 from dnas.schema import load_yaml
-from dnas.search.budget import DRAW_TRIES, sample_within
+from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.derive import SearchRecord, load_search, write_architecture
 from dnas.search.run import split_indices
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
@@ -226,9 +226,10 @@ def random_candidates(supernet: SuperNet, count: int, band: float, seed: int) ->
     table = supernet.record.table
     cost = table.of_choices(supernet.record.choices)
     rng = np.random.default_rng(seed)
+    sampler = BandSampler(table, cost * (1 - band), cost * (1 + band))
     out = []
     for i in range(count):
-        choices = sample_within(table, rng, cost * (1 - band), cost * (1 + band), DRAW_TRIES)
+        choices = sampler.draw(rng, DRAW_TRIES)
         if choices is None:
             raise DnasError(f"no random architecture of the space costs within {band:.0%} of "
                             f"{cost:.4g} {table.unit} (widen --band)")  # fmt: skip

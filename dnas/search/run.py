@@ -28,6 +28,7 @@ from dnas.engine.progress import Reporter
 from dnas.engine.runtime import Amp
 from dnas.engine.runtime import to_device as move
 from dnas.engine.sampling import epoch_batches, make_loader, stream, train_loader
+from dnas.engine.train import check_head_output
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.nn.network import Network
@@ -87,6 +88,7 @@ class SearchRun(EpochLoop):
     def setup(self) -> None:
         exp = self.exp
         self.space, self.table = search_table(exp, self.task)
+        check_head_output(self.space, self.task)
         if self.space.is_fixed:
             raise ConfigError(exp.source, "space", f"{self.space.source} has no searchable layer")
         self.amp.sync_grads = self.world.distributed

@@ -96,18 +96,23 @@ class PoseTask(Task):
                               "detection threshold leave none)")  # fmt: skip
         return dataset
 
-    def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
-        target, stride = batch["target"], self.options.heatmap_stride
-        if output.shape[1:] != target.shape[1:]:
-            height, width = self.input_hw
+    def check_output_shape(self, shape: tuple[int, int, int]) -> None:
+        """The head must give one heatmap per joint at the targets' size (input / stride)."""
+        stride = self.options.heatmap_stride
+        height, width = self.input_hw
+        target = (self.num_outputs, height // stride, width // stride)
+        if tuple(shape) != target:
             raise ConfigError(
                 self.source, "input_size",
-                f"{height}x{width}: the head's output {tuple(output.shape[1:])} does not match "
-                f"the heatmap targets {tuple(target.shape[1:])} (joints x H/{stride} x "
-                f"W/{stride}); use an input size that the space's strides divide, or check its "
-                "head's upsampling",
+                f"{height}x{width}: the head's output {tuple(shape)} does not match the heatmap "
+                f"targets {target} (joints x H/{stride} x W/{stride}); use an input size that "
+                "the space's strides divide, or check its head's upsampling",
             )  # fmt: skip
-        return joints_mse(output, target, batch["target_weight"])
+
+    def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
+        if output.shape[1:] != batch["target"].shape[1:]:
+            self.check_output_shape(tuple(output.shape[1:]))
+        return joints_mse(output, batch["target"], batch["target_weight"])
 
     def predict(
         self, model: nn.Module, loader: DataLoader, device: torch.device

@@ -111,13 +111,41 @@ def segmentation_problem(segmentation: Any, height: int, width: int) -> str | No
         return (f"an RLE of size {segmentation.get('size')!r} on an image of "
                 f"[{height}, {width}]")  # fmt: skip
     counts = segmentation.get("counts")
-    if isinstance(counts, str):
-        return None
+    if isinstance(counts, str):  # pycocotools decodes any string without a word
+        counts = compressed_rle_counts(counts)
+        if counts is None or any(c < 0 for c in counts):
+            return "RLE counts: not a COCO compressed RLE string"
     if not (isinstance(counts, list) and all(is_integer(c, 0) for c in counts)):
         return "expected RLE counts: a string or a list of non-negative integers"
     if sum(counts) != height * width:
         return f"RLE counts sum to {sum(counts)}, not the image's {height * width} pixels"
     return None
+
+
+def compressed_rle_counts(text: str) -> list[int] | None:
+    """The run lengths a COCO compressed RLE string encodes (pycocotools' ``rleFrString``:
+    5-bit groups in characters '0'..'o', 0x20 continues a number, 0x10 signs its last group,
+    counts from the third on stored as differences to the count two before); None when the
+    string cannot be one."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(text):
+                return None  # a number cut short
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                return None
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
 
 
 def select_categories(

@@ -163,6 +163,10 @@ class SegmentationTask(Task):
         records = load_records(data, image_dir, [c["id"] for c in chosen])
         if not records:
             raise DnasError(f"{ann_path}: no images")
+        if not any(record.instances for record in records):  # else mIoU 100 on background alone
+            names = ", ".join(c["name"] for c in chosen)
+            raise DnasError(f"{ann_path}: no annotation of the chosen categories ({names}) in "
+                            f"split {name!r}: nothing to learn or score")  # fmt: skip
         return SegmentationDataset(records, self.input_hw,
                                    self.options.augment if augment else None, seed,
                                    self.options.crowd == "class")  # fmt: skip
