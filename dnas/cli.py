@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class RootGroup(DnasGroup):
 
         builtin = super().get_command(ctx, name)
         if builtin is not None:
+            if name in COMMANDS.names():  # a plugin's command can never run under this name
+                click.echo(f"warning: a plugin's command {name!r} is hidden by the built-in "
+                           f"'dnas {name}'; register it under another name", err=True)  # fmt: skip
             return builtin
         return COMMANDS.get(name) if name in COMMANDS.names() else None
 
@@ -607,7 +611,14 @@ def data():
     """Dataset tools contributed by task plugins (e.g. synth-mpii)."""
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                     lineno: int, line: str | None = None) -> str:  # fmt: skip
+    """Warnings as the CLI's own: one ``warning:`` line, not the source line that raised it."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:
+    warnings.formatwarning = one_line_warning
     cli.main(prog_name="dnas")
 
 

@@ -272,9 +272,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError(source, "task.name", f"missing required key (one of: {task_names()})")
     for key, registry, name in (("task.name", TASKS, exp.task["name"]),
                                 ("search.strategy", STRATEGIES, exp.search.strategy)):  # fmt: skip
-        if name not in registry.names():  # named here, not first at a run's set-up
-            raise ConfigError(source, key, f"unknown {registry.kind} {name!r} (registered: "
-                              f"{', '.join(registry.names())})")  # fmt: skip
+        try:  # named here, not first at a run's set-up
+            registry.get(name)
+        except DnasError as exc:
+            raise ConfigError(source, key, str(exc)) from None
     if exp.space is None:
         exp.space = default_space(exp.task["name"])
     resolve_paths(exp, Path(source).parent)

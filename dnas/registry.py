@@ -17,21 +17,37 @@ from dnas.errors import DnasError
 
 PLUGIN_GROUP = "dnas.plugins"
 _loaded = False
+_registries: list[Registry] = []
+_failed: list[str] = []  # "name (error)" of every plugin that did not load
 
 
 def load_plugins() -> None:
-    """Import every plugin module declared under the ``dnas.plugins`` entry-point group (once)."""
+    """Import every plugin module declared under the ``dnas.plugins`` entry-point group (once).
+    A plugin that fails to import is skipped with a warning, and whatever it had registered
+    before failing is taken back, so a half-loaded plugin leaves nothing behind."""
     global _loaded
     if _loaded:
         return
     _loaded = True
     for ep in entry_points(group=PLUGIN_GROUP):
+        before = [dict(registry._items) for registry in _registries]
         try:
             import_module(ep.value)
         except Exception as exc:  # noqa: BLE001  any failure of third-party code: one broken
             # plugin must not take the others down (nor be blamed on the user's files)
+            for registry, items in zip(_registries, before, strict=True):
+                registry._items = items
+            _failed.append(f"{ep.name} ({type(exc).__name__}: {exc})")
             warnings.warn(f"dnas plugin {ep.name!r} ({ep.value}) not loaded: "
                           f"{type(exc).__name__}: {exc}", stacklevel=2)  # fmt: skip
+
+
+def check_concrete(cls: Any, kind: str, name: str) -> None:
+    """A registered class must implement its base's abstract methods before it is built."""
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise DnasError(f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) does not "
+                        f"implement {', '.join(missing)}")  # fmt: skip
 
 
 class Registry:
@@ -40,6 +56,7 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, Any] = {}
+        _registries.append(self)
 
     def register(self, name: str) -> Callable[[Any], Any]:
         def add(obj: Any) -> Any:
@@ -52,9 +69,10 @@ class Registry:
 
     def get(self, name: str) -> Any:
         load_plugins()
-        if name not in self._items:
+        if not isinstance(name, str) or name not in self._items:
             known = ", ".join(sorted(self._items)) or "none"
-            raise DnasError(f"unknown {self.kind} {name!r} (registered: {known})")
+            failed = f"; plugins not loaded: {'; '.join(_failed)}" if _failed else ""
+            raise DnasError(f"unknown {self.kind} {name!r} (registered: {known}{failed})")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dnas.config import Experiment
 from dnas.errors import ConfigError, DnasError
-from dnas.registry import TASKS
+from dnas.registry import TASKS, check_concrete
 from dnas.schema import from_dict
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
 
@@ -103,6 +103,7 @@ def build_task(exp: Experiment) -> Task:
         cls = TASKS.get(name)
     except DnasError as exc:
         raise ConfigError(exp.source, "task.name", str(exc)) from None
+    check_concrete(cls, "task", name)
     return cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
 
 
@@ -138,3 +139,21 @@ def build_space(ref: str | None, task: Task, exp: Experiment,
     data = space.to_dict()
     data["head"] = head
     return space_from_dict(data, source=space.source if not exp.head else exp.source)
+
+
+def dataset_of(task: Task, split: str, augment: bool, seed: int = 0) -> Dataset:
+    """``task.dataset(split, augment, seed)`` with its first item checked: a mapping with an
+    ``input`` tensor of the task's ``in_channels`` x H x W. A plugin's mistake is then one line
+    at set-up, not a traceback at the first step after a run's files are written."""
+    dataset = task.dataset(split, augment, seed)
+    if not len(dataset):
+        raise DnasError(f"task {task.name}: its {split!r} split is empty")
+    item = dataset[0]
+    x = item.get("input") if isinstance(item, dict) else None
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[0] != task.in_channels:
+        got = (f"keys {sorted(map(str, item))}" if isinstance(item, dict) and x is None
+               else f"input {tuple(x.shape)}" if isinstance(x, Tensor)
+               else type(x if isinstance(item, dict) else item).__name__)  # fmt: skip
+        raise DnasError(f"task {task.name}: item 0 of its {split!r} split must be a dict with an "
+                        f"'input' tensor of {task.in_channels} x H x W, got {got}")  # fmt: skip
+    return dataset

@@ -16,6 +16,7 @@ from conftest import write_experiment
 from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.errors import ConfigError, DnasError
+from dnas.space.graph import load_space
 
 ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
 
@@ -209,3 +210,16 @@ def test_an_empty_split_a_damaged_checkpoint_and_another_tasks_run_are_refused(t
     same_task("runs/t", {"name": "pose", "dataset": "mpii"}, {"name": "pose"}, "trained")  # default
     same_task("runs/t", {"name": "pose", "dataset": "lsp", "root": "elsewhere"},
               {"name": "pose", "dataset": "lsp"}, "trained")  # fmt: skip
+
+
+def test_training_checkpoints_say_what_their_weights_are_as_model_pt_does(finished):
+    """Export and predict read the preprocessing and outputs from best.pt and last.pt too."""
+    from dnas.nn.weights import onnx_metadata, weights_info
+
+    run = finished["train"]
+    info = weights_info(run / "model.pt")
+    assert info["num_outputs"] == 16 and info["preprocess"]["channels"] == "RGB"
+    for name in ("best.pt", "last.pt"):
+        assert weights_info(run / name) == info
+    space = load_space(ARCH)
+    assert "dnas.preprocess" in onnx_metadata(space, (64, 64), 16, weights_info(run / "best.pt"))

@@ -10,17 +10,24 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from conftest import TINY_SPACE, write_experiment
 
 from dnas.checkpoint import check_resumable
+from dnas.cli import cli
 from dnas.config import config_hash, load_experiment
 from dnas.errors import ConfigError, DnasError
-from dnas.registry import COST_MODELS, STRATEGIES
+from dnas.nn.slim_deconv import SlimDeconvHead
+from dnas.registry import COST_MODELS, HEADS, STRATEGIES, TASKS
 from dnas.schema import to_dict
-from dnas.search.cost_model import CostModel, CostTable
+from dnas.search.cost_model import CostModel, CostTable, get_cost_model
 from dnas.search.darts import DartsStrategy
 from dnas.search.run import run_search
-from dnas.space.graph import SearchSpace
+from dnas.search.strategy import Strategy
+from dnas.space.graph import SearchSpace, load_space
+from tasks.pose.task import PoseTask
+
+ARCH = Path(__file__).parent / "data" / "tiny_arch.yaml"
 
 
 @dataclass
@@ -186,3 +193,142 @@ def test_a_plugin_that_fails_on_import_is_skipped_and_the_rest_load(tmp_path, mo
         registry.load_plugins()
     assert "later_probe" in registry.COST_MODELS.names()  # the plugin after it still loaded
     registry.COST_MODELS._items.pop("later_probe")
+
+
+class WideHead(SlimDeconvHead):
+    """A head plugin that ignores the task's number of outputs."""
+
+    def __init__(self, in_channels, num_outputs, options) -> None:
+        super().__init__(in_channels, num_outputs + 2, options)
+
+
+class RenamedInputs(PoseTask):
+    """A task plugin whose items carry ``image`` instead of ``input``."""
+
+    name = "renamed_inputs"
+
+    def dataset(self, split, augment, seed=0):
+        data = super().dataset(split, augment, seed)
+        return [{("image" if k == "input" else k): v for k, v in data[i].items()}
+                for i in range(len(data))]  # fmt: skip
+
+
+class PerSampleLoss(PoseTask):
+    """A task plugin whose loss is one value per sample, not the batch's mean."""
+
+    name = "per_sample_loss"
+
+    def loss(self, output, batch):
+        return super().loss(output, batch).expand(len(output))
+
+
+class Incomplete(Strategy):
+    """A strategy plugin that implements none of the lifecycle."""
+
+
+class MissingLayer(CostModel):
+    """A cost model whose table leaves out the first searchable layer."""
+
+    metric, unit = "partial", "units"
+
+    def build(self, space: SearchSpace, input_hw, num_outputs) -> CostTable:
+        layers = {lay.name: dict.fromkeys(lay.candidates, 1.0)
+                  for lay in space.searchable_layers[1:]}  # fmt: skip
+        return CostTable(self.metric, self.unit, 0.0, layers, key={})
+
+
+class TenfoldConstant(ConstantCost):
+    """A subclass with the same metric and options: its tables must not be the parent's."""
+
+    def build(self, space: SearchSpace, input_hw, num_outputs) -> CostTable:
+        table = super().build(space, input_hw, num_outputs)
+        table.layers = {n: {op: 10 * c for op, c in ops.items()} for n, ops in table.layers.items()}
+        return table
+
+
+@pytest.fixture
+def broken_plugins():
+    added = {HEADS: {"wide": WideHead}, STRATEGIES: {"incomplete": Incomplete},
+             TASKS: {"renamed_inputs": RenamedInputs, "per_sample_loss": PerSampleLoss},
+             COST_MODELS: {"missing_layer": MissingLayer, "constant": ConstantCost,
+                           "tenfold": TenfoldConstant}}  # fmt: skip
+    for registry, items in added.items():
+        for name, obj in items.items():
+            registry.register(name)(obj)
+    yield
+    for registry, items in added.items():
+        for name in items:
+            registry._items.pop(name)
+
+
+def test_a_plugins_broken_contract_is_one_line_before_the_run_writes(
+    broken_plugins, tmp_path, synth_root
+):
+    """Each of these once passed set-up and failed with a traceback at the first step, after
+    config.yaml and the logs were written (the wide head even trained, on a broadcast loss)."""
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    out = tmp_path / "run"
+    for args, message in (
+        (["--set", "head={type: wide}"], "head 'wide' gives 18 output channels, the pose task "
+                                         "has 16"),
+        (["--set", "task.name=renamed_inputs"], "task renamed_inputs: item 0 of its 'train' split "
+                                                "must be a dict with an 'input' tensor of 3 x H x "
+                                                "W, got keys ['center', 'image', "),
+        (["--strategy", "incomplete"], "strategy 'incomplete' (test_plugin_options.Incomplete) "
+                                       "does not implement adapt_search_space, arch_probs, "),
+        (["--cost-model", "missing_layer"], "cost model MissingLayer: its partial table for "
+                                            f"{TINY_SPACE} misses layers "),
+    ):  # fmt: skip
+        result = CliRunner().invoke(cli, ["search", str(exp), "--out", str(out), *args])
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and not out.exists(), result.output
+    train = ["train", str(exp), "--arch", str(ARCH), "--out", str(out)]
+    result = CliRunner().invoke(cli, [*train, "--set", "task.name=per_sample_loss"])
+    assert result.exit_code == 1 and "Error: the task's loss must return a scalar tensor (the " \
+        "batch's mean), got (4,)" in result.output, result.output  # fmt: skip
+
+
+def test_cost_tables_are_cached_per_cost_model_class(broken_plugins):
+    space = load_space(TINY_SPACE)
+    parent = get_cost_model("constant").table(space, (64, 64), 16)
+    child = get_cost_model("tenfold").table(space, (64, 64), 16)  # same metric and options
+    assert child.uniform_cost() == pytest.approx(10 * parent.uniform_cost())
+    assert get_cost_model("constant").table(space, (64, 64), 16) == parent  # from the cache
+
+
+def test_a_half_loaded_plugin_leaves_nothing_registered_and_is_named(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from dnas import registry
+
+    (tmp_path / "half_dnas_plugin.py").write_text(
+        "from dnas.registry import COST_MODELS, STRATEGIES\n"
+        "COST_MODELS.register('half_probe')(object)\n"
+        "STRATEGIES.register('darts')(object)  # a clash: raises\n"
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = EntryPoint("half", "half_dnas_plugin", registry.PLUGIN_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [plugin, plugin])
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_failed", [])
+    with pytest.warns(UserWarning) as caught:
+        registry.load_plugins()
+    assert [str(w.message) for w in caught] == [
+        "dnas plugin 'half' (half_dnas_plugin) not loaded: ValueError: strategy 'darts' is "
+        "registered twice"
+    ] * 2  # the same cause both times, not a clash with its own first attempt
+    assert "half_probe" not in registry.COST_MODELS.names()
+    with pytest.raises(DnasError, match=r"unknown task 'x' \(registered: pose, segmentation; "
+                                        r"plugins not loaded: half \(ValueError: "):  # fmt: skip
+        registry.TASKS.get("x")
+
+
+def test_a_plugin_command_hidden_by_a_built_in_is_named(monkeypatch):
+    import click
+
+    from dnas.registry import COMMANDS
+
+    monkeypatch.setitem(COMMANDS._items, "train", click.Command("train"))
+    result = CliRunner().invoke(cli, ["train", "--help"])
+    assert "warning: a plugin's command 'train' is hidden by the built-in 'dnas train'" in \
+        result.output  # fmt: skip

@@ -105,7 +105,12 @@ class Amp:
         """The task loss of one batch, the forward pass under autocast, the loss in fp32."""
         with self.autocast():
             output = model(self.input(batch["input"]), **forward_kwargs)
-        return loss_fn(output.float(), batch)
+        loss = loss_fn(output.float(), batch)
+        if not isinstance(loss, Tensor) or loss.dim() != 0:  # a task plugin's mistake
+            got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise DnasError(f"the task's loss must return a scalar tensor (the batch's mean), "
+                            f"got {got}")  # fmt: skip
+        return loss
 
     def step(self, loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
              grad_clip: float = 0.0, update: bool = True) -> None:  # fmt: skip

@@ -35,7 +35,7 @@ from dnas.nn.profile import count_macs, count_params, head_output_shape, op_cost
 from dnas.nn.remap import remap_into
 from dnas.nn.weights import check_fits, load_weights, weights_info, with_info
 from dnas.space.graph import SearchSpace
-from dnas.task import Metrics, Task, build_space
+from dnas.task import Metrics, Task, build_space, dataset_of
 
 KIND = "dnas-train"
 
@@ -43,7 +43,12 @@ KIND = "dnas-train"
 def check_head_output(space: SearchSpace, task: Task) -> None:
     """The task's check of the head's output shape at its input size, on the ``meta`` device,
     so that a size the space's strides cannot serve fails before a run writes anything."""
-    task.check_output_shape(head_output_shape(space, task.input_hw, task.num_outputs))
+    shape = head_output_shape(space, task.input_hw, task.num_outputs)
+    if shape[0] != task.num_outputs:  # a head plugin that ignores its num_outputs
+        head = space.head.type if space.head else "head"
+        raise DnasError(f"{space.source}: head {head!r} gives {shape[0]} output channels, the "
+                        f"{task.name} task has {task.num_outputs}")  # fmt: skip
+    task.check_output_shape(shape)
 
 
 def build_fixed(exp: Experiment, arch_ref: str, task: Task) -> tuple[SearchSpace, Network]:
@@ -114,10 +119,10 @@ class TrainRun(EpochLoop):
         cfg = exp.train
         self.params = self.net.weight_parameters()
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        train_set = self.task.dataset("train", augment=True, seed=exp.seed)
+        train_set = dataset_of(self.task, "train", augment=True, seed=exp.seed)
         self.loader = train_loader(train_set, range(len(train_set)), cfg.batch_size, exp.workers,
                                    exp.seed, self.world.rank, self.world.size)  # fmt: skip
-        self.val_loader = make_loader(self.task.dataset("val", augment=False), cfg.batch_size,
+        self.val_loader = make_loader(dataset_of(self.task, "val", augment=False), cfg.batch_size,
                                       exp.workers)  # fmt: skip
         self.steps = min(len(self.loader), cfg.steps_per_epoch or len(self.loader))
         self.sched = Schedule(self.opt, cfg, self.steps)
@@ -188,11 +193,18 @@ class TrainRun(EpochLoop):
             if self.world.main else None  # fmt: skip
         return distributed.broadcast_object(metrics)
 
+    def info(self) -> dict[str, Any]:
+        """What the weights are (:func:`dnas.nn.weights.weights_info`): in ``model.pt`` and in
+        every training checkpoint, so that export and predict read it from ``best.pt`` too."""
+        return {"arch": self.arch.to_dict(), "input_size": list(self.exp.input_hw),
+                "num_outputs": self.task.num_outputs, "task": self.task.name,
+                "preprocess": dict(self.task.preprocess)}  # fmt: skip
+
     def state(self) -> dict[str, Any]:
         return {
             "best_score": self.best_score, "model": self.net.state_dict(),
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "arch": self.arch.to_dict(),
+            "arch": self.arch.to_dict(), "info": self.info(),
         }  # fmt: skip
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -215,10 +227,7 @@ class TrainRun(EpochLoop):
     def finish(self) -> Metrics:
         """``model.pt``, and the final evaluation in ``log.txt`` and ``results.json``."""
         if self.world.main:
-            info = {"arch": self.arch.to_dict(), "input_size": list(self.exp.input_hw),
-                    "num_outputs": self.task.num_outputs, "task": self.task.name,
-                    "preprocess": dict(self.task.preprocess)}  # fmt: skip
-            checkpoint.save_atomic(with_info(self.net.state_dict(), info),
+            checkpoint.save_atomic(with_info(self.net.state_dict(), self.info()),
                                    self.out_dir / "model.pt")  # fmt: skip
         if self.metrics is None:  # a resumed run that had already finished: score what it holds
             self.metrics = self.evaluate()
@@ -277,7 +286,7 @@ def _evaluate(run: RunContext, arch_ref: str | None, weights: Path, save_vis: in
     load_weights(net, weights)
     net.to(run.device)
     size = model_size(net, exp.input_hw)
-    loader = make_loader(run.task.dataset("val", augment=False), exp.train.batch_size,
+    loader = make_loader(dataset_of(run.task, "val", augment=False), exp.train.batch_size,
                          exp.workers)  # fmt: skip
     metrics = run.task.evaluate(net, loader, run.device, run.out_dir, save_vis)
     results = {

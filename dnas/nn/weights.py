@@ -47,8 +47,10 @@ def weights_info(path: Path) -> dict[str, Any] | None:
     info = getattr(obj, "_metadata", {}).get(KEY) if isinstance(obj, dict) else None
     if isinstance(info, dict):
         return info
+    if isinstance(obj, dict) and isinstance(obj.get("info"), dict):
+        return obj["info"]  # a training checkpoint
     if isinstance(obj, dict) and isinstance(obj.get("arch"), dict) and "config" in obj:
-        config = obj["config"]  # a training checkpoint
+        config = obj["config"]  # a training checkpoint written before 2026-12-05
         task = config["task"].get("name")
         return {"arch": obj["arch"], "input_size": list(config["input_size"]),
                 "num_outputs": None, "task": task, "preprocess": {}}  # fmt: skip

@@ -8,6 +8,7 @@ is the stem, head and every non-searchable layer. How the cost enters the archit
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from abc import ABC, abstractmethod
@@ -21,8 +22,8 @@ from torch import Tensor
 from dnas.config import CostConfig
 from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
-from dnas.registry import COST_MODELS
-from dnas.schema import is_integer, read_json
+from dnas.registry import COST_MODELS, check_concrete
+from dnas.schema import is_finite_number, is_integer, read_json
 from dnas.space.graph import SearchSpace
 
 
@@ -93,6 +94,31 @@ class CostTable:
                             "cost_model: {type: latency, table: ...})") from None  # fmt: skip
 
 
+def coverage_problem(table: CostTable, space: SearchSpace) -> str | None:
+    """What keeps ``table`` from costing every architecture of ``space`` (a missing or extra
+    layer or op, a value that is not a finite number), or None."""
+    layers = {layer.name: layer.candidates for layer in space.searchable_layers}
+    if table.layers.keys() != layers.keys():
+        missing, extra = layers.keys() - table.layers.keys(), table.layers.keys() - layers.keys()
+        return (f"misses layers {listing(sorted(missing), 4) or 'none'} and has others "
+                f"{listing(sorted(extra), 4) or 'none'}")  # fmt: skip
+    for name, ops in layers.items():
+        if list(table.layers[name]) != list(ops):  # in order: expected() pairs them with probs
+            return f"layer {name}: has ops {list(table.layers[name])}, the space {list(ops)}"
+        if not all(map(is_finite_number, table.layers[name].values())):
+            return f"layer {name}: a cost that is not a finite number"
+    return None if is_finite_number(table.fixed) else "has a fixed cost that is not a number"
+
+
+def source_digest(cls: type) -> str:
+    """A hash of a class's source ('' where there is none to read, e.g. a notebook's class)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return ""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 def cache_dir() -> Path:
     """Where cost tables are cached: $DNAS_CACHE_DIR, else ~/.cache/dnas."""
     return Path(os.environ.get("DNAS_CACHE_DIR", Path.home() / ".cache" / "dnas"))
@@ -115,7 +141,13 @@ class CostModel(ABC):
         self.options = options if options is not None else self.Options()
 
     def table(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
+        """The table of ``space`` at ``input_hw``: from the cache when one was built for the same
+        space, input, outputs, options and cost-model class (its source included), else built
+        and cached. A table that misses a layer or an op of the space is refused."""
+        cls = type(self)
         key = {
+            "model": f"{cls.__module__}.{cls.__qualname__}",
+            "code": source_digest(cls),  # an edited build() builds anew
             "metric": self.metric,
             "space": space.digest(),
             "input": list(input_hw),
@@ -131,12 +163,15 @@ class CostModel(ABC):
                 table = CostTable.load(path)
             except DnasError:  # a half-written or foreign file: measured again below
                 table = None
-            if table is not None and table.key == key:
+            if table is not None and table.key == key and not coverage_problem(table, space):
                 return table
         # Building instantiates modules: keep the caller's RNG stream identical with or without
         # a cached table, so a seeded search does not depend on the cache.
         with torch.random.fork_rng(devices=[]):
             table = self.build(space, input_hw, num_outputs)
+        if problem := coverage_problem(table, space):
+            raise DnasError(f"cost model {cls.__qualname__}: its {self.metric} table for "
+                            f"{space.source} {problem}")  # fmt: skip
         table.key = key
         table.save(path)
         return table
@@ -154,7 +189,9 @@ class CostModel(ABC):
 def get_cost_model(name: str, cfg: CostConfig | None = None) -> CostModel:
     """The registered cost model ``name``, with the options of ``cfg`` (its defaults when
     ``cfg`` is None or holds none)."""
-    return COST_MODELS.get(name)(cfg.options if cfg is not None else None)
+    cls = COST_MODELS.get(name)
+    check_concrete(cls, "cost model", name)
+    return cls(cfg.options if cfg is not None else None)
 
 
 def configured_cost_model(cfg: CostConfig, source: str) -> CostModel:

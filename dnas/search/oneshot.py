@@ -37,6 +37,7 @@ from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.derive import SearchRecord, load_search, write_architecture
 from dnas.search.run import split_indices
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
+from dnas.task import dataset_of
 
 
 @dataclass
@@ -245,11 +246,11 @@ def score(supernet: SuperNet, candidates: list[Candidate], calibration_batches: 
     search's weight split."""
     exp, task = supernet.record.exp, supernet.record.task
     device = pick_device(exp.device)
-    train = task.dataset("train", augment=True, seed=seed)
+    train = dataset_of(task, "train", augment=True, seed=seed)
     weight_idx, _ = split_indices(len(train), exp.search.arch_fraction, exp.seed)
     loader = train_loader(train, weight_idx, exp.search.batch_size, exp.workers, seed)
     calibration = list(itertools.islice(stream(loader, 0), calibration_batches))
-    val = make_loader(task.dataset("val", augment=False), exp.search.batch_size, exp.workers)
+    val = make_loader(dataset_of(task, "val", augment=False), exp.search.batch_size, exp.workers)
     label = ""
     for c in candidates:
         seed_everything(seed)

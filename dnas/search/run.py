@@ -33,12 +33,12 @@ from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.nn.network import Network
 from dnas.nn.remap import remap_into
-from dnas.registry import STRATEGIES
+from dnas.registry import STRATEGIES, check_concrete
 from dnas.search.cost_model import CostTable, configured_cost_model
 from dnas.search.strategy import Strategy
 from dnas.space.choices import decisiveness, entropies
 from dnas.space.graph import SearchSpace
-from dnas.task import Task, build_space
+from dnas.task import Task, build_space, dataset_of
 
 KIND = "dnas-search"
 
@@ -57,6 +57,7 @@ def build_strategy(exp: Experiment, amp: Amp) -> Strategy:
         cls = STRATEGIES.get(exp.search.strategy)
     except DnasError as exc:
         raise ConfigError(exp.source, "search.strategy", str(exc)) from None
+    check_concrete(cls, "strategy", exp.search.strategy)
     return cls(exp.search, exp.cost_model, amp)
 
 
@@ -113,8 +114,8 @@ class SearchRun(EpochLoop):
 
     def make_loaders(self) -> None:
         exp, world = self.exp, self.world
-        train = self.task.dataset("train", augment=True, seed=exp.seed)
-        plain = self.task.dataset("train", augment=False, seed=exp.seed)
+        train = dataset_of(self.task, "train", augment=True, seed=exp.seed)
+        plain = dataset_of(self.task, "train", augment=False, seed=exp.seed)
         self.w_idx, self.a_idx = split_indices(len(train), exp.search.arch_fraction, exp.seed)
         bs, workers = exp.search.batch_size, exp.workers
         self.weight_loader = train_loader(train, self.w_idx, bs, workers, exp.seed,
