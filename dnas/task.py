@@ -76,6 +76,11 @@ class Task(ABC):
     def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
         """The task loss of a batch (a scalar)."""
 
+    def output_info(self) -> dict[str, Any]:
+        """What a deployer needs to read the outputs (e.g. the joint or class names and the
+        dataset): recorded with trained weights and in exported ONNX files."""
+        return {}
+
     def check_output_shape(self, shape: tuple[int, int, int]) -> None:  # noqa: B027 optional
         """Refuse (ConfigError) a head whose output per input, (C, H, W), this task cannot
         score at its input size. Checked before a run writes anything; default: any shape."""

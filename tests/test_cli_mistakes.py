@@ -89,7 +89,8 @@ def test_run_mistakes_name_the_option_and_leave_no_folder(tmp_path, finished):
     one_line_error(["train", exp, "--arch", ARCH, "--out", str(out), "--init", exp],
                    "exp.yaml: not a PyTorch checkpoint")  # a YAML given as weights  # fmt: skip
     one_line_error(["eval", exp, "--weights", str(finished["search"] / "search.pt"), "-o",
-                    str(out)], "pass --arch")  # fmt: skip
+                    str(out)], "search.pt: a search checkpoint (its super net holds every "
+                   "candidate op)")  # once: "record no architecture; pass --arch"  # fmt: skip
     assert not out.exists()
     odd = ["--out", str(tmp_path / "odd"), "--set", "input_size=[72, 72]"]
     for command in (["search", exp], ["train", exp, "--arch", ARCH]):
@@ -114,6 +115,11 @@ def test_option_values_are_checked_where_they_are_given(tmp_path, finished, synt
     )
     one_line_error([*predict, "--min-score", "nan", "-o", str(tmp_path / "p.png")],
                    "Invalid value for '--min-score': expected a finite number")  # fmt: skip
+    search = str(finished["search"] / "search.pt")
+    for command in (["export", "-o", str(tmp_path / "s.onnx")],
+                    ["predict", image, "-o", str(tmp_path / "s.png")]):  # fmt: skip
+        one_line_error([*command, "--weights", search], "search.pt: a search checkpoint (its "
+                       "super net holds every candidate op); derive an architecture")  # fmt: skip
     export = ["export", "--weights", weights, "-o", str(tmp_path / "n.onnx")]
     one_line_error([*export, "--opset", "99"], "--opset 99: this torch")
     one_line_error([*export, "--input-size", "0x64"], "Invalid value for '--input-size'")

@@ -75,6 +75,12 @@ def test_export_records_the_net_in_the_onnx_metadata(trained, tmp_path):
     props = {p.key: p.value for p in model.metadata_props}
     assert props["dnas.architecture"] == "tiny-arch" and props["dnas.input_size"] == "64x64"
     assert props["dnas.num_outputs"] == "16" and '"mean"' in props["dnas.preprocess"]
+    outputs = json.loads(props["dnas.outputs"])  # what a deployer needs to read the maps
+    assert outputs["dataset"] == "mpii" and len(outputs["joint_names"]) == 16
+    assert outputs["heatmap_stride"] == 4
+    arch = tmp_path / "from_onnx.yaml"  # the recorded architecture rebuilds and costs the net
+    arch.write_text(props["dnas.arch"])
+    assert runner.invoke(cli, ["cost", str(arch), "--input-size", "64x64"]).exit_code == 0
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     assert dims == [3, 64, 64]
     wrong = runner.invoke(cli, ["export", "--weights", str(weights), "-o",
@@ -103,3 +109,6 @@ def test_predict_needs_no_arch_and_refuses_another_joint_set(trained, tmp_path):
     coco = runner.invoke(cli, ["predict", str(image), "--weights", str(weights), "--dataset",
                                "coco", "-o", str(tmp_path / "c.png")])  # fmt: skip
     assert coco.exit_code == 1 and "outputs 16, not 17" in coco.output
+    outside = runner.invoke(cli, ["predict", str(image), "--weights", str(weights), "--box",
+                                  "70,10,20,20", "-o", str(tmp_path / "o.png")])  # fmt: skip
+    assert outside.exit_code == 1 and "the box lies outside the 60x80 image" in outside.output

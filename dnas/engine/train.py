@@ -198,7 +198,8 @@ class TrainRun(EpochLoop):
         every training checkpoint, so that export and predict read it from ``best.pt`` too."""
         return {"arch": self.arch.to_dict(), "input_size": list(self.exp.input_hw),
                 "num_outputs": self.task.num_outputs, "task": self.task.name,
-                "preprocess": dict(self.task.preprocess)}  # fmt: skip
+                "preprocess": dict(self.task.preprocess),
+                "outputs": self.task.output_info()}  # fmt: skip
 
     def state(self) -> dict[str, Any]:
         return {

@@ -44,6 +44,11 @@ def weights_info(path: Path) -> dict[str, Any] | None:
     ``input_size``, ``num_outputs`` (None if unknown), ``task``, ``preprocess``; None for weights
     that record nothing (a bare state_dict from elsewhere)."""
     obj = checkpoint.load(path)
+    if isinstance(obj, dict) and obj.get("kind") == "dnas-search":
+        raise DnasError(
+            f"{path}: a search checkpoint (its super net holds every candidate op); "
+            "derive an architecture (dnas derive) and train it (dnas train) first"
+        )
     info = getattr(obj, "_metadata", {}).get(KEY) if isinstance(obj, dict) else None
     if isinstance(info, dict):
         return info
@@ -87,9 +92,13 @@ def resolve(weights: Path, arch: str | None, input_size: tuple[int, int] | None
 def onnx_metadata(space: SearchSpace, size: tuple[int, int], outputs: int,
                   info: dict[str, Any] | None) -> dict[str, str]:  # fmt: skip
     """What an exported ONNX file records of its net (``metadata_props``, strings)."""
-    meta = {"dnas.architecture": space.name, "dnas.input_size": f"{size[0]}x{size[1]}",
-            "dnas.num_outputs": str(outputs)}  # fmt: skip
-    for key in ("task", "preprocess"):
+    meta = {
+        "dnas.architecture": space.name,
+        "dnas.input_size": f"{size[0]}x{size[1]}",
+        "dnas.num_outputs": str(outputs),
+        "dnas.arch": json.dumps(space.to_dict()),
+    }  # the architecture, to rebuild the net
+    for key in ("task", "preprocess", "outputs"):
         if info and info.get(key):
             meta[f"dnas.{key}"] = json.dumps(info[key])
     return meta

@@ -171,9 +171,8 @@ def parse_box(ctx: click.Context, param: click.Parameter,
               help="Person box x,y,w,h in pixels (default: the whole image).")  # fmt: skip
 @click.option(
     "--dataset",
-    default="mpii",
-    show_default=True,
-    help="The joint set the weights predict (a registered pose dataset).",
+    help="The joint set the weights predict (a registered pose dataset; default: the one they "
+    "were trained on, else mpii).",
 )
 @click.option("--input-size", type=SIZE, help="HxW of the crop (default: the weights' training "
               "size, else 256x256).")  # fmt: skip
@@ -185,7 +184,7 @@ def parse_box(ctx: click.Context, param: click.Parameter,
               "each with 'drawn' and 'in_image').")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 def predict(image: Path, arch: str | None, weights: Path,
-            box: tuple[float, float, float, float] | None, dataset: str,
+            box: tuple[float, float, float, float] | None, dataset: str | None,
             input_size: tuple[int, int] | None, output: Path | None, no_flip: bool,
             min_score: float, force: bool) -> None:  # fmt: skip
     """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
@@ -203,22 +202,28 @@ def predict(image: Path, arch: str | None, weights: Path,
         raise click.BadParameter(f"expected an image path such as pose.png, got '{output}'",
                                  param_hint="'-o' / '--out'")  # fmt: skip
     guard_output(output, force)
-    cls = DATASETS.get(dataset)
     weights = weights_file(weights)
     space, (height, width), info = resolve(weights, arch, input_size)
+    if info and info.get("task") not in (None, "pose"):
+        raise DnasError(f"{weights}: {info['task']} weights; dnas predict draws pose keypoints")
+    dataset = dataset or (info or {}).get("outputs", {}).get("dataset", "mpii")
+    cls = DATASETS.get(dataset)
     check_fits(info, weights, "outputs", info and info.get("num_outputs"), cls.num_joints(),
                f" (the {dataset} joint set; pass the --dataset they were trained on)")  # fmt: skip
     net = Network(space, cls.num_joints())
     load_weights(net, weights)
     picture = read_rgb(image)
-    person = box or (0.0, 0.0, float(picture.shape[1]), float(picture.shape[0]))
+    h, w = picture.shape[:2]
+    if box and not (box[0] < w and box[1] < h and box[0] + box[2] > 0 and box[1] + box[3] > 0):
+        raise click.BadParameter(f"the box lies outside the {w}x{h} image",
+                                 param_hint="'--box'")  # fmt: skip
+    person = box or (0.0, 0.0, float(w), float(h))
     center, scale = box_to_center_scale(person, (width, height))
     crop = warp(picture, affine_transform(center, scale, 0.0, (width, height)), (width, height))
     preds, scores = predict_batch(net, to_input(crop)[None], center[None], scale[None],
                                   cls.flip_pairs, flip=not no_flip)  # fmt: skip
     shown = scores[0] >= min_score
     write_png(output, draw_pose(picture, preds[0], shown, cls.joint_names, cls.skeleton))
-    h, w = picture.shape[:2]
     keypoints = [
         {"name": n, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4),
          "drawn": bool(d), "in_image": bool(0 <= x < w and 0 <= y < h)}

@@ -96,6 +96,11 @@ class PoseTask(Task):
                               "detection threshold leave none)")  # fmt: skip
         return dataset
 
+    def output_info(self) -> dict[str, Any]:
+        """One heatmap per joint, at input / heatmap_stride; predictions are 0-based pixels."""
+        return {"dataset": self.options.dataset, "joint_names": list(self.dataset_cls.joint_names),
+                "heatmap_stride": self.options.heatmap_stride}  # fmt: skip
+
     def check_output_shape(self, shape: tuple[int, int, int]) -> None:
         """The head must give one heatmap per joint at the targets' size (input / stride)."""
         stride = self.options.heatmap_stride

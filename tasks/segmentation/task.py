@@ -171,6 +171,10 @@ class SegmentationTask(Task):
                                    self.options.augment if augment else None, seed,
                                    self.options.crowd == "class")  # fmt: skip
 
+    def output_info(self) -> dict[str, Any]:
+        """One logit map per class (background first), upsampled to the input size."""
+        return {"class_names": list(self.class_names)}
+
     def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
         """Pixel-wise cross-entropy, logits upsampled bilinearly to the label size; ignore
         pixels (255) are left out of the mean (a batch of only ignore pixels gives 0)."""
