@@ -7,6 +7,7 @@ the core never names a plugin.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from importlib import import_module
@@ -23,23 +24,30 @@ _failed: list[str] = []  # "name (error)" of every plugin that did not load
 
 def load_plugins() -> None:
     """Import every plugin module declared under the ``dnas.plugins`` entry-point group (once).
-    A plugin that fails to import is skipped with a warning, and whatever it had registered
-    before failing is taken back, so a half-loaded plugin leaves nothing behind."""
+    A plugin that fails to import is skipped with a warning, and what its failed modules had
+    registered is taken back (:func:`forget_unimported`)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
     for ep in entry_points(group=PLUGIN_GROUP):
-        before = [dict(registry._items) for registry in _registries]
         try:
             import_module(ep.value)
         except Exception as exc:  # noqa: BLE001  any failure of third-party code: one broken
             # plugin must not take the others down (nor be blamed on the user's files)
-            for registry, items in zip(_registries, before, strict=True):
-                registry._items = items
+            forget_unimported()
             _failed.append(f"{ep.name} ({type(exc).__name__}: {exc})")
             warnings.warn(f"dnas plugin {ep.name!r} ({ep.value}) not loaded: "
                           f"{type(exc).__name__}: {exc}", stacklevel=2)  # fmt: skip
+
+
+def forget_unimported() -> None:
+    """Drop what modules that failed to import had registered: Python removes such a module
+    from ``sys.modules``, and importing it again (a sibling entry point) would register its
+    objects anew and clash with these. Modules that did import keep their registrations."""
+    for registry in _registries:
+        registry._items = {name: obj for name, obj in registry._items.items()
+                           if getattr(obj, "__module__", None) in (None, *sys.modules)}  # fmt: skip
 
 
 def check_concrete(cls: Any, kind: str, name: str) -> None:

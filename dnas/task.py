@@ -7,6 +7,7 @@ Tasks register under a name in ``dnas.registry.TASKS``; the core never imports o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -154,11 +155,12 @@ def dataset_of(task: Task, split: str, augment: bool, seed: int = 0) -> Dataset:
     if not len(dataset):
         raise DnasError(f"task {task.name}: its {split!r} split is empty")
     item = dataset[0]
-    x = item.get("input") if isinstance(item, dict) else None
-    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[0] != task.in_channels:
-        got = (f"keys {sorted(map(str, item))}" if isinstance(item, dict) and x is None
-               else f"input {tuple(x.shape)}" if isinstance(x, Tensor)
-               else type(x if isinstance(item, dict) else item).__name__)  # fmt: skip
-        raise DnasError(f"task {task.name}: item 0 of its {split!r} split must be a dict with an "
-                        f"'input' tensor of {task.in_channels} x H x W, got {got}")  # fmt: skip
+    x = item.get("input") if isinstance(item, Mapping) else None
+    shape = tuple(getattr(x, "shape", ()))  # a tensor or an array: the loader collates both
+    if len(shape) != 3 or shape[0] != task.in_channels:
+        got = (f"keys {sorted(map(str, item))}" if isinstance(item, Mapping) and x is None
+               else f"input of shape {shape}" if shape
+               else type(x if isinstance(item, Mapping) else item).__name__)  # fmt: skip
+        raise DnasError(f"task {task.name}: item 0 of its {split!r} split must be a mapping with "
+                        f"an 'input' of {task.in_channels} x H x W, got {got}")  # fmt: skip
     return dataset

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import yaml
@@ -222,6 +223,22 @@ class PerSampleLoss(PoseTask):
         return super().loss(output, batch).expand(len(output))
 
 
+class ArrayInputs(PoseTask):
+    """A task plugin whose inputs are arrays and whose loss has shape (1,): both valid."""
+
+    name = "array_inputs"
+
+    def dataset(self, split, augment, seed=0):
+        data = super().dataset(split, augment, seed)
+        if split != "train":
+            return data  # scored by the pose evaluation, which reads the dataset's own methods
+        return [{k: (v.numpy() if k == "input" else v) for k, v in data[i].items()}
+                for i in range(len(data))]  # fmt: skip
+
+    def loss(self, output, batch):
+        return super().loss(output, batch).reshape(1)
+
+
 class Incomplete(Strategy):
     """A strategy plugin that implements none of the lifecycle."""
 
@@ -249,7 +266,8 @@ class TenfoldConstant(ConstantCost):
 @pytest.fixture
 def broken_plugins():
     added = {HEADS: {"wide": WideHead}, STRATEGIES: {"incomplete": Incomplete},
-             TASKS: {"renamed_inputs": RenamedInputs, "per_sample_loss": PerSampleLoss},
+             TASKS: {"renamed_inputs": RenamedInputs, "per_sample_loss": PerSampleLoss,
+                     "array_inputs": ArrayInputs},
              COST_MODELS: {"missing_layer": MissingLayer, "constant": ConstantCost,
                            "tenfold": TenfoldConstant}}  # fmt: skip
     for registry, items in added.items():
@@ -272,8 +290,8 @@ def test_a_plugins_broken_contract_is_one_line_before_the_run_writes(
         (["--set", "head={type: wide}"], "head 'wide' gives 18 output channels, the pose task "
                                          "has 16"),
         (["--set", "task.name=renamed_inputs"], "task renamed_inputs: item 0 of its 'train' split "
-                                                "must be a dict with an 'input' tensor of 3 x H x "
-                                                "W, got keys ['center', 'image', "),
+                                                "must be a mapping with an 'input' of 3 x H x W, "
+                                                "got keys ['center', 'image', "),
         (["--strategy", "incomplete"], "strategy 'incomplete' (test_plugin_options.Incomplete) "
                                        "does not implement adapt_search_space, arch_probs, "),
         (["--cost-model", "missing_layer"], "cost model MissingLayer: its partial table for "
@@ -284,8 +302,11 @@ def test_a_plugins_broken_contract_is_one_line_before_the_run_writes(
         assert len(result.output.strip().splitlines()) == 1 and not out.exists(), result.output
     train = ["train", str(exp), "--arch", str(ARCH), "--out", str(out)]
     result = CliRunner().invoke(cli, [*train, "--set", "task.name=per_sample_loss"])
-    assert result.exit_code == 1 and "Error: the task's loss must return a scalar tensor (the " \
+    assert result.exit_code == 1 and "Error: the task's loss must return one value (the " \
         "batch's mean), got (4,)" in result.output, result.output  # fmt: skip
+    # what the loader collates is fine: an array input, a (1,) loss
+    result = CliRunner().invoke(cli, [*train, "--set", "task.name=array_inputs"])
+    assert result.exit_code == 0 and (out / "model.pt").exists(), result.output
 
 
 def test_cost_tables_are_cached_per_cost_model_class(broken_plugins):
@@ -293,7 +314,8 @@ def test_cost_tables_are_cached_per_cost_model_class(broken_plugins):
     parent = get_cost_model("constant").table(space, (64, 64), 16)
     child = get_cost_model("tenfold").table(space, (64, 64), 16)  # same metric and options
     assert child.uniform_cost() == pytest.approx(10 * parent.uniform_cost())
-    assert get_cost_model("constant").table(space, (64, 64), 16) == parent  # from the cache
+    with patch.object(ConstantCost, "build", side_effect=AssertionError("rebuilt")):
+        assert get_cost_model("constant").table(space, (64, 64), 16) == parent  # the cache
 
 
 def test_a_half_loaded_plugin_leaves_nothing_registered_and_is_named(tmp_path, monkeypatch):
@@ -301,12 +323,21 @@ def test_a_half_loaded_plugin_leaves_nothing_registered_and_is_named(tmp_path, m
 
     from dnas import registry
 
+    (tmp_path / "kept_dnas_helper.py").write_text(  # imports fine: keeps what it registers
+        "from dnas.registry import COST_MODELS\n"
+        "class Kept: pass\n"
+        "COST_MODELS.register('kept_probe')(Kept)\n"
+    )  # fmt: skip
     (tmp_path / "half_dnas_plugin.py").write_text(
-        "from dnas.registry import COST_MODELS, STRATEGIES\n"
-        "COST_MODELS.register('half_probe')(object)\n"
-        "STRATEGIES.register('darts')(object)  # a clash: raises\n"
+        "import kept_dnas_helper\n"
+        "from dnas.registry import COST_MODELS, STRATEGIES, Registry\n"
+        "OWN = Registry('own kind')  # a plugin's own registry, made while importing\n"
+        "class Probe: pass\n"
+        "COST_MODELS.register('half_probe')(Probe)\n"
+        "STRATEGIES.register('darts')(Probe)  # a clash: raises\n"
     )  # fmt: skip
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_registries", list(registry._registries))
     plugin = EntryPoint("half", "half_dnas_plugin", registry.PLUGIN_GROUP)
     monkeypatch.setattr(registry, "entry_points", lambda group: [plugin, plugin])
     monkeypatch.setattr(registry, "_loaded", False)
@@ -318,6 +349,8 @@ def test_a_half_loaded_plugin_leaves_nothing_registered_and_is_named(tmp_path, m
         "registered twice"
     ] * 2  # the same cause both times, not a clash with its own first attempt
     assert "half_probe" not in registry.COST_MODELS.names()
+    assert "kept_probe" in registry.COST_MODELS.names() and "darts" in registry.STRATEGIES.names()
+    registry.COST_MODELS._items.pop("kept_probe")
     with pytest.raises(DnasError, match=r"unknown task 'x' \(registered: pose, segmentation; "
                                         r"plugins not loaded: half \(ValueError: "):  # fmt: skip
         registry.TASKS.get("x")

@@ -106,11 +106,11 @@ class Amp:
         with self.autocast():
             output = model(self.input(batch["input"]), **forward_kwargs)
         loss = loss_fn(output.float(), batch)
-        if not isinstance(loss, Tensor) or loss.dim() != 0:  # a task plugin's mistake
+        if not isinstance(loss, Tensor) or loss.numel() != 1:  # a task plugin's mistake
             got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise DnasError(f"the task's loss must return a scalar tensor (the batch's mean), "
+            raise DnasError(f"the task's loss must return one value (the batch's mean), "
                             f"got {got}")  # fmt: skip
-        return loss
+        return loss.reshape(())  # a (1,) loss as a scalar: the step sums into a scalar
 
     def step(self, loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
              grad_clip: float = 0.0, update: bool = True) -> None:  # fmt: skip

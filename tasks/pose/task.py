@@ -103,20 +103,23 @@ class PoseTask(Task):
 
     def check_output_shape(self, shape: tuple[int, int, int]) -> None:
         """The head must give one heatmap per joint at the targets' size (input / stride)."""
-        stride = self.options.heatmap_stride
         height, width = self.input_hw
-        target = (self.num_outputs, height // stride, width // stride)
-        if tuple(shape) != target:
+        stride = self.options.heatmap_stride
+        self.check_match(tuple(shape), (self.num_outputs, height // stride, width // stride))
+
+    def check_match(self, output: tuple[int, ...], target: tuple[int, ...]) -> None:
+        if output != target:
+            height, width = self.input_hw
+            stride = self.options.heatmap_stride
             raise ConfigError(
                 self.source, "input_size",
-                f"{height}x{width}: the head's output {tuple(shape)} does not match the heatmap "
+                f"{height}x{width}: the head's output {output} does not match the heatmap "
                 f"targets {target} (joints x H/{stride} x W/{stride}); use an input size that "
                 "the space's strides divide, or check its head's upsampling",
             )  # fmt: skip
 
     def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
-        if output.shape[1:] != batch["target"].shape[1:]:
-            self.check_output_shape(tuple(output.shape[1:]))
+        self.check_match(tuple(output.shape[1:]), tuple(batch["target"].shape[1:]))
         return joints_mse(output, batch["target"], batch["target_weight"])
 
     def predict(
