@@ -321,9 +321,25 @@ def default_space(task_name: str) -> str | None:
 
 def write_config(exp: Experiment, path: Path) -> None:
     """Write ``exp`` as a run's ``config.yaml``: every value resolved, and loadable as it is
-    (``dnas search RUN/config.yaml``)."""
+    (``dnas search RUN/config.yaml``). Other strategies' sections at their defaults are left
+    out (loading fills them in again), so the file still loads where a plugin that declared
+    one is not installed."""
     data = {k: v for k, v in to_dict(exp).items() if k != "source"}
+    for key in idle_default_sections(exp):
+        data["search"].pop(key)
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def idle_default_sections(exp: Experiment) -> list[str]:
+    """The ``search:`` option sections of strategies other than ``exp``'s own that hold
+    nothing but their defaults."""
+    own = STRATEGIES.get(exp.search.strategy).options_key
+    defaults = default_strategy_options()
+    return [
+        key
+        for key, value in exp.search.options.items()
+        if key not in (own, None) and to_dict(value) == to_dict(defaults.get(key))
+    ]
 
 
 UNHASHED = ("workers", "source", "checkpoint")  # cannot change a run's results

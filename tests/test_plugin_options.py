@@ -17,6 +17,7 @@ from conftest import TINY_SPACE, write_experiment
 from dnas.checkpoint import check_resumable
 from dnas.cli import cli
 from dnas.config import config_hash, load_experiment
+from dnas.engine.progress import Reporter
 from dnas.errors import ConfigError, DnasError
 from dnas.nn.slim_deconv import SlimDeconvHead
 from dnas.registry import COST_MODELS, HEADS, STRATEGIES, TASKS
@@ -365,3 +366,20 @@ def test_a_plugin_command_hidden_by_a_built_in_is_named(monkeypatch):
     result = CliRunner().invoke(cli, ["train", "--help"])
     assert "warning: a plugin's command 'train' is hidden by the built-in 'dnas train'" in \
         result.output  # fmt: skip
+
+
+def test_a_run_directory_loads_without_the_plugins_installed_when_it_ran(tmp_path, synth_root):
+    """A run's config.yaml leaves out other strategies' sections at their defaults: a plugin
+    strategy's section once made every run of that machine unloadable without the plugin."""
+    search = {"strategy": "gumbel", "darts": {"temperature_end": 0.5}}
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root, search=search)
+    STRATEGIES.register("scaled_darts")(ScaledDarts)
+    try:
+        run_search(load_experiment(exp), tmp_path / "run", Reporter(lambda _: None))
+    finally:
+        STRATEGIES._items.pop("scaled_darts")
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["search"]
+    assert "scaled" not in recorded and "random" not in recorded  # idle, at their defaults
+    assert recorded["darts"]["temperature_end"] == 0.5 and "single_path" in recorded  # kept
+    again = load_experiment(tmp_path / "run" / "config.yaml")  # no 'unknown key: scaled'
+    assert config_hash(again) == config_hash(load_experiment(exp))  # the same experiment
