@@ -47,7 +47,14 @@ def forget_unimported() -> None:
     objects anew and clash with these. Modules that did import keep their registrations."""
     for registry in _registries:
         registry._items = {name: obj for name, obj in registry._items.items()
-                           if getattr(obj, "__module__", None) in (None, *sys.modules)}  # fmt: skip
+                           if defining_module(obj) in sys.modules}  # fmt: skip
+
+
+def defining_module(obj: Any) -> str:
+    """The module that made ``obj``: a click command's is its callback's (the command object
+    itself says ``click.core``); '__main__' when nothing says."""
+    target = getattr(obj, "callback", None) or obj
+    return getattr(target, "__module__", None) or "__main__"
 
 
 def check_concrete(cls: Any, kind: str, name: str) -> None:

@@ -149,14 +149,15 @@ def build_space(ref: str | None, task: Task, exp: Experiment,
 
 def dataset_of(task: Task, split: str, augment: bool, seed: int = 0) -> Dataset:
     """``task.dataset(split, augment, seed)`` with its first item checked: a mapping with an
-    ``input`` tensor of the task's ``in_channels`` x H x W. A plugin's mistake is then one line
-    at set-up, not a traceback at the first step after a run's files are written."""
+    ``input`` (a tensor or an array, as the loader collates both) of the task's
+    ``in_channels`` x H x W. A plugin's mistake is then one line at set-up, not a traceback at
+    the first step after a run's files are written."""
     dataset = task.dataset(split, augment, seed)
     if not len(dataset):
         raise DnasError(f"task {task.name}: its {split!r} split is empty")
     item = dataset[0]
     x = item.get("input") if isinstance(item, Mapping) else None
-    shape = tuple(getattr(x, "shape", ()))  # a tensor or an array: the loader collates both
+    shape = tuple(getattr(x, "shape", ()))
     if len(shape) != 3 or shape[0] != task.in_channels:
         got = (f"keys {sorted(map(str, item))}" if isinstance(item, Mapping) and x is None
                else f"input of shape {shape}" if shape

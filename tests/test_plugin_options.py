@@ -330,8 +330,10 @@ def test_a_half_loaded_plugin_leaves_nothing_registered_and_is_named(tmp_path, m
         "COST_MODELS.register('kept_probe')(Kept)\n"
     )  # fmt: skip
     (tmp_path / "half_dnas_plugin.py").write_text(
+        "import click\n"
         "import kept_dnas_helper\n"
-        "from dnas.registry import COST_MODELS, STRATEGIES, Registry\n"
+        "from dnas.registry import COMMANDS, COST_MODELS, STRATEGIES, Registry\n"
+        "COMMANDS.register('half-cmd')(click.command('half-cmd')(lambda: None))\n"
         "OWN = Registry('own kind')  # a plugin's own registry, made while importing\n"
         "class Probe: pass\n"
         "COST_MODELS.register('half_probe')(Probe)\n"
@@ -350,6 +352,7 @@ def test_a_half_loaded_plugin_leaves_nothing_registered_and_is_named(tmp_path, m
         "registered twice"
     ] * 2  # the same cause both times, not a clash with its own first attempt
     assert "half_probe" not in registry.COST_MODELS.names()
+    assert "half-cmd" not in registry.COMMANDS.names()  # a click command: by its callback
     assert "kept_probe" in registry.COST_MODELS.names() and "darts" in registry.STRATEGIES.names()
     registry.COST_MODELS._items.pop("kept_probe")
     with pytest.raises(DnasError, match=r"unknown task 'x' \(registered: pose, segmentation; "
