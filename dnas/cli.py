@@ -542,7 +542,8 @@ def sweep(config: Path, out: Path, weight_values: list[float] | None,
 @click.option(
     "--input-size",
     type=SIZE,
-    help="HxW (default: the size the weights were trained at, else 256x256).",
+    help="HxW (default: the size the weights were trained at, else 256x256; another size keeps "
+    "the net's output stride, with a warning).",
 )
 @click.option("--opset", type=click.IntRange(11), default=17, show_default=True)
 @force_opt
@@ -553,16 +554,19 @@ def export(arch: str | None, weights: Path, output: Path, input_size: tuple[int,
     from dnas import checkpoint
     from dnas.nn.export import export_onnx
     from dnas.nn.network import Network
-    from dnas.nn.weights import load_weights, onnx_metadata, resolve, weights_file
+    from dnas.nn.weights import load_weights, onnx_metadata, resize_warning, resolve, weights_file
 
     guard_output(output, force)
     weights = weights_file(weights)
-    space, size, info = resolve(weights, arch, input_size)
+    space, size, info = resolve(weights, arch, input_size, resizable=True)
     state = checkpoint.state_dict_of(checkpoint.load(weights), weights)
     head_weights = [v for k, v in state.items() if k.startswith("head.") and k.endswith("weight")]
     if not head_weights:
         raise DnasError(f"{weights}: no head weights to size the output from")
     outputs = head_weights[-1].shape[0]  # the last head layer sets the outputs
+    warning = resize_warning(space, info, weights, size, outputs)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     net = Network(space, outputs)
     load_weights(net, weights)
     export_onnx(

@@ -56,3 +56,19 @@ def test_cli_export_matches_onnx_runtime(tmp_path):
     got = session.run(None, {"input": x.numpy()})[0]
     assert got.shape == (3, 17, 32, 24)
     assert float(np.abs(got - ref).max()) < 1e-4
+
+
+def test_an_fpn_lite_export_names_its_output_size(tmp_path):
+    """The exporter leaves a resize-to-another-tensor's axes unnamed; the file states them."""
+    import tasks.segmentation  # noqa: F401  (fpn_lite)
+    from dnas.nn.export import export_onnx
+    from dnas.space.graph import space_from_dict
+
+    data = load_space("efficientpose-a").to_dict()
+    data["head"] = {"type": "fpn_lite", "inputs": ["stage2", "stage4"], "width": 8}
+    net = Network(space_from_dict(data, source="<test>"), 3).eval()
+    path = export_onnx(net, (64, 96), tmp_path / "seg.onnx")
+    dims = onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 8, 12]
+    got = ort.InferenceSession(str(path)).run(None, {"input": np.zeros((2, 3, 64, 96), "f4")})
+    assert got[0].shape == (2, 3, 8, 12)

@@ -83,9 +83,28 @@ def test_export_records_the_net_in_the_onnx_metadata(trained, tmp_path):
     assert runner.invoke(cli, ["cost", str(arch), "--input-size", "64x64"]).exit_code == 0
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     assert dims == [3, 64, 64]
-    wrong = runner.invoke(cli, ["export", "--weights", str(weights), "-o",
-                                str(tmp_path / "x.onnx"), "--input-size", "128x128"])  # fmt: skip
-    assert wrong.exit_code == 1 and "input size 64x64, not 128x128" in wrong.output
+
+
+def test_export_at_another_size_keeps_the_stride_and_warns(trained, tmp_path):
+    """A fully convolutional net deploys at another input size (mmpose's export takes any
+    shape); one whose strides would not divide it is refused in one line."""
+    _, weights = trained
+    runner = CliRunner()
+    out = tmp_path / "big.onnx"
+    done = runner.invoke(cli, ["export", "--weights", str(weights), "-o", str(out),
+                               "--input-size", "128x96"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "warning: " in done.output and "trained at 64x64, used here at 128x96" in done.output
+    model = onnx.load(str(out))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["dnas.input_size"] == "128x96"
+    out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim[1:]]
+    assert out_dims == [16, 32, 24]  # heatmap stride 4, as trained
+    odd = runner.invoke(cli, ["export", "--weights", str(weights), "-o",
+                              str(tmp_path / "x.onnx"), "--input-size", "100x100"])  # fmt: skip
+    assert odd.exit_code == 1 and odd.output.strip().count("\n") == 0
+    assert "input size 100x100: the net's output would be" in odd.output
+    assert "not the input / 4 as at 64x64" in odd.output and not (tmp_path / "x.onnx").exists()
 
 
 def test_predict_needs_no_arch_and_refuses_another_joint_set(trained, tmp_path):
@@ -112,3 +131,33 @@ def test_predict_needs_no_arch_and_refuses_another_joint_set(trained, tmp_path):
     outside = runner.invoke(cli, ["predict", str(image), "--weights", str(weights), "--box",
                                   "70,10,20,20", "-o", str(tmp_path / "o.png")])  # fmt: skip
     assert outside.exit_code == 1 and "the box lies outside the 60x80 image" in outside.output
+
+
+def test_predict_warns_on_a_truncated_jpeg_and_a_tiny_person(trained, tmp_path):
+    """OpenCV decodes half a JPEG without a word (the rest grey), and a 1-pixel person gives
+    keypoints all the same: predict says so in one warning line each."""
+    _, weights = trained
+    rng = np.random.default_rng(0)
+    whole = cv2.imencode(".jpg", rng.integers(0, 255, (120, 90, 3), np.uint8))[1].tobytes()
+    runner = CliRunner()
+
+    def predict(image: Path, *extra: str) -> list[str]:
+        out = tmp_path / f"{image.stem}.png"
+        done = runner.invoke(cli, ["predict", str(image), "--weights", str(weights), "-o",
+                                   str(out), "--force", *extra])  # fmt: skip
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.output.strip().splitlines()[-1])["keypoints"]
+        return [line for line in done.output.splitlines() if line.startswith("warning: ")]
+
+    good = tmp_path / "good.jpg"
+    good.write_bytes(whole)
+    assert predict(good) == []
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) // 2])
+    [warning] = predict(cut)
+    assert f"{cut}: the JPEG ends before its end marker" in warning
+    [small] = predict(good, "--box", "10,10,4,3")
+    assert "the person is 4x3 px, under 32 px along its longer side" in small
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.full((1, 1, 3), 128, np.uint8))
+    assert "the person is 1x1 px" in predict(tiny)[0]

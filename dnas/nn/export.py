@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dnas.errors import DnasError
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -64,10 +67,22 @@ def export_onnx(model: nn.Module, input_hw: tuple[int, int], path: Path, in_chan
         export_module(model, [torch.zeros(1, in_channels, *input_hw)], path, opset)
     except OSError as exc:
         raise DnasError(f"{path}: cannot write ({exc.strerror})") from None
-    if metadata:
-        import onnx
+    import onnx
 
-        proto = onnx.load(str(path))
+    proto = onnx.load(str(path))
+    with torch.no_grad():
+        shape = copy.deepcopy(model).eval()(torch.zeros(1, in_channels, *input_hw)).shape
+    name_output_dims(proto, tuple(shape[1:]))
+    if metadata:
         onnx.helper.set_model_props(proto, metadata)
-        onnx.save(proto, str(path))
+    onnx.save(proto, str(path))
     return path
+
+
+def name_output_dims(proto: onnx.ModelProto, dims: tuple[int, ...]) -> None:
+    """Give the output's non-batch axes their sizes at the export's input size, where the
+    exporter left them unnamed (a head that resizes to another tensor's shape)."""
+    for dim, size in zip(proto.graph.output[0].type.tensor_type.shape.dim[1:], dims, strict=True):
+        if not dim.HasField("dim_value"):
+            dim.Clear()
+            dim.dim_value = int(size)

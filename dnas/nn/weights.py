@@ -15,6 +15,7 @@ from typing import Any
 from dnas import checkpoint
 from dnas.errors import DnasError
 from dnas.nn.network import Network
+from dnas.nn.profile import check_sizes, head_output_shape
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
 
 KEY = "dnas"
@@ -75,18 +76,43 @@ def load_weights(net: Network, path: Path) -> None:
         raise DnasError(f"{path}: weights do not fit {net.space.source}: {detail}{more}") from None
 
 
-def resolve(weights: Path, arch: str | None, input_size: tuple[int, int] | None
-            ) -> tuple[SearchSpace, tuple[int, int], dict[str, Any] | None]:  # fmt: skip
+def resolve(
+    weights: Path, arch: str | None, input_size: tuple[int, int] | None, resizable: bool = False
+) -> tuple[SearchSpace, tuple[int, int], dict[str, Any] | None]:
     """The architecture and input size to use ``weights`` with: those given, checked against
-    what the weights record, else the recorded ones (input 256x256 when nothing says)."""
+    what the weights record, else the recorded ones (input 256x256 when nothing says).
+    ``resizable``: another input size is the caller's to check (:func:`resize_warning`)."""
     info = weights_info(weights)
     if arch is None and info is None:
         raise DnasError(f"{weights}: these weights record no architecture; pass --arch")
     space = load_space(arch) if arch else space_from_dict(info["arch"], str(weights))
     check_fits(info, weights, "architecture", info and info["arch"]["name"], space.name)
     size = input_size or tuple(info["input_size"] if info else (256, 256))
-    check_fits(info, weights, "input size", info and info["input_size"], size)
+    if not resizable:
+        check_fits(info, weights, "input size", info and info["input_size"], size)
     return space, (int(size[0]), int(size[1])), info
+
+
+def resize_warning(space: SearchSpace, info: dict[str, Any] | None, path: Path,
+                   size: tuple[int, int], outputs: int) -> str | None:  # fmt: skip
+    """Weights used at another input size than they were trained at: fine for these fully
+    convolutional nets when the output keeps its stride (else a one-line error); the warning
+    says that the accuracy measured at the training size does not carry over."""
+    trained = tuple(int(v) for v in (info or {}).get("input_size") or ())
+    if not trained or trained == tuple(size):
+        return None
+    check_sizes(size, outputs)
+    before = head_output_shape(space, trained, outputs)[1:]
+    after = head_output_shape(space, size, outputs)[1:]
+    if any(t * a != s * b for t, s, b, a in zip(trained, size, before, after, strict=True)):
+        stride = "x".join(dict.fromkeys(f"{t / b:g}" for t, b in zip(trained, before, strict=True)))
+        raise DnasError(f"input size {show(size)}: the net's output would be {show(after)}, not "
+                        f"the input / {stride} as at {show(trained)}, the size the weights were "
+                        "trained at; use sides that the space's strides divide")  # fmt: skip
+    return (
+        f"{path}: trained at {show(trained)}, used here at {show(size)}; the accuracy "
+        "measured at the training size does not carry over"
+    )
 
 
 def onnx_metadata(space: SearchSpace, size: tuple[int, int], outputs: int,

@@ -25,6 +25,17 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def truncated_jpeg(path: Path) -> bool:
+    """A JPEG whose end-of-image marker is missing: OpenCV decodes it anyway, the missing part
+    grey, with no more than a libjpeg warning on stderr."""
+    with open(path, "rb") as file:
+        if file.read(3) != b"\xff\xd8\xff":
+            return False
+        file.seek(0, 2)
+        file.seek(max(3, file.tell() - 4096))
+        return b"\xff\xd9" not in file.read()  # entropy-coded data never holds 0xFFD9
+
+
 def resized(image: np.ndarray, height: int = PANEL_HEIGHT) -> tuple[np.ndarray, float]:
     """``image`` scaled to ``height`` px (aspect kept) and the factor applied to its coordinates.
 

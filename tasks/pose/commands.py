@@ -19,6 +19,8 @@ from dnas.registry import COMMANDS, DATA_COMMANDS
 from dnas.synthetic import already_there
 from tasks.pose.pckh import TABLE_KEYS, format_table, load_gt_valid_mat, pckh_table, read_mat
 
+MIN_PERSON_PX = 32  # predict warns below this: a person this small is a blur at any input size
+
 
 def _read_array(path: Path, key: str) -> np.ndarray:
     """``key`` from a MATLAB (.mat) or HDF5 (.h5) file."""
@@ -191,7 +193,7 @@ def predict(image: Path, arch: str | None, weights: Path,
     from dnas.cli import guard_output
     from dnas.nn.network import Network
     from dnas.nn.weights import check_fits, load_weights, resolve, weights_file
-    from dnas.vis.images import read_rgb, write_png
+    from dnas.vis.images import read_rgb, truncated_jpeg, write_png
     from tasks.pose.draw import draw_pose
     from tasks.pose.inference import predict_batch
     from tasks.pose.topdown import DATASETS, box_to_center_scale, to_input
@@ -213,11 +215,18 @@ def predict(image: Path, arch: str | None, weights: Path,
     net = Network(space, cls.num_joints())
     load_weights(net, weights)
     picture = read_rgb(image)
+    if truncated_jpeg(image):
+        click.echo(f"warning: {image}: the JPEG ends before its end marker (a truncated file?); "
+                   "its missing part is predicted on as grey", err=True)  # fmt: skip
     h, w = picture.shape[:2]
     if box and not (box[0] < w and box[1] < h and box[0] + box[2] > 0 and box[1] + box[3] > 0):
         raise click.BadParameter(f"the box lies outside the {w}x{h} image",
                                  param_hint="'--box'")  # fmt: skip
     person = box or (0.0, 0.0, float(w), float(h))
+    if max(person[2], person[3]) < MIN_PERSON_PX:
+        click.echo(f"warning: {image}: the person is {person[2]:g}x{person[3]:g} px, under "
+                   f"{MIN_PERSON_PX} px along its longer side; keypoints from so few pixels "
+                   "are guesses", err=True)  # fmt: skip
     center, scale = box_to_center_scale(person, (width, height))
     crop = warp(picture, affine_transform(center, scale, 0.0, (width, height)), (width, height))
     preds, scores = predict_batch(net, to_input(crop)[None], center[None], scale[None],
