@@ -34,6 +34,7 @@ import scipy.stats
 FIXED = "fixed"
 SCALE_BOUNDS = (0.2, 5.0)
 RIDGE = 0.002  # pull of each scale towards 1, relative to a group's share of the network time
+MIN_RANKED = 5  # held-out nets needed before their Kendall tau is reported
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
         pred = np.array([first.predict(s.parts) for s in heldout])
         real = np.array([s.measured_ms for s in heldout])
         mape = float(100 * np.mean(np.abs(pred - real) / real))
-        tau = float(scipy.stats.kendalltau(pred, real).statistic)
+        if len(heldout) >= MIN_RANKED:  # a rank correlation of 2-4 nets says next to nothing
+            tau = float(scipy.stats.kendalltau(pred, real).statistic)
     final = _fit(samples, lowest)
     return Calibration(final.scales, final.overhead_ms, final.fit_mape, mape, tau)
 

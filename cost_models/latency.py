@@ -663,7 +663,9 @@ class LatencyCostModel(CostModel):
                 f"--runtime {self.options.runtime or recorded['runtime']} "
                 f"--threads {self.options.threads or meta['threads']} -o {self.path} --force"
             )
-        table = lut_cost_table(lut, space, key={"table": str(self.path)})
+        measured = (f"{meta.get('device_name') or meta.get('device')}, {recorded['runtime']}, "
+                    f"batch {meta.get('batch')}, {meta.get('threads')} threads")  # fmt: skip
+        table = lut_cost_table(lut, space, key={"table": str(self.path), "measured": measured})
         cheapest = table.cost_range()[0]
         if cheapest <= 0:
             raise ConfigError(str(self.path), "overhead_ms",
@@ -806,7 +808,9 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(table, indent=1))
     fit = table["meta"]["calibration_fit"]
-    held = (f", held-out MAPE {fit['heldout_mape']:.2f} % tau {fit['heldout_tau']:.3f}"
+    tau = fit["heldout_tau"]
+    held = (f", held-out MAPE {fit['heldout_mape']:.2f} %"
+            + (f" tau {tau:.3f}" if tau is not None else "")
             if fit["heldout_mape"] is not None else "")  # fmt: skip
     fitted = (f"calibrated on {calibration} networks (fit MAPE {fit['fit_mape']:.2f} %{held})"
               if calibration else "not calibrated (--calibration 0)")  # fmt: skip

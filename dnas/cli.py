@@ -254,15 +254,17 @@ def search(config: Path, out: Path | None, strategy: str | None, cost_model: str
 @click.option("--name", help="Name of the derived architecture.")
 @force_opt
 def derive(run: Path, output: Path, name: str | None, force: bool):
-    """Derive the architecture of a search RUN (directory or search.pt): argmax op per layer."""
-    from dnas.search.derive import derive as derive_arch
+    """Derive the architecture of a search RUN (directory or search.pt): the op it chose per
+    layer (the most probable one; under a budget, the most probable net within the band)."""
     from dnas.search.derive import (
+        budget_warning,
         evidence_warnings,
         format_rows,
         incomplete_warning,
         undecided_warning,
         write_architecture,
     )
+    from dnas.search.derive import derive as derive_arch
 
     guard_output(output, force)
     arch, rows = derive_arch(run, name)
@@ -270,7 +272,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
         click.echo(f"warning: {warning}", err=True)
     write_architecture(arch, output, f"derived by 'dnas derive {run}'")
     click.echo(format_rows(rows))
-    for warning in (undecided_warning(rows), *evidence_warnings(run)):
+    for warning in (budget_warning(run), undecided_warning(rows), *evidence_warnings(run)):
         if warning:
             click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {output}")

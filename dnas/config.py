@@ -26,6 +26,7 @@ from dnas.schema import (
     from_dict,
     join,
     load_yaml,
+    parse_yaml,
     plugin_field,
     to_dict,
 )
@@ -230,7 +231,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
         if not all(key.split(".")):  # '=3', 'search.=3', 'a..b=1'
             raise ConfigError("--set", item, "expected key.path=value with a key on the left")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError:
             raise ConfigError("--set", key, f"cannot parse value {raw!r} as YAML") from None
         node = data

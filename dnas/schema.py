@@ -8,6 +8,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -45,8 +46,32 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key given twice in one mapping: YAML forbids it,
+    and PyYAML would keep the last value without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to Python values, safely (no arbitrary objects), duplicate keys refused."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Parse YAML with ``yaml.safe_load``; unreadable files and syntax errors are ConfigErrors."""
+    """Parse YAML safely (:func:`parse_yaml`); unreadable files, syntax errors and duplicate
+    keys are ConfigErrors naming the line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -57,7 +82,7 @@ def load_yaml(path: str | Path) -> Any:
             str(path), "", f"not a UTF-8 text file (byte {exc.start}: {exc.reason})"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except RecursionError:
         raise ConfigError(str(path), "", "invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:

@@ -34,6 +34,13 @@ def test_recovers_the_scales_and_overhead_of_exact_timings():
     assert fit.predict(parts) == pytest.approx(2.0 + fit.scales["64x64"] + fit.overhead_ms)
 
 
+def test_too_few_held_out_nets_give_no_rank_correlation():
+    """8 nets hold out 2: their Kendall tau is +-1 by construction, so none is reported."""
+    fit = calibrate(synthetic(8, {"64x64": 1.0}, 0.5), lowest={FIXED: 2.0})
+    assert fit.heldout_mape is not None and fit.heldout_tau is None
+    assert calibrate(synthetic(20, {"64x64": 1.0}, 0.5), lowest={FIXED: 2.0}).heldout_tau
+
+
 def test_the_ridge_pull_does_not_depend_on_the_number_of_nets():
     """With noiseless data every fit lands on the truth; the ridge bias is the same at 20 and
     at 80 nets (it is RIDGE x N x share^2 against N residuals)."""

@@ -196,6 +196,15 @@ def test_a_budget_search_says_when_no_net_lies_in_its_band(tmp_path, synth_root)
     record = json.loads((tmp_path / "s" / "search.json").read_text())
     assert record["band"] == [1.2, 1.2] and record["final_cost"] != 1.2
     assert "no net of this space costs within the band 1.2..1.2 MMAC" in result.output
+    assert "the nearest" in result.output and abs(record["final_cost"] / 1.2 - 1) < 0.03
+    assert "cost: macs (flops), form budget, target 1.2 MMAC; the space spans" in result.output
+    derived = CliRunner().invoke(cli, ["derive", str(tmp_path / "s"), "-o", str(tmp_path / "a")])
+    assert derived.exit_code == 0, derived.output
+    warning = f"warning: the derived net costs {record['final_cost']:.6g} MMAC ("
+    assert warning in derived.output and "outside the budget band 1.2..1.2 MMAC" in derived.output
+    moved = [line for line in derived.output.splitlines() if line.startswith("stage") and
+             line.split()[2].endswith("*")]  # fmt: skip
+    assert len(moved) == record["projected_layers"]
 
 
 def test_an_empty_split_a_damaged_checkpoint_and_another_tasks_run_are_refused(tmp_path, finished):

@@ -85,6 +85,20 @@ def test_errors_name_file_and_key(tmp_path, text, key, words):
     assert str(info.value).startswith(f"{path}: {key}: ")
 
 
+def test_a_key_given_twice_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word; a config must not."""
+    path = write(tmp_path, "seed: 0\ntask: {name: pose, root: x}\nseed: 3\n")
+    with pytest.raises(ConfigError, match=r"exp.yaml: invalid YAML: line 3, column 1: duplicate "
+                       r"key 'seed'"):  # fmt: skip
+        load_experiment(path)
+    nested = write(tmp_path, "task: {name: pose, root: x}\ncost_model: {target: 1, target: 5}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'target'"):
+        load_experiment(nested)
+    with pytest.raises(ConfigError, match="--set: search: cannot parse"):
+        load_experiment(write(tmp_path, "task: {name: pose, root: x}\n"),
+                        ["search={epochs: 1, epochs: 2}"])  # fmt: skip
+
+
 def test_unknown_task_option_is_named(tmp_path):
     from dnas.task import build_task
 

@@ -91,6 +91,17 @@ def test_random_search_budget(tmp_path, real_mpii_root):
     message = r"budget: no architecture costs 0..0.5 MMAC in 50 samples \(the space spans 0.9669"
     with pytest.raises(DnasError, match=message):
         run_search(load_experiment(path), tmp_path / "run2", Reporter(lambda _: None))
+    # under a budget form both limits hold: the band of the target, below the cap
+    band = {"form": "budget", "target": 1.3, "tolerance": 0.1}
+    path = write_experiment(tmp_path / "exp3.yaml", real_mpii_root, search=base, cost_model=band)
+    run_search(load_experiment(path), tmp_path / "run3", Reporter(lambda _: None))
+    history = checkpoint.load(tmp_path / "run3" / "search.pt")["strategy"]["history"]
+    assert all(1.17 <= h["cost"] <= 1.2 for h in history)
+    path = write_experiment(tmp_path / "exp4.yaml", real_mpii_root, search=base,
+                            cost_model={**band, "target": 1.5})  # fmt: skip
+    below = r"search.random.budget: 1.2 MMAC lies below the band 1.35..1.65 of cost_model.target"
+    with pytest.raises(DnasError, match=below):
+        run_search(load_experiment(path), tmp_path / "run4", Reporter(lambda _: None))
 
 
 def invoke(*args):

@@ -85,6 +85,10 @@ def test_sigkilled_search_resumes_exactly(tmp_path, synth_root, strategy):
     full = json.loads((tmp_path / "full" / "search.json").read_text())
     resumed = json.loads((run / "search.json").read_text())
     assert resumed["choices"] == full["choices"]
+    logged = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (tmp_path / "full", run)]  # fmt: skip
+    assert [r["global_step"] for r in logged[1]] == [r["global_step"] for r in logged[0]]
+    assert logged[1][-1] == pytest.approx(logged[0][-1], abs=1e-6)  # each step logged once
     for layer, probs in full["arch_probs"].items():
         assert resumed["arch_probs"][layer] == pytest.approx(probs, abs=1e-6)
     a = checkpoint.load(tmp_path / "full" / "search.pt")["strategy"]

@@ -22,7 +22,13 @@ from dnas.engine.progress import Reporter
 from dnas.nn.mixed_op import MixedOp
 from dnas.nn.network import Network, module_key
 from dnas.schema import from_dict
-from dnas.search.budget import best_within, most_probable_within, sample_within, tilted_probs
+from dnas.search.budget import (
+    best_within,
+    most_probable_near,
+    most_probable_within,
+    sample_within,
+    tilted_probs,
+)
 from dnas.search.cost_model import CostTable, get_cost_model
 from dnas.search.darts import DartsOptions, DartsStrategy
 from dnas.search.derive import derive
@@ -183,6 +189,20 @@ def test_projection_reports_an_empty_band():
                                 100.0, 101.0) is None  # fmt: skip
 
 
+def test_projection_widens_an_empty_band_to_the_nearest_nets():
+    """No toy net costs 17.2 (they cost ..., 16.5, 17.5, 18, ...): with tolerance 0 the band
+    widens to the narrowest that holds one, 17.5, and the most probable net there is taken."""
+    table, probs = toy_table(), {"a": [0.6, 0.3, 0.1], "b": [0.7, 0.3], "c": [0.5, 0.3, 0.2]}
+    near = most_probable_near(probs, table, 17.2, 0.0)
+    assert near == {"a": "y", "b": "y", "c": "x"} and table.of_choices(near) == 17.5
+    # 20.6 lies between nets of 20 (p 0.09) and 21 (p 0.042): the nearer one, not the likelier
+    likelier_far = {"a": [0.6, 0.3, 0.1], "b": [0.7, 0.3], "c": [0.3, 0.2, 0.5]}
+    assert table.of_choices(most_probable_near(likelier_far, table, 20.6, 0.0)) == 21.0
+    assert most_probable_near(probs, table, 20.0, 0.02) == most_probable_within(
+        probs, table, 19.6, 20.4
+    )  # a band that holds nets is kept as it is
+
+
 def test_tilted_sampler_hits_the_mean_and_the_band():
     table = get_cost_model("flops").table(load_space(BUDGET_SPACE), (64, 64), 16)
     low, high = table.cost_range()
@@ -240,6 +260,35 @@ def test_budget_search_lands_within_3_percent_flops(strategy, tmp_path, real_mpi
         arch, _ = derive(tmp_path / f"run-{strategy}-{frac}")  # dnas derive gives that net
         assert {lay.name: lay.candidates[0] for lay in arch.layers if lay.name in
                 result["choices"]} == result["choices"]  # fmt: skip
+
+
+def test_a_hinge_target_outside_the_space_is_warned_about():
+    """The toy space costs 13.5..28: a hinge at 10 taxes every net, one at 40 none."""
+    from dnas.search.run import penalty_warning
+
+    table = toy_table()
+    below = penalty_warning(CostConfig(form="hinge", target=10.0), table)
+    assert below.startswith("cost_model.target 10 MMAC is outside this space's range 13.5..28")
+    assert "every net of the space costs more" in below
+    assert "never acts" in penalty_warning(CostConfig(form="power", target=40.0), table)
+    assert penalty_warning(CostConfig(form="hinge", target=20.0), table) is None
+    assert penalty_warning(CostConfig(form="relative"), table) is None
+
+
+def test_a_search_names_the_latency_table_it_trades_against(budget_lut):
+    """A table of another device, runtime, batch or thread count is the user's choice (FBNet
+    searches on a GPU for a phone's table), so the search's first lines say which it is."""
+    from dnas.search.run import cost_line
+
+    cfg = from_dict(CostConfig, {"type": "latency", "table": str(budget_lut), "form": "budget",
+                                 "target": 1.0}, "<test>")  # fmt: skip
+    table = get_cost_model("latency", cfg).table(load_space(BUDGET_SPACE), (64, 64), 16)
+    line = cost_line(cfg, table)
+    threads = json.loads(budget_lut.read_text())["meta"]["threads"]
+    assert line.startswith(
+        f"cost: latency (table {budget_lut}, measured cpu, torch, batch 1, "
+        f"{threads} threads), form budget, target 1 ms; the space spans "
+    )
 
 
 @pytest.mark.parametrize("strategy", ["darts", "gumbel", "binary_gates", "random"])

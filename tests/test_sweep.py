@@ -48,6 +48,12 @@ def test_sweep_over_budgets_and_usage_errors(tmp_path, real_mpii_root):
     assert both.exit_code == 1 and "exactly one of --weights and --targets" in both.output
     bad = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "a,b"])
     assert bad.exit_code == 1 and "comma-separated numbers" in bad.output
+    flat = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(tmp_path / "flat"),
+                                    "--weights", "0.01,1", "--set", "cost_model.form=budget",
+                                    "--set", "cost_model.target=1.2"])  # fmt: skip
+    assert flat.exit_code == 1 and flat.output.strip().count("\n") == 0
+    assert "cost_model.form: budget adapts the cost weight itself" in flat.output
+    assert not (tmp_path / "flat").exists()
 
 
 def test_sweep_keeps_the_runs_of_a_partial_sweep(tmp_path, real_mpii_root):

@@ -47,7 +47,7 @@ from dnas.engine.runtime import (
     set_rng_state,
 )
 from dnas.errors import DnasError, Interrupted
-from dnas.files import check_writable
+from dnas.files import check_writable, write_text_atomic
 from dnas.schema import to_dict
 from dnas.task import build_task
 
@@ -147,11 +147,14 @@ class RunContext:
 
 class StepLog:
     """Every step's scalars: a line of ``metrics.jsonl`` (epoch, step, global step and the
-    stats) and TensorBoard scalars in ``tb/steps`` at the global step. A resumed run appends,
-    and repeats the lines of the steps after its checkpoint."""
+    stats) and TensorBoard scalars in ``tb/steps`` at the global step. A resumed run first
+    drops the lines of the steps after its checkpoint, which it runs again, so both end as an
+    uninterrupted run's would."""
 
     def __init__(self, out_dir: Path, global_step: int) -> None:
-        self.file = open(out_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed by the run)
+        path = out_dir / "metrics.jsonl"
+        drop_after(path, global_step)
+        self.file = open(path, "a")  # noqa: SIM115 (closed by the run)
         self.writer = SummaryWriter(str(out_dir / "tb" / "steps"), purge_step=global_step + 1)
 
     def write(self, epoch: int, step: int, global_step: int, stats: dict[str, float]) -> None:
@@ -164,6 +167,22 @@ class StepLog:
     def close(self) -> None:
         self.file.close()
         self.writer.close()
+
+
+def drop_after(path: Path, global_step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``global_step``; a line cut short by a kill
+    goes too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("global_step", 0) <= global_step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
 
 
 @dataclass

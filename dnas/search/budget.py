@@ -29,6 +29,29 @@ def most_probable_within(
     return best_within(logp, table, low, high)
 
 
+def most_probable_near(
+    probs: dict[str, list[float]], table: CostTable, target: float, tolerance: float
+) -> dict[str, str] | None:
+    """The budget projection: the most probable net within ``tolerance`` of ``target``; where
+    no net of the space costs that much (a narrow band in a coarse space), within the narrowest
+    band around ``target`` that holds one (bisection on the tolerance): as near as the space
+    comes. None only when no band around ``target`` holds a net of the space."""
+
+    def within(tol: float) -> dict[str, str] | None:
+        return most_probable_within(probs, table, target * (1 - tol), target * (1 + tol))
+
+    if (found := within(tolerance)) is not None:
+        return found
+    cheapest, dearest = table.cost_range()
+    low, high = tolerance, max(target - cheapest, dearest - target) / target + 1e-9
+    if within(high) is None:
+        return None
+    for _ in range(40):  # the narrowest holding band, to 2^-40 of the range
+        mid = (low + high) / 2
+        low, high = (low, mid) if within(mid) is not None else (mid, high)
+    return within(high)
+
+
 def best_within(
     scores: dict[str, list[float]], table: CostTable, low: float, high: float
 ) -> dict[str, str] | None:

@@ -137,6 +137,19 @@ def incomplete_warning(ref: Path | str) -> str | None:
     )
 
 
+def budget_warning(ref: Path | str) -> str | None:
+    """One line when the derived net's cost lies outside a budget search's band (no net of the
+    space costs that much; the search took the nearest)."""
+    ckpt = checkpoint.load(find_checkpoint(ref))
+    band, cost, unit = ckpt.get("band"), ckpt.get("final_cost"), ckpt.get("cost_unit", "")
+    if not band or not isinstance(cost, int | float) or band[0] <= cost <= band[1]:
+        return None
+    off = 100 * (2 * cost / (band[0] + band[1]) - 1)
+    return (f"the derived net costs {cost:.6g} {unit} ({off:+.2f} % of the target), outside the "
+            f"budget band {band[0]:.6g}..{band[1]:.6g} {unit}: no net of the space costs within "
+            "it, the nearest was taken (widen cost_model.tolerance)")  # fmt: skip
+
+
 def evidence_warnings(ref: Path | str) -> list[str]:
     """A line each when the search's architecture gradient never rose above noise, and when it
     was noise in most of its architecture epochs (:mod:`dnas.search.evidence`)."""
@@ -146,8 +159,13 @@ def evidence_warnings(ref: Path | str) -> list[str]:
 
 
 def format_rows(rows: list[DerivedLayer]) -> str:
+    """The derived op per layer with its probability; ``*`` after the probability marks an op
+    that is not the layer's most probable one (a budget search moved it into the band)."""
     lines = [f"{'layer':<12} {'op':<6} {'prob':>6}   all candidates"]
     for r in rows:
         others = " ".join(f"{op}:{p:.3f}" for op, p in r.probs.items())
-        lines.append(f"{r.layer:<12} {r.op:<6} {r.prob:6.3f}   {others}")
+        mark = "*" if r.prob < max(r.probs.values()) else " "
+        lines.append(f"{r.layer:<12} {r.op:<6} {r.prob:6.3f}{mark}  {others}")
+    if any(r.prob < max(r.probs.values()) for r in rows):
+        lines.append("* not the layer's most probable op: moved to meet the budget band")
     return "\n".join(lines)

@@ -86,6 +86,11 @@ class RandomSearchStrategy(Strategy):
         self.choices: dict[str, str] = {}
         opts = self.options
         self.per_arch = opts.epochs_per_arch or matched_epochs(self.cfg, table, opts.samples)
+        band = self.cost_cfg.band()
+        if band and opts.budget is not None and band[0] > opts.budget:
+            raise DnasError(f"search.random.budget: {opts.budget:g} {table.unit} lies below the "
+                            f"band {band[0]:.4g}..{band[1]:.4g} of cost_model.target; raise "
+                            "it or leave it out")  # fmt: skip
 
     @property
     def num_epochs(self) -> int:
@@ -94,16 +99,17 @@ class RandomSearchStrategy(Strategy):
     def sample(self) -> dict[str, str]:
         """A random op per layer: uniform; with ``search.random.budget`` rejection-sampled to
         cost at most that; with a ``budget`` cost form drawn inside its band
-        (:func:`dnas.search.budget.sample_within`)."""
-        band = self.cost_cfg.band()
+        (:func:`dnas.search.budget.sample_within`), below ``search.random.budget`` too."""
+        band, cap = self.cost_cfg.band(), self.options.budget or float("inf")
         if band is None:
             for _ in range(self.options.max_tries):
                 choices = uniform_choices(self.layers, self.rng)
-                if self.table.of_choices(choices) <= (self.options.budget or float("inf")):
+                if self.table.of_choices(choices) <= cap:
                     return choices
-        elif choices := sample_within(self.table, self.rng, *band, self.options.max_tries):
+        elif choices := sample_within(self.table, self.rng, band[0], min(band[1], cap),
+                                      self.options.max_tries):  # fmt: skip
             return choices
-        low, high = band or (0.0, self.options.budget)
+        low, high = (band[0], min(band[1], cap)) if band else (0.0, cap)
         key = "search.random.budget" if band is None else "cost_model.target"
         cheapest, dearest = self.table.cost_range()
         raise DnasError(

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Subset
 from torch.utils.tensorboard import SummaryWriter
 
-from dnas.config import Experiment
+from dnas.config import CostConfig, Experiment
 from dnas.engine import distributed
 from dnas.engine.loop import EpochLoop
 from dnas.engine.progress import Reporter
@@ -71,6 +71,22 @@ def check_target(exp: Experiment, table: CostTable) -> None:
                           f"{exp.input_hw[0]}x{exp.input_hw[1]}")  # fmt: skip
 
 
+def penalty_warning(cost: CostConfig, table: CostTable) -> str | None:
+    """One line when a ``hinge`` or ``power`` target lies outside the space's cost range: below
+    it every net pays the penalty, above it none does and the search ignores cost."""
+    if cost.form not in ("hinge", "power") or cost.target is None:
+        return None
+    low, high = table.cost_range()
+    if low <= cost.target <= high:
+        return None
+    effect = ("every net of the space costs more" if cost.target < low
+              else "no net of the space costs more, so the cost term never acts")  # fmt: skip
+    return (
+        f"cost_model.target {cost.target:g} {table.unit} is outside this space's range "
+        f"{low:.4g}..{high:.4g} {table.unit}: {effect}"
+    )
+
+
 def search_table(exp: Experiment, task: Task) -> tuple[SearchSpace, CostTable]:
     """The space a search of ``exp`` runs over (its head settled) and its cost table."""
     space = build_space(exp.space, task, exp)
@@ -95,6 +111,8 @@ class SearchRun(EpochLoop):
         self.amp.sync_grads = self.world.distributed
         self.strategy = build_strategy(exp, self.amp)
         check_target(exp, self.table)
+        if warning := penalty_warning(exp.cost_model, self.table):
+            self.report.line(f"warning: {warning}")
         self.make_loaders()
         network = Network(self.space, self.task.num_outputs)
         if exp.remap_from:
@@ -139,6 +157,7 @@ class SearchRun(EpochLoop):
             f"strategy {exp.search.strategy}, {self.num_epochs} epochs x {self.steps} steps, "
             f"{len(self.w_idx)}/{len(self.a_idx)} weight/arch items, device {self.device}"
             + (f", {self.world.size} processes" if self.world.distributed else "")
+            + f"\n{cost_line(exp.cost_model, self.table)}"
         )
 
     def batches(self, epoch: int, start: int) -> Iterator[dict]:
@@ -200,7 +219,10 @@ class SearchRun(EpochLoop):
             "space": self.space.to_dict(),
             "cost_table": self.table.digest(),  # a resume refuses another table's costs
             "arch_probs": self.strategy.arch_probs(),
-            "choices": self.strategy.get_final_architecture(),
+            "choices": (choices := self.strategy.get_final_architecture()),
+            "final_cost": self.table.of_choices(choices),  # dnas derive warns off the band
+            "band": self.exp.cost_model.band(),
+            "cost_unit": self.table.unit,
             "gradient_evidence": self.strategy.gradient_evidence(),  # dnas derive warns on noise
             "strategy": self.strategy.get_checkpointables(),
         }
@@ -244,6 +266,20 @@ class SearchRun(EpochLoop):
         return result
 
 
+def cost_line(cost: CostConfig, table: CostTable) -> str:
+    """What the search trades against: the cost model, the table's origin (for a latency
+    table, where and how it was measured), the form and its target or weight."""
+    where = ", ".join(f"{k} {v}" for k, v in table.key.items() if k in ("table", "measured"))
+    low, high = table.cost_range()
+    aim = f"target {cost.target:g} {table.unit}" if cost.target is not None else ""
+    if cost.form != "budget":
+        aim = ", ".join(x for x in (f"weight {cost.weight:g}", aim) if x)
+    return (
+        f"cost: {table.metric} ({where or cost.type}), form {cost.form}, {aim}; the space "
+        f"spans {low:.4g}..{high:.4g} {table.unit}"
+    )
+
+
 def summary_line(result: dict) -> str:
     """The search's closing figures: derived cost (against the target) and decisiveness."""
     unit, cost = result["cost_unit"], result["final_cost"]
@@ -256,7 +292,8 @@ def summary_line(result: dict) -> str:
             text += "moved into the band"
         low, high = result.get("band") or (-math.inf, math.inf)
         if not low <= cost <= high:  # the projection found no net there
-            text += f"; no net of this space costs within the band {low:.4g}..{high:.4g} {unit}"
+            text += (f"; no net of this space costs within the band {low:.6g}..{high:.6g} "
+                     f"{unit}, the nearest ({cost:.6g}) was taken")  # fmt: skip
         text += ")"
     text += f"; decisiveness (mean top op probability) {result['decisiveness']:.3f}"
     if evidence := result.get("gradient_evidence"):

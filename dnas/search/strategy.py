@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from dnas.config import CostConfig, SearchConfig
 from dnas.engine.runtime import Amp
 from dnas.nn.network import Network
-from dnas.search.budget import most_probable_within
+from dnas.search.budget import most_probable_near
 from dnas.search.cost_model import CostTable
 from dnas.space.choices import most_probable_ops
 from dnas.task import Task
@@ -99,12 +99,14 @@ class Strategy(ABC):
 
     def get_final_architecture(self) -> dict[str, str]:
         """The chosen op per searchable layer: the argmax; under ``form: budget``, when the
-        argmax misses the target band, the most probable architecture inside it."""
+        argmax misses the target band, the most probable architecture inside it (or, where the
+        space has none there, in the narrowest wider band that holds one)."""
         choices = self.argmax_architecture()
-        band = self.cost_cfg.band()
+        band, cfg = self.cost_cfg.band(), self.cost_cfg
         if band is None or band[0] <= self.table.of_choices(choices) <= band[1]:
             return choices
-        return most_probable_within(self.arch_probs(), self.table, *band) or choices
+        return most_probable_near(self.arch_probs(), self.table, cfg.target, cfg.tolerance) \
+            or choices  # fmt: skip
 
     @abstractmethod
     def get_checkpointables(self) -> dict[str, Any]:

@@ -77,6 +77,11 @@ def check_values(exp: Experiment, kind: str, values: list[float], out_dir: Path,
     option = f"--{kind}s"
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         raise DnasError(f"{option}: expected numbers, got {values!r}")
+    if kind == "weight" and exp.cost_model.form == "budget":
+        raise ConfigError(exp.source, "cost_model.form",
+                          "budget adapts the cost weight itself (dual ascent from 0), so every "
+                          "point of a --weights sweep would be the same search; sweep --targets, "
+                          "or set cost_model.form to relative")  # fmt: skip
     names = [run_dir_of(out_dir, kind, value).name for value in values]
     if len(set(names)) < len(names):
         raise DnasError(f"{option}: two values name one run directory ({', '.join(names)})")
