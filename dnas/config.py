@@ -232,8 +232,10 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
             raise ConfigError("--set", item, "expected key.path=value with a key on the left")
         try:
             value = parse_yaml(raw)
-        except yaml.YAMLError:
-            raise ConfigError("--set", key, f"cannot parse value {raw!r} as YAML") from None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None)
+            raise ConfigError("--set", key, f"cannot parse value {raw!r} as YAML"
+                              + (f" ({problem})" if problem else "")) from None  # fmt: skip
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
