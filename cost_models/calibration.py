@@ -28,8 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.optimize
-import scipy.stats
 
 FIXED = "fixed"
 SCALE_BOUNDS = (0.2, 5.0)
@@ -84,6 +82,8 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
         real = np.array([s.measured_ms for s in heldout])
         mape = float(100 * np.mean(np.abs(pred - real) / real))
         if len(heldout) >= MIN_RANKED:  # a rank correlation of 2-4 nets says next to nothing
+            import scipy.stats  # here, not at import: scipy.stats adds seconds to a CLI start
+
             tau = float(scipy.stats.kendalltau(pred, real).statistic)
     final = _fit(samples, lowest)
     return Calibration(final.scales, final.overhead_ms, final.fit_mape, mape, tau)
@@ -117,5 +117,7 @@ def _fit(samples: Sequence[Sample], lowest: dict[str, float]) -> Calibration:
 def _solve(a: np.ndarray, b: np.ndarray, low: list[float], high: list[float],
            groups: list[str]) -> tuple[dict[str, float], float]:  # fmt: skip
     """Bounded least squares: (scale per group, overhead)."""
+    import scipy.optimize  # here, not at import: seconds off every CLI start
+
     solution = scipy.optimize.lsq_linear(a, b, bounds=(low, high)).x
     return dict(zip(groups, solution[:-1].tolist(), strict=True)), float(solution[-1])

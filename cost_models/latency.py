@@ -26,7 +26,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import scipy.stats
 import torch
 from torch import nn
 
@@ -408,6 +407,8 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
         row |= {"level": level, "choices": choices}
     pred = np.array([r["predicted_ms"] for r in rows])
     real = np.array([r["measured_ms"] for r in rows])
+    import scipy.stats  # here, not at import: scipy.stats adds seconds to every CLI start
+
     tau = float(scipy.stats.kendalltau(pred, real).statistic) if samples > 1 else float("nan")
     speed = machine_speed(meta, noise.start_ms, gauges, gauge_rows)
     # the same check with the machine's speed now expressed at its speed during the build:

@@ -4,6 +4,7 @@ so that a crash or a full disk never leaves half a checkpoint, cost table or res
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,13 @@ def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only left when writing failed
+
+
+def copy_atomic(source: Path | str, path: Path | str) -> None:
+    """A copy of ``source`` at ``path``, atomically: one state saved under several names is
+    serialised once (pickling a super net's checkpoint takes several times its copy)."""
+    with open(source, "rb") as src:
+        write_atomic(path, lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:

@@ -51,13 +51,13 @@ def test_gpu_check_rejects_bad_arguments_in_one_line():
 def test_gpu_check_only_reruns_the_steps_named(tmp_path):
     out = tmp_path / "check"
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu",
-                           "--quick", "--only", "model_speed", "--out", str(out)],
+                           "--quick", "--only", "lut", "--out", str(out)],
                           capture_output=True, text=True,
                           env={**os.environ, "PYTHON": sys.executable}, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["steps"]) == ["model_speed"]
-    assert summary["steps"]["model_speed"]["exit"] == 0
-    assert sorted(summary["model_speed"]) == ["efficientpose-a", "efficientpose-b",
-                                              "efficientpose-c"]  # fmt: skip
-    assert not (out / "lut.json").exists()  # the steps not named did not run
+    assert list(summary["steps"]) == ["lut"]  # the cheapest step (the others take minutes here)
+    assert summary["steps"]["lut"]["exit"] == 0
+    assert -1 <= summary["lut"]["kendall_tau"] <= 1
+    assert not (out / "model_speed.json").exists()  # the steps not named did not run
+    assert not (out / "cuda_tests.xml").exists()

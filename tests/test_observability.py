@@ -17,14 +17,17 @@ from dnas.space.choices import entropies
 
 def test_search_logs_entropies_pictures_and_lines(tmp_path, real_mpii_root):
     exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root,
-                           search={"arch_optimizer": {"lr": 0.05}})  # fmt: skip
+                           search={"arch_optimizer": {"lr": 0.05}, "warmup_epochs": 2})  # fmt: skip
     run_search(load_experiment(exp), tmp_path / "run", Reporter(lambda _: None))
     result = json.loads((tmp_path / "run" / "search.json").read_text())
     events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
     events.Reload()
     scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
     assert {"search/op_probabilities", "search/architecture"} <= images
-    assert len(events.Images("search/op_probabilities")) == 2  # one per epoch
+    # a picture when it changed: the second warm-up epoch left the probabilities as they were
+    assert [e.step for e in events.Images("search/op_probabilities")] == [1, 3]
+    drawn = [e.step for e in events.Images("search/architecture")]
+    assert drawn[0] == 1 and 2 not in drawn
     picture = events.Images("search/architecture")[-1]
     assert picture.width > 300 and picture.height > 100
     assert {"train/loss", "arch/task_loss", "search/expected_cost", "lr/weights"} <= scalars
@@ -33,11 +36,11 @@ def test_search_logs_entropies_pictures_and_lines(tmp_path, real_mpii_root):
         assert 0 < final[layer] < math.log(len(probs)) - 1e-6
     for layer, value in final.items():
         logged = events.Scalars(f"entropy/{layer}")
-        assert [e.step for e in logged] == [1, 2]
+        assert [e.step for e in logged] == [1, 2, 3]  # the scalars every epoch
         assert logged[-1].value == pytest.approx(value, abs=1e-5)
     log = (tmp_path / "run" / "log.txt").read_text().splitlines()
     assert log[0].split(" ", 1)[1].startswith("search: ")
-    assert sum(" epoch " in line and "eta " in line for line in log) == 2
+    assert sum(" epoch " in line and "eta " in line for line in log) == 3
 
 
 def test_counter_off_a_terminal_prints_counts_and_eta_lines():

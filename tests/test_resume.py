@@ -144,6 +144,8 @@ def test_train_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path, synth_root)
         assert torch.allclose(tensor.float(), resumed[key].float(), atol=1e-6), key
     assert checkpoint.load(run / "best.pt")["best_score"] is not None
     assert len(ckpts.files()) == 8  # 2 epochs x 4 steps, the epoch ends included
+    # last.pt is the epoch end's checkpoint, saved once and copied
+    assert (run / "last.pt").read_bytes() == ckpts.files()[-1].read_bytes()
     assert "resumed from" in (run / "log.txt").read_text()
 
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from dnas.checkpoint import Checkpointer, check_resumable, save_atomic
+from dnas.checkpoint import Checkpointer, check_resumable
 from dnas.config import Experiment, config_hash, write_config
 from dnas.engine import distributed
 from dnas.engine.progress import Reporter, eta_text
@@ -47,7 +47,7 @@ from dnas.engine.runtime import (
     set_rng_state,
 )
 from dnas.errors import DnasError, Interrupted
-from dnas.files import check_writable, write_text_atomic
+from dnas.files import check_writable, copy_atomic, write_text_atomic
 from dnas.schema import to_dict
 from dnas.task import build_task
 
@@ -290,10 +290,9 @@ class EpochLoop(RunContext, ABC):
         """A resume checkpoint, and the same state into each of ``names`` (rank 0 only)."""
         if not self.world.main:
             return
-        state = self.checkpoint()
-        self.checkpoints.save(state, self.position.global_step)
+        saved = self.checkpoints.save(self.checkpoint(), self.position.global_step)
         for name in names:
-            save_atomic(state, self.out_dir / name)
+            copy_atomic(saved, self.out_dir / name)
 
     def start(self) -> None:
         """Continue from the newest readable checkpoint (with ``resume``; afresh, saying so,

@@ -7,6 +7,8 @@ multiply-accumulates of Conv2d, ConvTranspose2d and Linear layers at batch 1 (ha
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -14,7 +16,7 @@ from dnas.config import MAX_INPUT
 from dnas.errors import ConfigError, DnasError
 from dnas.nn.heads import build_head
 from dnas.space.graph import SearchSpace, load_space
-from dnas.space.ops import build_op, parse_op
+from dnas.space.ops import OpKind, OpSpec, build_op, op_kind, parse_op
 
 MAX_ACTIVATION = 2**27  # values of one intermediate tensor per image (512 MiB in fp32)
 MAX_OUTPUTS = 16384
@@ -80,6 +82,19 @@ class _HeadOnInputs(nn.Module):
         return self.head(list(features))
 
 
+@functools.lru_cache(maxsize=4096)
+def _op_cost(kind: OpKind, spec: OpSpec, cin: int, cout: int, stride: int, h: int,
+             w: int) -> tuple[int, int, int]:  # fmt: skip
+    """(MACs, params, values of the largest intermediate tensor) of one op at one input shape,
+    on the ``meta`` device. Layers of a stage share their shapes, and a process costs the same
+    space many times (a search, its sub-nets, the calibration nets), so each is profiled once;
+    the op's kind is in the key, so a kind registered anew is profiled anew."""
+    with torch.device("meta"):
+        module = build_op(spec, cin, cout, stride)
+        macs, largest = _profile(module, torch.zeros(1, cin, h, w))
+    return macs, count_params(module), largest
+
+
 def op_costs(
     space: SearchSpace, input_hw: tuple[int, int], num_outputs: int
 ) -> tuple[dict[str, dict[str, tuple[int, int]]], tuple[int, int]]:
@@ -92,16 +107,16 @@ def op_costs(
     check_sizes(input_hw, num_outputs)
     shapes = space.infer_shapes(*input_hw)
     per_layer: dict[str, dict[str, tuple[int, int]]] = {}
+    for layer in space.layers:
+        cin, h, w = shapes[layer.input]
+        per_layer[layer.name] = {}
+        for op in layer.candidates:
+            spec = parse_op(op)
+            macs, params, largest = _op_cost(op_kind(spec), spec, cin, layer.width,
+                                             layer.stride, h, w)  # fmt: skip
+            _check_activation(space, layer.name, op, largest, input_hw)
+            per_layer[layer.name][op] = (macs, params)
     with torch.device("meta"):
-        for layer in space.layers:
-            cin, h, w = shapes[layer.input]
-            x = torch.zeros(1, cin, h, w)
-            per_layer[layer.name] = {}
-            for op in layer.candidates:
-                module = build_op(parse_op(op), cin, layer.width, layer.stride)
-                macs, largest = _profile(module, x)
-                _check_activation(space, layer.name, op, largest, input_hw)
-                per_layer[layer.name][op] = (macs, count_params(module))
         head = _HeadOnInputs(build_head(space, num_outputs))
         feats = [torch.zeros(1, *shapes[n]) for n in space.head_inputs()]
         macs, largest = _profile(head, *feats)

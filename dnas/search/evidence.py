@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from scipy import stats
 from torch import Tensor
 
 T_SIGNIFICANT = 2.0  # |t| above which an entry's mean gradient counts as a direction
@@ -64,6 +63,8 @@ class GradientEvidence:
         p_value > 0.01. None before 3 steps."""
         if self.steps < MIN_STEPS or self.total is None:
             return None
+        from scipy import stats  # here, not at import: scipy.stats adds seconds to every CLI start
+
         t = self.t_values()
         entries, hits = t.numel(), int((t.abs() > T_SIGNIFICANT).sum())
         under_noise = float(2 * stats.t.sf(T_SIGNIFICANT, self.steps - 1))

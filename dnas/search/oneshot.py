@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import kendalltau
 from torch import nn
 
 from dnas.engine.runtime import pick_device, seed_everything, to_device
@@ -331,6 +330,8 @@ def kendall(x: list[float], y: list[float]) -> tuple[float | None, float | None]
     (fewer than two items, or a constant side)."""
     if len(x) < 2:
         return None, None
+    from scipy.stats import kendalltau  # here, not at import: seconds off every CLI start
+
     tau, p = kendalltau(x, y)
     return (float(tau), float(p)) if np.isfinite(tau) else (None, None)
 

@@ -129,6 +129,7 @@ class SearchRun(EpochLoop):
         self.arch_batches = 0  # architecture batches consumed (the architecture split's stream)
         self.arch_steps = 0  # architecture steps in this epoch
         self.arch_stream: Iterator[dict] | None = None
+        self.drawn: dict[str, Any] = {}  # what the last TensorBoard pictures showed
 
     def make_loaders(self) -> None:
         exp, world = self.exp, self.world
@@ -197,19 +198,25 @@ class SearchRun(EpochLoop):
         return self.strategy.trained_models()
 
     def write_pictures(self, writer: SummaryWriter, epoch: int) -> None:
-        """Per-layer op entropy, the op-probability heat map and the argmax architecture."""
+        """Per-layer op entropy every epoch; the op-probability heat map and the derived
+        architecture when they differ from the last ones drawn (a picture takes a second or
+        more, and warm-up epochs leave the probabilities as they were)."""
         from dnas.vis import plot
 
         probs = self.strategy.arch_probs()
         for layer, value in entropies(probs).items():
             writer.add_scalar(f"entropy/{layer}", value, epoch)
-        figure = plot.op_probability_figure(probs, plot.candidates_of(self.space), epoch=epoch)
-        writer.add_image("search/op_probabilities", plot.figure_to_array(figure), epoch,
-                         dataformats="HWC")  # fmt: skip
-        arch = self.space.with_choices(self.strategy.get_final_architecture())
-        writer.add_image("search/architecture",
-                         plot.figure_to_array(plot.architecture_figure(arch)), epoch,
-                         dataformats="HWC")  # fmt: skip
+        shown = {layer: [round(p, 3) for p in values] for layer, values in probs.items()}
+        if shown != self.drawn.get("probs"):  # the heat map writes them to three decimals
+            figure = plot.op_probability_figure(probs, plot.candidates_of(self.space), epoch=epoch)
+            writer.add_image("search/op_probabilities", plot.figure_to_array(figure), epoch,
+                             dataformats="HWC")  # fmt: skip
+        choices = self.strategy.get_final_architecture()
+        if choices != self.drawn.get("choices"):
+            figure = plot.architecture_figure(self.space.with_choices(choices))
+            writer.add_image("search/architecture", plot.figure_to_array(figure), epoch,
+                             dataformats="HWC")  # fmt: skip
+        self.drawn = {"probs": shown, "choices": choices}
 
     def state(self) -> dict[str, Any]:
         return {
