@@ -97,11 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", type=int, default=256)
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timing")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--quick", action="store_true", help="batch 2, 64x64, no compile")
+    parser.add_argument("--quick", action="store_true", help="batch 2, 32x32, no compile")
     parser.add_argument("--out", type=Path, default=Path("runs/model_speed.json"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch, args.input, args.min_run_time, args.compile = 2, 64, 0.05, False
+        args.batch, args.input, args.min_run_time, args.compile = 2, 32, 0.05, False
     return args
 
 
