@@ -258,21 +258,23 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     layer (the most probable one; under a budget, the most probable net within the band)."""
     from dnas.search.derive import (
         budget_warning,
+        derive_checkpoint,
         evidence_warnings,
         format_rows,
         incomplete_warning,
+        read_search,
         undecided_warning,
         write_architecture,
     )
-    from dnas.search.derive import derive as derive_arch
 
     guard_output(output, force)
-    arch, rows = derive_arch(run, name)
-    if warning := incomplete_warning(run):
+    path, ckpt = read_search(run)
+    arch, rows = derive_checkpoint(path, ckpt, name)
+    if warning := incomplete_warning(path, ckpt):
         click.echo(f"warning: {warning}", err=True)
     write_architecture(arch, output, f"derived by 'dnas derive {run}'")
     click.echo(format_rows(rows))
-    for warning in (budget_warning(run), undecided_warning(rows), *evidence_warnings(run)):
+    for warning in (budget_warning(ckpt), undecided_warning(rows), *evidence_warnings(ckpt)):
         if warning:
             click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {output}")

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from conftest import write_experiment
 
 from dnas import checkpoint
+from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.engine.runtime import seed_everything
 from dnas.engine.train import build_fixed
@@ -48,13 +50,21 @@ def experiment(tmp_path_factory) -> Path:
 
 
 def run(args: list[str], processes: int) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "dnas"]
-    if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={processes}", "-m", "dnas"]  # fmt: skip
-    done = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env,
-                          timeout=600)  # fmt: skip
+    """``dnas ARGS`` in one process (this one, on one thread as each torchrun process runs) or
+    under ``torchrun --nproc_per_node PROCESSES``; its output."""
+    if processes == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            done = CliRunner().invoke(cli, args)
+        finally:
+            torch.set_num_threads(threads)
+        assert done.exit_code == 0, done.output[-3000:]
+        return done.output
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={processes}", "-m", "dnas"]  # fmt: skip
+    done = subprocess.run([*launcher, *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 

@@ -77,6 +77,26 @@ def test_heatmap_round_trip_is_within_a_quarter_pixel():
     assert float(maxvals[0, 3]) == 0.0
 
 
+def test_heatmap_targets_are_hrnets_gaussians_joint_by_joint():
+    """HRNet's JointsDataset.generate_target, written out per joint, on random joints: some off
+    the map, some unlabelled with NaN coordinates, a non-square map."""
+    rng = np.random.default_rng(0)
+    joints = rng.uniform(-30, 110, (40, 2)).astype(np.float32)
+    vis = (rng.random(40) > 0.3).astype(np.float32)
+    joints[vis == 0] = np.nan
+    target, weight = heatmap.encode(joints, vis, (96, 80), (24, 20), sigma=2.0)
+    for j, (x, y) in enumerate(joints):
+        mu_x, mu_y = int(x / 4 + 0.5) if vis[j] else 0, int(y / 4 + 0.5) if vis[j] else 0
+        inside = vis[j] > 0 and -6 <= mu_x < 24 + 6 and -6 <= mu_y < 20 + 6
+        assert weight[j, 0] == float(inside), j
+        expected = np.zeros((20, 24), np.float32)
+        if inside:
+            for r in range(max(0, mu_y - 6), min(20, mu_y + 7)):
+                for c in range(max(0, mu_x - 6), min(24, mu_x + 7)):
+                    expected[r, c] = np.exp(-((c - mu_x) ** 2 + (r - mu_y) ** 2) / 8.0)
+        np.testing.assert_allclose(target[j], expected, rtol=1e-6, atol=0, err_msg=str(j))
+
+
 def test_quarter_offset_moves_toward_the_higher_neighbour():
     hm = torch.zeros(1, 1, 8, 8)
     hm[0, 0, 4, 4], hm[0, 0, 4, 5], hm[0, 0, 3, 4] = 1.0, 0.6, 0.2

@@ -22,6 +22,7 @@ from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
 from dnas.engine.train import run_train
+from dnas.search.run import run_search
 from dnas.search.sweep import run_sweep
 from tasks.pose.synth import write_synthetic_mpii
 
@@ -70,7 +71,7 @@ def kill_mid_epoch(proc: subprocess.Popen, ckpt_dir: Path, after_step: int) -> N
 @pytest.mark.parametrize("strategy", ["gumbel", "random"])
 def test_sigkilled_search_resumes_exactly(tmp_path, synth_root, strategy):
     exp = search_experiment(tmp_path, synth_root, strategy)
-    finish(dnas("search", str(exp), "--out", str(tmp_path / "full")))
+    run_search(load_experiment(exp), tmp_path / "full", QUIET)  # uninterrupted, in this process
 
     run = tmp_path / "killed"
     kill_mid_epoch(dnas("search", str(exp), "--out", str(run)), run / "checkpoints", 8)
@@ -198,8 +199,6 @@ def as_legacy(state: dict) -> dict:
 
 @pytest.mark.parametrize("what", ["train", "search"])
 def test_a_checkpoint_of_the_earlier_loops_resumes_exactly(tmp_path, synth_root, what):
-    from dnas.search.run import run_search
-
     exp = load_experiment(write_experiment(
         tmp_path / "exp.yaml", synth_root, train={"steps_per_epoch": 3},
         search={"steps_per_epoch": 3, "warmup_epochs": 1, "epochs": 1},

@@ -56,9 +56,8 @@ def load_search(ref: Path | str, overrides: Sequence[str] = ()) -> SearchRecord:
     """A search run (directory or ``search.pt``) with its experiment, task and cost table
     rebuilt from the checkpoint's own copy (``overrides``: ``key=value`` laid over it, e.g. a
     moved dataset's ``task.root``), and the ops ``dnas derive`` would write."""
-    _, rows = derive(ref)  # the checkpoint checks and the choices of ``dnas derive``
-    path = find_checkpoint(Path(ref))
-    ckpt = checkpoint.load(path)
+    path, ckpt = read_search(ref)
+    _, rows = derive_checkpoint(path, ckpt)  # the choices of ``dnas derive``
     if not isinstance(ckpt.get("config"), dict):
         raise DnasError(f"{path}: a damaged search checkpoint (no config)")
     space = space_from_dict(ckpt["space"], source=str(path))  # the space searched
@@ -78,15 +77,29 @@ def load_search(ref: Path | str, overrides: Sequence[str] = ()) -> SearchRecord:
     return SearchRecord(path, ckpt, space, exp, task, table, {r.layer: r.op for r in rows})
 
 
-def derive(ref: Path | str, name: str | None = None) -> tuple[SearchSpace, list[DerivedLayer]]:
-    """The architecture a search chose (its checkpoint's ``choices``; the argmax for checkpoints
-    written before they were recorded), and per searchable layer the chosen op's probability."""
+def read_search(ref: Path | str) -> tuple[Path, dict]:
+    """A search run's checkpoint (its directory or ``search.pt``), loaded and checked. A super
+    net's checkpoint holds thousands of tensors and takes seconds to load, so callers load it
+    once and hand it on."""
     path = find_checkpoint(ref)
     ckpt = checkpoint.load(path)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "dnas-search":
         raise DnasError(f"{path}: not a dnas search checkpoint (write one with 'dnas search')")
     if missing := [k for k in ("space", "arch_probs") if not isinstance(ckpt.get(k), dict)]:
         raise DnasError(f"{path}: a damaged search checkpoint (no {', '.join(missing)})")
+    return path, ckpt
+
+
+def derive(ref: Path | str, name: str | None = None) -> tuple[SearchSpace, list[DerivedLayer]]:
+    """The architecture a search chose (its checkpoint's ``choices``; the argmax for checkpoints
+    written before they were recorded), and per searchable layer the chosen op's probability."""
+    return derive_checkpoint(*read_search(ref), name)
+
+
+def derive_checkpoint(
+    path: Path, ckpt: dict, name: str | None = None
+) -> tuple[SearchSpace, list[DerivedLayer]]:
+    """:func:`derive` of a checkpoint :func:`read_search` loaded from ``path``."""
     space = space_from_dict(ckpt["space"], source=str(path))
     probs, chosen = ckpt["arch_probs"], ckpt.get("choices")
     chosen = chosen if isinstance(chosen, dict) else {}
@@ -123,11 +136,10 @@ def undecided_warning(rows: list[DerivedLayer]) -> str | None:
             "search.arch_optimizer.lr")  # fmt: skip
 
 
-def incomplete_warning(ref: Path | str) -> str | None:
-    """One line when the search whose checkpoint this is stopped before its last epoch (an
-    interrupted run: its probabilities are those of a search cut short)."""
-    path = find_checkpoint(ref)
-    ckpt = checkpoint.load(path)
+def incomplete_warning(path: Path, ckpt: dict) -> str | None:
+    """One line when the search whose checkpoint this is (``ckpt``, loaded from ``path``)
+    stopped before its last epoch (an interrupted run: its probabilities are those of a search
+    cut short)."""
     done, total = ckpt.get("epoch"), ckpt.get("num_epochs")
     if not isinstance(done, int) or not isinstance(total, int) or done >= total:
         return None
@@ -137,10 +149,9 @@ def incomplete_warning(ref: Path | str) -> str | None:
     )
 
 
-def budget_warning(ref: Path | str) -> str | None:
+def budget_warning(ckpt: dict) -> str | None:
     """One line when the derived net's cost lies outside a budget search's band (no net of the
     space costs that much; the search took the nearest)."""
-    ckpt = checkpoint.load(find_checkpoint(ref))
     band, cost, unit = ckpt.get("band"), ckpt.get("final_cost"), ckpt.get("cost_unit", "")
     if not band or not isinstance(cost, int | float) or band[0] <= cost <= band[1]:
         return None
@@ -150,10 +161,10 @@ def budget_warning(ref: Path | str) -> str | None:
             "it, the nearest was taken (widen cost_model.tolerance)")  # fmt: skip
 
 
-def evidence_warnings(ref: Path | str) -> list[str]:
+def evidence_warnings(ckpt: dict) -> list[str]:
     """A line each when the search's architecture gradient never rose above noise, and when it
     was noise in most of its architecture epochs (:mod:`dnas.search.evidence`)."""
-    evidence = checkpoint.load(find_checkpoint(ref)).get("gradient_evidence")
+    evidence = ckpt.get("gradient_evidence")
     lines = (noise_warning(evidence), noise_epochs_warning(evidence))
     return [line for line in lines if line]
 

@@ -22,20 +22,16 @@ def encode(
     w, h = heatmap_wh
     stride = np.array([input_wh[0] / w, input_wh[1] / h])
     radius = sigma * 3
-    target = np.zeros((len(joints), h, w), np.float32)
     weight = (vis > 0).astype(np.float32)[:, None]
-    xs = np.arange(w, dtype=np.float32)
-    ys = np.arange(h, dtype=np.float32)[:, None]
-    for j, joint in enumerate(joints):
-        if weight[j, 0] == 0:
-            continue
-        mu_x, mu_y = (joint / stride + 0.5).astype(int)
-        if mu_x - radius >= w or mu_y - radius >= h or mu_x + radius < 0 or mu_y + radius < 0:
-            weight[j, 0] = 0
-            continue
-        g = np.exp(-((xs - mu_x) ** 2 + (ys - mu_y) ** 2) / (2 * sigma**2))
-        window = (np.abs(xs - mu_x) <= radius) & (np.abs(ys - mu_y) <= radius)
-        target[j] = g * window
+    # all joints at once (a loop over joints was a third of the data loading of a training step)
+    seen = np.where(weight > 0, joints, 0)  # unlabelled joints may hold anything, even NaN
+    mu = (seen / stride + 0.5).astype(int)  # HRNet: int(joint / stride + 0.5)
+    weight[((mu - radius) >= (w, h)).any(1) | ((mu + radius) < 0).any(1)] = 0
+    dx = np.arange(w, dtype=np.float32) - mu[:, :1]  # (J, w)
+    dy = np.arange(h, dtype=np.float32) - mu[:, 1:]  # (J, h)
+    g = np.exp(-(dx[:, None, :] ** 2 + dy[:, :, None] ** 2) / (2 * sigma**2))
+    window = (np.abs(dx) <= radius)[:, None, :] & (np.abs(dy) <= radius)[:, :, None]
+    target = (g * window * weight[:, :, None]).astype(np.float32)
     return target, weight
 
 
