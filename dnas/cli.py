@@ -15,6 +15,7 @@ import click
 
 from dnas.errors import ConfigError, DnasError, from_worker
 from dnas.files import check_writable
+from dnas.search.bounds import BAND, CHANCE_SAMPLES
 
 # User mistakes surface as one line on stderr and exit code 1, click's usage errors included.
 
@@ -281,7 +282,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
 
 
 def band_opt(help: str) -> Callable:
-    return click.option("--band", type=FiniteRange(0.001, 1.0), default=0.03,
+    return click.option("--band", type=FiniteRange(*BAND), default=0.03,
                         show_default=True, help=help)  # fmt: skip
 
 
@@ -290,7 +291,7 @@ def band_opt(help: str) -> Callable:
 @band_opt("Chance: random architectures within this share of the runs' mean cost.")
 @click.option(
     "--samples",
-    type=click.IntRange(10),
+    type=click.IntRange(CHANCE_SAMPLES),
     default=200,
     show_default=True,
     help="Sets of random architectures (as many as RUNS) that estimate chance.",

@@ -57,6 +57,8 @@ def test_api_example_searches_derives_and_trains(tmp_path):
 def test_wrong_api_inputs_are_dnas_errors_naming_what_was_wrong(tmp_path):
     from conftest import TINY_SPACE
 
+    from dnas.search.oneshot import rank
+
     space = dnas.load_space(TINY_SPACE)
     table = dnas.cost_table(space, (64, 64), 16)
     choices = {layer.name: layer.candidates[0] for layer in space.searchable_layers}
@@ -72,6 +74,11 @@ def test_wrong_api_inputs_are_dnas_errors_naming_what_was_wrong(tmp_path):
         (lambda: dnas.decisiveness({"a": [-1.0, 2.0]}), "op probabilities outside 0..1"),
         (lambda: dnas.decisiveness({"a": [float("nan")]}), "the search diverged"),
         (lambda: dnas.compare_runs(str(tmp_path)), "a list of at least two search runs"),
+        # the bounds of the CLI's --band and --samples (dnas.search.bounds), checked first
+        (lambda: dnas.compare_runs(["a", "b"], band=5e-4), "agreement: expected band in 0.001..1"),
+        (lambda: dnas.compare_runs(["a", "b"], band=float("nan")), "got nan"),
+        (lambda: dnas.compare_runs(["a", "b"], samples=9), "agreement: expected samples >= 10"),
+        (lambda: rank("a", [], band=1.5), "rank: expected band in 0.001..1"),
         (lambda: dnas.write_architecture(space, tmp_path), "a folder"),
         (lambda: dnas.CostTable.load(str(tmp_path / "none.json")), "cannot read cost table"),
     ]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dnas.errors import DnasError
+from dnas.search.bounds import check_band, check_chance_samples
 from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.cost_model import CostTable
 from dnas.search.derive import find_checkpoint, load_search
@@ -80,9 +81,8 @@ def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
     at the runs' mean derived cost) with the z-score of the mean against it."""
     if isinstance(refs, str | Path) or len(refs) < 2:
         raise DnasError("agreement needs a list of at least two search runs")
-    if samples < 1 or not 0 < band <= 1:
-        raise DnasError(f"agreement: expected samples >= 1 and 0 < band <= 1, got {samples}, "
-                        f"{band}")  # fmt: skip
+    check_band(band, "agreement")
+    check_chance_samples(samples, "agreement")
     files = [find_checkpoint(ref).resolve() for ref in refs]  # RUN and RUN/search.pt alike
     if twice := sorted({str(f) for f in files if files.count(f) > 1}):
         raise DnasError(f"{twice[0]}: the same search run given twice (it agrees with itself)")

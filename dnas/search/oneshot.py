@@ -32,6 +32,7 @@ from dnas.errors import DnasError
 from dnas.nn.network import Network, module_key
 from dnas.registry import TASKS
 from dnas.schema import load_yaml
+from dnas.search.bounds import check_band
 from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.derive import SearchRecord, load_search, write_architecture
 from dnas.search.run import split_indices
@@ -279,6 +280,7 @@ def rank(
     among the others by one-shot score."""
     if calibration_batches < 1:
         raise DnasError(f"--calibration-batches: expected at least 1, got {calibration_batches}")
+    check_band(band, "rank")
     supernet = load_supernet(run, overrides)
     others = [load_supernet(ref, overrides) for ref in compare]
     for ref, other in zip(compare, others, strict=True):
