@@ -25,13 +25,13 @@ def check(out: Path, steps: str, **env: str) -> tuple[dict, str]:
 
 def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     """Every step, in two --only runs of two steps each (a run of all four costs as much, and
-    each run shows that the steps not named do not run); the first installs offline."""
+    each run shows that the steps not named do not run), each on the offline install."""
     wheels = tmp_path / "no-wheels"  # the host's .whl/ holds wheels for the GPU's python
     wheels.mkdir()
     first, second = tmp_path / "first", tmp_path / "second"
-    tests_speed, _ = check(first, "cuda_tests,model_speed", DNAS_CHECK_INSTALL="1",
-                           DNAS_CHECK_WHEELS=str(wheels))  # fmt: skip
-    search_lut, stdout = check(second, "search_speed,lut")
+    offline = {"DNAS_CHECK_INSTALL": "1", "DNAS_CHECK_WHEELS": str(wheels)}
+    tests_speed, _ = check(first, "cuda_tests,model_speed", **offline)
+    search_lut, stdout = check(second, "search_speed,lut", **offline)
     assert list(tests_speed["steps"]) == ["cuda_tests", "model_speed"]
     assert list(search_lut["steps"]) == ["search_speed", "lut"]
     for summary in (tests_speed, search_lut):
@@ -40,7 +40,8 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     nets = tests_speed["model_speed"]
     assert sorted(nets) == ["efficientpose-a", "efficientpose-b", "efficientpose-c"]
     assert all(len(rows) == 4 for rows in nets.values())  # inference and training, 2 modes
-    assert (first / "site" / "dnas").is_dir()  # the offline install of the checkout ran
+    for out in (first, second):  # the offline install of the checkout ran for every step
+        assert (out / "site" / "dnas").is_dir()
     assert not (first / "lut.json").exists() and not (first / "search_speed.json").exists()
     assert set(search_lut["search_samples_per_s"]) == {"darts", "gumbel", "binary_gates"}
     assert all(rate > 0 for rate in search_lut["search_samples_per_s"].values())

@@ -16,6 +16,7 @@ from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
 from dnas.errors import DnasError
 from dnas.search.agreement import chance_agreement, mean_agreement, op_agreement
+from dnas.search.bounds import check_band, check_chance_samples
 from dnas.search.budget import tilted_probs
 from dnas.search.cost_model import get_cost_model
 from dnas.search.run import run_search
@@ -30,6 +31,21 @@ def test_op_agreement_is_the_share_of_equal_layers():
     assert mean_agreement([a, b, c]) == pytest.approx((0.75 + 0.5 + 0.75) / 3)
     with pytest.raises(DnasError, match="different searchable layers"):
         op_agreement(a, {"l1": "k3e3"})
+
+
+def test_the_bounds_take_numbers_of_any_kind_and_nothing_else():
+    """numpy's scalars pass as Python's do (a band read from an array); bools, strings and NaN
+    do not, nor anything outside the CLI's --band and --samples bounds."""
+    for band in (0.001, 1, 0.03, np.float32(0.03), np.float64(0.5)):
+        check_band(band, "agreement")
+    for samples in (10, 200, np.int64(200), np.int32(10)):
+        check_chance_samples(samples, "agreement")
+    for band in (0.0009, 1.01, float("nan"), True, "0.03", None):
+        with pytest.raises(DnasError, match="agreement: expected band in 0.001..1"):
+            check_band(band, "agreement")
+    for samples in (9, 10.0, True, np.float64(20)):
+        with pytest.raises(DnasError, match="agreement: expected samples >= 10"):
+            check_chance_samples(samples, "agreement")
 
 
 def test_chance_is_the_collision_rate_of_the_budget_sampler():
