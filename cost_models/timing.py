@@ -19,19 +19,24 @@ busy) than around any of the last ``speed_window`` chunks kept, gets the chunk m
 again. So a sudden change is refused while a slow, steady one is corrected: another process
 made the reference 1.6x slower at once here, while this VM slowed by 1.25x over ten minutes of
 a batch-8 build. When it stays noisy after the retries the guard stops with one line saying
-what it saw, so a busy machine never writes a silently wrong table.
+what it saw, so a busy machine never writes a silently wrong table. The line names the cause
+that the kernel's accounting shows (``cost_models.cpu_use``): other processes taking CPU time
+(stop them), or none (the machine itself is unsteady, as a shared VM's host can make it;
+``--allow-noise`` is then the only way to a table, a noisier one).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch.utils.benchmark as benchmark
 from torch.utils.benchmark.utils.common import set_torch_threads
 
+from cost_models.cpu_use import CpuClock, others_cores, read_clock
 from dnas.errors import DnasError
 
 
@@ -114,6 +119,10 @@ class NoisePolicy:
     # reference net this much slower or faster than around any of the last speed_window
     # chunks kept (the start included while it is among them)
     max_speed_change: float = 0.25
+    # cores that other processes took on average in a window of a second while timings stayed
+    # noisy, above which the machine counts as busy (a busy process beside a 2-thread timing
+    # on 2 cores took 0.6; a quiet VM's own daemons 0.005); below, the machine is unsteady
+    busy_cores: float = 0.15
     speed_window: int = 10  # chunks kept: tens of seconds at the default chunk of 12
     retries: int = 3  # further measurements of a noisy timing or a drifted chunk
     chunk: int = 12  # entries between two timings of the reference net
@@ -124,10 +133,16 @@ class NoisePolicy:
     fresh_processes: bool = True
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.chunk < 1 or self.rounds < 1 or self.speed_window < 1:
-            raise ValueError(f"NoisePolicy needs retries >= 0 and chunk, rounds, speed_window "
-                             f">= 1, got {self.retries}, {self.chunk}, {self.rounds}, "
-                             f"{self.speed_window}")  # fmt: skip
+        if (
+            self.retries < 0
+            or self.chunk < 1
+            or self.rounds < 1
+            or self.speed_window < 1
+            or self.busy_cores < 0
+        ):
+            raise ValueError(f"NoisePolicy needs retries, busy_cores >= 0 and chunk, rounds, "
+                             f"speed_window >= 1, got {self.retries}, {self.busy_cores}, "
+                             f"{self.chunk}, {self.rounds}, {self.speed_window}")  # fmt: skip
 
 
 @dataclass
@@ -188,15 +203,36 @@ class NoiseReport:
                 "reference_start_ms": None if start is None else round(start, 4)}  # fmt: skip
 
 
-_ADVICE = "stop other work on this machine and run it again"
+# the CPU accounting's windows: 10 ms ticks make a shorter one read up to 0.1 cores off
+_WINDOW_S = 1.0
+_READING_EVERY_S = 0.1  # readings of the CPU clocks kept: one per 0.1 s at most,
+_READINGS_KEPT = 64  # the last 64 (at least 6.4 s),
+_EARLY_S = 2.0  # and those of the guard's first 2 s, which the later timings are held against
+_STOP_OTHERS = "stop other work on this machine and run it again"
+
+
+def _window_rates(readings: list[CpuClock]) -> list[float]:
+    """Cores other processes took in consecutive windows of at least ``_WINDOW_S`` between
+    ``readings``, the last window ending at the last reading."""
+    rates, end = [], readings[-1] if readings else None
+    for reading in reversed(readings[:-1]):
+        if end.wall_s - reading.wall_s >= _WINDOW_S:
+            rates.append(others_cores(reading, end))
+            end = reading
+    return [rate for rate in rates if rate is not None]
 
 
 class NoiseGuard:
-    """Steady timings of many callables, checked against a reference net (module docstring)."""
+    """Steady timings of many callables, checked against a reference net (module docstring).
+    ``clock`` reads the CPU accounting that tells a busy machine from an unsteady one."""
 
     def __init__(self, timer: Timer, reference: Callable[[], object], policy: NoisePolicy,
-                 what: str) -> None:  # fmt: skip
+                 what: str, clock: Callable[[], CpuClock | None] = read_clock) -> None:  # fmt: skip
         self.timer, self.reference, self.policy, self.what = timer, reference, policy, what
+        self.clock = clock
+        self._early: list[CpuClock] = []
+        self._recent: deque[CpuClock] = deque(maxlen=_READINGS_KEPT)
+        self._read_clock()
         self.report = NoiseReport()
         self._base = self.steady(reference, "the reference net").median_ms
         self.report.reference_ms.append(self._base)
@@ -205,6 +241,7 @@ class NoiseGuard:
     def steady(self, fn: Callable[[], object], name: str) -> Timing:
         """The steadiest of up to 1 + retries timings of ``fn``; one line if none is steady
         (strict), else the steadiest, which the caller counts if it keeps it."""
+        self._read_clock()
         best = self.timer(fn)
         for _ in range(self.policy.retries):
             if best.spread <= self.policy.max_spread:
@@ -213,11 +250,10 @@ class NoiseGuard:
             again = self.timer(fn)
             best = again if again.spread < best.spread else best
         if best.spread > self.policy.max_spread and self.policy.strict:
-            raise NoisyMachine(
-                f"{self.what}: the machine is busy: the repeats of {name} spread "
-                f"{100 * best.spread:.0f} % around their median ({best.median_ms:.3f} ms; at most "
-                f"{100 * self.policy.max_spread:.0f} % is kept) after {self.policy.retries} "
-                f"re-measurements; {_ADVICE}"
+            raise self._refusal(
+                f"the repeats of {name} spread {100 * best.spread:.0f} % around their median "
+                f"({best.median_ms:.3f} ms; at most {100 * self.policy.max_spread:.0f} % is kept) "
+                f"after {self.policy.retries} re-measurements"
             )
         return best
 
@@ -252,16 +288,48 @@ class NoiseGuard:
                 self.report.chunks_redone += 1
         if problem is not None:
             if self.policy.strict:
-                raise NoisyMachine(
-                    f"{self.what}: the machine is busy: {problem} after {self.policy.retries} "
-                    f"re-measurements of {chunk[0][0]} .. {chunk[-1][0]}; {_ADVICE}"
-                )
+                raise self._refusal(f"{problem} after {self.policy.retries} re-measurements of "
+                                    f"{chunk[0][0]} .. {chunk[-1][0]}")  # fmt: skip
             self.report.chunks_kept_noisy += 1
         self._kept.append(after)
         self.report.kept_noisy += sum(t.spread > self.policy.max_spread for t in timings)
         self.report.worst_spread = max([self.report.worst_spread, *(t.spread for t in timings)])
         factor = self._base / (0.5 * (before + after))  # at the start's speed
         return [Timing(t.median_ms * factor, t.iqr_ms * factor, t.runs) for t in timings]
+
+    def _read_clock(self) -> None:
+        """Keep a reading of the CPU clocks, at most one per ``_READING_EVERY_S``."""
+        now = self.clock()
+        if now is None or (
+            self._recent and now.wall_s - self._recent[-1].wall_s < _READING_EVERY_S
+        ):
+            return
+        self._recent.append(now)
+        if not self._early or now.wall_s - self._early[0].wall_s <= _EARLY_S:
+            self._early.append(now)
+
+    def _others(self) -> float | None:
+        """The most cores other processes took in a window of the guard's start or of the last
+        seconds (None: no accounting, or no window long enough yet)."""
+        now = self.clock()
+        recent = [*self._recent, *([now] if now is not None else [])]
+        return max([*_window_rates(self._early), *_window_rates(recent)], default=None)
+
+    def _refusal(self, problem: str) -> NoisyMachine:
+        """The one line for timings that stayed noisy, naming the cause that the CPU accounting
+        shows: other processes taking CPU time (busy), none (unsteady), or unknown."""
+        others = self._others()
+        if others is None:
+            cause = "the machine is busy or unsteady"
+            advice = f"{_STOP_OTHERS}, or keep noisy timings with --allow-noise"
+        elif others > self.policy.busy_cores:
+            cause = f"the machine is busy (other processes took {others:.2f} cores)"
+            advice = _STOP_OTHERS
+        else:
+            cause = (f"the machine's speed is unsteady with nothing else running (other "
+                     f"processes took {others:.2f} cores; a shared VM's host?)")  # fmt: skip
+            advice = "--allow-noise keeps such timings (counted in meta.noise): a noisier table"
+        return NoisyMachine(f"{self.what}: {cause}: {problem}; {advice}")
 
     def _problem(self, before: float, after: float) -> str | None:
         """Why the timings of a chunk between two reference timings cannot be kept, if so:
