@@ -65,6 +65,9 @@ def measured(setting: list[str], options: list[str], samples: int, table: Path) 
         "speed_vs_build": report["speed_vs_build"],
         "reference_vs_build": report["reference_vs_build"],
         "build_noise": meta["noise"]["drift"], "check_noise": report["noise"]["drift"],
+        # times noisy timings went on as measured on a quiet but unsteady machine
+        "build_unsteady": meta["noise"].get("unsteady", 0),
+        "check_unsteady": report["noise"].get("unsteady", 0),
         "build_s": round(built, 1), "check_s": round(time.perf_counter() - start, 1),
     }  # fmt: skip
 

@@ -21,8 +21,9 @@ when it is the fastest of the three in the runtime it was searched for.
                                         [--no-search] [--keep-tables DIR]
 
 ``--allow-noise`` builds the tables with the noise guard's strict mode off (``dnas lut build
---allow-noise``): a noisy timing or chunk is kept and counted in the JSON's ``noise``, not
-refused, for a machine whose own speed wanders more than the guard accepts.
+--allow-noise``): a noisy timing or chunk is kept and counted in the JSON's ``noise`` even
+while other processes take CPU time. Without it a busy machine stops the build, while a quiet
+machine whose own speed wanders keeps its noisy timings anyway (``noise.unsteady``).
 """
 
 from __future__ import annotations

@@ -722,7 +722,8 @@ def noise_options(command: Callable) -> Callable:
                      help="Reference net this much slower or faster than around any of the "
                           f"last {NoisePolicy.speed_window} chunks: busy."),
         click.option("--allow-noise", is_flag=True,
-                     help="Keep noisy timings (counted in meta.noise) instead of stopping."),
+                     help="Keep noisy timings (counted in meta.noise) even while other "
+                          "processes take CPU time, instead of stopping."),
         click.option("--in-process", is_flag=True,
                      help="Run every round in this process rather than each in a fresh one "
                           "(quicker; one process's memory layout then biases all timings)."),
@@ -743,13 +744,26 @@ def make_bench(runtime: str, device: str, threads: int, min_time: float, rounds:
 
 def noise_line(noise: dict) -> str:
     kept = noise["kept_noisy"] + noise["chunks_kept_noisy"]
+    why = "the machine unsteady, nothing else running" if noise.get("unsteady") else "--allow-noise"
     kept = (f", kept {noise['kept_noisy']} noisy timings and {noise['chunks_kept_noisy']} "
-            "drifted chunks (--allow-noise)" if kept else "")  # fmt: skip
+            f"drifted chunks ({why})" if kept else "")  # fmt: skip
     return (
         f"noise: worst spread {100 * noise['worst_spread']:.1f} %, reference drift "
         f"{100 * noise['drift']:.1f} %, {noise['remeasured']} timings and "
         f"{noise['chunks_redone']} chunks measured again{kept}"
     )
+
+
+def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
+    """One line where timings went on as measured because the machine's speed wandered with
+    nothing else running (``NoiseReport.unsteady``, recorded at ``where``): ``result`` carries
+    that noise."""
+    if not noise.get("unsteady"):
+        return None
+    return (f"warning: this machine's speed was unsteady with nothing else running (a shared VM's "
+            f"host?): timings stayed noisy after re-measuring {noise['unsteady']} times and went "
+            f"on as measured ({where}; reference drift {100 * noise['drift']:.0f} %), so "
+            f"{result} carries that noise")  # fmt: skip
 
 
 @lut.command(
@@ -821,6 +835,8 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
         f"{fitted}"
     )
     click.echo(noise_line(table["meta"]["noise"]))
+    if warning := unsteady_warning(table["meta"]["noise"], "the table", "meta.noise.unsteady"):
+        click.echo(warning, err=True)
 
 
 def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpace:
@@ -876,6 +892,9 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
                        max_spread, max_drift, max_speed_change, allow_noise,
                        in_process)  # fmt: skip
     report = check_lut(table, search_space, samples, bench, what=f"lut check --table {table_path}")
+    if warning := unsteady_warning(report["noise"], "the measured times, tau and MAPE",
+                                   "the report's noise.unsteady"):  # fmt: skip
+        click.echo(warning, err=True)
     if fmt == "json":
         click.echo(json.dumps(report))
         return

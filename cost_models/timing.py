@@ -18,17 +18,20 @@ or a machine more than ``max_speed_change`` slower (another process) or faster (
 busy) than around any of the last ``speed_window`` chunks kept, gets the chunk measured
 again. So a sudden change is refused while a slow, steady one is corrected: another process
 made the reference 1.6x slower at once here, while this VM slowed by 1.25x over ten minutes of
-a batch-8 build. When it stays noisy after the retries the guard stops with one line saying
-what it saw, so a busy machine never writes a silently wrong table. The line names the cause
-that the kernel's accounting shows (``cost_models.cpu_use``): other processes taking CPU time
-(stop them), or none (the machine itself is unsteady, as a shared VM's host can make it;
-``--allow-noise`` is then the only way to a table, a noisier one).
+a batch-8 build. What happens to timings that stay noisy after the retries depends on the
+cause that the kernel's accounting shows (``cost_models.cpu_use``): other processes taking CPU
+time stop the guard with one line that says so (stop them and run it again), so a busy
+machine never writes a silently wrong table; with nothing else running the machine itself is
+unsteady, as a shared VM's host can make it, which nothing the user stops would cure, so the
+timings go on as measured and are counted in ``NoiseReport.unsteady`` (the commands print a
+warning). ``--allow-noise`` keeps them whatever the cause.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +61,7 @@ class Timing:
 Timer = Callable[[Callable[[], object]], Timing]  # what measures one callable
 Prepare = Callable[[], Callable[[], object]]  # what prepares the callable that is timed
 Job = tuple[str, Prepare]
+Clock = Callable[[], CpuClock | None]  # what reads the CPU accounting (cost_models.cpu_use)
 
 
 MIN_BLOCKS = 4  # fewer blocks give no interquartile range worth the name
@@ -151,8 +155,12 @@ class NoiseReport:
 
     remeasured: int = 0  # timings measured again for their spread
     chunks_redone: int = 0  # chunks measured again after the reference drifted
-    kept_noisy: int = 0  # timings kept although their spread was too large (strict off only)
-    chunks_kept_noisy: int = 0  # chunks kept although the reference moved (strict off only)
+    kept_noisy: int = 0  # timings kept although their spread was too large
+    chunks_kept_noisy: int = 0  # chunks kept although the reference moved
+    # times that timings (a job's, the reference's, a chunk's) stayed noisy after the retries in
+    # strict mode with nothing else running, and went on as measured (a chunk redone later
+    # replaces its timings); 0 under --allow-noise, which keeps them without asking
+    unsteady: int = 0
     worst_spread: float = 0.0  # largest IQR / median among the timings kept
     reference_ms: list[float] = field(default_factory=list)  # the reference net, in order
     # how many of reference_ms each pass timed, pass after pass, where passes ran in processes
@@ -187,6 +195,7 @@ class NoiseReport:
             chunks_redone=sum(r.chunks_redone for r in reports),
             kept_noisy=sum(r.kept_noisy for r in reports),
             chunks_kept_noisy=sum(r.chunks_kept_noisy for r in reports),
+            unsteady=sum(r.unsteady for r in reports),
             worst_spread=max((r.worst_spread for r in reports), default=0.0),
             reference_ms=[ms for r in reports for ms in r.reference_ms],
             passes=[len(run) for r in reports for run in r._starts()],
@@ -196,6 +205,7 @@ class NoiseReport:
         start = self.start_ms
         return {"remeasured": self.remeasured, "chunks_redone": self.chunks_redone,
                 "kept_noisy": self.kept_noisy, "chunks_kept_noisy": self.chunks_kept_noisy,
+                "unsteady": self.unsteady,
                 "worst_spread": round(self.worst_spread, 4),
                 "drift": round(self.drift, 4),
                 "reference_ms": [round(ms, 4) for ms in self.reference_ms],
@@ -224,12 +234,13 @@ def _window_rates(readings: list[CpuClock]) -> list[float]:
 
 class NoiseGuard:
     """Steady timings of many callables, checked against a reference net (module docstring).
-    ``clock`` reads the CPU accounting that tells a busy machine from an unsteady one."""
+    ``clock`` reads the CPU accounting that tells a busy machine from an unsteady one
+    (default: ``read_clock``)."""
 
     def __init__(self, timer: Timer, reference: Callable[[], object], policy: NoisePolicy,
-                 what: str, clock: Callable[[], CpuClock | None] = read_clock) -> None:  # fmt: skip
+                 what: str, clock: Clock | None = None) -> None:  # fmt: skip
         self.timer, self.reference, self.policy, self.what = timer, reference, policy, what
-        self.clock = clock
+        self.clock = clock or read_clock
         self._early: list[CpuClock] = []
         self._recent: deque[CpuClock] = deque(maxlen=_READINGS_KEPT)
         self._read_clock()
@@ -239,8 +250,8 @@ class NoiseGuard:
         self._kept = [self._base]  # the reference timings around the chunks kept so far
 
     def steady(self, fn: Callable[[], object], name: str) -> Timing:
-        """The steadiest of up to 1 + retries timings of ``fn``; one line if none is steady
-        (strict), else the steadiest, which the caller counts if it keeps it."""
+        """The steadiest of up to 1 + retries timings of ``fn``; if none is steady, kept or
+        refused by ``_keep_or_refuse`` (the caller counts a kept one)."""
         self._read_clock()
         best = self.timer(fn)
         for _ in range(self.policy.retries):
@@ -249,8 +260,8 @@ class NoiseGuard:
             self.report.remeasured += 1
             again = self.timer(fn)
             best = again if again.spread < best.spread else best
-        if best.spread > self.policy.max_spread and self.policy.strict:
-            raise self._refusal(
+        if best.spread > self.policy.max_spread:
+            self._keep_or_refuse(
                 f"the repeats of {name} spread {100 * best.spread:.0f} % around their median "
                 f"({best.median_ms:.3f} ms; at most {100 * self.policy.max_spread:.0f} % is kept) "
                 f"after {self.policy.retries} re-measurements"
@@ -287,9 +298,8 @@ class NoiseGuard:
             if attempt < self.policy.retries:
                 self.report.chunks_redone += 1
         if problem is not None:
-            if self.policy.strict:
-                raise self._refusal(f"{problem} after {self.policy.retries} re-measurements of "
-                                    f"{chunk[0][0]} .. {chunk[-1][0]}")  # fmt: skip
+            self._keep_or_refuse(f"{problem} after {self.policy.retries} re-measurements of "
+                                 f"{chunk[0][0]} .. {chunk[-1][0]}")  # fmt: skip
             self.report.chunks_kept_noisy += 1
         self._kept.append(after)
         self.report.kept_noisy += sum(t.spread > self.policy.max_spread for t in timings)
@@ -310,26 +320,36 @@ class NoiseGuard:
 
     def _others(self) -> float | None:
         """The most cores other processes took in a window of the guard's start or of the last
-        seconds (None: no accounting, or no window long enough yet)."""
+        seconds; where no window is a second long yet, this process sleeps to complete one
+        (asleep, it takes nothing itself). None: no accounting."""
         now = self.clock()
-        recent = [*self._recent, *([now] if now is not None else [])]
+        if now is None or not self._early:
+            return None
+        oldest = self._early[0]
+        if now.wall_s - oldest.wall_s < _WINDOW_S:
+            time.sleep(_WINDOW_S - (now.wall_s - oldest.wall_s))
+            now = self.clock() or now
+        recent = [*self._recent, now]
         return max([*_window_rates(self._early), *_window_rates(recent)], default=None)
 
-    def _refusal(self, problem: str) -> NoisyMachine:
-        """The one line for timings that stayed noisy, naming the cause that the CPU accounting
-        shows: other processes taking CPU time (busy), none (unsteady), or unknown."""
+    def _keep_or_refuse(self, problem: str) -> None:
+        """Timings that stayed noisy: kept under --allow-noise, and kept in strict mode too when
+        nothing else was running (counted in ``unsteady``: the machine's own unsteadiness,
+        which nothing the user stops cures); else one line naming the cause: other processes
+        taking CPU time, or unknown (no accounting to read)."""
+        if not self.policy.strict:
+            return
         others = self._others()
+        if others is not None and others <= self.policy.busy_cores:
+            self.report.unsteady += 1
+            return
         if others is None:
             cause = "the machine is busy or unsteady"
             advice = f"{_STOP_OTHERS}, or keep noisy timings with --allow-noise"
-        elif others > self.policy.busy_cores:
+        else:
             cause = f"the machine is busy (other processes took {others:.2f} cores)"
             advice = _STOP_OTHERS
-        else:
-            cause = (f"the machine's speed is unsteady with nothing else running (other "
-                     f"processes took {others:.2f} cores; a shared VM's host?)")  # fmt: skip
-            advice = "--allow-noise keeps such timings (counted in meta.noise): a noisier table"
-        return NoisyMachine(f"{self.what}: {cause}: {problem}; {advice}")
+        raise NoisyMachine(f"{self.what}: {cause}: {problem}; {advice}")
 
     def _problem(self, before: float, after: float) -> str | None:
         """Why the timings of a chunk between two reference timings cannot be kept, if so:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -16,6 +18,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DNAS_TEST_DATA", REPO.parent / "shared" / "data"))
 TINY_SPACE = Path(__file__).parent / "data" / "tiny_space.yaml"
+
+
+def start_busy(count: int) -> list[subprocess.Popen]:
+    """``count`` processes that keep a core busy each (a concurrent load); ``stop_busy`` ends
+    them."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def stop_busy(load: list[subprocess.Popen]) -> None:
+    for process in load:
+        process.kill()
+    for process in load:
+        process.wait()
 
 
 def need(path: Path) -> Path:

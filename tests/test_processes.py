@@ -7,7 +7,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_SPACE
+from conftest import TINY_SPACE, start_busy, stop_busy
 
 from cost_models.processes import in_fresh_process
 from cost_models.timing import NoisyMachine
@@ -81,12 +81,19 @@ def test_a_pass_interrupted_here_stops_its_process_at_once():
 
 
 def test_a_build_refused_in_a_fresh_process_stops_with_one_line_and_writes_nothing(tmp_path):
+    """With another process busy, every timing too spread (--max-spread 0) is refused in the
+    child, and its one line comes back here."""
     out = tmp_path / "lut.json"
-    result = CliRunner().invoke(cli, ["lut", "build", "--space", str(TINY_SPACE), "--input",
-                                      "64x64", "--min-time", "0.01", "--rounds", "2",
-                                      "--max-spread", "0", "--calibration", "2",
-                                      "-o", str(out)])  # fmt: skip
+    load = start_busy(1)
+    try:
+        result = CliRunner().invoke(cli, ["lut", "build", "--space", str(TINY_SPACE), "--input",
+                                          "64x64", "--min-time", "0.01", "--rounds", "2",
+                                          "--max-spread", "0", "--calibration", "2",
+                                          "-o", str(out)])  # fmt: skip
+    finally:
+        stop_busy(load)
     assert result.exit_code == 1
-    assert result.output.startswith("Error: lut build --space tiny: the machine is ")
+    assert result.output.startswith("Error: lut build --space tiny: the machine is busy (other "
+                                    "processes took ")  # fmt: skip
     assert ": the repeats of the reference net spread " in result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
