@@ -16,15 +16,16 @@ timings are expressed at the start's speed: multiplied by the reference's first 
 mean time around the chunk. A chunk during which the speed changed by more than ``max_drift``,
 or a machine more than ``max_speed_change`` slower (another process) or faster (the start was
 busy) than around any of the last ``speed_window`` chunks kept, gets the chunk measured
-again. So a sudden change is refused while a slow, steady one is corrected: another process
-made the reference 1.6x slower at once here, while this VM slowed by 1.25x over ten minutes of
-a batch-8 build. What happens to timings that stay noisy after the retries depends on the
-cause that the kernel's accounting shows (``cost_models.cpu_use``): other processes taking CPU
-time stop the guard with one line that says so (stop them and run it again), so a busy
-machine never writes a silently wrong table; with nothing else running the machine itself is
-unsteady, as a shared VM's host can make it, which nothing the user stops would cure, so the
-timings go on as measured and are counted in ``NoiseReport.unsteady`` (the commands print a
-warning). ``--allow-noise`` keeps them whatever the cause.
+again. So a sudden change is not passed off as a new speed while a slow, steady one is
+corrected: another process made the reference 1.6x slower at once here, while this VM slowed by
+1.25x over ten minutes of a batch-8 build. What happens to timings that stay noisy after the
+retries depends on the cause that the kernel's accounting shows (``cost_models.cpu_use``):
+other processes taking CPU time stop the guard with one line that says so (stop them and run
+it again), so a busy machine never writes a silently wrong table; with nothing else running
+the machine itself is unsteady, as a shared VM's host can make it, which nothing the user
+stops would cure, so the timings go on as measured and are counted in
+``NoiseReport.unsteady`` (the commands print a warning). ``--allow-noise`` keeps them whatever
+the cause.
 """
 
 from __future__ import annotations
