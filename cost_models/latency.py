@@ -40,6 +40,7 @@ from cost_models.timing import (
     NoiseReport,
     Prepare,
     Timing,
+    interleave,
     measure,
     median_of,
 )
@@ -88,6 +89,13 @@ class Bench:
         fn()  # the first call allocates and (ONNX Runtime) plans; never timed
         return measure(fn, self.runtime.threads, self.min_time)
 
+    def time_in_turn(self, fns: list[Callable[[], object]],
+                     between: Callable[[], None] = lambda: None) -> list[Timing]:  # fmt: skip
+        """Timings of ``fns`` taken in turn (``interleave``): at least ``min_time`` s each."""
+        for fn in fns:
+            fn()  # as in ``time``: the first call is never timed
+        return interleave(fns, self.runtime.threads, self.min_time, between)
+
     def job(
         self, prepare: Callable[[], Callable[[], object]]
     ) -> Callable[[], Callable[[], object]]:
@@ -100,14 +108,13 @@ def time_forwards(
     bench: Bench, modules: dict[str, nn.Module], inputs: list[torch.Tensor]
 ) -> dict[str, float]:
     """Milliseconds of one forward pass of each module in the bench's runtime: the median of
-    ``rounds`` timings, taken in interleaved rounds so that a change of the machine's speed
-    falls on every module alike (no noise guard; for reports, not tables)."""
-    fns = {name: bench.runtime.prepare(module, inputs) for name, module in modules.items()}
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(bench.policy.rounds):
-        for name, fn in fns.items():
-            times[name].append(bench.time(fn).median_ms)
-    return {name: statistics.median(ms) for name, ms in times.items()}
+    ``rounds`` timings, each of all the modules in turn (``Bench.time_in_turn``) so that a
+    change of the machine's speed falls on every module alike (no noise guard; for reports,
+    not tables)."""
+    fns = [bench.runtime.prepare(module, inputs) for module in modules.values()]
+    rounds = [bench.time_in_turn(fns) for _ in range(bench.policy.rounds)]
+    return {name: statistics.median(timings[i].median_ms for timings in rounds)
+            for i, name in enumerate(modules)}  # fmt: skip
 
 
 def time_forward(bench: Bench, module: nn.Module, inputs: list[torch.Tensor]) -> float:
@@ -178,8 +185,9 @@ def _op_jobs(bench: Bench, space: SearchSpace, input_hw: tuple[int, int], num_ou
 @dataclass(frozen=True)
 class TimingPass:
     """What one pass of a build or check times, as data that a fresh process rebuilds its
-    jobs from: every candidate op and the head (``ops``, a build), then the named whole
-    networks, between timings of the reference net (``reference_choices``)."""
+    jobs from: every candidate op and the head (``ops``, a build), in chunks between timings
+    of the reference net (``reference_choices``), then the named whole networks, timed in
+    turn with the reference net among them (``NoiseGuard.run_interleaved``)."""
 
     bench: Bench
     space: SearchSpace
@@ -204,11 +212,14 @@ def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> tuple[list[Ti
     _warm_up(bench, space, plan.input_hw, plan.num_outputs, x,
              np.random.default_rng(plan.warm_up_seed))  # fmt: skip
     reference = network_job(bench, space, reference_choices(space), plan.num_outputs, x)()
-    guard = NoiseGuard(bench.time, reference, replace(bench.policy, rounds=rounds), plan.what)
-    jobs = ([job for _, _, job in _op_jobs(bench, space, plan.input_hw, plan.num_outputs,
-                                           plan.batch)] if plan.ops else [])  # fmt: skip
-    jobs += [(name, network_job(bench, space, c, plan.num_outputs, x)) for name, c in plan.nets]
-    return guard.run(jobs, done), guard.report
+    guard = NoiseGuard(bench.time, reference, replace(bench.policy, rounds=rounds), plan.what,
+                       sweep=bench.time_in_turn)  # fmt: skip
+    ops = ([job for _, _, job in _op_jobs(bench, space, plan.input_hw, plan.num_outputs,
+                                          plan.batch)] if plan.ops else [])  # fmt: skip
+    nets = [(name, network_job(bench, space, c, plan.num_outputs, x)) for name, c in plan.nets]
+    timings = guard.run(ops, done) if ops else []
+    timings += guard.run_interleaved(nets, done) if nets else []
+    return timings, guard.report
 
 
 def fresh_passes(policy: NoisePolicy) -> bool:

@@ -249,19 +249,18 @@ class Tag(torch.nn.Module):
         return self.tag
 
 
-def test_time_forwards_interleaves_rounds_so_a_slowing_machine_hits_every_net_alike(monkeypatch):
-    calls: list[str] = []
+def test_time_forwards_times_the_nets_in_turn_in_every_round(monkeypatch):
+    calls: list[list[str]] = []
 
-    def slowing(self, fn) -> Timing:  # each timing 1 ms slower than the one before
-        calls.append(fn())
-        return Timing(median_ms=10.0 + len(calls), iqr_ms=0.0, runs=4)
+    def in_turn(self, fns, between=None) -> list[Timing]:  # each round 1 ms slower
+        calls.append([fn() for fn in fns])
+        return [Timing(10.0 + len(calls) + i, 0.0, 8) for i in range(len(fns))]
 
-    monkeypatch.setattr(Bench, "time", slowing)
+    monkeypatch.setattr(Bench, "time_in_turn", in_turn)
     bench = Bench(get_runtime("torch", torch.device("cpu"), 1), policy=NoisePolicy(rounds=3))
     ms = time_forwards(bench, {"a": Tag("a"), "b": Tag("b")}, [torch.zeros(1)])
-    assert calls == ["a", "b"] * 3
-    # medians of calls 1, 3, 5 and 2, 4, 6; timed one after the other they would be 2 and 5
-    assert ms == {"a": 13.0, "b": 14.0}
+    assert calls == [["a", "b"]] * 3
+    assert ms == {"a": 12.0, "b": 13.0}  # medians of 11, 12, 13 and of 12, 13, 14
 
 
 def test_a_table_of_other_widths_or_impossible_times_is_refused_in_one_line(lut, tmp_path):

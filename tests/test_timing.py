@@ -22,6 +22,7 @@ from cost_models.timing import (
     NoiseReport,
     NoisyMachine,
     Timing,
+    interleave,
     measure,
 )
 from dnas.cli import cli
@@ -110,6 +111,54 @@ def test_blocks_stay_short_when_the_timer_itself_is_slow():
     assert clock.make(BlockTimer, 50e-6)._estimate_block_size(0.04) == 199
     # a call longer than the goal is a block of its own
     assert clock.make(BlockTimer, 30e-3)._estimate_block_size(0.1) == 1
+
+
+class SpeedShift:
+    """A deterministic clock on a machine that runs at half speed from ``at`` seconds on."""
+
+    def __init__(self, at: float) -> None:
+        self.now, self.at = 0.0, at
+
+    def work(self, seconds: float) -> None:
+        self.now += seconds * (1.0 if self.now < self.at else 2.0)
+
+    def timer(self) -> float:
+        return self.now
+
+
+def test_callables_timed_in_turn_share_the_machines_change_of_speed():
+    """A 1 ms and a 2 ms call, the machine halving its speed in the third of 8 sweeps: timed in
+    turn, both medians fall after the change and keep the ratio 2; timed one after the other
+    (``blocked_autorange`` each), the first ran before the change and the second after it."""
+    clock = SpeedShift(at=0.08)
+    calls = [lambda: clock.work(1e-3), lambda: clock.work(2e-3)]
+    short, long = interleave(calls, threads=1, min_run_time=0.1, sweeps=8, timer=clock.timer)
+    assert short.runs == long.runs == 8  # 8 blocks of 12.5 ms each: 0.1 s
+    assert (short.median_ms, long.median_ms) == pytest.approx((2.0, 4.0))
+    # the change of speed is shared, so it is not counted as either one's noise
+    assert short.spread < 0.01 and long.spread < 0.01
+    clock = SpeedShift(at=0.08)
+    [lone] = interleave(calls[:1], threads=1, min_run_time=0.1, sweeps=8, timer=clock.timer)
+    assert lone.spread > 0.3  # nothing to share it with
+    clock = SpeedShift(at=0.08)
+    alone = [BlockTimer(stmt="fn()", globals={"fn": fn}, timer=clock.timer)
+             .blocked_autorange(min_run_time=0.1).median for fn in calls]  # fmt: skip
+    assert alone[1] / alone[0] == pytest.approx(4.0)
+
+
+def test_blocks_in_turn_are_sized_to_their_share_of_the_time_and_between_runs_after_each():
+    clock = SimulatedClock(0.0)
+    ticks: list[float] = []
+    calls = [lambda: clock.tick(1e-3), lambda: clock.tick(30e-3)]
+    fast, slow = interleave(calls, 1, 0.1, between=lambda: ticks.append(clock.now),
+                            sweeps=4, timer=clock.timer)  # fmt: skip
+    # 25 ms blocks: 25 calls of 1 ms, or one call longer than that
+    assert (fast.median_ms, slow.median_ms, fast.runs, slow.runs) == pytest.approx(
+        (1.0, 30.0, 4, 4)
+    )
+    assert len(ticks) == 8 and ticks[1] - ticks[0] == pytest.approx(0.030)
+    # by default as many blocks as ``measure`` takes at least, each a quarter of the time
+    assert [t.runs for t in interleave(calls[:1], 1, 0.1, timer=clock.timer)] == [MIN_BLOCKS]
 
 
 def test_a_noisy_timing_is_measured_again_and_the_steadiest_kept():
@@ -297,6 +346,46 @@ def test_a_speed_change_within_a_chunk_redoes_it_until_the_machine_is_steady_aga
     assert guard.report.chunks_redone == 2
     assert guard.report.reference_ms == [10.0, 15.0, 10.2, 10.2]
     assert guard.report.drift == pytest.approx(0.5)
+
+
+def in_turn(script: Script):
+    """A sweep for the guard that plays ``script`` back, one timing per callable."""
+    return lambda fns, between: [script(fn) for fn in fns]
+
+
+def test_networks_timed_in_turn_are_scaled_to_the_start_by_the_reference_among_them():
+    script = Script({"ref": [steady(10.0), steady(12.5)], "a": [steady(5.0)],
+                     "b": [steady(2.5)]})  # fmt: skip
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(rounds=2), "test",
+                       sweep=in_turn(script))  # fmt: skip
+    done: list[int] = []
+    timings = guard.run_interleaved([("a", lambda: script.fn("a")),
+                                     ("b", lambda: script.fn("b"))], done.append)  # fmt: skip
+    assert [t.median_ms for t in timings] == pytest.approx([4.0, 2.0])  # x 10 / 12.5
+    assert script.calls == ["ref", "ref", "a", "b", "ref", "a", "b"]
+    assert done == [2, 2] and guard.report.reference_ms == [10.0, 12.5, 12.5]
+
+
+def test_a_pass_in_turn_that_stays_noisy_on_a_busy_machine_stops_with_one_line():
+    script = Script({"ref": [steady(10.0)], "a": [steady(5.0), noisy(5.0)],
+                     "b": [noisy(2.0)]})  # fmt: skip
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(rounds=1, retries=2), "lut check",
+                       clock=Load(1.0), sweep=in_turn(script))  # fmt: skip
+    with pytest.raises(NoisyMachine) as info:
+        guard.run_interleaved([("a", lambda: script.fn("a")), ("b", lambda: script.fn("b"))])
+    assert str(info.value) == (
+        "lut check: the machine is busy (other processes took 1.00 cores): the repeats of a "
+        "spread 50 % around their median (5.000 ms; at most 25 % is kept) after 2 "
+        "re-measurements of a .. b in turn; stop other work on this machine and run it again"
+    )
+    assert guard.report.chunks_redone == 2
+    # the reference ran off the speed kept: the pass is timed again, then kept
+    script = Script({"ref": [steady(10.0), steady(15.0), steady(10.5)], "a": [steady(5.0)]})
+    guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(rounds=1), "test",
+                       sweep=in_turn(script))  # fmt: skip
+    [timing] = guard.run_interleaved([("a", lambda: script.fn("a"))])
+    assert timing.median_ms == pytest.approx(5.0 * 10 / 10.5)
+    assert guard.report.chunks_redone == 1 and guard.report.reference_ms == [10.0, 10.5]
 
 
 def busy_error(plan: dict[str, list[Timing]], what: str = "lut build", jobs: int = 1,
