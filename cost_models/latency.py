@@ -91,7 +91,7 @@ class Bench:
 
     def time_in_turn(self, fns: list[Callable[[], object]],
                      between: Callable[[], None] = lambda: None) -> list[Timing]:  # fmt: skip
-        """Timings of ``fns`` taken in turn (``interleave``): at least ``min_time`` s each."""
+        """Timings of ``fns`` taken in turn (``interleave``): about ``min_time`` s each."""
         for fn in fns:
             fn()  # as in ``time``: the first call is never timed
         return interleave(fns, self.runtime.threads, self.min_time, between)
@@ -403,16 +403,16 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     gauges = gauge_nets(meta, space)
     checked = [(f"network {i + 1}", c) for i, c in enumerate(nets)]
     checked += [(f"picked net at {100 * level:.0f} % of the MACs", c) for level, c in picks.items()]
-    named, at = interleaved(checked, [(f"calibration net {i + 1} again", n["choices"])
-                                      for i, n in enumerate(gauges)])  # fmt: skip
+    # all of them timed in turn (``NoiseGuard.run_interleaved``): the gauges share their speeds
+    named = checked + [(f"calibration net {i + 1} again", n["choices"])
+                       for i, n in enumerate(gauges)]  # fmt: skip
     plan = TimingPass(bench, space, tuple(meta["input"]), meta["num_outputs"], meta["batch"],
                       named, ops=False, what=what, warm_up_seed=seed + 1000)  # fmt: skip
     timings, noise = time_passes(plan, "lut check: timings")
     rows = [{"predicted_ms": predict_ms(table, c), "measured_ms": t.median_ms,
              "spread": round(t.spread, 4)}
             for (_, c), t in zip(named, timings, strict=True)]  # fmt: skip
-    gauge_rows, gauged = [rows[i] for i in at], set(at)
-    rows = [r for i, r in enumerate(rows) if i not in gauged]
+    rows, gauge_rows = rows[: len(checked)], rows[len(checked) :]
     rows, picked = rows[:samples], rows[samples:]
     for row, (level, choices) in zip(picked, picks.items(), strict=True):
         row |= {"level": level, "choices": choices}
@@ -439,17 +439,6 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
             "picked_mape": _mape(picked_pred, picked_real) if picked else None}  # fmt: skip
 
 
-def interleaved(items: list, extra: list) -> tuple[list, list[int]]:
-    """``items`` with ``extra`` spread evenly among them, and the positions of ``extra``: nets
-    timed at one moment share that moment's speed, so the gauges sample the whole run."""
-    merged, at = list(items), []
-    for i, item in enumerate(extra):
-        position = round((i + 0.5) * len(items) / len(extra)) + i
-        merged.insert(position, item)
-        at.append(position)
-    return merged, at
-
-
 def gauge_nets(meta: dict, space: SearchSpace) -> list[dict]:
     """Up to ``SPEED_NETS`` of the table's calibration nets that ``space`` can build, with a
     positive time, spread over the build's order: timed again by ``lut check``, they gauge the
@@ -470,7 +459,7 @@ def gauge_nets(meta: dict, space: SearchSpace) -> list[dict]:
     usable = [n for n in nets if buildable(n)]
     if len(usable) <= SPEED_NETS:
         return usable
-    # spread over the build's order: nets timed one after the other share its speed then
+    # spread over the list: builds before 2026-12-06 timed their nets one after the other
     return [usable[round(i * (len(usable) - 1) / (SPEED_NETS - 1))] for i in range(SPEED_NETS)]
 
 
@@ -757,11 +746,11 @@ def noise_line(noise: dict) -> str:
     kept = noise["kept_noisy"] + noise["chunks_kept_noisy"]
     why = "the machine unsteady, nothing else running" if noise.get("unsteady") else "--allow-noise"
     kept = (f", kept {noise['kept_noisy']} noisy timings and {noise['chunks_kept_noisy']} "
-            f"drifted chunks ({why})" if kept else "")  # fmt: skip
+            f"noisy chunks or passes ({why})" if kept else "")  # fmt: skip
     return (
         f"noise: worst spread {100 * noise['worst_spread']:.1f} %, reference drift "
         f"{100 * noise['drift']:.1f} %, {noise['remeasured']} timings and "
-        f"{noise['chunks_redone']} chunks measured again{kept}"
+        f"{noise['chunks_redone']} chunks or passes measured again{kept}"
     )
 
 

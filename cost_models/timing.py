@@ -27,7 +27,10 @@ it again), so a busy machine never writes a silently wrong table; with nothing e
 the machine itself is unsteady, as a shared VM's host can make it, which nothing the user
 stops would cure, so the timings go on as measured and are counted in
 ``NoiseReport.unsteady`` (the commands print a warning). ``--allow-noise`` keeps them whatever
-the cause.
+the cause. Whole networks timed in turn are checked a pass at a time: a net whose blocks spread
+beyond the speed shared with the others, or a reference net off the speed kept, gets the pass
+timed again; a drift within a pass falls on every net alike and is neither corrected nor
+refused.
 """
 
 from __future__ import annotations
@@ -125,8 +128,9 @@ def interleave(fns: list[Callable[[], object]], threads: int, min_run_time: floa
     """Time each of ``fns`` in ``sweeps`` blocks of about ``min_run_time / sweeps`` s (or one
     call, where a call is longer), one block of each in turn per sweep, so that every
     callable sees the same mix of the machine's speeds: on a 2-core EPYC VM two timings of the
-    same 30 whole networks (20 calls each) agreed to Kendall tau 0.88 (per-net sd 2.4 %) this
-    way, 0.66 (6.3 %) with each net's calls together in 5 rounds. A timing's median is its
+    same 30 whole networks (20 calls each, in one process) agreed to Kendall tau 0.88 (per-net
+    sd 2.4 %) in 20 sweeps of one call, 0.66 (6.3 %) with each net's calls together in 5
+    rounds. A timing's median is its
     blocks'; its IQR is theirs once each sweep's shared speed (the median over the callables
     of a block's time over the callable's median) is divided out: the noise that does not
     fall on all alike (with one callable, the plain IQR). ``between()`` runs after every
@@ -197,9 +201,11 @@ class NoiseReport:
     """What the guard saw; recorded in a table's ``meta.noise`` and in ``lut check``."""
 
     remeasured: int = 0  # timings measured again for their spread
-    chunks_redone: int = 0  # chunks measured again after the reference drifted
+    # chunks of op timings measured again after the reference drifted or jumped, and passes of
+    # whole networks timed in turn measured again after a jump or a spread
+    chunks_redone: int = 0
     kept_noisy: int = 0  # timings kept although their spread was too large
-    chunks_kept_noisy: int = 0  # chunks kept although the reference moved
+    chunks_kept_noisy: int = 0  # chunks or passes kept although that stayed so
     # times that timings (a job's, the reference's, a chunk's) stayed noisy after the retries in
     # strict mode with nothing else running, and went on as measured (a chunk redone later
     # replaces its timings); 0 under --allow-noise, which keeps them without asking
@@ -357,6 +363,8 @@ class NoiseGuard:
         timed again, as a chunk is. ``done(len(jobs))`` after each pass."""
         if self.sweep is None:
             raise ValueError("NoiseGuard.run_interleaved needs a sweep")
+        if not jobs:
+            return []
         names = ["the reference net", *(name for name, _ in jobs)]
         passes = []
         for _ in range(self.policy.rounds):
@@ -365,13 +373,13 @@ class NoiseGuard:
             def attempt(fns: list = fns) -> tuple[list[Timing], str | None]:
                 self._read_clock()
                 timings = self.sweep(fns, self._read_clock)
+                self.report.reference_ms.append(timings[0].median_ms)  # each try, as a chunk
                 spread = (self._spread_problem(n, t) for n, t in zip(names, timings, strict=True))
                 return timings, next((p for p in spread if p), None) or self._speed_jump(
                     timings[0].median_ms)  # fmt: skip
 
             timings = self._retried(attempt, f"{jobs[0][0]} .. {jobs[-1][0]} in turn")
             reference = timings[0].median_ms
-            self.report.reference_ms.append(reference)
             passes.append(self._kept_at_start_speed(timings[1:], reference, reference))
             if done is not None:
                 done(len(jobs))

@@ -22,7 +22,6 @@ from cost_models.latency import (
     LatencyOptions,
     build_lut,
     gauge_nets,
-    interleaved,
     machine_speed,
     picked_choices,
     predict_ms,
@@ -118,13 +117,6 @@ def test_machine_speed_gauges_on_calibration_nets_the_space_can_build(lut):
              {"measured_ms": 1.0 * nets[1]["measured_ms"]}]  # fmt: skip
     speed = machine_speed(meta, 1.3 * built_at, nets[:2], again)
     assert speed["ratio"] == pytest.approx(0.95) and speed["reference"] == pytest.approx(1.3)
-
-
-def test_gauges_are_spread_among_the_checked_nets():
-    merged, at = interleaved(list(range(33)), ["a", "b", "c"])
-    assert [merged[i] for i in at] == ["a", "b", "c"] and at == [6, 17, 30]
-    assert [m for m in merged if isinstance(m, int)] == list(range(33))  # order kept
-    assert interleaved([1, 2], []) == ([1, 2], [])
 
 
 def test_missing_ops_batch_and_shape_are_one_error_with_the_build_command(lut, tmp_path):

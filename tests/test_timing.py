@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch.utils.benchmark as benchmark
 from click.testing import CliRunner
@@ -128,8 +129,8 @@ class SpeedShift:
 
 def test_callables_timed_in_turn_share_the_machines_change_of_speed():
     """A 1 ms and a 2 ms call, the machine halving its speed in the third of 8 sweeps: timed in
-    turn, both medians fall after the change and keep the ratio 2; timed one after the other
-    (``blocked_autorange`` each), the first ran before the change and the second after it."""
+    turn, both medians fall after the change and keep the ratio 2 (one after the other, the
+    first would have run before the change and the second after it: a ratio of 4)."""
     clock = SpeedShift(at=0.08)
     calls = [lambda: clock.work(1e-3), lambda: clock.work(2e-3)]
     short, long = interleave(calls, threads=1, min_run_time=0.1, sweeps=8, timer=clock.timer)
@@ -140,10 +141,6 @@ def test_callables_timed_in_turn_share_the_machines_change_of_speed():
     clock = SpeedShift(at=0.08)
     [lone] = interleave(calls[:1], threads=1, min_run_time=0.1, sweeps=8, timer=clock.timer)
     assert lone.spread > 0.3  # nothing to share it with
-    clock = SpeedShift(at=0.08)
-    alone = [BlockTimer(stmt="fn()", globals={"fn": fn}, timer=clock.timer)
-             .blocked_autorange(min_run_time=0.1).median for fn in calls]  # fmt: skip
-    assert alone[1] / alone[0] == pytest.approx(4.0)
 
 
 def test_blocks_in_turn_are_sized_to_their_share_of_the_time_and_between_runs_after_each():
@@ -156,7 +153,7 @@ def test_blocks_in_turn_are_sized_to_their_share_of_the_time_and_between_runs_af
     assert (fast.median_ms, slow.median_ms, fast.runs, slow.runs) == pytest.approx(
         (1.0, 30.0, 4, 4)
     )
-    assert len(ticks) == 8 and ticks[1] - ticks[0] == pytest.approx(0.030)
+    assert np.diff(ticks) == pytest.approx([0.030, 0.025] * 3 + [0.030])
     # by default as many blocks as ``measure`` takes at least, each a quarter of the time
     assert [t.runs for t in interleave(calls[:1], 1, 0.1, timer=clock.timer)] == [MIN_BLOCKS]
 
@@ -279,7 +276,7 @@ def test_a_build_on_an_unsteady_quiet_machine_writes_its_table_and_warns(monkeyp
     assert "(the machine unsteady, nothing else running)" in result.output
     old = {k: v for k, v in noise.items() if k != "unsteady"}  # a table from before the field
     assert unsteady_warning(old, "the table", "meta.noise.unsteady") is None
-    assert noise_line(old).endswith("drifted chunks (--allow-noise)")
+    assert noise_line(old).endswith("noisy chunks or passes (--allow-noise)")
 
 
 def test_cpu_clocks_read_the_machines_busy_ticks_and_this_processs_time(tmp_path):
@@ -354,16 +351,16 @@ def in_turn(script: Script):
 
 
 def test_networks_timed_in_turn_are_scaled_to_the_start_by_the_reference_among_them():
-    script = Script({"ref": [steady(10.0), steady(12.5)], "a": [steady(5.0)],
-                     "b": [steady(2.5)]})  # fmt: skip
+    script = Script({"ref": [steady(10.0), steady(12.0)], "a": [steady(6.0)],
+                     "b": [steady(3.0)]})  # fmt: skip
     guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(rounds=2), "test",
                        sweep=in_turn(script))  # fmt: skip
     done: list[int] = []
     timings = guard.run_interleaved([("a", lambda: script.fn("a")),
                                      ("b", lambda: script.fn("b"))], done.append)  # fmt: skip
-    assert [t.median_ms for t in timings] == pytest.approx([4.0, 2.0])  # x 10 / 12.5
+    assert [t.median_ms for t in timings] == pytest.approx([5.0, 2.5])  # x 10 / 12
     assert script.calls == ["ref", "ref", "a", "b", "ref", "a", "b"]
-    assert done == [2, 2] and guard.report.reference_ms == [10.0, 12.5, 12.5]
+    assert done == [2, 2] and guard.report.reference_ms == [10.0, 12.0, 12.0]
 
 
 def test_a_pass_in_turn_that_stays_noisy_on_a_busy_machine_stops_with_one_line():
@@ -385,7 +382,8 @@ def test_a_pass_in_turn_that_stays_noisy_on_a_busy_machine_stops_with_one_line()
                        sweep=in_turn(script))  # fmt: skip
     [timing] = guard.run_interleaved([("a", lambda: script.fn("a"))])
     assert timing.median_ms == pytest.approx(5.0 * 10 / 10.5)
-    assert guard.report.chunks_redone == 1 and guard.report.reference_ms == [10.0, 10.5]
+    assert guard.report.chunks_redone == 1 and guard.report.reference_ms == [10.0, 15.0, 10.5]
+    assert guard.run_interleaved([]) == []
 
 
 def busy_error(plan: dict[str, list[Timing]], what: str = "lut build", jobs: int = 1,
