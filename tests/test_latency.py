@@ -20,15 +20,18 @@ from cost_models.latency import (
     Bench,
     LatencyCostModel,
     LatencyOptions,
+    TimingPass,
     build_lut,
     gauge_nets,
     machine_speed,
     picked_choices,
     predict_ms,
+    reference_choices,
     time_forwards,
+    time_pass,
 )
 from cost_models.runtimes import get_runtime
-from cost_models.timing import NoisePolicy, Timing
+from cost_models.timing import NoiseGuard, NoisePolicy, Timing
 from dnas.cli import cli
 from dnas.errors import DnasError
 from dnas.space.graph import load_space
@@ -239,6 +242,32 @@ class Tag(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> str:
         return self.tag
+
+
+def test_a_pass_times_ops_in_chunks_and_whole_networks_in_turn(monkeypatch):
+    """``time_pass`` sends the op entries to the chunked guard and the named networks to the
+    timing in turn, and returns the ops' timings first."""
+    seen: dict[str, list[str]] = {}
+
+    def spy(method: str):
+        real = getattr(NoiseGuard, method)
+
+        def wrapped(self, jobs, done=None):
+            seen[method] = [name for name, _ in jobs]
+            return real(self, jobs, done)
+
+        return wrapped
+
+    for method in ("run", "run_interleaved"):
+        monkeypatch.setattr(NoiseGuard, method, spy(method))
+    space = load_space(TINY_SPACE)
+    nets = [("network 1", reference_choices(space)), ("network 2", reference_choices(space))]
+    plan = TimingPass(quick_bench(), space, (32, 32), 4, 1, nets, ops=True, what="t",
+                      warm_up_seed=0)  # fmt: skip
+    timings, _ = time_pass(plan, 1, None)
+    assert seen["run_interleaved"] == ["network 1", "network 2"]
+    assert seen["run"][-1] == "head" and "network 1" not in seen["run"]
+    assert len(timings) == len(seen["run"]) + 2
 
 
 def test_time_forwards_times_the_nets_in_turn_in_every_round(monkeypatch):
