@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from cost_models.calibration import FIXED, Calibration, Sample, calibrate
+from cost_models.fidelity import noise_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.processes import Done, in_fresh_process
 from cost_models.runtimes import Runtime, get_runtime
@@ -395,7 +396,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     """Predicted vs measured latency of ``samples`` random architectures and of the table's
     own picks (``picked_choices``), in the table's runtime, under the same noise guard as the
     build; a few of the build's calibration nets are timed again for the machine's speed
-    (``machine_speed``)."""
+    (``machine_speed``); the random nets' passes give the check's ``noise_ceiling``."""
     meta = table["meta"]
     rng = np.random.default_rng(seed)
     nets = [uniform_choices(space.searchable_layers, rng) for _ in range(samples)]
@@ -427,7 +428,9 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     steady = real / speed["ratio"] if speed["ratio"] else real
     picked_pred = np.array([r["predicted_ms"] for r in picked])
     picked_real = np.array([r["measured_ms"] for r in picked])
+    ceiling = noise_ceiling([t.passes for t in timings[:samples]])
     return {"kendall_tau": tau, "mape": _mape(pred, real),
+            "noise_ceiling": ceiling.to_dict() if ceiling else None,
             "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": noise.to_dict(),
             "fresh_processes": fresh_passes(bench.policy),
@@ -870,8 +873,10 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
               min_time: float, rounds: int, max_spread: float, max_drift: float,
               max_speed_change: float, allow_noise: bool, in_process: bool,
               fmt: str) -> None:  # fmt: skip
-    """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%); and
-    of the table's own fastest nets at 25, 50 and 75 % of the space's MAC range."""
+    """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%), and
+    the tau and MAPE a table without error would get against the same measurements (their
+    noise ceiling); and of the table's own fastest nets at 25, 50 and 75 % of the space's MAC
+    range."""
 
     table = read_lut(table_path)
     meta, recorded_runtime = table["meta"], table_runtime(table)
@@ -905,6 +910,11 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
     conditions = f"{recorded_runtime}, batch {meta['batch']}, {meta['threads']} threads"
     click.echo(f"Kendall tau {report['kendall_tau']:.3f}   MAPE {report['mape']:.2f} %   "
                f"({conditions})")  # fmt: skip
+    if ceiling := report["noise_ceiling"]:
+        click.echo(f"noise ceiling: a table without error would get tau about "
+                   f"{ceiling['kendall_tau']:.3f} and MAPE about {ceiling['mape']:.2f} % against "
+                   f"these measurements (a net's time moved {ceiling['pass_sd']:.1f} % from pass "
+                   f"to pass beyond the speed the pass shared)")  # fmt: skip
     if report["picked"]:
         errors = ", ".join(f"{100 * r['level']:.0f} % {r['predicted_ms']:.3f} vs "
                            f"{r['measured_ms']:.3f} ms" for r in report["picked"])  # fmt: skip

@@ -53,11 +53,13 @@ from dnas.errors import DnasError
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and interquartile range of one call's milliseconds, over ``runs`` blocks."""
+    """Median and interquartile range of one call's milliseconds, over ``runs`` blocks; a
+    timing combined from passes (``median_of``) keeps each pass's median in ``passes``."""
 
     median_ms: float
     iqr_ms: float
     runs: int
+    passes: tuple[float, ...] = ()
 
     @property
     def spread(self) -> float:
@@ -408,7 +410,8 @@ class NoiseGuard:
         self.report.kept_noisy += sum(t.spread > self.policy.max_spread for t in timings)
         self.report.worst_spread = max([self.report.worst_spread, *(t.spread for t in timings)])
         factor = self._base / speed_ms
-        return [Timing(t.median_ms * factor, t.iqr_ms * factor, t.runs) for t in timings]
+        return [Timing(t.median_ms * factor, t.iqr_ms * factor, t.runs,
+                       tuple(ms * factor for ms in t.passes)) for t in timings]  # fmt: skip
 
     def _read_clock(self) -> None:
         """Keep a reading of the CPU clocks, at most one per ``_READING_EVERY_S``."""
@@ -484,7 +487,9 @@ class NoiseGuard:
 
 
 def median_of(timings: list[Timing]) -> Timing:
-    """One job's passes: the median of their medians and of their IQRs."""
+    """One job's passes: the median of their medians and of their IQRs; every pass's median is
+    kept (those of timings that were combined already, in order)."""
     return Timing(statistics.median(t.median_ms for t in timings),
                   statistics.median(t.iqr_ms for t in timings),
-                  sum(t.runs for t in timings))  # fmt: skip
+                  sum(t.runs for t in timings),
+                  tuple(ms for t in timings for ms in t.passes or (t.median_ms,)))  # fmt: skip

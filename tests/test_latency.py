@@ -166,6 +166,9 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     report = json.loads(check.stdout)  # progress lines go to stderr
     assert not report["fresh_processes"] and len(report["noise"]["passes"]) == 1
     assert -1.0 <= report["kendall_tau"] <= 1.0 and report["mape"] >= 0
+    ceiling = report["noise_ceiling"]  # from the 3 nets' 5 passes
+    assert -1.0 <= ceiling["kendall_tau"] <= 1.0 and ceiling["mape"] >= 0
+    assert ceiling["pass_sd"] > 0  # real timings of a pass never repeat exactly
     # the machine's speed: 3 calibration nets timed again, their median time now over then
     assert report["speed_from"] == "3 calibration nets" and len(report["gauge_nets"]) == 3
     speed = report["speed_vs_build"]

@@ -25,6 +25,7 @@ from cost_models.timing import (
     Timing,
     interleave,
     measure,
+    median_of,
 )
 from dnas.cli import cli
 
@@ -359,6 +360,7 @@ def test_networks_timed_in_turn_are_scaled_to_the_start_by_the_reference_among_t
     timings = guard.run_interleaved([("a", lambda: script.fn("a")),
                                      ("b", lambda: script.fn("b"))], done.append)  # fmt: skip
     assert [t.median_ms for t in timings] == pytest.approx([5.0, 2.5])  # x 10 / 12
+    assert [t.passes for t in timings] == [pytest.approx((5.0, 5.0)), pytest.approx((2.5, 2.5))]
     assert script.calls == ["ref", "ref", "a", "b", "ref", "a", "b"]
     assert done == [2, 2] and guard.report.reference_ms == [10.0, 12.0, 12.0]
 
@@ -504,6 +506,15 @@ def test_rounds_keep_each_jobs_median_over_the_passes():
     assert [t.median_ms for t in timings] == [2.0, 5.0] and timings[0].runs == 30
     assert done == [2, 2, 2]  # one chunk per pass
     assert script.calls == ["ref", "a", "b", "ref", "a", "b", "ref", "a", "b", "ref"]
+
+
+def test_a_timing_combined_from_passes_keeps_every_pass():
+    """What ``lut check``'s noise ceiling is estimated from: each pass's median, also where the
+    passes of fresh processes are combined with those already combined in one process."""
+    one_process = median_of([Timing(3.0, 0.3, 4), Timing(5.0, 0.1, 4)])
+    assert one_process.passes == (3.0, 5.0) and one_process.median_ms == 4.0
+    merged = median_of([one_process, Timing(10.0, 0.2, 4)])
+    assert merged.passes == (3.0, 5.0, 10.0) and merged.runs == 12
 
 
 def test_passes_in_processes_of_their_own_keep_their_own_starts():

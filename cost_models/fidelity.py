@@ -1,0 +1,74 @@
+"""What a latency check can show on this machine: the noise ceiling of its own measurements.
+
+A table without any error would still not reach Kendall tau 1 or MAPE 0 against measured times
+that carry noise of their own. ``noise_ceiling`` estimates that noise from the passes of the
+check (each net is timed once per pass and kept as its median over the passes) and gives the
+tau and MAPE an error-free table would get against such measurements on average, so that a
+check's figures are read against what the machine allows: the "noise ceiling" of model
+evaluation against noisy data (Lage-Castellanos et al., PLoS Comput. Biol. 15(3), 2019, whose
+Monte Carlo estimate this follows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DRAWS = 2000  # simulated checks; the ceiling's own Monte Carlo error is then under 0.005
+
+
+@dataclass(frozen=True)
+class NoiseCeiling:
+    """The tau and MAPE (%) an error-free table would get on average against these
+    measurements, and the sd (%) of a net's time from pass to pass beyond the speed that the
+    other nets of its pass shared, which they are simulated from."""
+
+    kendall_tau: float
+    mape: float
+    pass_sd: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"kendall_tau": round(self.kendall_tau, 4), "mape": round(self.mape, 3),
+                "pass_sd": round(self.pass_sd, 3)}  # fmt: skip
+
+
+def pass_sd(log_ms: np.ndarray) -> float:
+    """The sd of a net's log time in one pass that is neither the net's own level nor the
+    pass's (a speed every net of the pass shared): the residual mean square of the two-way
+    additive model ``log t[net, pass] = net + pass + noise`` on (nets - 1)(passes - 1) degrees
+    of freedom, which is unbiased for the noise's variance."""
+    nets, passes = log_ms.shape
+    resid = log_ms - log_ms.mean(1, keepdims=True) - log_ms.mean(0, keepdims=True) + log_ms.mean()
+    return math.sqrt(float((resid**2).sum()) / ((nets - 1) * (passes - 1)))
+
+
+def noise_ceiling(passes: Sequence[Sequence[float]], draws: int = DRAWS,
+                  seed: int = 0) -> NoiseCeiling | None:  # fmt: skip
+    """The noise ceiling of measurements ``passes[net][pass]`` (ms) that a check keeps as each
+    net's median over its passes; None with fewer than 2 nets or 2 passes. The two-way model
+    of ``pass_sd`` is fitted to the log times, and ``draws`` checks are simulated the way this
+    one was measured: every pass at its fitted speed, each net's time in it off by normal noise
+    of ``pass_sd``, each net kept as its median. Each simulated check is scored as ``lut
+    check`` scores a table, here a table that predicts the measured medians exactly (they stand
+    in for the true times; their gaps are a little wider, so the tau is a little optimistic),
+    after the speed the check shared as a whole is divided out (the machine's level, which
+    ``lut check`` reports apart)."""
+    log_ms = np.log(np.asarray(passes, dtype=float))
+    if log_ms.ndim != 2 or log_ms.shape[0] < 2 or log_ms.shape[1] < 2:
+        return None
+    sd = pass_sd(log_ms)
+    speeds = log_ms.mean(0) - log_ms.mean()  # each pass's shared speed, in log
+    truth = np.median(log_ms, axis=1)
+    noise = sd * np.random.default_rng(seed).standard_normal((draws, *log_ms.shape))
+    errors = np.median(speeds + noise, axis=2)  # draws x nets: each median's error
+    errors -= np.median(errors, axis=1, keepdims=True)  # the check's shared level
+    i, j = np.triu_indices(len(truth), 1)
+    untied = truth[i] != truth[j]  # as Kendall's tau-b, a tie counts for neither order
+    i, j = i[untied], j[untied]
+    kept = np.sign(truth[i] - truth[j] + errors[:, i] - errors[:, j]) * np.sign(truth[i] - truth[j])
+    tau = float(kept.mean()) if untied.any() else float("nan")
+    mape = 100 * float(np.abs(1.0 - np.exp(-errors)).mean())
+    return NoiseCeiling(tau, mape, 100 * sd)

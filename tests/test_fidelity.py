@@ -1,0 +1,64 @@
+"""The noise ceiling of a latency check (cost_models/fidelity.py), against simulated checks."""
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from cost_models.fidelity import noise_ceiling, pass_sd
+
+NETS, PASSES = 30, 5
+
+
+def simulated_check(rng, truth, speed_sd, noise_sd):
+    """One check's passes (ms) of nets with log times ``truth``: every pass at a speed of its
+    own, every net's time in it off by its own noise."""
+    speeds = speed_sd * rng.standard_normal(PASSES)
+    return np.exp(truth[:, None] + speeds + noise_sd * rng.standard_normal((NETS, PASSES)))
+
+
+def test_pass_sd_is_unbiased_for_the_noise_beyond_the_shared_speeds():
+    rng = np.random.default_rng(0)
+    truth = np.log(60.0) + 0.1 * rng.standard_normal(NETS)
+    variances = [pass_sd(np.log(simulated_check(rng, truth, 0.08, 0.04))) ** 2
+                 for _ in range(400)]  # fmt: skip
+    assert np.mean(variances) == pytest.approx(0.04**2, rel=0.03)  # (nets-1)(passes-1) df
+
+
+@pytest.mark.parametrize("speed_sd, noise_sd", [(0.0, 0.04), (0.08, 0.04), (0.03, 0.015)])
+def test_the_ceiling_is_an_exact_tables_tau_and_mape_against_such_checks(speed_sd, noise_sd):
+    """Nets spread by 10 %: an exact table's Kendall tau and MAPE against many checks (each
+    net's median over its passes, the check's shared level divided out) on average, and the
+    ceiling estimated from one check at a time, on average, agree."""
+    rng = np.random.default_rng(1)
+    truth = np.log(60.0) + 0.1 * rng.standard_normal(NETS)
+    taus, mapes, ceilings = [], [], []
+    for _ in range(60):
+        passes = simulated_check(rng, truth, speed_sd, noise_sd)
+        measured = np.median(passes, axis=1)
+        level = np.median(measured / np.exp(truth))
+        taus.append(scipy.stats.kendalltau(truth, measured).statistic)
+        mapes.append(100 * np.mean(np.abs(np.exp(truth) * level - measured) / measured))
+        ceilings.append(noise_ceiling(passes, draws=400))
+    assert np.mean([c.kendall_tau for c in ceilings]) == pytest.approx(np.mean(taus), abs=0.02)
+    assert np.mean([c.mape for c in ceilings]) == pytest.approx(np.mean(mapes), rel=0.08)
+    assert np.mean([c.pass_sd for c in ceilings]) == pytest.approx(100 * noise_sd, rel=0.05)
+
+
+def test_the_ceiling_falls_with_noise_and_ignores_a_speed_shared_by_all_nets():
+    rng = np.random.default_rng(2)
+    truth = np.log(60.0) + 0.1 * rng.standard_normal(NETS)
+    base = rng.standard_normal((NETS, PASSES))
+    quiet, noisy = (noise_ceiling(np.exp(truth[:, None] + sd * base)) for sd in (0.01, 0.05))
+    assert 1.0 > quiet.kendall_tau > noisy.kendall_tau > 0.5
+    assert 0.0 < quiet.mape < noisy.mape
+    # the same passes, each at another speed of the whole machine: the same noise
+    sped = noise_ceiling(np.exp(truth[:, None] + 0.05 * base + [0.0, 0.2, -0.1, 0.05, 0.3]))
+    assert sped.pass_sd == pytest.approx(noisy.pass_sd)
+    exact = noise_ceiling(np.exp(truth[:, None] + np.zeros(PASSES)))
+    exact_figures = (exact.kendall_tau, exact.mape, exact.pass_sd)
+    assert exact_figures == pytest.approx((1.0, 0.0, 0.0), abs=1e-9)
+
+
+def test_no_ceiling_without_two_passes_or_two_nets():
+    assert noise_ceiling([[10.0], [12.0]]) is None
+    assert noise_ceiling([[10.0, 11.0, 9.0]]) is None
