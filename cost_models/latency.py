@@ -912,9 +912,13 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
                f"({conditions})")  # fmt: skip
     if ceiling := report["noise_ceiling"]:
         click.echo(f"noise ceiling: a table without error would get tau about "
-                   f"{ceiling['kendall_tau']:.3f} and MAPE about {ceiling['mape']:.2f} % against "
+                   f"{ceiling['kendall_tau']:.3f} (+-{ceiling['kendall_tau_sd']:.3f} from check "
+                   f"to check) and, the machine's level aside, MAPE about "
+                   f"{ceiling['mape']:.2f} % (compare the MAPE at the build's speed) against "
                    f"these measurements (a net's time moved {ceiling['pass_sd']:.1f} % from pass "
                    f"to pass beyond the speed the pass shared)")  # fmt: skip
+    else:
+        click.echo("noise ceiling: needs --rounds 2 or more")
     if report["picked"]:
         errors = ", ".join(f"{100 * r['level']:.0f} % {r['predicted_ms']:.3f} vs "
                            f"{r['measured_ms']:.3f} ms" for r in report["picked"])  # fmt: skip

@@ -42,6 +42,8 @@ def test_the_ceiling_is_an_exact_tables_tau_and_mape_against_such_checks(speed_s
     assert np.mean([c.kendall_tau for c in ceilings]) == pytest.approx(np.mean(taus), abs=0.02)
     assert np.mean([c.mape for c in ceilings]) == pytest.approx(np.mean(mapes), rel=0.08)
     assert np.mean([c.pass_sd for c in ceilings]) == pytest.approx(100 * noise_sd, rel=0.05)
+    # and how far one check's tau falls from that average
+    assert np.mean([c.kendall_tau_sd for c in ceilings]) == pytest.approx(np.std(taus), rel=0.3)
 
 
 def test_the_ceiling_falls_with_noise_and_ignores_a_speed_shared_by_all_nets():
@@ -55,8 +57,8 @@ def test_the_ceiling_falls_with_noise_and_ignores_a_speed_shared_by_all_nets():
     sped = noise_ceiling(np.exp(truth[:, None] + 0.05 * base + [0.0, 0.2, -0.1, 0.05, 0.3]))
     assert sped.pass_sd == pytest.approx(noisy.pass_sd)
     exact = noise_ceiling(np.exp(truth[:, None] + np.zeros(PASSES)))
-    exact_figures = (exact.kendall_tau, exact.mape, exact.pass_sd)
-    assert exact_figures == pytest.approx((1.0, 0.0, 0.0), abs=1e-9)
+    exact_figures = (exact.kendall_tau, exact.mape, exact.pass_sd, exact.kendall_tau_sd)
+    assert exact_figures == pytest.approx((1.0, 0.0, 0.0, 0.0), abs=1e-9)
 
 
 def test_no_ceiling_without_two_passes_or_two_nets():

@@ -426,6 +426,7 @@ def test_latency_table_at_segmentation_size_and_fpn_lite_search(synth_root, tmp_
     text = run("lut", "check", "--table", table, "--samples", 2, "--min-time", 0.01, "--rounds",
                2, "--in-process", "--allow-noise")  # fmt: skip
     assert "Kendall tau" in text and "noise ceiling: a table without error would get tau" in text
+    assert "from check to check" in text and "compare the MAPE at the build's speed" in text
     run("search", exp, "--out", tmp_path / "s", "--cost-model", "latency", "--cost-table", table)
     result = json.loads((tmp_path / "s" / "search.json").read_text())
     assert result["cost_unit"] == "ms" and result["final_cost"] > 0
