@@ -74,9 +74,9 @@ def noise_ceiling(passes: Sequence[Sequence[float]], draws: int = DRAWS,
     i, j = np.triu_indices(len(truth), 1)
     untied = truth[i] != truth[j]  # as Kendall's tau-b, a tie counts for neither order
     i, j = i[untied], j[untied]
-    order = np.sign(truth[i] - truth[j])
+    gaps = truth[i] - truth[j]
     taus = np.concatenate([  # each draw's tau
-        (np.sign(truth[i] - truth[j] + e[:, i] - e[:, j]) * order).mean(1)
+        (np.sign(gaps + e[:, i] - e[:, j]) * np.sign(gaps)).mean(1)
         for e in np.split(errors, range(CHUNK, draws, CHUNK))
     ]) if untied.any() else np.full(draws, np.nan)  # fmt: skip
     mape = 100 * float(np.abs(1.0 - np.exp(-errors)).mean())
