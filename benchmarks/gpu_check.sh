@@ -83,7 +83,11 @@ step() {
 
 if [ "$QUICK" = 1 ]; then
   export DNAS_CHECK_SPACE=tests/data/tiny_space.yaml
-  SEARCH=(--throughput-batch 4 --throughput-input 64 --throughput-steps 2 --workers 0)
+  # one case of each CUDA test (the other cases differ in precision, which the CPU tests of
+  # tests/test_single_path.py cover): half the time of all ten
+  TESTS=(-k "random-fp32 or train_steps and fp32 or parity or torchrun")
+  SEARCH=(--space tests/data/tiny_space.yaml --throughput-batch 4 --throughput-input 64
+          --throughput-steps 2 --workers 0)
   SPEED=(--quick)
   # one round each: every round already runs in a fresh process (tests/test_processes.py
   # covers merging several)
@@ -93,6 +97,7 @@ if [ "$QUICK" = 1 ]; then
              --rounds 1)
   LIMITS=(900 600 300 300)
 else
+  TESTS=()
   SEARCH=(--throughput-batch 32 --throughput-input 256 --throughput-steps 20 --workers 12
           --precision bf16 --channels-last)
   SPEED=()
@@ -109,7 +114,8 @@ else
 fi
 
 DNAS_CHECK_DEVICE=$DEVICE step cuda_tests "${LIMITS[0]}" \
-  "$PY" -m pytest -q -m cuda -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" tests/test_cuda.py
+  "$PY" -m pytest -q -m cuda -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" "${TESTS[@]}" \
+  tests/test_cuda.py
 step search_speed "${LIMITS[1]}" sh -c \
   "\"$PY\" benchmarks/search_cost.py --only throughput --device $DEVICE ${SEARCH[*]} > \"$OUT/search_speed.json\""
 step model_speed "${LIMITS[2]}" \

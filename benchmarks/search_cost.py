@@ -1,10 +1,11 @@
 """Search cost benchmarks (issue 4, benchmarks 1 and 5); prints one JSON object.
 
 - ``step_cost``: time and peak memory of one search step of each strategy (DARTS, Gumbel,
-  binary gates) on the super net of ``mbv2_pose_large`` vs one training step of the derived
-  EfficientPose-C, same batch and input, as ratios; every step with an architecture step (the
-  paper's alternation) and, for the single-path strategies, amortised over ``--arch-every``
-  steps with one architecture step (ProxylessNAS' schedule; cases named ``gumbel@5``). Each
+  binary gates) on the super net of ``mbv2_pose_large`` (``--space``) vs one training step of
+  the derived EfficientPose-C, same batch and input, as ratios; every step with an
+  architecture step (the paper's alternation) and, for the single-path strategies, amortised
+  over ``--arch-every`` steps with one architecture step (ProxylessNAS' schedule; cases named
+  ``gumbel@5``). Each
   case runs in its own process so that peak memory is its own: on CUDA
   ``max_memory_allocated``, on CPU the rise of the process's peak resident set
   (``ru_maxrss``) over its resident set before the first step.
@@ -68,9 +69,11 @@ def random_batch(batch: int, hw: int, device: torch.device) -> dict:
     }
 
 
-def make_strategy(name: str, task: PoseTask, hw: int, amp: Amp, arch_every: int = 1):
-    """A strategy past its warm-up: one architecture step per ``arch_every`` weight steps."""
-    space = load_space(SPACE)
+def make_strategy(name: str, space_name: str, task: PoseTask, hw: int, amp: Amp,
+                  arch_every: int = 1):  # fmt: skip
+    """A strategy on the super net of ``space_name``, past its warm-up: one architecture step
+    per ``arch_every`` weight steps."""
+    space = load_space(space_name)
     network = Network(space, 16).to(amp.device)
     table = get_cost_model("flops").table(space, (hw, hw), 16)
     cfg = SearchConfig(strategy=name, warmup_epochs=0, arch_every=arch_every)
@@ -108,7 +111,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     if name == "train":
         step, per_call = make_train_step(task, amp), 1
     else:
-        step = cycle_of(make_strategy(name, task, args.input, amp, per_call), per_call)
+        step = cycle_of(make_strategy(name, args.space, task, args.input, amp, per_call), per_call)
     batch = random_batch(args.batch, args.input, device)
     sync(device)
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes()
@@ -143,13 +146,14 @@ def step_cost(args: argparse.Namespace) -> dict:
         if "error" not in row and "error" not in base:
             row["time_ratio"] = row["step_s"] / base["step_s"]
             row["memory_ratio"] = row["peak_mib"] / base["peak_mib"]
-    return {"space": SPACE, "baseline": f"train step of {DERIVED}", "batch": args.batch,
+    return {"space": args.space, "baseline": f"train step of {DERIVED}", "batch": args.batch,
             "input": args.input, "cases": rounded(rows)}  # fmt: skip
 
 
 def forward_args(args: argparse.Namespace) -> list[str]:
-    out = ["--device", args.device, "--batch", str(args.batch), "--input", str(args.input),
-           "--repeats", str(args.repeats), "--precision", args.precision]  # fmt: skip
+    out = ["--device", args.device, "--space", args.space, "--batch", str(args.batch),
+           "--input", str(args.input), "--repeats", str(args.repeats),
+           "--precision", args.precision]  # fmt: skip
     return out + (["--channels-last"] if args.channels_last else [])
 
 
@@ -168,7 +172,7 @@ def throughput(args: argparse.Namespace, root: Path) -> dict:
     dataset = task.dataset("train", augment=True, seed=0)
     rows = {}
     for name in args.strategies:
-        strategy = make_strategy(name, task, hw[0], amp)
+        strategy = make_strategy(name, args.space, task, hw[0], amp)
         every = range(len(dataset))
         weight = stream(train_loader(dataset, every, args.throughput_batch, args.workers, 0), 0)
         arch = stream(train_loader(dataset, every, args.throughput_batch, args.workers, 1), 0)
@@ -191,8 +195,8 @@ def throughput(args: argparse.Namespace, root: Path) -> dict:
         }
         if args.profile and device.type == "cpu":
             rows[name]["profile_top_ops"] = profile_step(strategy, next(weight), next(arch))
-    return {"batch": args.throughput_batch, "input": hw[0], "workers": args.workers,
-            "strategies": rounded(rows)}  # fmt: skip
+    return {"space": args.space, "batch": args.throughput_batch, "input": hw[0],
+            "workers": args.workers, "strategies": rounded(rows)}  # fmt: skip
 
 
 def profile_step(strategy, weight_batch: dict, arch_batch: dict, top: int = 8) -> dict:
@@ -210,6 +214,7 @@ def profile_step(strategy, weight_batch: dict, arch_batch: dict, top: int = 8) -
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--space", default=SPACE, help="the super net's space (name or YAML)")
     parser.add_argument("--batch", type=int, default=8, help="step_cost batch (GPU: 32)")
     parser.add_argument("--input", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)

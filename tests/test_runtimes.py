@@ -21,6 +21,8 @@ from dnas.nn.profile import _HeadOnInputs
 from dnas.space.graph import load_space
 from dnas.space.ops import build_op, parse_op
 
+pytestmark = pytest.mark.timing  # they time code here: run alone, not beside other tests
+
 CPU = torch.device("cpu")
 
 
@@ -62,23 +64,48 @@ def test_runtime_errors_are_one_line():
         get_runtime("onnxruntime", torch.device("cuda"), 1)
 
 
-def test_an_onnxruntime_table_builds_checks_and_predicts_the_exported_net(tmp_path):
+def test_an_onnxruntime_table_builds_checks_and_predicts_the_exported_net(tmp_path, monkeypatch):
+    prepared = []  # (runtime, module class, first input's shape) of every session or forward
+
+    def recording(runtime):
+        original = runtime.prepare
+
+        def prepare(self, module, inputs):
+            prepared.append((runtime.name, type(module).__name__, tuple(inputs[0].shape)))
+            return original(self, module, inputs)
+
+        return prepare
+
+    for runtime in (OnnxRuntime, TorchEager):
+        monkeypatch.setattr(runtime, "prepare", recording(runtime))
     table = tmp_path / "ort.json"
-    quick = ["--min-time", "0.01", "--rounds", "1", "--allow-noise"]
+    quick = ["--min-time", "0.01", "--rounds", "1", "--allow-noise", "--in-process"]
     result = CliRunner().invoke(cli, ["lut", "build", "--space", str(TINY_SPACE), "--input",
                                       "64x64", "--runtime", "onnxruntime", "--calibration", "8",
                                       *quick, "-o", str(table)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "onnxruntime batch 1, cpu" in result.output
-    meta = json.loads(table.read_text())["meta"]
-    assert meta["runtime"] == "onnxruntime" and meta["runtime_version"]
+    assert {r for r, _, _ in prepared} == {"onnxruntime"}  # every op and net timed in ORT
+    assert {"Network", "_HeadOnInputs"} <= {m for _, m, _ in prepared}
+    built = json.loads(table.read_text())
+    assert built["meta"]["runtime"] == "onnxruntime" and built["meta"]["runtime_version"]
+    prepared.clear()
     check = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--runtime",
                                      "onnxruntime", "--samples", "4", *quick, "--format",
                                      "json"])  # fmt: skip
     assert check.exit_code == 0, check.output
+    # the check times whole exported networks in ORT, nothing else and nothing in eager
+    assert set(prepared) == {("onnxruntime", "Network", (1, 3, 64, 64))}
     report = json.loads(check.stdout)  # progress lines go to stderr
     assert report["runtime"] == "onnxruntime" and len(report["rows"]) == 4
-    assert report["mape"] < 100  # the same exported graph, predicted within a factor of 2
+    rows = report["rows"]
+    assert all(r["predicted_ms"] > 0 and r["measured_ms"] > 0 for r in rows)
+    # a sub-millisecond net timed once on a shared CPU moves 2-10x (measured under load), so
+    # this bound only catches a mix-up of units or of what is timed (op entries in seconds, a
+    # session per op summed over a net's hundreds); the table's fidelity in ORT is measured by
+    # benchmarks/lut_fidelity.py --runtime onnxruntime (docs/benchmarks.md)
+    ratio = np.median([r["predicted_ms"] / r["measured_ms"] for r in rows])
+    assert 1 / 20 < ratio < 20
     space = load_space(TINY_SPACE)
     options = LatencyOptions(str(table), runtime="onnxruntime", batch=1, device="cpu")
     LatencyCostModel(options).table(space, (64, 64), 16)
