@@ -8,7 +8,7 @@ of blocks). The JSON file is rewritten after every measurement, so a run cut sho
 limit keeps what it measured.
 
 Run: ``python benchmarks/model_speed.py --device cuda`` (``make gpu-check`` does), or
-``--device cpu --quick`` (tiny batch and input: a test of the script).
+``--device cpu --quick`` (EfficientPose-A alone, tiny batch and input: a test of the script).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def measure(args: argparse.Namespace, record: Callable[[str, str, dict], None]) 
     takes the longest, so a time limit cuts it, not the other figures)."""
     device = torch.device(args.device)
     modes = {"eager": Amp(device), "cl_bf16": Amp(device, "bf16", channels_last=True)}
-    for name in NETS:
+    for name in args.nets:
         for mode, amp in modes.items():
             x = amp.input(torch.randn(args.batch, 3, args.input, args.input, device=device))
             net = build(name, amp).eval()
@@ -79,7 +79,7 @@ def measure(args: argparse.Namespace, record: Callable[[str, str, dict], None]) 
             net.train()
             step_s = median_s(train_fn(net, amp, x), args.min_run_time)
             record(name, f"train_{mode}", {"samples_per_s": args.batch / step_s})
-    for name in NETS if args.compile else ():
+    for name in args.nets if args.compile else ():
         amp = modes["cl_bf16"]
         x = amp.input(torch.randn(args.batch, 3, args.input, args.input, device=device))
         try:
@@ -97,9 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", type=int, default=256)
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timing")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--quick", action="store_true", help="batch 2, 32x32, no compile")
+    parser.add_argument("--quick", action="store_true",
+                        help="EfficientPose-A alone, batch 2, 32x32, no compile")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/model_speed.json"))
     args = parser.parse_args(argv)
+    args.nets = NETS[:1] if args.quick else NETS
     if args.quick:
         args.batch, args.input, args.min_run_time, args.compile = 2, 32, 0.05, False
     return args

@@ -77,6 +77,7 @@ class Profile:
     # images searched on and trained on: 1-1800; quick runs search on fewer (the discretisation
     # gap and the one-shot ranks go over the whole architecture split)
     train_range: tuple[int, int] = (0, 1800)
+    pictures: bool = True  # the searches' TensorBoard pictures (quick runs: none)
 
 
 # 2-core CPU, 64x64, batch 32, channels-last: 14 trainings of 24 epochs and two short
@@ -101,7 +102,7 @@ CPU_PROFILE = Profile(64, 32, 2, 4, 0.1, 24, 2e-3, (19,), (1.0, 1.0), darts_temp
 QUICK_PROFILE = Profile(64, 8, 1, 1, 0.05, 1, 1e-3, (1,), (1.0, 0.5), steps_per_epoch=2,
                         search_overrides={"gumbel": ("search.warmup_epochs=2",)},
                         weight_optimizer=ADAM, rank_batches=2, val_range=(1800, 1816),
-                        train_range=(0, 200))  # fmt: skip
+                        train_range=(0, 200), pictures=False)  # fmt: skip
 
 # the paper's lengths (60 + 150 search epochs, 200 training epochs), 256x256, on a GPU; the
 # super net's weights with Adam at the training lr, as on the CPU (at 256x256 the heatmap loss
@@ -146,6 +147,7 @@ def experiment(profile: Profile, data: Path, device: str, out: Path, **extra) ->
         "device": device,
         "workers": 2 if device == "cuda" else 0,
         "channels_last": True,  # 1.4x faster CPU training here (depthwise convolutions)
+        "pictures": profile.pictures,
         "seed": 0,
         **extra,
     }  # fmt: skip

@@ -136,6 +136,12 @@ def network_job(bench: Bench, space: SearchSpace, choices: dict[str, str], num_o
     )
 
 
+def warm_up_seconds(min_time: float) -> float:
+    """How long a pass warms up on random nets: 20 timings' worth of ``--min-time`` and at most
+    2 s (2 s at the default 0.1 s), so rough, quick timings get a short warm-up."""
+    return min(20 * min_time, 2.0)
+
+
 def _warm_up(
     bench: Bench,
     space: SearchSpace,
@@ -143,18 +149,18 @@ def _warm_up(
     num_outputs: int,
     x: torch.Tensor,
     rng: np.random.Generator,
-    seconds: float = 2.0,
 ) -> None:
     """Run whole networks for a while (discarded): the first passes of a process are slower
     (thread pools, CPU clocks), and the allocator serves a tensor size faster once it has
     freed one that large (glibc raises its mmap threshold), so the largest network runs first:
-    without it, nets with many expansion-6 ops timed 5-14 % slower in a fresh process."""
+    without it, nets with many expansion-6 ops timed 5-14 % slower in a fresh process. Then
+    random nets for :func:`warm_up_seconds`."""
     costs, _ = op_costs(space, input_hw, num_outputs)
     largest = {lay.name: max(lay.candidates, key=lambda op, n=lay.name: costs[n][op][0])
                for lay in space.searchable_layers}  # fmt: skip
     for _ in range(3):
         network_job(bench, space, largest, num_outputs, x)()()
-    end = time.perf_counter() + seconds
+    end = time.perf_counter() + warm_up_seconds(bench.min_time)
     while time.perf_counter() < end:
         network_job(bench, space, uniform_choices(space.searchable_layers, rng), num_outputs,
                     x)()()  # fmt: skip

@@ -215,6 +215,9 @@ class Experiment:
     channels_last: bool = False
     # distributed runs: batch norm over the global batch, as a 1-process run computes it
     sync_batchnorm: bool = True
+    # a search's TensorBoard pictures (op-probability heat map, derived architecture) after
+    # each epoch that changed them: about a second each, so short searches may go without
+    pictures: bool = True
     source: str = "<memory>"
 
     @property
@@ -345,7 +348,7 @@ def idle_default_sections(exp: Experiment) -> list[str]:
     ]
 
 
-UNHASHED = ("workers", "source", "checkpoint")  # cannot change a run's results
+UNHASHED = ("workers", "source", "checkpoint", "pictures")  # cannot change results
 
 
 def config_hash(exp: Experiment) -> str:

@@ -107,6 +107,9 @@ def write_experiment(path: Path, root: Path, space: Path | str = TINY_SPACE, **s
         "train": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2, "milestones": [1],
                   "eval_every": 1},
         "device": "cpu",
+        # no TensorBoard pictures (about a second a search, a tenth of the suite); the tests of
+        # the pictures ask for them
+        "pictures": False,
     }  # fmt: skip
     for key, value in sections.items():
         exp[key] = {**exp.get(key, {}), **value} if isinstance(value, dict) else value

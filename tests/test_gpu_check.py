@@ -38,7 +38,7 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
         assert all(step["exit"] == 0 for step in summary["steps"].values()), summary["steps"]
     assert tests_speed["tests"]["green"] and tests_speed["tests"]["skipped"] == 0
     nets = tests_speed["model_speed"]
-    assert sorted(nets) == ["efficientpose-a", "efficientpose-b", "efficientpose-c"]
+    assert list(nets) == ["efficientpose-a"]  # --quick times the one net
     assert all(len(rows) == 4 for rows in nets.values())  # inference and training, 2 modes
     for out in (first, second):  # the offline install of the checkout ran for every step
         assert (out / "site" / "dnas").is_dir()

@@ -29,6 +29,7 @@ from cost_models.latency import (
     reference_choices,
     time_forwards,
     time_pass,
+    warm_up_seconds,
 )
 from cost_models.runtimes import get_runtime
 from cost_models.timing import NoiseGuard, NoisePolicy, Timing
@@ -44,6 +45,12 @@ def lut(tmp_path_factory):
     path = tmp_path_factory.mktemp("lut") / "tiny.json"
     path.write_text(json.dumps(table))
     return space, table, path
+
+
+def test_a_pass_warms_up_for_twenty_timings_and_at_most_two_seconds():
+    assert warm_up_seconds(0.1) == pytest.approx(2.0)  # the CLI's default --min-time
+    assert warm_up_seconds(0.01) == pytest.approx(0.2)
+    assert warm_up_seconds(1.0) == pytest.approx(2.0)
 
 
 def test_table_covers_every_op_and_records_its_conditions(lut):

@@ -9,14 +9,15 @@ import pytest
 from conftest import write_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dnas.config import load_experiment
+from dnas import checkpoint
+from dnas.config import config_changes, config_hash, load_experiment
 from dnas.engine.progress import Reporter, counter
 from dnas.search.run import run_search
 from dnas.space.choices import entropies
 
 
 def test_search_logs_entropies_pictures_and_lines(tmp_path, real_mpii_root):
-    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root,
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, pictures=True,
                            search={"arch_optimizer": {"lr": 0.05}, "warmup_epochs": 2})  # fmt: skip
     run_search(load_experiment(exp), tmp_path / "run", Reporter(lambda _: None))
     result = json.loads((tmp_path / "run" / "search.json").read_text())
@@ -41,6 +42,22 @@ def test_search_logs_entropies_pictures_and_lines(tmp_path, real_mpii_root):
     log = (tmp_path / "run" / "log.txt").read_text().splitlines()
     assert log[0].split(" ", 1)[1].startswith("search: ")
     assert sum(" epoch " in line and "eta " in line for line in log) == 3
+
+
+def test_pictures_false_skips_the_images_not_the_scalars(tmp_path, real_mpii_root):
+    search = {"arch_optimizer": {"lr": 0.05}, "warmup_epochs": 1}
+    exp = write_experiment(tmp_path / "exp.yaml", real_mpii_root, pictures=False, search=search)
+    run_search(load_experiment(exp), tmp_path / "run", Reporter(lambda _: None))
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == []
+    layers = json.loads((tmp_path / "run" / "search.json").read_text())["arch_probs"]
+    assert all(len(events.Scalars(f"entropy/{layer}")) == 2 for layer in layers)
+    # pictures change no result: a resume with them switched on sees no change of config
+    recorded = checkpoint.load(tmp_path / "run" / "search.pt")["config"]
+    drawn = load_experiment(exp, ["pictures=true"])
+    assert config_changes(recorded, drawn) == [] and recorded["pictures"] is False
+    assert config_hash(drawn) == config_hash(load_experiment(exp))
 
 
 def test_counter_off_a_terminal_prints_counts_and_eta_lines():

@@ -21,8 +21,6 @@ from dnas.nn.profile import _HeadOnInputs
 from dnas.space.graph import load_space
 from dnas.space.ops import build_op, parse_op
 
-pytestmark = pytest.mark.timing  # they time code here: run alone, not beside other tests
-
 CPU = torch.device("cpu")
 
 

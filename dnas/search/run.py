@@ -200,12 +200,15 @@ class SearchRun(EpochLoop):
     def write_pictures(self, writer: SummaryWriter, epoch: int) -> None:
         """Per-layer op entropy every epoch; the op-probability heat map and the derived
         architecture when they differ from the last ones drawn (a picture takes a second or
-        more, and warm-up epochs leave the probabilities as they were)."""
+        more, and warm-up epochs leave the probabilities as they were), unless the experiment
+        says ``pictures: false``."""
         from dnas.vis import plot
 
         probs = self.strategy.arch_probs()
         for layer, value in entropies(probs).items():
             writer.add_scalar(f"entropy/{layer}", value, epoch)
+        if not self.exp.pictures:
+            return
         shown = {layer: [round(p, 3) for p in values] for layer, values in probs.items()}
         if shown != self.drawn.get("probs"):  # the heat map writes them to three decimals
             figure = plot.op_probability_figure(probs, plot.candidates_of(self.space), epoch=epoch)
