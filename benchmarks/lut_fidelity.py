@@ -64,6 +64,7 @@ def measured(setting: list[str], options: list[str], samples: int, table: Path) 
         # what a table without error would score against the same measurements
         "noise_ceiling": report["noise_ceiling"],
         "heldout_mape": fit["heldout_mape"], "heldout_tau": fit["heldout_tau"],
+        "heldout_noise_ceiling": fit.get("noise_ceiling"),
         "speed_vs_build": report["speed_vs_build"],
         "reference_vs_build": report["reference_vs_build"],
         "build_noise": meta["noise"]["drift"], "check_noise": report["noise"]["drift"],

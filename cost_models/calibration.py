@@ -66,6 +66,12 @@ class Calibration:
                 "heldout_tau": rounded(self.heldout_tau)}  # fmt: skip
 
 
+def heldout_count(samples: int, fraction: float = 0.25) -> int:
+    """How many of ``samples`` calibration nets (the last ones) :func:`calibrate` holds out:
+    ``fraction`` of them, none below 8 (too few to fit on fewer)."""
+    return int(samples * fraction) if samples >= 8 else 0
+
+
 def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
               heldout_fraction: float = 0.25) -> Calibration:  # fmt: skip
     """Fit scales and overhead on the first samples, score the held-out rest, then refit on
@@ -73,7 +79,7 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
     is the per-group sum of the cheapest architecture: its prediction must stay positive."""
     if not samples:
         return Calibration({}, 0.0, 0.0, None, None)
-    held = int(len(samples) * heldout_fraction) if len(samples) >= 8 else 0
+    held = heldout_count(len(samples), heldout_fraction)
     fitted, heldout = samples[: len(samples) - held], samples[len(samples) - held :]
     mape = tau = None
     if heldout:

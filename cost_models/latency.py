@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cost_models.calibration import FIXED, Calibration, Sample, calibrate
+from cost_models.calibration import FIXED, Calibration, Sample, calibrate, heldout_count
 from cost_models.fidelity import noise_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.processes import Done, in_fresh_process
@@ -263,6 +263,23 @@ def group_parts(table: dict, space: SearchSpace, choices: dict[str, str]) -> dic
     return parts
 
 
+def calibration_text(fit: dict, calibration: int) -> str:
+    """What ``lut build`` says of its calibration: the fit's error on its nets and on the
+    held-out ones, and the held-out nets' noise ceiling (the tau only where theirs is given)."""
+    if not calibration:
+        return "not calibrated (--calibration 0)"
+    held = ""
+    if fit["heldout_mape"] is not None:
+        tau, ceiling = fit["heldout_tau"], fit.get("noise_ceiling")
+        held = f", held-out MAPE {fit['heldout_mape']:.2f} %"
+        held += f" tau {tau:.3f}" if tau is not None else ""
+        if ceiling:
+            ranked = (f" tau {ceiling['kendall_tau']:.3f} +- {ceiling['kendall_tau_sd']:.3f},"
+                      if tau is not None else "")  # fmt: skip
+            held += f"; noise ceiling{ranked} MAPE {ceiling['mape']:.2f} %"
+    return f"calibrated on {calibration} networks (fit MAPE {fit['fit_mape']:.2f} %{held})"
+
+
 def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, batch: int,
               bench: Bench, calibration: int = 40, seed: int = 0,
               progress: bool = True) -> dict:  # fmt: skip
@@ -292,6 +309,10 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
                                                                                strict=True)],
                     group_parts(table, space, cheapest_choices(table, space)))  # fmt: skip
     table = apply_calibration(table, space, fit)
+    # the held-out nets' noise ceiling: the held-out tau and MAPE that a table without error
+    # would get against their measurements (None with one round or no net held out)
+    held = heldout_count(len(nets))
+    ceiling = noise_ceiling([t.passes for t in timings[len(timings) - held :]]) if held else None
     table["meta"] = {
         "space": space.name, "space_digest": space.digest(), "space_dict": space.to_dict(),
         "head": head_record(space), "input": list(input_hw),
@@ -302,7 +323,9 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
         "threads": bench.runtime.threads, "torch": torch.__version__, "dtype": "float32",
         "min_time": bench.min_time, "rounds": bench.policy.rounds,
         "fresh_processes": fresh_passes(bench.policy), "calibration": calibration,
-        "calibration_fit": fit.to_dict(), "noise": noise.to_dict(),
+        "calibration_fit": {**fit.to_dict(),
+                            "noise_ceiling": ceiling.to_dict() if ceiling else None},
+        "noise": noise.to_dict(),
         "calibration_nets": [{"choices": c, "measured_ms": round(ms, 5)}
                              for c, ms in zip(nets, measured, strict=True)],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -831,13 +854,7 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
                       num_outputs, batch, bench, calibration)  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(table, indent=1))
-    fit = table["meta"]["calibration_fit"]
-    tau = fit["heldout_tau"]
-    held = (f", held-out MAPE {fit['heldout_mape']:.2f} %"
-            + (f" tau {tau:.3f}" if tau is not None else "")
-            if fit["heldout_mape"] is not None else "")  # fmt: skip
-    fitted = (f"calibrated on {calibration} networks (fit MAPE {fit['fit_mape']:.2f} %{held})"
-              if calibration else "not calibrated (--calibration 0)")  # fmt: skip
+    fitted = calibration_text(table["meta"]["calibration_fit"], calibration)
     click.echo(
         f"wrote {output}: {sum(len(v) for v in table['layers'].values())} op entries, "
         f"{runtime} batch {batch}, {table['meta']['device']}, {bench.runtime.threads} threads; "

@@ -12,6 +12,8 @@ import yaml
 from click.testing import CliRunner
 from conftest import TINY_SPACE, quick_bench, write_experiment
 
+from cost_models import latency
+from cost_models.fidelity import noise_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.latency import (
     PICK_BAND,
@@ -22,6 +24,7 @@ from cost_models.latency import (
     LatencyOptions,
     TimingPass,
     build_lut,
+    calibration_text,
     gauge_nets,
     machine_speed,
     picked_choices,
@@ -66,6 +69,7 @@ def test_table_covers_every_op_and_records_its_conditions(lut):
     assert table["scale"] == 1.0  # the calibration is folded into the entries
     fit, noise = meta["calibration_fit"], meta["noise"]
     assert fit["heldout_mape"] is not None and fit["fit_mape"] >= 0  # 2 of the 8 held out
+    assert fit["noise_ceiling"] is None  # one round: no pass-to-pass noise to simulate
     assert set(noise) >= {"worst_spread", "drift", "reference_ms", "remeasured", "kept_noisy"}
     # every entry is its isolated timing times its group's scale (its input resolution)
     for layer in space.searchable_layers:
@@ -74,6 +78,42 @@ def test_table_covers_every_op_and_records_its_conditions(lut):
             scale = fit["scales"].get(f"{h}x{w}", 1.0)
             assert ms == pytest.approx(scale * table["isolated"]["layers"][layer.name][op],
                                        rel=1e-3)  # fmt: skip
+
+
+def test_a_build_records_the_noise_ceiling_of_its_held_out_nets(monkeypatch):
+    seen = []
+
+    def spy(passes, **kwargs):
+        seen.append([list(p) for p in passes])
+        return noise_ceiling(passes, **kwargs)
+
+    monkeypatch.setattr(latency, "noise_ceiling", spy)
+    policy = NoisePolicy(rounds=2, strict=False, fresh_processes=False)
+    bench = Bench(get_runtime("torch", torch.device("cpu"), 1), min_time=0.01, policy=policy)
+    table = build_lut(load_space(TINY_SPACE), (64, 64), 16, 1, bench, calibration=8,
+                      progress=False)  # fmt: skip
+    [passes] = seen  # the 2 held-out nets (the last quarter of 8), 2 passes each
+    assert len(passes) == 2 and all(len(p) == 2 for p in passes)
+    held_out = [n["measured_ms"] for n in table["meta"]["calibration_nets"][-2:]]
+    assert [statistics.median(p) for p in passes] == pytest.approx(held_out, rel=1e-3)
+    recorded = table["meta"]["calibration_fit"]["noise_ceiling"]
+    assert recorded == noise_ceiling(passes).to_dict()
+
+
+def test_the_build_line_names_the_held_out_error_and_its_noise_ceiling():
+    ceiling = {"kendall_tau": 0.8, "mape": 2.1, "pass_sd": 3.0, "kendall_tau_sd": 0.08}
+    fit = {"fit_mape": 1.5, "heldout_mape": 2.41, "heldout_tau": 0.867, "noise_ceiling": ceiling}
+    assert calibration_text(fit, 40) == (
+        "calibrated on 40 networks (fit MAPE 1.50 %, held-out MAPE 2.41 % tau 0.867; noise "
+        "ceiling tau 0.800 +- 0.080, MAPE 2.10 %)"
+    )
+    few = calibration_text({**fit, "heldout_tau": None}, 12)  # too few held out to rank
+    assert few.endswith("held-out MAPE 2.41 %; noise ceiling MAPE 2.10 %)")
+    assert "noise ceiling" not in calibration_text({**fit, "noise_ceiling": None}, 40)
+    assert calibration_text({**fit, "heldout_mape": None}, 4) == (
+        "calibrated on 4 networks (fit MAPE 1.50 %)"
+    )
+    assert calibration_text(fit, 0) == "not calibrated (--calibration 0)"
 
 
 def test_cost_model_expected_cost_equals_the_prediction(lut):
