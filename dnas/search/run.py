@@ -202,13 +202,13 @@ class SearchRun(EpochLoop):
         architecture when they differ from the last ones drawn (a picture takes a second or
         more, and warm-up epochs leave the probabilities as they were), unless the experiment
         says ``pictures: false``."""
-        from dnas.vis import plot
-
         probs = self.strategy.arch_probs()
         for layer, value in entropies(probs).items():
             writer.add_scalar(f"entropy/{layer}", value, epoch)
         if not self.exp.pictures:
             return
+        from dnas.vis import plot  # here: matplotlib adds most of a second to a start
+
         shown = {layer: [round(p, 3) for p in values] for layer, values in probs.items()}
         if shown != self.drawn.get("probs"):  # the heat map writes them to three decimals
             figure = plot.op_probability_figure(probs, plot.candidates_of(self.space), epoch=epoch)
