@@ -45,13 +45,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-group scales, the overhead, and the fit's error on fitted and held-out nets."""
+    """Per-group scales, the overhead, and the fit's error on fitted and held-out nets (the
+    last ``heldout_nets`` of the samples)."""
 
     scales: dict[str, float]
     overhead_ms: float
     fit_mape: float
     heldout_mape: float | None
     heldout_tau: float | None
+    heldout_nets: int = 0
 
     def predict(self, parts: dict[str, float]) -> float:
         return sum(self.scales.get(g, 1.0) * ms for g, ms in parts.items()) + self.overhead_ms
@@ -63,13 +65,8 @@ class Calibration:
         return {"scales": {g: round(s, 5) for g, s in sorted(self.scales.items())},
                 "overhead_ms": round(self.overhead_ms, 5), "fit_mape": rounded(self.fit_mape),
                 "heldout_mape": rounded(self.heldout_mape),
-                "heldout_tau": rounded(self.heldout_tau)}  # fmt: skip
-
-
-def heldout_count(samples: int, fraction: float = 0.25) -> int:
-    """How many of ``samples`` calibration nets (the last ones) :func:`calibrate` holds out:
-    ``fraction`` of them, none below 8 (too few to fit on fewer)."""
-    return int(samples * fraction) if samples >= 8 else 0
+                "heldout_tau": rounded(self.heldout_tau),
+                "heldout_nets": self.heldout_nets}  # fmt: skip
 
 
 def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
@@ -79,7 +76,7 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
     is the per-group sum of the cheapest architecture: its prediction must stay positive."""
     if not samples:
         return Calibration({}, 0.0, 0.0, None, None)
-    held = heldout_count(len(samples), heldout_fraction)
+    held = int(len(samples) * heldout_fraction) if len(samples) >= 8 else 0
     fitted, heldout = samples[: len(samples) - held], samples[len(samples) - held :]
     mape = tau = None
     if heldout:
@@ -92,7 +89,7 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
 
             tau = float(scipy.stats.kendalltau(pred, real).statistic)
     final = _fit(samples, lowest)
-    return Calibration(final.scales, final.overhead_ms, final.fit_mape, mape, tau)
+    return Calibration(final.scales, final.overhead_ms, final.fit_mape, mape, tau, held)
 
 
 def _fit(samples: Sequence[Sample], lowest: dict[str, float]) -> Calibration:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cost_models.calibration import FIXED, Calibration, Sample, calibrate, heldout_count
+from cost_models.calibration import FIXED, Calibration, Sample, calibrate
 from cost_models.fidelity import noise_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.processes import Done, in_fresh_process
@@ -311,8 +311,8 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     table = apply_calibration(table, space, fit)
     # the held-out nets' noise ceiling: the held-out tau and MAPE that a table without error
     # would get against their measurements (None with one round or no net held out)
-    held = heldout_count(len(nets))
-    ceiling = noise_ceiling([t.passes for t in timings[len(timings) - held :]]) if held else None
+    held = [t.passes for t in timings[len(timings) - fit.heldout_nets :]]
+    ceiling = noise_ceiling(held) if fit.heldout_nets else None
     table["meta"] = {
         "space": space.name, "space_digest": space.digest(), "space_dict": space.to_dict(),
         "head": head_record(space), "input": list(input_hw),

@@ -59,8 +59,10 @@ def test_a_quarter_is_held_out_and_the_final_fit_uses_every_sample():
     pred = np.array([refit.predict(s.parts) for s in samples[15:]])
     real = np.array([s.measured_ms for s in samples[15:]])
     assert fit.heldout_mape == pytest.approx(100 * np.mean(np.abs(pred - real) / real))
+    assert fit.heldout_nets == 5 and fit.to_dict()["heldout_nets"] == 5  # the last 5
     assert fit.scales != refit.scales  # refitted on all 20
-    assert calibrate(samples[:5], lowest={}).heldout_mape is None  # too few to hold any out
+    few = calibrate(samples[:5], lowest={})
+    assert few.heldout_mape is None and few.heldout_nets == 0  # too few to hold any out
 
 
 def test_scales_are_bounded_and_the_cheapest_net_stays_positive():

@@ -68,7 +68,8 @@ def test_table_covers_every_op_and_records_its_conditions(lut):
     assert meta["runtime"] == "torch" and meta["calibration"] == 8
     assert table["scale"] == 1.0  # the calibration is folded into the entries
     fit, noise = meta["calibration_fit"], meta["noise"]
-    assert fit["heldout_mape"] is not None and fit["fit_mape"] >= 0  # 2 of the 8 held out
+    assert fit["heldout_mape"] is not None and fit["fit_mape"] >= 0
+    assert fit["heldout_nets"] == 2  # the last quarter of the 8
     assert fit["noise_ceiling"] is None  # one round: no pass-to-pass noise to simulate
     assert set(noise) >= {"worst_spread", "drift", "reference_ms", "remeasured", "kept_noisy"}
     # every entry is its isolated timing times its group's scale (its input resolution)
