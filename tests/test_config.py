@@ -51,6 +51,42 @@ def test_search_weight_optimizer_is_sgd_or_adam(tmp_path):
     )
 
 
+def test_optimisers_take_the_multi_tensor_kernels_with_the_same_updates(tmp_path):
+    """Search and training optimisers run torch's foreach kernels (on CPU torch would loop over
+    tensors); the updates must equal the per-tensor loop's bit for bit."""
+    import torch
+
+    from dnas.engine.runtime import adam, search_weight_optimizer
+
+    exp = load_experiment(write(tmp_path, "task: {name: pose, root: data}\n"))
+    params = [torch.nn.Parameter(torch.ones(3))]
+    assert search_weight_optimizer(params, exp.search.weight_optimizer).defaults["foreach"]
+    exp.search.weight_optimizer.type = "adam"
+    assert search_weight_optimizer(params, exp.search.weight_optimizer).defaults["foreach"]
+    cases = [(lambda p, f: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=f),
+              lambda p: search_weight_optimizer(p, exp.search.weight_optimizer)),
+             (lambda p, f: torch.optim.Adam(p, lr=1e-2, betas=(0.5, 0.99), weight_decay=1e-3,
+                                            foreach=f),
+              lambda p: adam(p, 1e-2, (0.5, 0.99), 1e-3))]  # fmt: skip
+    exp.search.weight_optimizer.type = "sgd"
+    exp.search.weight_optimizer.lr, exp.search.weight_optimizer.weight_decay = 0.1, 1e-4
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 3, 3, 3), (8,), (5, 7), (1,)]
+    for loop_opt, ours in cases:
+        start = [torch.randn(s, generator=gen) for s in shapes]
+        a = [torch.nn.Parameter(t.clone()) for t in start]
+        b = [torch.nn.Parameter(t.clone()) for t in start]
+        opts = [loop_opt(a, False), ours(b)]
+        for _ in range(5):
+            grads = [torch.randn(s, generator=gen) for s in shapes]
+            for group, opt in zip((a, b), opts, strict=True):
+                for p, g in zip(group, grads, strict=True):
+                    p.grad = g.clone()
+                opt.step()
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        assert not all(torch.equal(x, t) for x, t in zip(a, start, strict=True))
+
+
 def test_overrides_and_numeric_strings(tmp_path):
     path = write(tmp_path, "task: {name: pose, root: data}\nsearch: {arch_optimizer: {lr: 1e-3}}\n")
     exp = load_experiment(

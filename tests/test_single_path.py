@@ -43,6 +43,11 @@ def count_calls(net):
     return calls
 
 
+def test_both_optimisers_take_the_multi_tensor_kernels(real_mpii_root):
+    _, strategy, _ = setup(GumbelStrategy, real_mpii_root)
+    assert strategy.w_opt.defaults["foreach"] and strategy.a_opt.defaults["foreach"]
+
+
 @pytest.mark.parametrize(("cls", "arch_paths"), [(GumbelStrategy, 1), (BinaryGateStrategy, 2)])
 def test_steps_run_one_path_per_layer(cls, arch_paths, real_mpii_root):
     net, strategy, batch = setup(cls, real_mpii_root)

@@ -23,6 +23,7 @@ from dnas.engine.loop import EpochLoop, RunContext
 from dnas.engine.progress import Reporter
 from dnas.engine.rundir import command_line
 from dnas.engine.runtime import (
+    adam,
     to_device,
     weight_step,
 )
@@ -118,7 +119,7 @@ class TrainRun(EpochLoop):
         self.net = self.prepare(self.amp.model(self.net))
         cfg = exp.train
         self.params = self.net.weight_parameters()
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = adam(self.params, cfg.lr, weight_decay=cfg.weight_decay)
         train_set = dataset_of(self.task, "train", augment=True, seed=exp.seed)
         self.loader = train_loader(train_set, range(len(train_set)), cfg.batch_size, exp.workers,
                                    exp.seed, self.world.rank, self.world.size)  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dnas.engine.runtime import load_optimizer_state, search_weight_optimizer, weight_step
+from dnas.engine.runtime import adam, load_optimizer_state, search_weight_optimizer, weight_step
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
 from dnas.search.budget import start_on_budget
@@ -71,9 +71,7 @@ class DartsStrategy(Strategy):
             start_on_budget(self.alphas, network.searchable, table, self.cost_cfg.target,
                             network.temperature)  # fmt: skip
         self.w_opt = search_weight_optimizer(self.weights, w)
-        self.a_opt = torch.optim.Adam(
-            self.alphas, lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay
-        )
+        self.a_opt = adam(self.alphas, a.lr, a.betas, a.weight_decay)
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.w_opt, T_max=max(self.num_epochs, 1), eta_min=0.0
         )
