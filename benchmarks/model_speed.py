@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
-from dnas.engine.runtime import Amp
+from dnas.engine.runtime import Amp, adam
 from dnas.nn.network import Network
 from dnas.space.graph import load_space
 
@@ -53,7 +53,7 @@ def inference_fn(net: torch.nn.Module, amp: Amp, x: torch.Tensor) -> Callable[[]
 def train_fn(net: Network, amp: Amp, x: torch.Tensor) -> Callable[[], object]:
     """One Adam step on a heatmap MSE loss (the training step's arithmetic, no data loading)."""
     params = net.weight_parameters()
-    opt = torch.optim.Adam(params, lr=1e-4)
+    opt = adam(params, 1e-4)
     target = torch.rand(x.shape[0], JOINTS, x.shape[2] // 4, x.shape[3] // 4, device=x.device)
 
     def step() -> object:

@@ -26,7 +26,7 @@ from search_cost import parse_args as search_args  # benchmarks/search_cost.py
 from search_cost import search_report
 
 from dnas.config import CostConfig, SearchConfig
-from dnas.engine.runtime import weight_step
+from dnas.engine.runtime import adam, weight_step
 from dnas.nn.export import export_onnx
 from dnas.nn.network import Network
 from dnas.search.cost_model import get_cost_model
@@ -74,7 +74,7 @@ def bench_search_step(root: Path, batch: int, hw: int, repeats: int) -> dict:
     search_s = timed(lambda: darts.step(data, data), repeats)
     net = Network(load_space("efficientpose-a"), 16)
     params = net.weight_parameters()
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = adam(params, 1e-3)
     train_s = timed(lambda: weight_step(net, data, task.loss, opt, params), repeats)
     return {
         "batch": batch, "input": hw,

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from dnas.config import CostConfig, SearchConfig
-from dnas.engine.runtime import Amp, to_device, weight_step
+from dnas.engine.runtime import Amp, adam, to_device, weight_step
 from dnas.engine.sampling import stream, train_loader
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES, load_plugins
@@ -86,7 +86,7 @@ def make_strategy(name: str, space_name: str, task: PoseTask, hw: int, amp: Amp,
 def make_train_step(task: PoseTask, amp: Amp):
     net = amp.model(Network(load_space(DERIVED), 16).to(amp.device))
     params = net.weight_parameters()
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = adam(params, 1e-3)
     return lambda batch: weight_step(net, batch, task.loss, opt, params, amp=amp)
 
 

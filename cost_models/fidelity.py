@@ -21,6 +21,7 @@ import numpy as np
 DRAWS = 2000  # simulated checks; the ceiling's own Monte Carlo error is then under 0.005
 CHUNK = 100  # draws scored at a time: memory grows with the square of the nets checked
 MEDIAN_DRAWS = 1 << 16  # Monte Carlo draws behind ``median_variance``
+MEDIAN_EXACT_UP_TO = 64  # passes - 1 up to which ``median_variance`` is simulated
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class NoiseCeiling:
     """The tau and MAPE (%) an error-free table would get on average against these
     measurements (the MAPE with the machine's level divided out), the sd of that tau from one
     such check to the next, and the sd (%) of a net's time from pass to pass beyond the speed
-    that the other nets of its pass shared, which they are simulated from."""
+    that the other nets of its pass shared (how noisy the check was; the simulated checks
+    draw from the residuals themselves, ``deleted_residuals``)."""
 
     kendall_tau: float
     mape: float
@@ -53,8 +55,11 @@ def pass_sd(log_ms: np.ndarray) -> float:
 
 @functools.cache
 def median_variance(m: int) -> float:
-    """The variance of the median of ``m`` standard normal draws (no closed form for small
-    ``m``; a fixed Monte Carlo estimate, about 1 % off)."""
+    """The variance of the median of ``m`` standard normal draws: no closed form for small
+    ``m``, so a fixed Monte Carlo estimate (about 1 % off) up to ``MEDIAN_EXACT_UP_TO``, then
+    the large-sample pi / (2 m) (a few % off there, on a term of under 0.025)."""
+    if m > MEDIAN_EXACT_UP_TO:
+        return math.pi / (2 * m)
     draws = np.random.default_rng(0).standard_normal((MEDIAN_DRAWS, m))
     return float(np.median(draws, axis=1).var())
 
@@ -63,12 +68,14 @@ def deleted_residuals(log_ms: np.ndarray) -> np.ndarray:
     """Each net's log time in each pass, its pass's shared speed taken out, against the median
     of the same net's other passes: a timing far off stays in its own cell (the two-way fit's
     residuals spread a share of it over its net's and its pass's other timings, so that a
-    machine with a few far-off timings looks noisy everywhere). Divided by sqrt(1 + the
-    variance of that median), so that normal noise of sd s gives residuals of sd s."""
-    passes = log_ms.shape[1]
+    machine with a few far-off timings looks noisy everywhere). Scaled so that normal noise of
+    sd s gives residuals of sd s: the pass's mean over the nets takes 1/nets of each timing's
+    noise variance, and the median of the others adds its own."""
+    nets, passes = log_ms.shape
     x = log_ms - log_ms.mean(0)
     others = np.stack([np.median(np.delete(x, j, axis=1), axis=1) for j in range(passes)], 1)
-    return (x - others) / math.sqrt(1.0 + median_variance(passes - 1))
+    scale = math.sqrt(nets / (nets - 1) / (1.0 + median_variance(passes - 1)))
+    return (x - others) * scale
 
 
 def noise_ceiling(passes: Sequence[Sequence[float]], draws: int = DRAWS,

@@ -87,6 +87,28 @@ def test_optimisers_take_the_multi_tensor_kernels_with_the_same_updates(tmp_path
         assert not all(torch.equal(x, t) for x, t in zip(a, start, strict=True))
 
 
+def test_a_checkpoint_from_before_the_multi_tensor_kernels_resumes_on_them(tmp_path):
+    """torch's load_state_dict takes the saved groups' foreach (None before ``adam``)."""
+    import torch
+
+    from dnas.engine.runtime import adam, load_optimizer_state, search_weight_optimizer
+
+    exp = load_experiment(write(tmp_path, "task: {name: pose, root: data}\n"))
+    params = [torch.nn.Parameter(torch.ones(3))]
+    params[0].grad = torch.ones(3)
+    for old, ours, key in [
+        (torch.optim.SGD(params, lr=0.1, momentum=0.9), lambda p: search_weight_optimizer(
+            p, exp.search.weight_optimizer), "search.weight_optimizer.type"),
+        (torch.optim.Adam(params, lr=0.1), lambda p: adam(p, 0.1), None),
+    ]:  # fmt: skip
+        old.step()
+        assert old.state_dict()["param_groups"][0]["foreach"] is None
+        resumed = ours(params)
+        load_optimizer_state(resumed, old.state_dict(), key)
+        assert resumed.param_groups[0]["foreach"] is True
+        assert resumed.state_dict()["state"][0].keys() == old.state_dict()["state"][0].keys()
+
+
 def test_overrides_and_numeric_strings(tmp_path):
     path = write(tmp_path, "task: {name: pose, root: data}\nsearch: {arch_optimizer: {lr: 1e-3}}\n")
     exp = load_experiment(

@@ -53,8 +53,9 @@ def test_the_ceiling_is_an_exact_tables_tau_and_mape_against_such_checks(speed_s
 def test_the_ceiling_holds_when_a_few_timings_are_far_off(slow_rate, tau_off):
     """Heavy-tailed noise (1.5 % normal, 5 or 10 % of timings 28 % slow): each net's median
     shrugs most outliers off, while they inflate the residual sd. Drawn from the check's own
-    deleted residuals, the ceiling's tau is within 0.014 / 0.043 of an exact table's average
-    (simulated from a normal of ``pass_sd``, as before: 0.18 / 0.21 low, MAPE 2.6-2.8x)."""
+    deleted residuals, the ceiling's tau is within 0.016 / 0.045 of an exact table's average
+    and its MAPE 1.25 / 1.43x (simulated from a normal of ``pass_sd``, as before: 0.18 / 0.21
+    low, MAPE 2.6-2.8x)."""
     rng = np.random.default_rng(3)
     truth = np.log(60.0) + 0.05 * rng.standard_normal(NETS)
     taus, mapes, ceilings = [], [], []
@@ -66,14 +67,16 @@ def test_the_ceiling_holds_when_a_few_timings_are_far_off(slow_rate, tau_off):
         mapes.append(100 * np.mean(np.abs(np.exp(truth) * level - measured) / measured))
         ceilings.append(noise_ceiling(passes, draws=400))
     assert np.mean([c.kendall_tau for c in ceilings]) == pytest.approx(np.mean(taus), abs=tau_off)
-    assert np.mean([c.mape for c in ceilings]) == pytest.approx(np.mean(mapes), rel=0.5)
+    assert 1.0 <= np.mean([c.mape for c in ceilings]) / np.mean(mapes) <= 1.5
 
 
 def test_deleted_residuals_keep_normal_noise_at_its_sd_and_an_outlier_in_its_cell():
     rng = np.random.default_rng(4)
-    for passes in (2, 3, 5):
-        noise = 0.02 * rng.standard_normal((4000, passes))
-        assert deleted_residuals(noise).std() == pytest.approx(0.02, rel=0.02)
+    for nets in (3, 10, 4000):
+        for passes in (2, 3, 5):
+            draws = [deleted_residuals(0.02 * rng.standard_normal((nets, passes)))
+                     for _ in range(12000 // nets)]  # fmt: skip
+            assert np.sqrt(np.mean(np.square(draws))) == pytest.approx(0.02, rel=0.03)
     log_ms = np.zeros((30, 5))
     log_ms[7, 2] = 0.3  # one timing far off
     resid = deleted_residuals(log_ms)

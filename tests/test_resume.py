@@ -148,6 +148,8 @@ def test_train_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path, synth_root)
     # last.pt is the epoch end's checkpoint, saved once and copied
     assert (run / "last.pt").read_bytes() == ckpts.files()[-1].read_bytes()
     assert "resumed from" in (run / "log.txt").read_text()
+    # the resumed run steps on the multi-tensor kernels, as a fresh one does
+    assert checkpoint.load(run / "last.pt")["optimizer"]["param_groups"][0]["foreach"] is True
 
 
 def test_checkpoints_rotate_and_truncation_falls_back(tmp_path):

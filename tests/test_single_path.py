@@ -43,8 +43,8 @@ def count_calls(net):
     return calls
 
 
-def test_both_optimisers_take_the_multi_tensor_kernels(real_mpii_root):
-    _, strategy, _ = setup(GumbelStrategy, real_mpii_root)
+def test_both_optimisers_take_the_multi_tensor_kernels(tmp_path):
+    _, strategy, _ = setup(GumbelStrategy, tmp_path)  # no data read
     assert strategy.w_opt.defaults["foreach"] and strategy.a_opt.defaults["foreach"]
 
 

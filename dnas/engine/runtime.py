@@ -140,7 +140,8 @@ class Amp:
 def adam(params: Sequence[Tensor], lr: float, betas: Sequence[float] = (0.9, 0.999),
          weight_decay: float = 0.0) -> torch.optim.Adam:  # fmt: skip
     """Adam on the multi-tensor (``foreach``) kernels, which torch uses by default only on CUDA:
-    the same updates bit for bit, 1.7-2.3x quicker steps on CPU (a super net has ~1500 tensors)."""
+    on fp32 weights (``dnas`` keeps them fp32; autocast lowers only the compute) the same
+    updates bit for bit, and 1.7-2.3x quicker steps on CPU (a super net has ~1500 tensors)."""
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                             foreach=True)  # fmt: skip
 
@@ -156,16 +157,19 @@ def search_weight_optimizer(params: list[nn.Parameter],
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
-                         key: str) -> None:  # fmt: skip
+                         key: str | None = None) -> None:  # fmt: skip
     """Restore a checkpoint's optimiser state, refusing in one line one of another kind (a
-    resumed run whose config changed ``key``, e.g. SGD's momentum buffers into Adam). The kind
-    is told by Adam's ``betas``, not by the whole set of group keys, which torch versions
-    extend."""
+    resumed run whose config changed ``key``, e.g. SGD's momentum buffers into Adam; no check
+    without ``key``). The kind is told by Adam's ``betas``, not by the whole set of group keys,
+    which torch versions extend. The kernels stay this optimiser's own: torch would take the
+    checkpoint's ``foreach`` too (None in checkpoints written before ``adam``)."""
     groups = state.get("param_groups") or []
-    if groups and ("betas" in groups[0]) != ("betas" in optimizer.param_groups[0]):
+    if key and groups and ("betas" in groups[0]) != ("betas" in optimizer.param_groups[0]):
         raise DnasError(f"{key}: the checkpoint holds the state of another optimiser than "
                         f"{type(optimizer).__name__}; resume with the run's own {key}")  # fmt: skip
     optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["foreach"] = optimizer.defaults.get("foreach")
 
 
 def weight_step(

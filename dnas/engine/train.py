@@ -24,6 +24,7 @@ from dnas.engine.progress import Reporter
 from dnas.engine.rundir import command_line
 from dnas.engine.runtime import (
     adam,
+    load_optimizer_state,
     to_device,
     weight_step,
 )
@@ -218,7 +219,7 @@ class TrainRun(EpochLoop):
                 "resume with the run's own --arch or start a new --out"
             )
         self.net.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.opt, state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         if "progress" in state:  # a checkpoint written before 2026-12-01
             legacy = state["progress"]

@@ -216,7 +216,7 @@ class DartsStrategy(Strategy):
     def load_checkpointables(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["model"])
         load_optimizer_state(self.w_opt, state["weight_optimizer"], "search.weight_optimizer.type")
-        self.a_opt.load_state_dict(state["arch_optimizer"])
+        load_optimizer_state(self.a_opt, state["arch_optimizer"])
         self.w_sched.load_state_dict(state["weight_scheduler"])
         self.steps_done = state["steps_done"]
         self.objective.load_state_dict(state["objective"])
