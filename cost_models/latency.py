@@ -3,7 +3,8 @@
 ``build_lut`` times, in the chosen runtime (``cost_models.runtimes``: eager PyTorch or ONNX
 Runtime), every candidate op of every searchable layer at its exact input shape, every fixed
 layer and the head, each by ``torch.utils.benchmark`` under a ``NoiseGuard``
-(``cost_models.timing``). It then times random whole networks and fits the entries to them
+(``cost_models.timing``). It then times random whole networks (``calibration_nets``: half
+uniform draws, half spread over the space's MAC range) and fits the entries to them
 (``cost_models.calibration``): one scale per input resolution, and one overhead. The
 table stays a sum of per-op entries, so the expected cost stays linear in the op
 probabilities. What it cannot model: fusion across op boundaries that depends on the
@@ -55,7 +56,7 @@ from dnas.nn.network import Network
 from dnas.nn.profile import _HeadOnInputs, op_costs
 from dnas.registry import COMMANDS, COST_MODELS, HEADS, RUNTIMES
 from dnas.schema import from_dict, is_finite_number, is_integer, read_json, to_dict
-from dnas.search.budget import cheapest_within
+from dnas.search.budget import cheapest_within, tilted_probs
 from dnas.search.cost_model import CostModel, CostTable
 from dnas.space.choices import uniform_choices
 from dnas.space.graph import Layer, SearchSpace, space_from_dict
@@ -280,6 +281,28 @@ def calibration_text(fit: dict, calibration: int) -> str:
     return f"calibrated on {calibration} networks (fit MAPE {fit['fit_mape']:.2f} %{held})"
 
 
+def calibration_nets(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int,
+                     count: int, rng: np.random.Generator) -> list[dict[str, str]]:  # fmt: skip
+    """The whole networks a build times to fit its entries: every other one drawn uniformly
+    (the nets ``lut check`` scores), the rest from the maximum-entropy distribution at MAC
+    levels spread evenly over the space's range (``tilted_probs``). Uniform draws all cost
+    about the space's mean, so a fit on them alone extrapolates its overhead and scales to the
+    small and the large nets a budget search ends on."""
+    macs = FlopsCostModel().build(space, input_hw, num_outputs)
+    low, high = macs.cost_range()
+    spread = count // 2
+    levels = iter(rng.permutation((np.arange(spread) + 0.5) / spread))
+    nets = []
+    for i in range(count):
+        if i % 2 == 0:
+            nets.append(uniform_choices(space.searchable_layers, rng))
+            continue
+        probs = tilted_probs(macs, low + next(levels) * (high - low))
+        nets.append({name: list(ops)[int(rng.choice(len(ops), p=probs[name]))]
+                     for name, ops in macs.layers.items()})  # fmt: skip
+    return nets
+
+
 def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, batch: int,
               bench: Bench, calibration: int = 40, seed: int = 0,
               progress: bool = True) -> dict:  # fmt: skip
@@ -288,7 +311,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     device = bench.runtime.device
     rng = np.random.default_rng(seed)
     entries = _op_jobs(bench, space, input_hw, num_outputs, batch)  # their order, not run here
-    nets = [uniform_choices(space.searchable_layers, rng) for _ in range(calibration)]
+    nets = calibration_nets(space, input_hw, num_outputs, calibration, rng)
     plan = TimingPass(bench, space, input_hw, num_outputs, batch,
                       [(f"network {i + 1}", c) for i, c in enumerate(nets)], ops=True,
                       what=f"lut build --space {space.name}", warm_up_seed=seed + 1000)  # fmt: skip
@@ -828,7 +851,8 @@ def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
     type=click.IntRange(0),
     default=40,
     show_default=True,
-    help="Random whole networks timed to fit the entries (a quarter held out).",
+    help="Random whole networks timed to fit the entries: half drawn uniformly, half spread "
+    "over the space's MAC range (a quarter held out).",
 )
 @noise_options
 @out_opt("output", file=True)

@@ -6,6 +6,7 @@ import itertools
 import json
 import statistics
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -79,6 +80,23 @@ def test_table_covers_every_op_and_records_its_conditions(lut):
             scale = fit["scales"].get(f"{h}x{w}", 1.0)
             assert ms == pytest.approx(scale * table["isolated"]["layers"][layer.name][op],
                                        rel=1e-3)  # fmt: skip
+
+
+def test_calibration_nets_alternate_uniform_draws_and_draws_across_the_mac_range():
+    """Uniform draws of 28 layers all cost about the space's mean; every other calibration net
+    comes from the maximum-entropy distribution at one of evenly spread MAC levels."""
+    space = load_space("mbv2_pose_small")
+    nets = latency.calibration_nets(space, (64, 64), 16, 40, np.random.default_rng(0))
+    macs = FlopsCostModel().build(space, (64, 64), 16)
+    low, high = macs.cost_range()
+    share = [(macs.of_choices(n) - low) / (high - low) for n in nets]
+    names = {layer.name for layer in space.searchable_layers}
+    assert len(nets) == 40 and all(n.keys() == names for n in nets)
+    uniform, spread = np.array(share[0::2]), np.sort(share[1::2])
+    assert np.std(uniform) < 0.1  # about the mean
+    # each level's draw lands near it: sorted, the 20 nets follow the evenly spread levels
+    assert np.abs(spread - (np.arange(20) + 0.5) / 20).max() < 0.15
+    assert nets == latency.calibration_nets(space, (64, 64), 16, 40, np.random.default_rng(0))
 
 
 def test_a_build_records_the_noise_ceiling_of_its_held_out_nets(monkeypatch):
