@@ -284,11 +284,13 @@ def calibration_text(fit: dict, calibration: int) -> str:
 def calibration_nets(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int,
                      count: int, rng: np.random.Generator) -> list[dict[str, str]]:  # fmt: skip
     """The whole networks a build times to fit its entries: every other one drawn uniformly
-    (the nets ``lut check`` scores), the rest from the maximum-entropy distribution at MAC
+    (the kind of net ``lut check`` scores), the rest from the maximum-entropy distribution at MAC
     levels spread evenly over the space's range (``tilted_probs``). Uniform draws all cost
     about the space's mean, so a fit on them alone extrapolates its overhead and scales to the
     small and the large nets a budget search ends on."""
     macs = FlopsCostModel().build(space, input_hw, num_outputs)
+    if not macs.layers:  # a fixed net: every calibration net is the same one
+        return [{} for _ in range(count)]
     low, high = macs.cost_range()
     spread = count // 2
     levels = iter(rng.permutation((np.arange(spread) + 0.5) / spread))

@@ -97,6 +97,13 @@ def test_calibration_nets_alternate_uniform_draws_and_draws_across_the_mac_range
     # each level's draw lands near it: sorted, the 20 nets follow the evenly spread levels
     assert np.abs(spread - (np.arange(20) + 0.5) / 20).max() < 0.15
     assert nets == latency.calibration_nets(space, (64, 64), 16, 40, np.random.default_rng(0))
+    for count in (0, 1, 3):
+        assert (
+            len(latency.calibration_nets(space, (64, 64), 16, count, np.random.default_rng(0)))
+            == count
+        )
+    fixed = load_space("efficientpose_a")  # no searchable layer: the one net, count times
+    assert latency.calibration_nets(fixed, (64, 64), 16, 3, np.random.default_rng(0)) == [{}] * 3
 
 
 def test_a_build_records_the_noise_ceiling_of_its_held_out_nets(monkeypatch):
