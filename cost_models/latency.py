@@ -56,7 +56,7 @@ from dnas.nn.network import Network
 from dnas.nn.profile import _HeadOnInputs, op_costs
 from dnas.registry import COMMANDS, COST_MODELS, HEADS, RUNTIMES
 from dnas.schema import from_dict, is_finite_number, is_integer, read_json, to_dict
-from dnas.search.budget import cheapest_within, tilted_probs
+from dnas.search.budget import cheapest_within, draw_ops, tilted_probs
 from dnas.search.cost_model import CostModel, CostTable
 from dnas.space.choices import uniform_choices
 from dnas.space.graph import Layer, SearchSpace, space_from_dict
@@ -299,9 +299,7 @@ def calibration_nets(space: SearchSpace, input_hw: tuple[int, int], num_outputs:
         if i % 2 == 0:
             nets.append(uniform_choices(space.searchable_layers, rng))
             continue
-        probs = tilted_probs(macs, low + next(levels) * (high - low))
-        nets.append({name: list(ops)[int(rng.choice(len(ops), p=probs[name]))]
-                     for name, ops in macs.layers.items()})  # fmt: skip
+        nets.append(draw_ops(macs, rng, tilted_probs(macs, low + next(levels) * (high - low))))
     return nets
 
 

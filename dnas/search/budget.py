@@ -143,6 +143,13 @@ def start_on_budget(alphas: list[torch.Tensor], names: list[str], table: CostTab
             alpha.copy_(temperature * log_p)
 
 
+def draw_ops(table: CostTable, rng: np.random.Generator,
+             probs: dict[str, np.ndarray] | None = None) -> dict[str, str]:  # fmt: skip
+    """One architecture of ``table``'s layers, each op drawn from ``probs`` (uniform without)."""
+    return {name: list(ops)[int(rng.choice(len(ops), p=None if probs is None else probs[name]))]
+            for name, ops in table.layers.items()}  # fmt: skip
+
+
 class BandSampler:
     """Random architectures with cost in [low, high]: drawn from :func:`tilted_probs` at the
     band's centre (uniform for an open band), computed once, and rejected outside the band."""
@@ -154,10 +161,7 @@ class BandSampler:
     def draw(self, rng: np.random.Generator, tries: int) -> dict[str, str] | None:
         """One architecture of the band; None after ``tries`` rejected draws."""
         for _ in range(tries):
-            choices = {}
-            for name, ops in self.table.layers.items():
-                p = None if self.probs is None else self.probs[name]
-                choices[name] = list(ops)[int(rng.choice(len(ops), p=p))]
+            choices = draw_ops(self.table, rng, self.probs)
             if self.low <= self.table.of_choices(choices) <= self.high:
                 return choices
         return None
