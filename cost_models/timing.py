@@ -101,6 +101,19 @@ class BlockTimer(benchmark.Timer):
         return self.calls_for(min(max(overhead / self.MAX_OVERHEAD, min_run_time / 1000),
                                   min_run_time / MIN_BLOCKS))  # fmt: skip
 
+    def blocked_autorange(self, callback: Callable[[int, float], None] | None = None,
+                          min_run_time: float = 0.2) -> benchmark.Measurement:  # fmt: skip
+        """Torch's ``blocked_autorange``, but blocks go on until there are ``MIN_BLOCKS`` of
+        them as well as ``min_run_time``: a machine that slows down while a timing runs (another
+        process starting) would otherwise end it after one or two blocks, whose IQR of 0 or of
+        one pair reads as perfectly steady."""
+        number = self._estimate_block_size(min_run_time)
+        times = self._threaded_measurement_loop(
+            number, lambda: self._timeit(number), lambda times: len(times) >= MIN_BLOCKS,
+            min_run_time=min_run_time, callback=callback)  # fmt: skip
+        return benchmark.Measurement(number_per_run=number, raw_times=times,
+                                     task_spec=self._task_spec)  # fmt: skip
+
     def calls_for(self, goal: float) -> int:
         """Calls in a block of about ``goal`` seconds: tenfold until a block is a tenth of the
         goal (a steady base), then scaled to the goal in one step."""
@@ -112,15 +125,15 @@ class BlockTimer(benchmark.Timer):
         return max(1, min(round(number * goal / taken), MAX_CALLS))
 
 
-def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.2) -> Timing:
+def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.2,
+            timer: Callable[[], float] | None = None) -> Timing:  # fmt: skip
     """Time ``fn()`` by ``BlockTimer.blocked_autorange`` with ``threads`` intra-op threads, in
-    at least ``MIN_BLOCKS`` blocks: a call longer than a quarter of ``min_run_time`` gets fewer
-    at first, and then runs again for long enough."""
-    timer = BlockTimer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    result = timer.blocked_autorange(min_run_time=min_run_time)
-    if len(result.times) < MIN_BLOCKS:
-        block = result.number_per_run * result.median
-        result = timer.blocked_autorange(min_run_time=(MIN_BLOCKS + 0.5) * block)
+    at least ``MIN_BLOCKS`` blocks (a call longer than a quarter of ``min_run_time`` makes the
+    timing longer). ``timer``: the clock (default: torch's, which synchronises an
+    accelerator)."""
+    clock = {} if timer is None else {"timer": timer}
+    result = BlockTimer(stmt="fn()", globals={"fn": fn}, num_threads=threads,
+                        **clock).blocked_autorange(min_run_time=min_run_time)  # fmt: skip
     return Timing(1000.0 * result.median, 1000.0 * result.iqr, len(result.times))
 
 

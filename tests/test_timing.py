@@ -82,6 +82,17 @@ def test_measure_times_a_known_sleep():
     assert timing.iqr_ms >= 0 and timing.spread == timing.iqr_ms / timing.median_ms
 
 
+def test_a_timing_holds_its_blocks_when_the_machine_slows_down_under_it():
+    """A 10 ms call whose machine turns 30x slower after its second call: the second block
+    alone passes min_run_time, yet the timing goes on to ``MIN_BLOCKS`` blocks, so its IQR is
+    one of four 300 ms blocks and one 10 ms (one or two blocks' IQR of 0 read as steady)."""
+    clock = SpeedShift(at=0.02, factor=30.0)
+    timing = measure(lambda: clock.work(10e-3), threads=1, min_run_time=0.1, timer=clock.timer)
+    assert timing.runs == MIN_BLOCKS
+    assert timing.median_ms == pytest.approx(300.0)
+    assert timing.iqr_ms == pytest.approx(0.25 * 290.0)  # blocks 10, 300, 300, 300 ms
+
+
 class SimulatedClock:
     """A deterministic clock: ``tick(s)`` is a call that takes s seconds, and reading the
     clock costs ``overhead`` seconds, as a GPU synchronisation does."""
@@ -116,13 +127,14 @@ def test_blocks_stay_short_when_the_timer_itself_is_slow():
 
 
 class SpeedShift:
-    """A deterministic clock on a machine that runs at half speed from ``at`` seconds on."""
+    """A deterministic clock on a machine that runs ``factor`` times slower from ``at`` seconds
+    on."""
 
-    def __init__(self, at: float) -> None:
-        self.now, self.at = 0.0, at
+    def __init__(self, at: float, factor: float = 2.0) -> None:
+        self.now, self.at, self.factor = 0.0, at, factor
 
     def work(self, seconds: float) -> None:
-        self.now += seconds * (1.0 if self.now < self.at else 2.0)
+        self.now += seconds * (1.0 if self.now < self.at else self.factor)
 
     def timer(self) -> float:
         return self.now
