@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
+from dnas.allocator import keep_freed_memory
 from dnas.engine.runtime import Amp, adam
 from dnas.nn.network import Network
 from dnas.space.graph import load_space
@@ -108,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
+    keep_freed_memory()  # as dnas runs its steps (dnas.allocator)
     args = parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("model_speed.py: --device cuda, but torch sees no CUDA device")

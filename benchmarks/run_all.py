@@ -25,6 +25,7 @@ import torch
 from search_cost import parse_args as search_args  # benchmarks/search_cost.py
 from search_cost import search_report
 
+from dnas.allocator import keep_freed_memory
 from dnas.config import CostConfig, SearchConfig
 from dnas.engine.runtime import adam, weight_step
 from dnas.nn.export import export_onnx
@@ -120,6 +121,7 @@ def bench_inference(repeats: int, tmp: Path) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as dnas runs its steps (dnas.allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny repeats, for a smoke run")
     args = parser.parse_args()

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from dnas.allocator import keep_freed_memory
 from dnas.config import CostConfig, SearchConfig
 from dnas.engine.runtime import Amp, adam, to_device, weight_step
 from dnas.engine.sampling import stream, train_loader
@@ -257,6 +258,7 @@ def search_report(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as dnas runs its steps (dnas.allocator)
     args = parse_args()
     if args.case:
         load_plugins()

@@ -46,6 +46,7 @@ from cost_models.timing import (
     measure,
     median_of,
 )
+from dnas.allocator import DEFAULT, KEPT, allocator_in_use, keep_freed_memory, untouched
 from dnas.cli import SIZE, FiniteRange, example, head_outputs, out_opt, outputs_opt, set_opt
 from dnas.config import MAX_BATCH
 from dnas.engine.progress import counter
@@ -80,11 +81,21 @@ def predict_ms(table: dict, choices: dict[str, str]) -> float:
 @dataclass
 class Bench:
     """Where and how timings are taken: the runtime (on its device and threads), the shortest
-    time spent on one timing, and the noise policy."""
+    time spent on one timing, the noise policy, and whether the timing processes keep freed
+    memory (``dnas.allocator``; otherwise they leave the allocator as a plain process has it)."""
 
     runtime: Runtime
     min_time: float = 0.1
     policy: NoisePolicy = field(default_factory=NoisePolicy)
+    keep_memory: bool = False
+
+    def prepare_allocator(self) -> str:
+        """What the allocator does where this bench times: set here when it keeps freed
+        memory (a fresh process sets it again); a fresh process otherwise starts untouched,
+        while timings in this process run under whatever it has."""
+        if self.keep_memory:
+            return keep_freed_memory()
+        return untouched() if fresh_passes(self.policy) else allocator_in_use()
 
     def time(self, fn: Callable[[], object]) -> Timing:
         """One timing of ``fn``: at least ``min_time`` s (and 4 blocks of calls)."""
@@ -113,6 +124,7 @@ def time_forwards(
     ``rounds`` timings, each of all the modules in turn (``Bench.time_in_turn``) so that a
     change of the machine's speed falls on every module alike (no noise guard; for reports,
     not tables)."""
+    bench.prepare_allocator()
     fns = [bench.runtime.prepare(module, inputs) for module in modules.values()]
     rounds = [bench.time_in_turn(fns) for _ in range(bench.policy.rounds)]
     return {name: statistics.median(timings[i].median_ms for timings in rounds)
@@ -216,6 +228,7 @@ class TimingPass:
 def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> tuple[list[Timing], NoiseReport]:
     """``rounds`` passes of ``plan`` in this process under one noise guard, after a warm-up."""
     bench, space = plan.bench, plan.space
+    bench.prepare_allocator()
     x = torch.randn(plan.batch, space.in_channels, *plan.input_hw, device=bench.runtime.device)
     _warm_up(bench, space, plan.input_hw, plan.num_outputs, x,
              np.random.default_rng(plan.warm_up_seed))  # fmt: skip
@@ -344,6 +357,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
                         else "cpu"),
         "runtime": bench.runtime.name, "runtime_version": bench.runtime.version,
         "threads": bench.runtime.threads, "torch": torch.__version__, "dtype": "float32",
+        "allocator": bench.prepare_allocator(),
         "min_time": bench.min_time, "rounds": bench.policy.rounds,
         "fresh_processes": fresh_passes(bench.policy), "calibration": calibration,
         "calibration_fit": {**fit.to_dict(),
@@ -448,8 +462,10 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     """Predicted vs measured latency of ``samples`` random architectures and of the table's
     own picks (``picked_choices``), in the table's runtime, under the same noise guard as the
     build; a few of the build's calibration nets are timed again for the machine's speed
-    (``machine_speed``); the random nets' passes give the check's ``noise_ceiling``."""
+    (``machine_speed``); the random nets' passes give the check's ``noise_ceiling``. Nets are
+    timed as the table's were: keeping freed memory or not (``dnas.allocator``)."""
     meta = table["meta"]
+    bench = replace(bench, keep_memory=recorded_allocator(meta) == KEPT)
     rng = np.random.default_rng(seed)
     nets = [uniform_choices(space.searchable_layers, rng) for _ in range(samples)]
     picks = picked_choices(table, space)
@@ -485,6 +501,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
             "noise_ceiling": ceiling.to_dict() if ceiling else None,
             "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": noise.to_dict(),
+            "allocator": {"table": recorded_allocator(meta), "check": bench.prepare_allocator()},
             "fresh_processes": fresh_passes(bench.policy),
             "speed_vs_build": speed["ratio"], "speed_from": speed["source"],
             "gauge_nets": [{"build_ms": n["measured_ms"], "measured_ms": r["measured_ms"],
@@ -797,6 +814,23 @@ def make_bench(runtime: str, device: str, threads: int, min_time: float, rounds:
     return Bench(get_runtime(runtime, pick_device(device), threads), min_time, policy)
 
 
+def recorded_allocator(meta: dict) -> str:
+    """The allocator a table's timings ran under (tables from before 2026-12-06 do not say:
+    glibc's defaults on the machines they came from)."""
+    return meta.get("allocator", DEFAULT)
+
+
+def allocator_warning(allocator: dict, path: Path) -> str | None:
+    """One line when a check timed under another allocator than the table at ``path`` was
+    (``check_lut``'s ``allocator``; ``dnas.allocator``): a net's time can differ by a quarter
+    between the two, as it can where the environment sets glibc's thresholds."""
+    if allocator["table"] == allocator["check"]:
+        return None
+    return (f"warning: {path} was timed with {allocator['table']}, this check with "
+            f"{allocator['check']}: a net's time differs between the two (dnas.allocator), so "
+            f"the errors include that")  # fmt: skip
+
+
 def noise_line(noise: dict) -> str:
     kept = noise["kept_noisy"] + noise["chunks_kept_noisy"]
     why = "the machine unsteady, nothing else running" if noise.get("unsteady") else "--allow-noise"
@@ -854,6 +888,11 @@ def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
     help="Random whole networks timed to fit the entries: half drawn uniformly, half spread "
     "over the space's MAC range (a quarter held out).",
 )
+@click.option("--keep-freed-memory", "keep_memory", is_flag=True,
+              help="Time nets as a process that keeps freed memory runs them (glibc thresholds "
+                   "set, as dnas trains; like jemalloc, TCMalloc or ONNX Runtime's arena) "
+                   "instead of one that leaves glibc's defaults (a plain deployment). "
+                   "Recorded; lut check follows it.")  # fmt: skip
 @noise_options
 @out_opt("output", file=True)
 @click.option("--force", is_flag=True)
@@ -862,7 +901,8 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
               batch: int | None, device: str, runtime: str, threads: int | None,
               outputs: int | None, joints: int | None, calibration: int, min_time: float,
               rounds: int, max_spread: float, max_drift: float, max_speed_change: float,
-              allow_noise: bool, in_process: bool, output: Path, force: bool) -> None:  # fmt: skip
+              allow_noise: bool, in_process: bool, keep_memory: bool, output: Path,
+              force: bool) -> None:  # fmt: skip
     """Time every candidate op of SPACE (or of CONFIG's search) at its exact input shape."""
     from dnas.cli import guard_output
 
@@ -871,6 +911,7 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
     bench = make_bench(runtime, device, threads or torch.get_num_threads(), min_time, rounds,
                        max_spread, max_drift, max_speed_change, allow_noise,
                        in_process)  # fmt: skip
+    bench.keep_memory = keep_memory
     search_space, hw, num_outputs = what_to_build(
         space, config, list(overrides), head_outputs(outputs, joints, default=None)
     )
@@ -944,6 +985,8 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
                        max_spread, max_drift, max_speed_change, allow_noise,
                        in_process)  # fmt: skip
     report = check_lut(table, search_space, samples, bench, what=f"lut check --table {table_path}")
+    if warning := allocator_warning(report["allocator"], table_path):
+        click.echo(warning, err=True)
     if warning := unsteady_warning(report["noise"], "the measured times, tau and MAPE",
                                    "the report's noise.unsteady"):  # fmt: skip
         click.echo(warning, err=True)

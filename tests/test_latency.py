@@ -37,6 +37,7 @@ from cost_models.latency import (
 )
 from cost_models.runtimes import get_runtime
 from cost_models.timing import NoiseGuard, NoisePolicy, Timing
+from dnas.allocator import keep_freed_memory
 from dnas.cli import cli
 from dnas.errors import DnasError
 from dnas.space.graph import load_space
@@ -67,6 +68,7 @@ def test_table_covers_every_op_and_records_its_conditions(lut):
     assert meta["batch"] == 1 and meta["device"] == "cpu" and meta["dtype"] == "float32"
     assert meta["torch"] == torch.__version__ and meta["threads"] >= 1 and meta["date"]
     assert meta["runtime"] == "torch" and meta["calibration"] == 8
+    assert meta["allocator"] == keep_freed_memory()  # what the timings ran under
     assert table["scale"] == 1.0  # the calibration is folded into the entries
     fit, noise = meta["calibration_fit"], meta["noise"]
     assert fit["heldout_mape"] is not None and fit["fit_mape"] >= 0

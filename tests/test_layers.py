@@ -7,7 +7,16 @@ import ast
 from pathlib import Path
 
 DNAS = Path(__file__).parent.parent / "dnas"
-FOUNDATION = {"errors", "registry", "schema", "config", "files", "checkpoint", "synthetic"}
+FOUNDATION = {
+    "errors",
+    "registry",
+    "schema",
+    "config",
+    "files",
+    "checkpoint",
+    "synthetic",
+    "allocator",
+}
 # what each layer may import, besides itself and the foundation
 ALLOWED = {
     "foundation": set(),

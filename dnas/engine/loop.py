@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from dnas.allocator import keep_freed_memory
 from dnas.checkpoint import Checkpointer, check_resumable
 from dnas.config import Experiment, config_hash, write_config
 from dnas.engine import distributed
@@ -93,6 +94,7 @@ class RunContext:
     def __init__(self, exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
                  resume: bool = False, force: bool = False) -> None:  # fmt: skip
         self.exp, self.out_dir, self.resume, self.force = exp, Path(out_dir), resume, force
+        keep_freed_memory()  # steps reuse their tensors' memory (dnas.allocator)
         self.world = distributed.init_world(exp.device)
         self.report = report or Reporter()
         self.report.active = self.world.main

@@ -15,8 +15,6 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from dnas.engine.distributed import World, init_world
-
 T = TypeVar("T")
 
 
@@ -119,15 +117,3 @@ def eta_text(done_epochs: int, total_epochs: int, seconds_per_epoch: float) -> s
     """``eta 0:12:03`` for the remaining epochs, from the last epoch's duration."""
     left = max(total_epochs - done_epochs, 0) * seconds_per_epoch
     return f"eta {timedelta(seconds=round(left))}"
-
-
-def start_run(device: str, out_dir: Path, report: Reporter | None) -> tuple[World, Reporter]:
-    """Join the torchrun world (if any) and set up reporting: only the main process creates
-    ``out_dir`` and logs, to the console and ``out_dir/log.txt``."""
-    world = init_world(device)
-    report = report or Reporter()
-    report.active = world.main
-    if world.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        report.attach(out_dir / "log.txt")
-    return world, report
