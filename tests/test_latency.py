@@ -261,6 +261,9 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     assert report["picked_mape"] >= 0 and set(report["picked"][0]["choices"]) == {
         lay.name for lay in load_space(TINY_SPACE).searchable_layers
     }
+    errors = [abs(r["predicted_ms"] - r["measured_ms"] / speed) / (r["measured_ms"] / speed)
+              for r in report["picked"]]  # fmt: skip
+    assert report["picked_mape_at_build_speed"] == pytest.approx(100 * sum(errors) / len(errors))
     other = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--runtime",
                                      "onnxruntime"])  # fmt: skip
     assert other.exit_code == 1 and "measured in torch, not onnxruntime" in other.output
