@@ -6,6 +6,7 @@ MAPE are held against the targets of issue 13 (tau >= 0.95, MAPE <= 5 %).
     python benchmarks/lut_fidelity.py                       # the three settings, 3 builds each
     python benchmarks/lut_fidelity.py --only small-b1 --builds 1 --runtime onnxruntime
     python benchmarks/lut_fidelity.py --only small-b1 --in-process   # every round in one process
+    python benchmarks/lut_fidelity.py --only small-b1 --keep-freed-memory  # dnas.allocator
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def dnas(*args: str) -> str:
 
 
 def one_build(setting: list[str], options: list[str], samples: int, table: Path) -> dict:
-    """One build and its check, both with ``options`` (the runtime, how rounds run); a refused
-    one is recorded as such (it counts as a failure)."""
+    """One build (``setting`` and the build's own options) and its check, both with
+    ``options`` (the runtime, how rounds run); a refused one is recorded as such (it counts as
+    a failure)."""
     try:
         return measured(setting, options, samples, table)
     except Refused as exc:
@@ -73,6 +75,7 @@ def measured(setting: list[str], options: list[str], samples: int, table: Path) 
         # times noisy timings went on as measured on a quiet but unsteady machine
         "build_unsteady": meta["noise"].get("unsteady", 0),
         "check_unsteady": report["noise"].get("unsteady", 0),
+        "allocator": report["allocator"],  # as the table and the check recorded it
         "build_s": round(built, 1), "check_s": round(time.perf_counter() - start, 1),
     }  # fmt: skip
 
@@ -89,14 +92,21 @@ def main() -> None:
         help="Every round of a build or check in its one process (the CLI's "
         "--in-process), for comparison with the default fresh processes.",
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="Build with the CLI's --keep-freed-memory (the check follows).",
+    )
     args = parser.parse_args()
     results: dict = {"runtime": args.runtime, "fresh_processes": not args.in_process,
                      "targets": {"kendall_tau": TAU, "mape": MAPE}}  # fmt: skip
     options = ["--runtime", args.runtime] + ["--in-process"] * args.in_process
+    kept = ["--keep-freed-memory"] * args.keep_freed_memory
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(SETTINGS):
             tables = [Path(tmp) / f"{name}-{i}.json" for i in range(args.builds)]
-            builds = [one_build(SETTINGS[name], options, args.samples, t) for t in tables]
+            builds = [one_build([*SETTINGS[name], *kept], options, args.samples, t)
+                      for t in tables]  # fmt: skip
             results[name] = {"builds": builds, "all_pass": all(b["pass"] for b in builds)}
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))

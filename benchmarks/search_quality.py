@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from cost_models.latency import cpu_bench, time_forwards
+from dnas.allocator import keep_freed_memory
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
 from dnas.engine.train import run_train
@@ -255,6 +256,7 @@ def architectures(profile: Profile, exp_path: Path, budget: float, out: Path, re
 
 
 def main() -> None:
+    keep_freed_memory()  # the searches keep it (RunContext): every latency here alike
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 steps per epoch")

@@ -38,6 +38,7 @@ import torch
 
 from cost_models.latency import Bench, build_lut, cpu_bench, mac_bands, time_forwards
 from cost_models.timing import NoisePolicy
+from dnas.allocator import keep_freed_memory
 from dnas.config import CostConfig, load_experiment
 from dnas.engine.progress import Reporter
 from dnas.nn.network import Network
@@ -174,6 +175,7 @@ def searches(models: dict[str, dict], args: argparse.Namespace, tmp: Path) -> di
 
 
 def main() -> None:
+    keep_freed_memory()  # the searches keep it (RunContext): every timing here alike
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=0.35)
     parser.add_argument("--allow-noise", action="store_true",
@@ -193,7 +195,12 @@ def main() -> None:
         for runtime in RUNTIMES:
             tables[runtime] = tmp / f"lut-{runtime}.json"
             bench = cpu_bench(runtime)
-            bench = Bench(bench.runtime, bench.min_time, NoisePolicy(strict=not args.allow_noise))
+            bench = Bench(
+                bench.runtime,
+                bench.min_time,
+                NoisePolicy(strict=not args.allow_noise),
+                keep_memory=True,
+            )  # as this process times the nets (main)
             table = build_lut(space, HW, 16, 1, bench, progress=False)
             tables[runtime].write_text(json.dumps(table))
             if args.keep_tables is not None:

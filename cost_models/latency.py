@@ -46,7 +46,7 @@ from cost_models.timing import (
     measure,
     median_of,
 )
-from dnas.allocator import DEFAULT, KEPT, allocator_in_use, keep_freed_memory, untouched
+from dnas.allocator import KEPT, allocator_in_use, keep_freed_memory, untouched
 from dnas.cli import SIZE, FiniteRange, example, head_outputs, out_opt, outputs_opt, set_opt
 from dnas.config import MAX_BATCH
 from dnas.engine.progress import counter
@@ -90,12 +90,9 @@ class Bench:
     keep_memory: bool = False
 
     def prepare_allocator(self) -> str:
-        """What the allocator does where this bench times: set here when it keeps freed
-        memory (a fresh process sets it again); a fresh process otherwise starts untouched,
-        while timings in this process run under whatever it has."""
-        if self.keep_memory:
-            return keep_freed_memory()
-        return untouched() if fresh_passes(self.policy) else allocator_in_use()
+        """Keep freed memory in this process if the bench says so (a process that already
+        keeps it cannot go back), and say what its allocator does."""
+        return keep_freed_memory() if self.keep_memory else allocator_in_use()
 
     def time(self, fn: Callable[[], object]) -> Timing:
         """One timing of ``fn``: at least ``min_time`` s (and 4 blocks of calls)."""
@@ -225,10 +222,14 @@ class TimingPass:
         return (len(ops) if self.ops else 0) + len(self.nets)
 
 
-def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> tuple[list[Timing], NoiseReport]:
-    """``rounds`` passes of ``plan`` in this process under one noise guard, after a warm-up."""
+Passes = tuple[list[Timing], NoiseReport, str]  # timings, noise, the allocator they ran under
+
+
+def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> Passes:
+    """``rounds`` passes of ``plan`` in this process under one noise guard, after a warm-up;
+    with what the allocator did while they ran (``Bench.prepare_allocator``)."""
     bench, space = plan.bench, plan.space
-    bench.prepare_allocator()
+    allocator = bench.prepare_allocator()
     x = torch.randn(plan.batch, space.in_channels, *plan.input_hw, device=bench.runtime.device)
     _warm_up(bench, space, plan.input_hw, plan.num_outputs, x,
              np.random.default_rng(plan.warm_up_seed))  # fmt: skip
@@ -240,7 +241,7 @@ def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> tuple[list[Ti
     nets = [(name, network_job(bench, space, c, plan.num_outputs, x)) for name, c in plan.nets]
     timings = guard.run(ops, done) if ops else []
     timings += guard.run_interleaved(nets, done) if nets else []
-    return timings, guard.report
+    return timings, guard.report, allocator
 
 
 def fresh_passes(policy: NoisePolicy) -> bool:
@@ -248,18 +249,19 @@ def fresh_passes(policy: NoisePolicy) -> bool:
     return policy.fresh_processes and policy.rounds > 1
 
 
-def time_passes(plan: TimingPass, label: str | None) -> tuple[list[Timing], NoiseReport]:
+def time_passes(plan: TimingPass, label: str | None) -> Passes:
     """Every job of ``plan`` over the bench's rounds, each round in a fresh process
     (``cost_models.processes``: a process's memory layout biases its timings) unless the
-    policy says otherwise; a job's timing is its median over the rounds. ``label``: the
-    progress counter's (None: silent)."""
+    policy says otherwise; a job's timing is its median over the rounds; the allocator as
+    the processes that timed report it. ``label``: the progress counter's (None: silent)."""
     policy = plan.bench.policy
     with counter(plan.size() * policy.rounds, label) if label else nullcontext(None) as done:
         if not fresh_passes(policy):
             return time_pass(plan, policy.rounds, done)
         passes = [in_fresh_process(time_pass, (plan, 1), done) for _ in range(policy.rounds)]
-    timings = [median_of(list(job)) for job in zip(*(t for t, _ in passes), strict=True)]
-    return timings, NoiseReport.merged([report for _, report in passes])
+    timings = [median_of(list(job)) for job in zip(*(t for t, _, _ in passes), strict=True)]
+    allocators = " / ".join(dict.fromkeys(a for _, _, a in passes))  # one, unless they differ
+    return timings, NoiseReport.merged([report for _, report, _ in passes]), allocators
 
 
 def group_of(table: dict, layer: str) -> str:
@@ -328,7 +330,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     plan = TimingPass(bench, space, input_hw, num_outputs, batch,
                       [(f"network {i + 1}", c) for i, c in enumerate(nets)], ops=True,
                       what=f"lut build --space {space.name}", warm_up_seed=seed + 1000)  # fmt: skip
-    timings, noise = time_passes(plan, "lut build: timings" if progress else None)
+    timings, noise, allocator = time_passes(plan, "lut build: timings" if progress else None)
     shapes = space.infer_shapes(*input_hw)
     table: dict = {"fixed": {}, "layers": {}, "shapes": {}}
     for (layer, op, _), timing in zip(entries, timings, strict=False):
@@ -357,7 +359,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
                         else "cpu"),
         "runtime": bench.runtime.name, "runtime_version": bench.runtime.version,
         "threads": bench.runtime.threads, "torch": torch.__version__, "dtype": "float32",
-        "allocator": bench.prepare_allocator(),
+        "allocator": allocator,
         "min_time": bench.min_time, "rounds": bench.policy.rounds,
         "fresh_processes": fresh_passes(bench.policy), "calibration": calibration,
         "calibration_fit": {**fit.to_dict(),
@@ -477,7 +479,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
                        for i, n in enumerate(gauges)]  # fmt: skip
     plan = TimingPass(bench, space, tuple(meta["input"]), meta["num_outputs"], meta["batch"],
                       named, ops=False, what=what, warm_up_seed=seed + 1000)  # fmt: skip
-    timings, noise = time_passes(plan, "lut check: timings")
+    timings, noise, allocator = time_passes(plan, "lut check: timings")
     rows = [{"predicted_ms": predict_ms(table, c), "measured_ms": t.median_ms,
              "spread": round(t.spread, 4)}
             for (_, c), t in zip(named, timings, strict=True)]  # fmt: skip
@@ -502,7 +504,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
             "noise_ceiling": ceiling.to_dict() if ceiling else None,
             "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": noise.to_dict(),
-            "allocator": {"table": recorded_allocator(meta), "check": bench.prepare_allocator()},
+            "allocator": {"table": recorded_allocator(meta), "check": allocator},
             "fresh_processes": fresh_passes(bench.policy),
             "speed_vs_build": speed["ratio"], "speed_from": speed["source"],
             "gauge_nets": [{"build_ms": n["measured_ms"], "measured_ms": r["measured_ms"],
@@ -809,18 +811,19 @@ def noise_options(command: Callable) -> Callable:
 
 def make_bench(runtime: str, device: str, threads: int, min_time: float, rounds: int,
                max_spread: float, max_drift: float, max_speed_change: float,
-               allow_noise: bool, in_process: bool) -> Bench:  # fmt: skip
+               allow_noise: bool, in_process: bool,
+               keep_memory: bool = False) -> Bench:  # fmt: skip
     from dnas.engine.runtime import pick_device
 
     policy = NoisePolicy(max_spread, max_drift, max_speed_change, rounds=rounds,
                          strict=not allow_noise, fresh_processes=not in_process)  # fmt: skip
-    return Bench(get_runtime(runtime, pick_device(device), threads), min_time, policy)
+    return Bench(get_runtime(runtime, pick_device(device), threads), min_time, policy, keep_memory)
 
 
 def recorded_allocator(meta: dict) -> str:
     """The allocator a table's timings ran under (tables from before 2026-12-06 do not say:
-    glibc's defaults on the machines they came from)."""
-    return meta.get("allocator", DEFAULT)
+    they were timed as a plain process on this machine runs)."""
+    return meta.get("allocator", untouched())
 
 
 def allocator_warning(allocator: dict, path: Path) -> str | None:
@@ -912,9 +915,8 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
     guard_output(output, force)
     batch = batch or (32 if device == "cuda" else 1)
     bench = make_bench(runtime, device, threads or torch.get_num_threads(), min_time, rounds,
-                       max_spread, max_drift, max_speed_change, allow_noise,
-                       in_process)  # fmt: skip
-    bench.keep_memory = keep_memory
+                       max_spread, max_drift, max_speed_change, allow_noise, in_process,
+                       keep_memory)  # fmt: skip
     search_space, hw, num_outputs = what_to_build(
         space, config, list(overrides), head_outputs(outputs, joints, default=None)
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import statistics
@@ -46,7 +47,9 @@ from dnas.space.graph import load_space
 @pytest.fixture(scope="module")
 def lut(tmp_path_factory):
     space = load_space(TINY_SPACE)
-    table = build_lut(space, (64, 64), 16, 1, quick_bench(), calibration=8, progress=False)
+    # in this process, keeping freed memory: the same whatever ran before in it (runs keep it)
+    bench = dataclasses.replace(quick_bench(), keep_memory=True)
+    table = build_lut(space, (64, 64), 16, 1, bench, calibration=8, progress=False)
     path = tmp_path_factory.mktemp("lut") / "tiny.json"
     path.write_text(json.dumps(table))
     return space, table, path
@@ -68,7 +71,7 @@ def test_table_covers_every_op_and_records_its_conditions(lut):
     assert meta["batch"] == 1 and meta["device"] == "cpu" and meta["dtype"] == "float32"
     assert meta["torch"] == torch.__version__ and meta["threads"] >= 1 and meta["date"]
     assert meta["runtime"] == "torch" and meta["calibration"] == 8
-    assert meta["allocator"] == keep_freed_memory()  # what the timings ran under
+    assert meta["allocator"] == keep_freed_memory()  # what the timings ran under (the fixture)
     assert table["scale"] == 1.0  # the calibration is folded into the entries
     fit, noise = meta["calibration_fit"], meta["noise"]
     assert fit["heldout_mape"] is not None and fit["fit_mape"] >= 0
@@ -345,7 +348,7 @@ def test_a_pass_times_ops_in_chunks_and_whole_networks_in_turn(monkeypatch):
     nets = [("network 1", reference_choices(space)), ("network 2", reference_choices(space))]
     plan = TimingPass(quick_bench(), space, (32, 32), 4, 1, nets, ops=True, what="t",
                       warm_up_seed=0)  # fmt: skip
-    timings, _ = time_pass(plan, 1, None)
+    timings, _, _ = time_pass(plan, 1, None)
     assert seen["run_interleaved"] == ["network 1", "network 2"]
     assert seen["run"][-1] == "head" and "network 1" not in seen["run"]
     assert len(timings) == len(seen["run"]) + 2
