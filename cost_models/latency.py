@@ -20,6 +20,7 @@ import functools
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -330,6 +331,11 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     plan = TimingPass(bench, space, input_hw, num_outputs, batch,
                       [(f"network {i + 1}", c) for i, c in enumerate(nets)], ops=True,
                       what=f"lut build --space {space.name}", warm_up_seed=seed + 1000)  # fmt: skip
+    if not bench.keep_memory and not fresh_passes(bench.policy) and allocator_in_use() == KEPT:
+        warnings.warn(f"{plan.what}: timing in this process, which keeps freed memory (a search, "
+                      "training or evaluation ran in it), so the table is a kept process's "
+                      "(meta.allocator); time in fresh processes (rounds > 1) for a plain "
+                      "process's", stacklevel=2)  # fmt: skip
     timings, noise, allocator = time_passes(plan, "lut build: timings" if progress else None)
     shapes = space.infer_shapes(*input_hw)
     table: dict = {"fixed": {}, "layers": {}, "shapes": {}}

@@ -7,13 +7,14 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 from conftest import TINY_SPACE
 
-from cost_models.latency import allocator_warning, recorded_allocator
+from cost_models.latency import allocator_warning, build_lut, make_bench, recorded_allocator
 from dnas.allocator import DEFAULT, ENVIRONMENT, KEPT, keep_freed_memory, untouched
 from dnas.cli import cli
 
@@ -148,3 +149,24 @@ def test_a_table_from_before_the_allocator_was_recorded_counts_as_timed_plain_he
     assert allocator_warning({"table": DEFAULT, "check": KEPT}, path).startswith(
         f"warning: {path} was timed with {DEFAULT}, this check with {KEPT}"
     )
+
+
+@pytest.mark.skipif(not GLIBC, reason="only glibc's malloc can keep freed memory")
+def test_a_plain_table_timed_in_a_process_that_keeps_memory_says_so():
+    """An API user who searched, then builds a plain table in the same process, gets a table
+    of a kept process (labelled so) and one warning line saying why; fresh processes do not."""
+    from dnas.space.graph import load_space
+
+    keep_freed_memory()  # as a search in this process would have
+    space = load_space(str(TINY_SPACE))
+
+    def build(rounds: int, in_process: bool) -> dict:
+        bench = make_bench("torch", "cpu", 1, 0.01, rounds, 0.25, 0.08, 0.25, True, in_process)
+        return build_lut(space, (64, 64), 16, 1, bench, calibration=0, progress=False)
+
+    with pytest.warns(UserWarning, match=r"timing in this process, which keeps freed memory"):
+        table = build(1, True)
+    assert table["meta"]["allocator"] == KEPT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build(2, False)["meta"]["allocator"] == untouched()
