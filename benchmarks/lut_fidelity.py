@@ -67,6 +67,7 @@ def measured(setting: list[str], options: list[str], samples: int, table: Path) 
         "pass": report["kendall_tau"] >= TAU and report["mape"] <= MAPE,
         # what a table without error would score against the same measurements
         "noise_ceiling": report["noise_ceiling"],
+        "tau_vs_ceiling_sds": report["tau_vs_ceiling_sds"],
         "heldout_mape": fit["heldout_mape"], "heldout_tau": fit["heldout_tau"],
         "heldout_noise_ceiling": fit.get("noise_ceiling"),
         "speed_vs_build": report["speed_vs_build"],

@@ -22,6 +22,9 @@ DRAWS = 2000  # simulated checks; the ceiling's own Monte Carlo error is then un
 CHUNK = 100  # draws scored at a time: memory grows with the square of the nets checked
 MEDIAN_DRAWS = 1 << 16  # Monte Carlo draws behind ``median_variance``
 MEDIAN_EXACT_UP_TO = 64  # passes - 1 up to which ``median_variance`` is simulated
+# a check's tau this many of its ceiling's sds below the ceiling: an error-free table gets that
+# about once in 40 checks (a normal tail), so the table's own ranking is wrong
+BELOW_CEILING_SDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,13 @@ class NoiseCeiling:
         return {"kendall_tau": round(self.kendall_tau, 4), "mape": round(self.mape, 3),
                 "pass_sd": round(self.pass_sd, 3),
                 "kendall_tau_sd": round(self.kendall_tau_sd, 4)}  # fmt: skip
+
+    def tau_gap(self, tau: float) -> float | None:
+        """How many of the ceiling's check-to-check sds ``tau`` lies above it (negative:
+        below); None where an error-free table's tau would not vary (nothing to scale by)."""
+        if not self.kendall_tau_sd > 0 or math.isnan(tau):
+            return None
+        return (tau - self.kendall_tau) / self.kendall_tau_sd
 
 
 def pass_sd(log_ms: np.ndarray) -> float:

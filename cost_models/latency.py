@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cost_models.calibration import FIXED, Calibration, Sample, calibrate
-from cost_models.fidelity import noise_ceiling
+from cost_models.fidelity import BELOW_CEILING_SDS, noise_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.processes import Done, in_fresh_process
 from cost_models.runtimes import Runtime, get_runtime
@@ -506,8 +506,10 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     picked_real = np.array([r["measured_ms"] for r in picked])
     picked_steady = picked_real / speed["ratio"] if speed["ratio"] else picked_real
     ceiling = noise_ceiling([t.passes for t in timings[:samples]])
+    gap = ceiling.tau_gap(tau) if ceiling else None
     return {"kendall_tau": tau, "mape": _mape(pred, real),
             "noise_ceiling": ceiling.to_dict() if ceiling else None,
+            "tau_vs_ceiling_sds": round(gap, 2) if gap is not None else None,
             "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": noise.to_dict(),
             "allocator": {"table": recorded_allocator(meta), "check": allocator},
@@ -855,6 +857,24 @@ def noise_line(noise: dict) -> str:
     )
 
 
+def ranking_line(report: dict) -> str | None:
+    """What ``lut check``'s tau says of the table against its noise ceiling (``NoiseCeiling``):
+    within noise of an error-free table's, or below it by more than ``BELOW_CEILING_SDS`` of
+    its sds, which the check's noise does not explain. None without a ceiling."""
+    gap = report.get("tau_vs_ceiling_sds")
+    if gap is None:
+        return None
+    if gap >= -BELOW_CEILING_SDS:
+        return (f"ranking: tau {report['kendall_tau']:.3f} is {gap:+.1f} sd from the noise "
+                f"ceiling, not below it beyond noise: the table ranks these nets as well as these "
+                f"measurements can tell")  # fmt: skip
+    speed = report.get("speed_vs_build")
+    moved = f" (the machine took {speed:.2f}x as long as at the build)" if speed else ""
+    return (f"ranking: tau {report['kendall_tau']:.3f} is {-gap:.1f} sd below the noise ceiling: "
+            f"the table ranks these nets otherwise than they run now, beyond this check's "
+            f"noise{moved}; build it again while the machine is steady")  # fmt: skip
+
+
 def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
     """One line where timings went on as measured because the machine's speed wandered with
     nothing else running (``NoiseReport.unsteady``, recorded at ``where``): ``result`` carries
@@ -1020,6 +1040,8 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
                    f"to pass beyond the speed the pass shared)")  # fmt: skip
     else:
         click.echo("noise ceiling: needs --rounds 2 or more")
+    if line := ranking_line(report):
+        click.echo(line)
     if report["picked"]:
         errors = ", ".join(f"{100 * r['level']:.0f} % {r['predicted_ms']:.3f} vs "
                            f"{r['measured_ms']:.3f} ms" for r in report["picked"])  # fmt: skip

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from cost_models.fidelity import deleted_residuals, noise_ceiling, pass_sd
+from cost_models.fidelity import NoiseCeiling, deleted_residuals, noise_ceiling, pass_sd
+from cost_models.latency import ranking_line
 
 NETS, PASSES = 30, 5
 
@@ -101,3 +102,30 @@ def test_the_ceiling_falls_with_noise_and_ignores_a_speed_shared_by_all_nets():
 def test_no_ceiling_without_two_passes_or_two_nets():
     assert noise_ceiling([[10.0], [12.0]]) is None
     assert noise_ceiling([[10.0, 11.0, 9.0]]) is None
+
+
+def test_a_check_s_tau_is_read_in_sds_of_its_ceiling():
+    """``tau_gap``: (tau - ceiling) / the ceiling's check-to-check sd; ``lut check`` calls a
+    tau more than 2 of them below the ceiling the table's own error. The figures are the
+    large-space check of 2026-12-06 on a family-25 EPYC (docs/benchmarks.md)."""
+    ceiling = NoiseCeiling(kendall_tau=0.7744, mape=3.056, pass_sd=6.584, kendall_tau_sd=0.0419)
+    assert ceiling.tau_gap(0.646) == pytest.approx(-3.064, abs=1e-3)
+    assert ceiling.tau_gap(0.80) == pytest.approx(0.611, abs=1e-3)
+    assert NoiseCeiling(0.9, 1.0, 0.0, 0.0).tau_gap(0.8) is None  # nothing to scale by
+    assert ceiling.tau_gap(float("nan")) is None
+    below = {"kendall_tau": 0.646, "tau_vs_ceiling_sds": -3.07, "speed_vs_build": 1.2764}
+    assert ranking_line(below) == (
+        "ranking: tau 0.646 is 3.1 sd below the noise ceiling: the table ranks these nets "
+        "otherwise than they run now, beyond this check's noise (the machine took 1.28x as long "
+        "as at the build); build it again while the machine is steady"
+    )
+    within = ranking_line({"kendall_tau": 0.784, "tau_vs_ceiling_sds": 1.48})
+    assert within == (
+        "ranking: tau 0.784 is +1.5 sd from the noise ceiling, not below it beyond "
+        "noise: the table ranks these nets as well as these measurements can tell"
+    )
+    above = ranking_line({"kendall_tau": 0.903, "tau_vs_ceiling_sds": 2.52})
+    assert above.startswith("ranking: tau 0.903 is +2.5 sd from the noise ceiling, not below")
+    at_the_bound = ranking_line({"kendall_tau": 0.7, "tau_vs_ceiling_sds": -2.0})
+    assert at_the_bound.startswith("ranking: tau 0.700 is -2.0 sd from")  # the bound is noise
+    assert ranking_line({"kendall_tau": 0.7, "tau_vs_ceiling_sds": None}) is None

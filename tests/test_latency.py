@@ -247,6 +247,11 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     ceiling = report["noise_ceiling"]  # from the 3 nets' 5 passes
     assert -1.0 <= ceiling["kendall_tau"] <= 1.0 and ceiling["mape"] >= 0
     assert ceiling["pass_sd"] > 0  # real timings of a pass never repeat exactly
+    if ceiling["kendall_tau_sd"] > 0:  # 3 nets: every simulated check may rank them alike
+        gap = (report["kendall_tau"] - ceiling["kendall_tau"]) / ceiling["kendall_tau_sd"]
+        assert report["tau_vs_ceiling_sds"] == pytest.approx(gap, abs=0.01)
+    else:
+        assert report["tau_vs_ceiling_sds"] is None
     # the machine's speed: 3 calibration nets timed again, their median time now over then
     assert report["speed_from"] == "3 calibration nets" and len(report["gauge_nets"]) == 3
     speed = report["speed_vs_build"]
