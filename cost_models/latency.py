@@ -500,11 +500,12 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     tau = float(scipy.stats.kendalltau(pred, real).statistic) if samples > 1 else float("nan")
     speed = machine_speed(meta, noise.start_ms, gauges, gauge_rows)
     # the same check with the machine's speed now expressed at its speed during the build:
-    # what the table gets wrong, rather than the machine
-    steady = real / speed["ratio"] if speed["ratio"] else real
+    # what the table gets wrong, rather than the machine (no gauge: as measured)
+    ratio = speed["ratio"] or 1.0
+    steady = real / ratio
     picked_pred = np.array([r["predicted_ms"] for r in picked])
     picked_real = np.array([r["measured_ms"] for r in picked])
-    picked_steady = picked_real / speed["ratio"] if speed["ratio"] else picked_real
+    picked_steady = picked_real / ratio
     ceiling = noise_ceiling([t.passes for t in timings[:samples]])
     gap = ceiling.tau_gap(tau) if ceiling else None
     return {"kendall_tau": tau, "mape": _mape(pred, real),
