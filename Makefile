@@ -6,7 +6,7 @@ DNAS := $(VENV)/bin/dnas
 # torch is pinned for these CPU machines (a local wheel); never let pip resolve it unpinned here.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench bench-search bench-lsp bench-seg bench-quality bench-lut bench-spec gpu-check lint clean
+.PHONY: install test demo bench bench-search bench-lsp bench-seg bench-quality bench-lut bench-skew bench-spec gpu-check lint clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,9 @@ bench-quality: install
 
 bench-lut: install
 	$(PY) benchmarks/lut_fidelity.py $(ARGS)
+
+bench-skew: install
+	$(PY) benchmarks/speed_skew.py $(ARGS)
 
 bench-spec: install
 	$(PY) benchmarks/specialisation.py $(ARGS)

@@ -59,8 +59,13 @@ def pass_sd(log_ms: np.ndarray) -> float:
     additive model ``log t[net, pass] = net + pass + noise`` on (nets - 1)(passes - 1) degrees
     of freedom, whose square is unbiased for the noise's variance."""
     nets, passes = log_ms.shape
-    resid = log_ms - log_ms.mean(1, keepdims=True) - log_ms.mean(0, keepdims=True) + log_ms.mean()
-    return math.sqrt(float((resid**2).sum()) / ((nets - 1) * (passes - 1)))
+    return math.sqrt(float((two_way_residuals(log_ms) ** 2).sum()) / ((nets - 1) * (passes - 1)))
+
+
+def two_way_residuals(log_ms: np.ndarray) -> np.ndarray:
+    """``log_ms[net, pass]`` less its net's and its pass's means (plus the grand mean): what
+    neither a net's own level nor a speed its pass shared explains."""
+    return log_ms - log_ms.mean(1, keepdims=True) - log_ms.mean(0, keepdims=True) + log_ms.mean()
 
 
 @functools.cache

@@ -45,7 +45,7 @@ from cost_models.timing import (
     Timing,
     interleave,
     measure,
-    median_of,
+    shared_medians,
 )
 from dnas.allocator import KEPT, allocator_in_use, keep_freed_memory, untouched
 from dnas.cli import SIZE, FiniteRange, example, head_outputs, out_opt, outputs_opt, set_opt
@@ -153,7 +153,7 @@ def warm_up_seconds(min_time: float) -> float:
     return min(20 * min_time, 2.0)
 
 
-def _warm_up(
+def warm_up(
     bench: Bench,
     space: SearchSpace,
     input_hw: tuple[int, int],
@@ -177,7 +177,7 @@ def _warm_up(
                     x)()()  # fmt: skip
 
 
-def _op_jobs(bench: Bench, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int,
+def op_jobs(bench: Bench, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int,
              batch: int) -> list[tuple[Layer | None, str, Job]]:  # fmt: skip
     """(layer, op, job) for every candidate of every layer, then (None, "head", job)."""
     shapes, device = space.infer_shapes(*input_hw), bench.runtime.device
@@ -219,7 +219,7 @@ class TimingPass:
 
     def size(self) -> int:
         """The number of jobs a pass times (the op jobs are only made here, not run)."""
-        ops = _op_jobs(self.bench, self.space, self.input_hw, self.num_outputs, self.batch)
+        ops = op_jobs(self.bench, self.space, self.input_hw, self.num_outputs, self.batch)
         return (len(ops) if self.ops else 0) + len(self.nets)
 
 
@@ -232,12 +232,12 @@ def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> Passes:
     bench, space = plan.bench, plan.space
     allocator = bench.prepare_allocator()
     x = torch.randn(plan.batch, space.in_channels, *plan.input_hw, device=bench.runtime.device)
-    _warm_up(bench, space, plan.input_hw, plan.num_outputs, x,
+    warm_up(bench, space, plan.input_hw, plan.num_outputs, x,
              np.random.default_rng(plan.warm_up_seed))  # fmt: skip
     reference = network_job(bench, space, reference_choices(space), plan.num_outputs, x)()
     guard = NoiseGuard(bench.time, reference, replace(bench.policy, rounds=rounds), plan.what,
                        sweep=bench.time_in_turn)  # fmt: skip
-    ops = ([job for _, _, job in _op_jobs(bench, space, plan.input_hw, plan.num_outputs,
+    ops = ([job for _, _, job in op_jobs(bench, space, plan.input_hw, plan.num_outputs,
                                           plan.batch)] if plan.ops else [])  # fmt: skip
     nets = [(name, network_job(bench, space, c, plan.num_outputs, x)) for name, c in plan.nets]
     timings = guard.run(ops, done) if ops else []
@@ -253,14 +253,17 @@ def fresh_passes(policy: NoisePolicy) -> bool:
 def time_passes(plan: TimingPass, label: str | None) -> Passes:
     """Every job of ``plan`` over the bench's rounds, each round in a fresh process
     (``cost_models.processes``: a process's memory layout biases its timings) unless the
-    policy says otherwise; a job's timing is its median over the rounds; the allocator as
+    policy says otherwise; a job's timing is its median over the rounds, each round's shared
+    speed divided out (``shared_medians``; the ops' and the nets' apart); the allocator as
     the processes that timed report it. ``label``: the progress counter's (None: silent)."""
     policy = plan.bench.policy
     with counter(plan.size() * policy.rounds, label) if label else nullcontext(None) as done:
         if not fresh_passes(policy):
             return time_pass(plan, policy.rounds, done)
         passes = [in_fresh_process(time_pass, (plan, 1), done) for _ in range(policy.rounds)]
-    timings = [median_of(list(job)) for job in zip(*(t for t, _, _ in passes), strict=True)]
+    ops = plan.size() - len(plan.nets)  # the ops and the nets each share their passes' speeds
+    timings = shared_medians([t[:ops] for t, _, _ in passes])
+    timings += shared_medians([t[ops:] for t, _, _ in passes])
     allocators = " / ".join(dict.fromkeys(a for _, _, a in passes))  # one, unless they differ
     return timings, NoiseReport.merged([report for _, report, _ in passes]), allocators
 
@@ -326,7 +329,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
     op_costs(space, input_hw, num_outputs)  # size checks before anything is allocated
     device = bench.runtime.device
     rng = np.random.default_rng(seed)
-    entries = _op_jobs(bench, space, input_hw, num_outputs, batch)  # their order, not run here
+    entries = op_jobs(bench, space, input_hw, num_outputs, batch)  # their order, not run here
     nets = calibration_nets(space, input_hw, num_outputs, calibration, rng)
     plan = TimingPass(bench, space, input_hw, num_outputs, batch,
                       [(f"network {i + 1}", c) for i, c in enumerate(nets)], ops=True,

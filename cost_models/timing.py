@@ -61,6 +61,11 @@ class Timing:
     runs: int
     passes: tuple[float, ...] = ()
 
+    def scaled(self, factor: float) -> Timing:
+        """This timing with every time in it multiplied by ``factor``."""
+        return Timing(self.median_ms * factor, self.iqr_ms * factor, self.runs,
+                      tuple(ms * factor for ms in self.passes))  # fmt: skip
+
     @property
     def spread(self) -> float:
         """IQR / median: torch.utils.benchmark warns above 0.1, and above 0.25 of
@@ -115,14 +120,21 @@ class BlockTimer(benchmark.Timer):
                                      task_spec=self._task_spec)  # fmt: skip
 
     def calls_for(self, goal: float) -> int:
+        """Calls in a block of about ``goal`` seconds (``sized_for``)."""
+        return self.sized_for(goal)[0]
+
+    def sized_for(self, goal: float) -> tuple[int, float | None]:
         """Calls in a block of about ``goal`` seconds: tenfold until a block is a tenth of the
-        goal (a steady base), then scaled to the goal in one step."""
+        goal (a steady base), then scaled to the goal in one step. Where that is one call, also
+        the seconds of the one call the sizing timed: a block of that size already taken
+        (``interleave`` keeps it), else None."""
         with set_torch_threads(self._task_spec.num_threads):
             number, taken = 1, self._timeit(1)
             while taken < goal / 10 and number < MAX_CALLS:
                 number *= 10
                 taken = self._timeit(number)
-        return max(1, min(round(number * goal / taken), MAX_CALLS))
+        calls = max(1, min(round(number * goal / taken), MAX_CALLS))
+        return calls, (taken if number == calls == 1 else None)
 
 
 def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.2,
@@ -148,16 +160,26 @@ def interleave(fns: list[Callable[[], object]], threads: int, min_run_time: floa
     rounds. A timing's median is its
     blocks'; its IQR is theirs once each sweep's shared speed (the median over the callables
     of a block's time over the callable's median) is divided out: the noise that does not
-    fall on all alike (with one callable, the plain IQR). ``between()`` runs after every
-    block; ``timer``: the clock (default: torch's, which synchronises an accelerator)."""
+    fall on all alike (with one callable, the plain IQR). The blocks are sized in turn too,
+    and where a block is one call, the call timed to size it is the first sweep's block
+    (whole networks are one call each: a sixth of a check's calls were spent twice over).
+    ``between()`` runs after every block; ``timer``: the clock (default: torch's, which
+    synchronises an accelerator)."""
     clock = {} if timer is None else {"timer": timer}
     timers = [BlockTimer(stmt="fn()", globals={"fn": fn}, num_threads=threads, **clock)
               for fn in fns]  # fmt: skip
-    numbers = [t.calls_for(min_run_time / sweeps) for t in timers]
     blocks = np.zeros((len(fns), sweeps))  # seconds a call, per callable and sweep
+    numbers = []
+    for i, t in enumerate(timers):  # the sizing, in turn: a one-call block is the first sweep's
+        number, first = t.sized_for(min_run_time / sweeps)
+        numbers.append(number)
+        blocks[i, 0] = np.nan if first is None else first
+        between()
     with set_torch_threads(threads):  # not ``Timer.timeit``: it runs 2 untimed calls first
         for sweep in range(sweeps):
             for i, (t, number) in enumerate(zip(timers, numbers, strict=True)):
+                if sweep == 0 and not np.isnan(blocks[i, 0]):
+                    continue
                 blocks[i, sweep] = t._timeit(number) / number
                 between()
     medians = np.median(blocks, axis=1)
@@ -341,7 +363,8 @@ class NoiseGuard:
 
     def run(self, jobs: list[Job], done: Callable[[int], object] | None = None) -> list[Timing]:
         """Steady timings of every job: ``rounds`` passes over all of them, each chunk by chunk
-        between reference timings; a job's timing is its median over the passes, since the
+        between reference timings; a job's timing is its median over the passes (each pass's
+        shared speed divided out, ``shared_medians``), since the
         speed of a shared machine wanders over seconds, which one long timing cannot average
         out (two checks of 30 nets agreed to tau 0.885 with one 1 s timing each, 0.968 with
         5 passes of 0.1 s). ``done(n)`` after each chunk."""
@@ -354,7 +377,7 @@ class NoiseGuard:
                 if done is not None:
                     done(len(chunk))
             passes.append(timings)
-        return [median_of(list(job)) for job in zip(*passes, strict=True)]
+        return shared_medians(passes)
 
     def _chunk(self, chunk: list[Job]) -> list[Timing]:
         """One chunk's timings between two reference timings, at the start's speed."""
@@ -373,7 +396,8 @@ class NoiseGuard:
                         done: Callable[[int], object] | None = None) -> list[Timing]:  # fmt: skip
         """Steady timings of whole networks: ``rounds`` passes, each timing all of them and the
         reference net in turn (``sweep``), so that the machine's speed changes fall on every
-        net alike, expressed at the start's speed by the reference's median in the pass. A
+        net alike, expressed at the start's speed by the reference's median in the pass, and
+        combined over the passes by ``shared_medians``. A
         pass in which a timing spread too much or the reference ran off the speed kept is
         timed again, as a chunk is. ``done(len(jobs))`` after each pass."""
         if self.sweep is None:
@@ -398,7 +422,7 @@ class NoiseGuard:
             passes.append(self._kept_at_start_speed(timings[1:], reference, reference))
             if done is not None:
                 done(len(jobs))
-        return [median_of(list(job)) for job in zip(*passes, strict=True)]
+        return shared_medians(passes)
 
     def _retried(self, attempt: Callable[[], tuple[T, str | None]], what: str) -> T:
         """``attempt()``'s result once it names no problem, tried 1 + ``retries`` times at
@@ -422,9 +446,7 @@ class NoiseGuard:
         self._kept.append(reference_ms)
         self.report.kept_noisy += sum(t.spread > self.policy.max_spread for t in timings)
         self.report.worst_spread = max([self.report.worst_spread, *(t.spread for t in timings)])
-        factor = self._base / speed_ms
-        return [Timing(t.median_ms * factor, t.iqr_ms * factor, t.runs,
-                       tuple(ms * factor for ms in t.passes)) for t in timings]  # fmt: skip
+        return [t.scaled(self._base / speed_ms) for t in timings]
 
     def _read_clock(self) -> None:
         """Keep a reading of the CPU clocks, at most one per ``_READING_EVERY_S``."""
@@ -506,3 +528,22 @@ def median_of(timings: list[Timing]) -> Timing:
                   statistics.median(t.iqr_ms for t in timings),
                   sum(t.runs for t in timings),
                   tuple(ms for t in timings for ms in t.passes or (t.median_ms,)))  # fmt: skip
+
+
+def shared_medians(passes: list[list[Timing]]) -> list[Timing]:
+    """Each job's timing over ``passes`` (``passes[pass][job]``, the same jobs in each):
+    ``median_of`` its passes once each pass's shared speed is divided out, the median over the
+    pass's jobs of their time over their median across the passes. A pass's level is then set
+    by all its jobs rather than by the one reference net timed beside them, whose own noise
+    (5-6 % a pass on a 2-core EPYC VM) would fall on every job of the pass: two 5-pass checks
+    of 30 nets there agreed to tau 0.82 against 0.80 (batch 8: 0.86 against 0.85,
+    ``benchmarks/speed_skew.py``). One pass, one job or a time of 0: the plain medians."""
+    if not passes:
+        return []
+    ms = np.array([[t.median_ms for t in timings] for timings in passes])
+    speeds = np.ones(len(passes))
+    if len(passes) > 1 and ms.shape[1] > 1 and (ms > 0).all():
+        log_ms = np.log(ms)
+        speeds = np.exp(np.median(log_ms - np.median(log_ms, axis=0), axis=1))
+    return [median_of([t.scaled(1.0 / float(speed)) for t, speed in zip(job, speeds, strict=True)])
+            for job in zip(*passes, strict=True)]  # fmt: skip

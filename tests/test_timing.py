@@ -26,6 +26,7 @@ from cost_models.timing import (
     interleave,
     measure,
     median_of,
+    shared_medians,
 )
 from dnas.cli import cli
 
@@ -159,14 +160,18 @@ def test_callables_timed_in_turn_share_the_machines_change_of_speed():
 def test_blocks_in_turn_are_sized_to_their_share_of_the_time_and_between_runs_after_each():
     clock = SimulatedClock(0.0)
     ticks: list[float] = []
-    calls = [lambda: clock.tick(1e-3), lambda: clock.tick(30e-3)]
+    slow_calls = []
+    calls = [lambda: clock.tick(1e-3), lambda: (slow_calls.append(1), clock.tick(30e-3))]
     fast, slow = interleave(calls, 1, 0.1, between=lambda: ticks.append(clock.now),
                             sweeps=4, timer=clock.timer)  # fmt: skip
     # 25 ms blocks: 25 calls of 1 ms, or one call longer than that
     assert (fast.median_ms, slow.median_ms, fast.runs, slow.runs) == pytest.approx(
         (1.0, 30.0, 4, 4)
     )
-    assert np.diff(ticks) == pytest.approx([0.030, 0.025] * 3 + [0.030])
+    # the sizing in turn (1 + 10 calls of 1 ms, one of 30 ms), then the sweeps, where the slow
+    # call's sizing call was its first block: 4 calls of it in all
+    assert np.diff(ticks) == pytest.approx([0.030, 0.025, 0.025, 0.030] + [0.025, 0.030] * 2)
+    assert len(slow_calls) == 4
     # by default as many blocks as ``measure`` takes at least, each a quarter of the time
     assert [t.runs for t in interleave(calls[:1], 1, 0.1, timer=clock.timer)] == [MIN_BLOCKS]
 
@@ -509,13 +514,16 @@ def test_a_build_on_a_machine_that_turns_busy_stops_and_writes_nothing(monkeypat
 
 
 def test_rounds_keep_each_jobs_median_over_the_passes():
+    """The passes ran at 0.5, 1.5 and 1x the jobs' median speed (the reference net steady):
+    each job's median once that is divided out (``shared_medians``)."""
     script = Script({"ref": [steady(10.0)], "a": [steady(1.0), steady(3.0), steady(2.0)],
-                     "b": [steady(5.0), steady(4.0), steady(6.0)]})  # fmt: skip
+                     "b": [steady(5.0), steady(15.0), steady(10.0)]})  # fmt: skip
     guard = NoiseGuard(script, script.fn("ref"), NoisePolicy(rounds=3), "test")
     done = []
     timings = guard.run([("a", lambda: script.fn("a")), ("b", lambda: script.fn("b"))],
                         done.append)  # fmt: skip
-    assert [t.median_ms for t in timings] == [2.0, 5.0] and timings[0].runs == 30
+    assert [t.median_ms for t in timings] == pytest.approx([2.0, 10.0]) and timings[0].runs == 30
+    assert timings[1].passes == pytest.approx((10.0, 10.0, 10.0))
     assert done == [2, 2, 2]  # one chunk per pass
     assert script.calls == ["ref", "a", "b", "ref", "a", "b", "ref", "a", "b", "ref"]
 
@@ -527,6 +535,23 @@ def test_a_timing_combined_from_passes_keeps_every_pass():
     assert one_process.passes == (3.0, 5.0) and one_process.median_ms == 4.0
     merged = median_of([one_process, Timing(10.0, 0.2, 4)])
     assert merged.passes == (3.0, 5.0, 10.0) and merged.runs == 12
+
+
+def test_passes_are_combined_once_their_shared_speed_is_divided_out():
+    """The second pass ran 1.5x as long for every job (its reference net ran fast while it was
+    levelled), and one job ran long in the third: each pass's speed is the median over its
+    jobs, so the slow pass is brought back while the one long timing stays the job's own."""
+    ms = [[10.0, 20.0, 40.0], [15.0, 30.0, 60.0], [10.0, 26.0, 40.0]]
+    timings = shared_medians([[Timing(m, 0.1 * m, 4) for m in p] for p in ms])
+    assert [t.median_ms for t in timings] == pytest.approx([10.0, 20.0, 40.0])  # plain: 26
+    assert timings[1].passes == pytest.approx((20.0, 20.0, 26.0)) and timings[1].runs == 12
+    assert timings[1].iqr_ms == pytest.approx(2.0)
+    # one job (nothing shared to tell its speed from its noise), or a time of 0: plain medians
+    assert shared_medians([[Timing(10.0, 1.0, 4)], [Timing(15.0, 1.0, 4)]])[0].median_ms == 12.5
+    zero = shared_medians([[Timing(0.0, 0.0, 4), Timing(2.0, 0.0, 4)],
+                           [Timing(0.0, 0.0, 4), Timing(3.0, 0.0, 4)]])  # fmt: skip
+    assert [t.median_ms for t in zero] == [0.0, 2.5]
+    assert shared_medians([]) == [] and shared_medians([[], []]) == []
 
 
 def test_passes_in_processes_of_their_own_keep_their_own_starts():
