@@ -66,15 +66,20 @@ def timed_passes(space_name: str, size: int, batch: int, samples: int, seed: int
     names += [name for name, _ in jobs]
     fns += [prepare() for _, prepare in jobs]
     passes, start = [], time.perf_counter()
-    while time.perf_counter() - start < 60 * minutes:
+    while not passes or time.perf_counter() - start < 60 * minutes:
         passes.append([t.median_ms for t in bench.time_in_turn(fns)])
     return np.array(passes).T, names, (time.perf_counter() - start) / 60
 
 
-def skew_slopes(passes: np.ndarray) -> np.ndarray:
-    """Each row's slope against the passes' shared speed (``cost_models.speed_skew``)."""
+def row_slopes(passes: np.ndarray) -> tuple[np.ndarray, float]:
+    """The slopes of the rows besides the reference net, as ``speed_skew`` fits them (against
+    their shared speed), and the reference net's against the same speed."""
     log_ms = np.log(passes)
-    return slopes(log_ms, shared_speeds(log_ms))
+    rows, speeds = log_ms[1:], shared_speeds(log_ms[1:])
+    centred = speeds - speeds.mean()
+    reference = log_ms[0] - rows.mean(axis=0)  # its time beyond the rows' level in each pass
+    reference_slope = (reference - reference.mean()) @ centred / (centred @ centred)
+    return slopes(rows, speeds), float(reference_slope)
 
 
 def main() -> None:
@@ -90,11 +95,14 @@ def main() -> None:
     )
     parser.add_argument("--save", type=Path, help="also write passes[net][pass] (ms) here, .npy")
     args = parser.parse_args()
+    if not args.minutes > 0 or args.samples < 1:
+        parser.error("--minutes must be above 0 and --samples at least 1")
     passes, names, minutes = timed_passes(args.space, args.input, args.batch, args.samples,
                                           args.seed, args.minutes, args.ops)  # fmt: skip
     if args.save:
         np.save(args.save, passes)
     skew = speed_skew(passes)
+    slopes_of, reference_slope = row_slopes(passes) if skew else (None, None)
     if skew is None:
         print(f"speed_skew: {passes.shape[1]} passes of {passes.shape[0]} rows is too few for two "
               f"disjoint 5-pass checks in each third of them (30 passes, 4 rows): run it longer "
@@ -106,10 +114,11 @@ def main() -> None:
         "space": args.space, "input": args.input, "batch": args.batch, "seed": args.seed,
         "rows": "ops" if args.ops else "nets", "minutes": round(minutes, 1),
         "skew": skew.to_dict() if skew else None,
-        # each row's median time and slope (0: it slows as the rows' median does)
+        # each row's median time, and each one's slope (0: it slows as the rows' shared speed)
         "ms": dict(zip(names, np.median(passes, axis=1).round(4).tolist(), strict=True)),
-        "slopes": (dict(zip(names, skew_slopes(passes).round(4).tolist(), strict=True))
+        "slopes": (dict(zip(names[1:], slopes_of.round(4).tolist(), strict=True))
                    if skew else None),
+        "reference_slope": round(reference_slope, 4) if skew else None,
     }, indent=1))  # fmt: skip
 
 

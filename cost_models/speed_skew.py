@@ -67,7 +67,7 @@ def slopes(log_ms: np.ndarray, speeds: np.ndarray) -> np.ndarray:
 
 def _check_taus(log_ms: np.ndarray, first: np.ndarray, second: np.ndarray, check_passes: int,
                 draws: int, rng: np.random.Generator,
-                levels: Callable[[np.ndarray], np.ndarray] = shared_speeds) -> float:  # fmt: skip
+                levels: Callable[[np.ndarray], np.ndarray]) -> float:  # fmt: skip
     """Mean Kendall tau between two checks of the nets (rows 1 on), each their median over
     ``check_passes`` passes drawn from ``first`` and from ``second`` (disjoint where the two
     are one set) once each pass's ``levels`` (of the check's passes) is taken out."""

@@ -125,9 +125,9 @@ class BlockTimer(benchmark.Timer):
 
     def sized_for(self, goal: float) -> tuple[int, float | None]:
         """Calls in a block of about ``goal`` seconds: tenfold until a block is a tenth of the
-        goal (a steady base), then scaled to the goal in one step. Where that is one call, also
-        the seconds of the one call the sizing timed: a block of that size already taken
-        (``interleave`` keeps it), else None."""
+        goal (a steady base), then scaled to the goal in one step. Where the first call alone
+        was enough to size it and a block is that one call, also that call's seconds: a block
+        already taken (``interleave`` keeps it); else None."""
         with set_torch_threads(self._task_spec.num_threads):
             number, taken = 1, self._timeit(1)
             while taken < goal / 10 and number < MAX_CALLS:
@@ -162,7 +162,8 @@ def interleave(fns: list[Callable[[], object]], threads: int, min_run_time: floa
     of a block's time over the callable's median) is divided out: the noise that does not
     fall on all alike (with one callable, the plain IQR). The blocks are sized in turn too,
     and where a block is one call, the call timed to size it is the first sweep's block
-    (whole networks are one call each: a sixth of a check's calls were spent twice over).
+    (whole networks are one call each: a sixth of a check's calls were spent twice over), so
+    a first sweep that mixes one-call and longer blocks spans the sizing and its own turn.
     ``between()`` runs after every block; ``timer``: the clock (default: torch's, which
     synchronises an accelerator)."""
     clock = {} if timer is None else {"timer": timer}
