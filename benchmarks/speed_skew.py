@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from cost_models.latency import cpu_bench, network_job, op_jobs, reference_choices, warm_up
-from cost_models.speed_skew import shared_speeds, slopes, speed_skew
+from cost_models.speed_skew import slopes, speed_skew
+from cost_models.timing import shared_speeds
 from dnas.cli import head_outputs
 from dnas.space.choices import uniform_choices
 from dnas.space.graph import load_space

@@ -178,7 +178,7 @@ def warm_up(
 
 
 def op_jobs(bench: Bench, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int,
-             batch: int) -> list[tuple[Layer | None, str, Job]]:  # fmt: skip
+            batch: int) -> list[tuple[Layer | None, str, Job]]:  # fmt: skip
     """(layer, op, job) for every candidate of every layer, then (None, "head", job)."""
     shapes, device = space.infer_shapes(*input_hw), bench.runtime.device
     jobs: list[tuple[Layer | None, str, Job]] = []
@@ -233,12 +233,12 @@ def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> Passes:
     allocator = bench.prepare_allocator()
     x = torch.randn(plan.batch, space.in_channels, *plan.input_hw, device=bench.runtime.device)
     warm_up(bench, space, plan.input_hw, plan.num_outputs, x,
-             np.random.default_rng(plan.warm_up_seed))  # fmt: skip
+            np.random.default_rng(plan.warm_up_seed))  # fmt: skip
     reference = network_job(bench, space, reference_choices(space), plan.num_outputs, x)()
     guard = NoiseGuard(bench.time, reference, replace(bench.policy, rounds=rounds), plan.what,
                        sweep=bench.time_in_turn)  # fmt: skip
     ops = ([job for _, _, job in op_jobs(bench, space, plan.input_hw, plan.num_outputs,
-                                          plan.batch)] if plan.ops else [])  # fmt: skip
+                                         plan.batch)] if plan.ops else [])  # fmt: skip
     nets = [(name, network_job(bench, space, c, plan.num_outputs, x)) for name, c in plan.nets]
     timings = guard.run(ops, done) if ops else []
     timings += guard.run_interleaved(nets, done) if nets else []

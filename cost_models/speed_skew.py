@@ -20,6 +20,7 @@ import numpy as np
 import scipy.stats
 
 from cost_models.fidelity import two_way_residuals
+from cost_models.timing import shared_speeds
 
 SPELLS = 3  # the passes cut by shared speed into the fastest third, ..., the slowest third
 
@@ -49,12 +50,6 @@ class SpeedSkew:
 
     def to_dict(self) -> dict[str, float]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
-
-
-def shared_speeds(log_ms: np.ndarray) -> np.ndarray:
-    """Each pass's shared speed (log): the median over the nets of their log time in the pass
-    less their median log time over all passes."""
-    return np.median(log_ms - np.median(log_ms, axis=1, keepdims=True), axis=0)
 
 
 def slopes(log_ms: np.ndarray, speeds: np.ndarray) -> np.ndarray:

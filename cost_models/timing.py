@@ -531,6 +531,12 @@ def median_of(timings: list[Timing]) -> Timing:
                   tuple(ms for t in timings for ms in t.passes or (t.median_ms,)))  # fmt: skip
 
 
+def shared_speeds(log_ms: np.ndarray) -> np.ndarray:
+    """Each pass's shared speed in ``log_ms[job, pass]`` (log): the median over the jobs of
+    their log time in the pass less their median log time over all passes."""
+    return np.median(log_ms - np.median(log_ms, axis=1, keepdims=True), axis=0)
+
+
 def shared_medians(passes: list[list[Timing]]) -> list[Timing]:
     """Each job's timing over ``passes`` (``passes[pass][job]``, the same jobs in each):
     ``median_of`` its passes once each pass's shared speed is divided out, the median over the
@@ -541,10 +547,9 @@ def shared_medians(passes: list[list[Timing]]) -> list[Timing]:
     ``benchmarks/speed_skew.py``). One pass, one job or a time of 0: the plain medians."""
     if not passes:
         return []
-    ms = np.array([[t.median_ms for t in timings] for timings in passes])
+    ms = np.array([[t.median_ms for t in timings] for timings in passes]).T  # job x pass
     speeds = np.ones(len(passes))
-    if len(passes) > 1 and ms.shape[1] > 1 and (ms > 0).all():
-        log_ms = np.log(ms)
-        speeds = np.exp(np.median(log_ms - np.median(log_ms, axis=0), axis=1))
+    if len(passes) > 1 and ms.shape[0] > 1 and (ms > 0).all():
+        speeds = np.exp(shared_speeds(np.log(ms)))
     return [median_of([t.scaled(1.0 / float(speed)) for t, speed in zip(job, speeds, strict=True)])
             for job in zip(*passes, strict=True)]  # fmt: skip
