@@ -203,9 +203,9 @@ def op_jobs(bench: Bench, space: SearchSpace, input_hw: tuple[int, int], num_out
 @dataclass(frozen=True)
 class TimingPass:
     """What one pass of a build or check times, as data that a fresh process rebuilds its
-    jobs from: every candidate op and the head (``ops``, a build), then the named whole
-    networks, each set timed in turn with the reference net (``reference_choices``) among
-    them (``NoiseGuard.run_interleaved``)."""
+    jobs from: every candidate op and the head (``ops``, a build), in chunks between timings
+    of the reference net (``reference_choices``), then the named whole networks, timed in
+    turn with the reference net among them (``NoiseGuard.run_interleaved``)."""
 
     bench: Bench
     space: SearchSpace
@@ -240,7 +240,8 @@ def time_pass(plan: TimingPass, rounds: int, done: Done | None) -> Passes:
     ops = ([job for _, _, job in op_jobs(bench, space, plan.input_hw, plan.num_outputs,
                                          plan.batch)] if plan.ops else [])  # fmt: skip
     nets = [(name, network_job(bench, space, c, plan.num_outputs, x)) for name, c in plan.nets]
-    timings = guard.run_interleaved(ops, done) + guard.run_interleaved(nets, done)
+    timings = guard.run(ops, done) if ops else []
+    timings += guard.run_interleaved(nets, done) if nets else []
     return timings, guard.report, allocator
 
 
@@ -802,10 +803,13 @@ def noise_options(command: Callable) -> Callable:
         click.option("--max-spread", type=FiniteRange(0.0), default=NoisePolicy.max_spread,
                      show_default=True,
                      help="IQR / median above which a timing is measured again."),
+        click.option("--max-drift", type=FiniteRange(0.0), default=NoisePolicy.max_drift,
+                     show_default=True,
+                     help="Change of the reference net's time within one chunk of timings."),
         click.option("--max-speed-change", type=FiniteRange(0.0),
                      default=NoisePolicy.max_speed_change, show_default=True,
-                     help="Reference net this much slower or faster than in any of the "
-                          f"last {NoisePolicy.speed_window} passes: busy."),
+                     help="Reference net this much slower or faster than around any of the "
+                          f"last {NoisePolicy.speed_window} chunks: busy."),
         click.option("--allow-noise", is_flag=True,
                      help="Keep noisy timings (counted in meta.noise) even while other "
                           "processes take CPU time, instead of stopping."),
@@ -818,12 +822,12 @@ def noise_options(command: Callable) -> Callable:
 
 
 def make_bench(runtime: str, device: str, threads: int, min_time: float, rounds: int,
-               max_spread: float, max_speed_change: float, allow_noise: bool,
-               in_process: bool,
+               max_spread: float, max_drift: float, max_speed_change: float,
+               allow_noise: bool, in_process: bool,
                keep_memory: bool = False) -> Bench:  # fmt: skip
     from dnas.engine.runtime import pick_device
 
-    policy = NoisePolicy(max_spread, max_speed_change, rounds=rounds,
+    policy = NoisePolicy(max_spread, max_drift, max_speed_change, rounds=rounds,
                          strict=not allow_noise, fresh_processes=not in_process)  # fmt: skip
     return Bench(get_runtime(runtime, pick_device(device), threads), min_time, policy, keep_memory)
 
@@ -882,8 +886,8 @@ def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
     if not noise.get("unsteady"):
         return None
     return (f"warning: this machine's speed was unsteady with nothing else running (a shared VM's "
-            f"host?): {noise['unsteady']} noisy passes or timings went on as measured ({where}; "
-            f"reference drift {100 * noise['drift']:.0f} %), so "
+            f"host?): timings stayed noisy after re-measuring {noise['unsteady']} times and went "
+            f"on as measured ({where}; reference drift {100 * noise['drift']:.0f} %), so "
             f"{result} carries that noise")  # fmt: skip
 
 
@@ -932,7 +936,7 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
               input_size: tuple[int, int] | None,
               batch: int | None, device: str, runtime: str, threads: int | None,
               outputs: int | None, joints: int | None, calibration: int, min_time: float,
-              rounds: int, max_spread: float, max_speed_change: float,
+              rounds: int, max_spread: float, max_drift: float, max_speed_change: float,
               allow_noise: bool, in_process: bool, keep_memory: bool, output: Path,
               force: bool) -> None:  # fmt: skip
     """Time every candidate op of SPACE (or of CONFIG's search) at its exact input shape."""
@@ -941,7 +945,7 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
     guard_output(output, force)
     batch = batch or (32 if device == "cuda" else 1)
     bench = make_bench(runtime, device, threads or torch.get_num_threads(), min_time, rounds,
-                       max_spread, max_speed_change, allow_noise, in_process,
+                       max_spread, max_drift, max_speed_change, allow_noise, in_process,
                        keep_memory)  # fmt: skip
     search_space, hw, num_outputs = what_to_build(
         space, config, list(overrides), head_outputs(outputs, joints, default=None)
@@ -989,7 +993,7 @@ def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpac
 @noise_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | None,
-              min_time: float, rounds: int, max_spread: float,
+              min_time: float, rounds: int, max_spread: float, max_drift: float,
               max_speed_change: float, allow_noise: bool, in_process: bool,
               fmt: str) -> None:  # fmt: skip
     """Predicted vs measured latency of random architectures: Kendall tau and MAPE (%), and
@@ -1013,7 +1017,7 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
         search_space, tuple(meta["input"]), meta["num_outputs"]
     )  # validates coverage
     bench = make_bench(recorded_runtime, meta["device"], meta["threads"], min_time, rounds,
-                       max_spread, max_speed_change, allow_noise,
+                       max_spread, max_drift, max_speed_change, allow_noise,
                        in_process)  # fmt: skip
     report = check_lut(table, search_space, samples, bench, what=f"lut check --table {table_path}")
     if warning := allocator_warning(report["allocator"], table_path):

@@ -10,25 +10,27 @@ makes one timing of a small op take 1-2 s. ``interleave`` times several callable
 block of each per sweep, so that the machine's speed changes fall on all of them alike: whole
 networks are timed that way (``NoiseGuard.run_interleaved``).
 
-A ``NoiseGuard`` turns those into a table a user can trust. Every job (an op entry of a
-build, a whole network of a build or a check) is timed in passes in turn with a reference
-network, so that every job's blocks are spread over the whole pass and see the same mix of the
-machine's speeds. A shared 2-core VM changes speed by several percent over seconds even when
-quiet, and not on every op alike: 64x64 MBConvs slowed 1.3-1.7x as much as the pass's shared
-speed, Python-bound ops not at all (``benchmarks/speed_skew.py``), so ops timed in chunks, each
-levelled by the reference net timed beside it, are off by up to 12-19 % in a 1.3x slow chunk
-(a 64x64 op, from those slopes).
-A pass is expressed at the start's speed by the reference's median in it. A pass in which a
-job's blocks spread beyond ``max_spread`` (beyond the speed shared with the others), or whose
-reference ran more than ``max_speed_change`` slower (another process) or faster (the start was
-busy) than around any of the last ``speed_window`` passes kept, is a problem; what happens
-next depends on the cause that the kernel's accounting shows (``cost_models.cpu_use``). Other
-processes taking CPU time get the pass measured again, and if they stay, stop the guard with
-one line that says so (stop them and run it again), so a busy machine never writes a silently
-wrong table. With nothing else running the machine itself is unsteady, as a shared VM's host
-can make it, which no re-measuring cures, so the pass goes on as measured and is counted in
-``NoiseReport.unsteady`` (the commands print a warning): its level is divided out with the
-other passes' (``shared_medians``). ``--allow-noise`` keeps noisy passes whatever the cause.
+A ``NoiseGuard`` turns those into a table a user can trust. A timing whose IQR is a large part
+of its median is measured again. A reference network is timed at the start and again after
+every chunk of entries. A shared 2-core VM changes speed slowly by several percent over tens of
+seconds even when quiet (the reference net ran 24.4-27.8 ms within 40 s here), so each chunk's
+timings are expressed at the start's speed: multiplied by the reference's first time over its
+mean time around the chunk. A chunk during which the speed changed by more than ``max_drift``,
+or a machine more than ``max_speed_change`` slower (another process) or faster (the start was
+busy) than around any of the last ``speed_window`` chunks kept, gets the chunk measured
+again. So a sudden change is not passed off as a new speed while a slow, steady one is
+corrected: another process made the reference 1.6x slower at once here, while this VM slowed by
+1.25x over ten minutes of a batch-8 build. What happens to timings that stay noisy after the
+retries depends on the cause that the kernel's accounting shows (``cost_models.cpu_use``):
+other processes taking CPU time stop the guard with one line that says so (stop them and run
+it again), so a busy machine never writes a silently wrong table; with nothing else running
+the machine itself is unsteady, as a shared VM's host can make it, which nothing the user
+stops would cure, so the timings go on as measured and are counted in
+``NoiseReport.unsteady`` (the commands print a warning). ``--allow-noise`` keeps them whatever
+the cause. Whole networks timed in turn are checked a pass at a time: a net whose blocks spread
+beyond the speed shared with the others, or a reference net off the speed kept, gets the pass
+timed again; a drift within a pass falls on every net alike and is neither corrected nor
+refused.
 """
 
 from __future__ import annotations
@@ -202,15 +204,17 @@ class NoisePolicy:
     # builds on a quiet 2-core VM, where a 0.4 ms op's blocks spread 14 %; the median over
     # the rounds absorbs that, and a load shows in the reference net
     max_spread: float = 0.25
+    max_drift: float = 0.08  # change of the reference net's time across one chunk
     # reference net this much slower or faster than around any of the last speed_window
-    # passes kept (the start included while it is among them)
+    # chunks kept (the start included while it is among them)
     max_speed_change: float = 0.25
     # cores that other processes took on average in a window of a second while timings stayed
     # noisy, above which the machine counts as busy (a busy process beside a 2-thread timing
     # on 2 cores took 0.6; a quiet VM's own daemons 0.005); below, the machine is unsteady
     busy_cores: float = 0.15
-    speed_window: int = 10  # passes kept
-    retries: int = 3  # further measurements of a noisy timing or pass (on a busy machine)
+    speed_window: int = 10  # chunks kept: tens of seconds at the default chunk of 12
+    retries: int = 3  # further measurements of a noisy timing or a drifted chunk
+    chunk: int = 12  # entries between two timings of the reference net
     rounds: int = 5  # passes over all jobs; a job's timing is its median over the passes
     strict: bool = True  # False (--allow-noise): keep the steadiest timing, count it, go on
     # each pass in a process of its own (cost_models.processes: a process's memory layout
@@ -218,25 +222,31 @@ class NoisePolicy:
     fresh_processes: bool = True
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.rounds < 1 or self.speed_window < 1 or self.busy_cores < 0:
-            raise ValueError(f"NoisePolicy needs retries, busy_cores >= 0 and rounds, "
+        if (
+            self.retries < 0
+            or self.chunk < 1
+            or self.rounds < 1
+            or self.speed_window < 1
+            or self.busy_cores < 0
+        ):
+            raise ValueError(f"NoisePolicy needs retries, busy_cores >= 0 and chunk, rounds, "
                              f"speed_window >= 1, got {self.retries}, {self.busy_cores}, "
-                             f"{self.rounds}, {self.speed_window}")  # fmt: skip
+                             f"{self.chunk}, {self.rounds}, {self.speed_window}")  # fmt: skip
 
 
 @dataclass
 class NoiseReport:
     """What the guard saw; recorded in a table's ``meta.noise`` and in ``lut check``."""
 
-    remeasured: int = 0  # reference timings measured again for their spread
-    # passes in turn measured again after a spread or a jump on a busy machine (named for the
-    # chunks of op timings that tables before 2026-12-06 were timed in)
+    remeasured: int = 0  # timings measured again for their spread
+    # chunks of op timings measured again after the reference drifted or jumped, and passes of
+    # whole networks timed in turn measured again after a jump or a spread
     chunks_redone: int = 0
     kept_noisy: int = 0  # timings kept although their spread was too large
-    chunks_kept_noisy: int = 0  # passes (and old tables' chunks) kept although noisy
-    # times that timings (a pass's, the reference's) were noisy in strict mode with nothing
-    # else running, and went on as measured; 0 under --allow-noise, which keeps them without
-    # asking
+    chunks_kept_noisy: int = 0  # chunks or passes kept although that stayed so
+    # times that timings (a job's, the reference's, a chunk's) stayed noisy after the retries in
+    # strict mode with nothing else running, and went on as measured (a chunk redone later
+    # replaces its timings); 0 under --allow-noise, which keeps them without asking
     unsteady: int = 0
     worst_spread: float = 0.0  # largest IQR / median among the timings kept
     reference_ms: list[float] = field(default_factory=list)  # the reference net, in order
@@ -326,7 +336,7 @@ class NoiseGuard:
         self.report = NoiseReport()
         self._base = self.steady(reference, "the reference net").median_ms
         self.report.reference_ms.append(self._base)
-        self._kept = [self._base]  # the reference's start and its median in each pass kept
+        self._kept = [self._base]  # the reference timings around the chunks kept so far
 
     def steady(self, fn: Callable[[], object], name: str) -> Timing:
         """The steadiest of up to 1 + retries timings of ``fn``; if none is steady, kept or
@@ -352,31 +362,45 @@ class NoiseGuard:
                 f"({timing.median_ms:.3f} ms; at most {100 * self.policy.max_spread:.0f} % "
                 f"is kept)")  # fmt: skip
 
-    def _pass_spread_problem(self, names: list[str], timings: list[Timing]) -> str | None:
-        """Why a pass's ``timings`` are too noisy to keep, if they are: their median spread is
-        beyond ``max_spread``. One timing's spread alone is not: each op slows by its own share
-        of a change of the VM's speed (``benchmarks/speed_skew.py``), so in a pass of every op of
-        a space some op's blocks spread beyond 25 % in most passes with nothing else running,
-        while a load that falls unevenly spreads most timings (one that falls on all alike is
-        divided out by the sweeps' shared speed, and shows in the reference's level)."""
-        spreads = [t.spread for t in timings]
-        typical = statistics.median(spreads)
-        if typical <= self.policy.max_spread:
-            return None
-        worst = int(np.argmax(spreads))
-        return (f"the timings of {names[0]} .. {names[-1]} spread {100 * typical:.0f} % "
-                f"around their medians (the median over the {len(timings)}; at most "
-                f"{100 * self.policy.max_spread:.0f} % is kept; {names[worst]} "
-                f"{100 * spreads[worst]:.0f} %)")  # fmt: skip
+    def run(self, jobs: list[Job], done: Callable[[int], object] | None = None) -> list[Timing]:
+        """Steady timings of every job: ``rounds`` passes over all of them, each chunk by chunk
+        between reference timings; a job's timing is its median over the passes (each pass's
+        shared speed divided out, ``shared_medians``), since the
+        speed of a shared machine wanders over seconds, which one long timing cannot average
+        out (two checks of 30 nets agreed to tau 0.885 with one 1 s timing each, 0.968 with
+        5 passes of 0.1 s). ``done(n)`` after each chunk."""
+        passes = []
+        for _ in range(self.policy.rounds):
+            timings: list[Timing] = []
+            for start in range(0, len(jobs), self.policy.chunk):
+                chunk = jobs[start : start + self.policy.chunk]
+                timings += self._chunk(chunk)
+                if done is not None:
+                    done(len(chunk))
+            passes.append(timings)
+        return shared_medians(passes)
+
+    def _chunk(self, chunk: list[Job]) -> list[Timing]:
+        """One chunk's timings between two reference timings, at the start's speed."""
+
+        def attempt() -> tuple[tuple[list[Timing], float, float], str | None]:
+            before = self.report.reference_ms[-1]
+            timings = [self.steady(prepare(), name) for name, prepare in chunk]
+            after = self.steady(self.reference, "the reference net").median_ms
+            self.report.reference_ms.append(after)
+            return (timings, before, after), self._problem(before, after)
+
+        timings, before, after = self._retried(attempt, f"{chunk[0][0]} .. {chunk[-1][0]}")
+        return self._kept_at_start_speed(timings, 0.5 * (before + after), after)
 
     def run_interleaved(self, jobs: list[Job],
                         done: Callable[[int], object] | None = None) -> list[Timing]:  # fmt: skip
-        """Steady timings of ``jobs`` (ops or whole networks): ``rounds`` passes, each timing
-        all of them and the reference net in turn (``sweep``), so that the machine's speed
-        changes fall on every job alike, expressed at the start's speed by the reference's
-        median in the pass, and combined over the passes by ``shared_medians``. A pass in which
-        a timing spread too much or the reference ran off the speed kept is a problem for
-        ``_retried``. ``done(len(jobs))`` after each pass."""
+        """Steady timings of whole networks: ``rounds`` passes, each timing all of them and the
+        reference net in turn (``sweep``), so that the machine's speed changes fall on every
+        net alike, expressed at the start's speed by the reference's median in the pass, and
+        combined over the passes by ``shared_medians``. A
+        pass in which a timing spread too much or the reference ran off the speed kept is
+        timed again, as a chunk is. ``done(len(jobs))`` after each pass."""
         if self.sweep is None:
             raise ValueError("NoiseGuard.run_interleaved needs a sweep")
         if not jobs:
@@ -389,10 +413,10 @@ class NoiseGuard:
             def attempt(fns: list = fns) -> tuple[list[Timing], str | None]:
                 self._read_clock()
                 timings = self.sweep(fns, self._read_clock)
-                self.report.reference_ms.append(timings[0].median_ms)  # each try
-                return timings, (self._spread_problem(names[0], timings[0])
-                                 or self._pass_spread_problem(names[1:], timings[1:])
-                                 or self._speed_jump(timings[0].median_ms))  # fmt: skip
+                self.report.reference_ms.append(timings[0].median_ms)  # each try, as a chunk
+                spread = (self._spread_problem(n, t) for n, t in zip(names, timings, strict=True))
+                return timings, next((p for p in spread if p), None) or self._speed_jump(
+                    timings[0].median_ms)  # fmt: skip
 
             timings = self._retried(attempt, f"{jobs[0][0]} .. {jobs[-1][0]} in turn")
             reference = timings[0].median_ms
@@ -404,26 +428,16 @@ class NoiseGuard:
     def _retried(self, attempt: Callable[[], tuple[T, str | None]], what: str) -> T:
         """``attempt()``'s result once it names no problem, tried 1 + ``retries`` times at
         most (each try after the first counted as redone); a problem that stays is kept or
-        refused (``_keep_or_refuse``), naming ``what`` was timed. On a machine where nothing
-        else runs (``_quiet``) a problem is kept at once: the VM's own wander is not cured by
-        measuring again (a pass of every op of a space takes 20-30 s, and on a 2-core EPYC VM
-        some op's blocks spread in most passes), and a level that falls on a whole pass is
-        divided out with the other passes (``shared_medians``)."""
+        refused (``_keep_or_refuse``), naming ``what`` was timed."""
         for tries in range(self.policy.retries + 1):
             result, problem = attempt()
             if problem is None:
                 return result
-            if tries == self.policy.retries or self._quiet():
-                break
-            self.report.chunks_redone += 1
-        self._keep_or_refuse(f"{problem} after {tries} re-measurements of {what}")
+            if tries < self.policy.retries:
+                self.report.chunks_redone += 1
+        self._keep_or_refuse(f"{problem} after {self.policy.retries} re-measurements of {what}")
         self.report.chunks_kept_noisy += 1
         return result
-
-    def _quiet(self) -> bool:
-        """Whether the CPU accounting shows nothing else running (False: busy, or unknown)."""
-        others = self._others()
-        return others is not None and others <= self.policy.busy_cores
 
     def _kept_at_start_speed(self, timings: list[Timing], speed_ms: float,
                              reference_ms: float) -> list[Timing]:  # fmt: skip
@@ -479,9 +493,21 @@ class NoiseGuard:
             advice = _STOP_OTHERS
         raise NoisyMachine(f"{self.what}: {cause}: {problem}; {advice}")
 
+    def _problem(self, before: float, after: float) -> str | None:
+        """Why the timings of a chunk between two reference timings cannot be kept, if so:
+        the machine's speed jumped (``_speed_jump``), or it moved within the chunk."""
+        jump = self._speed_jump(after)
+        if jump is not None:
+            return jump
+        if abs(after / before - 1.0) > self.policy.max_drift:
+            return (f"the reference net's time changed {after / before:.2f}x within one chunk "
+                    f"({before:.3f} -> {after:.3f} ms; at most "
+                    f"{100 * self.policy.max_drift:.0f} % is kept)")  # fmt: skip
+        return None
+
     def _speed_jump(self, after: float) -> str | None:
         """Why the reference net's time ``after`` is off the speed kept, if it is: against
-        its medians in the last ``speed_window`` passes kept (slower: another process;
+        its timings around the last ``speed_window`` chunks kept (slower: another process;
         faster: those, or the start, were measured while busy)."""
         first = max(len(self._kept) - self.policy.speed_window, 0)
         index = max(range(first, len(self._kept)),
@@ -489,7 +515,7 @@ class NoiseGuard:
         ratio = after / self._kept[index]
         if abs(ratio - 1.0) > self.policy.max_speed_change:
             back = len(self._kept) - index
-            when = "at the start" if index == 0 else f"{back} pass{'es' * (back > 1)} earlier"
+            when = "at the start" if index == 0 else f"{back} chunk{'s' * (back > 1)} earlier"
             return (f"the reference net ran {ratio:.2f}x its time {when} ({after:.3f} vs "
                     f"{self._kept[index]:.3f} ms; at most "
                     f"{100 * self.policy.max_speed_change:.0f} % off is kept)")  # fmt: skip

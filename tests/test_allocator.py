@@ -161,7 +161,7 @@ def test_a_plain_table_timed_in_a_process_that_keeps_memory_says_so():
     space = load_space(str(TINY_SPACE))
 
     def build(rounds: int, in_process: bool) -> dict:
-        bench = make_bench("torch", "cpu", 1, 0.01, rounds, 0.25, 0.25, True, in_process)
+        bench = make_bench("torch", "cpu", 1, 0.01, rounds, 0.25, 0.08, 0.25, True, in_process)
         return build_lut(space, (64, 64), 16, 1, bench, calibration=0, progress=False)
 
     with pytest.warns(UserWarning, match=r"timing in this process, which keeps freed memory"):

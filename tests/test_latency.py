@@ -29,7 +29,6 @@ from cost_models.latency import (
     calibration_text,
     gauge_nets,
     machine_speed,
-    op_jobs,
     picked_choices,
     predict_ms,
     reference_choices,
@@ -334,26 +333,30 @@ class Tag(torch.nn.Module):
         return self.tag
 
 
-def test_a_pass_times_the_ops_in_turn_then_the_whole_networks_in_turn(monkeypatch):
-    """``time_pass`` times every op entry in turn (each op's blocks spread over the whole pass,
-    as the nets' are), then the named networks in turn, and returns the ops' timings first."""
-    seen: list[list[str]] = []
-    real = NoiseGuard.run_interleaved
+def test_a_pass_times_ops_in_chunks_and_whole_networks_in_turn(monkeypatch):
+    """``time_pass`` sends the op entries to the chunked guard and the named networks to the
+    timing in turn, and returns the ops' timings first."""
+    seen: dict[str, list[str]] = {}
 
-    def spy(self, jobs, done=None):
-        seen.append([name for name, _ in jobs])
-        return real(self, jobs, done)
+    def spy(method: str):
+        real = getattr(NoiseGuard, method)
 
-    monkeypatch.setattr(NoiseGuard, "run_interleaved", spy)
+        def wrapped(self, jobs, done=None):
+            seen[method] = [name for name, _ in jobs]
+            return real(self, jobs, done)
+
+        return wrapped
+
+    for method in ("run", "run_interleaved"):
+        monkeypatch.setattr(NoiseGuard, method, spy(method))
     space = load_space(TINY_SPACE)
     nets = [("network 1", reference_choices(space)), ("network 2", reference_choices(space))]
     plan = TimingPass(quick_bench(), space, (32, 32), 4, 1, nets, ops=True, what="t",
                       warm_up_seed=0)  # fmt: skip
     timings, _, _ = time_pass(plan, 1, None)
-    ops = [name for _, _, (name, _) in op_jobs(plan.bench, space, (32, 32), 4, 1)]
-    assert seen == [ops, ["network 1", "network 2"]] and ops[-1] == "head"
-    assert len(timings) == len(ops) + 2
-    assert all(t.median_ms > 0 for t in timings)
+    assert seen["run_interleaved"] == ["network 1", "network 2"]
+    assert seen["run"][-1] == "head" and "network 1" not in seen["run"]
+    assert len(timings) == len(seen["run"]) + 2
 
 
 def test_time_forwards_times_the_nets_in_turn_in_every_round(monkeypatch):
@@ -430,8 +433,8 @@ def test_lut_cli_mistakes_are_one_line_before_any_timing(lut, tmp_path):
              str(tmp_path / "t.json")],
         "Invalid value for '--runtime': unknown runtime 'tvm'":
             ["lut", "check", "--table", str(path), "--runtime", "tvm"],
-        "Invalid value for '--max-speed-change': expected a finite number":
-            ["lut", "check", "--table", str(path), "--max-speed-change", "nan"],
+        "Invalid value for '--max-drift': expected a finite number":
+            ["lut", "check", "--table", str(path), "--max-drift", "nan"],
     }  # fmt: skip
     for message, args in cases.items():
         result = CliRunner().invoke(cli, args)
