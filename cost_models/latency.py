@@ -850,6 +850,8 @@ def allocator_warning(allocator: dict, path: Path) -> str | None:
 
 
 def noise_line(noise: dict) -> str:
+    """The guard's report (``NoiseReport.to_dict``) in one line: what was measured again, what
+    was kept noisy, and why (the machine unsteady with nothing else running, or --allow-noise)."""
     kept = noise["kept_noisy"] + noise["chunks_kept_noisy"]
     why = "the machine unsteady, nothing else running" if noise.get("unsteady") else "--allow-noise"
     kept = (f", kept {noise['kept_noisy']} noisy timings and {noise['chunks_kept_noisy']} "
@@ -886,8 +888,8 @@ def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
     if not noise.get("unsteady"):
         return None
     return (f"warning: this machine's speed was unsteady with nothing else running (a shared VM's "
-            f"host?): timings stayed noisy after re-measuring {noise['unsteady']} times and went "
-            f"on as measured ({where}; reference drift {100 * noise['drift']:.0f} %), so "
+            f"host?): {noise['unsteady']} noisy timings, chunks or passes went on as measured "
+            f"({where}; reference drift {100 * noise['drift']:.0f} %), so "
             f"{result} carries that noise")  # fmt: skip
 
 

@@ -17,20 +17,20 @@ seconds even when quiet (the reference net ran 24.4-27.8 ms within 40 s here), s
 timings are expressed at the start's speed: multiplied by the reference's first time over its
 mean time around the chunk. A chunk during which the speed changed by more than ``max_drift``,
 or a machine more than ``max_speed_change`` slower (another process) or faster (the start was
-busy) than around any of the last ``speed_window`` chunks kept, gets the chunk measured
-again. So a sudden change is not passed off as a new speed while a slow, steady one is
-corrected: another process made the reference 1.6x slower at once here, while this VM slowed by
-1.25x over ten minutes of a batch-8 build. What happens to timings that stay noisy after the
-retries depends on the cause that the kernel's accounting shows (``cost_models.cpu_use``):
-other processes taking CPU time stop the guard with one line that says so (stop them and run
-it again), so a busy machine never writes a silently wrong table; with nothing else running
-the machine itself is unsteady, as a shared VM's host can make it, which nothing the user
-stops would cure, so the timings go on as measured and are counted in
-``NoiseReport.unsteady`` (the commands print a warning). ``--allow-noise`` keeps them whatever
-the cause. Whole networks timed in turn are checked a pass at a time: a net whose blocks spread
-beyond the speed shared with the others, or a reference net off the speed kept, gets the pass
-timed again; a drift within a pass falls on every net alike and is neither corrected nor
-refused.
+busy) than around any of the last ``speed_window`` chunks kept, is a problem. So is a pass of
+whole networks timed in turn in which a net's blocks spread beyond the speed shared with the
+others, or whose reference net ran off the speed kept (a drift within a pass falls on every net
+alike and is neither corrected nor refused). What happens to a problem, and to timings that
+stay noisy after their re-measurements, depends on the cause that the kernel's accounting shows
+(``cost_models.cpu_use``). Other processes taking CPU time get the chunk or pass measured
+again, and if they stay, stop the guard with one line that says so (stop them and run it
+again), so a busy machine never writes a silently wrong table; so a sudden load is not passed
+off as a new speed (another process made the reference 1.6x slower at once here). With nothing
+else running the machine itself is unsteady, as a shared VM's host can make it (this VM slowed
+by 1.25x over ten minutes of a batch-8 build), which neither stopping anything nor measuring
+again cures, so the chunk or pass is kept at once, at the start's speed, and the timings go on
+as measured, counted in ``NoiseReport.unsteady`` (the commands print a warning).
+``--allow-noise`` keeps them whatever the cause.
 """
 
 from __future__ import annotations
@@ -240,13 +240,14 @@ class NoiseReport:
 
     remeasured: int = 0  # timings measured again for their spread
     # chunks of op timings measured again after the reference drifted or jumped, and passes of
-    # whole networks timed in turn measured again after a jump or a spread
+    # whole networks timed in turn measured again after a jump or a spread, while other
+    # processes took CPU time
     chunks_redone: int = 0
     kept_noisy: int = 0  # timings kept although their spread was too large
     chunks_kept_noisy: int = 0  # chunks or passes kept although that stayed so
-    # times that timings (a job's, the reference's, a chunk's) stayed noisy after the retries in
-    # strict mode with nothing else running, and went on as measured (a chunk redone later
-    # replaces its timings); 0 under --allow-noise, which keeps them without asking
+    # times that timings (a job's, the reference's) stayed noisy after their re-measurements, or
+    # a chunk or pass was a problem, in strict mode with nothing else running, and went on as
+    # measured; 0 under --allow-noise, which keeps them without asking
     unsteady: int = 0
     worst_spread: float = 0.0  # largest IQR / median among the timings kept
     reference_ms: list[float] = field(default_factory=list)  # the reference net, in order
@@ -351,7 +352,8 @@ class NoiseGuard:
             best = again if again.spread < best.spread else best
         problem = self._spread_problem(name, best)
         if problem is not None:
-            self._keep_or_refuse(f"{problem} after {self.policy.retries} re-measurements")
+            self._keep_or_refuse(f"{problem} after {self.policy.retries} re-measurements",
+                                 self._others())  # fmt: skip
         return best
 
     def _spread_problem(self, name: str, timing: Timing) -> str | None:
@@ -428,16 +430,28 @@ class NoiseGuard:
     def _retried(self, attempt: Callable[[], tuple[T, str | None]], what: str) -> T:
         """``attempt()``'s result once it names no problem, tried 1 + ``retries`` times at
         most (each try after the first counted as redone); a problem that stays is kept or
-        refused (``_keep_or_refuse``), naming ``what`` was timed."""
+        refused (``_keep_or_refuse``), naming ``what`` was timed. A chunk or pass is timed
+        again only while other processes take CPU time: with nothing else running a problem is
+        the VM's own wander, which measuring again does not cure (a build spent 9.5-10 min
+        instead of about 3.3 redoing chunks on a quiet 2-core EPYC VM, for tables that ranked
+        nets no better, docs/benchmarks.md), so it is kept at once, still at the start's speed
+        and combined with the other passes (``shared_medians``)."""
         for tries in range(self.policy.retries + 1):
             result, problem = attempt()
             if problem is None:
                 return result
-            if tries < self.policy.retries:
-                self.report.chunks_redone += 1
-        self._keep_or_refuse(f"{problem} after {self.policy.retries} re-measurements of {what}")
+            others = self._others()
+            if tries == self.policy.retries or self._quiet(others):
+                break
+            self.report.chunks_redone += 1
+        self._keep_or_refuse(f"{problem} after {tries} re-measurements of {what}", others)
         self.report.chunks_kept_noisy += 1
         return result
+
+    def _quiet(self, others: float | None) -> bool:
+        """Whether ``others`` (``_others``) shows nothing else running: False when other
+        processes took CPU time, or when there is no accounting to read."""
+        return others is not None and others <= self.policy.busy_cores
 
     def _kept_at_start_speed(self, timings: list[Timing], speed_ms: float,
                              reference_ms: float) -> list[Timing]:  # fmt: skip
@@ -474,15 +488,15 @@ class NoiseGuard:
         recent = [*self._recent, now]
         return max([*_window_rates(self._early), *_window_rates(recent)], default=None)
 
-    def _keep_or_refuse(self, problem: str) -> None:
+    def _keep_or_refuse(self, problem: str, others: float | None) -> None:
         """Timings that stayed noisy: kept under --allow-noise, and kept in strict mode too when
-        nothing else was running (counted in ``unsteady``: the machine's own unsteadiness,
-        which nothing the user stops cures); else one line naming the cause: other processes
-        taking CPU time, or unknown (no accounting to read)."""
+        ``others`` (``_others``, read once for the whole decision) shows nothing else running
+        (counted in ``unsteady``: the machine's own unsteadiness, which nothing the user stops
+        cures); else one line naming the cause: other processes taking CPU time, or unknown (no
+        accounting to read)."""
         if not self.policy.strict:
             return
-        others = self._others()
-        if others is not None and others <= self.policy.busy_cores:
+        if self._quiet(others):
             self.report.unsteady += 1
             return
         if others is None:
