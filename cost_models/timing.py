@@ -432,10 +432,10 @@ class NoiseGuard:
         most (each try after the first counted as redone); a problem that stays is kept or
         refused (``_keep_or_refuse``), naming ``what`` was timed. A chunk or pass is timed
         again only while other processes take CPU time: with nothing else running a problem is
-        the VM's own wander, which measuring again does not cure (a build spent 9.5-10 min
-        instead of about 3.3 redoing chunks on a quiet 2-core EPYC VM, for tables that ranked
-        nets no better, docs/benchmarks.md), so it is kept at once, still at the start's speed
-        and combined with the other passes (``shared_medians``)."""
+        the VM's own wander, which measuring again does not cure, so it is kept at once, still at
+        the start's speed. On a quiet 2-core EPYC VM a ``mbv2_pose_small`` build that measured
+        such chunks again took 9.5-10 min, one that kept them 3.2-3.3, and the tables ranked
+        nets as well (docs/benchmarks.md)."""
         for tries in range(self.policy.retries + 1):
             result, problem = attempt()
             if problem is None:
