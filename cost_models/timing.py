@@ -17,15 +17,16 @@ seconds even when quiet (the reference net ran 24.4-27.8 ms within 40 s here), s
 timings are expressed at the start's speed: multiplied by the reference's first time over its
 mean time around the chunk. A chunk during which the speed changed by more than ``max_drift``,
 or a machine more than ``max_speed_change`` slower (another process) or faster (the start was
-busy) than around any of the last ``speed_window`` chunks kept, is a problem. So is a pass of
-whole networks timed in turn in which a net's blocks spread beyond the speed shared with the
-others, or whose reference net ran off the speed kept (a drift within a pass falls on every net
-alike and is neither corrected nor refused). What happens to a problem, and to timings that
-stay noisy after their re-measurements, depends on the cause that the kernel's accounting shows
-(``cost_models.cpu_use``). Other processes taking CPU time get the chunk or pass measured
-again, and if they stay, stop the guard with one line that says so (stop them and run it
-again), so a busy machine never writes a silently wrong table; so a sudden load is not passed
-off as a new speed (another process made the reference 1.6x slower at once here). With nothing
+busy) than around any of the last ``speed_window`` chunks kept at the speed kept, is a
+problem. So is a pass of whole networks timed in turn in which a net's blocks spread beyond the
+speed shared with the others, or whose reference net ran off the speed kept (a drift within a
+pass falls on every net alike and is neither corrected nor refused). What happens to a problem,
+and to timings that stay noisy after their re-measurements, depends on the cause that the
+kernel's accounting shows (``cost_models.cpu_use``). Other processes taking CPU time (or no
+accounting to read) get the chunk or pass measured again, and if the problem stays, stop the
+guard with one line that says so (stop them and run it again), so a busy machine never writes
+a silently wrong table, and a sudden load is not passed off as a new speed (another process
+made the reference 1.6x slower at once here). With nothing
 else running the machine itself is unsteady, as a shared VM's host can make it (this VM slowed
 by 1.25x over ten minutes of a batch-8 build), which neither stopping anything nor measuring
 again cures, so the chunk or pass is kept at once, at the start's speed, and the timings go on
@@ -213,7 +214,9 @@ class NoisePolicy:
     # on 2 cores took 0.6; a quiet VM's own daemons 0.005); below, the machine is unsteady
     busy_cores: float = 0.15
     speed_window: int = 10  # chunks kept: tens of seconds at the default chunk of 12
-    retries: int = 3  # further measurements of a noisy timing or a drifted chunk
+    # further measurements of a noisy timing, or of a chunk or pass that is a problem while the
+    # CPU accounting shows other processes taking CPU time or cannot be read
+    retries: int = 3
     chunk: int = 12  # entries between two timings of the reference net
     rounds: int = 5  # passes over all jobs; a job's timing is its median over the passes
     strict: bool = True  # False (--allow-noise): keep the steadiest timing, count it, go on
@@ -241,13 +244,14 @@ class NoiseReport:
     remeasured: int = 0  # timings measured again for their spread
     # chunks of op timings measured again after the reference drifted or jumped, and passes of
     # whole networks timed in turn measured again after a jump or a spread, while other
-    # processes took CPU time
+    # processes took CPU time (or the accounting could not be read)
     chunks_redone: int = 0
     kept_noisy: int = 0  # timings kept although their spread was too large
     chunks_kept_noisy: int = 0  # chunks or passes kept although that stayed so
     # times that timings (a job's, the reference's) stayed noisy after their re-measurements, or
     # a chunk or pass was a problem, in strict mode with nothing else running, and went on as
-    # measured; 0 under --allow-noise, which keeps them without asking
+    # measured (a chunk measured again later, the machine busy by then, replaces its timings);
+    # 0 under --allow-noise, which keeps them without asking
     unsteady: int = 0
     worst_spread: float = 0.0  # largest IQR / median among the timings kept
     reference_ms: list[float] = field(default_factory=list)  # the reference net, in order
@@ -400,9 +404,9 @@ class NoiseGuard:
         """Steady timings of whole networks: ``rounds`` passes, each timing all of them and the
         reference net in turn (``sweep``), so that the machine's speed changes fall on every
         net alike, expressed at the start's speed by the reference's median in the pass, and
-        combined over the passes by ``shared_medians``. A
-        pass in which a timing spread too much or the reference ran off the speed kept is
-        timed again, as a chunk is. ``done(len(jobs))`` after each pass."""
+        combined over the passes by ``shared_medians``. A pass in which a timing spread too
+        much or the reference ran off the speed kept is a problem, as a chunk is
+        (``_retried``). ``done(len(jobs))`` after each pass."""
         if self.sweep is None:
             raise ValueError("NoiseGuard.run_interleaved needs a sweep")
         if not jobs:
@@ -431,11 +435,11 @@ class NoiseGuard:
         """``attempt()``'s result once it names no problem, tried 1 + ``retries`` times at
         most (each try after the first counted as redone); a problem that stays is kept or
         refused (``_keep_or_refuse``), naming ``what`` was timed. A chunk or pass is timed
-        again only while other processes take CPU time: with nothing else running a problem is
-        the VM's own wander, which measuring again does not cure, so it is kept at once, still at
-        the start's speed. On a quiet 2-core EPYC VM a ``mbv2_pose_small`` build that measured
-        such chunks again took 9.5-10 min, one that kept them 3.2-3.3, and the tables ranked
-        nets as well (docs/benchmarks.md)."""
+        again only while other processes take CPU time (or the accounting cannot be read): with
+        nothing else running a problem is the VM's own wander, which measuring again does not
+        cure, so it is kept at once, still at the start's speed. On a quiet 2-core EPYC VM a
+        ``mbv2_pose_small`` build that measured such chunks again took 9.5-10 min, one that
+        kept them 3.2-3.3, and the tables ranked nets as well (docs/benchmarks.md)."""
         for tries in range(self.policy.retries + 1):
             result, problem = attempt()
             if problem is None:
@@ -457,8 +461,12 @@ class NoiseGuard:
                              reference_ms: float) -> list[Timing]:  # fmt: skip
         """``timings`` kept: counted in the report, and scaled from the reference net's time
         ``speed_ms`` while they ran to its time at the start; ``reference_ms``, the last
-        reference timing, joins those the speed is held against."""
-        self._kept.append(reference_ms)
+        reference timing, joins those the speed is held against unless it is off that speed
+        itself (a chunk kept at once on a quiet machine, or under --allow-noise): one slow
+        spell of the VM would otherwise make the next ``speed_window`` chunks at the usual speed
+        look off it too, and a load beside them be refused against the spell."""
+        if self._speed_jump(reference_ms) is None:
+            self._kept.append(reference_ms)
         self.report.kept_noisy += sum(t.spread > self.policy.max_spread for t in timings)
         self.report.worst_spread = max([self.report.worst_spread, *(t.spread for t in timings)])
         return [t.scaled(self._base / speed_ms) for t in timings]
