@@ -462,14 +462,22 @@ class NoiseGuard:
         """``timings`` kept: counted in the report, and scaled from the reference net's time
         ``speed_ms`` while they ran to its time at the start; ``reference_ms``, the last
         reference timing, joins those the speed is held against unless it is off that speed
-        itself (a chunk kept at once on a quiet machine, or under --allow-noise): one slow
-        spell of the VM would otherwise make the next ``speed_window`` chunks at the usual speed
-        look off it too, and a load beside them be refused against the spell."""
-        if self._speed_jump(reference_ms) is None:
+        itself (a chunk kept at once on a quiet machine, or under --allow-noise) and the
+        reference timed before it was not at its level: one slow spell of the VM would
+        otherwise make the next ``speed_window`` chunks at the usual speed look off it too, and
+        a load beside them be refused against the spell, while a level that lasts is the
+        machine's new speed."""
+        if self._speed_jump(reference_ms) is None or self._lasted(reference_ms):
             self._kept.append(reference_ms)
         self.report.kept_noisy += sum(t.spread > self.policy.max_spread for t in timings)
         self.report.worst_spread = max([self.report.worst_spread, *(t.spread for t in timings)])
         return [t.scaled(self._base / speed_ms) for t in timings]
+
+    def _lasted(self, reference_ms: float) -> bool:
+        """Whether the reference timing before ``reference_ms`` (the chunk's start, or the
+        last pass's) was within ``max_drift`` of it."""
+        earlier = self.report.reference_ms[-2:-1]
+        return bool(earlier) and abs(reference_ms / earlier[0] - 1.0) <= self.policy.max_drift
 
     def _read_clock(self) -> None:
         """Keep a reading of the CPU clocks, at most one per ``_READING_EVERY_S``."""
