@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
+from dnas.engine.runtime import machine_record, pick_device
 from dnas.engine.train import run_eval, run_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +36,7 @@ def main() -> None:
     results.pop("table")
     print(json.dumps({
         "benchmark": "lsp_efficientpose_a",
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
+        "machine": machine_record(pick_device(exp.device)),
         "config": str(CONFIG.relative_to(REPO)),
         "train_s": round(trained - start, 1),
         "eval_s": round(done - trained, 1),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from torch.utils import benchmark
 
 from dnas.allocator import keep_freed_memory
-from dnas.engine.runtime import Amp, adam
+from dnas.engine.runtime import Amp, adam, device_name
 from dnas.nn.network import Network
 from dnas.space.graph import load_space
 
@@ -113,7 +112,7 @@ def main() -> None:
     args = parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("model_speed.py: --device cuda, but torch sees no CUDA device")
-    name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
+    name = device_name(torch.device(args.device))
     result: dict = {"benchmark": "model_speed", "device": name, "torch": torch.__version__,
                     "batch": args.batch, "input": args.input, "paper_ms_2080ti": PAPER_MS,
                     "nets": {}}  # fmt: skip

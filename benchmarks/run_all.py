@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ from search_cost import search_report
 
 from dnas.allocator import keep_freed_memory
 from dnas.config import CostConfig, SearchConfig
-from dnas.engine.runtime import adam, weight_step
+from dnas.engine.runtime import adam, machine_record, weight_step
 from dnas.nn.export import export_onnx
 from dnas.nn.network import Network
 from dnas.search.cost_model import get_cost_model
@@ -130,8 +129,7 @@ def main() -> None:
         root = Path(tmp)
         write_synthetic_mpii(root, n_train=64, n_val=4, seed=0, image_size=256)
         report = {
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "torch": torch.__version__, "threads": torch.get_num_threads()},
+            "machine": machine_record(torch.device("cpu")),
             "search_step": bench_search_step(root, 16, 128, repeats),
             "data_pipeline": bench_data(root, 256, 64),
             "inference_batch1_256": bench_inference(repeats * 3, root),

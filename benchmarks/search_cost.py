@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ import torch
 
 from dnas.allocator import keep_freed_memory
 from dnas.config import CostConfig, SearchConfig
-from dnas.engine.runtime import Amp, adam, to_device, weight_step
+from dnas.engine.runtime import Amp, adam, machine_record, to_device, weight_step
 from dnas.engine.sampling import stream, train_loader
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES, load_plugins
@@ -243,9 +242,8 @@ def search_report(args: argparse.Namespace) -> dict:
     """The ``step_cost`` and ``throughput`` sections ``--only`` asks for (default: both)."""
     load_plugins()
     report: dict = {
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "device": device_name(args.device),
-                    "precision": args.precision, "channels_last": args.channels_last},
+        "machine": machine_record(torch.device(args.device))
+        | {"precision": args.precision, "channels_last": args.channels_last},
     }  # fmt: skip
     if args.only in (None, "step_cost"):
         report["step_cost"] = step_cost(args)
@@ -265,12 +263,6 @@ def main() -> None:
         print(json.dumps(run_case(args.case, args)))
         return
     print(json.dumps(search_report(args), indent=1))
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from cost_models.latency import cpu_bench, time_forwards
 from dnas.allocator import keep_freed_memory
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
+from dnas.engine.runtime import machine_record
 from dnas.engine.train import run_train
 from dnas.nn.network import Network
 from dnas.nn.profile import cost_report
@@ -287,9 +287,7 @@ def main() -> None:
     summary = verdict(rows) | verdict(rows, "_strict")
     result = {
         "benchmark": "search_quality",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": args.device},
+        "machine": machine_record(torch.device(args.device)),
         "profile": profile.__dict__ | {"milestones": list(profile.milestones)},
         "budget_mmac": round(budget, 3),
         "random_seeds": list(RANDOM_SEEDS),

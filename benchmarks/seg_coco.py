@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
+from dnas.engine.runtime import machine_record, pick_device
 from dnas.engine.train import run_eval, run_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +37,7 @@ def main() -> None:
     print(results.pop("table"))
     print(json.dumps({
         "benchmark": "seg_coco_person",
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
+        "machine": machine_record(pick_device(exp.device)),
         "config": str(CONFIG.relative_to(REPO)),
         "architecture": f"{ARCH} backbone + fpn_lite head",
         "input_size": results["input_size"],

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,20 +27,9 @@ from cost_models.latency import cpu_bench, network_job, op_jobs, reference_choic
 from cost_models.speed_skew import slopes, speed_skew
 from cost_models.timing import shared_speeds
 from dnas.cli import head_outputs
+from dnas.engine.runtime import machine_record
 from dnas.space.choices import uniform_choices
 from dnas.space.graph import load_space
-
-
-def cpu_model() -> str:
-    """The CPU's model name, family and model (/proc/cpuinfo): VMs of one platform string
-    differ in them, and in how their speed wanders."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            fields = dict(map(str.strip, line.split(":", 1)) for line in info if ":" in line)
-    except OSError:
-        return platform.processor()
-    return ", ".join(f"{key} {fields[key]}" for key in ("model name", "cpu family", "model")
-                     if key in fields)  # fmt: skip
 
 
 def timed_passes(space_name: str, size: int, batch: int, samples: int, seed: int,
@@ -109,8 +97,7 @@ def main() -> None:
               f"disjoint 5-pass checks in each third of them (30 passes, 4 rows): run it longer "
               f"(--minutes)", file=sys.stderr)  # fmt: skip
     print(json.dumps({
-        "machine": {"platform": platform.platform(), "cpu": cpu_model(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": machine_record(torch.device("cpu")),
         "date": datetime.date.today().isoformat(),
         "space": args.space, "input": args.input, "batch": args.batch, "seed": args.seed,
         "rows": "ops" if args.ops else "nets", "minutes": round(minutes, 1),

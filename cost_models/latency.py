@@ -51,6 +51,7 @@ from dnas.allocator import KEPT, allocator_in_use, keep_freed_memory, untouched
 from dnas.cli import SIZE, FiniteRange, example, head_outputs, out_opt, outputs_opt, set_opt
 from dnas.config import MAX_BATCH
 from dnas.engine.progress import counter
+from dnas.engine.runtime import device_name, pick_device
 from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
 from dnas.nn.heads import build_head
@@ -364,8 +365,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
         "space": space.name, "space_digest": space.digest(), "space_dict": space.to_dict(),
         "head": head_record(space), "input": list(input_hw),
         "num_outputs": num_outputs, "batch": batch, "device": device.type,
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else "cpu"),
+        "device_name": device_name(device),
         "runtime": bench.runtime.name, "runtime_version": bench.runtime.version,
         "threads": bench.runtime.threads, "torch": torch.__version__, "dtype": "float32",
         "allocator": allocator,
@@ -517,6 +517,8 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
             "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": noise.to_dict(),
             "allocator": {"table": recorded_allocator(meta), "check": allocator},
+            "machine": {"table": meta.get("device_name"),
+                        "check": device_name(bench.runtime.device)},
             "fresh_processes": fresh_passes(bench.policy),
             "speed_vs_build": speed["ratio"], "speed_from": speed["source"],
             "gauge_nets": [{"build_ms": n["measured_ms"], "measured_ms": r["measured_ms"],
@@ -825,8 +827,6 @@ def make_bench(runtime: str, device: str, threads: int, min_time: float, rounds:
                max_spread: float, max_drift: float, max_speed_change: float,
                allow_noise: bool, in_process: bool,
                keep_memory: bool = False) -> Bench:  # fmt: skip
-    from dnas.engine.runtime import pick_device
-
     policy = NoisePolicy(max_spread, max_drift, max_speed_change, rounds=rounds,
                          strict=not allow_noise, fresh_processes=not in_process)  # fmt: skip
     return Bench(get_runtime(runtime, pick_device(device), threads), min_time, policy, keep_memory)
@@ -847,6 +847,17 @@ def allocator_warning(allocator: dict, path: Path) -> str | None:
     return (f"warning: {path} was timed with {allocator['table']}, this check with "
             f"{allocator['check']}: a net's time differs between the two (dnas.allocator), so "
             f"the errors include that")  # fmt: skip
+
+
+def machine_warning(machine: dict, path: Path) -> str | None:
+    """One line when a check runs on another device than the table at ``path`` was built on
+    (``check_lut``'s ``machine``; tables from before 2026-12-07 name a CPU only as "cpu"): its
+    errors then measure the difference between the two machines as much as the table."""
+    if machine["table"] in (None, "cpu") or machine["table"] == machine["check"]:
+        return None
+    return (f"warning: {path} was built on {machine['table']}, this check runs on "
+            f"{machine['check']}: the errors include the difference between the two machines "
+            f"(build a table here to model this one)")  # fmt: skip
 
 
 def noise_line(noise: dict) -> str:
@@ -1022,8 +1033,12 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
                        max_spread, max_drift, max_speed_change, allow_noise,
                        in_process)  # fmt: skip
     report = check_lut(table, search_space, samples, bench, what=f"lut check --table {table_path}")
-    if warning := allocator_warning(report["allocator"], table_path):
-        click.echo(warning, err=True)
+    for warning in (
+        machine_warning(report["machine"], table_path),
+        allocator_warning(report["allocator"], table_path),
+    ):
+        if warning:
+            click.echo(warning, err=True)
     if warning := unsteady_warning(report["noise"], "the measured times, tau and MAPE",
                                    "the report's noise.unsteady"):  # fmt: skip
         click.echo(warning, err=True)

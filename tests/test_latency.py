@@ -29,6 +29,7 @@ from cost_models.latency import (
     calibration_text,
     gauge_nets,
     machine_speed,
+    machine_warning,
     picked_choices,
     predict_ms,
     reference_choices,
@@ -40,6 +41,7 @@ from cost_models.runtimes import get_runtime
 from cost_models.timing import NoiseGuard, NoisePolicy, Timing
 from dnas.allocator import keep_freed_memory
 from dnas.cli import cli
+from dnas.engine.runtime import device_name
 from dnas.errors import DnasError
 from dnas.space.graph import load_space
 
@@ -272,6 +274,21 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     errors = [abs(r["predicted_ms"] - r["measured_ms"] / speed) / (r["measured_ms"] / speed)
               for r in report["picked"]]  # fmt: skip
     assert report["picked_mape_at_build_speed"] == pytest.approx(100 * sum(errors) / len(errors))
+    here = device_name(torch.device("cpu"))  # the table names the CPU it was built on
+    assert report["machine"] == {"table": here, "check": here} and "built on" not in check.stderr
+    data = json.loads(table.read_text())
+    data["meta"]["device_name"] = "Another CPU (cpu family 1, model 1)"
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(data))
+    elsewhere = CliRunner().invoke(cli, ["lut", "check", "--table", str(moved), "--samples", "2",
+                                         "--rounds", "1", "--min-time", "0.01", "--allow-noise",
+                                         "--in-process"])  # fmt: skip
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert [x for x in elsewhere.stderr.splitlines() if "built on" in x] == [
+        f"warning: {moved} was built on Another CPU (cpu family 1, model 1), this check runs on "
+        f"{here}: the errors include the difference between the two machines (build a table "
+        f"here to model this one)"
+    ]
     other = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--runtime",
                                      "onnxruntime"])  # fmt: skip
     assert other.exit_code == 1 and "measured in torch, not onnxruntime" in other.output
@@ -481,3 +498,35 @@ def test_a_resumed_search_refuses_a_table_whose_costs_changed(lut, tmp_path, syn
     assert result.exit_code == 1
     assert f"cost_model: the costs of {mine} differ from those this search started" in result.output
     assert CliRunner().invoke(cli, [*args, "--resume", "--force"]).exit_code == 0
+
+
+def test_a_check_elsewhere_says_so_unless_the_table_names_no_machine(tmp_path):
+    """``machine_warning``: one line where the table's device differs from the check's; none
+    for the same device, or for tables from before CPUs were named (device_name "cpu")."""
+    path = tmp_path / "lut.json"
+    assert machine_warning({"table": "cpu", "check": "AMD EPYC (cpu family 26, model 2)"},
+                           path) is None  # fmt: skip
+    assert machine_warning({"table": None, "check": "x"}, path) is None
+    assert machine_warning({"table": "A", "check": "A"}, path) is None
+    assert machine_warning({"table": "NVIDIA GeForce RTX 2080 Ti", "check": "NVIDIA H200"},
+                           path).startswith(
+        f"warning: {path} was built on NVIDIA GeForce RTX 2080 Ti, this check runs on NVIDIA H200"
+    )  # fmt: skip
+
+
+def test_device_name_reads_the_cpu_model_family_and_model(tmp_path, monkeypatch):
+    """VMs that all say "AMD EPYC" differ in family and model (and 2x in speed): the name
+    keeps them; the first processor's fields count; without /proc/cpuinfo, the platform's."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
+                    "model\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu vme\n\n"
+                    "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\n")  # fmt: skip
+    cpu = torch.device("cpu")
+    assert device_name(cpu, info) == "AMD EPYC (cpu family 26, model 2)"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 48.00\nCPU implementer\t: 0x41\n")
+    monkeypatch.setattr("platform.processor", lambda: "")
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    assert device_name(cpu, info) == "aarch64"  # no model name, family or model (an ARM board)
+    monkeypatch.setattr("platform.processor", lambda: "arm")
+    assert device_name(cpu, tmp_path / "absent") == "arm"

@@ -19,6 +19,7 @@ from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import CostConfig, SearchConfig, load_experiment
 from dnas.engine.progress import Reporter
+from dnas.engine.runtime import device_name
 from dnas.nn.mixed_op import MixedOp
 from dnas.nn.network import Network, module_key
 from dnas.schema import from_dict
@@ -285,8 +286,9 @@ def test_a_search_names_the_latency_table_it_trades_against(budget_lut):
     table = get_cost_model("latency", cfg).table(load_space(BUDGET_SPACE), (64, 64), 16)
     line = cost_line(cfg, table)
     threads = json.loads(budget_lut.read_text())["meta"]["threads"]
+    here = device_name(torch.device("cpu"))  # the CPU's model: the machine the table models
     assert line.startswith(
-        f"cost: latency (table {budget_lut}, measured cpu, torch, batch 1, "
+        f"cost: latency (table {budget_lut}, measured {here}, torch, batch 1, "
         f"{threads} threads), form budget, target 1 ms; the space spans "
     )
 

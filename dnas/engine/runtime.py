@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import platform
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,32 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DnasError(f"device: {name!r} requested but CUDA is not available")
     return device
+
+
+def device_name(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The GPU's name, or the CPU's model name with its family and model from ``cpuinfo``:
+    cloud VMs of one model name ("AMD EPYC") differ in those, and in speed by 2x. Without
+    ``cpuinfo`` (macOS, Windows), the platform's processor string."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine() or "cpu"
+    fields: dict[str, str] = {}
+    for line in lines:  # the first processor's fields: every core repeats them
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine() or "cpu"
+    detail = [f"{key} {fields[key]}" for key in ("cpu family", "model") if fields.get(key)]
+    return f"{name} ({', '.join(detail)})" if detail else name
+
+
+def machine_record(device: torch.device) -> dict[str, Any]:
+    """What a benchmark ran on, for its JSON: the platform, the device's name
+    (``device_name``), torch and its CPU threads."""
+    return {"platform": platform.platform(), "device": device_name(device),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
 
 
 def seed_everything(seed: int) -> None:
