@@ -58,11 +58,11 @@ if [ "${DNAS_CHECK_INSTALL:-0}" = 1 ] || ! "$PY" -c "import importlib.metadata a
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 "$PY" - > "$OUT/machine.json" <<'EOF'
-import json, platform, torch
-cuda = torch.cuda.is_available()
-print(json.dumps({"platform": platform.platform(), "processor": platform.processor(),
-                  "torch": torch.__version__, "cuda": torch.version.cuda,
-                  "gpu": torch.cuda.get_device_name() if cuda else None}))
+import json, torch
+from dnas.engine.runtime import device_name, machine_record
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+print(json.dumps(machine_record(device) | {"cuda": torch.version.cuda,
+                                           "cpu": device_name(torch.device("cpu"))}))
 EOF
 say "machine: $(cat "$OUT/machine.json")"
 

@@ -852,11 +852,11 @@ def allocator_warning(allocator: dict, path: Path) -> str | None:
 def machine_warning(machine: dict, path: Path) -> str | None:
     """One line when a check runs on another device than the table at ``path`` was built on
     (``check_lut``'s ``machine``; tables from before 2026-12-07 name a CPU only as "cpu"): its
-    errors then measure the difference between the two machines as much as the table."""
+    errors then measure the difference between the two devices as much as the table."""
     if machine["table"] in (None, "cpu") or machine["table"] == machine["check"]:
         return None
     return (f"warning: {path} was built on {machine['table']}, this check runs on "
-            f"{machine['check']}: the errors include the difference between the two machines "
+            f"{machine['check']}: the errors include the difference between the two devices "
             f"(build a table here to model this one)")  # fmt: skip
 
 

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from dnas.engine.runtime import device_name
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,6 +37,8 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     tests_speed, _ = check(first, "cuda_tests,model_speed", **offline)
     search_lut, stdout = check(second, "search_speed,lut", **offline)
     assert list(tests_speed["steps"]) == ["cuda_tests", "model_speed"]
+    here = device_name(torch.device("cpu"))  # the machine, named by the installed checkout
+    assert tests_speed["machine"]["device"] == here and tests_speed["machine"]["cpu"] == here
     assert list(search_lut["steps"]) == ["search_speed", "lut"]
     for summary in (tests_speed, search_lut):
         assert all(step["exit"] == 0 for step in summary["steps"].values()), summary["steps"]

@@ -286,7 +286,7 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     assert elsewhere.exit_code == 0, elsewhere.output
     assert [x for x in elsewhere.stderr.splitlines() if "built on" in x] == [
         f"warning: {moved} was built on Another CPU (cpu family 1, model 1), this check runs on "
-        f"{here}: the errors include the difference between the two machines (build a table "
+        f"{here}: the errors include the difference between the two devices (build a table "
         f"here to model this one)"
     ]
     other = CliRunner().invoke(cli, ["lut", "check", "--table", str(table), "--runtime",
@@ -515,18 +515,26 @@ def test_a_check_elsewhere_says_so_unless_the_table_names_no_machine(tmp_path):
 
 
 def test_device_name_reads_the_cpu_model_family_and_model(tmp_path, monkeypatch):
-    """VMs that all say "AMD EPYC" differ in family and model (and 2x in speed): the name
-    keeps them; the first processor's fields count; without /proc/cpuinfo, the platform's."""
+    """VMs that all say "AMD EPYC" differ in family and model (and 2x in speed), ARM boards
+    only in implementer and part: the name keeps them (every distinct value, as big.LITTLE
+    cores differ); without /proc/cpuinfo, the platform's processor."""
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
                     "model\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu vme\n\n"
-                    "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n"
-                    "model name\t: AMD EPYC\n")  # fmt: skip
+                    "processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
+                    "model\t\t: 2\nmodel name\t: AMD EPYC\n")  # fmt: skip
     cpu = torch.device("cpu")
     assert device_name(cpu, info) == "AMD EPYC (cpu family 26, model 2)"
-    info.write_text("processor\t: 0\nBogoMIPS\t: 48.00\nCPU implementer\t: 0x41\n")
     monkeypatch.setattr("platform.processor", lambda: "")
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
-    assert device_name(cpu, info) == "aarch64"  # no model name, family or model (an ARM board)
+    info.write_text("processor\t: 0\nBogoMIPS\t: 48.00\nCPU implementer\t: 0x41\n"
+                    "CPU part\t: 0xd05\n\nprocessor\t: 4\nCPU implementer\t: 0x41\n"
+                    "CPU part\t: 0xd0a\n")  # fmt: skip
+    assert device_name(cpu, info) == "aarch64 (CPU implementer 0x41, CPU part 0xd05/0xd0a)"
+    info.write_text("processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\n"
+                    "model\t\t: IBM,9009-42A\n")  # fmt: skip
+    assert device_name(cpu, info) == "POWER9 (architected), altivec supported (model IBM,9009-42A)"
+    info.write_bytes(b"model name\t: caf\xe9 CPU\n")  # not UTF-8: read, not raised
+    assert device_name(cpu, info) == "caf\ufffd CPU"
     monkeypatch.setattr("platform.processor", lambda: "arm")
     assert device_name(cpu, tmp_path / "absent") == "arm"

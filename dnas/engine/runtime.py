@@ -33,22 +33,31 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+# /proc/cpuinfo keys that tell CPUs of one name apart: x86's family and model, ARM's implementer
+# and part (ARM boards give no model name; Graviton 2 and 3 differ only in their part)
+CPU_DETAIL = ("cpu family", "model", "CPU implementer", "CPU part")
+
+
 def device_name(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The GPU's name, or the CPU's model name with its family and model from ``cpuinfo``:
-    cloud VMs of one model name ("AMD EPYC") differ in those, and in speed by 2x. Without
-    ``cpuinfo`` (macOS, Windows), the platform's processor string."""
+    """The GPU's name, or the CPU's model name with what tells CPUs of that name apart, from
+    ``cpuinfo`` (``CPU_DETAIL``): cloud VMs that all read "AMD EPYC" differ in family and
+    model, and 2x in speed. Without ``cpuinfo`` (macOS, Windows), the platform's processor."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    fallback = platform.processor() or platform.machine() or "cpu"
     try:
-        lines = cpuinfo.read_text().splitlines()
+        lines = cpuinfo.read_text(errors="replace").splitlines()
     except OSError:
-        return platform.processor() or platform.machine() or "cpu"
-    fields: dict[str, str] = {}
-    for line in lines:  # the first processor's fields: every core repeats them
+        return fallback
+    fields: dict[str, list[str]] = {}
+    for line in lines:  # each core repeats them; big.LITTLE cores differ: every distinct value
         key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name") or platform.processor() or platform.machine() or "cpu"
-    detail = [f"{key} {fields[key]}" for key in ("cpu family", "model") if fields.get(key)]
+        seen = fields.setdefault(key.strip(), [])
+        if value.strip() and value.strip() not in seen:
+            seen.append(value.strip())
+    # x86's "model name", POWER's "cpu" ("POWER9 (architected), altivec supported")
+    name = "/".join(fields.get("model name") or fields.get("cpu") or [fallback])
+    detail = [f"{key} {'/'.join(fields[key])}" for key in CPU_DETAIL if fields.get(key)]
     return f"{name} ({', '.join(detail)})" if detail else name
 
 
