@@ -538,3 +538,4 @@ def test_device_name_reads_the_cpu_model_family_and_model(tmp_path, monkeypatch)
     assert device_name(cpu, info) == "caf\ufffd CPU"
     monkeypatch.setattr("platform.processor", lambda: "arm")
     assert device_name(cpu, tmp_path / "absent") == "arm"
+    assert device_name(torch.device("mps"), info) == "mps"  # not the host CPU's name

@@ -41,9 +41,12 @@ CPU_DETAIL = ("cpu family", "model", "CPU implementer", "CPU part")
 def device_name(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The GPU's name, or the CPU's model name with what tells CPUs of that name apart, from
     ``cpuinfo`` (``CPU_DETAIL``): cloud VMs that all read "AMD EPYC" differ in family and
-    model, and 2x in speed. Without ``cpuinfo`` (macOS, Windows), the platform's processor."""
+    model, and 2x in speed. Without ``cpuinfo`` (macOS, Windows), the platform's processor;
+    another device (mps, xpu), its type."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type != "cpu":  # mps, xpu, ...: not the host CPU; torch names no model for them
+        return device.type
     fallback = platform.processor() or platform.machine() or "cpu"
     try:
         lines = cpuinfo.read_text(errors="replace").splitlines()
