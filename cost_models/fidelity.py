@@ -25,6 +25,7 @@ MEDIAN_EXACT_UP_TO = 64  # passes - 1 up to which ``median_variance`` is simulat
 # a check's tau this many of its ceiling's sds below the ceiling: an error-free table gets that
 # about once in 40 checks (a normal tail), so the table's own ranking is wrong
 BELOW_CEILING_SDS = 2.0
+SLOPES_P = 0.01  # passes' slopes (``pass_slopes``) kept where noise gives such ones this rarely
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,37 @@ def median_variance(m: int) -> float:
     return float(np.median(draws, axis=1).var())
 
 
+def net_levels(log_ms: np.ndarray) -> np.ndarray:
+    """Each net's mean log time less the grand mean: its level in the two-way model."""
+    return log_ms.mean(1) - log_ms.mean()
+
+
+def pass_slopes(log_ms: np.ndarray) -> np.ndarray:
+    """Each pass's slope on the nets' levels beyond the speed its nets shared (Mandel's "bundle
+    of lines", J. Mandel, JASA 56, 1961): a pass that slowed the larger nets more than the
+    smaller ones, as a spell of scarce memory bandwidth does. Such a slope moves the nets of
+    its pass in the order of their levels, so it reorders none. Zeros where Mandel's F test
+    finds no more than noise would give (p above ``SLOPES_P``; least-squares slopes fitted to
+    noise alone, or to a few timings far off, would shift noise between cells), with fewer
+    than 3 nets (nothing left to fit them to) or with nets all of one level."""
+    nets, passes = log_ms.shape
+    levels = net_levels(log_ms)
+    spread = float((levels**2).sum())
+    if nets < 3 or spread == 0.0:
+        return np.zeros(passes)
+    resid = two_way_residuals(log_ms)
+    slopes = resid.T @ levels / spread
+    explained = float((slopes**2).sum()) * spread
+    rest = float((resid**2).sum()) - explained
+    if rest > 0.0:  # Mandel's F test: slopes that noise alone would give are left out
+        import scipy.stats  # here, not at import: scipy.stats adds seconds to a CLI start
+
+        f = (explained / (passes - 1)) / (rest / ((nets - 2) * (passes - 1)))
+        if scipy.stats.f.sf(f, passes - 1, (nets - 2) * (passes - 1)) > SLOPES_P:
+            return np.zeros(passes)
+    return slopes
+
+
 def deleted_residuals(log_ms: np.ndarray) -> np.ndarray:
     """Each net's log time in each pass, its pass's shared speed taken out, against the median
     of the same net's other passes: a timing far off stays in its own cell (the two-way fit's
@@ -97,9 +129,10 @@ def noise_ceiling(passes: Sequence[Sequence[float]], draws: int = DRAWS,
                   seed: int = 0) -> NoiseCeiling | None:  # fmt: skip
     """The noise ceiling of measurements ``passes[net][pass]`` (ms) that a check keeps as each
     net's median over its passes; None with fewer than 2 nets or 2 passes. The two-way model
-    of ``pass_sd`` is fitted to the log times, and ``draws`` checks are simulated the way this
-    one was measured: every pass at its fitted speed, each net's time in it off by one of this
-    check's own ``deleted_residuals`` drawn at random (a residual bootstrap: a machine whose
+    of ``pass_sd`` is fitted to the log times with each pass's slope on the nets' levels
+    (``pass_slopes``), and ``draws`` checks are simulated the way this one was measured: every
+    pass at its fitted speed and slope, each net's time in it off by one of this check's own
+    ``deleted_residuals`` beyond the slopes drawn at random (a residual bootstrap: a machine whose
     timings are now and then far off, heavy-tailed rather than normal, is simulated as it is,
     and the medians' robustness to that counts), each net kept as its median. Each simulated
     check is scored as ``lut check`` scores a table, here a table that predicts the measured
@@ -112,10 +145,16 @@ def noise_ceiling(passes: Sequence[Sequence[float]], draws: int = DRAWS,
         return None
     sd = pass_sd(log_ms)
     speeds = log_ms.mean(0) - log_ms.mean()  # each pass's shared speed, in log
+    slopes = pass_slopes(log_ms)
     truth = np.median(log_ms, axis=1)
-    residuals = deleted_residuals(log_ms).ravel()
+    nets = log_ms.shape[0]
+    # the residuals beyond each pass's slope, which took one more degree of freedom a pass
+    beyond = log_ms - np.outer(net_levels(log_ms), slopes)
+    fitted = math.sqrt((nets - 1) / (nets - 2)) if slopes.any() else 1.0
+    residuals = fitted * deleted_residuals(beyond).ravel()
     noise = np.random.default_rng(seed).choice(residuals, size=(draws, *log_ms.shape))
-    errors = np.median(speeds + noise, axis=2)  # draws x nets: each median's error
+    sloped = speeds + np.outer(truth - truth.mean(), slopes)  # each pass at its speed and slope
+    errors = np.median(sloped + noise, axis=2)  # draws x nets: each median's error
     errors -= np.median(errors, axis=1, keepdims=True)  # the check's shared level
     i, j = np.triu_indices(len(truth), 1)
     untied = truth[i] != truth[j]  # as Kendall's tau-b, a tie counts for neither order
