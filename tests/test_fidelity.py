@@ -26,6 +26,21 @@ def simulated_check(rng, truth, speed_sd, noise_sd, slow_rate=0.0, slow=0.25):
     return np.exp(truth[:, None] + speeds + noise)
 
 
+def against_checks(truth, draw_passes, checks=60):
+    """An exact table's Kendall tau and MAPE against ``checks`` checks drawn by ``draw_passes``
+    (each net's median over its passes, the check's shared level divided out), and each
+    check's own noise ceiling."""
+    taus, mapes, ceilings = [], [], []
+    for _ in range(checks):
+        passes = draw_passes()
+        measured = np.median(passes, axis=1)
+        level = np.median(measured / np.exp(truth))
+        taus.append(scipy.stats.kendalltau(truth, measured).statistic)
+        mapes.append(100 * np.mean(np.abs(np.exp(truth) * level - measured) / measured))
+        ceilings.append(noise_ceiling(passes, draws=400))
+    return taus, mapes, ceilings
+
+
 def test_pass_sd_is_unbiased_for_the_noise_beyond_the_shared_speeds():
     rng = np.random.default_rng(0)
     truth = np.log(60.0) + 0.1 * rng.standard_normal(NETS)
@@ -41,14 +56,9 @@ def test_the_ceiling_is_an_exact_tables_tau_and_mape_against_such_checks(speed_s
     ceiling estimated from one check at a time, on average, agree."""
     rng = np.random.default_rng(1)
     truth = np.log(60.0) + 0.1 * rng.standard_normal(NETS)
-    taus, mapes, ceilings = [], [], []
-    for _ in range(60):
-        passes = simulated_check(rng, truth, speed_sd, noise_sd)
-        measured = np.median(passes, axis=1)
-        level = np.median(measured / np.exp(truth))
-        taus.append(scipy.stats.kendalltau(truth, measured).statistic)
-        mapes.append(100 * np.mean(np.abs(np.exp(truth) * level - measured) / measured))
-        ceilings.append(noise_ceiling(passes, draws=400))
+    taus, mapes, ceilings = against_checks(
+        truth, lambda: simulated_check(rng, truth, speed_sd, noise_sd)
+    )
     assert np.mean([c.kendall_tau for c in ceilings]) == pytest.approx(np.mean(taus), abs=0.02)
     assert np.mean([c.mape for c in ceilings]) == pytest.approx(np.mean(mapes), rel=0.08)
     assert np.mean([c.pass_sd for c in ceilings]) == pytest.approx(100 * noise_sd, rel=0.05)
@@ -65,14 +75,9 @@ def test_the_ceiling_holds_when_a_few_timings_are_far_off(slow_rate, tau_off):
     low, MAPE 2.6-2.8x)."""
     rng = np.random.default_rng(3)
     truth = np.log(60.0) + 0.05 * rng.standard_normal(NETS)
-    taus, mapes, ceilings = [], [], []
-    for _ in range(60):
-        passes = simulated_check(rng, truth, 0.03, 0.015, slow_rate)
-        measured = np.median(passes, axis=1)
-        level = np.median(measured / np.exp(truth))
-        taus.append(scipy.stats.kendalltau(truth, measured).statistic)
-        mapes.append(100 * np.mean(np.abs(np.exp(truth) * level - measured) / measured))
-        ceilings.append(noise_ceiling(passes, draws=400))
+    taus, mapes, ceilings = against_checks(
+        truth, lambda: simulated_check(rng, truth, 0.03, 0.015, slow_rate)
+    )
     assert np.mean([c.kendall_tau for c in ceilings]) == pytest.approx(np.mean(taus), abs=tau_off)
     assert 1.0 <= np.mean([c.mape for c in ceilings]) / np.mean(mapes) <= 1.5
 
@@ -87,18 +92,15 @@ def test_the_ceiling_holds_when_a_pass_slows_the_larger_nets_more(slope_sd, nois
     rng = np.random.default_rng(5)
     truth = np.log(60.0) + 0.15 * rng.standard_normal(NETS)
     centred = truth - truth.mean()
-    taus, mapes, ceilings = [], [], []
-    for _ in range(60):
+
+    def sloped_check() -> np.ndarray:
         slopes = slope_sd * rng.standard_normal(PASSES)
         # their mean would be a slope of the whole check, which one check cannot tell from the
         # nets' own levels (as its shared speed from the machine's): each check's sums to 0
         sloped = np.outer(centred, slopes - slopes.mean())
-        passes = np.exp(truth[:, None] + sloped + noise_sd * rng.standard_normal((NETS, PASSES)))
-        measured = np.median(passes, axis=1)
-        level = np.median(measured / np.exp(truth))
-        taus.append(scipy.stats.kendalltau(truth, measured).statistic)
-        mapes.append(100 * np.mean(np.abs(np.exp(truth) * level - measured) / measured))
-        ceilings.append(noise_ceiling(passes, draws=400))
+        return np.exp(truth[:, None] + sloped + noise_sd * rng.standard_normal((NETS, PASSES)))
+
+    taus, mapes, ceilings = against_checks(truth, sloped_check)
     assert np.mean([c.kendall_tau for c in ceilings]) == pytest.approx(np.mean(taus), abs=0.015)
     assert np.mean([c.mape for c in ceilings]) == pytest.approx(np.mean(mapes), rel=0.15)
 
