@@ -7,6 +7,7 @@ MAPE are held against the targets of issue 13 (tau >= 0.95, MAPE <= 5 %).
     python benchmarks/lut_fidelity.py --only small-b1 --builds 1 --runtime onnxruntime
     python benchmarks/lut_fidelity.py --only small-b1 --in-process   # every round in one process
     python benchmarks/lut_fidelity.py --only small-b1 --keep-freed-memory  # dnas.allocator
+    python benchmarks/lut_fidelity.py --only small-b8 --recalibrate  # then lut recalibrate, check
 """
 
 from __future__ import annotations
@@ -39,14 +40,22 @@ def dnas(*args: str) -> str:
     return done.stdout
 
 
-def one_build(setting: list[str], options: list[str], samples: int, table: Path) -> dict:
+def one_build(setting: list[str], options: list[str], samples: int, table: Path,
+              recalibrate: bool) -> dict:  # fmt: skip
     """One build (``setting`` and the build's own options) and its check, both with
-    ``options`` (the runtime, how rounds run); a refused one is recorded as such (it counts as
-    a failure)."""
+    ``options`` (the runtime, how rounds run), and with ``recalibrate`` a refit of the table
+    and its check (``recalibrated``); a refused one is recorded as such (it counts as a
+    failure)."""
     try:
-        return measured(setting, options, samples, table)
+        result = measured(setting, options, samples, table)
     except Refused as exc:
         return {"pass": False, "refused": str(exc)}
+    if recalibrate:
+        try:
+            result["recalibrated"] = recalibrated(table, options, samples)
+        except Refused as exc:
+            result["recalibrated"] = {"pass": False, "refused": str(exc)}
+    return result
 
 
 def measured(setting: list[str], options: list[str], samples: int, table: Path) -> dict:
@@ -77,7 +86,32 @@ def measured(setting: list[str], options: list[str], samples: int, table: Path) 
         "build_unsteady": meta["noise"].get("unsteady", 0),
         "check_unsteady": report["noise"].get("unsteady", 0),
         "allocator": report["allocator"],  # as the table and the check recorded it
+        # the entries with their scales refitted to the other checked nets (leave-one-out)
+        "refit": report["refit"],
         "build_s": round(built, 1), "check_s": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+
+
+def recalibrated(table: Path, options: list[str], samples: int) -> dict:
+    """``lut recalibrate`` of a checked table (its scales refitted to its calibration nets
+    timed now), then the same check of the refitted table."""
+    start = time.perf_counter()
+    refitted = table.with_name(f"{table.stem}-recalibrated.json")
+    dnas("lut", "recalibrate", "--table", str(table), *options, "-o", str(refitted), "--force")
+    refit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    report = json.loads(dnas("lut", "check", "--table", str(refitted), "--samples", str(samples),
+                             *options, "--format", "json"))  # fmt: skip
+    done = json.loads(refitted.read_text())["meta"]["recalibrations"][-1]
+    return {
+        "kendall_tau": round(report["kendall_tau"], 4), "mape": round(report["mape"], 3),
+        "mape_at_build_speed": round(report["mape_at_build_speed"], 3),
+        "picked_mape": round(report["picked_mape"], 3) if report["picked"] else None,
+        "pass": report["kendall_tau"] >= TAU and report["mape"] <= MAPE,
+        "noise_ceiling": report["noise_ceiling"],
+        "tau_vs_ceiling_sds": report["tau_vs_ceiling_sds"],
+        "nets_vs_build": done["nets_vs_before"], "speed_vs_recalibration": report["speed_vs_build"],
+        "recalibrate_s": round(refit_s, 1), "check_s": round(time.perf_counter() - start, 1),
     }  # fmt: skip
 
 
@@ -98,6 +132,12 @@ def main() -> None:
         action="store_true",
         help="Build with the CLI's --keep-freed-memory (the check follows).",
     )
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="After each check, refit the table to its calibration nets timed again "
+        "(lut recalibrate) and check the refitted table ('recalibrated').",
+    )
     args = parser.parse_args()
     results: dict = {"runtime": args.runtime, "fresh_processes": not args.in_process,
                      "targets": {"kendall_tau": TAU, "mape": MAPE}}  # fmt: skip
@@ -106,8 +146,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(SETTINGS):
             tables = [Path(tmp) / f"{name}-{i}.json" for i in range(args.builds)]
-            builds = [one_build([*SETTINGS[name], *kept], options, args.samples, t)
-                      for t in tables]  # fmt: skip
+            builds = [one_build([*SETTINGS[name], *kept], options, args.samples, t,
+                                args.recalibrate) for t in tables]  # fmt: skip
             results[name] = {"builds": builds, "all_pass": all(b["pass"] for b in builds)}
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))

@@ -92,6 +92,15 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
     return Calibration(final.scales, final.overhead_ms, final.fit_mape, mape, tau, held)
 
 
+def leave_one_out(samples: Sequence[Sample], lowest: dict[str, float]) -> np.ndarray:
+    """Each sample's time as predicted by the scales and overhead fitted to all the others:
+    how well the entries, fitted to nets measured with these, predict a net they did not see.
+    ``lut check`` scores its nets so, to tell a table whose calibration belongs to another of
+    the machine's spells (the entries rank well once refitted) from one whose entries err."""
+    return np.array([_fit([s for j, s in enumerate(samples) if j != i], lowest).predict(
+        sample.parts) for i, sample in enumerate(samples)])  # fmt: skip
+
+
 def _fit(samples: Sequence[Sample], lowest: dict[str, float]) -> Calibration:
     groups = sorted({g for s in samples for g in s.parts} - {FIXED})
     real = np.array([s.measured_ms for s in samples])

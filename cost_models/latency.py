@@ -11,6 +11,8 @@ probabilities. What it cannot model: fusion across op boundaries that depends on
 neighbouring ops (ONNX Runtime fuses conv + activation inside an op, which the op's own timing
 holds, but not across ops), and cache effects that depend on which op ran before. The
 held-out error of the fit and ``lut check`` say how much that costs on a machine.
+``recalibrate_lut`` fits the scales and overhead anew to the calibration nets timed again,
+the entries kept: the table moved to the machine's present state (docs/latency.md).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cost_models.calibration import FIXED, Calibration, Sample, calibrate
-from cost_models.fidelity import BELOW_CEILING_SDS, noise_ceiling
+from cost_models.calibration import FIXED, Calibration, Sample, calibrate, leave_one_out
+from cost_models.fidelity import BELOW_CEILING_SDS, NoiseCeiling, noise_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.processes import Done, in_fresh_process
 from cost_models.runtimes import Runtime, get_runtime
@@ -68,6 +70,7 @@ from dnas.space.ops import build_op, parse_op
 PICK_LEVELS = (0.25, 0.5, 0.75)  # MAC levels of the table's own picks (``picked_choices``)
 PICK_BAND = 0.01
 SPEED_NETS = 6  # calibration nets ``lut check`` times again to compare the machine's speed
+MIN_REFIT = 8  # nets needed to refit a table's scales (``refit_scores``, ``recalibrate_lut``)
 MAX_MS = 1e9  # an entry above this (11 days) is not a timing: refused before it overflows a sum
 
 
@@ -353,14 +356,7 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
         else:
             table["fixed"][layer.name] = timing.median_ms
     measured = [t.median_ms for t in timings[len(entries) :]]
-    fit = calibrate([Sample(group_parts(table, space, c), ms) for c, ms in zip(nets, measured,
-                                                                               strict=True)],
-                    group_parts(table, space, cheapest_choices(table, space)))  # fmt: skip
-    table = apply_calibration(table, space, fit)
-    # the held-out nets' noise ceiling: the held-out tau and MAPE that a table without error
-    # would get against their measurements (None with one round or no net held out)
-    held = [t.passes for t in timings[len(timings) - fit.heldout_nets :]]
-    ceiling = noise_ceiling(held) if fit.heldout_nets else None
+    table, fit = fit_entries(table, space, nets, timings[len(entries) :])
     table["meta"] = {
         "space": space.name, "space_digest": space.digest(), "space_dict": space.to_dict(),
         "head": head_record(space), "input": list(input_hw),
@@ -371,14 +367,107 @@ def build_lut(space: SearchSpace, input_hw: tuple[int, int], num_outputs: int, b
         "allocator": allocator,
         "min_time": bench.min_time, "rounds": bench.policy.rounds,
         "fresh_processes": fresh_passes(bench.policy), "calibration": calibration,
-        "calibration_fit": {**fit.to_dict(),
-                            "noise_ceiling": ceiling.to_dict() if ceiling else None},
-        "noise": noise.to_dict(),
+        "calibration_fit": fit, "noise": noise.to_dict(),
         "calibration_nets": [{"choices": c, "measured_ms": round(ms, 5)}
                              for c, ms in zip(nets, measured, strict=True)],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     return table
+
+
+def fit_entries(raw: dict, space: SearchSpace, nets: list[dict[str, str]],
+                timings: list[Timing]) -> tuple[dict, dict]:  # fmt: skip
+    """The entries ``raw`` (as timed: ``fixed``, ``layers``, ``shapes``) fitted to the whole
+    ``nets`` measured as ``timings`` (``calibrate``, the last quarter held out), and the fit's
+    record for ``meta.calibration_fit``, with the held-out nets' noise ceiling: the held-out
+    tau and MAPE a table without error would get against their measurements (None with one
+    round or no net held out)."""
+    measured = [t.median_ms for t in timings]
+    fit = calibrate([Sample(group_parts(raw, space, c), ms)
+                     for c, ms in zip(nets, measured, strict=True)],
+                    group_parts(raw, space, cheapest_choices(raw, space)))  # fmt: skip
+    held = [t.passes for t in timings[len(timings) - fit.heldout_nets :]]
+    ceiling = noise_ceiling(held) if fit.heldout_nets else None
+    record = {**fit.to_dict(), "noise_ceiling": ceiling.to_dict() if ceiling else None}
+    return apply_calibration(raw, space, fit), record
+
+
+def entries_as_timed(table: dict) -> dict | None:
+    """The table's entries before its calibration (``isolated``, which ``apply_calibration``
+    keeps) with their shapes, or None for a table that does not keep them."""
+    isolated = table.get("isolated")
+    if not isinstance(isolated, dict):
+        return None
+    return {"fixed": isolated["fixed"], "layers": isolated["layers"], "shapes": table["shapes"]}
+
+
+def recalibrate_lut(table: dict, space: SearchSpace, bench: Bench, source: str,
+                    seed: int = 2) -> dict:  # fmt: skip
+    """``table`` with its scales and overhead fitted anew to its own calibration nets
+    (``meta.calibration_nets``, the same quarter held out) timed now, as the table was timed
+    (runtime, allocator), its entries kept as timed: the table moved into the machine's
+    present speed and spell for the price of timing the nets alone. The fit it replaces is
+    kept in ``meta.recalibrations``, with the nets' time now over their time then."""
+    meta = table["meta"]
+    raw = entries_as_timed(table)
+    if raw is None:
+        raise ConfigError(
+            source,
+            "isolated",
+            "missing: the entries as timed, which a refit needs (tables from dnas lut build "
+            "keep them); build the table again",
+        )
+    nets = buildable_nets(meta, space)
+    if len(nets) < MIN_REFIT or len(nets) != len(meta.get("calibration_nets") or []):
+        raise ConfigError(
+            source,
+            "meta.calibration_nets",
+            f"expected {MIN_REFIT} or more networks this space can build (the build's "
+            f"--calibration), got {len(nets)} of {len(meta.get('calibration_nets') or [])}",
+        )
+    bench = replace(bench, keep_memory=recorded_allocator(meta) == KEPT)
+    choices = [n["choices"] for n in nets]
+    plan = TimingPass(bench, space, tuple(meta["input"]), meta["num_outputs"], meta["batch"],
+                      [(f"calibration net {i + 1}", c) for i, c in enumerate(choices)],
+                      ops=False, what=f"lut recalibrate --table {source}",
+                      warm_up_seed=seed + 1000)  # fmt: skip
+    timings, noise, allocator = time_passes(plan, "lut recalibrate: timings")
+    fitted, fit = fit_entries(raw, space, choices, timings)
+    measured = [t.median_ms for t in timings]
+    ratio = statistics.median(ms / n["measured_ms"] for ms, n in zip(measured, nets, strict=True))
+    history = meta.get("recalibrations")
+    history = history if isinstance(history, list) else []
+    fitted["meta"] = meta | {
+        "calibration_fit": fit, "noise": noise.to_dict(), "allocator": allocator,
+        "calibration_nets": [{"choices": c, "measured_ms": round(ms, 5)}
+                             for c, ms in zip(choices, measured, strict=True)],
+        "recalibrations": [*history, {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device_name": device_name(bench.runtime.device), "nets_vs_before": round(ratio, 4),
+            "rounds": bench.policy.rounds, "fresh_processes": fresh_passes(bench.policy),
+            "fit_before": meta.get("calibration_fit"),
+            "allocator_before": recorded_allocator(meta)}],
+    }  # fmt: skip
+    return fitted
+
+
+def refit_scores(table: dict, space: SearchSpace, nets: list[dict[str, str]],
+                 measured: np.ndarray, ceiling: NoiseCeiling | None) -> dict | None:  # fmt: skip
+    """``lut check``'s nets as the table's entries predict them with scales and overhead
+    refitted to the other checked nets (``leave_one_out``): their tau and MAPE, and the tau's
+    distance from the noise ceiling. Near the ceiling while the table's own tau is far below
+    it, the entries hold and the calibration is another spell's (``recalibrate_lut``). None
+    where the table keeps no entries as timed, or for fewer than ``MIN_REFIT`` nets."""
+    raw = entries_as_timed(table)
+    if raw is None or len(nets) < MIN_REFIT:
+        return None
+    samples = [Sample(group_parts(raw, space, c), float(ms))
+               for c, ms in zip(nets, measured, strict=True)]  # fmt: skip
+    pred = leave_one_out(samples, group_parts(raw, space, cheapest_choices(raw, space)))
+    tau = kendall_tau(pred, measured)
+    gap = ceiling.tau_gap(tau) if ceiling else None
+    return {"kendall_tau": round(tau, 4), "mape": round(_mape(pred, measured), 4),
+            "tau_vs_ceiling_sds": round(gap, 2) if gap is not None else None}  # fmt: skip
 
 
 def lut_cost_table(lut: dict, space: SearchSpace, key: dict | None = None) -> CostTable:
@@ -498,9 +587,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
         row |= {"level": level, "choices": choices}
     pred = np.array([r["predicted_ms"] for r in rows])
     real = np.array([r["measured_ms"] for r in rows])
-    import scipy.stats  # here, not at import: scipy.stats adds seconds to every CLI start
-
-    tau = float(scipy.stats.kendalltau(pred, real).statistic) if samples > 1 else float("nan")
+    tau = kendall_tau(pred, real)
     speed = machine_speed(meta, noise.start_ms, gauges, gauge_rows)
     # the same check with the machine's speed now expressed at its speed during the build:
     # what the table gets wrong, rather than the machine (no gauge: as measured)
@@ -514,6 +601,7 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     return {"kendall_tau": tau, "mape": _mape(pred, real),
             "noise_ceiling": ceiling.to_dict() if ceiling else None,
             "tau_vs_ceiling_sds": round(gap, 2) if gap is not None else None,
+            "refit": refit_scores(table, space, nets, real, ceiling),
             "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": noise.to_dict(),
             "allocator": {"table": recorded_allocator(meta), "check": allocator},
@@ -531,9 +619,19 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
 
 
 def gauge_nets(meta: dict, space: SearchSpace) -> list[dict]:
-    """Up to ``SPEED_NETS`` of the table's calibration nets that ``space`` can build, with a
-    positive time, spread over the build's order: timed again by ``lut check``, they gauge the
-    machine's speed against the build. Malformed entries are skipped."""
+    """Up to ``SPEED_NETS`` of the table's calibration nets that ``space`` can build
+    (``buildable_nets``), spread over the build's order: timed again by ``lut check``, they
+    gauge the machine's speed against the build."""
+    usable = buildable_nets(meta, space)
+    if len(usable) <= SPEED_NETS:
+        return usable
+    # spread over the list: builds before 2026-12-06 timed their nets one after the other
+    return [usable[round(i * (len(usable) - 1) / (SPEED_NETS - 1))] for i in range(SPEED_NETS)]
+
+
+def buildable_nets(meta: dict, space: SearchSpace) -> list[dict]:
+    """The table's calibration nets that ``space`` can build, with a positive time, in order;
+    malformed entries are skipped."""
     nets = meta.get("calibration_nets")
     if not isinstance(nets, list):
         return []
@@ -547,11 +645,7 @@ def gauge_nets(meta: dict, space: SearchSpace) -> list[dict]:
         return set(choices) == set(layers) and all(
             isinstance(op, str) and op in layers[name] for name, op in choices.items())  # fmt: skip
 
-    usable = [n for n in nets if buildable(n)]
-    if len(usable) <= SPEED_NETS:
-        return usable
-    # spread over the list: builds before 2026-12-06 timed their nets one after the other
-    return [usable[round(i * (len(usable) - 1) / (SPEED_NETS - 1))] for i in range(SPEED_NETS)]
+    return [n for n in nets if buildable(n)]
 
 
 def machine_speed(meta: dict, reference_now: float | None, gauges: list[dict],
@@ -576,6 +670,15 @@ def machine_speed(meta: dict, reference_now: float | None, gauges: list[dict],
         return {"ratio": statistics.median(ratios), "source": source, "reference": reference}
     return {"ratio": reference, "source": "the reference net" if reference else None,
             "reference": reference}  # fmt: skip
+
+
+def kendall_tau(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Kendall's tau of predicted against measured times (nan for fewer than 2)."""
+    if len(measured) < 2:
+        return float("nan")
+    import scipy.stats  # here, not at import: scipy.stats adds seconds to every CLI start
+
+    return float(scipy.stats.kendalltau(predicted, measured).statistic)
 
 
 def _mape(predicted: np.ndarray, measured: np.ndarray) -> float:
@@ -621,6 +724,8 @@ def _check_table(table: dict, source: str) -> None:
     for name, shape in shapes.items():
         if not isinstance(shape, list) or len(shape) != 3 or not all(map(is_count, shape)):
             raise ConfigError(source, f"shapes.{name}", f"expected [C, H, W], got {shape!r}")
+    if "isolated" in table:
+        _check_isolated(table, source)
     if not is_finite_number(table["scale"]) or not 0 < table["scale"] <= MAX_MS:
         raise ConfigError(source, "scale", f"expected a positive number, got {table['scale']!r}")
     if not is_finite_number(table["overhead_ms"]) or abs(table["overhead_ms"]) > MAX_MS:
@@ -664,6 +769,25 @@ def _check_table(table: dict, source: str) -> None:
             "meta.runtime",
             f"expected one of {', '.join(RUNTIMES.names())}, got {runtime!r}",
         )
+
+
+def _check_isolated(table: dict, source: str) -> None:
+    """``isolated``, the entries as timed before the calibration: the same layers and ops as
+    ``layers``, in milliseconds (a refit starts from them)."""
+    isolated = table["isolated"]
+    if not isinstance(isolated, dict) or not isinstance(isolated.get("layers"), dict):
+        raise ConfigError(source, "isolated", "expected a mapping with fixed and layers, the "
+                          "entries as timed")  # fmt: skip
+    _check_ms(isolated.get("fixed"), source, "isolated.fixed")
+    layers = isolated["layers"]
+    for name, ops in table["layers"].items():
+        if not isinstance(layers.get(name), dict) or set(layers[name]) != set(ops):
+            raise ConfigError(
+                source,
+                f"isolated.layers.{name}",
+                f"expected timings of the same ops as layers.{name}",
+            )
+        _check_ms(layers[name], source, f"isolated.layers.{name}")
 
 
 def _head_text(head: dict | None) -> str:
@@ -838,24 +962,24 @@ def recorded_allocator(meta: dict) -> str:
     return meta.get("allocator", untouched())
 
 
-def allocator_warning(allocator: dict, path: Path) -> str | None:
+def allocator_warning(allocator: dict, path: Path, now: str = "this check") -> str | None:
     """One line when a check timed under another allocator than the table at ``path`` was
     (``check_lut``'s ``allocator``; ``dnas.allocator``): a net's time can differ by a quarter
     between the two, as it can where the environment sets glibc's thresholds."""
     if allocator["table"] == allocator["check"]:
         return None
-    return (f"warning: {path} was timed with {allocator['table']}, this check with "
+    return (f"warning: {path} was timed with {allocator['table']}, {now} with "
             f"{allocator['check']}: a net's time differs between the two (dnas.allocator), so "
             f"the errors include that")  # fmt: skip
 
 
-def machine_warning(machine: dict, path: Path) -> str | None:
+def machine_warning(machine: dict, path: Path, now: str = "this check") -> str | None:
     """One line when a check runs on another device than the table at ``path`` was built on
     (``check_lut``'s ``machine``; tables from before 2026-12-07 name a CPU only as "cpu"): its
     errors then measure the difference between the two devices as much as the table."""
     if machine["table"] in (None, "cpu") or machine["table"] == machine["check"]:
         return None
-    return (f"warning: {path} was built on {machine['table']}, this check runs on "
+    return (f"warning: {path} was built on {machine['table']}, {now} runs on "
             f"{machine['check']}: the errors include the difference between the two devices "
             f"(build a table here to model this one)")  # fmt: skip
 
@@ -887,9 +1011,17 @@ def ranking_line(report: dict) -> str | None:
                 f"measurements can tell")  # fmt: skip
     speed = report.get("speed_vs_build")
     moved = f" (the machine took {speed:.2f}x as long as at the build)" if speed else ""
-    return (f"ranking: tau {report['kendall_tau']:.3f} is {-gap:.1f} sd below the noise ceiling: "
-            f"the table ranks these nets otherwise than they run now, beyond this check's "
-            f"noise{moved}; build it again while the machine is steady")  # fmt: skip
+    below = (f"ranking: tau {report['kendall_tau']:.3f} is {-gap:.1f} sd below the noise "
+             f"ceiling: the table ranks these nets otherwise than they run now, beyond this "
+             f"check's noise{moved}")  # fmt: skip
+    refit = report.get("refit") or {}
+    refit_gap = refit.get("tau_vs_ceiling_sds")
+    if refit_gap is not None and refit_gap >= -BELOW_CEILING_SDS:
+        return (f"{below}; but its entries, with scales and overhead refitted to the other "
+                f"checked nets, rank them at tau {refit['kendall_tau']:.3f} ({refit_gap:+.1f} "
+                f"sd): the entries hold and the calibration is another spell's than the "
+                f"machine's now; refit it here with 'dnas lut recalibrate'")  # fmt: skip
+    return f"{below}; build it again while the machine is steady"
 
 
 def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
@@ -1000,6 +1132,29 @@ def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpac
         ) from None
 
 
+def timed_table(table_path: Path, runtime: str | None,
+                space: str | None) -> tuple[dict, SearchSpace]:  # fmt: skip
+    """The table that ``lut check`` or ``lut recalibrate`` times nets of, and its space
+    (``checked_space``), validated before any timing: ``--runtime``, if given, must be the
+    table's, and the table must cover the space."""
+    table = read_lut(table_path)
+    meta, recorded_runtime = table["meta"], table_runtime(table)
+    if runtime is not None:
+        try:
+            RUNTIMES.get(runtime)
+        except DnasError as exc:  # the registry's line, naming the registered runtimes
+            raise click.BadParameter(str(exc), param_hint="'--runtime'") from None
+    if runtime is not None and runtime != recorded_runtime:
+        raise DnasError(f"{table_path}: measured in {recorded_runtime}, not {runtime}; build a "
+                        f"table with 'dnas lut build --runtime {runtime}' to time that "
+                        "runtime")  # fmt: skip
+    search_space = checked_space(meta, space, table_path)
+    LatencyCostModel(LatencyOptions(str(table_path))).table(
+        search_space, tuple(meta["input"]), meta["num_outputs"]
+    )  # validates coverage
+    return table, search_space
+
+
 @lut.command("check", epilog=example("dnas lut check --table lut.json --samples 30"))
 @click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
 @click.option("--space", help="Search space (default: the table's own, by its file or name).")
@@ -1016,21 +1171,8 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
     noise ceiling); and of the table's own fastest nets at 25, 50 and 75 % of the space's MAC
     range."""
 
-    table = read_lut(table_path)
+    table, search_space = timed_table(table_path, runtime, space)
     meta, recorded_runtime = table["meta"], table_runtime(table)
-    if runtime is not None:
-        try:
-            RUNTIMES.get(runtime)
-        except DnasError as exc:  # the registry's line, naming the registered runtimes
-            raise click.BadParameter(str(exc), param_hint="'--runtime'") from None
-    if runtime is not None and runtime != recorded_runtime:
-        raise DnasError(f"{table_path}: measured in {recorded_runtime}, not {runtime}; build a "
-                        f"table with 'dnas lut build --runtime {runtime}' to check that "
-                        "runtime")  # fmt: skip
-    search_space = checked_space(meta, space, table_path)
-    LatencyCostModel(LatencyOptions(str(table_path))).table(
-        search_space, tuple(meta["input"]), meta["num_outputs"]
-    )  # validates coverage
     bench = make_bench(recorded_runtime, meta["device"], meta["threads"], min_time, rounds,
                        max_spread, max_drift, max_speed_change, allow_noise,
                        in_process)  # fmt: skip
@@ -1065,6 +1207,10 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
         click.echo("noise ceiling: needs --rounds 2 or more")
     if line := ranking_line(report):
         click.echo(line)
+    if refit := report["refit"]:
+        click.echo(f"refitted: the table's entries with scales and overhead fitted to the other "
+                   f"checked nets (leave-one-out) get tau {refit['kendall_tau']:.3f}, MAPE "
+                   f"{refit['mape']:.2f} %")  # fmt: skip
     if report["picked"]:
         errors = ", ".join(f"{100 * r['level']:.0f} % {r['predicted_ms']:.3f} vs "
                            f"{r['measured_ms']:.3f} ms" for r in report["picked"])  # fmt: skip
@@ -1078,6 +1224,50 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
                    f"as long as at the build; MAPE at the build's speed "
                    f"{report['mape_at_build_speed']:.2f} %{picks}")  # fmt: skip
     click.echo(noise_line(report["noise"]))
+
+
+@lut.command("recalibrate",
+             epilog=example("dnas lut recalibrate --table lut.json -o lut-now.json"))  # fmt: skip
+@click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
+@click.option("--runtime", help="The runtime to time in (default and only choice: the table's).")
+@noise_options
+@out_opt("output", file=True)
+@click.option("--force", is_flag=True)
+def lut_recalibrate(table_path: Path, runtime: str | None, min_time: float, rounds: int,
+                    max_spread: float, max_drift: float, max_speed_change: float,
+                    allow_noise: bool, in_process: bool, output: Path,
+                    force: bool) -> None:  # fmt: skip
+    """Fit a table's scales and overhead anew to its own calibration nets timed now, keeping
+    its op entries: the table moved into the machine's present speed and spell, for the time
+    of its nets alone (a build times every op as well). lut check says when a table needs it."""
+    from dnas.cli import guard_output
+
+    guard_output(output, force)
+    table, space = timed_table(table_path, runtime, None)
+    meta = table["meta"]
+    bench = make_bench(table_runtime(table), meta["device"], meta["threads"], min_time, rounds,
+                       max_spread, max_drift, max_speed_change, allow_noise,
+                       in_process)  # fmt: skip
+    fitted = recalibrate_lut(table, space, bench, str(table_path))
+    new = fitted["meta"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, json.dumps(fitted, indent=1))
+    done = new["recalibrations"][-1]
+    for warning in (
+        machine_warning({"table": meta.get("device_name"), "check": done["device_name"]},
+                        table_path, "this refit"),
+        allocator_warning({"table": done["allocator_before"], "check": new["allocator"]},
+                          table_path, "this refit"),
+    ):  # fmt: skip
+        if warning:
+            click.echo(warning, err=True)
+    nets = len(new["calibration_nets"])
+    click.echo(f"wrote {output}: its {nets} calibration networks took "
+               f"{done['nets_vs_before']:.3f}x their times at the last calibration; "
+               f"{calibration_text(new['calibration_fit'], nets)}")  # fmt: skip
+    click.echo(noise_line(new["noise"]))
+    if warning := unsteady_warning(new["noise"], "the refit", "meta.noise.unsteady"):
+        click.echo(warning, err=True)
 
 
 COMMANDS.register("lut")(lut)

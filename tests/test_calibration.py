@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cost_models.calibration import FIXED, SCALE_BOUNDS, Sample, calibrate
+from cost_models.calibration import FIXED, SCALE_BOUNDS, Sample, calibrate, leave_one_out
 
 
 def synthetic(n: int, scales: dict[str, float], overhead: float, fixed: float = 2.0,
@@ -72,3 +72,20 @@ def test_scales_are_bounded_and_the_cheapest_net_stays_positive():
     assert SCALE_BOUNDS[0] <= fit.scales["a"] <= SCALE_BOUNDS[1]
     assert fit.predict({"a": 0.1}) > 0
     assert calibrate([], lowest={}).scales == {}
+
+
+def test_leave_one_out_predicts_each_net_from_a_fit_on_the_others():
+    """Exact timings: every net predicted as timed. One net timed 3x too slow: its own
+    prediction comes from the others and stays near the truth, and so it shows the whole error,
+    where a fit that saw it would have moved towards it."""
+    truth = {"64x64": 0.7, "32x32": 1.3}
+    samples = synthetic(12, truth, 0.4)
+    exact = np.array([s.measured_ms for s in samples])
+    assert leave_one_out(samples, {FIXED: 2.0}) == pytest.approx(exact, rel=0.01)
+    slow = [*samples[:-1], Sample(samples[-1].parts, 3 * samples[-1].measured_ms)]
+    pred = leave_one_out(slow, {FIXED: 2.0})
+    assert pred[-1] == pytest.approx(exact[-1], rel=0.01)
+    seen = calibrate(slow, {FIXED: 2.0}, heldout_fraction=0).predict(slow[-1].parts)
+    assert seen > 1.02 * exact[-1]  # pulled 3 % towards the slow timing
+    by_hand = calibrate(slow[1:], {FIXED: 2.0}, heldout_fraction=0).predict(slow[0].parts)
+    assert pred[0] == pytest.approx(by_hand)

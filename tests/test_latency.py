@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import TINY_SPACE, quick_bench, write_experiment
 
 from cost_models import latency
-from cost_models.fidelity import noise_ceiling
+from cost_models.fidelity import NoiseCeiling, noise_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.latency import (
     PICK_BAND,
@@ -27,12 +27,15 @@ from cost_models.latency import (
     TimingPass,
     build_lut,
     calibration_text,
+    entries_as_timed,
     gauge_nets,
+    group_parts,
     machine_speed,
     machine_warning,
     picked_choices,
     predict_ms,
     reference_choices,
+    refit_scores,
     time_forwards,
     time_pass,
     warm_up_seconds,
@@ -43,6 +46,7 @@ from dnas.allocator import keep_freed_memory
 from dnas.cli import cli
 from dnas.engine.runtime import device_name
 from dnas.errors import DnasError
+from dnas.space.choices import uniform_choices
 from dnas.space.graph import load_space
 
 
@@ -262,6 +266,7 @@ def test_cli_build_check_and_a_latency_search(tmp_path, real_mpii_root):
     built = json.loads(table.read_text())["meta"]["calibration_nets"]
     assert [n["build_ms"] for n in report["gauge_nets"]] == [n["measured_ms"] for n in built]
     assert report["reference_vs_build"] > 0  # the reference net's ratio is still reported
+    assert report["refit"] is None  # 3 nets: too few to refit the table's scales to
     errors = [abs(r["predicted_ms"] - r["measured_ms"] / speed) / (r["measured_ms"] / speed)
               for r in report["rows"]]  # fmt: skip
     expected = 100 * sum(errors) / len(errors)
@@ -539,3 +544,95 @@ def test_device_name_reads_the_cpu_model_family_and_model(tmp_path, monkeypatch)
     monkeypatch.setattr("platform.processor", lambda: "arm")
     assert device_name(cpu, tmp_path / "absent") == "arm"
     assert device_name(torch.device("mps"), info) == "mps"  # not the host CPU's name
+
+
+def test_a_refit_to_the_checked_nets_tells_another_spell_from_wrong_entries(lut):
+    """``refit_scores``: nets timed in a spell that moved each resolution's ops by its own
+    factor (exactly the entries' sums, rescaled) are ranked and timed exactly once the scales
+    are refitted to the other nets, whatever the table's own scales say; the tau is read in
+    sds of the check's ceiling. Nothing to refit from: no entries as timed, or too few nets."""
+    space, table, _ = lut
+    raw = entries_as_timed(table)
+    assert raw["layers"] == table["isolated"]["layers"] and raw["shapes"] == table["shapes"]
+    rng = np.random.default_rng(3)
+    nets = [uniform_choices(space.searchable_layers, rng) for _ in range(12)]
+    groups = sorted({g for n in nets for g in group_parts(raw, space, n)} - {"fixed"})
+    spell = {g: (1.6, 0.6)[i % 2] for i, g in enumerate(groups)}
+    measured = np.array([sum(ms * spell.get(g, 1.0) for g, ms in group_parts(raw, space, n)
+                             .items()) + 0.3 for n in nets])  # fmt: skip
+    ceiling = NoiseCeiling(kendall_tau=0.9, mape=1.0, pass_sd=3.0, kendall_tau_sd=0.05)
+    refit = refit_scores(table, space, nets, measured, ceiling)
+    assert refit["mape"] < 1.0 and refit["kendall_tau"] > 0.95
+    assert refit["tau_vs_ceiling_sds"] == pytest.approx((refit["kendall_tau"] - 0.9) / 0.05,
+                                                        abs=0.01)  # fmt: skip
+    assert refit_scores(table, space, nets, measured, None)["tau_vs_ceiling_sds"] is None
+    bare = {k: v for k, v in table.items() if k != "isolated"}
+    assert (
+        entries_as_timed(bare) is None and refit_scores(bare, space, nets, measured, None) is None
+    )
+    assert refit_scores(table, space, nets[:7], measured[:7], ceiling) is None
+
+
+def test_lut_recalibrate_refits_the_scales_to_the_calibration_nets_timed_now(lut, tmp_path):
+    """The entries as timed and the calibration nets stay; the nets' times, the fit, the scaled
+    entries and the noise are the refit's; the fit it replaced is kept, refit after refit."""
+    _, table, path = lut
+    out, again = tmp_path / "now.json", tmp_path / "again.json"
+    args = ["--min-time", "0.01", "--rounds", "2", "--in-process", "--allow-noise"]
+    result = CliRunner().invoke(cli, ["lut", "recalibrate", "--table", str(path), "-o", str(out),
+                                      *args])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    new = json.loads(out.read_text())
+    meta, old = new["meta"], table["meta"]
+    done = meta["recalibrations"]
+    assert len(done) == 1 and done[0]["fit_before"] == old["calibration_fit"]
+    assert new["isolated"] == table["isolated"] and new["shapes"] == table["shapes"]
+    before, now = old["calibration_nets"], meta["calibration_nets"]
+    assert [n["choices"] for n in now] == [n["choices"] for n in before]
+    ratios = [a["measured_ms"] / b["measured_ms"] for a, b in zip(now, before, strict=True)]
+    assert done[0]["nets_vs_before"] == pytest.approx(statistics.median(ratios), abs=1e-3)
+    fit = meta["calibration_fit"]
+    assert fit["heldout_nets"] == 2 and new["overhead_ms"] == pytest.approx(
+        fit["overhead_ms"], abs=1e-4
+    )
+    for name, ops in new["layers"].items():
+        scale = fit["scales"][latency.group_of(new, name)]
+        for op, ms in ops.items():
+            assert ms == pytest.approx(scale * table["isolated"]["layers"][name][op], rel=1e-4)
+    assert meta["noise"] != old["noise"] and meta["date"] == old["date"]  # the entries' date
+    line = result.output.strip().splitlines()[0]
+    assert line.startswith(f"wrote {out}: its 8 calibration networks took ")
+    assert "x their times at the last calibration; calibrated on 8 networks" in line
+    second = CliRunner().invoke(cli, ["lut", "recalibrate", "--table", str(out), "-o",
+                                      str(again), *args])  # fmt: skip
+    assert second.exit_code == 0, second.output
+    history = json.loads(again.read_text())["meta"]["recalibrations"]
+    assert len(history) == 2 and history[1]["fit_before"] == fit
+    kept = CliRunner().invoke(cli, ["lut", "recalibrate", "--table", str(path), "-o", str(out)])
+    assert kept.exit_code == 1 and "already exists; pass --force" in kept.output
+
+
+def test_lut_recalibrate_refuses_a_table_it_cannot_refit_in_one_line(lut, tmp_path):
+    _, table, path = lut
+    nets = table["meta"]["calibration_nets"]
+    first = next(iter(table["layers"]))
+    cases = {
+        "isolated: missing: the entries as timed": {"isolated": None},
+        "meta.calibration_nets: expected 8 or more networks this space can build (the build's "
+        "--calibration), got 5 of 5": {"meta": table["meta"] | {"calibration_nets": nets[:5]}},
+        f"isolated.layers.{first}: expected timings of the same ops as layers.{first}":
+            {"isolated": table["isolated"] | {"layers": table["isolated"]["layers"] | {
+                first: {"k9e9": 1.0}}}},
+    }  # fmt: skip
+    for message, change in cases.items():
+        data = {k: v for k, v in (table | change).items() if v is not None}
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(data))
+        out = tmp_path / "out.json"
+        result = CliRunner().invoke(cli, ["lut", "recalibrate", "--table", str(bad), "-o",
+                                          str(out), "--rounds", "1", "--in-process"])  # fmt: skip
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+    other = CliRunner().invoke(cli, ["lut", "recalibrate", "--table", str(path), "-o", str(out),
+                                     "--runtime", "onnxruntime"])  # fmt: skip
+    assert other.exit_code == 1 and "measured in torch, not onnxruntime" in other.output
