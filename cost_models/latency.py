@@ -1220,8 +1220,9 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
     if report["speed_vs_build"] is not None:
         picks = (f" (the picks' {report['picked_mape_at_build_speed']:.2f} %)"
                  if report["picked"] else "")  # fmt: skip
+        then = "its last recalibration" if meta.get("recalibrations") else "the build"
         click.echo(f"machine speed: {report['speed_from']} took {report['speed_vs_build']:.3f}x "
-                   f"as long as at the build; MAPE at the build's speed "
+                   f"as long as at {then}; MAPE at that speed "
                    f"{report['mape_at_build_speed']:.2f} %{picks}")  # fmt: skip
     click.echo(noise_line(report["noise"]))
 

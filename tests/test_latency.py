@@ -608,6 +608,12 @@ def test_lut_recalibrate_refits_the_scales_to_the_calibration_nets_timed_now(lut
     assert second.exit_code == 0, second.output
     history = json.loads(again.read_text())["meta"]["recalibrations"]
     assert len(history) == 2 and history[1]["fit_before"] == fit
+    check = CliRunner().invoke(cli, ["lut", "check", "--table", str(out), "--samples", "2",
+                                     "--rounds", "1", "--min-time", "0.01", "--allow-noise",
+                                     "--in-process"])  # fmt: skip
+    assert check.exit_code == 0, check.output
+    assert "calibration nets took" in check.output  # gauged against the refit, and says so
+    assert "x as long as at its last recalibration; MAPE at that speed" in check.output
     kept = CliRunner().invoke(cli, ["lut", "recalibrate", "--table", str(path), "-o", str(out)])
     assert kept.exit_code == 1 and "already exists; pass --force" in kept.output
 
