@@ -394,11 +394,51 @@ def fit_entries(raw: dict, space: SearchSpace, nets: list[dict[str, str]],
 
 def entries_as_timed(table: dict) -> dict | None:
     """The table's entries before its calibration (``isolated``, which ``apply_calibration``
-    keeps) with their shapes, or None for a table that does not keep them."""
-    isolated = table.get("isolated")
-    if not isinstance(isolated, dict):
+    keeps) with their shapes, or None where they cannot start a refit (``isolated_problem``)."""
+    if isolated_problem(table):
         return None
+    isolated = table["isolated"]
     return {"fixed": isolated["fixed"], "layers": isolated["layers"], "shapes": table["shapes"]}
+
+
+def isolated_problem(table: dict) -> tuple[str, str] | None:
+    """Why a table's ``isolated`` entries cannot start a refit, as (key, what was expected):
+    they must time the same fixed entries and ops as ``fixed`` and ``layers``, in
+    milliseconds. None where they can."""
+    isolated = table.get("isolated")
+    if not (isinstance(isolated, dict) and isinstance(isolated.get("fixed"), dict)
+            and isinstance(isolated.get("layers"), dict)):  # fmt: skip
+        return "isolated", ("a mapping with fixed and layers, the entries as timed, which a "
+                            "refit starts from (tables from dnas lut build keep them; build "
+                            "the table again)")  # fmt: skip
+    if set(isolated["fixed"]) != set(table["fixed"]):
+        return "isolated.fixed", "timings of the same entries as fixed"
+    entries = [("isolated.fixed", isolated["fixed"])]
+    for name, ops in table["layers"].items():
+        timed = isolated["layers"].get(name)
+        if not isinstance(timed, dict) or set(timed) != set(ops):
+            return f"isolated.layers.{name}", f"timings of the same ops as layers.{name}"
+        entries.append((f"isolated.layers.{name}", timed))
+    for key, timed in entries:
+        for op, ms in timed.items():
+            if not is_finite_number(ms) or not 0 <= ms <= MAX_MS:
+                return f"{key}.{op}", f"milliseconds in [0, {MAX_MS:g}], got {ms!r}"
+    return None
+
+
+def refit_nets_problem(meta: dict, space: SearchSpace) -> str | None:
+    """Why the table's calibration nets cannot be timed again for a refit (at least
+    ``MIN_REFIT``, every one buildable by ``space``), or None where they can."""
+    recorded = meta.get("calibration_nets")
+    count = len(recorded) if isinstance(recorded, list) else 0
+    if count < MIN_REFIT:
+        return (f"expected a list of {MIN_REFIT} or more networks (the build's --calibration), "
+                f"got {count}")  # fmt: skip
+    unusable = count - len(buildable_nets(meta, space))
+    if unusable:
+        return (f"expected networks this space can build, each with its choices and a positive "
+                f"measured_ms; {unusable} of {count} are not")  # fmt: skip
+    return None
 
 
 def recalibrate_lut(table: dict, space: SearchSpace, bench: Bench, source: str,
@@ -409,22 +449,12 @@ def recalibrate_lut(table: dict, space: SearchSpace, bench: Bench, source: str,
     present speed and spell for the price of timing the nets alone. The fit it replaces is
     kept in ``meta.recalibrations``, with the nets' time now over their time then."""
     meta = table["meta"]
-    raw = entries_as_timed(table)
-    if raw is None:
-        raise ConfigError(
-            source,
-            "isolated",
-            "missing: the entries as timed, which a refit needs (tables from dnas lut build "
-            "keep them); build the table again",
-        )
-    nets = buildable_nets(meta, space)
-    if len(nets) < MIN_REFIT or len(nets) != len(meta.get("calibration_nets") or []):
-        raise ConfigError(
-            source,
-            "meta.calibration_nets",
-            f"expected {MIN_REFIT} or more networks this space can build (the build's "
-            f"--calibration), got {len(nets)} of {len(meta.get('calibration_nets') or [])}",
-        )
+    if problem := isolated_problem(table):
+        key, expected = problem
+        raise ConfigError(source, key, f"expected {expected}")
+    if problem := refit_nets_problem(meta, space):
+        raise ConfigError(source, "meta.calibration_nets", problem)
+    raw, nets = entries_as_timed(table), buildable_nets(meta, space)
     bench = replace(bench, keep_memory=recorded_allocator(meta) == KEPT)
     choices = [n["choices"] for n in nets]
     plan = TimingPass(bench, space, tuple(meta["input"]), meta["num_outputs"], meta["batch"],
@@ -435,8 +465,7 @@ def recalibrate_lut(table: dict, space: SearchSpace, bench: Bench, source: str,
     fitted, fit = fit_entries(raw, space, choices, timings)
     measured = [t.median_ms for t in timings]
     ratio = statistics.median(ms / n["measured_ms"] for ms, n in zip(measured, nets, strict=True))
-    history = meta.get("recalibrations")
-    history = history if isinstance(history, list) else []
+    history = meta.get("recalibrations", [])  # a list (``_check_table``)
     fitted["meta"] = meta | {
         "calibration_fit": fit, "noise": noise.to_dict(), "allocator": allocator,
         "calibration_nets": [{"choices": c, "measured_ms": round(ms, 5)}
@@ -445,6 +474,8 @@ def recalibrate_lut(table: dict, space: SearchSpace, bench: Bench, source: str,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device_name": device_name(bench.runtime.device), "nets_vs_before": round(ratio, 4),
             "rounds": bench.policy.rounds, "fresh_processes": fresh_passes(bench.policy),
+            "min_time": bench.min_time, "torch": torch.__version__,
+            "runtime_version": bench.runtime.version,
             "fit_before": meta.get("calibration_fit"),
             "allocator_before": recorded_allocator(meta)}],
     }  # fmt: skip
@@ -467,7 +498,9 @@ def refit_scores(table: dict, space: SearchSpace, nets: list[dict[str, str]],
     tau = kendall_tau(pred, measured)
     gap = ceiling.tau_gap(tau) if ceiling else None
     return {"kendall_tau": round(tau, 4), "mape": round(_mape(pred, measured), 4),
-            "tau_vs_ceiling_sds": round(gap, 2) if gap is not None else None}  # fmt: skip
+            "tau_vs_ceiling_sds": round(gap, 2) if gap is not None else None,
+            # whether ``lut recalibrate`` can refit this table
+            "recalibratable": refit_nets_problem(table["meta"], space) is None}  # fmt: skip
 
 
 def lut_cost_table(lut: dict, space: SearchSpace, key: dict | None = None) -> CostTable:
@@ -602,6 +635,8 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
             "noise_ceiling": ceiling.to_dict() if ceiling else None,
             "tau_vs_ceiling_sds": round(gap, 2) if gap is not None else None,
             "refit": refit_scores(table, space, nets, real, ceiling),
+            # the machine's speed and MAPE "at build speed" are then against the last refit
+            "recalibrated": bool(meta.get("recalibrations")),
             "mape_at_build_speed": _mape(pred, steady),
             "samples": samples, "runtime": bench.runtime.name, "noise": noise.to_dict(),
             "allocator": {"table": recorded_allocator(meta), "check": allocator},
@@ -724,8 +759,6 @@ def _check_table(table: dict, source: str) -> None:
     for name, shape in shapes.items():
         if not isinstance(shape, list) or len(shape) != 3 or not all(map(is_count, shape)):
             raise ConfigError(source, f"shapes.{name}", f"expected [C, H, W], got {shape!r}")
-    if "isolated" in table:
-        _check_isolated(table, source)
     if not is_finite_number(table["scale"]) or not 0 < table["scale"] <= MAX_MS:
         raise ConfigError(source, "scale", f"expected a positive number, got {table['scale']!r}")
     if not is_finite_number(table["overhead_ms"]) or abs(table["overhead_ms"]) > MAX_MS:
@@ -751,6 +784,9 @@ def _check_table(table: dict, source: str) -> None:
             raise ConfigError(source, f"meta.{key}", "missing required key")
         if not ok(meta[key]):
             raise ConfigError(source, f"meta.{key}", f"expected {expected}, got {meta[key]!r}")
+    if not isinstance(meta.get("recalibrations", []), list):
+        raise ConfigError(source, "meta.recalibrations", "expected the list that dnas lut "
+                          f"recalibrate writes, got {meta['recalibrations']!r}")  # fmt: skip
     if not isinstance(meta.get("space_dict", {}), dict):
         raise ConfigError(source, "meta.space_dict", "expected the space's mapping that dnas lut "
                           f"build writes, got {meta['space_dict']!r}")  # fmt: skip
@@ -769,25 +805,6 @@ def _check_table(table: dict, source: str) -> None:
             "meta.runtime",
             f"expected one of {', '.join(RUNTIMES.names())}, got {runtime!r}",
         )
-
-
-def _check_isolated(table: dict, source: str) -> None:
-    """``isolated``, the entries as timed before the calibration: the same layers and ops as
-    ``layers``, in milliseconds (a refit starts from them)."""
-    isolated = table["isolated"]
-    if not isinstance(isolated, dict) or not isinstance(isolated.get("layers"), dict):
-        raise ConfigError(source, "isolated", "expected a mapping with fixed and layers, the "
-                          "entries as timed")  # fmt: skip
-    _check_ms(isolated.get("fixed"), source, "isolated.fixed")
-    layers = isolated["layers"]
-    for name, ops in table["layers"].items():
-        if not isinstance(layers.get(name), dict) or set(layers[name]) != set(ops):
-            raise ConfigError(
-                source,
-                f"isolated.layers.{name}",
-                f"expected timings of the same ops as layers.{name}",
-            )
-        _check_ms(layers[name], source, f"isolated.layers.{name}")
 
 
 def _head_text(head: dict | None) -> str:
@@ -1010,18 +1027,25 @@ def ranking_line(report: dict) -> str | None:
                 f"ceiling, not below it beyond noise: the table ranks these nets as well as these "
                 f"measurements can tell")  # fmt: skip
     speed = report.get("speed_vs_build")
-    moved = f" (the machine took {speed:.2f}x as long as at the build)" if speed else ""
+    moved = f" (the machine took {speed:.2f}x as long as at {since(report)})" if speed else ""
     below = (f"ranking: tau {report['kendall_tau']:.3f} is {-gap:.1f} sd below the noise "
              f"ceiling: the table ranks these nets otherwise than they run now, beyond this "
              f"check's noise{moved}")  # fmt: skip
     refit = report.get("refit") or {}
     refit_gap = refit.get("tau_vs_ceiling_sds")
-    if refit_gap is not None and refit_gap >= -BELOW_CEILING_SDS:
+    if refit_gap is not None and refit_gap >= -BELOW_CEILING_SDS and refit.get("recalibratable"):
         return (f"{below}; but its entries, with scales and overhead refitted to the other "
                 f"checked nets, rank them at tau {refit['kendall_tau']:.3f} ({refit_gap:+.1f} "
-                f"sd): the entries hold and the calibration is another spell's than the "
-                f"machine's now; refit it here with 'dnas lut recalibrate'")  # fmt: skip
+                f"sd): the entries hold, and the scales and overhead fitted at "
+                f"{since(report)} do not fit the machine now; refit them here with "
+                f"'dnas lut recalibrate'")  # fmt: skip
     return f"{below}; build it again while the machine is steady"
+
+
+def since(report: dict) -> str:
+    """What ``lut check`` measured the machine's speed against: the build, or the table's last
+    ``lut recalibrate``, which timed the gauge nets again."""
+    return "its last recalibration" if report.get("recalibrated") else "the build"
 
 
 def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
@@ -1200,7 +1224,7 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
         click.echo(f"noise ceiling: a table without error would get tau about "
                    f"{ceiling['kendall_tau']:.3f} (+-{ceiling['kendall_tau_sd']:.3f} from check "
                    f"to check) and, the machine's level aside, MAPE about "
-                   f"{ceiling['mape']:.2f} % (compare the MAPE at the build's speed) against "
+                   f"{ceiling['mape']:.2f} % (compare the MAPE at {since(report)}'s speed) against "
                    f"these measurements (a net's time moved {ceiling['pass_sd']:.1f} % from pass "
                    f"to pass beyond the speed the pass shared)")  # fmt: skip
     else:
@@ -1220,9 +1244,8 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
     if report["speed_vs_build"] is not None:
         picks = (f" (the picks' {report['picked_mape_at_build_speed']:.2f} %)"
                  if report["picked"] else "")  # fmt: skip
-        then = "its last recalibration" if meta.get("recalibrations") else "the build"
         click.echo(f"machine speed: {report['speed_from']} took {report['speed_vs_build']:.3f}x "
-                   f"as long as at {then}; MAPE at that speed "
+                   f"as long as at {since(report)}; MAPE at that speed "
                    f"{report['mape_at_build_speed']:.2f} %{picks}")  # fmt: skip
     click.echo(noise_line(report["noise"]))
 
@@ -1230,12 +1253,13 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
 @lut.command("recalibrate",
              epilog=example("dnas lut recalibrate --table lut.json -o lut-now.json"))  # fmt: skip
 @click.option("--table", "table_path", type=click.Path(path_type=Path), required=True)
+@click.option("--space", help="Search space (default: the table's own, by its file or name).")
 @click.option("--runtime", help="The runtime to time in (default and only choice: the table's).")
 @noise_options
 @out_opt("output", file=True)
 @click.option("--force", is_flag=True)
-def lut_recalibrate(table_path: Path, runtime: str | None, min_time: float, rounds: int,
-                    max_spread: float, max_drift: float, max_speed_change: float,
+def lut_recalibrate(table_path: Path, space: str | None, runtime: str | None, min_time: float,
+                    rounds: int, max_spread: float, max_drift: float, max_speed_change: float,
                     allow_noise: bool, in_process: bool, output: Path,
                     force: bool) -> None:  # fmt: skip
     """Fit a table's scales and overhead anew to its own calibration nets timed now, keeping
@@ -1244,12 +1268,12 @@ def lut_recalibrate(table_path: Path, runtime: str | None, min_time: float, roun
     from dnas.cli import guard_output
 
     guard_output(output, force)
-    table, space = timed_table(table_path, runtime, None)
+    table, search_space = timed_table(table_path, runtime, space)
     meta = table["meta"]
     bench = make_bench(table_runtime(table), meta["device"], meta["threads"], min_time, rounds,
                        max_spread, max_drift, max_speed_change, allow_noise,
                        in_process)  # fmt: skip
-    fitted = recalibrate_lut(table, space, bench, str(table_path))
+    fitted = recalibrate_lut(table, search_space, bench, str(table_path))
     new = fitted["meta"]
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(fitted, indent=1))

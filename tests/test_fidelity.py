@@ -175,14 +175,17 @@ def test_a_check_s_tau_is_read_in_sds_of_its_ceiling():
     assert ranking_line({"kendall_tau": 0.7, "tau_vs_ceiling_sds": None}) is None
     # the entries, refitted to the other checked nets, within noise of the ceiling: the table's
     # calibration is another spell's, and a refit (not a build) is the remedy
-    spell = below | {"refit": {"kendall_tau": 0.741, "mape": 2.1, "tau_vs_ceiling_sds": -0.8}}
-    assert ranking_line(spell) == (
+    refit = {"kendall_tau": 0.741, "mape": 2.1, "tau_vs_ceiling_sds": -0.8, "recalibratable": True}
+    assert ranking_line(below | {"refit": refit, "recalibrated": True}) == (
         "ranking: tau 0.646 is 3.1 sd below the noise ceiling: the table ranks these nets "
         "otherwise than they run now, beyond this check's noise (the machine took 1.28x as long "
-        "as at the build); but its entries, with scales and overhead refitted to the other "
-        "checked nets, rank them at tau 0.741 (-0.8 sd): the entries hold and the calibration "
-        "is another spell's than the machine's now; refit it here with 'dnas lut recalibrate'"
+        "as at its last recalibration); but its entries, with scales and overhead refitted to "
+        "the other checked nets, rank them at tau 0.741 (-0.8 sd): the entries hold, and the "
+        "scales and overhead fitted at its last recalibration do not fit the machine now; refit "
+        "them here with 'dnas lut recalibrate'"
     )
-    for refit in ({"kendall_tau": 0.66, "mape": 5.0, "tau_vs_ceiling_sds": -2.7}, None,
-                  {"kendall_tau": 0.66, "mape": 5.0, "tau_vs_ceiling_sds": None}):  # fmt: skip
-        assert ranking_line(below | {"refit": refit}) == ranking_line(below)  # rebuild
+    # the refit as far below, none, or a table that lut recalibrate cannot refit: a build
+    for other in ({"tau_vs_ceiling_sds": -2.7}, {"tau_vs_ceiling_sds": None},
+                  {"recalibratable": False}):  # fmt: skip
+        assert ranking_line(below | {"refit": refit | other}) == ranking_line(below)
+    assert ranking_line(below | {"refit": None}) == ranking_line(below)

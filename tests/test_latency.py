@@ -566,6 +566,11 @@ def test_a_refit_to_the_checked_nets_tells_another_spell_from_wrong_entries(lut)
     assert refit["tau_vs_ceiling_sds"] == pytest.approx((refit["kendall_tau"] - 0.9) / 0.05,
                                                         abs=0.01)  # fmt: skip
     assert refit_scores(table, space, nets, measured, None)["tau_vs_ceiling_sds"] is None
+    assert refit["recalibratable"]  # 8 calibration nets the space builds
+    # entries that do not know these nets' order: no refit of a few scales puts them right
+    shuffled = np.random.default_rng(4).permutation(measured)
+    wrong = refit_scores(table, space, nets, shuffled, ceiling)
+    assert wrong["kendall_tau"] < 0.5 and wrong["tau_vs_ceiling_sds"] < -8
     bare = {k: v for k, v in table.items() if k != "isolated"}
     assert (
         entries_as_timed(bare) is None and refit_scores(bare, space, nets, measured, None) is None
@@ -608,12 +613,25 @@ def test_lut_recalibrate_refits_the_scales_to_the_calibration_nets_timed_now(lut
     assert second.exit_code == 0, second.output
     history = json.loads(again.read_text())["meta"]["recalibrations"]
     assert len(history) == 2 and history[1]["fit_before"] == fit
+    assert meta["allocator"] == old["allocator"] == keep_freed_memory()  # timed as the table
     check = CliRunner().invoke(cli, ["lut", "check", "--table", str(out), "--samples", "2",
                                      "--rounds", "1", "--min-time", "0.01", "--allow-noise",
                                      "--in-process"])  # fmt: skip
     assert check.exit_code == 0, check.output
     assert "calibration nets took" in check.output  # gauged against the refit, and says so
     assert "x as long as at its last recalibration; MAPE at that speed" in check.output
+    # the check's refit: its nets (seed 1) and their measured times, refitted leave-one-out
+    check = CliRunner().invoke(cli, ["lut", "check", "--table", str(out), "--samples", "8",
+                                     "--format", "json", *args])  # fmt: skip
+    assert check.exit_code == 0, check.output
+    report = json.loads(check.stdout)
+    rng = np.random.default_rng(1)
+    space = load_space(TINY_SPACE)
+    checked = [uniform_choices(space.searchable_layers, rng) for _ in range(8)]
+    real = np.array([r["measured_ms"] for r in report["rows"]])
+    ceiling = NoiseCeiling(**report["noise_ceiling"]) if report["noise_ceiling"] else None
+    assert report["refit"] == refit_scores(new, space, checked, real, ceiling)
+    assert report["recalibrated"] and report["refit"]["recalibratable"]
     kept = CliRunner().invoke(cli, ["lut", "recalibrate", "--table", str(path), "-o", str(out)])
     assert kept.exit_code == 1 and "already exists; pass --force" in kept.output
 
@@ -622,13 +640,26 @@ def test_lut_recalibrate_refuses_a_table_it_cannot_refit_in_one_line(lut, tmp_pa
     _, table, path = lut
     nets = table["meta"]["calibration_nets"]
     first = next(iter(table["layers"]))
+    odd = [*nets[:7], {**nets[7], "choices": {**nets[7]["choices"], first: "k9e9"}}]
+    iso = table["isolated"]
     cases = {
-        "isolated: missing: the entries as timed": {"isolated": None},
-        "meta.calibration_nets: expected 8 or more networks this space can build (the build's "
-        "--calibration), got 5 of 5": {"meta": table["meta"] | {"calibration_nets": nets[:5]}},
+        "isolated: expected a mapping with fixed and layers, the entries as timed":
+            {"isolated": None},
+        "meta.calibration_nets: expected a list of 8 or more networks (the build's "
+        "--calibration), got 5": {"meta": table["meta"] | {"calibration_nets": nets[:5]}},
+        "meta.calibration_nets: expected a list of 8 or more networks (the build's "
+        "--calibration), got 0": {"meta": table["meta"] | {"calibration_nets": 5}},
+        "meta.calibration_nets: expected networks this space can build, each with its choices "
+        "and a positive measured_ms; 1 of 8 are not":
+            {"meta": table["meta"] | {"calibration_nets": odd}},
         f"isolated.layers.{first}: expected timings of the same ops as layers.{first}":
-            {"isolated": table["isolated"] | {"layers": table["isolated"]["layers"] | {
-                first: {"k9e9": 1.0}}}},
+            {"isolated": iso | {"layers": iso["layers"] | {first: {"k9e9": 1.0}}}},
+        "isolated.fixed: expected timings of the same entries as fixed":
+            {"isolated": iso | {"fixed": {k: v for k, v in iso["fixed"].items() if k != "head"}}},
+        "isolated.fixed.head: expected milliseconds in [0, 1e+09], got -1.0":
+            {"isolated": iso | {"fixed": iso["fixed"] | {"head": -1.0}}},
+        "meta.recalibrations: expected the list that dnas lut recalibrate writes, got 'x'":
+            {"meta": table["meta"] | {"recalibrations": "x"}},
     }  # fmt: skip
     for message, change in cases.items():
         data = {k: v for k, v in (table | change).items() if v is not None}
