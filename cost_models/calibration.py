@@ -95,8 +95,8 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
 def leave_one_out(samples: Sequence[Sample], lowest: dict[str, float]) -> np.ndarray:
     """Each sample's time as predicted by the scales and overhead fitted to all the others:
     how well the entries, fitted to nets measured with these, predict a net they did not see.
-    ``lut check`` scores its nets so, to tell a table whose calibration belongs to another of
-    the machine's spells (the entries rank well once refitted) from one whose entries err."""
+    ``lut check`` scores its nets so, to tell a table whose scales and overhead no longer fit
+    the machine (the entries rank well once refitted) from one whose entries err."""
     return np.array([_fit([s for j, s in enumerate(samples) if j != i], lowest).predict(
         sample.parts) for i, sample in enumerate(samples)])  # fmt: skip
 

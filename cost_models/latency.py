@@ -486,9 +486,10 @@ def refit_scores(table: dict, space: SearchSpace, nets: list[dict[str, str]],
                  measured: np.ndarray, ceiling: NoiseCeiling | None) -> dict | None:  # fmt: skip
     """``lut check``'s nets as the table's entries predict them with scales and overhead
     refitted to the other checked nets (``leave_one_out``): their tau and MAPE, and the tau's
-    distance from the noise ceiling. Near the ceiling while the table's own tau is far below
-    it, the entries hold and the calibration is another spell's (``recalibrate_lut``). None
-    where the table keeps no entries as timed, or for fewer than ``MIN_REFIT`` nets."""
+    distance from the noise ceiling, and whether ``recalibrate_lut`` can refit the table. Near
+    the ceiling while the table's own tau is far below it, the entries hold and only their
+    scales and overhead no longer fit the machine. None where the table keeps no usable
+    entries as timed, or for fewer than ``MIN_REFIT`` nets."""
     raw = entries_as_timed(table)
     if raw is None or len(nets) < MIN_REFIT:
         return None
