@@ -133,11 +133,6 @@ def time_forwards(
             for i, name in enumerate(modules)}  # fmt: skip
 
 
-def time_forward(bench: Bench, module: nn.Module, inputs: list[torch.Tensor]) -> float:
-    """Milliseconds of one forward pass of ``module`` (``time_forwards`` of one module)."""
-    return time_forwards(bench, {"module": module}, inputs)["module"]
-
-
 def cpu_bench(runtime: str = "torch") -> Bench:
     """Timings in ``runtime`` on the CPU with torch's thread count and the CLI's defaults."""
     return Bench(get_runtime(runtime, torch.device("cpu"), torch.get_num_threads()))
