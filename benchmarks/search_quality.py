@@ -119,11 +119,13 @@ PROFILES = {
 
 
 def longer(profile: Profile, epochs: int) -> Profile:
-    """``profile`` with ``epochs`` training epochs and its learning-rate step at 80 % of them:
-    nets that learn further apart, at a cost of time linear in ``epochs``."""
+    """``profile`` with ``epochs`` training epochs and its learning-rate step at 80 % of them
+    (none in a run too short to reach it): nets that learn further apart, at a cost of time
+    linear in ``epochs``."""
     if epochs < 1:
         raise SystemExit(f"--train-epochs: expected a positive number of epochs, got {epochs}")
-    return replace(profile, train_epochs=epochs, milestones=(max(1, round(0.8 * epochs)),))
+    step = round(0.8 * epochs)
+    return replace(profile, train_epochs=epochs, milestones=(step,) if 0 < step < epochs else ())
 
 
 def experiment(profile: Profile, data: Path, device: str, out: Path, **extra) -> Path:

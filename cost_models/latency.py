@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import re
 import statistics
 import time
 import warnings
@@ -51,7 +52,7 @@ from cost_models.timing import (
 )
 from dnas.allocator import KEPT, allocator_in_use, keep_freed_memory, untouched
 from dnas.cli import SIZE, FiniteRange, example, head_outputs, out_opt, outputs_opt, set_opt
-from dnas.config import MAX_BATCH
+from dnas.config import MAX_BATCH, Experiment
 from dnas.engine.progress import counter
 from dnas.engine.runtime import device_name, pick_device
 from dnas.errors import ConfigError, DnasError, listing
@@ -64,7 +65,7 @@ from dnas.schema import from_dict, is_finite_number, is_integer, read_json, to_d
 from dnas.search.budget import cheapest_within, draw_ops, tilted_probs
 from dnas.search.cost_model import CostModel, CostTable
 from dnas.space.choices import uniform_choices
-from dnas.space.graph import Layer, SearchSpace, space_from_dict
+from dnas.space.graph import INPUT, Layer, SearchSpace, space_from_dict
 from dnas.space.ops import build_op, parse_op
 
 PICK_LEVELS = (0.25, 0.5, 0.75)  # MAC levels of the table's own picks (``picked_choices``)
@@ -854,7 +855,30 @@ class LatencyCostModel(CostModel):
 
     def build(self, space: SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> CostTable:
         lut = read_lut(self.path)
+        if problem := other_space(lut, space):  # first: else every entry is listed as missing
+            raise ConfigError(str(self.path), "meta.space", f"{problem}; build one for it "
+                              f"with: {self.build_command(lut, space, input_hw)}")  # fmt: skip
         op_costs(space, input_hw, num_outputs)  # size checks, on the meta device
+        if missing := self.uncovered(lut, space, input_hw, num_outputs):
+            raise DnasError(f"{self.path}: latency table does not cover this search: missing "
+                            f"{listing(missing, 8)}; build one for it with: "
+                            f"{self.build_command(lut, space, input_hw)}")  # fmt: skip
+        meta = lut["meta"]
+        measured = (f"{meta.get('device_name') or meta.get('device')}, {table_runtime(lut)}, "
+                    f"batch {meta.get('batch')}, {meta.get('threads')} threads")  # fmt: skip
+        table = lut_cost_table(lut, space, key={"table": str(self.path), "measured": measured})
+        cheapest = table.cost_range()[0]
+        if cheapest <= 0:
+            raise ConfigError(str(self.path), "overhead_ms",
+                              f"the table predicts {cheapest:.4g} ms for this space's cheapest "
+                              "net: scale and overhead_ms must give positive times")  # fmt: skip
+        return table
+
+    def uncovered(self, lut: dict, space: SearchSpace, input_hw: tuple[int, int],
+                  num_outputs: int) -> list[str]:  # fmt: skip
+        """What this search needs that the table lacks: its conditions (input size, outputs and
+        those the options ask), each layer at its input shape and output width, every op, and
+        the head."""
         meta, shapes = lut["meta"], space.infer_shapes(*input_hw)
         recorded = meta | {"runtime": table_runtime(lut)}
         missing = []
@@ -882,25 +906,55 @@ class LatencyCostModel(CostModel):
         elif "head" in meta and normal_head(meta["head"]) != head_record(space):  # older: none
             missing.append(f"head {_head_text(head_record(space))} (table has "
                            f"{_head_text(meta['head'])})")  # fmt: skip
-        if missing:
-            raise DnasError(
-                f"{self.path}: latency table does not cover this search: missing "
-                f"{listing(missing, 8)}; "
-                f"build it with: dnas lut build --config EXPERIMENT (the space, head and input "
-                f"the search uses) --batch {self.batch or meta.get('batch', 1)} "
-                f"--device {self.device or meta.get('device', 'cpu')} "
-                f"--runtime {self.options.runtime or recorded['runtime']} "
-                f"--threads {self.options.threads or meta['threads']} -o {self.path} --force"
-            )
-        measured = (f"{meta.get('device_name') or meta.get('device')}, {recorded['runtime']}, "
-                    f"batch {meta.get('batch')}, {meta.get('threads')} threads")  # fmt: skip
-        table = lut_cost_table(lut, space, key={"table": str(self.path), "measured": measured})
-        cheapest = table.cost_range()[0]
-        if cheapest <= 0:
-            raise ConfigError(str(self.path), "overhead_ms",
-                              f"the table predicts {cheapest:.4g} ms for this space's cheapest "
-                              "net: scale and overhead_ms must give positive times")  # fmt: skip
-        return table
+        return missing
+
+    def build_command(self, lut: dict, space: SearchSpace, input_hw: tuple[int, int]) -> str:
+        """The 'dnas lut build' of a table for this search, at the conditions the options ask
+        (else the table's), written to a new file (``fresh_table_path``): never over this
+        table, which is right for what it was built for."""
+        meta = lut["meta"]
+        batch, device = self.batch or meta["batch"], self.device or meta["device"]
+        runtime = self.options.runtime or table_runtime(lut)
+        threads = self.options.threads or meta["threads"]
+        conditions = f"{runtime}-{device}-b{batch}-t{threads}"
+        out = fresh_table_path(self.path, space, input_hw, conditions)
+        return (f"dnas lut build --config EXPERIMENT (the space, head and input the search uses) "
+                f"--batch {batch} --device {device} --runtime {runtime} --threads {threads} "
+                f"-o {out}")  # fmt: skip
+
+
+def other_space(lut: dict, space: SearchSpace) -> str | None:
+    """Why ``lut`` was built for another space than ``space``, or None: another name
+    (``meta.space``) and entries that lack some of ``space``'s layers or ops. A copy of the
+    table's space under another name, which its entries fit, is the same space; an edited
+    space of the same name has its missing entries listed (``uncovered``)."""
+    meta = lut["meta"]
+    if meta["space"] == space.name:
+        return None
+    lacking = [layer.name for layer in space.layers if not has_entries(lut, layer)]
+    if not lacking:
+        return None
+    digest = meta.get("space_digest")
+    built = f"{meta['space']!r}" + (f" (meta.space_digest {digest})" if digest else "")
+    return (f"the table was built for space {built}, not for this search's space "
+            f"{space.name!r} (digest {space.digest()}): its entries lack {len(lacking)} of "
+            f"that space's {len(space.layers)} layers or their ops")  # fmt: skip
+
+
+def has_entries(lut: dict, layer: Layer) -> bool:
+    """Whether ``lut`` has an entry for every candidate op of ``layer`` (at any shape)."""
+    if not layer.searchable:
+        return layer.name in lut["fixed"]
+    return set(layer.candidates) <= set(lut["layers"].get(layer.name, {}))
+
+
+def fresh_table_path(path: Path, space: SearchSpace, input_hw: tuple[int, int],
+                     conditions: str) -> Path:  # fmt: skip
+    """Where to write a new table beside ``path``: named after the space, the input size and
+    ``conditions``, with the space's digest added where that name is ``path`` itself."""
+    name = re.sub(r"[^\w.-]+", "_", space.name)
+    fresh = path.with_name(f"lut-{name}-{input_hw[0]}x{input_hw[1]}-{conditions}.json")
+    return fresh if fresh != path else fresh.with_stem(f"{fresh.stem}-{space.digest()[:8]}")
 
 
 @click.group("lut")
@@ -908,11 +962,99 @@ def lut() -> None:
     """Latency lookup tables: build one for this machine, check its predictions."""
 
 
+@dataclass(frozen=True)
+class Conditions:
+    """What ``lut build`` times a space at: input size, batch, device, runtime and CPU
+    threads; None where neither the command line nor the experiment says (the defaults)."""
+
+    input_hw: tuple[int, int] | None = None
+    batch: int | None = None
+    device: str | None = None
+    runtime: str | None = None
+    threads: int | None = None
+
+
+# each of the ``Conditions``: its option of ``lut build`` and its key in an experiment
+CONDITION_KEYS = {
+    "input_hw": ("--input", "input_size"),
+    "batch": ("--batch", "cost_model.batch"),
+    "device": ("--device", "cost_model.device"),
+    "runtime": ("--runtime", "cost_model.runtime"),
+    "threads": ("--threads", "cost_model.threads"),
+}
+
+
+def experiment_conditions(exp: Experiment) -> Conditions:
+    """The conditions that ``dnas search`` of ``exp`` asks of its table: the input size, and
+    what its ``cost_model:`` sets where it is a latency one (``LatencyCostModel.uncovered``)."""
+    options = exp.cost_model.options
+    if not isinstance(options, LatencyOptions):
+        options = LatencyOptions()
+    return Conditions(exp.input_hw, options.batch, options.device, options.runtime,
+                      options.threads)  # fmt: skip
+
+
+def settle(given: Conditions, wanted: Conditions, source: str) -> Conditions:
+    """The command line's conditions, else the experiment's (``wanted``, from ``source``): a
+    condition given both ways and differing is a one-line error naming both, since the
+    experiment's search refuses such a table."""
+    settled = {}
+    for name, (option, key) in CONDITION_KEYS.items():
+        mine, theirs = getattr(given, name), getattr(wanted, name)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ConfigError(source, key, f"{shown(theirs)}, but {option} {shown(mine)}: "
+                              f"'dnas search {source}' would refuse that table; leave out "
+                              f"{option} (it defaults to the experiment's), or give this build "
+                              f"and the search --set '{key}={as_yaml(mine)}'")  # fmt: skip
+        settled[name] = theirs if mine is None else mine
+    return Conditions(**settled)
+
+
+def shown(value: object) -> str:
+    """A condition as the command line writes it (an input size as HxW)."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def as_yaml(value: object) -> str:
+    """A condition as ``--set`` takes it (an input size as [H,W])."""
+    return f"[{value[0]},{value[1]}]" if isinstance(value, tuple) else str(value)
+
+
+def total_stride(space: SearchSpace) -> int:
+    """The largest product of strides from the input to a layer's output: every stride-2
+    layer halves a side that it divides exactly (strides are 1 or 2)."""
+    strides = {INPUT: 1}
+    for layer in space.layers:
+        strides[layer.name] = strides[layer.input] * layer.stride
+    return max(strides.values())
+
+
+def check_strides(space: SearchSpace, input_hw: tuple[int, int]) -> None:
+    """Refuse an input size that the space's strides do not divide, before any timing: a
+    layer would round its output up, so the net's output is not the input / its stride (a
+    pose search refuses that size). A task that takes any size checks its own: --config."""
+    stride = total_stride(space)
+    if not (input_hw[0] % stride or input_hw[1] % stride):
+        return
+    near = "x".join(str(max(stride, round(side / stride) * stride)) for side in input_hw)
+    raise click.BadParameter(
+        f"{shown(input_hw)}: the strides of space {space.name} ({stride} in all) do not divide "
+        f"it, so the net's output would not be the input / its stride, which a pose search "
+        f"refuses; expected sides that {stride} divides, such as {near} (or --config EXP, to "
+        f"check the size as EXP's task does)",
+        param_hint="'--input'",
+    )
+
+
 def what_to_build(space: str | None, config: Path | None, overrides: list[str],
-                  outputs: int | None) -> tuple[SearchSpace, tuple[int, int], int]:  # fmt: skip
-    """The space (with the head a search would use), input size and outputs to time: from
-    ``--space`` as written, or from ``--config`` as ``dnas search`` builds them."""
+                  outputs: int | None,
+                  given: Conditions) -> tuple[SearchSpace, int, Conditions]:  # fmt: skip
+    """The space (with the head a search would use), outputs and conditions to time: from
+    ``--space`` as written, or from ``--config`` as ``dnas search`` builds them, the
+    experiment's conditions the defaults of the command line's (``settle``); the input size is
+    checked, as ``dnas search`` checks it, before any timing."""
     from dnas.config import load_experiment
+    from dnas.engine.train import check_head_output
     from dnas.space.graph import load_space
     from dnas.task import build_space, build_task
 
@@ -921,14 +1063,20 @@ def what_to_build(space: str | None, config: Path | None, overrides: list[str],
     if space is not None:
         if overrides:
             raise click.UsageError("--set overrides keys of --config, not of --space")
-        return load_space(space), (256, 256), head_outputs(outputs, None)  # its default
+        search_space = load_space(space)
+        settled = replace(given, input_hw=given.input_hw or (256, 256))
+        check_strides(search_space, settled.input_hw)
+        return search_space, head_outputs(outputs, None), settled  # its default outputs
     if outputs is not None:
         raise click.UsageError(
             "--outputs (--joints) goes with --space; with --config the task sets the outputs"
         )
     exp = load_experiment(config, overrides)
+    settled = settle(given, experiment_conditions(exp), exp.source)
     task = build_task(exp)
-    return build_space(exp.space, task, exp), exp.input_hw, task.num_outputs
+    search_space = build_space(exp.space, task, exp)
+    check_head_output(search_space, task)  # the search's own check of its input size
+    return search_space, task.num_outputs, settled
 
 
 def noise_options(command: Callable) -> Callable:
@@ -1067,19 +1215,32 @@ def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
 @click.option("--space", help="Search space YAML or shipped name.")
 @click.option("--config", "config", type=click.Path(path_type=Path),
               help="An experiment: its space, head (with its head: override), input size and "
-                   "outputs, exactly as 'dnas search' builds them.")  # fmt: skip
+                   "outputs, exactly as 'dnas search' builds them, and the batch, device, "
+                   "runtime and threads its latency cost_model: sets (an option that differs "
+                   "from the experiment's is refused).")  # fmt: skip
 @set_opt
 @click.option("--input", "input_size", type=SIZE,
-              help="HxW (default: the config's, else 256x256).")  # fmt: skip
-@click.option("--batch", type=click.IntRange(1, MAX_BATCH), help="Batch (default: CPU 1, GPU 32).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+              help="HxW (default: the config's input_size, else 256x256).")  # fmt: skip
+@click.option(
+    "--batch",
+    type=click.IntRange(1, MAX_BATCH),
+    help="Batch (default: the config's cost_model.batch, else CPU 1, GPU 32).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    help="Device (default: the config's cost_model.device, else cpu).",
+)
 @click.option(
     "--runtime",
-    default="torch",
-    show_default=True,
-    help="A registered runtime: torch (eager) or onnxruntime (the exported ONNX).",
+    help="A registered runtime: torch (eager) or onnxruntime (the exported ONNX) (default: the "
+    "config's cost_model.runtime, else torch).",
 )
-@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="CPU threads (default: the config's cost_model.threads, else torch's).",
+)
 @outputs_opt
 @click.option(
     "--calibration",
@@ -1101,7 +1262,7 @@ def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
 @click.option("--force", is_flag=True)
 def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...],
               input_size: tuple[int, int] | None,
-              batch: int | None, device: str, runtime: str, threads: int | None,
+              batch: int | None, device: str | None, runtime: str | None, threads: int | None,
               outputs: int | None, joints: int | None, calibration: int, min_time: float,
               rounds: int, max_spread: float, max_drift: float, max_speed_change: float,
               allow_noise: bool, in_process: bool, keep_memory: bool, output: Path,
@@ -1110,15 +1271,17 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
     from dnas.cli import guard_output
 
     guard_output(output, force)
-    batch = batch or (32 if device == "cuda" else 1)
-    bench = make_bench(runtime, device, threads or torch.get_num_threads(), min_time, rounds,
-                       max_spread, max_drift, max_speed_change, allow_noise, in_process,
+    search_space, num_outputs, settled = what_to_build(
+        space, config, list(overrides), head_outputs(outputs, joints, default=None),
+        Conditions(input_size, batch, device, runtime, threads),
+    )  # fmt: skip
+    device = settled.device or "cpu"
+    batch = settled.batch or (32 if device == "cuda" else 1)
+    runtime = settled.runtime or "torch"
+    bench = make_bench(runtime, device, settled.threads or torch.get_num_threads(), min_time,
+                       rounds, max_spread, max_drift, max_speed_change, allow_noise, in_process,
                        keep_memory)  # fmt: skip
-    search_space, hw, num_outputs = what_to_build(
-        space, config, list(overrides), head_outputs(outputs, joints, default=None)
-    )
-    table = build_lut(search_space, input_size or hw,
-                      num_outputs, batch, bench, calibration)  # fmt: skip
+    table = build_lut(search_space, settled.input_hw, num_outputs, batch, bench, calibration)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps(table, indent=1))
     fitted = calibration_text(table["meta"]["calibration_fit"], calibration)
@@ -1152,13 +1315,20 @@ def checked_space(meta: dict, space: str | None, table_path: Path) -> SearchSpac
         ) from None
 
 
-def timed_table(table_path: Path, runtime: str | None,
-                space: str | None) -> tuple[dict, SearchSpace]:  # fmt: skip
+def timed_table(table_path: Path, runtime: str | None, space: str | None,
+                redo: str) -> tuple[dict, SearchSpace]:  # fmt: skip
     """The table that ``lut check`` or ``lut recalibrate`` times nets of, and its space
-    (``checked_space``), validated before any timing: ``--runtime``, if given, must be the
+    (``checked_space``), validated before any timing: this machine must have the table's
+    device (``redo``: what to do elsewhere, 'check it'), ``--runtime``, if given, must be the
     table's, and the table must cover the space."""
     table = read_lut(table_path)
     meta, recorded_runtime = table["meta"], table_runtime(table)
+    try:
+        pick_device(meta["device"])
+    except DnasError:  # the table's device, which nobody asked for on the command line
+        raise ConfigError(str(table_path), "meta.device", f"the table was timed on "
+                          f"{meta['device']!r}, which this machine lacks; {redo} on a machine "
+                          f"with {meta['device'].upper()}") from None  # fmt: skip
     if runtime is not None:
         try:
             RUNTIMES.get(runtime)
@@ -1191,7 +1361,7 @@ def lut_check(table_path: Path, space: str | None, samples: int, runtime: str | 
     noise ceiling); and of the table's own fastest nets at 25, 50 and 75 % of the space's MAC
     range."""
 
-    table, search_space = timed_table(table_path, runtime, space)
+    table, search_space = timed_table(table_path, runtime, space, "check it")
     meta, recorded_runtime = table["meta"], table_runtime(table)
     bench = make_bench(recorded_runtime, meta["device"], meta["threads"], min_time, rounds,
                        max_spread, max_drift, max_speed_change, allow_noise,
@@ -1264,7 +1434,7 @@ def lut_recalibrate(table_path: Path, space: str | None, runtime: str | None, mi
     from dnas.cli import guard_output
 
     guard_output(output, force)
-    table, search_space = timed_table(table_path, runtime, space)
+    table, search_space = timed_table(table_path, runtime, space, "recalibrate it")
     meta = table["meta"]
     bench = make_bench(table_runtime(table), meta["device"], meta["threads"], min_time, rounds,
                        max_spread, max_drift, max_speed_change, allow_noise,

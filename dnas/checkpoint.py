@@ -19,7 +19,11 @@ from dnas.files import write_atomic
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, fsync, then rename: a crash never leaves half a file."""
-    write_atomic(path, lambda fh: torch.save(obj, fh))
+    try:
+        write_atomic(path, lambda fh: torch.save(obj, fh))
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk) so
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DnasError(f"{path}: could not be written, is the disk full? ({first})") from None
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> Any:
@@ -46,17 +50,35 @@ def _load_problem(exc: BaseException) -> str:
                 "run arbitrary code; re-save it as a state_dict of tensors")  # fmt: skip
     if "Weights only load failed" in text or isinstance(exc, KeyError | IndexError):
         return "not a PyTorch checkpoint (no pickled tensors in it)"
+    if "PytorchStreamReader failed" in text:  # torch adds four sentences of advice to it
+        return "not a readable PyTorch checkpoint (a truncated or damaged zip archive)"
+    if isinstance(exc, EOFError):
+        return "not a readable PyTorch checkpoint (empty or cut short)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return f"not a readable PyTorch checkpoint ({first})"
 
 
 def state_dict_of(obj: Any, path: Path) -> dict:
-    """Accept a dnas checkpoint (``{"model": state_dict, ...}``) or a bare state_dict."""
+    """Accept a dnas checkpoint (``{"model": state_dict, ...}``) or a bare state_dict whose
+    tensors are all finite."""
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        return obj["model"]
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    raise DnasError(f"{path}: not a state_dict or a dnas checkpoint with a 'model' entry")
+        state = obj["model"]
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    else:
+        raise DnasError(f"{path}: not a state_dict or a dnas checkpoint with a 'model' entry")
+    check_finite(state, path)
+    return state
+
+
+def check_finite(state: dict, path: Path) -> None:
+    """Weights with NaN or infinite values (a diverged training) would evaluate, export and
+    predict without a word, every score NaN or 0: refuse them in one line."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() \
+                and not bool(torch.isfinite(tensor).all()):  # fmt: skip
+            raise DnasError(f"{path}: {name} holds NaN or infinite values (a training that "
+                            "diverged?); these weights cannot be used")  # fmt: skip
 
 
 def step_files(directory: Path) -> list[Path]:

@@ -25,15 +25,24 @@ NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class DnasGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:  # the root's own options ('dnas -h') are parsed here, outside any invoke
+            return super().parse_args(ctx, args)
+        except NO_ARGS_HELP:
+            raise
+        except click.UsageError as exc:
+            raise one_line(exc, ctx) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except NO_ARGS_HELP:
             raise  # 'dnas lut' alone: its help, as 'dnas' alone prints the root's
         except click.UsageError as exc:  # one line and exit 1, like every other user mistake
-            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-            error = click.ClickException(f"{exc.format_message()} (see '{where} --help')")
-            raise error from None
+            raise one_line(exc, ctx) from None
+        except OSError as exc:  # a path that the checks before the work could not foresee
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
         except (DnasError, RuntimeError) as exc:
             message = from_worker(exc)  # a data error inside a loader worker
             if message is None and not isinstance(exc, DnasError):
@@ -41,6 +50,12 @@ class DnasGroup(click.Group):
             error = click.ClickException(message or str(exc))
             error.exit_code = getattr(exc, "exit_code", 1)  # Interrupted: 130 / 143
             raise error from None
+
+
+def one_line(exc: click.UsageError, ctx: click.Context) -> click.ClickException:
+    """A usage error as one line (exit 1) that points at the command's help."""
+    where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+    return click.ClickException(f"{exc.format_message()} (see '{where} --help')")
 
 
 class RootGroup(DnasGroup):
@@ -124,9 +139,9 @@ class FiniteRange(click.FloatRange):
 def guard_output(path: Path, force: bool) -> None:
     """Never overwrite a result silently, and say before any work when ``path`` cannot be
     written at all."""
+    check_writable(path)  # first: a name too long for the file system fails path.exists()
     if path.exists() and not force:
         raise DnasError(f"{path} already exists; pass --force to overwrite or choose another --out")
-    check_writable(path)
 
 
 def out_opt(dest: str = "out", file: bool = False, required: bool = True,
@@ -193,7 +208,7 @@ def example(*commands: str) -> str:
     return "\b\nExamples:\n" + "\n".join(f"  {c}" for c in commands)
 
 
-@click.group(cls=RootGroup)
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dnas")
 def cli() -> None:
     """Hardware-aware differentiable architecture search for dense prediction."""
@@ -365,7 +380,8 @@ def rank(run: Path, archs: tuple[str, ...], random_nets: int, band: float,
 @cli.command(
     epilog=example(
         "dnas train examples/demo.yaml --arch runs/arch.yaml -o runs/train",
-        "dnas train EXP.yaml --arch efficientpose-a -o runs/a --set train.epochs=20",
+        "dnas train EXP.yaml --arch efficientpose-a -o runs/a --set train.epochs=20 "
+        "--set 'train.milestones=[15, 18]'",
     )
 )
 @config_arg

@@ -7,9 +7,11 @@ so the CLI's ``--set search.epochs=2`` is checked exactly like the file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +227,18 @@ class Experiment:
         return int(self.input_size[0]), int(self.input_size[1])
 
 
+def is_section(parts: list[str]) -> bool:
+    """Whether the key path names a section of settings with defaults of its own (``search``,
+    ``train``, ``search.arch_optimizer``, ...), which null or ``{}`` would reset wholesale."""
+    kind: Any = Experiment
+    for part in parts:
+        hints = typing.get_type_hints(kind) if dataclasses.is_dataclass(kind) else {}
+        if part not in hints:
+            return False
+        kind = hints[part]
+    return dataclasses.is_dataclass(kind)
+
+
 def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
     """Set ``a.b.c=value`` entries (value parsed as YAML) into the raw config mapping."""
     for item in overrides:
@@ -247,6 +261,10 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
             node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(source, key, f"cannot set inside non-mapping {part!r}")
+        if value in (None, {}) and node.get(parts[-1]) and is_section(parts):
+            raise ConfigError("--set", key, f"{raw!r} would drop the {len(node[parts[-1]])} keys "
+                              f"of {key}: in {source} for the defaults; set or remove the keys "
+                              f"themselves ({key}.KEY=VALUE)")  # fmt: skip
         node[parts[-1]] = value
     return data
 

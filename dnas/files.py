@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -41,12 +42,32 @@ def write_text_atomic(path: Path | str, text: str) -> None:
 
 def check_writable(path: Path | str) -> None:
     """A one-line error, before any work is done, when ``path`` cannot be created: a file
-    stands where one of its folders should be, or the nearest existing folder is read-only."""
-    for parent in Path(path).absolute().parents:
+    stands where one of its folders should be, a name is too long for the file system, or the
+    nearest existing folder does not take new files (read-only, or a pseudo file system such as
+    /proc, which answers ``os.access`` as if it did: so a file is created there and removed)."""
+    path = Path(path)
+    for parent in path.absolute().parents:
         if not parent.exists():
             continue
         if not parent.is_dir():
             raise DnasError(f"{path}: cannot be written: {parent} is a file, not a folder")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise DnasError(f"{path}: cannot be written: {parent} is not writable")
+        _check_names(path, parent)
+        try:
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as exc:
+            raise DnasError(f"{path}: cannot be written: {parent} takes no new files "
+                            f"({exc.strerror})") from None  # fmt: skip
         return
+
+
+def _check_names(path: Path, existing: Path) -> None:
+    """Every name still to be created below ``existing`` fits the file system, with room for
+    the ``.NAME.tmp`` that ``write_atomic`` writes first."""
+    limit = os.pathconf(existing, "PC_NAME_MAX")
+    for name in path.absolute().relative_to(existing).parts:
+        if len(f".{name}.tmp".encode()) > limit:
+            raise DnasError(f"{name[:24]}...: cannot be written: the name is longer than the "
+                            f"{limit - 5} bytes this file system allows")  # fmt: skip

@@ -38,7 +38,7 @@ def main() -> None:
         f"cost_model.target={target}", "search.warmup_epochs=1", "search.epochs=2",
         f"search.steps_per_epoch={args.steps}", "search.batch_size=8",
         "train.epochs=1", f"train.steps_per_epoch={args.steps}", "train.batch_size=8",
-        "train.milestones=[1]", "train.eval_every=1",
+        "train.milestones=[]", "train.eval_every=1",
     ])  # fmt: skip
     result = dnas.run_search(exp, args.out / "search", force=True)  # a rerun replaces its runs
     arch, rows = dnas.derive(args.out / "search", "api-derived")

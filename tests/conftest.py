@@ -18,6 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DNAS_TEST_DATA", REPO.parent / "shared" / "data"))
 TINY_SPACE = Path(__file__).parent / "data" / "tiny_space.yaml"
+TINY_ARCH = Path(__file__).parent / "data" / "tiny_arch.yaml"
 
 
 def start_busy(count: int) -> list[subprocess.Popen]:
@@ -115,6 +116,21 @@ def write_experiment(path: Path, root: Path, space: Path | str = TINY_SPACE, **s
         exp[key] = {**exp.get(key, {}), **value} if isinstance(value, dict) else value
     path.write_text(yaml.safe_dump(exp))
     return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, synth_root) -> dict[str, Path]:
+    """A finished search and a finished training of the tiny space (once per test module)."""
+    from click.testing import CliRunner
+
+    from dnas.cli import cli
+
+    base = tmp_path_factory.mktemp("runs")
+    exp = write_experiment(base / "exp.yaml", synth_root)
+    train = ["train", str(exp), "--arch", str(TINY_ARCH), "--out", str(base / "train")]
+    for args in (["search", str(exp), "--out", str(base / "search")], train):
+        assert CliRunner().invoke(cli, args).exit_code == 0
+    return {"exp": exp, "search": base / "search", "train": base / "train"}
 
 
 @pytest.fixture(autouse=True)

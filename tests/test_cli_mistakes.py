@@ -11,25 +11,14 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import write_experiment
+from conftest import TINY_ARCH, write_experiment
 
 from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.errors import ConfigError, DnasError
 from dnas.space.graph import load_space
 
-ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, synth_root) -> dict[str, Path]:
-    """A finished search and a finished training of the tiny space."""
-    base = tmp_path_factory.mktemp("runs")
-    exp = write_experiment(base / "exp.yaml", synth_root)
-    for args in (["search", str(exp), "--out", str(base / "search")],
-                 ["train", str(exp), "--arch", ARCH, "--out", str(base / "train")]):  # fmt: skip
-        assert CliRunner().invoke(cli, args).exit_code == 0
-    return {"exp": exp, "search": base / "search", "train": base / "train"}
+ARCH = str(TINY_ARCH)
 
 
 def one_line_error(args: list[str], message: str) -> None:

@@ -487,7 +487,9 @@ def test_search_options_of_the_latency_model_name_their_key(lut, tmp_path, synth
     result = CliRunner().invoke(cli, ["search", exp, *out, "--cost-model", "latency",
                                       "--cost-table", str(path), "--set",
                                       f"cost_model.threads={threads}"])  # fmt: skip
-    assert f"--threads {threads} -o {path} --force" in result.output  # the fix it suggests
+    fresh = path.parent / f"lut-tiny-64x64-torch-cpu-b1-t{threads}.json"  # beside the table
+    assert f"--threads {threads} -o {fresh}" in result.output  # the fix it suggests
+    assert "--force" not in result.output  # never over the table, right for its own settings
 
 
 def test_a_resumed_search_refuses_a_table_whose_costs_changed(lut, tmp_path, synth_root):

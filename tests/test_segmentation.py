@@ -338,7 +338,7 @@ def test_fpn_lite_head_reads_several_nodes(synth_root, tmp_path):
 @pytest.mark.parametrize(
     ("task", "message"),
     [
-        ({"root": "nowhere"}, "task.root: annotation file nowhere/annotations/instances_val.json"),
+        ({"root": "nowhere"}, "task.root: no such directory 'nowhere'"),
         ({"categories": ["ellipse", "person"]}, "task.categories: unknown category 'person' in"),
         ({"crowd": "maybe"}, "task.crowd: expected one of ignore, class, got 'maybe'"),
         ({"augment": {"scale_min": 3.0}}, "task.augment.scale_min: 3.0 is above scale_max 2.0"),
@@ -352,6 +352,43 @@ def test_bad_input_is_a_one_line_error(synth_root, tmp_path, task, message):
     assert result.exit_code == 1, result.output
     line = result.output.strip()
     assert "\n" not in line and line.startswith(f"Error: {path}: ") and message in line
+
+
+def first_line_of(command: str, exp: Path, out: Path) -> str:
+    """Run ``command`` (search or train) on ``exp``; it must fail in one line, returned."""
+    extra = ["--arch", str(TINY_ARCH)] if command == "train" else []
+    result = CliRunner().invoke(cli, [command, str(exp), *extra, "--out", str(out)])
+    assert result.exit_code == 1 and "\n" not in result.output.strip(), result.output
+    return result.output.strip()
+
+
+@pytest.mark.parametrize(
+    ("command", "key"),
+    [
+        ("search", "train_split"),
+        ("train", "train_split"),
+        ("search", "val_split"),
+        ("train", "val_split"),
+    ],
+)  # fmt: skip
+def test_a_split_without_its_annotation_file_names_the_split_key(synth_root, tmp_path, command,
+                                                                key):  # fmt: skip
+    """Once blamed task.root; the split's key, the file it looked for and the splits there."""
+    exp = seg_experiment(tmp_path / "bad.yaml", synth_root, task={key: "training"})
+    wanted = synth_root / "annotations" / "instances_training.json"
+    assert first_line_of(command, exp, tmp_path / "out") == (
+        f"Error: {exp}: task.{key}: 'training': annotation file {wanted} not found; the splits "
+        f"under {synth_root}: train, val"
+    )
+
+
+def test_an_annotations_template_matching_no_file_names_that_key(synth_root, tmp_path):
+    exp = seg_experiment(tmp_path / "bad.yaml", synth_root,
+                         task={"annotations": "ann/{split}.json"})  # fmt: skip
+    assert first_line_of("search", exp, tmp_path / "out") == (
+        f"Error: {exp}: task.annotations: 'ann/{{split}}.json': no file under {synth_root} "
+        f"matches it (for task.val_split 'val': {synth_root / 'ann' / 'val.json'})"
+    )
 
 
 # ---------------------------------------------------------------- end to end

@@ -130,7 +130,7 @@ def test_predict_needs_no_arch_and_refuses_another_joint_set(trained, tmp_path):
     assert coco.exit_code == 1 and "outputs 16, not 17" in coco.output
     outside = runner.invoke(cli, ["predict", str(image), "--weights", str(weights), "--box",
                                   "70,10,20,20", "-o", str(tmp_path / "o.png")])  # fmt: skip
-    assert outside.exit_code == 1 and "the box lies outside the 60x80 image" in outside.output
+    assert outside.exit_code == 1 and "(80, 20) lies outside the 60x80 image" in outside.output
 
 
 def test_predict_warns_on_a_truncated_jpeg_and_a_tiny_person(trained, tmp_path):

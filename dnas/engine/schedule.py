@@ -25,6 +25,12 @@ def cosine_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
+def unreached_milestones(cfg: TrainConfig) -> list[int]:
+    """The step schedule's milestones that a run of ``cfg.epochs`` never reaches (the lr
+    steps after an epoch ends, so a milestone at the last epoch or later changes nothing)."""
+    return [m for m in cfg.milestones if m >= cfg.epochs] if cfg.schedule == "step" else []
+
+
 class Schedule:
     """The run's lr scheduler and when it steps (``per_step``: after every step, else after
     every epoch); its ``state_dict`` is the scheduler's."""

@@ -29,7 +29,7 @@ from dnas.engine.runtime import (
     weight_step,
 )
 from dnas.engine.sampling import epoch_batches, make_loader, train_loader
-from dnas.engine.schedule import Schedule
+from dnas.engine.schedule import Schedule, unreached_milestones
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.nn.network import Network
@@ -65,12 +65,13 @@ def build_fixed(exp: Experiment, arch_ref: str, task: Task) -> tuple[SearchSpace
             f"{n} layers still have several candidate ops; "
             "this is a search space, derive an architecture first (dnas derive)",
         )
+    outputs = task.num_outputs  # before the size check: reading it may read a split's file
     try:
-        op_costs(arch, exp.input_hw, task.num_outputs)
+        op_costs(arch, exp.input_hw, outputs)
     except DnasError as exc:
         raise ConfigError(exp.source, "input_size", str(exc)) from None
     check_head_output(arch, task)
-    return arch, Network(arch, task.num_outputs)
+    return arch, Network(arch, outputs)
 
 
 def show_size(info: dict | None) -> str:
@@ -128,6 +129,11 @@ class TrainRun(EpochLoop):
                                       exp.workers)  # fmt: skip
         self.steps = min(len(self.loader), cfg.steps_per_epoch or len(self.loader))
         self.sched = Schedule(self.opt, cfg, self.steps)
+        if unreached := unreached_milestones(cfg):
+            self.report.line(f"warning: train.milestones {unreached} lie at or past "
+                             f"train.epochs {cfg.epochs}: the learning rate never steps down "
+                             "there; set train.milestones within the run, or "
+                             "train.schedule=cosine")  # fmt: skip
         self.model: nn.Module = self.net
         if self.world.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -270,8 +276,10 @@ def run_eval(
     run = RunContext(exp, out_dir, Reporter(lambda _: None))
     try:
         results = _evaluate(run, arch_ref, weights, save_vis) if run.world.main else None
-    except BaseException:
-        run.abandon()  # wrong weights or architecture: no empty --out left behind
+    except BaseException:  # wrong weights or architecture: no --out left behind
+        if run.created:  # then the only file it can hold is the recorded arch.yaml
+            (run.out_dir / "arch.yaml").unlink(missing_ok=True)
+        run.abandon()
         raise
     run.close()
     return distributed.broadcast_object(results)
@@ -280,6 +288,8 @@ def run_eval(
 def _evaluate(run: RunContext, arch_ref: str | None, weights: Path, save_vis: int) -> dict:
     exp = run.exp
     info = weights_info(weights)
+    check_fits(info, weights, "task", info and info.get("task"), exp.task["name"],
+               " (evaluate them with an experiment of their task)")  # fmt: skip
     check_fits(info, weights, "input size", info and info["input_size"], exp.input_hw,
                f" (evaluate with --set 'input_size=[{show_size(info)}]')")  # fmt: skip
     check_fits(info, weights, "outputs", info and info["num_outputs"], run.task.num_outputs)

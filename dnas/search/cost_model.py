@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import os
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -173,7 +174,12 @@ class CostModel(ABC):
             raise DnasError(f"cost model {cls.__qualname__}: its {self.metric} table for "
                             f"{space.source} {problem}")  # fmt: skip
         table.key = key
-        table.save(path)
+        try:
+            table.save(path)
+        except OSError as exc:  # a cache that cannot be written costs time, not the run
+            warnings.warn(f"{cache_dir()} ($DNAS_CACHE_DIR or ~/.cache/dnas): the {self.metric} "
+                          f"table is not cached ({exc.strerror}); it is built anew each run",
+                          stacklevel=2)  # fmt: skip
         return table
 
     def key_extra(self) -> dict:

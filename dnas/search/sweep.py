@@ -10,14 +10,14 @@ from pathlib import Path
 from dnas.checkpoint import step_files
 from dnas.config import CostConfig, Experiment, config_changes
 from dnas.engine.progress import Reporter
-from dnas.engine.rundir import RunLock
-from dnas.engine.train import run_train
+from dnas.engine.rundir import RunLock, held_outputs
+from dnas.engine.train import TrainRun, run_train
 from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
 from dnas.nn.profile import cost_report
 from dnas.schema import from_dict, load_yaml, to_dict
 from dnas.search.derive import derive, write_architecture
-from dnas.search.run import check_target, run_search, search_table
+from dnas.search.run import SearchRun, check_target, run_search, search_table
 from dnas.task import Task, build_task
 from dnas.vis.plot import save_figure, sweep_figure
 
@@ -53,6 +53,11 @@ def run_sweep(exp: Experiment, kind: str, values: list[float], out_dir: Path | s
     out_dir, report = Path(out_dir), report or Reporter()
     task = build_task(exp)
     check_values(exp, kind, values, out_dir, task)
+    runs = held_outputs(out_dir, tuple(dict.fromkeys((*SearchRun.outputs, *TrainRun.outputs))))
+    if runs and not force:  # a sweep writes its own runs into sub-folders, never into a run
+        raise DnasError(f"{out_dir} holds a search or train run ({listing(runs, 4)}), not a "
+                        "sweep; choose another --out (or pass --force to write the sweep "
+                        "beside it)")  # fmt: skip
     if not (resume or force):  # a partial sweep's finished runs are results too
         paths = [out_dir / "sweep.json", *(run_dir_of(out_dir, kind, v) for v in values)]
         held = [path.name for path in paths if path.exists()]

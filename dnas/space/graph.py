@@ -193,7 +193,32 @@ def load_space(ref: str | Path) -> SearchSpace:
     if not isinstance(ref, str | Path):
         raise DnasError(f"load_space: expected a shipped name or a YAML path, got {ref!r}")
     path = resolve_path(ref)
-    return space_from_dict(load_yaml(path), source=str(path))
+    if problem := _not_a_yaml(path):
+        raise ConfigError(str(path), "", problem)
+    data = load_yaml(path)
+    if isinstance(data, dict) and "task" in data and "stages" not in data:
+        space = data.get("space") or "its task's default space"
+        raise ConfigError(str(path), "", "an experiment config (it has task:), not a search "
+                          f"space or architecture; give the space it names ({space}) or an "
+                          "arch.yaml")  # fmt: skip
+    return space_from_dict(data, source=str(path))
+
+
+def _not_a_yaml(path: Path) -> str | None:
+    """What a run folder or a checkpoint given for a space or architecture YAML is instead, and
+    where its architecture is; None for anything else."""
+    if path.is_dir():
+        if (path / "search.json").exists() or (path / "search.pt").exists():
+            return ("a search run folder, not an architecture; derive one from it first: "
+                    f"dnas derive {path} -o arch.yaml")  # fmt: skip
+        if (path / "arch.yaml").is_file():
+            return ("a run folder, not an architecture YAML; its architecture is "
+                    f"{path / 'arch.yaml'}")  # fmt: skip
+        return "a folder, not a search space or architecture YAML"
+    if path.suffix in (".pt", ".pth", ".ckpt"):
+        return ("a checkpoint, not a search space or architecture YAML (from a search run, "
+                "dnas derive RUN -o arch.yaml writes one)")  # fmt: skip
+    return None
 
 
 _TOP_KEYS = ("name", "description", "in_channels", "stem", "stages", "head")

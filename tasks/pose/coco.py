@@ -26,7 +26,7 @@ from pycocotools.cocoeval import COCOeval
 from dnas.errors import DnasError
 from dnas.schema import is_finite_number, is_integer, read_json
 from dnas.task import Metrics
-from tasks.pose.mpii import read_json_list
+from tasks.pose.mpii import as_list, read_json_list
 from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
 
 COCO_JOINTS = (
@@ -159,10 +159,33 @@ def _keypoint_stats(coco: COCO, results: list[dict]) -> dict[str, float]:
     return {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=True)}
 
 
+def read_keypoint_results(path: Path) -> list:
+    """A COCO keypoint results list, not empty: pycocotools' loadRes fails on ``[]`` and an AP
+    of 0 would hide a wrong file; a dnas run's metrics (``results.json``) names the file."""
+    data = read_json(path, "COCO keypoint results")
+    if isinstance(data, dict) and "primary_metric" in data:
+        raise DnasError(f"{path}: the metrics dnas eval or train writes (results.json), not "
+                        f"COCO keypoint results; pass {_results_file(data)}")  # fmt: skip
+    results = as_list(data, path, "COCO keypoint results")
+    if not results:
+        raise DnasError(f"{path}: an empty list: no keypoint results to score (expected one "
+                        "entry per detected person, as dnas eval writes them)")  # fmt: skip
+    return results
+
+
+def _results_file(metrics: dict) -> str:
+    """The keypoint results file a run's metrics list (``files.results``), else what to run."""
+    files = metrics.get("files")
+    listed = files.get("results") if isinstance(files, dict) else None
+    if isinstance(listed, str):
+        return f"the keypoint results it lists: {listed}"
+    return "the keypoints_<split>_results.json that dnas eval writes with a COCO experiment"
+
+
 def coco_keypoint_ap(annotation_json: Path, results_json: Path) -> dict[str, float]:
     """Score an existing COCO keypoint results file against its ground truth (AP, AR...)."""
     coco = load_coco_keypoints(Path(annotation_json))
-    results = read_json_list(Path(results_json), "COCO keypoint results")
+    results = read_keypoint_results(Path(results_json))
     _check_results(Path(results_json), results, coco)
     return _keypoint_stats(coco, results)
 

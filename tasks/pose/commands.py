@@ -41,11 +41,22 @@ def _read_array(path: Path, key: str) -> np.ndarray:
     return array
 
 
+def input_file(path: Path, what: str, patterns: tuple[str, ...]) -> None:
+    """A one-line error unless ``path`` is a file; for a folder (``annot/`` for the
+    gt_valid.mat in it) it names the files there that match ``patterns``, else the patterns."""
+    if path.is_file():
+        return
+    if not path.is_dir():
+        raise DnasError(f"{path}: no such {what} file")
+    found = sorted(str(f) for pattern in patterns for f in path.glob(pattern) if f.is_file())
+    expected = " or ".join(found) if found else f"{' or '.join(patterns)} (none in it)"
+    raise DnasError(f"{path}: a folder; expected the {what} file itself: {expected}")
+
+
 def load_mpii_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gt (N,16,2) 1-based, missing (N,16), head sizes (N,)) from HRNet's gt_valid.mat or
     Newell's valid.h5 (whose ``normalize`` is already 0.6 x the head-box diagonal)."""
-    if not path.is_file():
-        raise DnasError(f"{path}: no such ground-truth file")
+    input_file(path, "ground-truth", ("gt_valid.mat", "valid.h5"))
     if path.suffix == ".h5":
         gt = _read_array(path, "part")
         heads = _read_array(path, "normalize").reshape(-1)
@@ -67,8 +78,7 @@ def load_mpii_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def load_mpii_predictions(path: Path, n_people: int) -> np.ndarray:
     """``preds`` as (N, 16, 2), accepting the transposed (2, 16, N) layout of some files."""
-    if not path.is_file():
-        raise DnasError(f"{path}: no such prediction file")
+    input_file(path, "prediction", ("pred.mat",))
     preds = _read_array(path, "preds")
     if preds.shape == (2, 16, n_people) and n_people != 2:
         preds = preds.transpose(2, 1, 0)
@@ -116,7 +126,8 @@ def pckh(gt_path: Path, preds_path: Path, fmt: str) -> None:  # fmt: skip
 @pose.command(
     "coco-ap",
     epilog=example(
-        "dnas pose coco-ap --gt person_keypoints_val2017.json --results runs/eval/results.json"
+        "dnas pose coco-ap --gt person_keypoints_val2017.json "
+        "--results runs/eval/keypoints_val2017_results.json"
     ),
 )
 @click.option(
@@ -131,13 +142,16 @@ def pckh(gt_path: Path, preds_path: Path, fmt: str) -> None:  # fmt: skip
     "results_path",
     type=click.Path(path_type=Path),
     required=True,
-    help="Keypoint results json in the official COCO results format.",
+    help="Keypoint results json in the official COCO results format (dnas eval writes "
+    "keypoints_<split>_results.json).",
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def coco_ap(gt_path: Path, results_path: Path, fmt: str) -> None:  # fmt: skip
     """COCO keypoint AP, AP50, AP75, APM, APL, AR of a results file (pycocotools COCOeval)."""
     from tasks.pose.coco import coco_keypoint_ap, format_coco_table
 
+    input_file(gt_path, "ground-truth", ("person_keypoints_*.json",))
+    input_file(results_path, "results", ("keypoints_*_results.json",))
     stats = coco_keypoint_ap(gt_path, results_path)
     click.echo(json.dumps(stats) if fmt == "json" else format_coco_table(stats))
 
@@ -156,6 +170,21 @@ def parse_box(ctx: click.Context, param: click.Parameter,
     if w <= 0 or h <= 0:
         raise click.BadParameter(f"width and height must be positive, got {text!r}")
     return x, y, w, h
+
+
+def check_box_centre(box: tuple[float, float, float, float], width: int, height: int) -> None:
+    """The crop is centred on the box, so its centre must lie in the image: the box may run
+    past the border (MPII's people cut off by it do; the crop pads, as HRNet's and mmpose's
+    top-down crops do), but a centre outside leaves the net looking at padding."""
+    x, y, w, h = box
+    cx, cy = x + w / 2, y + h / 2
+    if not (0 <= cx < width and 0 <= cy < height):
+        raise click.BadParameter(
+            f"{x:g},{y:g},{w:g},{h:g}: its centre ({cx:g}, {cy:g}) lies outside the "
+            f"{width}x{height} image; expected x,y,w,h of the person in the image (the box may "
+            "run past the border, its centre not; leave --box out for the whole image)",
+            param_hint="'--box'",
+        )
 
 
 @click.command(
@@ -219,9 +248,8 @@ def predict(image: Path, arch: str | None, weights: Path,
         click.echo(f"warning: {image}: the JPEG ends before its end marker (a truncated file?); "
                    "its missing part is predicted on as grey", err=True)  # fmt: skip
     h, w = picture.shape[:2]
-    if box and not (box[0] < w and box[1] < h and box[0] + box[2] > 0 and box[1] + box[3] > 0):
-        raise click.BadParameter(f"the box lies outside the {w}x{h} image",
-                                 param_hint="'--box'")  # fmt: skip
+    if box:
+        check_box_centre(box, w, h)
     person = box or (0.0, 0.0, float(w), float(h))
     if max(person[2], person[3]) < MIN_PERSON_PX:
         click.echo(f"warning: {image}: the person is {person[2]:g}x{person[3]:g} px, under "

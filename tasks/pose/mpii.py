@@ -8,6 +8,7 @@ height / 200), ``joints_vis``. As in HRNet, joints become 0-based, the centre mo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -26,7 +27,12 @@ from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
 
 
 def read_json_list(path: Path, what: str) -> list:
-    entries = read_json(path, what)
+    """A JSON file that must hold a list of ``what``."""
+    return as_list(read_json(path, what), path, what)
+
+
+def as_list(entries: Any, path: Path, what: str) -> list:
+    """``entries`` read from ``path`` when a list, else a one-line error saying what it lacks."""
     if not isinstance(entries, list):
         raise DnasError(f"{path}: expected a JSON list of {what}")
     return entries

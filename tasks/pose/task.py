@@ -21,6 +21,8 @@ from tasks.pose.inference import predict_batch
 from tasks.pose.loss import joints_mse
 from tasks.pose.topdown import DATASETS, IMAGENET_MEAN, IMAGENET_STD, Augment, TopDownDataset
 
+HEATMAP_STRIDES = (1, 2, 4, 8)  # task.heatmap_stride's choices
+
 
 @dataclass
 class TestOptions:
@@ -40,9 +42,18 @@ class PoseOptions:
     train_split: str | None = None  # default: the dataset's own split names
     val_split: str | None = None
     sigma: float = field(default=2.0, metadata={"min": 0.1})
-    heatmap_stride: int = field(default=4, metadata={"choices": [1, 2, 4, 8]})
+    heatmap_stride: int = field(default=4, metadata={"choices": list(HEATMAP_STRIDES)})
     augment: dict[str, Any] = field(default_factory=dict)
     test: TestOptions = field(default_factory=TestOptions)
+
+
+def whole_stride(output_hw: tuple[int, ...], input_hw: tuple[int, int]) -> int | None:
+    """The stride s with output = input / s exactly on both sides, else None."""
+    (out_h, out_w), (height, width) = output_hw, input_hw
+    if out_h <= 0 or height % out_h:
+        return None
+    stride = height // out_h
+    return stride if out_w * stride == width else None
 
 
 @TASKS.register("pose")
@@ -108,15 +119,28 @@ class PoseTask(Task):
         self.check_match(tuple(shape), (self.num_outputs, height // stride, width // stride))
 
     def check_match(self, output: tuple[int, ...], target: tuple[int, ...]) -> None:
-        if output != target:
-            height, width = self.input_hw
-            stride = self.options.heatmap_stride
+        """The head's output must have the heatmap targets' shape. A head at a whole stride of
+        the input other than ``task.heatmap_stride`` blames that key; anything else, the input
+        size (sides the space's strides do not divide) with the stride it was paired with."""
+        if output == target:
+            return
+        height, width = self.input_hw
+        stride = self.options.heatmap_stride
+        head = whole_stride(output[-2:], self.input_hw)
+        if head is not None and head != stride:
+            fix = f"set task.heatmap_stride: {head}, or " if head in HEATMAP_STRIDES else ""
             raise ConfigError(
-                self.source, "input_size",
-                f"{height}x{width}: the head's output {output} does not match the heatmap "
-                f"targets {target} (joints x H/{stride} x W/{stride}); use an input size that "
-                "the space's strides divide, or check its head's upsampling",
+                self.source, "task.heatmap_stride",
+                f"{stride}: the head's output {output} is at input / {head} of the "
+                f"{height}x{width} input, the heatmap targets at input / {stride} {target}; "
+                f"{fix}use a head that upsamples to input / {stride}",
             )  # fmt: skip
+        raise ConfigError(
+            self.source, "input_size",
+            f"{height}x{width}: the head's output {output} does not match the heatmap targets "
+            f"{target} (joints x H/{stride} x W/{stride}, task.heatmap_stride: {stride}); use "
+            "an input size that the space's strides divide, or check its head's upsampling",
+        )  # fmt: skip
 
     def loss(self, output: Tensor, batch: dict[str, Any]) -> Tensor:
         self.check_match(tuple(output.shape[1:]), tuple(batch["target"].shape[1:]))

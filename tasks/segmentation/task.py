@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,19 +126,41 @@ class SegmentationTask(Task):
         return (root / self.options.annotations.format(split=split),
                 root / self.options.images.format(split=split))  # fmt: skip
 
+    def split_name(self, split: str) -> tuple[str, str]:
+        """(split name, the key that set it) of ``train`` or ``val``."""
+        return getattr(self.options, f"{split}_split"), f"task.{split}_split"
+
     def read_split(self, split: str) -> dict:
-        """The split's parsed annotation file; a missing one is an error on ``task.root``."""
-        path, _ = self.split_paths(split)
-        if not path.is_file():
-            raise ConfigError(self.source, "task.root", f"annotation file {path} not found")
-        return read_coco(path)
+        """The parsed annotation file of ``train`` or ``val``. A missing file is an error on the
+        split's key when other splits' files are there, else on ``task.annotations``."""
+        name, key = self.split_name(split)
+        path, _ = self.split_paths(name)
+        root, template = Path(self.options.root), self.options.annotations
+        if not root.is_dir():
+            raise ConfigError(self.source, "task.root", f"no such directory {str(root)!r}")
+        if path.is_file():
+            return read_coco(path)
+        found = self.found_splits()
+        if not found:
+            raise ConfigError(self.source, "task.annotations", f"{template!r}: no file under "
+                              f"{root} matches it (for {key} {name!r}: {path})")  # fmt: skip
+        raise ConfigError(self.source, key, f"{name!r}: annotation file {path} not found; the "
+                          f"splits under {root}: {', '.join(found)}")  # fmt: skip
+
+    def found_splits(self) -> list[str]:
+        """The split names whose annotation files exist under the root, for an error."""
+        root, template = Path(self.options.root), self.options.annotations
+        any_split = re.escape(template).replace(re.escape("{split}"), "([^/]+)", 1)
+        match = re.compile(any_split.replace(re.escape("{split}"), r"\1")).fullmatch
+        files = root.glob(template.format(split="*"))
+        return sorted({m[1] for m in (match(f.relative_to(root).as_posix()) for f in files) if m})
 
     @functools.cached_property
     def categories(self) -> list[dict]:
         """The selected COCO categories in class order (read from the validation file)."""
-        split = self.options.val_split
-        return select_categories(self.read_split(split)["categories"], self.options.categories,
-                                 self.source, self.split_paths(split)[0])  # fmt: skip
+        path, _ = self.split_paths(self.options.val_split)
+        return select_categories(self.read_split("val")["categories"], self.options.categories,
+                                 self.source, path)  # fmt: skip
 
     @property
     def class_names(self) -> list[str]:
@@ -154,9 +177,9 @@ class SegmentationTask(Task):
         return {"type": "slim_deconv", "deconv_widths": [64, 32], "sic": True}
 
     def dataset(self, split: str, augment: bool, seed: int = 0) -> SegmentationDataset:
-        """``train``/``val`` (or a split name) with the chosen categories' class maps."""
-        name = {"train": self.options.train_split, "val": self.options.val_split}.get(split, split)
-        data = self.read_split(name)
+        """``train`` or ``val`` with the chosen categories' class maps."""
+        name, _ = self.split_name(split)
+        data = self.read_split(split)
         ann_path, image_dir = self.split_paths(name)
         chosen = select_categories(data["categories"], [c["name"] for c in self.categories],
                                    self.source, ann_path)  # fmt: skip
