@@ -14,7 +14,7 @@ import pytest
 import scipy.io
 import torch
 from click.testing import CliRunner
-from conftest import TINY_SPACE, write_experiment
+from conftest import TINY_ARCH, write_experiment
 
 from dnas.checkpoint import save_atomic
 from dnas.cli import cli
@@ -22,7 +22,6 @@ from dnas.nn.network import Network
 from dnas.nn.weights import with_info
 from dnas.space.graph import load_space
 
-TINY_ARCH = TINY_SPACE.parent / "tiny_arch.yaml"
 COCO_JOINTS = 17
 
 
@@ -233,3 +232,17 @@ def test_eval_names_the_task_of_weights_trained_for_another(tmp_path):
         ["eval", exp, "--weights", weights, "-o", tmp_path / "out"],
         "these weights were trained with task 'segmentation', not 'pose'",
     )
+
+
+# ---------------------------------------------------------------- split names
+
+
+@pytest.mark.parametrize("command,key", [("search", "train_split"), ("train", "val_split")])
+def test_a_split_without_its_file_names_the_split_key(synth_root, tmp_path, command, key):
+    """Once only the missing file was named, not the key that chose it."""
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    args = [command, exp, "-o", tmp_path / "out", "--set", f"task.{key}=training"]
+    if command == "train":
+        args += ["--arch", TINY_ARCH]
+    wanted = synth_root / "annot" / "training.json"
+    one_line_error(args, f"exp.yaml: task.{key}: 'training': {wanted}: cannot read")

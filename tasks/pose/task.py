@@ -97,10 +97,17 @@ class PoseTask(Task):
         name = {"train": opts.train_split or train, "val": opts.val_split or val}.get(split, split)
         if not Path(opts.root).is_dir():
             raise ConfigError(self.source, "task.root", f"no such directory {opts.root!r}")
-        dataset = self.dataset_cls(
-            Path(opts.root), name, self.input_hw, opts.sigma, opts.heatmap_stride,
-            self.augment if augment else None, seed, self.dataset_options,
-        )  # fmt: skip
+        try:
+            dataset = self.dataset_cls(
+                Path(opts.root), name, self.input_hw, opts.sigma, opts.heatmap_stride,
+                self.augment if augment else None, seed, self.dataset_options,
+            )  # fmt: skip
+        except ConfigError:
+            raise
+        except DnasError as exc:  # a split the user named chose the file that failed
+            if getattr(opts, f"{split}_split", None) is None:
+                raise
+            raise ConfigError(self.source, f"task.{split}_split", f"{name!r}: {exc}") from None
         if not len(dataset):  # else a traceback deep in collate or in the evaluation
             raise ConfigError(self.source, "task.root", f"{opts.root}: split {name!r} has no "
                               "person to train on or score (its annotations, ranges, boxes or "
