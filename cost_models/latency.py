@@ -1275,6 +1275,14 @@ def lut_build(space: str | None, config: Path | None, overrides: tuple[str, ...]
         space, config, list(overrides), head_outputs(outputs, joints, default=None),
         Conditions(input_size, batch, device, runtime, threads),
     )  # fmt: skip
+    if device is None and settled.device is not None:  # the experiment's cost_model.device
+        try:
+            pick_device(settled.device)
+        except DnasError:
+            raise ConfigError(str(config), "cost_model.device", f"{settled.device!r}, which "
+                              "this machine lacks: build the table on a machine with it (or "
+                              "give this build and the search --set cost_model.device=cpu)"
+                              ) from None  # fmt: skip
     device = settled.device or "cpu"
     batch = settled.batch or (32 if device == "cuda" else 1)
     runtime = settled.runtime or "torch"

@@ -117,6 +117,18 @@ def test_lut_build_refuses_options_that_contradict_its_config(tmp_path, builds):
     )
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_lut_build_names_the_experiments_device_where_this_machine_lacks_it(tmp_path, builds):
+    """The device came from cost_model.device, not from the command line: name that key."""
+    exp = write_experiment(tmp_path / "exp.yaml", tmp_path, cost_model={
+        "type": "latency", "table": "t.json", "device": "cuda"})  # fmt: skip
+    line = one_line(["lut", "build", "--config", exp, *QUICK, "-o", tmp_path / "t.json"])
+    assert line == (f"Error: {exp}: cost_model.device: 'cuda', which this machine lacks: build "
+                    "the table on a machine with it (or give this build and the search --set "
+                    "cost_model.device=cpu)")  # fmt: skip
+    assert not builds
+
+
 def test_a_table_of_another_space_says_so_before_any_entry(table, tmp_path, synth_root):
     data, path = table
     other = load_space("mbv2_pose_small")
