@@ -44,9 +44,14 @@ def cost_model_options(cfg: Any, extra: dict, source: str, path: str,
                        declared: list[str]) -> Any:  # fmt: skip
     """The keys of ``cost_model:`` that the cost model named by ``type`` declares."""
     try:
-        options_cls = COST_MODELS.get(cfg.type).Options
+        model = COST_MODELS.get(cfg.type)
     except DnasError as exc:
         raise ConfigError(source, join(path, "type"), str(exc)) from None
+    options_cls = model.Options
+    if clash := sorted(set(declared) & set(field_names(options_cls))):  # unreachable options
+        raise DnasError(f"cost model {cfg.type!r} ({model.__module__}): its options "
+                        f"{', '.join(clash)} are keys of cost_model: itself; the plugin must "
+                        "rename them")  # fmt: skip
     check_keys(extra, declared + field_names(options_cls), [], source, path)
     return from_dict(options_cls, extra, source, path)
 
@@ -56,13 +61,19 @@ def strategy_sections() -> dict[str, type]:
     ``search.single_path``, ...): key -> the ``Options`` dataclass, which strategies sharing a
     key share."""
     sections: dict[str, type] = {}
-    for name in STRATEGIES.names():
+    builtin_first = sorted(
+        STRATEGIES.names(),  # so that a plugin's clash is blamed on it
+        key=lambda n: not STRATEGIES.get(n).__module__.startswith("dnas."),
+    )
+    for name in builtin_first:
         cls = STRATEGIES.get(name)
         if cls.options_key is not None:
             known = sections.setdefault(cls.options_key, cls.Options)
-            if known is not cls.Options:
-                raise TypeError(f"strategy {name!r}: search.{cls.options_key} has two Options "
-                                f"classes ({known.__name__}, {cls.Options.__name__})")  # fmt: skip
+            if known is not cls.Options:  # a plugin's strategy reuses another's section
+                raise DnasError(f"strategy {name!r} ({cls.__module__}): search."
+                                f"{cls.options_key} is already the section of other options "
+                                f"({known.__module__}.{known.__name__}); the plugin must name "
+                                "its own options_key")  # fmt: skip
     return sections
 
 
@@ -281,6 +292,21 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     source = str(path)
     data = expect_mapping(load_yaml(path) or {}, source, "")
     data = apply_overrides(data, overrides or [], source)
+    return experiment_from_dict(data, source)
+
+
+def checked(exp: Experiment) -> Experiment:
+    """``exp`` validated again as ``load_experiment`` validates a file, as a copy: an
+    Experiment changed in code after loading (``exp.search.epochs = 0``) gets the same
+    one-line errors before a run starts, not a traceback or a silent misrun in its middle."""
+    if not isinstance(exp, Experiment):
+        raise DnasError(f"expected an Experiment (dnas.load_experiment(PATH)), got "
+                        f"{type(exp).__name__} {str(exp)[:60]!r}")  # fmt: skip
+    return experiment_from_dict(to_dict(exp), exp.source)
+
+
+def experiment_from_dict(data: dict, source: str) -> Experiment:
+    """The Experiment of a config mapping read from ``source``, every key and value checked."""
     data.pop("source", None)  # the config.yaml of a run recorded before 2026-12-01 holds it
     exp = from_dict(Experiment, data, source)
     exp.source = source

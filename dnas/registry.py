@@ -7,6 +7,7 @@ the core never names a plugin.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from collections.abc import Callable
@@ -30,7 +31,7 @@ def load_plugins() -> None:
     if _loaded:
         return
     _loaded = True
-    for ep in entry_points(group=PLUGIN_GROUP):
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: not is_builtin(ep)):
         try:
             import_module(ep.value)
         except Exception as exc:  # noqa: BLE001  any failure of third-party code: one broken
@@ -39,6 +40,13 @@ def load_plugins() -> None:
             _failed.append(f"{ep.name} ({type(exc).__name__}: {exc})")
             warnings.warn(f"dnas plugin {ep.name!r} ({ep.value}) not loaded: "
                           f"{type(exc).__name__}: {exc}", stacklevel=2)  # fmt: skip
+
+
+def is_builtin(ep: Any) -> bool:
+    """Whether an entry point is dnas's own: those load first, so a third-party plugin that
+    registers a built-in name (a strategy 'darts') is the one refused, never the built-in."""
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.name == "dnas"
 
 
 def forget_unimported() -> None:
@@ -57,12 +65,23 @@ def defining_module(obj: Any) -> str:
     return getattr(target, "__module__", None) or "__main__"
 
 
-def check_concrete(cls: Any, kind: str, name: str) -> None:
-    """A registered class must implement its base's abstract methods before it is built."""
+def check_concrete(cls: Any, kind: str, name: str, needs_options: bool = False,
+                   attributes: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """A registered plugin class must implement its base's abstract methods, declare its YAML
+    keys as an ``Options`` dataclass (where ``needs_options``, or where it declares any) and
+    set its ``attributes`` (a cost model's ``metric`` and ``unit``) before it is built: one
+    line naming the plugin, not an AttributeError in the middle of a run."""
+    where = f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__})"
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     if missing:
-        raise DnasError(f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) does not "
-                        f"implement {', '.join(missing)}")  # fmt: skip
+        raise DnasError(f"{where} does not implement {', '.join(missing)}")
+    options = getattr(cls, "Options", None)
+    if (options is not None or needs_options) and not (
+            isinstance(options, type) and dataclasses.is_dataclass(options)):  # fmt: skip
+        raise DnasError(f"{where}: Options must be a dataclass of its YAML keys (an empty "
+                        f"@dataclass for none), got {options!r}")  # fmt: skip
+    if absent := [a for a in attributes if not isinstance(getattr(cls, a, None), str)]:
+        raise DnasError(f"{where} does not set {', '.join(absent)} (a string each)")
 
 
 class Registry:
@@ -76,7 +95,9 @@ class Registry:
     def register(self, name: str) -> Callable[[Any], Any]:
         def add(obj: Any) -> Any:
             if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise ValueError(f"{self.kind} {name!r} is registered twice: by "
+                                 f"{defining_module(self._items[name])} and "
+                                 f"{defining_module(obj)}")  # fmt: skip
             self._items[name] = obj
             return obj
 

@@ -48,11 +48,14 @@ def is_finite_number(value: Any) -> bool:
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load``'s loader, refusing a key given twice in one mapping: YAML forbids it,
-    and PyYAML would keep the last value without a word."""
+    and PyYAML would keep the last value without a word. Merge keys (``<<: *base``) work as in
+    ``safe_load``: the keys written beside one override the keys it merges."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # the base class merges its mapping(s) in
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, Hashable):
                 continue  # the base class refuses it with its own message

@@ -109,7 +109,7 @@ def build_task(exp: Experiment) -> Task:
         cls = TASKS.get(name)
     except DnasError as exc:
         raise ConfigError(exp.source, "task.name", str(exc)) from None
-    check_concrete(cls, "task", name)
+    check_concrete(cls, "task", name, needs_options=True)
     return cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
 
 

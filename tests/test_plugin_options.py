@@ -349,7 +349,7 @@ def test_a_half_loaded_plugin_leaves_nothing_registered_and_is_named(tmp_path, m
         registry.load_plugins()
     assert [str(w.message) for w in caught] == [
         "dnas plugin 'half' (half_dnas_plugin) not loaded: ValueError: strategy 'darts' is "
-        "registered twice"
+        "registered twice: by dnas.search.darts and half_dnas_plugin"
     ] * 2  # the same cause both times, not a clash with its own first attempt
     assert "half_probe" not in registry.COST_MODELS.names()
     assert "half-cmd" not in registry.COMMANDS.names()  # a click command: by its callback

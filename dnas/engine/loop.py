@@ -26,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dnas.allocator import keep_freed_memory
 from dnas.checkpoint import Checkpointer, check_resumable
-from dnas.config import Experiment, config_hash, write_config
+from dnas.config import Experiment, checked, config_hash, write_config
 from dnas.engine import distributed
 from dnas.engine.progress import Reporter, eta_text
 from dnas.engine.rundir import (
@@ -82,6 +82,14 @@ def stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
             signal.signal(s, previous[s])
 
 
+def run_inputs(exp: Experiment, out_dir: Path | str) -> tuple[Experiment, Path]:
+    """A run's experiment, checked again as a file is (``dnas.config.checked``: one changed in
+    code after loading), and its folder as a Path; a one-line error for either."""
+    if not isinstance(out_dir, str | Path):
+        raise DnasError(f"out_dir: expected a folder path, got {out_dir!r}")
+    return checked(exp), Path(out_dir)
+
+
 class RunContext:
     """One run in ``out_dir``: joins the torchrun world (only rank 0 creates ``out_dir``, locks
     it and logs), seeds every generator, builds the task, and picks the device and precision;
@@ -93,7 +101,8 @@ class RunContext:
 
     def __init__(self, exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
                  resume: bool = False, force: bool = False) -> None:  # fmt: skip
-        self.exp, self.out_dir, self.resume, self.force = exp, Path(out_dir), resume, force
+        exp, out_dir = run_inputs(exp, out_dir)
+        self.exp, self.out_dir, self.resume, self.force = exp, out_dir, resume, force
         keep_freed_memory()  # steps reuse their tensors' memory (dnas.allocator)
         self.world = distributed.init_world(exp.device)
         self.report = report or Reporter()
@@ -208,9 +217,10 @@ class EpochLoop(RunContext, ABC):
 
     def __init__(self, exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
                  resume: bool = False, force: bool = False) -> None:  # fmt: skip
+        exp, out_dir = run_inputs(exp, out_dir)  # before the first use of either
         self.position = Position()
         self.sums: dict[str, float] = {}  # the epoch's summed step stats so far
-        self.checkpoints = Checkpointer(Path(out_dir) / "checkpoints",
+        self.checkpoints = Checkpointer(out_dir / "checkpoints",
                                         exp.checkpoint.keep_last, print)  # fmt: skip
         self.interrupted: int | None = None  # the signal that asked the run to stop
         self.steps_log: StepLog | None = None

@@ -6,7 +6,7 @@ from torch import nn
 
 from dnas.errors import ConfigError, DnasError
 from dnas.nn import slim_deconv  # noqa: F401  (registers the built-in head)
-from dnas.registry import HEADS
+from dnas.registry import HEADS, check_concrete
 from dnas.schema import from_dict
 from dnas.space.graph import SearchSpace
 
@@ -23,6 +23,7 @@ def build_head(space: SearchSpace, num_outputs: int) -> nn.Module:
         cls = HEADS.get(space.head.type)
     except DnasError as exc:
         raise ConfigError(space.source, "head.type", str(exc)) from None
+    check_concrete(cls, "head", space.head.type, needs_options=True)
     options = from_dict(cls.Options, space.head.options, space.source, "head")
     in_channels = [space.channels(node) for node in space.head.inputs]
     try:

@@ -97,7 +97,7 @@ class CostTable:
 
 def coverage_problem(table: CostTable, space: SearchSpace) -> str | None:
     """What keeps ``table`` from costing every architecture of ``space`` (a missing or extra
-    layer or op, a value that is not a finite number), or None."""
+    layer or op, a value that is not a finite number, a negative cost), or None."""
     layers = {layer.name: layer.candidates for layer in space.searchable_layers}
     if table.layers.keys() != layers.keys():
         missing, extra = layers.keys() - table.layers.keys(), table.layers.keys() - layers.keys()
@@ -108,7 +108,12 @@ def coverage_problem(table: CostTable, space: SearchSpace) -> str | None:
             return f"layer {name}: has ops {list(table.layers[name])}, the space {list(ops)}"
         if not all(map(is_finite_number, table.layers[name].values())):
             return f"layer {name}: a cost that is not a finite number"
-    return None if is_finite_number(table.fixed) else "has a fixed cost that is not a number"
+        if min(table.layers[name].values()) < 0:  # a search would seek it out as a reward
+            return f"layer {name}: a negative cost {min(table.layers[name].values()):.6g}"
+    if not is_finite_number(table.fixed):
+        return "has a fixed cost that is not a number"
+    cheapest = table.fixed + sum(min(ops.values()) for ops in table.layers.values())
+    return None if cheapest >= 0 else f"gives its cheapest net a negative cost {cheapest:.6g}"
 
 
 def source_digest(cls: type) -> str:
@@ -170,6 +175,9 @@ class CostModel(ABC):
         # a cached table, so a seeded search does not depend on the cache.
         with torch.random.fork_rng(devices=[]):
             table = self.build(space, input_hw, num_outputs)
+        if not isinstance(table, CostTable):
+            raise DnasError(f"cost model {cls.__module__}.{cls.__qualname__}: build() returned "
+                            f"a {type(table).__name__}, not a CostTable")  # fmt: skip
         if problem := coverage_problem(table, space):
             raise DnasError(f"cost model {cls.__qualname__}: its {self.metric} table for "
                             f"{space.source} {problem}")  # fmt: skip
@@ -196,7 +204,7 @@ def get_cost_model(name: str, cfg: CostConfig | None = None) -> CostModel:
     """The registered cost model ``name``, with the options of ``cfg`` (its defaults when
     ``cfg`` is None or holds none)."""
     cls = COST_MODELS.get(name)
-    check_concrete(cls, "cost model", name)
+    check_concrete(cls, "cost model", name, attributes=("metric", "unit"))
     return cls(cfg.options if cfg is not None else None)
 
 

@@ -30,9 +30,20 @@ class DerivedLayer:
 
 
 def find_checkpoint(ref: Path) -> Path:
-    """A search run directory (its ``search.pt``) or a checkpoint file."""
+    """A search run directory (its ``search.pt``) or a checkpoint file; a folder without one
+    is a one-line error saying what it is instead."""
+    if not isinstance(ref, str | Path):
+        raise DnasError(f"expected a search run folder or its search.pt, got {ref!r}")
     ref = Path(ref)
-    return ref / "search.pt" if ref.is_dir() else ref
+    if not ref.is_dir():
+        return ref
+    if not (ref / "search.pt").exists() and (ref / "model.pt").exists():
+        raise DnasError(f"{ref}: a train run, not a search; its architecture is "
+                        f"{ref / 'arch.yaml'}")  # fmt: skip
+    if not (ref / "search.pt").exists():
+        raise DnasError(f"{ref}: no search.pt in this folder; expected a 'dnas search' run "
+                        "folder or its search.pt")  # fmt: skip
+    return ref / "search.pt"
 
 
 @dataclass

@@ -274,7 +274,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
             graph.add_edge(node, HEAD)
     _check_acyclic(graph, source)
     if head is not None:
-        _check_all_read(graph, stages, source)
+        _check_all_read(graph, stem, stages, source)
     _check_op_shapes(graph, [*stem, *(lay for s in stages for lay in s.layers)], pending, source)
     return SearchSpace(name, source, in_channels, tuple(stem), tuple(stages), head, graph)
 
@@ -288,7 +288,7 @@ def _int(value: Any, source: str, path: str, low: int, high: int) -> int:
 
 
 def _stride(value: Any, source: str, path: str) -> int:
-    if value not in (1, 2) or isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2):
         raise ConfigError(source, path, f"expected stride 1 or 2, got {value!r}")
     return value
 
@@ -421,10 +421,17 @@ def _read_head(
     return HeadSpec(head_type, tuple(resolved), raw)
 
 
-def _check_all_read(graph: nx.DiGraph, stages: list[Stage], source: str) -> None:
-    """Every stage must feed the head (directly or through later stages): one whose output
-    nothing reads would be built, counted in the cost and searched on the cost term alone."""
+def _check_all_read(graph: nx.DiGraph, stem: list[Layer], stages: list[Stage],
+                    source: str) -> None:  # fmt: skip
+    """Every stem layer and stage must feed the head (directly or through later stages): one
+    whose output nothing reads would be built, counted in the cost and searched on the cost
+    term alone."""
     feeding = nx.ancestors(graph, HEAD)
+    for i, layer in enumerate(stem):
+        if layer.name not in feeding:
+            raise ConfigError(source, join("stem", i), f"the output of stem layer {layer.name!r} "
+                              "is read by nothing (no stage's input: reaches it); remove it or "
+                              "read it")  # fmt: skip
     for i, stage in enumerate(stages):
         if stage.layers[-1].name not in feeding:
             raise ConfigError(source, join("stages", i), f"the output of stage {stage.name!r} "

@@ -94,9 +94,14 @@ def parse_op(name: str) -> OpSpec:
     if not isinstance(name, str):
         raise ValueError(f"expected an op string, got {name!r}")
     kinds = [OP_KINDS.get(n) for n in OP_KINDS.names()]
-    for kind in kinds:
-        if m := re.fullmatch(kind.pattern, name):
-            return OpSpec(name, kind.name, *_numbers(name, m.groups()))
+    matches = [(kind, m) for kind in kinds if (m := re.fullmatch(kind.pattern, name))]
+    if len(matches) > 1:  # which kind builds it would depend on the names' order
+        names = " and ".join(repr(kind.name) for kind, _ in matches)
+        raise ValueError(f"op {name!r} matches the patterns of op kinds {names}: a plugin's "
+                         "op kind overlaps another; give it a prefix of its own")  # fmt: skip
+    if matches:
+        kind, m = matches[0]
+        return OpSpec(name, kind.name, *_numbers(name, m.groups()))
     syntax = ", ".join(kind.syntax for kind in kinds)
     raise ValueError(f"unknown op {name!r} (expected one of {syntax})")
 
@@ -105,6 +110,8 @@ def _numbers(name: str, groups: tuple[str | None, ...]) -> list[int]:
     """The kernel and expansion of a matched op string, checked; an empty group reads as 0."""
     if not all(g is None or g.isdigit() for g in groups):
         raise ValueError(f"op {name!r}: expected digits in {groups}")
+    if any(g and len(g) > 1 and g.startswith("0") for g in groups):  # k03e3 is k3e3 twice
+        raise ValueError(f"op {name!r}: write its numbers without leading zeros")
     kernel, expansion = (*groups, None, None)[:2]
     if kernel is not None:
         _check_kernel(name, int(kernel))

@@ -1,0 +1,217 @@
+"""Mistakes found by the 2026-12-07 audit of the Python API, the space YAML and plugins: an
+Experiment changed in code, spaces that built silently wrong nets, plugins that clashed with
+built-ins or each other. Each is a one-line error (or, for a broken plugin, a warning naming it)
+before any run starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import TINY_ARCH, TINY_SPACE
+
+import dnas
+from dnas import registry
+from dnas.config import load_experiment
+from dnas.errors import ConfigError, DnasError
+from dnas.registry import COST_MODELS, OP_KINDS, STRATEGIES
+from dnas.schema import parse_yaml
+from dnas.search.cost_model import CostModel, CostTable, coverage_problem
+from dnas.search.darts import DartsStrategy
+from dnas.space.graph import load_space
+from dnas.space.ops import OpKind, parse_op, register_op_kind
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("search.steps_per_epoch", 0, "search.steps_per_epoch: expected a value >= 1, got 0"),
+    ("cost_model.weight", -1.0, "cost_model.weight: expected a value >= 0.0, got -1.0"),
+    ("train.schedule", "cosin", "train.schedule: expected one of step, cosine, got 'cosin'"),
+    ("search.epochs", "2", "search.epochs: expected an integer, got str '2'"),
+    ("input_size", 64, "input_size: expected a list, got int 64"),
+    ("head", "fpn_lite", "head: expected a mapping, got str 'fpn_lite'"),
+])  # fmt: skip
+def test_an_experiment_changed_in_code_is_checked_as_its_file_is(tmp_path, finished, key, value,
+                                                                 message):  # fmt: skip
+    exp = load_experiment(finished["exp"])
+    owner, _, name = key.rpartition(".")
+    setattr(exp if not owner else getattr(exp, owner), name, value)
+    with pytest.raises(ConfigError, match=f"exp.yaml: {message}"):
+        dnas.run_search(exp, tmp_path / "s")
+    with pytest.raises(ConfigError, match=f"exp.yaml: {message}"):
+        dnas.run_train(exp, str(TINY_ARCH), tmp_path / "t")
+    assert list(tmp_path.iterdir()) == []  # refused before a folder was made
+
+
+def test_a_run_is_given_an_experiment_and_a_folder(tmp_path, finished):
+    with pytest.raises(DnasError, match=r"expected an Experiment \(dnas.load_experiment\(PATH\)"
+                                        r"\), got str 'exp.yaml'"):  # fmt: skip
+        dnas.run_search("exp.yaml", tmp_path / "s")
+    with pytest.raises(DnasError, match="out_dir: expected a folder path, got None"):
+        dnas.run_search(load_experiment(finished["exp"]), None)
+
+
+def space_with(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load(TINY_SPACE.read_text())
+    edit(data)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_space_mistakes_that_built_wrong_nets_are_refused(tmp_path):
+    def float_stride(d):
+        d["stages"][0]["stride"] = 2.0
+
+    with pytest.raises(ConfigError, match=r"stages\[0\].stride: expected stride 1 or 2, got 2.0"):
+        load_space(space_with(tmp_path, float_stride))
+
+    def leading_zero(d):
+        d["stages"][0]["ops"] = ["k3e3", "k03e3", "skip"]
+
+    with pytest.raises(ConfigError, match="op 'k03e3': write its numbers without leading zeros"):
+        load_space(space_with(tmp_path, leading_zero))
+
+    def dead_stem_layer(d):  # stage 1 reads stem.0, so stem.1 would be built and costed unread
+        d["stem"].append({"op": "conv3", "width": 64, "stride": 1})
+        d["stages"][0]["input"] = "stem.0"
+
+    with pytest.raises(ConfigError, match=r"stem\[1\]: the output of stem layer 'stem.1' is "
+                                          r"read by nothing"):  # fmt: skip
+        load_space(space_with(tmp_path, dead_stem_layer))
+
+
+def test_yaml_merge_keys_work_and_duplicates_are_still_refused():
+    assert parse_yaml("a: &b {x: 1, y: 2}\nc: {<<: *b, y: 3}") == {
+        "a": {"x": 1, "y": 2}, "c": {"x": 1, "y": 3}}  # fmt: skip
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'y'"):
+        parse_yaml("a: &b {x: 1}\nc: {<<: *b, y: 3, y: 4}")
+
+
+def test_a_cost_table_with_a_negative_cost_is_refused():
+    space = load_space(TINY_SPACE)
+    layers = {lay.name: dict.fromkeys(lay.candidates, 1.0) for lay in space.searchable_layers}
+    assert coverage_problem(CostTable("macs", "MMAC", 0.5, layers, {}), space) is None
+    first = space.searchable_layers[0]
+    negative = {**layers, first.name: {**layers[first.name], first.candidates[0]: -2.0}}
+    assert coverage_problem(CostTable("macs", "MMAC", 0.5, negative, {}), space) == (
+        f"layer {first.name}: a negative cost -2"
+    )
+    assert "cheapest net a negative cost" in coverage_problem(
+        CostTable("macs", "MMAC", -100.0, layers, {}), space)  # fmt: skip
+
+
+def test_derive_of_a_folder_that_holds_no_search_says_what_it_is(tmp_path, finished):
+    with pytest.raises(DnasError, match=f"a train run, not a search; its architecture is "
+                                        f"{finished['train'] / 'arch.yaml'}"):  # fmt: skip
+        dnas.derive(finished["train"])
+    with pytest.raises(DnasError, match="no search.pt in this folder"):
+        dnas.derive(tmp_path)
+    with pytest.raises(DnasError, match="expected a search run folder or its search.pt, got 3"):
+        dnas.derive(3)
+
+
+def test_a_plugin_that_registers_a_built_in_name_is_refused_not_the_built_in(
+        tmp_path, monkeypatch):  # fmt: skip
+    (tmp_path / "clash_dnas_plugin.py").write_text(
+        "from dnas.registry import COST_MODELS\n"
+        "class Mine: pass\n"
+        "COST_MODELS.register('clash_probe')(Mine)\n"
+    )  # fmt: skip
+    (tmp_path / "own_dnas_module.py").write_text(
+        "from dnas.registry import COST_MODELS\n"
+        "class Own: pass\n"
+        "COST_MODELS.register('clash_probe')(Own)\n"
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    third = SimpleNamespace(name="clash", value="clash_dnas_plugin", dist=None)
+    own = SimpleNamespace(name="own", value="own_dnas_module", dist=SimpleNamespace(name="dnas"))
+    monkeypatch.setattr(registry, "entry_points", lambda group: [third, own])  # third first
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_failed", [])
+    with pytest.warns(UserWarning, match=r"'clash' \(clash_dnas_plugin\) not loaded: ValueError: "
+                                         r"cost model 'clash_probe' is registered twice: by "
+                                         r"own_dnas_module and clash_dnas_plugin"):  # fmt: skip
+        registry.load_plugins()
+    assert COST_MODELS.get("clash_probe").__module__ == "own_dnas_module"
+    COST_MODELS._items.pop("clash_probe")
+
+
+@dataclasses.dataclass
+class ClashingOptions:
+    target: float = 1.0  # a key of cost_model: itself, which the plugin could never receive
+
+
+class ClashingCost(CostModel):
+    metric, unit, Options = "clash", "units", ClashingOptions
+
+    def build(self, space, input_hw, num_outputs) -> CostTable:
+        raise AssertionError("never built")
+
+
+@dataclasses.dataclass
+class MyRandomOptions:
+    samples: int = 3
+
+
+class OwnSection(DartsStrategy):
+    options_key, Options = "random", MyRandomOptions  # the built-in random search's section
+
+
+def test_plugin_options_that_clash_with_core_keys_or_sections_name_the_plugin(
+        tmp_path, finished, monkeypatch):  # fmt: skip
+    monkeypatch.setitem(COST_MODELS._items, "clashing", ClashingCost)
+    with pytest.raises(DnasError, match=r"cost model 'clashing' \(test_api_audit\): its options "
+                                        r"target are keys of cost_model: itself"):  # fmt: skip
+        load_experiment(finished["exp"], ["cost_model.type=clashing"])
+    monkeypatch.delitem(COST_MODELS._items, "clashing")
+    monkeypatch.setitem(STRATEGIES._items, "a_own_section", OwnSection)  # sorts before random
+    match = (
+        r"strategy 'a_own_section' \(test_api_audit\): search.random is already the "
+        r"section of other options \(dnas.search.random_search.RandomSearchOptions\)"
+    )
+    with pytest.raises(DnasError, match=match):
+        load_experiment(finished["exp"])
+
+
+def test_an_op_kind_that_overlaps_another_is_named_when_an_op_matches_both(monkeypatch):
+    assert parse_op("k3e3").kind == "mbconv"
+    monkeypatch.setattr(OP_KINDS, "_items", dict(OP_KINDS._items))
+    register_op_kind(dataclasses.replace(OP_KINDS.get("mbconv"), name="aa_mb"))
+    match = "op 'k3e3' matches the patterns of op kinds 'aa_mb' and 'mbconv': a plugin's op kind"
+    with pytest.raises(ValueError, match=match):
+        parse_op("k3e3")
+    assert parse_op("conv3").kind == "conv"  # ops of other kinds still parse
+    assert isinstance(OP_KINDS.get("mbconv"), OpKind)
+
+
+class NoOptionsHead:
+    """A head plugin that forgot its Options."""
+
+
+class TableAsDict(CostModel):
+    metric, unit = "dicty", "units"
+
+    def build(self, space, input_hw, num_outputs):
+        return {"stage1.0": {}}
+
+
+def test_a_plugin_that_breaks_its_contract_is_named_in_one_line(tmp_path, monkeypatch):
+    from dnas.registry import check_concrete
+
+    with pytest.raises(DnasError, match=r"head 'h' \(test_api_audit.NoOptionsHead\): Options "
+                                        r"must be a dataclass of its YAML keys"):  # fmt: skip
+        check_concrete(NoOptionsHead, "head", "h", needs_options=True)
+    check_concrete(NoOptionsHead, "strategy", "s")  # no Options: fine where none is needed
+    with pytest.raises(DnasError, match=r"\(test_api_audit.NoOptionsHead\) does not set metric, "
+                                        r"unit \(a string each\)"):  # fmt: skip
+        check_concrete(NoOptionsHead, "cost model", "c", attributes=("metric", "unit"))
+    monkeypatch.setattr(NoOptionsHead, "Options", dict, raising=False)  # not a dataclass
+    with pytest.raises(DnasError, match="Options must be a dataclass"):
+        check_concrete(NoOptionsHead, "strategy", "s")
+    monkeypatch.setenv("DNAS_CACHE_DIR", str(tmp_path))
+    with pytest.raises(DnasError, match=r"cost model test_api_audit.TableAsDict: build\(\) "
+                                        r"returned a dict, not a CostTable"):  # fmt: skip
+        TableAsDict().table(load_space(TINY_SPACE), (64, 64), 16)
