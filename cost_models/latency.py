@@ -65,7 +65,7 @@ from dnas.schema import from_dict, is_finite_number, is_integer, read_json, to_d
 from dnas.search.budget import cheapest_within, draw_ops, tilted_probs
 from dnas.search.cost_model import CostModel, CostTable
 from dnas.space.choices import uniform_choices
-from dnas.space.graph import INPUT, Layer, SearchSpace, space_from_dict
+from dnas.space.graph import Layer, SearchSpace, space_from_dict
 from dnas.space.ops import build_op, parse_op
 
 PICK_LEVELS = (0.25, 0.5, 0.75)  # MAC levels of the table's own picks (``picked_choices``)
@@ -1020,20 +1020,11 @@ def as_yaml(value: object) -> str:
     return f"[{value[0]},{value[1]}]" if isinstance(value, tuple) else str(value)
 
 
-def total_stride(space: SearchSpace) -> int:
-    """The largest product of strides from the input to a layer's output: every stride-2
-    layer halves a side that it divides exactly (strides are 1 or 2)."""
-    strides = {INPUT: 1}
-    for layer in space.layers:
-        strides[layer.name] = strides[layer.input] * layer.stride
-    return max(strides.values())
-
-
 def check_strides(space: SearchSpace, input_hw: tuple[int, int]) -> None:
     """Refuse an input size that the space's strides do not divide, before any timing: a
     layer would round its output up, so the net's output is not the input / its stride (a
     pose search refuses that size). A task that takes any size checks its own: --config."""
-    stride = total_stride(space)
+    stride = space.total_stride()
     if not (input_hw[0] % stride or input_hw[1] % stride):
         return
     near = "x".join(str(max(stride, round(side / stride) * stride)) for side in input_hw)

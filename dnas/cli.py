@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -75,7 +76,7 @@ class RootGroup(DnasGroup):
                 click.echo(f"warning: a plugin's command {name!r} is hidden by the built-in "
                            f"'dnas {name}'; register it under another name", err=True)  # fmt: skip
             return builtin
-        return COMMANDS.get(name) if name in COMMANDS.names() else None
+        return plugin_command(COMMANDS, name)
 
 
 class DataGroup(DnasGroup):
@@ -89,7 +90,22 @@ class DataGroup(DnasGroup):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         from dnas.registry import DATA_COMMANDS
 
-        return DATA_COMMANDS.get(name) if name in DATA_COMMANDS.names() else None
+        return plugin_command(DATA_COMMANDS, name)
+
+
+def plugin_command(registry: Any, name: str) -> click.Command | None:
+    """The click command a plugin registered as ``name``; None (with a warning naming the
+    plugin) when it registered something else, such as the function before @click.command."""
+    if name not in registry.names():
+        return None
+    command = registry.get(name)
+    if isinstance(command, click.Command):
+        return command
+    from dnas.registry import defining_module
+
+    click.echo(f"warning: {registry.kind} {name!r} ({defining_module(command)}) is not a click "
+               "command (register the @click.command object); skipped", err=True)  # fmt: skip
+    return None
 
 
 def is_main_process() -> bool:

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from dnas.config import Experiment
-from dnas.errors import ConfigError, DnasError
+from dnas.errors import ConfigError, DnasError, listing
 from dnas.registry import TASKS, check_concrete
-from dnas.schema import from_dict
+from dnas.schema import from_dict, is_finite_number
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
 
 
@@ -111,6 +111,23 @@ def build_task(exp: Experiment) -> Task:
         raise ConfigError(exp.source, "task.name", str(exc)) from None
     check_concrete(cls, "task", name, needs_options=True)
     return cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
+
+
+def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device,
+             out_dir: Path | None, save_vis: int = 0) -> Metrics:  # fmt: skip
+    """``task.evaluate``, its result checked: a plugin's malformed ``Metrics`` (or a score that
+    is not a number) is one line naming it, not a KeyError or a NaN in results.json."""
+    metrics = task.evaluate(model, loader, device, out_dir, save_vis)
+    where = f"task {task.name!r} ({type(task).__module__}.{type(task).__qualname__}): evaluate()"
+    if not isinstance(metrics, Metrics):
+        raise DnasError(f"{where} returned a {type(metrics).__name__}, not a dnas.Metrics")
+    if metrics.primary not in metrics.values:
+        raise DnasError(f"{where}: its primary {metrics.primary!r} is not among its values "
+                        f"({listing(sorted(map(str, metrics.values)), 6)})")  # fmt: skip
+    if not is_finite_number(metrics.score):
+        raise DnasError(f"{where}: {metrics.primary} is {metrics.score!r}, not a finite number "
+                        "(a net that diverged?)")  # fmt: skip
+    return metrics
 
 
 def build_space(ref: str | None, task: Task, exp: Experiment,

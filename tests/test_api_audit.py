@@ -11,10 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import TINY_ARCH, TINY_SPACE
+from click.testing import CliRunner
+from conftest import TINY_ARCH, TINY_SPACE, write_experiment
 
 import dnas
 from dnas import registry
+from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.errors import ConfigError, DnasError
 from dnas.registry import COST_MODELS, OP_KINDS, STRATEGIES
@@ -215,3 +217,57 @@ def test_a_plugin_that_breaks_its_contract_is_named_in_one_line(tmp_path, monkey
     with pytest.raises(DnasError, match=r"cost model test_api_audit.TableAsDict: build\(\) "
                                         r"returned a dict, not a CostTable"):  # fmt: skip
         TableAsDict().table(load_space(TINY_SPACE), (64, 64), 16)
+
+
+class Scored:
+    """A task whose evaluate() returns what it is given: a plugin's possible results."""
+
+    name = "scored"
+
+    def __init__(self, result) -> None:
+        self.result = result
+
+    def evaluate(self, model, loader, device, out_dir, save_vis=0):
+        return self.result
+
+
+def test_a_tasks_malformed_evaluation_is_named_before_it_is_used():
+    from dnas.task import Metrics, evaluate
+
+    ok = Metrics({"mIoU": 41.5}, "mIoU")
+    assert evaluate(Scored(ok), None, None, None, None) is ok
+    where = r"task 'scored' \(test_api_audit.Scored\): evaluate\(\)"
+    cases = [({"mIoU": 1.0}, f"{where} returned a dict, not a dnas.Metrics"),
+             (Metrics({"miou": 1.0}, "mIoU"), f"{where}: its primary 'mIoU' is not among its "
+                                              r"values \(miou\)"),
+             (Metrics({"mIoU": float("nan")}, "mIoU"), f"{where}: mIoU is nan, not a finite "
+                                                       "number")]  # fmt: skip
+    for result, message in cases:
+        with pytest.raises(DnasError, match=message):
+            evaluate(Scored(result), None, None, None, None)
+
+
+def test_a_plugin_command_that_is_not_a_click_command_is_skipped_and_named(monkeypatch):
+
+    from dnas.registry import COMMANDS
+
+    def hello() -> None:
+        """Registered without @click.command."""
+
+    monkeypatch.setitem(COMMANDS._items, "hello", hello)
+    result = CliRunner().invoke(cli, ["hello"])
+    assert result.exit_code == 1
+    assert "warning: command 'hello' (test_api_audit) is not a click command" in result.output
+    assert "No such command 'hello'" in result.output
+
+
+def test_an_input_below_the_spaces_total_stride_is_refused_with_the_stride(tmp_path,
+                                                                         synth_root):  # fmt: skip
+    """Once advised task.heatmap_stride: 2, and the search then ran on 1x1 maps."""
+
+    assert load_space(TINY_SPACE).total_stride() == 16
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root, input_size=[8, 8])
+    result = CliRunner().invoke(cli, ["search", str(exp), "-o", str(tmp_path / "s")])
+    assert result.exit_code == 1 and result.output.strip() == (
+        f"Error: {exp}: input_size: 8x8: smaller than the 16 that the strides of space tiny "
+        "divide it by; expected sides of at least 16")  # fmt: skip

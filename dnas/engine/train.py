@@ -37,7 +37,7 @@ from dnas.nn.profile import count_macs, count_params, head_output_shape, op_cost
 from dnas.nn.remap import remap_into
 from dnas.nn.weights import check_fits, load_weights, weights_info, with_info
 from dnas.space.graph import SearchSpace
-from dnas.task import Metrics, Task, build_space, dataset_of
+from dnas.task import Metrics, Task, build_space, dataset_of, evaluate
 
 KIND = "dnas-train"
 
@@ -45,6 +45,11 @@ KIND = "dnas-train"
 def check_head_output(space: SearchSpace, task: Task) -> None:
     """The task's check of the head's output shape at its input size, on the ``meta`` device,
     so that a size the space's strides cannot serve fails before a run writes anything."""
+    stride, (height, width) = space.total_stride(), task.input_hw
+    if min(height, width) < stride:  # its deepest layers would see maps of 1x1 (rounded up)
+        raise ConfigError(task.source, "input_size", f"{height}x{width}: smaller than the "
+                          f"{stride} that the strides of space {space.name} divide it by; "
+                          f"expected sides of at least {stride}")  # fmt: skip
     shape = head_output_shape(space, task.input_hw, task.num_outputs)
     if shape[0] != task.num_outputs:  # a head plugin that ignores its num_outputs
         head = space.head.type if space.head else "head"
@@ -197,7 +202,7 @@ class TrainRun(EpochLoop):
 
     def evaluate(self) -> Metrics:
         """Rank 0 scores the whole validation split; every process gets its metrics."""
-        metrics = self.task.evaluate(self.net, self.val_loader, self.device, None) \
+        metrics = evaluate(self.task, self.net, self.val_loader, self.device, None) \
             if self.world.main else None  # fmt: skip
         return distributed.broadcast_object(metrics)
 
@@ -301,7 +306,7 @@ def _evaluate(run: RunContext, arch_ref: str | None, weights: Path, save_vis: in
     size = model_size(net, exp.input_hw)
     loader = make_loader(dataset_of(run.task, "val", augment=False), exp.train.batch_size,
                          exp.workers)  # fmt: skip
-    metrics = run.task.evaluate(net, loader, run.device, run.out_dir, save_vis)
+    metrics = evaluate(run.task, net, loader, run.device, run.out_dir, save_vis)
     results = {
         **metrics.values,  # the task's metric table, flat
         "primary_metric": metrics.primary,

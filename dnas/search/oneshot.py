@@ -37,7 +37,7 @@ from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.derive import SearchRecord, load_search, write_architecture
 from dnas.search.run import split_indices
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
-from dnas.task import dataset_of
+from dnas.task import dataset_of, evaluate
 
 
 @dataclass
@@ -257,7 +257,7 @@ def score(supernet: SuperNet, candidates: list[Candidate], calibration_batches: 
         net = subnet(supernet.record.space, task.num_outputs, supernet.state, c.choices)
         net = net.to(device)
         recalibrate_batch_norm(net, calibration, device)
-        metrics = task.evaluate(net, val, device, None)
+        metrics = evaluate(task, net, val, device, None)
         c.oneshot, label = metrics.score, metrics.primary_label
         c.cost = supernet.record.table.of_choices(c.choices)
     return label

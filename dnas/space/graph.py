@@ -97,6 +97,14 @@ class SearchSpace:
     def channels(self, node: str) -> int:
         return self.in_channels if node == INPUT else self.graph.nodes[node]["channels"]
 
+    def total_stride(self) -> int:
+        """The largest product of strides from the input to a layer's output (strides are 1
+        or 2): the input sides it divides give every layer an exact fraction of the input."""
+        strides = {INPUT: 1}
+        for layer in self.layers:
+            strides[layer.name] = strides[layer.input] * layer.stride
+        return max(strides.values())
+
     def infer_shapes(self, height: int, width: int) -> dict[str, tuple[int, int, int]]:
         """(C, H, W) of every node's output for an input of HxW, in topological order."""
         shapes = {INPUT: (self.in_channels, height, width)}
