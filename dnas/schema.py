@@ -41,6 +41,12 @@ def is_integer(value: Any, low: int | None = None) -> bool:
             and (low is None or value >= low))  # fmt: skip
 
 
+def is_size(value: Any) -> bool:
+    """A (height, width) pair of integers >= 1, as the API's ``input_hw`` arguments take."""
+    return isinstance(value, tuple | list) and len(value) == 2 and all(
+        is_integer(v, 1) for v in value)  # fmt: skip
+
+
 def is_finite_number(value: Any) -> bool:
     """An int or float, not a bool, and finite (Python's json also reads NaN and Infinity)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

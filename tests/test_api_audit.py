@@ -271,3 +271,53 @@ def test_an_input_below_the_spaces_total_stride_is_refused_with_the_stride(tmp_p
     assert result.exit_code == 1 and result.output.strip() == (
         f"Error: {exp}: input_size: 8x8: smaller than the 16 that the strides of space tiny "
         "divide it by; expected sides of at least 16")  # fmt: skip
+
+
+def test_a_search_space_object_given_for_a_path_says_how_to_pass_it(tmp_path, finished):
+    arch, _ = dnas.derive(finished["search"])
+    match = rf"got the SearchSpace '{arch.name}'; write it with dnas.write_architecture\(arch, PATH"
+    with pytest.raises(DnasError, match=match):
+        dnas.run_train(load_experiment(finished["exp"]), arch, tmp_path / "t")
+    with pytest.raises(DnasError, match=match):
+        dnas.cost_report(arch, (64, 64), 16)
+    assert not (tmp_path / "t").exists()
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """A head plugin's (empty) options."""
+
+
+class TypeErrorHead:
+    Options = NoOptions
+
+    def __init__(self, in_channels, num_outputs, options) -> None:
+        raise TypeError("unsupported operand type(s) for %: 'list' and 'int'")
+
+
+def test_a_head_plugin_that_raises_type_error_is_named_not_the_space(monkeypatch):
+    from dnas.nn.heads import build_head
+    from dnas.registry import HEADS
+
+    monkeypatch.setitem(HEADS._items, "typeerror_head", TypeErrorHead)
+    space = load_space(TINY_SPACE)
+    space = space.replace_head(dataclasses.replace(space.head, type="typeerror_head", options={}))
+    with pytest.raises(DnasError, match=r"head 'typeerror_head' \(test_api_audit.TypeErrorHead\)"
+                                        r": __init__\(in_channels, num_outputs, options\) failed: "
+                                        r"unsupported operand"):  # fmt: skip
+        build_head(space, 16)
+
+
+def test_cost_functions_name_the_argument_they_were_given_wrong():
+    space = load_space(TINY_SPACE)
+    for outputs in (16.5, None, 0):
+        match = rf"cost_table: expected outputs, .* \(an integer >= 1\), got {outputs}"
+        with pytest.raises(DnasError, match=match):
+            dnas.cost_table(space, (64, 64), outputs=outputs)
+    with pytest.raises(
+        DnasError, match=r"cost_report: expected input_hw \(height, width\), got 64"
+    ):
+        dnas.cost_report(str(TINY_ARCH), 64, 16)
+    with pytest.raises(DnasError, match="cost_report: expected num_outputs, an integer >= 1"):
+        dnas.cost_report(str(TINY_ARCH), (64, 64), 0)
+    assert dnas.cost_report(str(TINY_ARCH), (64, 64), 16)["macs"] > 0

@@ -28,5 +28,10 @@ def build_head(space: SearchSpace, num_outputs: int) -> nn.Module:
     in_channels = [space.channels(node) for node in space.head.inputs]
     try:
         return cls(in_channels, num_outputs, options)
-    except ValueError as exc:
+    except ValueError as exc:  # the head's own check of its options against the inputs
         raise ConfigError(space.source, "head", str(exc)) from None
+    except TypeError as exc:  # a head plugin off its contract: name it, not the space file
+        raise DnasError(
+            f"head {space.head.type!r} ({cls.__module__}.{cls.__qualname__}): "
+            f"__init__(in_channels, num_outputs, options) failed: {exc}"
+        ) from None

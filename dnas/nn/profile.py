@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from dnas.config import MAX_INPUT
 from dnas.errors import ConfigError, DnasError
 from dnas.nn.heads import build_head
+from dnas.schema import is_integer, is_size
 from dnas.space.graph import SearchSpace, load_space
 from dnas.space.ops import OpKind, OpSpec, build_op, op_kind, parse_op
 
@@ -159,6 +160,11 @@ def _check_activation(
 def cost_report(ref: str, input_hw: tuple[int, int], num_outputs: int) -> dict:
     """What ``dnas cost`` prints: exact params/MACs (backbone and head apart) of an architecture,
     or the range over all architectures of a search space."""
+    if not is_size(input_hw):
+        raise DnasError(f"cost_report: expected input_hw (height, width), got {input_hw!r}")
+    if not is_integer(num_outputs, 1):
+        raise DnasError(f"cost_report: expected num_outputs, an integer >= 1, got "
+                        f"{num_outputs!r}")  # fmt: skip
     space = load_space(ref)
     per_layer, (head_macs, head_params) = op_costs(space, input_hw, num_outputs)
     report: dict = {"name": space.name, "input_size": f"{input_hw[0]}x{input_hw[1]}",

@@ -24,7 +24,7 @@ from dnas.config import CostConfig
 from dnas.errors import ConfigError, DnasError, listing
 from dnas.files import write_text_atomic
 from dnas.registry import COST_MODELS, check_concrete
-from dnas.schema import is_finite_number, is_integer, read_json
+from dnas.schema import is_finite_number, is_integer, is_size, read_json
 from dnas.space.graph import SearchSpace
 
 
@@ -229,9 +229,11 @@ def cost_table(
     channels, under the cost model ``cfg`` names (default: FLOPs, in MMAC); cached."""
     if not isinstance(space, SearchSpace):
         raise DnasError(f"cost_table: expected a SearchSpace (dnas.load_space), got {space!r}")
-    if not (isinstance(input_hw, tuple | list) and len(input_hw) == 2
-            and all(is_integer(v, 1) for v in input_hw)):  # fmt: skip
+    if not is_size(input_hw):
         raise DnasError(f"cost_table: expected input_hw (height, width), got {input_hw!r}")
+    if not is_integer(outputs, 1):
+        raise DnasError(f"cost_table: expected outputs, the head's output channels (an integer "
+                        f">= 1), got {outputs!r}")  # fmt: skip
     if not isinstance(cfg, CostConfig | None):
         raise DnasError(f"cost_table: expected a CostConfig (an experiment's cost_model), got "
                         f"{type(cfg).__name__}")  # fmt: skip

@@ -198,8 +198,13 @@ def resolve_path(ref: str | Path) -> Path:
 
 def load_space(ref: str | Path) -> SearchSpace:
     """Load and validate a search space or architecture YAML (a path or a shipped name)."""
+    if isinstance(ref, SearchSpace):  # e.g. derive()'s: a run records the file it read
+        raise DnasError(f"load_space: expected a shipped name or a YAML path, got the "
+                        f"SearchSpace {ref.name!r}; write it with dnas.write_architecture("
+                        "arch, PATH) and give PATH")  # fmt: skip
     if not isinstance(ref, str | Path):
-        raise DnasError(f"load_space: expected a shipped name or a YAML path, got {ref!r}")
+        raise DnasError(f"load_space: expected a shipped name or a YAML path, got "
+                        f"{str(ref)[:60]!r}")  # fmt: skip
     path = resolve_path(ref)
     if problem := _not_a_yaml(path):
         raise ConfigError(str(path), "", problem)
