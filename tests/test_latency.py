@@ -632,7 +632,10 @@ def test_lut_recalibrate_refits_the_scales_to_the_calibration_nets_timed_now(lut
     checked = [uniform_choices(space.searchable_layers, rng) for _ in range(8)]
     real = np.array([r["measured_ms"] for r in report["rows"]])
     ceiling = NoiseCeiling(**report["noise_ceiling"]) if report["noise_ceiling"] else None
-    assert report["refit"] == refit_scores(new, space, checked, real, ceiling)
+    expected = refit_scores(new, space, checked, real, ceiling)
+    # the report's rows and ceiling are rounded in its JSON: the last digit may differ
+    assert report["refit"] == {k: pytest.approx(v, abs=0.011) if isinstance(v, float) else v
+                               for k, v in expected.items()}  # fmt: skip
     assert report["recalibrated"] and report["refit"]["recalibratable"]
     kept = CliRunner().invoke(cli, ["lut", "recalibrate", "--table", str(path), "-o", str(out)])
     assert kept.exit_code == 1 and "already exists; pass --force" in kept.output
