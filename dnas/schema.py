@@ -193,7 +193,11 @@ def check_value(value: Any, tp: Any, source: str, path: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(source, path, f"expected a string, got {_kind(value)}")
         return value
-    raise TypeError(f"unsupported annotation {tp!r}")  # a bug in a dataclass, not user input
+    raise UnsupportedAnnotation(tp)  # a bug in a dataclass, not user input
+
+
+class UnsupportedAnnotation(TypeError):
+    """A dataclass field typed with something the YAML reader cannot check (a ``set``, ...)."""
 
 
 def from_dict(cls: type[T], data: Any, source: str, path: str = "") -> T:
@@ -219,7 +223,13 @@ def from_dict(cls: type[T], data: Any, source: str, path: str = "") -> T:
         if key in extra:
             continue
         key_path = join(path, key)
-        value = check_value(value, hints[key], source, key_path)
+        try:
+            value = check_value(value, hints[key], source, key_path)
+        except UnsupportedAnnotation as exc:  # a plugin's Options: name it, not the user's file
+            raise DnasError(f"{cls.__module__}.{cls.__qualname__}.{key}: its type {exc.args[0]!r}"
+                            " is none the YAML reader checks (int, float, str, bool, list, "
+                            "dict, a dataclass, or X | None); the plugin must change it"
+                            ) from None  # fmt: skip
         _check_range(value, fields[key].metadata, source, key_path)
         kwargs[key] = value
     obj = cls(**kwargs)

@@ -321,3 +321,17 @@ def test_cost_functions_name_the_argument_they_were_given_wrong():
     with pytest.raises(DnasError, match="cost_report: expected num_outputs, an integer >= 1"):
         dnas.cost_report(str(TINY_ARCH), (64, 64), 0)
     assert dnas.cost_report(str(TINY_ARCH), (64, 64), 16)["macs"] > 0
+
+
+@dataclasses.dataclass
+class SetOptions:
+    tags: set = dataclasses.field(default_factory=set)  # no YAML type: the reader cannot check it
+
+
+def test_a_plugin_options_field_of_a_type_the_reader_cannot_check_is_named():
+    from dnas.schema import from_dict
+
+    assert from_dict(SetOptions, {}, "exp.yaml", "search.mine").tags == set()
+    with pytest.raises(DnasError, match=r"test_api_audit.SetOptions.tags: its type <class 'set'> "
+                                        r"is none the YAML reader checks"):  # fmt: skip
+        from_dict(SetOptions, {"tags": ["a"]}, "exp.yaml", "search.mine")
