@@ -55,8 +55,7 @@ def check_writable(path: Path | str) -> None:
             raise DnasError(f"{path}: cannot be written: {parent} is not writable")
         _check_names(path, parent)
         try:
-            with tempfile.TemporaryFile(dir=parent):
-                pass
+            tempfile.TemporaryFile(dir=parent).close()  # created, and gone once closed
         except OSError as exc:
             raise DnasError(f"{path}: cannot be written: {parent} takes no new files "
                             f"({exc.strerror})") from None  # fmt: skip

@@ -132,12 +132,12 @@ class RunContext:
             self.abandon()
             raise
 
-    def abandon(self) -> None:
+    def abandon(self, scratch: tuple[str, ...] = ()) -> None:
         """After a failed start: free the lock, and remove the run directory when this run
-        created it and wrote nothing but its log there."""
+        created it and wrote nothing but its log (and its ``scratch`` files) there."""
         self.close()
         if self.world.main and self.created:
-            remove_if_empty(self.out_dir)
+            remove_if_empty(self.out_dir, scratch)
 
     def setup(self) -> None:
         """What the run builds after the common set-up (nets, loaders, optimisers)."""
@@ -217,15 +217,13 @@ class EpochLoop(RunContext, ABC):
 
     def __init__(self, exp: Experiment, out_dir: Path | str, report: Reporter | None = None,
                  resume: bool = False, force: bool = False) -> None:  # fmt: skip
-        exp, out_dir = run_inputs(exp, out_dir)  # before the first use of either
         self.position = Position()
         self.sums: dict[str, float] = {}  # the epoch's summed step stats so far
-        self.checkpoints = Checkpointer(out_dir / "checkpoints",
-                                        exp.checkpoint.keep_last, print)  # fmt: skip
         self.interrupted: int | None = None  # the signal that asked the run to stop
         self.steps_log: StepLog | None = None
-        super().__init__(exp, out_dir, report, resume, force)
-        self.checkpoints.warn = self.report.line
+        super().__init__(exp, out_dir, report, resume, force)  # checks exp and out_dir
+        keep = self.exp.checkpoint.keep_last
+        self.checkpoints = Checkpointer(self.out_dir / "checkpoints", keep, self.report.line)
 
     # -- what a run supplies -----------------------------------------------------------------
 

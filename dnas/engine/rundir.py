@@ -94,10 +94,11 @@ class RunLock:
             self.held = False
 
 
-def remove_if_empty(out_dir: Path) -> None:
-    """Remove ``out_dir`` if a run that failed to start left nothing in it but its log."""
+def remove_if_empty(out_dir: Path, scratch: tuple[str, ...] = ()) -> None:
+    """Remove ``out_dir`` if a run that failed to start left nothing in it but its log and the
+    ``scratch`` files it wrote on the way (an evaluation's recorded arch.yaml)."""
     left = list(Path(out_dir).iterdir())
-    if all(p.name == "log.txt" and p.is_file() for p in left):
+    if all(p.name in ("log.txt", *scratch) and p.is_file() for p in left):
         shutil.rmtree(out_dir)
 
 

@@ -282,9 +282,7 @@ def run_eval(
     try:
         results = _evaluate(run, arch_ref, weights, save_vis) if run.world.main else None
     except BaseException:  # wrong weights or architecture: no --out left behind
-        if run.created:  # then the only file it can hold is the recorded arch.yaml
-            (run.out_dir / "arch.yaml").unlink(missing_ok=True)
-        run.abandon()
+        run.abandon(scratch=("arch.yaml",))  # the architecture it read from the weights
         raise
     run.close()
     return distributed.broadcast_object(results)
