@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -553,7 +554,11 @@ def test_a_refit_to_the_checked_nets_tells_another_spell_from_wrong_entries(lut)
     factor (exactly the entries' sums, rescaled) are ranked and timed exactly once the scales
     are refitted to the other nets, whatever the table's own scales say; the tau is read in
     sds of the check's ceiling. Nothing to refit from: no entries as timed, or too few nets."""
-    space, table, _ = lut
+    space, timed, _ = lut
+    table = copy.deepcopy(timed)  # entries of fixed values: timing noise cannot tie nets here
+    entries = np.random.default_rng(2)
+    for ops in [table["isolated"]["fixed"], *table["isolated"]["layers"].values()]:
+        ops.update({op: float(entries.uniform(0.05, 0.5)) for op in ops})
     raw = entries_as_timed(table)
     assert raw["layers"] == table["isolated"]["layers"] and raw["shapes"] == table["shapes"]
     rng = np.random.default_rng(3)
