@@ -238,7 +238,9 @@ def architectures(profile: Profile, exp_path: Path, budget: float, out: Path, re
                                 force=not reuse)  # fmt: skip
         arch, _ = derive(out / f"search-{strategy}", f"searched-{strategy}")
         path = out / f"searched-{strategy}.yaml"
-        write_architecture(arch, path, f"search_quality: {strategy}, budget {budget:.4g} MMAC")
+        write_architecture(
+            arch, path, f"search_quality: {strategy}, budget {budget:.4g} MMAC", force=True
+        )  # derived anew from the search (a reuse: the same net)
         nets[f"searched-{strategy}"] = str(path)
         searches[strategy] = search_figures(result)
         gap = result.get("discretisation_gap")

@@ -304,7 +304,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     arch, rows = derive_checkpoint(path, ckpt, name)
     if warning := incomplete_warning(path, ckpt):
         click.echo(f"warning: {warning}", err=True)
-    write_architecture(arch, output, f"derived by 'dnas derive {run}'")
+    write_architecture(arch, output, f"derived by 'dnas derive {run}'", force=True)  # guarded
     click.echo(format_rows(rows))
     for warning in (budget_warning(ckpt), undecided_warning(rows), *evidence_warnings(ckpt)):
         if warning:

@@ -15,7 +15,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
-from dnas.errors import DnasError
+from dnas.errors import ConfigError, DnasError
 
 PLUGIN_GROUP = "dnas.plugins"
 _loaded = False
@@ -82,6 +82,18 @@ def check_concrete(cls: Any, kind: str, name: str, needs_options: bool = False,
                         f"@dataclass for none), got {options!r}")  # fmt: skip
     if absent := [a for a in attributes if not isinstance(getattr(cls, a, None), str)]:
         raise DnasError(f"{where} does not set {', '.join(absent)} (a string each)")
+
+
+def head_class(name: str, source: str) -> type:
+    """The head class registered as ``name``, checked against the head contract (``Options``,
+    ``__init__(in_channels, num_outputs, options)``); an unknown name is an error at
+    ``source``'s ``head.type``."""
+    try:
+        cls = HEADS.get(name)
+    except DnasError as exc:
+        raise ConfigError(source, "head.type", str(exc)) from None
+    check_concrete(cls, "head", name, needs_options=True)
+    return cls
 
 
 class Registry:

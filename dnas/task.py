@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dnas.config import Experiment
 from dnas.errors import ConfigError, DnasError, listing
-from dnas.registry import TASKS, check_concrete
+from dnas.registry import TASKS, check_concrete, head_class
 from dnas.schema import from_dict, is_finite_number
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
 
@@ -150,7 +150,7 @@ def build_space(ref: str | None, task: Task, exp: Experiment,
         raise ConfigError(exp.source, "space", f"{ref}: {exc.detail} (relative paths are read "
                           "from the current directory or beside the config)") from None  # fmt: skip
     if space.head is None:
-        head: dict[str, Any] = dict(task.default_head())
+        head: dict[str, Any] = task_default_head(task)
     else:
         head = {"type": space.head.type, "inputs": list(space.head.inputs), **space.head.options}
     if exp.head.get("type", head["type"]) != head["type"]:
@@ -161,7 +161,31 @@ def build_space(ref: str | None, task: Task, exp: Experiment,
                           f"{task.name} task feeds {task.in_channels}-channel inputs")  # fmt: skip
     data = space.to_dict()
     data["head"] = head
+    if space.head is None and not exp.head:  # the task's head alone: its faults are the plugin's
+        try:
+            return space_from_dict(data, source=space.source)
+        except ConfigError as exc:
+            if not exc.key.startswith("head"):
+                raise
+            raise ConfigError(default_head_source(task), exc.key, exc.detail) from None
     return space_from_dict(data, source=space.source if not exp.head else exp.source)
+
+
+def default_head_source(task: Task) -> str:
+    """What errors in a task's default head section name instead of a file."""
+    return f"task {task.name!r} ({type(task).__module__}.{type(task).__qualname__}): default_head()"
+
+
+def task_default_head(task: Task) -> dict[str, Any]:
+    """``task.default_head()`` checked: a mapping whose ``type`` names a registered head with
+    options it declares; a plugin's mistake is one line naming the task, not the space file."""
+    head, where = task.default_head(), default_head_source(task)
+    if not isinstance(head, Mapping) or not isinstance(head.get("type"), str):
+        raise DnasError(f"{where}: expected a head section with a 'type', got {head!r:.60}")
+    cls = head_class(head["type"], where)
+    from_dict(cls.Options, {k: v for k, v in head.items() if k not in ("type", "inputs")},
+              where, "head")  # fmt: skip
+    return dict(head)
 
 
 def dataset_of(task: Task, split: str, augment: bool, seed: int = 0) -> Dataset:

@@ -42,7 +42,7 @@ def main() -> None:
     ])  # fmt: skip
     result = dnas.run_search(exp, args.out / "search", force=True)  # a rerun replaces its runs
     arch, rows = dnas.derive(args.out / "search", "api-derived")
-    dnas.write_architecture(arch, args.out / "arch.yaml")
+    dnas.write_architecture(arch, args.out / "arch.yaml", force=True)
     print(f"derived {result['final_cost']:.2f} MMAC (target {target:.2f}), decisiveness "
           f"{dnas.decisiveness({r.layer: list(r.probs.values()) for r in rows}):.3f}")  # fmt: skip
 

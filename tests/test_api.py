@@ -71,7 +71,7 @@ def test_wrong_api_inputs_are_dnas_errors_naming_what_was_wrong(tmp_path):
         (lambda: dnas.Network(str(TINY_SPACE), 16), "expected a SearchSpace"),
         (lambda: dnas.Network(space, 0), "expected num_outputs >= 1"),
         (lambda: dnas.decisiveness({"a": []}), "at least one op per layer"),
-        (lambda: dnas.decisiveness({"a": [-1.0, 2.0]}), "op probabilities outside 0..1"),
+        (lambda: dnas.decisiveness({"a": [-1.0, 2.0]}), "are not op probabilities (each in 0..1"),
         (lambda: dnas.decisiveness({"a": [float("nan")]}), "the search diverged"),
         (lambda: dnas.compare_runs(str(tmp_path)), "a list of at least two search runs"),
         # the bounds of the CLI's --band and --samples (dnas.search.bounds), checked first

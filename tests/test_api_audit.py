@@ -335,3 +335,107 @@ def test_a_plugin_options_field_of_a_type_the_reader_cannot_check_is_named():
     with pytest.raises(DnasError, match=r"test_api_audit.SetOptions.tags: its type <class 'set'> "
                                         r"is none the YAML reader checks"):  # fmt: skip
         from_dict(SetOptions, {"tags": ["a"]}, "exp.yaml", "search.mine")
+
+
+class ShortProbs(DartsStrategy):
+    """A strategy plugin whose probabilities miss each layer's last candidate."""
+
+    def arch_probs(self):
+        return {name: probs[:-1] for name, probs in super().arch_probs().items()}
+
+
+def test_a_strategys_probabilities_off_the_space_are_named_before_the_search(
+    tmp_path, synth_root, monkeypatch
+):
+    monkeypatch.setitem(STRATEGIES._items, "shortprobs", ShortProbs)
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    out = tmp_path / "s"
+    args = ["search", str(exp), "-o", str(out), "--set", "search.strategy=shortprobs"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and result.output.strip() == (
+        "Error: strategy 'shortprobs' (test_api_audit.ShortProbs): arch_probs(): layer stage1.0: "
+        "1 values for 2 candidate ops"
+    )  # fmt: skip
+    assert not out.exists()  # refused at set-up, before an epoch
+
+
+def test_op_probabilities_are_checked_as_distributions_over_a_spaces_ops():
+    from dnas.space.choices import probability_problem
+
+    space = load_space(TINY_SPACE)
+    sizes = [len(lay.candidates) for lay in space.searchable_layers]
+    uniform = {lay.name: [1 / len(lay.candidates)] * len(lay.candidates)
+               for lay in space.searchable_layers}  # fmt: skip
+    assert probability_problem(uniform, space) is None
+    assert dnas.decisiveness(uniform) == pytest.approx(sum(1 / n for n in sizes) / len(sizes))
+    first = space.searchable_layers[0].name
+    cases = [({}, r"expected \{layer: \[op probabilities\]\}, got \{\}"),
+             ({"a": [0.9, 0.9]}, r"layer a: \[0.9, 0.9\] are not op probabilities \(each in "
+                                 r"0..1, summing to 1\)"),
+             ({"a": [float("nan"), 1.0]}, "layer a: .* are not op probabilities"),
+             ({"a": ["x"]}, r"layer a: expected a list of numbers, got \['x'\]")]  # fmt: skip
+    for probs, message in cases:
+        with pytest.raises(DnasError, match=f"decisiveness: {message}"):
+            dnas.decisiveness(probs)
+    assert probability_problem({**uniform, "nowhere": [1.0]}, space) == (
+        "names 'nowhere', not a searchable layer of tiny"
+    )
+    assert probability_problem({k: v for k, v in uniform.items() if k != first}, space) == (
+        f"has no probabilities for layer {first} of tiny"
+    )
+    rounded = {"a": [0.333, 0.333, 0.333], "b": [0.143] * 7}  # search.json's three decimals
+    assert dnas.decisiveness(rounded) == pytest.approx(0.238)
+
+
+def test_random_search_reports_uniform_probabilities_before_its_first_draw():
+    from dnas.search.random_search import RandomSearchStrategy
+
+    layers = load_space(TINY_SPACE).searchable_layers
+    strategy = SimpleNamespace(best=None, choices={}, layers=layers)
+    probs = RandomSearchStrategy.arch_probs(strategy)
+    assert [probs[lay.name] for lay in layers] == [[1 / len(lay.candidates)] * len(lay.candidates)
+                                                   for lay in layers]  # fmt: skip
+    strategy.choices = {lay.name: lay.candidates[1] for lay in layers}
+    probs = RandomSearchStrategy.arch_probs(strategy)
+    assert all(probs[lay.name].index(1.0) == 1 and sum(probs[lay.name]) == 1 for lay in layers)
+
+
+@pytest.mark.parametrize("head, message", [
+    ({"type": "unet"}, r"head.type: unknown head 'unet' \(registered: .*slim_deconv"),
+    ({"type": "slim_deconv", "bogus": 1}, "head.bogus: unknown key"),
+    ({"type": "slim_deconv", "inputs": ["nowhere"]}, "head.inputs"),
+    (["slim_deconv"], r"expected a head section with a 'type', got \['slim_deconv'\]"),
+])  # fmt: skip
+def test_a_tasks_default_head_mistake_names_the_task_not_the_space(
+    tmp_path, synth_root, monkeypatch, head, message
+):
+    from tasks.pose.task import PoseTask
+
+    space = yaml.safe_load(TINY_SPACE.read_text())
+    del space["head"]
+    (tmp_path / "nohead.yaml").write_text(yaml.safe_dump(space))
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root, space=tmp_path / "nohead.yaml")
+    monkeypatch.setattr(PoseTask, "default_head", lambda self: head)
+    result = CliRunner().invoke(cli, ["search", str(exp), "-o", str(tmp_path / "s")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(
+        "Error: task 'pose' (tasks.pose.task.PoseTask): default_head()"
+    ), result.output
+    assert re_search(message, result.output), result.output
+
+
+def re_search(pattern: str, text: str) -> bool:
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+def test_write_architecture_replaces_a_file_only_with_force(tmp_path):
+    arch = load_space(TINY_ARCH)
+    path = tmp_path / "arch.yaml"
+    path.write_text("earlier: result\n")
+    with pytest.raises(DnasError, match=rf"{path} exists; pass force=True to replace it"):
+        dnas.write_architecture(arch, path)
+    assert path.read_text() == "earlier: result\n"
+    dnas.write_architecture(arch, path, force=True)
+    assert load_space(path).to_dict() == arch.to_dict()

@@ -4,7 +4,9 @@ the built-in ones keep their keys, their ``config.yaml`` layout and their resume
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest.mock import patch
@@ -21,7 +23,7 @@ from dnas.engine.progress import Reporter
 from dnas.errors import ConfigError, DnasError
 from dnas.nn.slim_deconv import SlimDeconvHead
 from dnas.registry import COST_MODELS, HEADS, STRATEGIES, TASKS
-from dnas.schema import to_dict
+from dnas.schema import from_dict, to_dict
 from dnas.search.cost_model import CostModel, CostTable, get_cost_model
 from dnas.search.darts import DartsStrategy
 from dnas.search.run import run_search
@@ -386,3 +388,25 @@ def test_a_run_directory_loads_without_the_plugins_installed_when_it_ran(tmp_pat
     assert recorded["darts"]["temperature_end"] == 0.5 and "single_path" in recorded  # kept
     again = load_experiment(tmp_path / "run" / "config.yaml")  # no 'unknown key: scaled'
     assert config_hash(again) == config_hash(load_experiment(exp))  # the same experiment
+
+
+def test_the_readmes_plugin_block_registers_as_written(tmp_path, monkeypatch):
+    """README's "Extending" block, pasted into a module as a user would: its imports suffice
+    and both plugins register and parse their options (its method bodies are elided there)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    block = next(b.split("```")[0] for b in blocks if 'STRATEGIES.register("scaled_darts")' in b)
+    (tmp_path / "readme_plugin.py").write_text(block)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(STRATEGIES, "_items", dict(STRATEGIES._items))
+    monkeypatch.setattr(COST_MODELS, "_items", dict(COST_MODELS._items))
+    try:
+        importlib.import_module("readme_plugin")
+    finally:
+        sys.modules.pop("readme_plugin", None)
+    strategy, cost = STRATEGIES.get("scaled_darts"), COST_MODELS.get("constant")
+    assert issubclass(strategy, DartsStrategy) and issubclass(cost, CostModel)
+    options = from_dict(strategy.Options, {"arch_lr_scale": 4}, "e.yaml", "search.scaled")
+    assert options.arch_lr_scale == 4.0
+    with pytest.raises(ConfigError, match=r"e.yaml: cost_model.per_op: .*-1"):
+        from_dict(cost.Options, {"per_op": -1}, "e.yaml", "cost_model")

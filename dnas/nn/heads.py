@@ -6,7 +6,7 @@ from torch import nn
 
 from dnas.errors import ConfigError, DnasError
 from dnas.nn import slim_deconv  # noqa: F401  (registers the built-in head)
-from dnas.registry import HEADS, check_concrete
+from dnas.registry import head_class
 from dnas.schema import from_dict
 from dnas.space.graph import SearchSpace
 
@@ -19,11 +19,7 @@ def build_head(space: SearchSpace, num_outputs: int) -> nn.Module:
     """
     if space.head is None:
         raise ConfigError(space.source, "head", "missing: this space has no head section")
-    try:
-        cls = HEADS.get(space.head.type)
-    except DnasError as exc:
-        raise ConfigError(space.source, "head.type", str(exc)) from None
-    check_concrete(cls, "head", space.head.type, needs_options=True)
+    cls = head_class(space.head.type, space.source)
     options = from_dict(cls.Options, space.head.options, space.source, "head")
     in_channels = [space.channels(node) for node in space.head.inputs]
     try:

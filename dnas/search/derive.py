@@ -125,13 +125,17 @@ def derive_checkpoint(
     return arch, rows
 
 
-def write_architecture(arch: SearchSpace, path: Path | str, comment: str | None = "") -> None:
+def write_architecture(arch: SearchSpace, path: Path | str, comment: str | None = "", *,
+                       force: bool = False) -> None:  # fmt: skip
     """Write ``arch`` as an architecture YAML (``comment`` as ``#`` lines above it), loadable
-    by ``--arch`` and ``load_space``."""
+    by ``--arch`` and ``load_space``. An existing file is replaced only with ``force``, as
+    ``dnas derive -o`` replaces one only with ``--force``."""
     if not isinstance(arch, SearchSpace):
         raise DnasError(f"write_architecture: expected a SearchSpace, got {type(arch).__name__}")
     if Path(path).is_dir():
         raise DnasError(f"{path}: a folder; give the architecture's file name (arch.yaml)")
+    if Path(path).exists() and not force:
+        raise DnasError(f"{path} exists; pass force=True to replace it")
     header = "".join(f"# {line}\n" for line in (comment or "").splitlines())
     body = yaml.safe_dump(arch.to_dict(), sort_keys=False, default_flow_style=None)
     write_text_atomic(path, header + body)

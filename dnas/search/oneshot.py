@@ -354,7 +354,8 @@ def write_best(run: Path | str, report: dict[str, Any], path: Path | str) -> Non
     write_architecture(arch, path,
                        f"the best of {len(report['candidates'])} nets by one-shot "
                        f"{report['metric']} in 'dnas rank {run}': {best['oneshot']:.4g} "
-                       f"({best['name']}, {best['cost']:.4g} {report['unit']})")  # fmt: skip
+                       f"({best['name']}, {best['cost']:.4g} {report['unit']})",
+                       force=True)  # fmt: skip
 
 
 def format_report(report: dict[str, Any]) -> str:

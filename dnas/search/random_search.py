@@ -165,10 +165,14 @@ class RandomSearchStrategy(Strategy):
         return {"candidates": self.history}
 
     def arch_probs(self) -> dict[str, list[float]]:
-        """One-hot on the best architecture so far (the current one before any is scored)."""
+        """One-hot on the best architecture so far (the current one before any is scored;
+        uniform, as the draws are, before any is drawn)."""
         choices = self.best["choices"] if self.best else self.choices
+        if not choices:
+            return {lay.name: [1 / len(lay.candidates)] * len(lay.candidates)
+                    for lay in self.layers}  # fmt: skip
         return {
-            lay.name: [float(op == choices.get(lay.name)) for op in lay.candidates]
+            lay.name: [float(op == choices[lay.name]) for op in lay.candidates]
             for lay in self.layers
         }
 

@@ -36,7 +36,7 @@ from dnas.nn.remap import remap_into
 from dnas.registry import STRATEGIES, check_concrete
 from dnas.search.cost_model import CostTable, configured_cost_model
 from dnas.search.strategy import Strategy
-from dnas.space.choices import decisiveness, entropies
+from dnas.space.choices import decisiveness, entropies, probability_problem
 from dnas.space.graph import SearchSpace
 from dnas.task import Task, build_space, dataset_of
 
@@ -121,6 +121,7 @@ class SearchRun(EpochLoop):
         self.strategy.prepare = self.prepare
         self.strategy.adapt_search_space(self.prepare(network), self.task, self.table,
                                          self.device)  # fmt: skip
+        self.probs()  # a strategy plugin's mistake is one line now, not after the search
         if self.num_epochs < 1:  # else it "ends" at once and writes no search.pt
             raise ConfigError(exp.source, "search.epochs",
                               f"the search would run no epoch (search.warmup_epochs "
@@ -130,6 +131,16 @@ class SearchRun(EpochLoop):
         self.arch_steps = 0  # architecture steps in this epoch
         self.arch_stream: Iterator[dict] | None = None
         self.drawn: dict[str, Any] = {}  # what the last TensorBoard pictures showed
+
+    def probs(self) -> dict[str, list[float]]:
+        """The strategy's op probabilities, checked against the space: one line naming the
+        strategy when they are not one distribution per searchable layer."""
+        probs = self.strategy.arch_probs()
+        if problem := probability_problem(probs, self.space):
+            cls = type(self.strategy)
+            raise DnasError(f"strategy {self.exp.search.strategy!r} ({cls.__module__}."
+                            f"{cls.__qualname__}): arch_probs(): {problem}")  # fmt: skip
+        return probs
 
     def make_loaders(self) -> None:
         exp, world = self.exp, self.world
@@ -202,7 +213,7 @@ class SearchRun(EpochLoop):
         architecture when they differ from the last ones drawn (a picture takes a second or
         more, and warm-up epochs leave the probabilities as they were), unless the experiment
         says ``pictures: false``."""
-        probs = self.strategy.arch_probs()
+        probs = self.probs()
         for layer, value in entropies(probs).items():
             writer.add_scalar(f"entropy/{layer}", value, epoch)
         if not self.exp.pictures:
@@ -228,7 +239,7 @@ class SearchRun(EpochLoop):
             "arch_steps": self.arch_steps,
             "space": self.space.to_dict(),
             "cost_table": self.table.digest(),  # a resume refuses another table's costs
-            "arch_probs": self.strategy.arch_probs(),
+            "arch_probs": self.probs(),
             "choices": (choices := self.strategy.get_final_architecture()),
             "final_cost": self.table.of_choices(choices),  # dnas derive warns off the band
             "band": self.exp.cost_model.band(),
@@ -250,7 +261,7 @@ class SearchRun(EpochLoop):
         self.arch_steps = state["arch_steps"]
 
     def finish(self) -> dict:
-        choices, probs = self.strategy.get_final_architecture(), self.strategy.arch_probs()
+        choices, probs = self.strategy.get_final_architecture(), self.probs()
         argmax = self.strategy.argmax_architecture()
         cost = self.exp.cost_model
         result = {

@@ -141,7 +141,9 @@ def sweep_one(variant: Experiment, kind: str, value: float, run_dir: Path, outpu
                             force)  # fmt: skip
     arch, _ = derive(search_dir, f"sweep-{kind}-{value:g}")
     arch_path = run_dir / "arch.yaml"
-    write_architecture(arch, arch_path, f"derived by dnas sweep ({kind} = {value:g})")
+    write_architecture(
+        arch, arch_path, f"derived by dnas sweep ({kind} = {value:g})", force=True
+    )  # derived again on a resume: the same search, the same net
     metrics = run_train(variant, str(arch_path), train_dir, None, report,
                         has_checkpoints(train_dir, resume), force)  # fmt: skip
     size = cost_report(str(arch_path), variant.input_hw, outputs)

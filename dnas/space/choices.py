@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,16 +45,43 @@ def entropies(arch_probs: ArchProbs) -> dict[str, float]:
     }
 
 
+def probability_problem(arch_probs: Any, space: SearchSpace | None = None) -> str | None:
+    """What keeps ``arch_probs`` from being one op distribution per layer (per searchable layer
+    of ``space``, with one probability per candidate, when given), or None when nothing does.
+    Each probability lies in 0..1 and a layer's sum to 1 within 0.01 (search.json rounds)."""
+    if not isinstance(arch_probs, Mapping) or not arch_probs:
+        return f"expected {{layer: [op probabilities]}}, got {_shown(arch_probs)}"
+    sizes = {lay.name: len(lay.candidates) for lay in space.searchable_layers} if space else {}
+    if space is not None and (missing := [n for n in sizes if n not in arch_probs]):
+        return f"has no probabilities for layer {missing[0]} of {space.name}"
+    for layer, probs in arch_probs.items():
+        if space is not None and layer not in sizes:
+            return f"names {layer!r}, not a searchable layer of {space.name}"
+        try:
+            values = [float(p) for p in probs]
+        except (TypeError, ValueError):
+            return f"layer {layer}: expected a list of numbers, got {_shown(probs)}"
+        if space is not None and len(values) != sizes[layer]:
+            return f"layer {layer}: {len(values)} values for {sizes[layer]} candidate ops"
+        if not values:
+            return f"layer {layer}: no op probability (at least one op per layer)"
+        if not all(-1e-6 <= v <= 1 + 1e-6 for v in values) or abs(sum(values) - 1) > 0.01:
+            return (f"layer {layer}: {_shown(values)} are not op probabilities (each in 0..1, "
+                    "summing to 1): the search diverged, or these are scores")  # fmt: skip
+    return None
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def decisiveness(arch_probs: ArchProbs) -> float:
     """Mean over layers of the top op probability: 1 is fully decided, 1/#ops is uniform."""
-    if not isinstance(arch_probs, Mapping) or not all(map(len, arch_probs.values())):
-        raise DnasError("decisiveness: expected {layer: [op probabilities]} with at least one "
-                        "op per layer")  # fmt: skip
-    tops = [max(p) for p in arch_probs.values()]
-    if not all(-1e-6 <= top <= 1 + 1e-6 for top in tops):  # NaN fails too
-        raise DnasError(f"decisiveness: op probabilities outside 0..1 (top {max(tops)!r}): the "
-                        "search diverged, or these are not probabilities")  # fmt: skip
-    return sum(tops) / max(len(tops), 1)
+    if problem := probability_problem(arch_probs):
+        raise DnasError(f"decisiveness: {problem}")
+    tops = [max(map(float, p)) for p in arch_probs.values()]
+    return sum(tops) / len(tops)
 
 
 def undecided_layers(arch_probs: ArchProbs) -> list[str]:

@@ -243,10 +243,10 @@ def predict(image: Path, arch: str | None, weights: Path,
                f" (the {dataset} joint set; pass the --dataset they were trained on)")  # fmt: skip
     net = Network(space, cls.num_joints())
     load_weights(net, weights)
-    picture = read_rgb(image)
-    if truncated_jpeg(image):
+    if Path(image).is_file() and truncated_jpeg(image):  # before libjpeg's own line
         click.echo(f"warning: {image}: the JPEG ends before its end marker (a truncated file?); "
                    "its missing part is predicted on as grey", err=True)  # fmt: skip
+    picture = read_rgb(image)
     h, w = picture.shape[:2]
     if box:
         check_box_centre(box, w, h)
