@@ -145,6 +145,13 @@ def test_search_records_its_evidence_and_derive_warns_on_noise(tmp_path, real_mp
         run.stderr
     )
     assert noise_epochs_warning({**evidence, "arch_epochs": 4, "noise_epochs": 2}) is None
+    noisy = {**evidence, "arch_epochs": 4, "noise_epochs": 3}  # the advice fits the strategy
+    assert "search.single_path.tau_min" in noise_epochs_warning(noisy, "gumbel")
+    for strategy in ("darts", "binary_gates", None):
+        line = noise_epochs_warning(noisy, strategy)
+        assert "temperature" not in line and line.endswith(
+            "take more steps per epoch or a larger search.batch_size"
+        )
 
 
 def test_each_architecture_epoch_is_tested_and_checkpointed(real_mpii_root):

@@ -20,6 +20,7 @@ from dnas.cli import cli
 from dnas.config import CostConfig, SearchConfig, load_experiment
 from dnas.engine.progress import Reporter
 from dnas.engine.runtime import device_name
+from dnas.errors import ConfigError
 from dnas.nn.mixed_op import MixedOp
 from dnas.nn.network import Network, module_key
 from dnas.schema import from_dict
@@ -337,6 +338,25 @@ def test_budget_target_outside_the_space_is_a_one_line_error(tmp_path, real_mpii
     assert run.exit_code == 1
     assert run.output.strip().count("\n") == 0
     assert "cost_model.target: 1000 MMAC is outside this space's range" in run.output
+
+
+def test_a_target_at_an_end_of_the_range_as_dnas_cost_prints_it_is_accepted():
+    """The range's ends are float sums (mbv2_pose_small's maximum at 64x64 sums to
+    55.60627199999998 MMAC); its whole-MAC value, 55.606272, is the space's own maximum."""
+    from types import SimpleNamespace
+
+    from dnas.search.run import check_target
+
+    table = get_cost_model("flops").table(load_space("mbv2_pose_small"), (64, 64), 16)
+    ends = [round(end * 1e6) / 1e6 for end in table.cost_range()]  # as dnas cost prints MACs
+    assert ends[1] != table.cost_range()[1]  # the sum's rounding that once refused it
+    for target in ends:
+        check_target(SimpleNamespace(cost_model=CostConfig(form="budget", target=target),
+                                     source="e.yaml", input_hw=(64, 64)), table)  # fmt: skip
+    for target in (ends[0] * (1 - 1e-6), ends[1] * (1 + 1e-6)):
+        with pytest.raises(ConfigError, match="cost_model.target: .* is outside this space's"):
+            check_target(SimpleNamespace(cost_model=CostConfig(form="budget", target=target),
+                                         source="e.yaml", input_hw=(64, 64)), table)  # fmt: skip
 
 
 def test_search_json_records_decisiveness_and_derive_warns(tmp_path, real_mpii_root):

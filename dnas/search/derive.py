@@ -180,7 +180,8 @@ def evidence_warnings(ckpt: dict) -> list[str]:
     """A line each when the search's architecture gradient never rose above noise, and when it
     was noise in most of its architecture epochs (:mod:`dnas.search.evidence`)."""
     evidence = ckpt.get("gradient_evidence")
-    lines = (noise_warning(evidence), noise_epochs_warning(evidence))
+    strategy = (ckpt.get("config") or {}).get("search", {}).get("strategy")
+    lines = (noise_warning(evidence), noise_epochs_warning(evidence, strategy))
     return [line for line in lines if line]
 
 

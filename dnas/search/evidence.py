@@ -92,17 +92,19 @@ def noise_warning(summary: dict[str, Any] | None) -> str | None:
             "check that searches with other seeds agree")  # fmt: skip
 
 
-def noise_epochs_warning(summary: dict[str, Any] | None) -> str | None:
+def noise_epochs_warning(summary: dict[str, Any] | None, strategy: str | None = None) -> str | None:
     """One line when the architecture gradient was noise in more than half of the architecture
     epochs taken one by one, although the whole search may pass: alpha then moved on noise for
-    most of the search (``gumbel`` at a low temperature: its straight-through gradient is a
-    few large spikes, measured as noise below a temperature of about 0.5 in docs/benchmarks.md)."""
+    most of the search. Its advice fits ``strategy`` (``gumbel`` at a low temperature: its
+    straight-through gradient is a few large spikes, measured as noise below a temperature of
+    about 0.5 in docs/benchmarks.md)."""
     if not summary or "noise_epochs" not in summary:
         return None
     noisy, epochs = summary["noise_epochs"], summary["arch_epochs"]
     if 2 * noisy <= epochs:
         return None
+    temperature = ("keep its temperature higher (search.single_path.tau_min, tau_decay), or "
+                   if strategy == "gumbel" else "")  # fmt: skip
     return (f"the architecture gradient was noise in {noisy} of {epochs} architecture epochs: "
-            "alpha moved on noise for most of the search; gumbel: keep its temperature higher "
-            "(search.single_path.tau_min, tau_decay); any strategy: more steps per epoch or a "
-            "larger search.batch_size")  # fmt: skip
+            f"alpha moved on noise for most of the search; {temperature}take more steps per "
+            "epoch or a larger search.batch_size")  # fmt: skip

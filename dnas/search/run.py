@@ -41,6 +41,7 @@ from dnas.space.graph import SearchSpace
 from dnas.task import Task, build_space, dataset_of
 
 KIND = "dnas-search"
+RANGE_RTOL = 1e-9  # the relative rounding of a cost range's ends (float sums)
 
 
 def split_indices(n: int, arch_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -62,9 +63,12 @@ def build_strategy(exp: Experiment, amp: Amp) -> Strategy:
 
 
 def check_target(exp: Experiment, table: CostTable) -> None:
-    """A budget target must lie within the space's cost range, else no net can meet it."""
+    """A budget target must lie within the space's cost range, else no net can meet it. The
+    range's ends are float sums: a target equal to one as ``dnas cost`` prints it (whole MACs)
+    may differ from it in the last digits, so they are matched to 1e-9."""
     target, (low, high) = exp.cost_model.target, table.cost_range()
-    if exp.cost_model.form == "budget" and not low <= target <= high:
+    slack = RANGE_RTOL * max(abs(low), abs(high))
+    if exp.cost_model.form == "budget" and not low - slack <= target <= high + slack:
         raise ConfigError(exp.source, "cost_model.target",
                           f"{target:g} {table.unit} is outside this space's range "
                           f"{low:.4g}..{high:.4g} {table.unit} at input "
