@@ -254,7 +254,8 @@ def architectures(profile: Profile, exp_path: Path, budget: float, out: Path, re
         choices = sample_within(table, rng, budget * (1 - BAND), budget * (1 + BAND), DRAW_TRIES)
         path = out / f"random-{seed}.yaml"
         write_architecture(space.with_choices(choices, f"random-{seed}"), path,
-                           f"search_quality: random draw, seed {seed}")  # fmt: skip
+                           f"search_quality: random draw, seed {seed}",
+                           force=True)  # fmt: skip
         nets[f"random-{seed}"] = str(path)
     return nets, searches
 

@@ -150,7 +150,7 @@ def build_space(ref: str | None, task: Task, exp: Experiment,
         raise ConfigError(exp.source, "space", f"{ref}: {exc.detail} (relative paths are read "
                           "from the current directory or beside the config)") from None  # fmt: skip
     if space.head is None:
-        head: dict[str, Any] = task_default_head(task)
+        head: dict[str, Any] = task_default_head(task, exp.head.get("type"))
     else:
         head = {"type": space.head.type, "inputs": list(space.head.inputs), **space.head.options}
     if exp.head.get("type", head["type"]) != head["type"]:
@@ -176,12 +176,16 @@ def default_head_source(task: Task) -> str:
     return f"task {task.name!r} ({type(task).__module__}.{type(task).__qualname__}): default_head()"
 
 
-def task_default_head(task: Task) -> dict[str, Any]:
+def task_default_head(task: Task, replaced_by: str | None = None) -> dict[str, Any]:
     """``task.default_head()`` checked: a mapping whose ``type`` names a registered head with
-    options it declares; a plugin's mistake is one line naming the task, not the space file."""
+    options it declares; a plugin's mistake is one line naming the task, not the space file.
+    An experiment's ``head: {type: ...}`` of another type (``replaced_by``) keeps only its
+    ``inputs``, so only those are taken then."""
     head, where = task.default_head(), default_head_source(task)
     if not isinstance(head, Mapping) or not isinstance(head.get("type"), str):
         raise DnasError(f"{where}: expected a head section with a 'type', got {head!r:.60}")
+    if replaced_by is not None and replaced_by != head["type"]:
+        return dict(head)  # build_space drops all but its inputs; space_from_dict checks those
     cls = head_class(head["type"], where)
     from_dict(cls.Options, {k: v for k, v in head.items() if k not in ("type", "inputs")},
               where, "head")  # fmt: skip

@@ -383,7 +383,7 @@ def test_op_probabilities_are_checked_as_distributions_over_a_spaces_ops():
     assert probability_problem({k: v for k, v in uniform.items() if k != first}, space) == (
         f"has no probabilities for layer {first} of tiny"
     )
-    rounded = {"a": [0.333, 0.333, 0.333], "b": [0.143] * 7}  # search.json's three decimals
+    rounded = {"a": [0.333, 0.333, 0.333], "b": [0.143] * 7}  # three digits, as bf16 keeps
     assert dnas.decisiveness(rounded) == pytest.approx(0.238)
 
 
@@ -439,3 +439,41 @@ def test_write_architecture_replaces_a_file_only_with_force(tmp_path):
     assert path.read_text() == "earlier: result\n"
     dnas.write_architecture(arch, path, force=True)
     assert load_space(path).to_dict() == arch.to_dict()
+
+
+def test_derive_refuses_a_checkpoints_non_probabilities_before_writing(tmp_path, finished):
+    import shutil
+
+    from dnas import checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(finished["search"], run)
+    ckpt = checkpoint.load(run / "search.pt")
+    ckpt["arch_probs"] = {k: [1.6 * p for p in v] for k, v in ckpt["arch_probs"].items()}
+    checkpoint.save_atomic(ckpt, run / "search.pt")
+    out = tmp_path / "arch.yaml"
+    result = CliRunner().invoke(cli, ["derive", str(run), "-o", str(out)])
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output.startswith(f"Error: {run / 'search.pt'}: arch_probs: layer stage1.0: ")
+    assert "are not op probabilities (each in 0..1, summing to 1)" in result.output
+
+
+def test_an_experiments_head_of_another_type_replaces_a_tasks_default_head(
+    tmp_path, synth_root, monkeypatch
+):
+    """Only the default's inputs are kept then, so its type need not even be installed."""
+    from dnas.task import build_space, build_task
+    from tasks.pose.task import PoseTask
+
+    space = yaml.safe_load(TINY_SPACE.read_text())
+    del space["head"]
+    inputs = ["stage2", "stage3"]
+    (tmp_path / "nohead.yaml").write_text(yaml.safe_dump(space))
+    monkeypatch.setattr(PoseTask, "default_head", lambda self: {"type": "unet", "inputs": inputs,
+                                                                "depth": 4})  # fmt: skip
+    exp = load_experiment(write_experiment(
+        tmp_path / "exp.yaml", synth_root, space=tmp_path / "nohead.yaml",
+        head={"type": "slim_deconv", "deconv_widths": [8, 8]}))  # fmt: skip
+    built = build_space(str(tmp_path / "nohead.yaml"), build_task(exp), exp)
+    assert built.head.type == "slim_deconv" and built.head.options == {"deconv_widths": [8, 8]}
+    assert list(built.head.inputs) == ["stage2.1", "stage3.0"]  # the stages, resolved to layers

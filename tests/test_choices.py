@@ -36,7 +36,8 @@ def test_probabilities_that_do_not_fit_name_the_source_and_layer():
     space = load_space(TINY_SPACE)
     first = space.searchable_layers[0]
     probs = {lay.name: [0.5, 0.5] for lay in space.searchable_layers}
-    with pytest.raises(DnasError, match=f"^run/search.pt: .* of layer {first.name}$"):
+    match = f"^run/search.pt: op probabilities: layer {first.name}: 9 values for 2 candidate ops$"
+    with pytest.raises(DnasError, match=match):
         most_probable_ops(space, {**probs, first.name: [1.0] * 9}, "run/search.pt")
 
 

@@ -189,3 +189,18 @@ def test_adam_decides_on_pure_noise():
             adam.step()
         figures.append(float(torch.softmax(alpha.detach(), -1).max(-1).values.mean()))
     assert 0.4 < figures[0] < 0.55 and figures[1] > 0.6
+
+
+def test_derives_noise_advice_fits_the_strategy_its_checkpoint_records():
+    """The temperature advice is gumbel's alone (binary_gates and darts have no temperature to
+    keep high); a checkpoint without a config gets the advice every strategy can take."""
+    from dnas.search.derive import evidence_warnings
+
+    noisy = {"steps": 40, "significant": 0.05, "under_noise": 0.05, "p_value": 0.5,
+             "noise": False, "arch_epochs": 4, "noise_epochs": 3}  # fmt: skip
+    for strategy, temperature in (("gumbel", True), ("darts", False), ("binary_gates", False)):
+        ckpt = {"gradient_evidence": noisy, "config": {"search": {"strategy": strategy}}}
+        (line,) = evidence_warnings(ckpt)
+        assert ("search.single_path.tau_min" in line) == temperature, strategy
+    (line,) = evidence_warnings({"gradient_evidence": noisy})
+    assert "temperature" not in line and line.endswith("a larger search.batch_size")

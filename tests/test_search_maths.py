@@ -345,7 +345,7 @@ def test_a_target_at_an_end_of_the_range_as_dnas_cost_prints_it_is_accepted():
     55.60627199999998 MMAC); its whole-MAC value, 55.606272, is the space's own maximum."""
     from types import SimpleNamespace
 
-    from dnas.search.run import check_target
+    from dnas.search.run import check_target, penalty_warning
 
     table = get_cost_model("flops").table(load_space("mbv2_pose_small"), (64, 64), 16)
     ends = [round(end * 1e6) / 1e6 for end in table.cost_range()]  # as dnas cost prints MACs
@@ -353,7 +353,10 @@ def test_a_target_at_an_end_of_the_range_as_dnas_cost_prints_it_is_accepted():
     for target in ends:
         check_target(SimpleNamespace(cost_model=CostConfig(form="budget", target=target),
                                      source="e.yaml", input_hw=(64, 64)), table)  # fmt: skip
+        assert penalty_warning(CostConfig(form="hinge", target=target), table) is None
     for target in (ends[0] * (1 - 1e-6), ends[1] * (1 + 1e-6)):
+        assert "is outside this space's range" in penalty_warning(
+            CostConfig(form="hinge", target=target), table)  # fmt: skip
         with pytest.raises(ConfigError, match="cost_model.target: .* is outside this space's"):
             check_target(SimpleNamespace(cost_model=CostConfig(form="budget", target=target),
                                          source="e.yaml", input_hw=(64, 64)), table)  # fmt: skip

@@ -67,3 +67,22 @@ def test_variance_components_separate_seed_noise_from_architecture():
     seed_sd, arch_sd = variance_components([[1.0, 3.0], [5.0, 7.0]])
     assert seed_sd == pytest.approx(2**0.5) and arch_sd == pytest.approx(7**0.5)
     assert variance_components([[1.0, 3.0], [2.0, 2.0]])[1] == 0.0  # means differ by noise only
+
+
+def test_a_rerun_into_the_same_folder_rewrites_its_random_draws(tmp_path, monkeypatch):
+    """The random architectures are drawn from fixed seeds, so a rerun (or --reuse) writes the
+    same files again rather than stopping at the first one that exists."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import search_quality
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    monkeypatch.setattr(search_quality, "STRATEGIES", ())  # the draws alone: no search
+    profile = search_quality.PROFILES["quick"]
+    size = (profile.input_size,) * 2
+    budget = search_quality.cost_report("efficientpose-a", size, 14)["macs"] / 1e6  # as main's
+    first, _ = search_quality.architectures(profile, None, budget, tmp_path, None, False)
+    texts = {name: (tmp_path / f"{name}.yaml").read_text() for name in first if "random" in name}
+    again, _ = search_quality.architectures(profile, None, budget, tmp_path, None, True)
+    assert again == first and len(texts) == 4
+    assert texts == {name: (tmp_path / f"{name}.yaml").read_text() for name in texts}

@@ -16,7 +16,7 @@ from dnas.files import write_text_atomic
 from dnas.schema import from_dict
 from dnas.search.cost_model import CostTable, configured_cost_model
 from dnas.search.evidence import noise_epochs_warning, noise_warning
-from dnas.space.choices import UNDECIDED, decisiveness, most_probable_ops
+from dnas.space.choices import UNDECIDED, decisiveness, most_probable_ops, probability_problem
 from dnas.space.graph import SearchSpace, space_from_dict
 from dnas.task import Task, build_task
 
@@ -113,6 +113,8 @@ def derive_checkpoint(
     """:func:`derive` of a checkpoint :func:`read_search` loaded from ``path``."""
     space = space_from_dict(ckpt["space"], source=str(path))
     probs, chosen = ckpt["arch_probs"], ckpt.get("choices")
+    if problem := probability_problem(probs, space):  # before anything is written from them
+        raise DnasError(f"{path}: arch_probs: {problem}")
     chosen = chosen if isinstance(chosen, dict) else {}
     choices = most_probable_ops(space, probs, str(path))
     rows = []

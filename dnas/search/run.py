@@ -62,13 +62,19 @@ def build_strategy(exp: Experiment, amp: Amp) -> Strategy:
     return cls(exp.search, exp.cost_model, amp)
 
 
-def check_target(exp: Experiment, table: CostTable) -> None:
-    """A budget target must lie within the space's cost range, else no net can meet it. The
-    range's ends are float sums: a target equal to one as ``dnas cost`` prints it (whole MACs)
-    may differ from it in the last digits, so they are matched to 1e-9."""
-    target, (low, high) = exp.cost_model.target, table.cost_range()
+def within_range(target: float, table: CostTable) -> bool:
+    """Whether ``target`` lies within the space's cost range. Its ends are float sums: a target
+    equal to one as ``dnas cost`` prints it (whole MACs) may differ from it in the last digits,
+    so they are matched to ``RANGE_RTOL``."""
+    low, high = table.cost_range()
     slack = RANGE_RTOL * max(abs(low), abs(high))
-    if exp.cost_model.form == "budget" and not low - slack <= target <= high + slack:
+    return low - slack <= target <= high + slack
+
+
+def check_target(exp: Experiment, table: CostTable) -> None:
+    """A budget target must lie within the space's cost range, else no net can meet it."""
+    target, (low, high) = exp.cost_model.target, table.cost_range()
+    if exp.cost_model.form == "budget" and not within_range(target, table):
         raise ConfigError(exp.source, "cost_model.target",
                           f"{target:g} {table.unit} is outside this space's range "
                           f"{low:.4g}..{high:.4g} {table.unit} at input "
@@ -80,9 +86,9 @@ def penalty_warning(cost: CostConfig, table: CostTable) -> str | None:
     it every net pays the penalty, above it none does and the search ignores cost."""
     if cost.form not in ("hinge", "power") or cost.target is None:
         return None
-    low, high = table.cost_range()
-    if low <= cost.target <= high:
+    if within_range(cost.target, table):
         return None
+    low, high = table.cost_range()
     effect = ("every net of the space costs more" if cost.target < low
               else "no net of the space costs more, so the cost term never acts")  # fmt: skip
     return (
@@ -202,6 +208,7 @@ class SearchRun(EpochLoop):
         return distributed.mean_over_world(stats)
 
     def end_epoch(self, epoch: int, stats: dict[str, float]) -> dict[str, float]:
+        self.probs()  # on every process: a refusal on rank 0 alone would leave the others waiting
         for model in self.strategy.trained_models():  # rank 0's BN statistics everywhere
             distributed.broadcast_state(model)
         return self.strategy.end_epoch(epoch, self.score_loader)
@@ -217,7 +224,7 @@ class SearchRun(EpochLoop):
         architecture when they differ from the last ones drawn (a picture takes a second or
         more, and warm-up epochs leave the probabilities as they were), unless the experiment
         says ``pictures: false``."""
-        probs = self.probs()
+        probs = self.strategy.arch_probs()  # checked at the epoch's end (rank 0 alone draws)
         for layer, value in entropies(probs).items():
             writer.add_scalar(f"entropy/{layer}", value, epoch)
         if not self.exp.pictures:
@@ -243,7 +250,7 @@ class SearchRun(EpochLoop):
             "arch_steps": self.arch_steps,
             "space": self.space.to_dict(),
             "cost_table": self.table.digest(),  # a resume refuses another table's costs
-            "arch_probs": self.probs(),
+            "arch_probs": self.strategy.arch_probs(),  # checked at the epoch's end
             "choices": (choices := self.strategy.get_final_architecture()),
             "final_cost": self.table.of_choices(choices),  # dnas derive warns off the band
             "band": self.exp.cost_model.band(),

@@ -28,14 +28,10 @@ def most_probable_ops(
 ) -> dict[str, str]:
     """The most probable op of every searchable layer of ``space``; an error naming ``source``
     (default: the space's file) and the layer when the probabilities do not fit its candidates."""
-    choices = {}
-    for layer in space.searchable_layers:
-        probs = arch_probs.get(layer.name)
-        if probs is None or len(probs) != len(layer.candidates):
-            raise DnasError(f"{source or space.source}: op probabilities do not match the "
-                            f"candidates of layer {layer.name}")  # fmt: skip
-        choices[layer.name] = layer.candidates[top_index(probs)]
-    return choices
+    if problem := layout_problem(arch_probs, space):
+        raise DnasError(f"{source or space.source}: op probabilities: {problem}")
+    return {lay.name: lay.candidates[top_index(arch_probs[lay.name])]
+            for lay in space.searchable_layers}  # fmt: skip
 
 
 def entropies(arch_probs: ArchProbs) -> dict[str, float]:
@@ -45,24 +41,38 @@ def entropies(arch_probs: ArchProbs) -> dict[str, float]:
     }
 
 
+def layout_problem(arch_probs: Any, space: SearchSpace) -> str | None:
+    """What keeps ``arch_probs`` from holding one value per candidate op of each searchable
+    layer of ``space`` (and nothing else), or None when nothing does."""
+    if not isinstance(arch_probs, Mapping):
+        return f"expected {{layer: [op probabilities]}}, got {_shown(arch_probs)}"
+    sizes = {lay.name: len(lay.candidates) for lay in space.searchable_layers}
+    if missing := [name for name in sizes if name not in arch_probs]:
+        return f"has no probabilities for layer {missing[0]} of {space.name}"
+    if extra := [name for name in arch_probs if name not in sizes]:
+        return f"names {extra[0]!r}, not a searchable layer of {space.name}"
+    for layer, size in sizes.items():
+        values = arch_probs[layer]
+        if not hasattr(values, "__len__") or len(values) != size:
+            count = len(values) if hasattr(values, "__len__") else _shown(values)
+            return f"layer {layer}: {count} values for {size} candidate ops"
+    return None
+
+
 def probability_problem(arch_probs: Any, space: SearchSpace | None = None) -> str | None:
-    """What keeps ``arch_probs`` from being one op distribution per layer (per searchable layer
-    of ``space``, with one probability per candidate, when given), or None when nothing does.
-    Each probability lies in 0..1 and a layer's sum to 1 within 0.01 (search.json rounds)."""
+    """What keeps ``arch_probs`` from being one op distribution per layer (laid out as
+    ``space``'s searchable layers, :func:`layout_problem`, when given), or None when nothing
+    does. Each value lies in 0..1 and a layer's sum to 1 within 0.01, which a plugin's
+    probabilities computed in half precision (bf16 keeps about 3 digits) still meet."""
     if not isinstance(arch_probs, Mapping) or not arch_probs:
         return f"expected {{layer: [op probabilities]}}, got {_shown(arch_probs)}"
-    sizes = {lay.name: len(lay.candidates) for lay in space.searchable_layers} if space else {}
-    if space is not None and (missing := [n for n in sizes if n not in arch_probs]):
-        return f"has no probabilities for layer {missing[0]} of {space.name}"
+    if space is not None and (problem := layout_problem(arch_probs, space)):
+        return problem
     for layer, probs in arch_probs.items():
-        if space is not None and layer not in sizes:
-            return f"names {layer!r}, not a searchable layer of {space.name}"
         try:
             values = [float(p) for p in probs]
         except (TypeError, ValueError):
             return f"layer {layer}: expected a list of numbers, got {_shown(probs)}"
-        if space is not None and len(values) != sizes[layer]:
-            return f"layer {layer}: {len(values)} values for {sizes[layer]} candidate ops"
         if not values:
             return f"layer {layer}: no op probability (at least one op per layer)"
         if not all(-1e-6 <= v <= 1 + 1e-6 for v in values) or abs(sum(values) - 1) > 0.01:
