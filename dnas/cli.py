@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from dnas.errors import ConfigError, DnasError, from_worker
+from dnas.errors import ConfigError, DnasError, Interrupted, from_worker
 from dnas.files import check_writable
 from dnas.search.bounds import BAND, CHANCE_SAMPLES
 
@@ -48,9 +48,21 @@ class DnasGroup(click.Group):
             message = from_worker(exc)  # a data error inside a loader worker
             if message is None and not isinstance(exc, DnasError):
                 raise
-            error = click.ClickException(message or str(exc))
-            error.exit_code = getattr(exc, "exit_code", 1)  # Interrupted: 130 / 143
-            raise error from None
+            if isinstance(exc, Interrupted):  # asked for: its line, exit 130 / 143, no "Error:"
+                raise Stopped(str(exc), exc.exit_code) from None
+            raise click.ClickException(message or str(exc)) from None
+
+
+class Stopped(click.ClickException):
+    """A run stopped by a signal, as asked: its line as it is (not as an error), and its exit
+    code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True)
 
 
 def one_line(exc: click.UsageError, ctx: click.Context) -> click.ClickException:
@@ -560,7 +572,9 @@ def sweep(config: Path, out: Path, weight_values: list[float] | None,
     if (weight_values is None) == (target_values is None):
         raise click.UsageError("give exactly one of --weights and --targets")
     kind, values = ("weight", weight_values) if weight_values else ("target", target_values)
-    exp = load_experiment(config, list(overrides))
+    # each point sets its own target; a budget, hinge or power config needs one only to load
+    pre = [f"cost_model.target={max(values)}"] if kind == "target" else []
+    exp = load_experiment(config, [*pre, *overrides])
     rows = run_sweep(exp, kind, values, out, Reporter(click.echo, quiet), resume, force)
     click.echo((out / "sweep.md").read_text().rstrip())
     click.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'} "

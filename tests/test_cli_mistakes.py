@@ -134,6 +134,12 @@ def test_a_sweep_checks_its_values_and_targets_before_the_first_run(tmp_path, fi
     one_line_error(["sweep", exp, "--out", out, "--targets", "1.2,1e6"],
                    "--targets 1e+06: cost_model.target: 1e+06 MMAC is outside this space's "
                    "range")  # fmt: skip
+    # forms that need a target load without one: --targets gives each point's (the errors
+    # below come after the experiment loaded, where "required by form budget" came before)
+    budget = ["--targets", "1.2,1e6", "--set", "cost_model.form=budget"]
+    one_line_error(["sweep", exp, "--out", out, *budget], "--targets 1e+06: cost_model.target: ")
+    hinge = ["--targets", "1.2,1.20", "--set", "cost_model.form=hinge"]  # hinge: outside warns
+    one_line_error(["sweep", exp, "--out", out, *hinge], "--targets: two values name one run")
     assert not (tmp_path / "sweep" / "target_1.2").exists()
 
 

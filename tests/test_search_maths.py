@@ -340,6 +340,15 @@ def test_budget_target_outside_the_space_is_a_one_line_error(tmp_path, real_mpii
     assert "cost_model.target: 1000 MMAC is outside this space's range" in run.output
 
 
+def test_a_target_outside_the_range_is_printed_to_the_digits_that_show_it_outside():
+    from dnas.search.run import range_texts
+
+    assert range_texts(55.61, 8.229888, 55.606272) == ("55.61", "8.2299..55.606")
+    assert range_texts(8.2298, 8.229888, 55.606272) == ("8.2298", "8.2299..55.606")
+    assert range_texts(10.0, 13.5, 28.0) == ("10", "13.5..28")
+    assert range_texts(20.0, 13.5, 28.0) == ("20", "13.5..28")
+
+
 def test_a_target_at_an_end_of_the_range_as_dnas_cost_prints_it_is_accepted():
     """The range's ends are float sums (mbv2_pose_small's maximum at 64x64 sums to
     55.60627199999998 MMAC); its whole-MAC value, 55.606272, is the space's own maximum."""

@@ -71,14 +71,24 @@ def within_range(target: float, table: CostTable) -> bool:
     return low - slack <= target <= high + slack
 
 
+def range_texts(value: float, low: float, high: float) -> tuple[str, str]:
+    """``value`` and the range ``low..high``, printed to as few significant digits (4 or more)
+    as show where ``value`` lies against the ends (55.61 is not shown inside 8.23..55.61)."""
+    for digits in range(4, 17):
+        v, lo, hi = (float(f"{x:.{digits}g}") for x in (value, low, high))
+        if (v < lo) == (value < low) and (v > hi) == (value > high):
+            break
+    return f"{value:.{digits}g}", f"{low:.{digits}g}..{high:.{digits}g}"
+
+
 def check_target(exp: Experiment, table: CostTable) -> None:
     """A budget target must lie within the space's cost range, else no net can meet it."""
-    target, (low, high) = exp.cost_model.target, table.cost_range()
+    target = exp.cost_model.target
     if exp.cost_model.form == "budget" and not within_range(target, table):
+        shown, span = range_texts(target, *table.cost_range())
         raise ConfigError(exp.source, "cost_model.target",
-                          f"{target:g} {table.unit} is outside this space's range "
-                          f"{low:.4g}..{high:.4g} {table.unit} at input "
-                          f"{exp.input_hw[0]}x{exp.input_hw[1]}")  # fmt: skip
+                          f"{shown} {table.unit} is outside this space's range {span} "
+                          f"{table.unit} at input {exp.input_hw[0]}x{exp.input_hw[1]}")  # fmt: skip
 
 
 def penalty_warning(cost: CostConfig, table: CostTable) -> str | None:
@@ -91,10 +101,9 @@ def penalty_warning(cost: CostConfig, table: CostTable) -> str | None:
     low, high = table.cost_range()
     effect = ("every net of the space costs more" if cost.target < low
               else "no net of the space costs more, so the cost term never acts")  # fmt: skip
-    return (
-        f"cost_model.target {cost.target:g} {table.unit} is outside this space's range "
-        f"{low:.4g}..{high:.4g} {table.unit}: {effect}"
-    )
+    shown, span = range_texts(cost.target, low, high)
+    return (f"cost_model.target {shown} {table.unit} is outside this space's range {span} "
+            f"{table.unit}: {effect}")  # fmt: skip
 
 
 def search_table(exp: Experiment, task: Task) -> tuple[SearchSpace, CostTable]:
