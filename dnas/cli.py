@@ -572,8 +572,9 @@ def sweep(config: Path, out: Path, weight_values: list[float] | None,
     if (weight_values is None) == (target_values is None):
         raise click.UsageError("give exactly one of --weights and --targets")
     kind, values = ("weight", weight_values) if weight_values else ("target", target_values)
-    # each point sets its own target; a budget, hinge or power config needs one only to load
-    pre = [f"cost_model.target={max(values)}"] if kind == "target" else []
+    # a budget, hinge or power config needs a target to load; each point replaces this one
+    # (and check_values names a bad --targets value itself)
+    pre = ["cost_model.target=1.0"] if kind == "target" else []
     exp = load_experiment(config, [*pre, *overrides])
     rows = run_sweep(exp, kind, values, out, Reporter(click.echo, quiet), resume, force)
     click.echo((out / "sweep.md").read_text().rstrip())

@@ -140,6 +140,8 @@ def test_a_sweep_checks_its_values_and_targets_before_the_first_run(tmp_path, fi
     one_line_error(["sweep", exp, "--out", out, *budget], "--targets 1e+06: cost_model.target: ")
     hinge = ["--targets", "1.2,1.20", "--set", "cost_model.form=hinge"]  # hinge: outside warns
     one_line_error(["sweep", exp, "--out", out, *hinge], "--targets: two values name one run")
+    one_line_error(["sweep", exp, "--out", out, "--targets", "0"],  # the value, not the file
+                   "--targets 0: cost_model.target: expected a value >= 1e-12")  # fmt: skip
     assert not (tmp_path / "sweep" / "target_1.2").exists()
 
 
