@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from dnas.errors import ConfigError, DnasError, Interrupted, from_worker
+from dnas.engine.signals import raise_on_signals, restore_default_signals
+from dnas.errors import ConfigError, DnasError, Interrupted, Signalled, from_worker
 from dnas.files import check_writable
 from dnas.search.bounds import BAND, CHANCE_SAMPLES
 
@@ -675,7 +676,14 @@ def one_line_warning(message: Warning | str, category: type[Warning], filename: 
 
 def main() -> None:
     warnings.formatwarning = one_line_warning
-    cli.main(prog_name="dnas")
+    raise_on_signals()
+    try:
+        cli.main(prog_name="dnas")
+    except Signalled as exc:  # outside a run's steps: its line (not an error), exit 130 / 143
+        click.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
+    finally:  # the interpreter's shutdown is no place for an exception
+        restore_default_signals()
 
 
 if __name__ == "__main__":

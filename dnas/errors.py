@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class DnasError(Exception):
     """A mistake in the user's input (file, key, value) rather than a bug in dnas."""
@@ -23,6 +25,22 @@ class Interrupted(DnasError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class Signalled(BaseException):
+    """SIGINT or SIGTERM outside a run's steps (set-up, teardown, a second signal): raised as
+    KeyboardInterrupt is, past every ``except Exception``, so that clean-up runs; the CLI prints
+    its line and exits 128 + the signal number."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        self.signum, self.detail = signum, detail
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted ({name})" + (f" {detail}" if detail else ""))
+
+    def where(self, detail: str) -> Signalled:
+        """The same signal, its line saying what it stopped."""
+        return Signalled(self.signum, detail)
 
 
 def listing(items: list[str], limit: int) -> str:

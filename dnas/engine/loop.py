@@ -13,10 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,7 +46,8 @@ from dnas.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from dnas.errors import DnasError, Interrupted
+from dnas.engine.signals import stop_signals
+from dnas.errors import DnasError, Interrupted, Signalled
 from dnas.files import check_writable, copy_atomic, write_text_atomic
 from dnas.schema import to_dict
 from dnas.task import build_task
@@ -57,29 +57,10 @@ def format_stats(stats: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.5g}" for k, v in stats.items())
 
 
-@contextlib.contextmanager
-def stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to ``handler`` (it records them; the run stops at a step
-    boundary) while the block runs; the previous handlers afterwards. A second signal while
-    the first is pending ends the process the usual way."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signums = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.getsignal(s) for s in signums}
-
-    def record(signum: int, frame: object) -> None:
-        for s in signums:  # a second Ctrl-C is not swallowed
-            signal.signal(s, previous[s])
-        handler(signum)
-
-    for s in signums:
-        signal.signal(s, record)
-    try:
-        yield
-    finally:
-        for s in signums:
-            signal.signal(s, previous[s])
+def resume_command() -> str:
+    """This process's command line with ``--resume``: what continues the run it started."""
+    command = command_line()
+    return command if "--resume" in command.split() else command + " --resume"
 
 
 def run_inputs(exp: Experiment, out_dir: Path | str) -> tuple[Experiment, Path]:
@@ -111,14 +92,14 @@ class RunContext:
         self.created = not self.out_dir.exists()  # a failed set-up leaves no empty directory
         if not resume:  # every rank (it only reads), before a fresh start clears the logs
             refuse_to_replace(self.out_dir, self.outputs, force)
-        if self.world.main:
-            check_writable(self.out_dir / LOCK)
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.lock.acquire(self.report.line)
-            if not resume:
-                clear_outputs(self.out_dir, self.logs)
-            self.report.attach(self.out_dir / "log.txt")
         try:
+            if self.world.main:
+                check_writable(self.out_dir / LOCK)
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire(self.report.line)
+                if not resume:
+                    clear_outputs(self.out_dir, self.logs)
+                self.report.attach(self.out_dir / "log.txt")
             seed_everything(exp.seed)
             self.task = build_task(exp)
             try:
@@ -128,6 +109,11 @@ class RunContext:
             self.device = distributed.device_for(self.world, device)
             self.amp = Amp(self.device, exp.precision, exp.channels_last)
             self.setup()
+        except Signalled as exc:
+            stopped = exc.where("during set-up; the run had not begun")
+            self.report.log(str(stopped))
+            self.abandon()
+            raise stopped from None
         except BaseException:
             self.abandon()
             raise
@@ -136,7 +122,7 @@ class RunContext:
         """After a failed start: free the lock, and remove the run directory when this run
         created it and wrote nothing but its log (and its ``scratch`` files) there."""
         self.close()
-        if self.world.main and self.created:
+        if self.world.main and self.created and self.out_dir.is_dir():
             remove_if_empty(self.out_dir, scratch)
 
     def setup(self) -> None:
@@ -340,6 +326,13 @@ class EpochLoop(RunContext, ABC):
             with stop_signals(self.on_signal):
                 self.start()
                 return self.loop()
+        except Signalled as exc:
+            if self.interrupted is None:  # it came as the run ended: its results are written
+                raise
+            stopped = exc.where("again, before the run could stop at a step; resume from its "
+                                f"newest checkpoint with: {resume_command()}")  # fmt: skip
+            self.report.log(str(stopped))
+            raise stopped from None
         finally:
             self.close()
 
@@ -387,11 +380,8 @@ class EpochLoop(RunContext, ABC):
         self.save()
         p, name = self.position, signal.Signals(self.interrupted).name
         epoch, step = (p.epoch + 1, p.step) if p.step else (p.epoch, self.steps)
-        command = command_line()
-        if "--resume" not in command.split():
-            command += " --resume"
         message = (f"interrupted ({name}) at epoch {epoch} step {step}; checkpoint saved; "
-                   f"resume with: {command}")  # fmt: skip
+                   f"resume with: {resume_command()}")  # fmt: skip
         self.report.log(message)  # the CLI prints it, as the error it exits with
         raise Interrupted(message, self.interrupted)
 
