@@ -6,6 +6,7 @@ before any run starts."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from conftest import TINY_ARCH, TINY_SPACE, write_experiment
 
 import dnas
-from dnas import registry
+from dnas import checkpoint, registry
 from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.errors import ConfigError, DnasError
@@ -477,3 +478,37 @@ def test_an_experiments_head_of_another_type_replaces_a_tasks_default_head(
     built = build_space(str(tmp_path / "nohead.yaml"), build_task(exp), exp)
     assert built.head.type == "slim_deconv" and built.head.options == {"deconv_widths": [8, 8]}
     assert list(built.head.inputs) == ["stage2.1", "stage3.0"]  # the stages, resolved to layers
+
+
+class LaterNanProbs(DartsStrategy):
+    """A strategy plugin whose probabilities turn NaN after its third step."""
+
+    taken = 0
+
+    def step(self, batch, val):
+        self.taken += 1
+        return super().step(batch, val)
+
+    def arch_probs(self):
+        probs = super().arch_probs()
+        return {n: [math.nan] * len(p) for n, p in probs.items()} if self.taken >= 3 else probs
+
+
+def test_a_step_checkpoint_never_records_probabilities_that_are_none(tmp_path, synth_root,
+                                                                     monkeypatch):  # fmt: skip
+    """derive trusts a checkpoint's probabilities: a mid-epoch one is checked as an epoch's."""
+    monkeypatch.setitem(STRATEGIES._items, "laternan", LaterNanProbs)
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root, search={"steps_per_epoch": 8},
+                           checkpoint={"every_steps": 1})  # fmt: skip
+    out = tmp_path / "s"
+    args = ["search", str(exp), "-o", str(out), "--set", "search.strategy=laternan"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1].startswith(
+        "Error: strategy 'laternan' (test_api_audit.LaterNanProbs): arch_probs(): layer stage1.0: "
+        "[nan, nan] are not op probabilities")  # fmt: skip
+    saved = sorted((out / "checkpoints").glob("step-*.pt"))
+    assert saved  # steps 1 and 2
+    for path in saved:
+        probs = checkpoint.load(path)["arch_probs"]
+        assert all(math.isfinite(p) for values in probs.values() for p in values), path

@@ -259,7 +259,7 @@ class SearchRun(EpochLoop):
             "arch_steps": self.arch_steps,
             "space": self.space.to_dict(),
             "cost_table": self.table.digest(),  # a resume refuses another table's costs
-            "arch_probs": self.strategy.arch_probs(),  # checked at the epoch's end
+            "arch_probs": self.probs(),  # a step checkpoint's too, so derive can trust it
             "choices": (choices := self.strategy.get_final_architecture()),
             "final_cost": self.table.of_choices(choices),  # dnas derive warns off the band
             "band": self.exp.cost_model.band(),
