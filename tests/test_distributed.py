@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from conftest import write_experiment
 from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import load_experiment
+from dnas.engine.rundir import LOCK
 from dnas.engine.runtime import seed_everything
 from dnas.engine.train import build_fixed
 from dnas.task import build_task
@@ -109,3 +112,37 @@ def test_two_process_random_search_matches_one_process(experiment, tmp_path):
         assert a["choices"] == b["choices"]
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6)  # 3e-5 apart without it
     assert one["choices"] == two["choices"]
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(experiment, tmp_path):
+    """torchrun signals its processes one by one, and a scheduler may signal one alone: every
+    process stops after the same step, rank 0 with its checkpoint (one stopping a step early
+    left the other blocked in the next step's all-reduce)."""
+    out = tmp_path / "long"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "dnas"]  # fmt: skip
+    proc = subprocess.Popen([*launcher, "search", str(experiment), "--out", str(out), "--quiet",
+                             "--set", "search.epochs=400"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not any((out / "checkpoints").glob("step-*.pt")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the search never reached its first checkpoint"
+            time.sleep(0.05)
+        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(workers) == 2
+        os.kill(int(workers[-1]), signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a hung run: none of its processes outlives the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stopped = [line for line in err.splitlines() if line.startswith("interrupted (SIGTERM) at")]
+    assert len(stopped) == 2 and stopped[0] == stopped[1], err[-3000:]  # the same step on both
+    frames = [line for line in err.splitlines() if line.strip().startswith('File "')]
+    assert not [f for f in frames if "/dnas/" in f], err[-3000:]  # torchrun's own trace only
+    newest = checkpoint.load(sorted((out / "checkpoints").glob("step-*.pt"))[-1])["position"]
+    assert f"at epoch {newest['epoch'] + 1} step {newest['step']};" in stopped[0]
+    assert not (out / LOCK).exists()

@@ -107,6 +107,17 @@ def mean_over_world(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, flat.tolist(), strict=True))
 
 
+def signal_over_world(signum: int | None) -> int | None:
+    """The signal any process has received (the highest number), on every process: so all
+    stop after the same step, not one at step k and another blocked in step k + 1's
+    all-reduce (torchrun signals its processes one by one)."""
+    if not dist.is_initialized():
+        return signum
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's value of ``obj`` on every process."""
     if not dist.is_initialized():

@@ -367,6 +367,7 @@ class EpochLoop(RunContext, ABC):
                 writer.add_scalar(key, value, epoch + 1)
             self.write_pictures(writer, epoch + 1)
         self.save(*self.files_after_epoch())
+        self.interrupted = distributed.signal_over_world(self.interrupted)
         seconds = time.perf_counter() - started
         eta = eta_text(epoch + 1, self.num_epochs, seconds)
         self.report.line(f"epoch {epoch + 1}/{self.num_epochs}  {self.epoch_line(stats)}  "
@@ -403,5 +404,6 @@ class EpochLoop(RunContext, ABC):
                 self.steps_log.write(epoch + 1, p.step, p.global_step, stats)
             if every and p.global_step % every == 0 and p.step < self.steps:
                 self.save()
+            self.interrupted = distributed.signal_over_world(self.interrupted)
             if self.interrupted is not None and p.step < self.steps:
                 self.stop_if_interrupted()
