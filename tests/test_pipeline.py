@@ -88,7 +88,8 @@ def test_random_search_budget(tmp_path, real_mpii_root):
     path = write_experiment(tmp_path / "exp2.yaml", real_mpii_root,
                             search={**base, "random": {**base["random"], "budget": 0.5,
                                                        "max_tries": 50}})  # fmt: skip
-    message = r"budget: no architecture costs 0..0.5 MMAC in 50 samples \(the space spans 0.9669"
+    message = (r"exp2.yaml: search.random.budget: 0.5 MMAC lies below the space's cheapest net "
+               r"\(0.9669 MMAC\)")  # fmt: skip
     with pytest.raises(DnasError, match=message):
         run_search(load_experiment(path), tmp_path / "run2", Reporter(lambda _: None))
     # under a budget form both limits hold: the band of the target, below the cap
@@ -102,6 +103,27 @@ def test_random_search_budget(tmp_path, real_mpii_root):
     below = r"search.random.budget: 1.2 MMAC lies below the band 1.35..1.65 of cost_model.target"
     with pytest.raises(DnasError, match=below):
         run_search(load_experiment(path), tmp_path / "run4", Reporter(lambda _: None))
+    assert not (tmp_path / "run2").exists() and not (tmp_path / "run4").exists()  # at set-up
+
+
+def test_random_search_widens_a_band_no_draw_lands_in(tmp_path, real_mpii_root):
+    """tolerance 0 asks for the target exactly: no net of the tiny space costs 1.3, so the
+    draws come from the narrowest band around it that they land in, the run says so, and the
+    derived net is the best candidate as trained (no projection of it)."""
+    search = {"strategy": "random", "steps_per_epoch": 1,
+              "random": {"samples": 2, "epochs_per_arch": 1}}  # fmt: skip
+    band = {"form": "budget", "target": 1.3, "tolerance": 0.0}
+    path = write_experiment(tmp_path / "exp.yaml", real_mpii_root, search=search, cost_model=band)
+    lines = []
+    result = run_search(load_experiment(path), tmp_path / "run", Reporter(lines.append))
+    notes = [line for line in lines if line.startswith("warning: cost_model.tolerance")]
+    assert len(notes) == 1 and "too few random draws land within 1.3..1.3 MMAC" in notes[0]
+    low, high = result["band"]
+    assert low < 1.3 < high and high / 1.3 - 1 < 0.1 and 1.3 / low - 1 < 0.1
+    costs = [h["cost"] for h in result["candidates"]]
+    assert all(low <= c <= high for c in costs)
+    assert result["final_cost"] in costs and result["projected_layers"] == 0
+    assert "the nearest" not in lines[-1]  # the closing line: inside its (widened) band
 
 
 def invoke(*args):

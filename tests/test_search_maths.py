@@ -219,6 +219,65 @@ def test_tilted_sampler_hits_the_mean_and_the_band():
         assert target * 0.97 <= table.of_choices(choices) <= target * 1.03
 
 
+def random_plan(tmp_path, root, cost_model, random):
+    """The random strategy of an experiment over mbv2_pose_small at 64x64 (8.2..55.6 MMAC), its
+    draws planned; returns it and its FLOPs table."""
+    from dnas.engine.runtime import Amp
+    from dnas.search.random_search import RandomSearchStrategy
+    from dnas.search.run import build_strategy
+
+    space = Path(__file__).parent.parent / "search_spaces" / "mbv2_pose_small.yaml"
+    path = write_experiment(tmp_path / "exp.yaml", root, space=space, cost_model=cost_model,
+                            search={"strategy": "random", "random": random})  # fmt: skip
+    strategy = build_strategy(load_experiment(path), Amp(torch.device("cpu")))
+    assert isinstance(strategy, RandomSearchStrategy)
+    strategy.table = get_cost_model("flops").table(load_space(space), (64, 64), 16)
+    strategy.sampler, strategy.band = strategy.plan_draws()
+    return strategy, strategy.table
+
+
+def test_random_draws_keep_the_seeds_stream_where_the_band_holds_them(tmp_path, synth_root):
+    strategy, table = random_plan(tmp_path, synth_root, {"form": "budget", "target": 30.0}, {})
+    assert strategy.band == pytest.approx((29.4, 30.6)) and strategy.notes == []
+    mine, before = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(3):  # the draws of the same seed as before the band was planned
+        assert strategy.sampler.draw(mine, 10000) == sample_within(table, before, 29.4, 30.6,
+                                                                   10000)  # fmt: skip
+
+
+def test_random_draws_under_a_cap_near_the_cheapest_net_come_from_the_tilted_sampler(
+    tmp_path, synth_root
+):
+    """Uniform draws of 24 layers of 7 ops almost never cost under 10 MMAC (the cheapest net
+    costs 8.2): the draws come from the maximum-entropy distribution of that range instead."""
+    strategy, table = random_plan(tmp_path, synth_root, {}, {"budget": 10.0})
+    cheapest = table.cost_range()[0]
+    assert len(strategy.notes) == 1 and strategy.notes[0].startswith(
+        "search.random.budget: 0.00% of uniform draws cost at most 10 MMAC, too few"
+    )
+    assert strategy.band == (cheapest, 10.0) and strategy.cost_band() is None
+    strategy.rng = np.random.default_rng(0)
+    assert all(cheapest <= table.of_choices(strategy.sample()) <= 10.0 for _ in range(20))
+    # a cap the uniform draws meet keeps them
+    strategy, _ = random_plan(tmp_path, synth_root, {}, {"budget": 45.0})
+    assert strategy.sampler is None and strategy.notes == []
+    with pytest.raises(ConfigError, match=r"exp.yaml: search.random.budget: 8 MMAC lies below "
+                                          r"the space's cheapest net \(8.2"):  # fmt: skip
+        random_plan(tmp_path, synth_root, {}, {"budget": 8.0})
+
+
+def test_random_draws_widen_a_band_they_cannot_land_in(tmp_path, synth_root):
+    exact = {"form": "budget", "target": 30.0, "tolerance": 0.0}
+    strategy, table = random_plan(tmp_path, synth_root, exact, {})
+    low, high = strategy.band
+    assert strategy.cost_band() == (low, high) and low < 30.0 < high
+    assert high / 30 - 1 <= 2e-3  # the first widening (0.1 %) or the next already holds draws
+    assert strategy.notes[0].startswith("cost_model.tolerance: too few random draws land within "
+                                        "30..30 MMAC; drawing within")  # fmt: skip
+    strategy.rng = np.random.default_rng(0)
+    assert all(low <= table.of_choices(strategy.sample()) <= high for _ in range(5))
+
+
 # -- budget searches land on the target -----------------------------------------------------------
 
 

@@ -152,11 +152,22 @@ def draw_ops(table: CostTable, rng: np.random.Generator,
 
 class BandSampler:
     """Random architectures with cost in [low, high]: drawn from :func:`tilted_probs` at the
-    band's centre (uniform for an open band), computed once, and rejected outside the band."""
+    band's centre (uniform for an open band, or with ``tilted=False``: then the draws are the
+    uniform distribution conditioned on the band), computed once, rejected outside the band."""
 
-    def __init__(self, table: CostTable, low: float, high: float) -> None:
+    def __init__(self, table: CostTable, low: float, high: float, tilted: bool = True) -> None:
         self.table, self.low, self.high = table, low, high
-        self.probs = tilted_probs(table, (low + high) / 2) if np.isfinite(high) else None
+        centred = tilted and np.isfinite(low) and np.isfinite(high)
+        self.probs = tilted_probs(table, (low + high) / 2) if centred else None
+
+    def acceptance(self, rng: np.random.Generator, n: int) -> float:
+        """The fraction of ``n`` draws (all at once) that land in the band."""
+        total = np.full(n, float(self.table.fixed))
+        for name, ops in self.table.layers.items():
+            costs = np.array(list(ops.values()), dtype=np.float64)
+            p = None if self.probs is None else self.probs[name]
+            total += costs[rng.choice(len(costs), size=n, p=p)]
+        return float(np.mean((total >= self.low) & (total <= self.high)))
 
     def draw(self, rng: np.random.Generator, tries: int) -> dict[str, str] | None:
         """One architecture of the band; None after ``tries`` rejected draws."""

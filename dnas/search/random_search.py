@@ -10,6 +10,7 @@ By default the baseline gets the compute of the DARTS search the same config des
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +25,18 @@ from dnas.engine.runtime import (
     to_device,
     weight_step,
 )
-from dnas.errors import DnasError
+from dnas.errors import ConfigError
 from dnas.nn.network import Network
 from dnas.registry import STRATEGIES
-from dnas.search.budget import sample_within
+from dnas.search.budget import BandSampler
 from dnas.search.cost_model import CostTable
 from dnas.search.strategy import Strategy
 from dnas.space.choices import uniform_choices
 from dnas.task import Task
+
+PROBE, MAX_PROBE = 20_000, 1_000_000  # draws testing a band: max_tries, within these bounds
+LANDED = 20  # draws expected in the band per max_tries: a draw then fails with odds e^-20
+MIN_WIDENED = 1e-3  # the first tolerance a band of no draws is widened to (0.1 % of the target)
 
 
 @dataclass
@@ -86,36 +91,102 @@ class RandomSearchStrategy(Strategy):
         self.choices: dict[str, str] = {}
         opts = self.options
         self.per_arch = opts.epochs_per_arch or matched_epochs(self.cfg, table, opts.samples)
+        self.sampler, self.band = self.plan_draws()
+
+    def plan_draws(self) -> tuple[BandSampler | None, tuple[float, float] | None]:
+        """How the architectures are drawn, checked before the first epoch on a probe of
+        draws (its own generator: the draws themselves stay those of the seed): the sampler
+        (None: uniform per layer) and the band every draw lies in. Under ``form: budget`` the
+        draws come from the maximum-entropy distribution centred on the target, inside its
+        band; a band too narrow for draws to land in (``tolerance: 0``) is widened around the
+        target until they do, as a budget search takes the nearest net. A cap
+        (``search.random.budget``) alone keeps uniform draws unless too few cost that little."""
+        table, opts, unit = self.table, self.options, self.table.unit
+        cheapest, dearest = table.cost_range()
+        cap = math.inf if opts.budget is None else opts.budget
         band = self.cost_cfg.band()
-        if band and opts.budget is not None and band[0] > opts.budget:
-            raise DnasError(f"search.random.budget: {opts.budget:g} {table.unit} lies below the "
-                            f"band {band[0]:.4g}..{band[1]:.4g} of cost_model.target; raise "
-                            "it or leave it out")  # fmt: skip
+        if band is not None and cap < band[0]:
+            raise ConfigError(self.source, "search.random.budget",
+                              f"{opts.budget:g} {unit} lies below the band {band[0]:.4g}.."
+                              f"{band[1]:.4g} of cost_model.target; raise it or leave it "
+                              "out")  # fmt: skip
+        if cap < cheapest:
+            raise ConfigError(self.source, "search.random.budget",
+                              f"{opts.budget:g} {unit} lies below the space's cheapest net "
+                              f"({cheapest:.4g} {unit}); raise it or leave it out")  # fmt: skip
+        if band is None:
+            if opts.budget is None or self.lands(uniform := BandSampler(table, 0, cap, False)):
+                return None, None if opts.budget is None else (cheapest, cap)
+            rate = self.landing(uniform)
+            self.notes.append(f"search.random.budget: {rate:.2%} of uniform draws cost at "
+                              f"most {cap:g} {unit}, too few; drawing from the maximum-entropy "
+                              f"distribution centred on {cheapest:.4g}..{cap:g} "
+                              "instead")  # fmt: skip
+            tilted = BandSampler(table, cheapest, cap)
+            return self.checked(tilted, "search.random.budget")
+        low, high = band[0], min(band[1], cap)
+        target, tolerance = self.cost_cfg.target, self.cost_cfg.tolerance
+        while not self.lands(sampler := BandSampler(table, low, high)):
+            if low <= cheapest and high >= min(dearest, cap):
+                return self.checked(sampler, "cost_model.target")
+            tolerance = max(2 * tolerance, MIN_WIDENED)
+            low, high = target * (1 - tolerance), min(target * (1 + tolerance), cap)
+        if (low, high) != (band[0], min(band[1], cap)):
+            self.notes.append(f"cost_model.tolerance: too few random draws land within "
+                              f"{band[0]:.6g}..{min(band[1], cap):.6g} {unit}; drawing within "
+                              f"{low:.6g}..{high:.6g} {unit} ({100 * tolerance:g} % of the "
+                              "target), as near as random draws come")  # fmt: skip
+        return sampler, (low, high)
+
+    def landing(self, sampler: BandSampler) -> float:
+        """The fraction of a probe of draws (a fixed generator of its own) in the band."""
+        size = max(PROBE, min(self.options.max_tries, MAX_PROBE))
+        return sampler.acceptance(np.random.default_rng(0), size)
+
+    def lands(self, sampler: BandSampler) -> bool:
+        """Whether enough draws land in the sampler's band that a draw of ``max_tries`` tries
+        all but never fails (``LANDED`` expected to land)."""
+        return self.landing(sampler) * self.options.max_tries >= LANDED
+
+    def checked(self, sampler: BandSampler, key: str) -> tuple[BandSampler, tuple[float, float]]:
+        """The last resort's sampler, or a one-line error when even its draws do not land."""
+        if self.lands(sampler):
+            return sampler, (sampler.low, sampler.high)
+        rate = self.landing(sampler)
+        cheapest, dearest = self.table.cost_range()
+        raise ConfigError(self.source, key,
+                          f"only {rate:.3%} of random draws cost {sampler.low:.4g}.."
+                          f"{sampler.high:.4g} {self.table.unit} (the space spans "
+                          f"{cheapest:.4g}..{dearest:.4g}); raise search.random.max_tries or "
+                          "widen the budget")  # fmt: skip
+
+    def cost_band(self) -> tuple[float, float] | None:
+        """Under ``form: budget``, the band the draws lie in (the widened one where widened)."""
+        return self.band if self.cost_cfg.band() is not None else None
 
     @property
     def num_epochs(self) -> int:
         return self.options.samples * self.per_arch
 
     def sample(self) -> dict[str, str]:
-        """A random op per layer: uniform; with ``search.random.budget`` rejection-sampled to
-        cost at most that; with a ``budget`` cost form drawn inside its band
-        (:func:`dnas.search.budget.sample_within`), below ``search.random.budget`` too."""
-        band, cap = self.cost_cfg.band(), self.options.budget or float("inf")
-        if band is None:
-            for _ in range(self.options.max_tries):
-                choices = uniform_choices(self.layers, self.rng)
-                if self.table.of_choices(choices) <= cap:
-                    return choices
-        elif choices := sample_within(self.table, self.rng, band[0], min(band[1], cap),
-                                      self.options.max_tries):  # fmt: skip
+        """A random op per layer, as :meth:`plan_draws` settled: uniform, or from its sampler
+        inside its band."""
+        tries = self.options.max_tries
+        for _ in range(tries if self.sampler is None else 0):
+            choices = uniform_choices(self.layers, self.rng)
+            if self.band is None or self.table.of_choices(choices) <= self.band[1]:
+                return choices
+        if self.sampler is not None and (choices := self.sampler.draw(self.rng, tries)):
             return choices
-        low, high = (band[0], min(band[1], cap)) if band else (0.0, cap)
-        key = "search.random.budget" if band is None else "cost_model.target"
-        cheapest, dearest = self.table.cost_range()
-        raise DnasError(
-            f"{key}: no architecture costs {low:.4g}..{high:.4g} {self.table.unit} in "
-            f"{self.options.max_tries} samples (the space spans {cheapest:.4g}..{dearest:.4g})"
-        )
+        low, high = self.band or (0.0, math.inf)
+        raise ConfigError(self.source, "search.random.max_tries",
+                          f"no architecture costing {low:.4g}..{high:.4g} {self.table.unit} in "
+                          f"{tries} draws; raise it")  # fmt: skip
+
+    def get_final_architecture(self) -> dict[str, str]:
+        """The best candidate as drawn (inside the draw band): never a projection, which would
+        be a net that no candidate trained."""
+        return self.argmax_architecture()
 
     def new_epoch(self, epoch: int) -> None:
         super().new_epoch(epoch)

@@ -59,7 +59,9 @@ def build_strategy(exp: Experiment, amp: Amp) -> Strategy:
     except DnasError as exc:
         raise ConfigError(exp.source, "search.strategy", str(exc)) from None
     check_concrete(cls, "strategy", exp.search.strategy)
-    return cls(exp.search, exp.cost_model, amp)
+    strategy = cls(exp.search, exp.cost_model, amp)
+    strategy.source = exp.source
+    return strategy
 
 
 def within_range(target: float, table: CostTable) -> bool:
@@ -140,6 +142,8 @@ class SearchRun(EpochLoop):
         self.strategy.prepare = self.prepare
         self.strategy.adapt_search_space(self.prepare(network), self.task, self.table,
                                          self.device)  # fmt: skip
+        for note in self.strategy.notes:
+            self.report.line(f"warning: {note}")
         self.probs()  # a strategy plugin's mistake is one line now, not after the search
         if self.num_epochs < 1:  # else it "ends" at once and writes no search.pt
             raise ConfigError(exp.source, "search.epochs",
@@ -262,7 +266,7 @@ class SearchRun(EpochLoop):
             "arch_probs": self.probs(),  # a step checkpoint's too, so derive can trust it
             "choices": (choices := self.strategy.get_final_architecture()),
             "final_cost": self.table.of_choices(choices),  # dnas derive warns off the band
-            "band": self.exp.cost_model.band(),
+            "band": self.strategy.cost_band(),
             "cost_unit": self.table.unit,
             "gradient_evidence": self.strategy.gradient_evidence(),  # dnas derive warns on noise
             "strategy": self.strategy.get_checkpointables(),
@@ -293,7 +297,7 @@ class SearchRun(EpochLoop):
             "target": cost.target,
             "final_cost": self.table.of_choices(choices),
             "argmax_cost": self.table.of_choices(argmax),
-            "band": list(band) if (band := cost.band()) else None,
+            "band": list(band) if (band := self.strategy.cost_band()) else None,
             "projected_layers": sum(choices[n] != argmax[n] for n in choices),
             "decisiveness": decisiveness(probs),
             "choices": choices,

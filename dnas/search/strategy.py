@@ -33,6 +33,8 @@ class Strategy(ABC):
     # ``search.<options_key>`` (strategies may share one); None: none
     Options: ClassVar[type | None] = None
     options_key: ClassVar[str | None] = None
+    # the config file its options came from (set by the run), for the one-line errors naming it
+    source: str = "<memory>"
 
     def __init__(self, cfg: SearchConfig, cost: CostConfig, amp: Amp | None = None) -> None:
         self.cfg = cfg
@@ -43,6 +45,9 @@ class Strategy(ABC):
         # how the search run readies a network the strategy builds itself, once it is on the
         # device (under torchrun: batch-norm synchronisation and rank 0's weights); set by the run
         self.prepare: Callable[[nn.Module], nn.Module] = lambda model: model
+        # what the user should hear about how the strategy set itself up (a widened band):
+        # the run prints each as a warning line after adapt_search_space
+        self.notes: list[str] = []
 
     @abstractmethod
     def adapt_search_space(
@@ -93,6 +98,10 @@ class Strategy(ABC):
         None for a strategy without one."""
         return None
 
+    def cost_band(self) -> tuple[float, float] | None:
+        """The costs the derived net is held to: the ``budget`` form's band (None without)."""
+        return self.cost_cfg.band()
+
     def argmax_architecture(self) -> dict[str, str]:
         """The most probable op per searchable layer."""
         return most_probable_ops(self.network.space, self.arch_probs())
@@ -102,7 +111,7 @@ class Strategy(ABC):
         argmax misses the target band, the most probable architecture inside it (or, where the
         space has none there, in the narrowest wider band that holds one)."""
         choices = self.argmax_architecture()
-        band, cfg = self.cost_cfg.band(), self.cost_cfg
+        band, cfg = self.cost_band(), self.cost_cfg
         if band is None or band[0] <= self.table.of_choices(choices) <= band[1]:
             return choices
         return most_probable_near(self.arch_probs(), self.table, cfg.target, cfg.tolerance) \
