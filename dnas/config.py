@@ -90,6 +90,17 @@ def default_strategy_options() -> dict[str, Any]:
     return {key: cls() for key, cls in strategy_sections().items()}
 
 
+# the cost_model keys each form reads (README, "Forms"): a search warns of one set for a form
+# that ignores it (a target under ``relative`` only shifts the logged value; it sets no budget)
+FORM_KEYS = {
+    "relative": ("weight",),
+    "budget": ("target", "tolerance", "dual_lr"),
+    "log": ("weight", "tau"),
+    "hinge": ("weight", "target"),
+    "power": ("weight", "target", "beta"),
+}
+
+
 @dataclass
 class CostConfig:
     """The cost term of the architecture loss (``dnas.search.objective``; README, "Forms").

@@ -336,6 +336,32 @@ def test_a_hinge_target_outside_the_space_is_warned_about():
     assert penalty_warning(CostConfig(form="relative"), table) is None
 
 
+def test_cost_model_keys_the_form_does_not_read_are_named():
+    """A target under form relative reads as a budget but only shifts the logged value: the
+    search says so when it starts, and its closing line does not measure the net against it."""
+    from dnas.config import Experiment
+    from dnas.search.run import summary_line, unused_cost_keys
+
+    def warned(search=None, **cost):
+        return unused_cost_keys(Experiment(task={"name": "pose"}, cost_model=CostConfig(**cost),
+                                           search=search or SearchConfig()))  # fmt: skip
+
+    assert warned(form="relative", target=17.61) == (
+        "cost_model.target 17.61 (read by form budget, hinge, power) is not read by form "
+        "relative; form: budget searches for that cost")  # fmt: skip
+    assert warned(form="budget", target=17.61, weight=0.1, beta=3.0) == (
+        "cost_model.weight 0.1 (read by form relative, log, hinge, power) and cost_model.beta 3 "
+        "(read by form power) are not read by form budget")  # fmt: skip
+    assert warned(form="log", weight=0.2, tau=5.0) is None
+    assert warned(form="relative", weight=0.05, target=20.0, tolerance=0.02) is not None
+    # search.arch_init: budget starts on the target, whatever the form
+    assert warned(SearchConfig(arch_init="budget"), form="relative", target=17.61) is None
+    result = {"cost_unit": "MMAC", "final_cost": 35.21, "target": 17.61, "projected_layers": 0,
+              "decisiveness": 0.6, "band": None}  # fmt: skip
+    assert "target" not in summary_line({**result, "cost_form": "relative"})
+    assert "(target 17.61 MMAC, +99.9 %)" in summary_line({**result, "cost_form": "hinge"})
+
+
 def test_a_search_names_the_latency_table_it_trades_against(budget_lut):
     """A table of another device, runtime, batch or thread count is the user's choice (FBNet
     searches on a GPU for a phone's table), so the search's first lines say which it is."""

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Subset
 from torch.utils.tensorboard import SummaryWriter
 
-from dnas.config import CostConfig, Experiment
+from dnas.config import FORM_KEYS, CostConfig, Experiment
 from dnas.engine import distributed
 from dnas.engine.loop import EpochLoop
 from dnas.engine.progress import Reporter
@@ -108,6 +108,23 @@ def penalty_warning(cost: CostConfig, table: CostTable) -> str | None:
             f"{table.unit}: {effect}")  # fmt: skip
 
 
+def unused_cost_keys(exp: Experiment) -> str | None:
+    """One line naming the ``cost_model`` keys set (away from their defaults) that its form
+    does not read: a ``target`` under ``form: relative`` reads as a budget but sets none."""
+    cost, defaults = exp.cost_model, CostConfig()
+    used = set(FORM_KEYS[cost.form]) | ({"target"} if exp.search.arch_init == "budget" else set())
+    unused = [key for key in dict.fromkeys(k for keys in FORM_KEYS.values() for k in keys)
+              if key not in used and getattr(cost, key) != getattr(defaults, key)]  # fmt: skip
+    if not unused:
+        return None
+    named = [f"cost_model.{key} {getattr(cost, key):g} (read by form "
+             f"{', '.join(f for f, keys in FORM_KEYS.items() if key in keys)})"
+             for key in unused]  # fmt: skip
+    hint = "; form: budget searches for that cost" if "target" in unused else ""
+    verb = "is" if len(named) == 1 else "are"
+    return f"{' and '.join(named)} {verb} not read by form {cost.form}{hint}"
+
+
 def search_table(exp: Experiment, task: Task) -> tuple[SearchSpace, CostTable]:
     """The space a search of ``exp`` runs over (its head settled) and its cost table."""
     space = build_space(exp.space, task, exp)
@@ -132,8 +149,9 @@ class SearchRun(EpochLoop):
         self.amp.sync_grads = self.world.distributed
         self.strategy = build_strategy(exp, self.amp)
         check_target(exp, self.table)
-        if warning := penalty_warning(exp.cost_model, self.table):
-            self.report.line(f"warning: {warning}")
+        for warning in (penalty_warning(exp.cost_model, self.table), unused_cost_keys(exp)):
+            if warning:
+                self.report.line(f"warning: {warning}")
         self.make_loaders()
         network = Network(self.space, self.task.num_outputs)
         if exp.remap_from:
@@ -329,7 +347,7 @@ def summary_line(result: dict) -> str:
     """The search's closing figures: derived cost (against the target) and decisiveness."""
     unit, cost = result["cost_unit"], result["final_cost"]
     text = f"derived architecture cost: {cost:.4g} {unit}"
-    if result["target"] is not None:
+    if result["target"] is not None and "target" in FORM_KEYS[result["cost_form"]]:
         off = 100 * (cost / result["target"] - 1)
         text += f" (target {result['target']:.4g} {unit}, {off:+.1f} %"
         if moved := result["projected_layers"]:
