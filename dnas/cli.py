@@ -352,6 +352,8 @@ def agreement(runs: tuple[Path, ...], band: float, samples: int, seed: int, fmt:
     from dnas.search.agreement import compare_runs, format_report
 
     report = compare_runs(list(runs), band, samples, seed)
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(json.dumps(report, indent=1) if fmt == "json" else format_report(report))
 
 

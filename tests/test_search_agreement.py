@@ -78,12 +78,16 @@ def test_cli_compares_real_searches_and_rejects_mismatches(tmp_path, real_mpii_r
         runs[name] = str(tmp_path / name)
     twice = CliRunner().invoke(cli, ["agreement", runs["s0"], runs["s0"]])
     assert twice.exit_code == 1 and "the same search run given twice" in twice.output
-    copy = shutil.copytree(runs["s0"], tmp_path / "s0-copy")  # another run, the same choices
-    same = CliRunner().invoke(cli, ["agreement", runs["s0"], str(copy), "--format", "json"])
-    assert same.exit_code == 0, same.output
-    report = json.loads(same.stdout)
-    assert report["mean"] == 1.0 and report["pairwise"][0]["agreement"] == 1.0
-    assert 0 < report["chance"] < 1 and report["z"] > 2
+    copy = shutil.copytree(runs["s0"], tmp_path / "s0-copy")  # another run of one config, seed
+    same = CliRunner().invoke(cli, ["agreement", runs["s0"], str(copy)])
+    assert same.exit_code == 1 and same.output.strip() == (
+        f"Error: {runs['s0']} and {copy}: one config run twice with one seed (0), which agrees "
+        "with itself; compare searches that differ in their seed")  # fmt: skip
+    two = CliRunner().invoke(cli, ["agreement", runs["s0"], runs["s1"], "--format", "json"])
+    assert two.exit_code == 0, two.output
+    report = json.loads(two.stdout)
+    assert report["warnings"] == [] and 0 < report["chance"] < 1
+    assert report["pairwise"][0]["agreement"] == report["mean"]
     two = CliRunner().invoke(cli, ["agreement", runs["s0"], runs["s1"]])
     assert two.exit_code == 0, two.output
     derived = [json.loads((tmp_path / n / "search.json").read_text())["choices"]
@@ -94,5 +98,22 @@ def test_cli_compares_real_searches_and_rejects_mismatches(tmp_path, real_mpii_r
     assert bad.exit_code == 1
     assert "searched another space or cost table" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+    # another objective (a budget at another target), another task, or a shared seed
+    for name, extra in (("t1", {"cost_model": {"form": "budget", "target": 1.2}}),
+                        ("t2", {"cost_model": {"form": "budget", "target": 1.6}}),
+                        ("lr", {"search": {"arch_optimizer": {"lr": 0.01}}})):  # fmt: skip
+        exp = write_experiment(tmp_path / f"{name}.yaml", real_mpii_root, TINY_SPACE, **extra)
+        run_search(load_experiment(exp), tmp_path / name, Reporter(lambda _: None))
+        runs[name] = str(tmp_path / name)
+    targets = CliRunner().invoke(cli, ["agreement", runs["t1"], runs["t2"]])
+    assert targets.exit_code == 1 and targets.output.strip() == (
+        f"Error: {runs['t2']}: searched for another cost objective than {runs['t1']} (cost_model "
+        "form budget, target 1.6, tolerance 0.02, dual_lr 0.1 vs form budget, target 1.2, "
+        "tolerance 0.02, dual_lr 0.1); only searches of one objective compare")  # fmt: skip
+    shared = CliRunner().invoke(cli, ["agreement", runs["s0"], runs["lr"]])
+    assert shared.exit_code == 0, shared.output
+    assert shared.stderr.strip() == (
+        f"warning: {runs['s0']} and {runs['lr']} share seed 0: their agreement measures what "
+        "their configs' other differences change, not the seed")  # fmt: skip
     alone = CliRunner().invoke(cli, ["agreement", runs["s0"]])
     assert alone.exit_code == 1 and "at least two search runs" in alone.output

@@ -15,9 +15,11 @@ import itertools
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from dnas.config import FORM_KEYS
 from dnas.errors import DnasError
 from dnas.search.bounds import check_band, check_chance_samples
 from dnas.search.budget import DRAW_TRIES, BandSampler
@@ -57,21 +59,58 @@ def chance_agreement(table: CostTable, cost: float, band: float = 0.03, samples:
 
 @dataclass
 class SearchOutcome:
-    """What one search run derived, and the cost table it searched with."""
+    """What one search run derived, the cost table it searched with and its config."""
 
     run: str
     choices: dict[str, str]
     cost: float
     table: CostTable
     digest: str
+    config: dict[str, Any]
+
+    @property
+    def objective(self) -> dict[str, Any]:
+        """The cost form and the keys it reads (``FORM_KEYS``): what the search traded for."""
+        cost = self.config.get("cost_model") or {}
+        form = cost.get("form", "relative")
+        return {"form": form, **{k: cost.get(k) for k in FORM_KEYS.get(form, ())}}
 
 
 def load_outcome(ref: Path | str) -> SearchOutcome:
     """The derived ops of a search run (directory or ``search.pt``) and their cost under the
     run's own cost model, input size and head."""
     record = load_search(ref)
+    config = {k: v for k, v in record.ckpt["config"].items() if k != "source"}
     return SearchOutcome(str(ref), record.choices, record.table.of_choices(record.choices),
-                         record.table, record.space.digest())  # fmt: skip
+                         record.table, record.space.digest(), config)  # fmt: skip
+
+
+def comparable(first: SearchOutcome, other: SearchOutcome) -> str | None:
+    """A warning when two runs share their seed (what differs then is their config, not the
+    seed); a one-line error when they do not compare: another space, task, cost table or cost
+    objective, or one config run twice with one seed (a search agrees with itself)."""
+    if other.digest != first.digest or other.table.digest() != first.table.digest():
+        tasks = [(r.config.get("task") or {}).get("name") for r in (first, other)]
+        why = f" (task {tasks[1]} vs {tasks[0]})" if tasks[0] != tasks[1] else ""
+        raise DnasError(f"{other.run}: searched another space or cost table than {first.run}"
+                        f"{why}; only searches of one space and cost model compare")  # fmt: skip
+    if other.objective != first.objective:
+        raise DnasError(f"{other.run}: searched for another cost objective than {first.run} "
+                        f"(cost_model {shown(other.objective)} vs {shown(first.objective)}); "
+                        "only searches of one objective compare")  # fmt: skip
+    seed = first.config.get("seed")
+    if other.config.get("seed") != seed:
+        return None
+    if other.config == first.config:
+        raise DnasError(f"{first.run} and {other.run}: one config run twice with one seed "
+                        f"({seed}), which agrees with itself; compare searches that differ in "
+                        "their seed")  # fmt: skip
+    return (f"{first.run} and {other.run} share seed {seed}: their agreement measures what "
+            "their configs' other differences change, not the seed")  # fmt: skip
+
+
+def shown(objective: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in objective.items())
 
 
 def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
@@ -87,13 +126,8 @@ def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
     if twice := sorted({str(f) for f in files if files.count(f) > 1}):
         raise DnasError(f"{twice[0]}: the same search run given twice (it agrees with itself)")
     runs = [load_outcome(ref) for ref in refs]
+    warnings = [w for a, b in itertools.combinations(runs, 2) if (w := comparable(a, b))]
     first = runs[0]
-    for other in runs[1:]:
-        if other.digest != first.digest or other.table.layers != first.table.layers:
-            raise DnasError(
-                f"{other.run}: searched another space or cost table than "
-                f"{first.run}; only searches of one space and cost model compare"
-            )
     pairwise = [{"runs": [a.run, b.run], "agreement": op_agreement(a.choices, b.choices)}
                 for a, b in itertools.combinations(runs, 2)]  # fmt: skip
     mean = mean_agreement([r.choices for r in runs])
@@ -102,7 +136,7 @@ def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
     return {"runs": [{"run": r.run, "cost": r.cost} for r in runs], "unit": first.table.unit,
             "layers": len(first.choices), "pairwise": pairwise, "mean": mean,
             "chance": chance, "chance_sd": sd, "z": (mean - chance) / sd if sd > 0 else None,
-            "band": band, "samples": samples, "seed": seed}  # fmt: skip
+            "band": band, "samples": samples, "seed": seed, "warnings": warnings}  # fmt: skip
 
 
 def format_report(report: dict) -> str:
