@@ -304,6 +304,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     from dnas.search.derive import (
         budget_warning,
         derive_checkpoint,
+        derived_line,
         evidence_warnings,
         format_rows,
         incomplete_warning,
@@ -319,6 +320,8 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
         click.echo(f"warning: {warning}", err=True)
     write_architecture(arch, output, f"derived by 'dnas derive {run}'", force=True)  # guarded
     click.echo(format_rows(rows))
+    if line := derived_line(ckpt):
+        click.echo(line)
     for warning in (budget_warning(ckpt), undecided_warning(rows), *evidence_warnings(ckpt)):
         if warning:
             click.echo(f"warning: {warning}", err=True)

@@ -124,6 +124,14 @@ def test_random_search_widens_a_band_no_draw_lands_in(tmp_path, real_mpii_root):
     assert all(low <= c <= high for c in costs)
     assert result["final_cost"] in costs and result["projected_layers"] == 0
     assert "the nearest" not in lines[-1]  # the closing line: inside its (widened) band
+    derived = CliRunner().invoke(cli, ["derive", str(tmp_path / "run"), "-o",
+                                       str(tmp_path / "a.yaml")])  # fmt: skip
+    off = 100 * (result["final_cost"] / 1.3 - 1)
+    assert derived.exit_code == 0 and derived.stderr == ""  # inside the band it was held to
+    assert (
+        f"derived architecture cost: {result['final_cost']:.4g} MMAC (target 1.3 MMAC, "
+        f"{off:+.1f} %); decisiveness (mean top op probability) 1.000"
+    ) in derived.stdout
 
 
 def invoke(*args):

@@ -219,8 +219,10 @@ def test_tiny_net_output_is_at_stride_four():
 # ---------------------------------------------------------------- weights of another task
 
 
-def test_eval_names_the_task_of_weights_trained_for_another(tmp_path):
-    """As predict does ("segmentation weights"), not "trained with outputs 4, not 16"."""
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_eval_and_train_init_name_the_task_of_weights_trained_for_another(tmp_path, command):
+    """As predict does ("segmentation weights"), not "trained with outputs 4, not 16" or a
+    shape mismatch of the head's last convolution."""
     space = load_space(TINY_ARCH)
     info = {"arch": space.to_dict(), "input_size": [64, 64], "num_outputs": 4,
             "task": "segmentation", "preprocess": {}, "outputs": {}}  # fmt: skip
@@ -228,10 +230,11 @@ def test_eval_names_the_task_of_weights_trained_for_another(tmp_path):
     save_atomic(with_info(Network(space, 4).state_dict(), info), weights)
     (tmp_path / "data").mkdir()
     exp = write_experiment(tmp_path / "exp.yaml", tmp_path / "data")
-    one_line_error(
-        ["eval", exp, "--weights", weights, "-o", tmp_path / "out"],
-        "these weights were trained with task 'segmentation', not 'pose'",
-    )
+    args = {"eval": ["eval", exp, "--weights", weights],
+            "train": ["train", exp, "--arch", TINY_ARCH, "--init", weights]}[command]  # fmt: skip
+    one_line_error([*args, "-o", tmp_path / "out"],
+                   "these weights were trained with task 'segmentation', not 'pose'")  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- split names

@@ -467,6 +467,8 @@ def test_search_json_records_decisiveness_and_derive_warns(tmp_path, real_mpii_r
                                                    str(tmp_path / "a.yaml")])  # fmt: skip
     assert run.exit_code == 0
     assert run.stderr.count("\n") == 1 and "warning: the search ended undecided" in run.stderr
+    assert (f"derived architecture cost: {saved['final_cost']:.4g} MMAC; decisiveness (mean top "
+            f"op probability) {saved['decisiveness']:.3f}\n") in run.stdout  # fmt: skip
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "derived architecture cost:" in log and "decisiveness" in log
 

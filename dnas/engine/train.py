@@ -118,7 +118,10 @@ class TrainRun(EpochLoop):
     def setup(self) -> None:
         exp = self.exp
         self.arch, self.net = build_fixed(exp, self.arch_ref, self.task)
-        if self.init is not None:
+        if self.init is not None:  # another task's weights: its name, not a shape mismatch
+            info = weights_info(self.init)
+            check_fits(info, self.init, "task", info and info.get("task"), exp.task["name"],
+                       " (--init takes weights of this task)")  # fmt: skip
             load_weights(self.net, self.init)
         elif exp.remap_from:
             mapped = remap_into(self.net, Path(exp.remap_from))

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from dnas import checkpoint
-from dnas.config import Experiment, apply_overrides
+from dnas.config import FORM_KEYS, Experiment, apply_overrides
 from dnas.errors import DnasError
 from dnas.files import write_text_atomic
 from dnas.schema import from_dict
@@ -163,6 +163,29 @@ def incomplete_warning(path: Path, ckpt: dict) -> str | None:
     return (
         f"{path} holds an incomplete search ({done} of {total} epochs); finish it with "
         "'dnas search ... --resume' before deriving, or accept a search cut short"
+    )
+
+
+def target_part(cost: float, unit: str, target: float | None, form: str) -> str | None:
+    """``target 17.61 MMAC, +1.8 %``: the derived cost against the target, under a form that
+    reads one (``FORM_KEYS``); None otherwise."""
+    if target is None or "target" not in FORM_KEYS.get(form, ()):
+        return None
+    return f"target {target:.4g} {unit}, {100 * (cost / target - 1):+.1f} %"
+
+
+def derived_line(ckpt: dict) -> str | None:
+    """What ``dnas derive`` reports of the net: its cost (against the target) and how decided
+    the search was; None for a checkpoint that records no cost (written before 2026-12)."""
+    cost, unit = ckpt.get("final_cost"), ckpt.get("cost_unit", "")
+    if not isinstance(cost, int | float):
+        return None
+    cost_model = (ckpt.get("config") or {}).get("cost_model") or {}
+    aim = target_part(cost, unit, cost_model.get("target"), cost_model.get("form", "relative"))
+    return (
+        f"derived architecture cost: {cost:.4g} {unit}"
+        + (f" ({aim})" if aim else "")
+        + f"; decisiveness (mean top op probability) {decisiveness(ckpt['arch_probs']):.3f}"
     )
 
 

@@ -35,6 +35,7 @@ from dnas.nn.network import Network
 from dnas.nn.remap import remap_into
 from dnas.registry import STRATEGIES, check_concrete
 from dnas.search.cost_model import CostTable, configured_cost_model
+from dnas.search.derive import target_part
 from dnas.search.strategy import Strategy
 from dnas.space.choices import decisiveness, entropies, probability_problem
 from dnas.space.graph import SearchSpace
@@ -347,9 +348,8 @@ def summary_line(result: dict) -> str:
     """The search's closing figures: derived cost (against the target) and decisiveness."""
     unit, cost = result["cost_unit"], result["final_cost"]
     text = f"derived architecture cost: {cost:.4g} {unit}"
-    if result["target"] is not None and "target" in FORM_KEYS[result["cost_form"]]:
-        off = 100 * (cost / result["target"] - 1)
-        text += f" (target {result['target']:.4g} {unit}, {off:+.1f} %"
+    if aim := target_part(cost, unit, result["target"], result["cost_form"]):
+        text += f" ({aim}"
         if moved := result["projected_layers"]:
             text += f"; argmax {result['argmax_cost']:.4g}, {moved} layer{'s' * (moved > 1)} "
             text += "moved into the band"
