@@ -249,3 +249,24 @@ def test_a_split_without_its_file_names_the_split_key(synth_root, tmp_path, comm
         args += ["--arch", TINY_ARCH]
     wanted = synth_root / "annot" / "training.json"
     one_line_error(args, f"exp.yaml: task.{key}: 'training': {wanted}: cannot read")
+
+
+# ---------------------------------------------------------------- damaged images
+
+
+def test_a_truncated_training_jpeg_is_one_line_naming_it(tmp_path, synth_root):
+    """OpenCV decodes a JPEG cut short with its missing part grey (libjpeg only prints a line
+    of its own): training on it is refused, as PIL refuses to load one."""
+    import shutil
+
+    root = shutil.copytree(synth_root, tmp_path / "data")
+    image = sorted((root / "images").glob("train_*.jpg"))[3]
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    exp = write_experiment(tmp_path / "exp.yaml", root, train={"steps_per_epoch": 20})
+    result = CliRunner().invoke(cli, ["train", str(exp), "--arch", TINY_ARCH, "-o",
+                                      str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 1  # after the run's header line, at the image's first read
+    assert result.output.splitlines()[-1] == (
+        f"Error: {image}: a truncated JPEG (it ends before its end marker); replace the file or "
+        "leave it out of the annotations")  # fmt: skip

@@ -16,9 +16,13 @@ TITLE_HEIGHT = 28  # px of white band above each panel for its title
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as an (H, W, 3) RGB array; a missing or undecodable file is one line
-    (checked first, else OpenCV prints a warning of its own before it)."""
+def read_rgb(path: Path, allow_truncated: bool = False) -> np.ndarray:
+    """An image file as an (H, W, 3) RGB array; a missing or undecodable file is one line, and
+    so is a truncated JPEG unless ``allow_truncated`` (checked before decoding: libjpeg would
+    print a line of its own, and OpenCV fill the missing part grey), as PIL refuses one."""
+    if not allow_truncated and Path(path).is_file() and truncated_jpeg(path):
+        raise DnasError(f"{path}: a truncated JPEG (it ends before its end marker); replace "
+                        "the file or leave it out of the annotations")  # fmt: skip
     image = cv2.imread(str(path), cv2.IMREAD_COLOR) if Path(path).is_file() else None
     if image is None:
         raise DnasError(f"{path}: missing or unreadable image")

@@ -246,7 +246,7 @@ def predict(image: Path, arch: str | None, weights: Path,
     if Path(image).is_file() and truncated_jpeg(image):  # before libjpeg's own line
         click.echo(f"warning: {image}: the JPEG ends before its end marker (a truncated file?); "
                    "its missing part is predicted on as grey", err=True)  # fmt: skip
-    picture = read_rgb(image)
+    picture = read_rgb(image, allow_truncated=True)  # warned about above
     h, w = picture.shape[:2]
     if box:
         check_box_centre(box, w, h)
