@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -611,3 +612,19 @@ def test_malformed_instances_are_one_error_naming_the_entry(synth_root, tmp_path
     data["annotations"][0]["segmentation"] = rle  # an uncompressed RLE of the image's size
     fine.write_text(json.dumps(data))
     assert len(read_coco(fine)["annotations"]) == len(good["annotations"])
+
+
+def test_an_input_size_the_strides_do_not_divide_is_warned_about(synth_root, tmp_path):
+    """Segmentation resizes its logits to any label size, so it takes 72x64; but the layers
+    round their outputs up (72 / 16 is 4.5), so it is said, once, when the run starts."""
+    exp = seg_experiment(tmp_path / "exp.yaml", synth_root, input_size=[72, 64])
+    with pytest.warns(UserWarning) as caught:
+        run("search", exp, "--out", tmp_path / "s")
+    texts = [str(w.message) for w in caught if "do not divide" in str(w.message)]
+    assert texts == [f"{exp}: input_size 72x64: the strides of space tiny (16 in all) do not "
+                     "divide it, so its layers round their outputs up and the head's 20x16 is "
+                     "not the input / its stride; sides that 16 divides keep outputs and labels "
+                     "aligned"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*do not divide")  # a size they divide
+        run("search", seg_experiment(tmp_path / "ok.yaml", synth_root), "--out", tmp_path / "t")

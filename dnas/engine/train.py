@@ -8,6 +8,7 @@ score), ``model.pt`` (final weights), ``results.json`` and TensorBoard ``tb/``.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,12 @@ def check_head_output(space: SearchSpace, task: Task) -> None:
         raise DnasError(f"{space.source}: head {head!r} gives {shape[0]} output channels, the "
                         f"{task.name} task has {task.num_outputs}")  # fmt: skip
     task.check_output_shape(shape)
+    if height % stride or width % stride:  # a task that takes any size (segmentation) took it
+        warnings.warn(f"{task.source}: input_size {height}x{width}: the strides of space "
+                      f"{space.name} ({stride} in all) do not divide it, so its layers round "
+                      f"their outputs up and the head's {shape[1]}x{shape[2]} is not the input "
+                      f"/ its stride; sides that {stride} divides keep outputs and labels "
+                      "aligned", stacklevel=2)  # fmt: skip
 
 
 def build_fixed(exp: Experiment, arch_ref: str, task: Task) -> tuple[SearchSpace, Network]:
