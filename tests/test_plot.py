@@ -12,11 +12,12 @@ from conftest import TINY_SPACE, write_experiment
 from matplotlib.colors import to_rgba
 from matplotlib.patches import Rectangle
 
+from dnas import checkpoint
 from dnas.checkpoint import save_atomic
 from dnas.cli import cli
 from dnas.errors import DnasError
 from dnas.search.derive import derive
-from dnas.space.choices import entropies, undecided_layers
+from dnas.space.choices import entropies, most_probable_ops, undecided_layers
 from dnas.space.graph import load_space, space_from_dict
 from dnas.space.ops import parse_op
 from dnas.vis.plot import (
@@ -120,7 +121,7 @@ def test_heat_map_marks_undecided_layers_and_dashes_their_argmax():
     assert labels == ["a", "b (undecided)", "c"]  # top p 0.35 < 0.5; 0.55 is decided
     assert "1 of 3 layers undecided" in ax.get_title()
     styles = {p.get_gid(): p.get_linestyle() for p in ax.patches}
-    assert styles == {"argmax:0": "-", "argmax:1": "--", "argmax:2": "-"}
+    assert styles == {"derived:0": "-", "derived:1": "--", "derived:2": "-"}
     assert undecided_layers(probs) == ["b"]
 
 
@@ -308,6 +309,36 @@ def test_cli_draws_the_same_architecture_as_derive(search_run):
     fig = architecture_figure(source.space, arch_probs=source.arch_probs)
     derived = [layer.candidates[0] for stage in arch.stages for layer in stage.layers]
     assert [p.get_label() for p in blocks(fig)] == [op for op in derived if op != "skip"]
+
+
+def test_a_budget_searchs_plots_box_the_ops_derive_keeps(search_run, tmp_path):
+    """Under a budget the derived net may differ from the argmax (layers moved into the band):
+    the heat map boxes and stars those, and the drawing is the derived net, as derive writes."""
+    from dnas.vis.plot import load_plot_source, write_plots
+
+    ckpt = checkpoint.load(search_run / "search.pt")
+    space = space_from_dict(ckpt["space"], "search.pt")
+    argmax = most_probable_ops(space, ckpt["arch_probs"])
+    layer = space.searchable_layers[0]
+    moved = next(op for op in layer.candidates if op != argmax[layer.name])
+    ckpt["choices"] = {**argmax, layer.name: moved}  # as a projection into a band leaves it
+    save_atomic(ckpt, tmp_path / "search.pt")
+    source = load_plot_source(tmp_path / "search.pt")
+    assert source.choices == ckpt["choices"]
+    fig = op_probability_figure(source.arch_probs, candidates_of(source.space), None,
+                                source.choices)  # fmt: skip
+    ax = fig.axes[0]
+    ops = [t.get_text() for t in ax.get_xticklabels()]
+    box = next(p for p in ax.patches if p.get_gid() == "derived:0")
+    assert ops[round(box.get_x() + 0.5)] == moved
+    assert ax.get_yticklabels()[0].get_text().endswith(" *")
+    assert "* = moved into the budget band (1)" in ax.get_title()
+    drawn = architecture_figure(source.space, source.choices)
+    layers = [layer for stage in source.space.stages for layer in stage.layers]
+    picked = [source.choices.get(layer.name, layer.candidates[0]) for layer in layers]
+    ops_drawn = [op for op in picked if op != "skip"]
+    assert [p.get_label() for p in blocks(drawn)] == ops_drawn
+    assert len(write_plots(source, tmp_path / "plots", "png")) == 2
 
 
 def test_cli_writes_svg(search_run, tmp_path):

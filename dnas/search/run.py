@@ -264,11 +264,12 @@ class SearchRun(EpochLoop):
         from dnas.vis import plot  # here: matplotlib adds most of a second to a start
 
         shown = {layer: [round(p, 3) for p in values] for layer, values in probs.items()}
-        if shown != self.drawn.get("probs"):  # the heat map writes them to three decimals
-            figure = plot.op_probability_figure(probs, plot.candidates_of(self.space), epoch=epoch)
+        choices = self.strategy.get_final_architecture()  # boxed: what dnas derive would write
+        if (shown, choices) != (self.drawn.get("probs"), self.drawn.get("choices")):
+            figure = plot.op_probability_figure(probs, plot.candidates_of(self.space), epoch,
+                                                choices)  # fmt: skip
             writer.add_image("search/op_probabilities", plot.figure_to_array(figure), epoch,
                              dataformats="HWC")  # fmt: skip
-        choices = self.strategy.get_final_architecture()
         if choices != self.drawn.get("choices"):
             figure = plot.architecture_figure(self.space.with_choices(choices))
             writer.add_image("search/architecture", plot.figure_to_array(figure), epoch,

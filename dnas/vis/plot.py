@@ -73,13 +73,21 @@ def op_probability_figure(
     arch_probs: dict[str, list[float]],
     candidates: dict[str, tuple[str, ...]],
     epoch: int | None = None,
+    derived: dict[str, str] | None = None,
 ) -> Figure:
     """Heat map of the op probabilities, one row per searchable layer in network order.
 
     Cells are coloured by the deviation from uniform (p - 1/#candidates of the layer), so a
-    short search's 0.14 and 0.17 look different; each cell is written to three decimals, and an
-    undecided layer (top probability below ``UNDECIDED``) is named so and its argmax dashed."""
+    short search's 0.14 and 0.17 look different; each cell is written to three decimals. A box
+    marks the ``derived`` op of each layer (default: the most probable, as ``dnas derive``
+    picks without a budget); a layer whose derived op is not its most probable one (moved into
+    a budget band) is starred, and an undecided layer (top probability below ``UNDECIDED``) is
+    named so and its box dashed."""
     layers, ops, matrix = op_probability_matrix(arch_probs, candidates)
+    argmax = {layer: ops[int(np.nanargmax(row))] for layer, row in zip(layers, matrix, strict=True)}
+    boxed = [ops.index((derived or argmax)[layer]) for layer in layers]
+    moved = {layer for layer, j, row in zip(layers, boxed, matrix, strict=True)
+             if row[j] < np.nanmax(row)}  # fmt: skip
     deviation = matrix - 1.0 / np.array([[len(candidates[layer])] for layer in layers])
     undecided = set(undecided_layers(dict(zip(layers, _rows(matrix), strict=True))))
     fig = _new_figure(2.5 + 0.75 * len(ops), 1.8 + 0.28 * len(layers))
@@ -89,16 +97,18 @@ def op_probability_figure(
                       aspect="auto")  # fmt: skip
     fig.colorbar(image, ax=ax, label="probability - uniform (1/#candidates)")
     ax.set_xticks(range(len(ops)), ops, rotation=45, ha="right")
-    ax.set_yticks(range(len(layers)), [_row_label(n, n in undecided) for n in layers])
+    labels = [_row_label(layer, layer in undecided, layer in moved) for layer in layers]
+    ax.set_yticks(range(len(layers)), labels)
     for label, layer in zip(ax.get_yticklabels(), layers, strict=True):
         label.set_color(UNDECIDED_COLOUR if layer in undecided else "black")
     ax.set_xlabel("candidate op")
     if matrix.size <= MAX_ANNOTATED_CELLS:
         _annotate(ax, matrix, deviation, span)
-    _outline_argmax(ax, matrix, [layer in undecided for layer in layers])
+    _outline_derived(ax, boxed, [layer in undecided for layer in layers])
     title = "op probabilities" + (f", epoch {epoch}" if epoch is not None else "")
-    ax.set_title(f"{title}\n{len(undecided)} of {len(layers)} layers undecided "
-                 f"(top p < {UNDECIDED}, dashed); box = derived op", fontsize=9)  # fmt: skip
+    starred = f"; * = moved into the budget band ({len(moved)})" if moved else ""
+    ax.set_title(f"{title}\n{len(undecided)} of {len(layers)} layers undecided (top p < "
+                 f"{UNDECIDED}, dashed); box = derived op{starred}", fontsize=9)  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -111,8 +121,8 @@ def _rows(matrix: np.ndarray) -> list[list[float]]:
     return [[float(v) for v in row if np.isfinite(v)] for row in matrix]
 
 
-def _row_label(layer: str, undecided: bool) -> str:
-    return f"{layer} (undecided)" if undecided else layer
+def _row_label(layer: str, undecided: bool, moved: bool = False) -> str:
+    return layer + (" (undecided)" if undecided else "") + (" *" if moved else "")
 
 
 def _cmap() -> Colormap:
@@ -135,14 +145,12 @@ def _annotate(ax, matrix: np.ndarray, deviation: np.ndarray, span: float) -> Non
                         color="white" if strong else "black")  # fmt: skip
 
 
-def _outline_argmax(ax, matrix: np.ndarray, undecided: list[bool]) -> None:
-    """Outline each row's argmax (the derived op): solid when decided, dashed when not."""
-    for i, row in enumerate(matrix):
-        if np.isfinite(row).any():
-            best = int(np.nanargmax(row))
-            ax.add_patch(Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black",
-                                   lw=1.5, ls="--" if undecided[i] else "-",
-                                   gid=f"argmax:{i}"))  # fmt: skip
+def _outline_derived(ax, columns: list[int], undecided: list[bool]) -> None:
+    """Outline each row's derived op (its column): solid when decided, dashed when not."""
+    for i, column in enumerate(columns):
+        ax.add_patch(Rectangle((column - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black",
+                               lw=1.5, ls="--" if undecided[i] else "-",
+                               gid=f"derived:{i}"))  # fmt: skip
 
 
 # ---------------------------------------------------------------- architecture
@@ -375,6 +383,7 @@ class PlotSource:
     space: SearchSpace
     arch_probs: dict[str, list[float]] | None = None
     epoch: int | None = None
+    choices: dict[str, str] | None = None  # a search's derived ops (under a budget: in its band)
 
 
 _EXPECTED = "a search or train run directory, a dnas checkpoint or an architecture YAML"
@@ -410,8 +419,11 @@ def _from_checkpoint(path: Path) -> PlotSource:
         probs = ckpt.get("arch_probs")
         if not isinstance(probs, dict):
             raise DnasError(f"{path}: search checkpoint without 'arch_probs'")
-        most_probable_ops(space, probs, str(path))  # checks they fit the space
-        return PlotSource(space, probs, ckpt.get("epoch"))
+        argmax = most_probable_ops(space, probs, str(path))  # checks they fit the space
+        choices = ckpt.get("choices")  # what dnas derive writes (absent before 2026-12)
+        if isinstance(choices, dict):
+            _check_choices(space, choices)
+        return PlotSource(space, probs, ckpt.get("epoch"), choices or argmax)
     if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), dict):
         return PlotSource(space_from_dict(ckpt["arch"], source=str(path)))
     raise DnasError(
@@ -436,5 +448,6 @@ def write_plots(source: PlotSource, out_dir: Path, fmt: str) -> list[Path]:
 
 def _source_figure(source: PlotSource, name: str) -> Figure:
     if name == "op_probs" and source.arch_probs is not None:
-        return op_probability_figure(source.arch_probs, candidates_of(source.space), source.epoch)
-    return architecture_figure(source.space, arch_probs=source.arch_probs)
+        return op_probability_figure(source.arch_probs, candidates_of(source.space), source.epoch,
+                                     source.choices)  # fmt: skip
+    return architecture_figure(source.space, source.choices, source.arch_probs)
