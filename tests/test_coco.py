@@ -113,6 +113,37 @@ def test_ground_truth_scores_ap_one(val, tmp_path):
         load_coco_keypoints(no_person)
 
 
+def test_annotations_pycocotools_would_index_wrongly_are_refused(coco_mini, tmp_path):
+    """pycocotools keeps the last entry of an id given twice (a perfect result file then
+    scored AP 0.978): duplicate ids, an annotation of no category, a joint at 1e9, refused."""
+    gt = json.loads((coco_mini / "annotations" / "person_keypoints_val2017.json").read_text())
+    first = gt["annotations"][0]
+    x_at = 3 * next(j for j in range(17) if first["keypoints"][3 * j + 2] > 0)
+
+    def edited(path: str, value) -> dict:
+        """``gt`` with the entry at ``path`` (keys and indices, '/'-separated) set to value."""
+        data = json.loads(json.dumps(gt))
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split("/")]
+        node = data
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        return data
+
+    cases = [
+        ("annotations/1/id", first["id"], r"annotations\[1\]: id \d+ is given twice"),
+        ("images/1/id", gt["images"][0]["id"], r"images\[1\]: id \d+ is given twice"),
+        ("annotations/0/category_id", 99,
+         r"annotations\[0\]: category_id 99 is not among the categories"),
+        (f"annotations/0/keypoints/{x_at}", 1e9,
+         r"annotations\[0\]: keypoint \d+ \(1e\+09, [\d.]+\) lies far outside its \d+x\d+ image"),
+    ]  # fmt: skip
+    for path, value, message in cases:
+        (tmp_path / "gt.json").write_text(json.dumps(edited(path, value)))
+        with pytest.raises(DnasError, match=message):
+            load_coco_keypoints(tmp_path / "gt.json")
+
+
 def test_perturbed_predictions_match_direct_cocoeval(coco_mini, val, tmp_path):
     preds, vis = ground_truth(val)
     noisy = preds + np.random.default_rng(0).normal(0.0, 2.0, preds.shape)

@@ -197,6 +197,13 @@ def test_bad_split_option_and_file_errors(lspet, tmp_path):
     (tmp_path / "joints.mat").write_text("not matlab")
     with pytest.raises(DnasError, match=r"joints.mat: not a MATLAB file with a numeric"):
         LSPDataset(tmp_path, "val", (64, 64))
+    for shape, flag_at in (((14, 3, 4), (5, 2, 1)), ((3, 14, 4), (2, 5, 1))):
+        joints = np.ones(shape)
+        joints[flag_at] = 3.0  # neither visible nor not
+        scipy.io.savemat(tmp_path / "joints.mat", {"joints": joints})
+        with pytest.raises(DnasError, match=r"joints.mat: 'joints' visibility flags must be 0 "
+                                            r"or 1, found 3$"):  # fmt: skip
+            LSPDataset(tmp_path, "val", (64, 64))
 
 
 def test_original_lsp_layout_inverts_the_flag(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -161,3 +163,9 @@ def test_bad_annotation_is_one_clear_error(tmp_path):
         MPIIDataset(tmp_path, "train", (64, 64))
     with pytest.raises(DnasError, match=r"valid.json: cannot read MPII annotations"):
         MPIIDataset(tmp_path, "valid", (64, 64))
+    person = {"image": "a.jpg", "joints": [[1, 2]] * 16, "joints_vis": [1] * 16,
+              "center": [10, 10], "scale": "4"}  # fmt: skip
+    (tmp_path / "annot" / "train.json").write_text(json.dumps([person]))
+    scale = r"train.json: entry 0: scale must be a positive number, got '4'$"  # not a string
+    with pytest.raises(DnasError, match=scale):
+        MPIIDataset(tmp_path, "train", (64, 64))

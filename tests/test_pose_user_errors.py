@@ -270,3 +270,23 @@ def test_a_truncated_training_jpeg_is_one_line_naming_it(tmp_path, synth_root):
     assert result.output.splitlines()[-1] == (
         f"Error: {image}: a truncated JPEG (it ends before its end marker); replace the file or "
         "leave it out of the annotations")  # fmt: skip
+
+
+def test_mpii_head_boxes_missing_or_of_another_size_are_refused_at_set_up(tmp_path, synth_root):
+    """PCKh needs annot/gt_valid.mat: found missing at set-up, not at the first evaluation
+    after hours of training; one of another split's size too."""
+    import shutil
+
+    root = shutil.copytree(synth_root, tmp_path / "data")
+    heads = root / "annot" / "gt_valid.mat"
+    kept = heads.read_bytes()
+    heads.unlink()
+    exp = write_experiment(tmp_path / "exp.yaml", root)
+    args = ["train", exp, "--arch", TINY_ARCH, "-o", tmp_path / "out"]
+    one_line_error(args, f"{heads}: missing; PCKh needs the head boxes of split 'valid'")
+    assert not (tmp_path / "out").exists()
+    heads.write_bytes(kept)
+    valid = root / "annot" / "valid.json"
+    valid.write_text(json.dumps(json.loads(valid.read_text())[:-1]))  # one person fewer
+    one_line_error(args, f"{heads}: 4 people, but split 'valid' has 3")
+    assert not (tmp_path / "out").exists()

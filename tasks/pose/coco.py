@@ -64,7 +64,17 @@ def _numbers(values: Any, count: int) -> bool:
     return isinstance(values, list) and len(values) == count and all(map(is_finite_number, values))
 
 
-def _annotation_problem(ann: Any, image_ids: set) -> str | None:
+def check_unique_ids(path: Path, entries: list[dict], key: str) -> None:
+    """pycocotools indexes ``images`` and ``annotations`` by id: a second entry of one id
+    silently replaces the first (and a perfect result file then scores below 1)."""
+    seen: set[int] = set()
+    for i, entry in enumerate(entries):
+        if entry["id"] in seen:
+            raise DnasError(f"{path}: {key}[{i}]: id {entry['id']} is given twice")
+        seen.add(entry["id"])
+
+
+def _annotation_problem(ann: Any, images: dict[int, dict], categories: set[int]) -> str | None:
     if not isinstance(ann, dict):
         return "not an object"
     missing = [k for k in _ANN_KEYS if k not in ann]
@@ -74,16 +84,30 @@ def _annotation_problem(ann: Any, image_ids: set) -> str | None:
         return f"keypoints must be {len(COCO_JOINTS)} x 3 numbers (x, y, v)"
     if not _numbers(ann["bbox"], 4) or not _numbers([ann["area"]], 1):
         return "bbox must be 4 numbers [x, y, w, h] and area a number"
-    if not is_integer(ann["image_id"]) or ann["image_id"] not in image_ids:
+    if not is_integer(ann["image_id"]) or ann["image_id"] not in images:
         return f"image_id {ann['image_id']!r} is not in images"[:200]
     if not (is_integer(ann["id"]) and is_integer(ann["category_id"])):
         return "id and category_id must be integers"
+    if ann["category_id"] not in categories:
+        return f"category_id {ann['category_id']} is not among the categories"
     if ann["iscrowd"] not in (0, 1) or not is_integer(ann["num_keypoints"]):
         return "iscrowd must be 0 or 1 and num_keypoints an integer"
     if any(v not in (0, 1, 2) for v in ann["keypoints"][2::3]):
         return "keypoint visibility flags must be 0, 1 or 2"
     if min(ann["bbox"][2:]) < 0 or ann["area"] < 0:
         return "bbox width and height and area must not be negative"
+    return _keypoints_off_image(ann["keypoints"], images[ann["image_id"]])
+
+
+def _keypoints_off_image(keypoints: list[float], image: dict) -> str | None:
+    """A labelled keypoint further outside its image than the image's own size (an annotation
+    tool marks joints in the image; 1e9 is a corrupt value, not a joint out of frame)."""
+    width, height = image["width"], image["height"]
+    for j, (x, y, v) in enumerate(zip(keypoints[0::3], keypoints[1::3], keypoints[2::3],
+                                      strict=True)):  # fmt: skip
+        if v > 0 and not (-width <= x <= 2 * width and -height <= y <= 2 * height):
+            return (f"keypoint {j} ({x:g}, {y:g}) lies far outside its "
+                    f"{width:g}x{height:g} image")  # fmt: skip
     return None
 
 
@@ -113,16 +137,19 @@ def load_coco_keypoints(path: Path) -> COCO:
         problem = _image_problem(image)
         if problem:
             raise DnasError(f"{path}: images[{i}]: {problem}")
-    image_ids = {image["id"] for image in data["images"]}
-    for i, ann in enumerate(data["annotations"]):
-        problem = _annotation_problem(ann, image_ids)
-        if problem:
-            raise DnasError(f"{path}: annotations[{i}]: {problem}")
+    check_unique_ids(path, data["images"], "images")
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or not is_integer(cat.get("id")):
             raise DnasError(f"{path}: categories[{i}] needs an integer id")
     if PERSON not in {cat["id"] for cat in data["categories"]}:  # else every AP reads -1
         raise DnasError(f"{path}: categories: no person category (id {PERSON})")
+    images = {image["id"]: image for image in data["images"]}
+    categories = {cat["id"] for cat in data["categories"]}
+    for i, ann in enumerate(data["annotations"]):
+        problem = _annotation_problem(ann, images, categories)
+        if problem:
+            raise DnasError(f"{path}: annotations[{i}]: {problem}")
+    check_unique_ids(path, data["annotations"], "annotations")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

@@ -153,12 +153,20 @@ def load_joints(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
         raise DnasError(f"{path}: 'joints' holds NaN or infinite values")
     if raw.ndim == 3 and raw.shape[:2] == (14, 3):  # LSP-extended: flag 1 = visible
         arr = raw.transpose(2, 0, 1)
-        return arr[..., :2], arr[..., 2], "im{:05d}.jpg"
+        return arr[..., :2], check_flags(arr[..., 2], path), "im{:05d}.jpg"
     if raw.ndim == 3 and raw.shape[:2] == (3, 14):  # original LSP: flag 1 = occluded
         arr = raw.transpose(2, 1, 0)
-        return arr[..., :2], 1.0 - arr[..., 2], "im{:04d}.jpg"
+        return arr[..., :2], 1.0 - check_flags(arr[..., 2], path), "im{:04d}.jpg"
     raise DnasError(f"{path}: expected a 'joints' array of shape (14, 3, N) (LSP-extended) or "
                     f"(3, 14, N) (LSP), got {raw.shape}")  # fmt: skip
+
+
+def check_flags(flags: np.ndarray, path: Path) -> np.ndarray:
+    """The visibility flags of ``joints``, each 0 or 1 (else a one-line error naming one)."""
+    wrong = flags[(flags != 0) & (flags != 1)]
+    if wrong.size:
+        raise DnasError(f"{path}: 'joints' visibility flags must be 0 or 1, found {wrong[0]:g}")
+    return flags
 
 
 @DATASETS.register("lsp")

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.io
 
 from dnas.errors import DnasError
-from dnas.schema import read_json
+from dnas.schema import is_finite_number, read_json
 from dnas.task import Metrics
 from tasks.pose.pckh import (
     MPII_FLIP_PAIRS,
@@ -39,7 +39,7 @@ def as_list(entries: Any, path: Path, what: str) -> list:
 
 
 def _entry_problem(
-    image: object, joints: np.ndarray, vis: np.ndarray, center: np.ndarray, scale: float
+    image: object, joints: np.ndarray, vis: np.ndarray, center: np.ndarray, scale: object
 ) -> str | None:
     """What is wrong with the numbers of one MPII person, or None."""
     if not isinstance(image, str) or not image:
@@ -47,8 +47,8 @@ def _entry_problem(
     for name, values in (("joints", joints), ("joints_vis", vis), ("center", center)):
         if not np.isfinite(values).all():
             return f"{name} must be finite numbers"
-    if not (np.isfinite(scale) and scale > 0):
-        return f"scale must be a positive number, got {scale!r}"
+    if not (is_finite_number(scale) and scale > 0):  # a number, not a string that parses
+        return f"scale must be a positive number, got {scale!r}"[:200]
     return None
 
 
@@ -68,7 +68,7 @@ class MPIIDataset(TopDownDataset):
                 joints = np.asarray(e["joints"], np.float32).reshape(16, 2) - 1.0
                 vis = np.asarray(e["joints_vis"], np.float32).reshape(16)
                 center = np.asarray(e["center"], np.float32).reshape(2)
-                scale = float(e["scale"])
+                scale = e["scale"]
                 image = self.root / "images" / str(e["image"])
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise DnasError(
@@ -78,22 +78,31 @@ class MPIIDataset(TopDownDataset):
             problem = _entry_problem(e["image"], joints, vis, center, scale)
             if problem:
                 raise DnasError(f"{path}: entry {i}: {problem}")
+            scale = float(scale)
             if center[0] != -1:  # HRNet: MPII centres sit high and boxes are tight
                 center[1] += 15 * scale
             records.append(PersonRecord(image, center, np.full(2, scale * 1.25, np.float32),
                                         joints, vis))  # fmt: skip
         return records
 
-    def evaluate(self, preds: np.ndarray, scores: np.ndarray, out_dir: Path | None) -> Metrics:
+    def head_boxes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The split's ``gt_<split>.mat`` (:func:`load_gt_valid_mat`), one entry per person."""
         gt_path = self.root / "annot" / f"gt_{self.split}.mat"
         if not gt_path.exists():
             raise DnasError(f"{gt_path}: missing; PCKh needs the head boxes of split "
                             f"{self.split!r} in HRNet's gt_valid.mat format")  # fmt: skip
         gt, missing, head_sizes = load_gt_valid_mat(gt_path)
-        preds = preds + 1.0  # 1-based, like the ground truth
-        if len(preds) != len(gt):
+        if len(gt) != len(self.records):
             raise DnasError(f"{gt_path}: {len(gt)} people, but split {self.split!r} has "
-                            f"{len(preds)}")  # fmt: skip
+                            f"{len(self.records)}")  # fmt: skip
+        return gt, missing, head_sizes
+
+    def check_scorable(self) -> None:
+        self.head_boxes()
+
+    def evaluate(self, preds: np.ndarray, scores: np.ndarray, out_dir: Path | None) -> Metrics:
+        gt, missing, head_sizes = self.head_boxes()
+        preds = preds + 1.0  # 1-based, like the ground truth
         table = pckh_table(preds, gt, missing, head_sizes)
         files = {}
         if out_dir is not None:

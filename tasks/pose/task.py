@@ -112,6 +112,8 @@ class PoseTask(Task):
             raise ConfigError(self.source, "task.root", f"{opts.root}: split {name!r} has no "
                               "person to train on or score (its annotations, ranges, boxes or "
                               "detection threshold leave none)")  # fmt: skip
+        if split == "val":  # scored: what the evaluation reads besides the people, now
+            dataset.check_scorable()
         return dataset
 
     def output_info(self) -> dict[str, Any]:

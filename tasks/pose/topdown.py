@@ -116,6 +116,11 @@ class TopDownDataset(Dataset, ABC):
     def evaluate(self, preds: np.ndarray, scores: np.ndarray, out_dir: Path | None) -> Metrics:
         """Score (N, J, 2) 0-based image-coordinate predictions with (N, J) peak values."""
 
+    def check_scorable(self) -> None:
+        """Refuse (DnasError naming the file) a split that :meth:`evaluate` could not score,
+        for what it reads beyond the records (MPII's head boxes): called when the split is
+        built for scoring, so that a training does not find out at its first evaluation."""
+
     def __len__(self) -> int:
         return len(self.records)
 
