@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from dnas.engine.signals import raise_on_signals, restore_default_signals
+from dnas.engine.signals import exit_on_signals, raise_on_signals
 from dnas.errors import ConfigError, DnasError, Interrupted, Signalled, from_worker
 from dnas.files import check_writable
 from dnas.search.bounds import BAND, CHANCE_SAMPLES
@@ -682,13 +682,18 @@ def one_line_warning(message: Warning | str, category: type[Warning], filename: 
 def main() -> None:
     warnings.formatwarning = one_line_warning
     raise_on_signals()
+    code = 1  # a bug's traceback
     try:
-        cli.main(prog_name="dnas")
-    except Signalled as exc:  # outside a run's steps: its line (not an error), exit 130 / 143
-        click.echo(str(exc), err=True)
-        sys.exit(exc.exit_code)
-    finally:  # the interpreter's shutdown is no place for an exception
-        restore_default_signals()
+        try:
+            cli.main(prog_name="dnas")
+        except Signalled as exc:  # outside a run's steps: its line (not an error), 130 / 143
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
+    except SystemExit as done:  # how click ends every command
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        raise
+    finally:  # from here on a signal ends the process with the command's own status
+        exit_on_signals(code)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,19 @@ def test_a_second_signal_stops_a_run_at_once(cli_signals, tmp_path, synth_root, 
     assert message in (tmp_path / "run" / "log.txt").read_text()
     assert not (tmp_path / "run" / LOCK).exists()
     assert any((tmp_path / "run" / "checkpoints").glob("step-*.pt"))  # epoch 1's
+
+
+def test_after_the_command_a_signal_ends_the_process_with_its_own_status():
+    """Results written, the interpreter shutting down (torch's teardown takes a second): SIGTERM
+    does not turn a finished job into a failed one (143), and Ctrl-C ends the exit at once."""
+    script = ("import os, signal, time\n"
+              "from dnas.engine.signals import exit_on_signals\n"
+              "exit_on_signals(3)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(0.2)\n"
+              "print('still here', flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "time.sleep(30)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (3, "still here\n", "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -34,11 +35,21 @@ def raise_on_signals() -> None:
         signal.signal(signum, stop)
 
 
-def restore_default_signals() -> None:
-    """SIGINT raises KeyboardInterrupt and SIGTERM ends the process again, as in any Python
-    program: for the interpreter's shutdown, where an exception would print a traceback."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def exit_on_signals(code: int) -> None:
+    """After the command, with its exit status ``code``: its results are written, and the
+    interpreter's shutdown (a second or more with torch) is no place for an exception's
+    traceback, nor for a 143 that tells a scheduler that a finished job failed. SIGINT ends
+    the process at once with ``code`` (Ctrl-C still cuts a slow exit short); SIGTERM is
+    ignored (a Python handler would be reset to the default, which kills, before torch's own
+    teardown), so the process ends with ``code`` within its scheduler's grace period."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    def leave(signum: int, frame: object) -> None:
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, leave)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
