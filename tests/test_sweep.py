@@ -24,7 +24,22 @@ def test_sweep_over_cost_weights_writes_table_and_plot(tmp_path, real_mpii_root)
     assert rows[1]["cost"] < rows[0]["cost"]  # a heavier cost term derives a cheaper net
     assert all(r["metric"] == "Mean" and 0 <= r["score"] <= 100 for r in rows)
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| weight | cost (MMAC) |" in (out / "sweep.md").read_text()
+    table = (out / "sweep.md").read_text()
+    assert "| weight | cost (MMAC) | params | MACs | score (Mean) |" in table
+    assert f"| {rows[0]['score']:.4g} |" in table
+
+
+def test_the_sweep_table_keeps_four_digits_of_a_small_score(tmp_path):
+    """A COCO AP is a fraction: 0.0034 printed to two decimals read 0.00."""
+    from dnas.search.sweep import write_outputs
+
+    row = {"target": 9.0, "cost": 8.92, "cost_unit": "MMAC", "params": 1234, "macs": 8920000,
+           "metric": "AP", "score": 0.0034}  # fmt: skip
+    paths = write_outputs([row, {**row, "target": 12.0, "score": 0.61237}], "target", tmp_path)
+    lines = paths["table"].read_text().splitlines()
+    assert lines[0] == "| target | cost (MMAC) | params | MACs | score (AP) |"
+    assert lines[2] == "| 9 | 8.920 | 1,234 | 8,920,000 | 0.0034 |"
+    assert lines[3].endswith("| 0.6124 |")
 
 
 def test_sweep_over_budgets_and_usage_errors(tmp_path, real_mpii_root):

@@ -164,10 +164,12 @@ def write_outputs(rows: list[dict], kind: str, out_dir: Path) -> dict[str, Path]
     paths = {"json": out_dir / "sweep.json", "table": out_dir / "sweep.md",
              "plot": out_dir / "sweep.png"}  # fmt: skip
     write_text_atomic(paths["json"], json.dumps(rows, indent=1))
-    unit = rows[0]["cost_unit"] if rows else ""
-    lines = [f"| {kind} | cost ({unit}) | params | MACs | score |", "|---|---|---|---|---|"]
+    unit, metric = (rows[0]["cost_unit"], rows[0]["metric"]) if rows else ("", "")
+    lines = [f"| {kind} | cost ({unit}) | params | MACs | score ({metric}) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    # four significant digits: a COCO AP of 0.0034 (a fraction) too, not 0.00
     lines += [f"| {r[kind]:g} | {r['cost']:.3f} | {r['params']:,} | {r['macs']:,} | "
-              f"{r['score']:.2f} |" for r in rows]  # fmt: skip
+              f"{r['score']:.4g} |" for r in rows]  # fmt: skip
     write_text_atomic(paths["table"], "\n".join(lines) + "\n")
     save_figure(sweep_figure(rows, kind), paths["plot"])
     return paths

@@ -122,15 +122,16 @@ def _table(preds: np.ndarray, gt: np.ndarray, counted: np.ndarray, size: np.ndar
     return table
 
 
-def scored_note(gt: np.ndarray, annotated: np.ndarray) -> str:
-    """How many people were scored, by which reference distance."""
+def scored_note(gt: np.ndarray, annotated: np.ndarray, strict: float | None = None) -> str:
+    """How many people were scored, by which reference distance, and the ``strict`` Mean."""
     size, rule = reference_sizes(gt, annotated)
     parts = [f"{int(((rule == k) & (size > 0)).sum())} by the {name}"
              for k, name in enumerate(REFERENCES)]  # fmt: skip
     text = f"{int((size > 0).sum())} of {len(gt)} people scored ({', '.join(parts)}"
     if (rule == 2).any() and (size > 0).any():
         text += f" = {size[rule == 2][0]:.1f} px"
-    return text + "); Mean_strict: only those with the left shoulder-right hip diameter"
+    value = "" if strict is None else f" {strict:.2f}"
+    return text + f"); Mean_strict{value}: only those with the left shoulder-right hip diameter"
 
 
 def format_table(table: dict[str, float], title: str = "PCK@0.2") -> str:
@@ -219,7 +220,7 @@ class LSPDataset(TopDownDataset):
         gt = np.stack([r.joints for r in self.records]).astype(np.float64)
         annotated = np.stack([r.vis for r in self.records]) > 0
         table = pck(preds, gt, annotated)
-        note = scored_note(gt, annotated)
+        note = scored_note(gt, annotated, table["Mean_strict"])
         files = {}
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
