@@ -274,3 +274,36 @@ def test_coco_keypoint_ap_on_files(samples, tmp_path):
     res.write_text(json.dumps({"not": "a list"}))
     with pytest.raises(DnasError, match=r"res\.json: expected a JSON list"):
         coco_keypoint_ap(ann, res)
+
+
+def test_a_missing_path_option_or_image_folder_is_named_at_set_up(coco_mini, tmp_path):
+    """The option that named a missing file is the key in the error (with the config file), and
+    a split's missing image folder is found before training, not image by image."""
+    from click.testing import CliRunner
+    from conftest import TINY_ARCH, write_experiment
+
+    from dnas.cli import cli
+
+    task = {"name": "pose", "dataset": "coco", "root": str(coco_mini)}
+    exp = write_experiment(tmp_path / "exp.yaml", coco_mini, task=task)
+    base = ["train", str(exp), "--arch", str(TINY_ARCH), "-o", str(tmp_path / "out")]
+    cases = {
+        "annotation=none.json": f"Error: {exp}: task.dataset_options.annotation: no such file "
+                                f"{coco_mini / 'none.json'} (a relative path is read under "
+                                "task.root)",
+        "images=nowhere": f"Error: {exp}: task.dataset_options.images: no such folder "
+                          f"{coco_mini / 'nowhere'} (a relative path is read under task.root)",
+    }  # fmt: skip
+    for option, line in cases.items():
+        result = CliRunner().invoke(cli, [*base, "--set", f"task.dataset_options.{option}"])
+        assert result.exit_code == 1 and result.output.strip() == line, result.output
+    root = tmp_path / "root"  # the annotations without the image folders
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        name = f"person_keypoints_{split}.json"
+        (root / "annotations" / name).write_bytes((coco_mini / "annotations" / name).read_bytes())
+    result = CliRunner().invoke(cli, [*base, "--set", f"task.root={root}"])
+    assert result.exit_code == 1 and result.output.strip() == (
+        f"Error: {root / 'train2017'}: no such folder, where split 'train2017' keeps its images "
+        "(task.dataset_options.images names another)")  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from dnas.errors import DnasError
+from dnas.errors import ConfigError, DnasError
 from dnas.schema import is_finite_number, is_integer, read_json
 from dnas.task import Metrics
 from tasks.pose.mpii import as_list, read_json_list
@@ -275,7 +275,17 @@ class COCODataset(TopDownDataset):
             opts.annotation, self.root / "annotations" / f"person_keypoints_{self.split}.json"
         )
         self.image_dir = self._path(opts.images, self.root / self.split)
+        for key, path, found in (("annotation", self.annotation_path, Path.is_file),
+                                 ("images", self.image_dir, Path.is_dir)):  # fmt: skip
+            if getattr(opts, key) is not None and not found(path):  # the option's own mistake
+                kind = "file" if key == "annotation" else "folder"
+                raise ConfigError("", f"task.dataset_options.{key}",
+                                  f"no such {kind} {path} (a relative path is read under "
+                                  "task.root)")  # fmt: skip
         self.coco = load_coco_keypoints(self.annotation_path)
+        if not self.image_dir.is_dir():  # else each image is missing in turn, mid-training
+            raise DnasError(f"{self.image_dir}: no such folder, where split {self.split!r} keeps "
+                            "its images (task.dataset_options.images names another)")  # fmt: skip
         if opts.boxes == "detections" and self.augment is None:
             return self._detection_records()
         return self._ground_truth_records()

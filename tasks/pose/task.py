@@ -102,8 +102,10 @@ class PoseTask(Task):
                 Path(opts.root), name, self.input_hw, opts.sigma, opts.heatmap_stride,
                 self.augment if augment else None, seed, self.dataset_options,
             )  # fmt: skip
-        except ConfigError:
-            raise
+        except ConfigError as exc:  # a dataset names the key; the file is the task's to name
+            if exc.source:
+                raise
+            raise ConfigError(self.source, exc.key, exc.detail) from None
         except DnasError as exc:  # a split the user named chose the file that failed
             if getattr(opts, f"{split}_split", None) is None:
                 raise
