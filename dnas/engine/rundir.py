@@ -64,9 +64,9 @@ class RunLock:
             except FileExistsError:
                 self._check_stale(warn)
                 continue
+            self.held = True  # before the write: a signal during it still frees the file
             with os.fdopen(fd, "w") as fh:
                 json.dump(mine, fh)
-            self.held = True
 
     def _check_stale(self, warn: Callable[[str], None]) -> None:
         try:
