@@ -687,6 +687,7 @@ def main() -> None:
         try:
             cli.main(prog_name="dnas")
         except Signalled as exc:  # outside a run's steps: its line (not an error), 130 / 143
+            exit_on_signals(exc.exit_code)  # a further signal cannot cut this line short
             click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
     except SystemExit as done:  # how click ends every command

@@ -117,9 +117,7 @@ class CostConfig:
     type: str = "flops"
     weight: float = field(default=0.05, metadata={"min": 0.0, "max": 1e3})  # README: "Forms"
     tau: float = field(default=10.0, metadata={"min": 1.0001})
-    form: str = field(
-        default="relative", metadata={"choices": ["relative", "budget", "log", "hinge", "power"]}
-    )
+    form: str = field(default="relative", metadata={"choices": list(FORM_KEYS)})
     target: float | None = field(default=None, metadata={"min": 1e-12})
     beta: float = field(default=2.0, metadata={"min": 1.0})
     dual_lr: float = field(default=0.1, metadata={"min": 0.0, "max": 100.0})

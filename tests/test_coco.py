@@ -232,7 +232,8 @@ def test_missing_detections_is_one_line_error(samples):
     with pytest.raises(DnasError, match="detections"):
         COCODataset(samples, "val2017", INPUT_HW, options=opts)
     opts.detections = "nowhere.json"
-    with pytest.raises(DnasError, match=r"nowhere\.json.*detections") as err:
+    missing = r"task.dataset_options.detections: no such file .*nowhere\.json"
+    with pytest.raises(DnasError, match=missing) as err:
         COCODataset(samples, "val2017", INPUT_HW, options=opts)
     assert "\n" not in str(err.value)
 
@@ -247,6 +248,7 @@ def test_malformed_annotation_files(tmp_path, samples):
     with pytest.raises(DnasError, match=r"bad\.json: annotations\[3\]: keypoints must be 17"):
         load_coco_keypoints(bad)
     bad.write_text(json.dumps({"images": []}))
+    (tmp_path / "val2017").mkdir()  # else the missing image folder is named first
     with pytest.raises(DnasError, match=r"bad\.json: not a COCO keypoints file"):
         COCODataset(tmp_path, "val2017", INPUT_HW, options=COCOOptions(annotation="bad.json"))
     bad.write_text("{")
@@ -293,6 +295,9 @@ def test_a_missing_path_option_or_image_folder_is_named_at_set_up(coco_mini, tmp
                                 "task.root)",
         "images=nowhere": f"Error: {exp}: task.dataset_options.images: no such folder "
                           f"{coco_mini / 'nowhere'} (a relative path is read under task.root)",
+        "detections=det.json": f"Error: {exp}: task.dataset_options.detections: no such file "
+                               f"{coco_mini / 'det.json'} (a relative path is read under "
+                               "task.root)",
     }  # fmt: skip
     for option, line in cases.items():
         result = CliRunner().invoke(cli, [*base, "--set", f"task.dataset_options.{option}"])

@@ -290,3 +290,25 @@ def test_mpii_head_boxes_missing_or_of_another_size_are_refused_at_set_up(tmp_pa
     valid.write_text(json.dumps(json.loads(valid.read_text())[:-1]))  # one person fewer
     one_line_error(args, f"{heads}: 4 people, but split 'valid' has 3")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_truncation_check_walks_the_markers(tmp_path):
+    """Bytes after the end marker (a phone's trailer, here with a stray start-of-scan in it),
+    progressive scans and restart markers are whole files; a file cut anywhere is not."""
+    from dnas.vis.images import truncated_jpeg
+
+    image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+    variants = {"baseline": [], "progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+                "restarts": [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]}  # fmt: skip
+    for name, params in variants.items():
+        path = tmp_path / f"{name}.jpg"
+        assert cv2.imwrite(str(path), image, params)
+        data = path.read_bytes()
+        assert not truncated_jpeg(path), name
+        path.write_bytes(data + bytes(range(256)) * 20 + b"\xff\xda\x00\x08trailer")
+        assert not truncated_jpeg(path), name
+        for cut in (len(data) // 3, len(data) - 2):
+            path.write_bytes(data[:cut])
+            assert truncated_jpeg(path), (name, cut)
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert not truncated_jpeg(tmp_path / "a.png")  # not a JPEG: the decoder's to judge

@@ -20,6 +20,7 @@ from dnas import checkpoint
 from dnas.checkpoint import Checkpointer
 from dnas.cli import cli
 from dnas.engine.rundir import LOCK
+from dnas.errors import DnasError
 
 ARCH = str(Path(__file__).parent / "data" / "tiny_arch.yaml")
 
@@ -99,6 +100,29 @@ def test_a_run_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path,
     assert taken.exit_code == 0, taken.output
     assert f"process {first.pid} that locked this run directory is gone" in taken.output
     assert not (run / LOCK).exists()
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_lock_is_whole_from_its_first_moment(tmp_path, monkeypatch, hard_links):
+    """Written beside it and linked into place: a run starting at the same instant never reads
+    a half-written lock and takes it for stale. Without hard links it is created in place."""
+    from dnas.engine.rundir import RunLock
+
+    if not hard_links:
+
+        def no_link(src, dst):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    lock = RunLock(tmp_path)
+    lock.acquire(print)
+    assert lock.held and json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK]  # no scratch file left
+    other = RunLock(tmp_path)
+    with pytest.raises(DnasError, match="already in use by this process"):
+        other.acquire(print)
+    lock.release()
+    assert not (tmp_path / LOCK).exists()
 
 
 def test_a_fresh_run_over_an_old_one_keeps_nothing_of_it(tmp_path, synth_root):

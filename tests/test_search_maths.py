@@ -25,6 +25,7 @@ from dnas.nn.mixed_op import MixedOp
 from dnas.nn.network import Network, module_key
 from dnas.schema import from_dict
 from dnas.search.budget import (
+    BandSampler,
     best_within,
     most_probable_near,
     most_probable_within,
@@ -276,6 +277,17 @@ def test_random_draws_widen_a_band_they_cannot_land_in(tmp_path, synth_root):
                                         "30..30 MMAC; drawing within")  # fmt: skip
     strategy.rng = np.random.default_rng(0)
     assert all(low <= table.of_choices(strategy.sample()) <= high for _ in range(5))
+
+
+def test_the_sampler_probe_and_its_draws_agree_on_a_band_of_one_float_cost():
+    """A vectorised probe and of_choices add the same costs in other orders: 0.6 + 0.1 + 0.2
+    + 0.3 is 1.2 one way and 1.2000000000000002 the other, and a band [1.2, 1.2] (tolerance 0,
+    a target equal to a net's cost) must hold that net both ways."""
+    table = CostTable("latency", "ms", 0.6, {"a": {"x": 0.1}, "b": {"x": 0.2}, "c": {"x": 0.3}}, {})
+    sampler = BandSampler(table, 1.2, 1.2)
+    assert sampler.acceptance(np.random.default_rng(0), 100) == 1.0
+    assert sampler.draw(np.random.default_rng(0), 1) == {"a": "x", "b": "x", "c": "x"}
+    assert not BandSampler(table, 1.3, 1.4).holds(table.of_choices({"a": "x", "b": "x", "c": "x"}))
 
 
 # -- budget searches land on the target -----------------------------------------------------------

@@ -137,3 +137,25 @@ def test_after_the_command_a_signal_ends_the_process_with_its_own_status():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert (done.returncode, done.stdout, done.stderr) == (3, "still here\n", "")
+
+
+def test_a_signal_during_the_finish_stops_what_runs_next(cli_signals, tmp_path, synth_root,
+                                                         monkeypatch):  # fmt: skip
+    """The run's results are written, but the signal still stops the caller (a sweep would
+    otherwise start its next search until the scheduler's SIGKILL)."""
+    from dnas.config import load_experiment
+    from dnas.search.run import SearchRun, run_search
+
+    finish = SearchRun.finish
+
+    def signalled_finish(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded: the steps' handler is still in place
+        return finish(self)
+
+    monkeypatch.setattr(SearchRun, "finish", signalled_finish)
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    with pytest.raises(Signalled) as caught:
+        run_search(load_experiment(exp), tmp_path / "run")
+    assert str(caught.value) == "interrupted (SIGTERM) as the run finished; its results are written"
+    assert (tmp_path / "run" / "search.json").is_file()
+    assert not (tmp_path / "run" / LOCK).exists()

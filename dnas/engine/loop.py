@@ -325,7 +325,7 @@ class EpochLoop(RunContext, ABC):
         try:
             with stop_signals(self.on_signal):
                 self.start()
-                return self.loop()
+                result = self.loop()
         except Signalled as exc:
             if self.interrupted is None:  # it came as the run ended: its results are written
                 raise
@@ -335,6 +335,11 @@ class EpochLoop(RunContext, ABC):
             raise stopped from None
         finally:
             self.close()
+        if self.interrupted is not None:  # a signal during the finish: stop what called run()
+            stopped = Signalled(self.interrupted, "as the run finished; its results are written")
+            self.report.log(str(stopped))  # (a sweep goes no further)
+            raise stopped
+        return result
 
     def on_signal(self, signum: int) -> None:
         self.interrupted = signum

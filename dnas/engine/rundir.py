@@ -58,15 +58,36 @@ class RunLock:
     def acquire(self, warn: Callable[[str], None]) -> None:
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "command": command_line(),
                 "started": datetime.now().isoformat(timespec="seconds")}  # fmt: skip
-        while not self.held:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._check_stale(warn)
-                continue
-            self.held = True  # before the write: a signal during it still frees the file
-            with os.fdopen(fd, "w") as fh:
-                json.dump(mine, fh)
+        while not self._create(json.dumps(mine)):
+            self._check_stale(warn)
+
+    def _create(self, text: str) -> bool:
+        """Create the lock holding ``text``, whole from its first moment: written beside it,
+        then hard-linked into place, so that a run starting at the same time never reads it
+        half-written and takes it for a stale lock. False when a lock exists. (Where the file
+        system has no hard links: created exclusively, then written.)"""
+        scratch = self.path.with_name(f"{LOCK}.{os.getpid()}.tmp")
+        scratch.write_text(text)
+        try:
+            os.link(scratch, self.path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            return self._create_in_place(text)
+        finally:
+            scratch.unlink(missing_ok=True)
+        self.held = True
+        return True
+
+    def _create_in_place(self, text: str) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        self.held = True  # before the write: a signal during it still frees the file
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return True
 
     def _check_stale(self, warn: Callable[[str], None]) -> None:
         try:

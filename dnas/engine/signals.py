@@ -63,9 +63,9 @@ def stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
     previous = {s: signal.getsignal(s) for s in SIGNALS}
 
     def record(signum: int, frame: object) -> None:
+        handler(signum)  # first: a second signal then finds the first recorded
         for s in SIGNALS:  # a second Ctrl-C is not swallowed
             signal.signal(s, previous[s])
-        handler(signum)
 
     for s in SIGNALS:
         signal.signal(s, record)

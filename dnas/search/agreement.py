@@ -57,6 +57,9 @@ def chance_agreement(table: CostTable, cost: float, band: float = 0.03, samples:
     return statistics.mean(shares), statistics.pstdev(shares)
 
 
+SEARCH_SETTINGS = ("dual_lr", "tolerance")  # how a budget search gets there, not where to
+
+
 @dataclass
 class SearchOutcome:
     """What one search run derived, the cost table it searched with and its config."""
@@ -70,10 +73,12 @@ class SearchOutcome:
 
     @property
     def objective(self) -> dict[str, Any]:
-        """The cost form and the keys it reads (``FORM_KEYS``): what the search traded for."""
+        """The cost form and the keys of it that say what the search traded for
+        (``FORM_KEYS``), less the budget's step size and band (settings, as an lr is)."""
         cost = self.config.get("cost_model") or {}
         form = cost.get("form", "relative")
-        return {"form": form, **{k: cost.get(k) for k in FORM_KEYS.get(form, ())}}
+        return {"form": form, **{k: cost.get(k) for k in FORM_KEYS.get(form, ())
+                                 if k not in SEARCH_SETTINGS}}  # fmt: skip
 
 
 def load_outcome(ref: Path | str) -> SearchOutcome:

@@ -16,6 +16,7 @@ import torch
 from dnas.search.cost_model import CostTable
 
 BINS = 20_000
+COST_RTOL = 1e-9  # the relative rounding of a summed cost: sums in other orders differ by it
 DRAW_TRIES = 100_000  # rejection draws per random architecture before giving up
 
 
@@ -160,6 +161,12 @@ class BandSampler:
         centred = tilted and np.isfinite(low) and np.isfinite(high)
         self.probs = tilted_probs(table, (low + high) / 2) if centred else None
 
+    def holds(self, cost: float | np.ndarray) -> bool | np.ndarray:
+        """Whether ``cost`` lies in the band, to the rounding of a sum (``COST_RTOL``): a
+        vectorised sum and ``of_choices`` add the same costs in other orders."""
+        slack = COST_RTOL * max(abs(self.low), abs(self.high)) if np.isfinite(self.high) else 0.0
+        return (cost >= self.low - slack) & (cost <= self.high + slack)
+
     def acceptance(self, rng: np.random.Generator, n: int) -> float:
         """The fraction of ``n`` draws (all at once) that land in the band."""
         total = np.full(n, float(self.table.fixed))
@@ -167,13 +174,13 @@ class BandSampler:
             costs = np.array(list(ops.values()), dtype=np.float64)
             p = None if self.probs is None else self.probs[name]
             total += costs[rng.choice(len(costs), size=n, p=p)]
-        return float(np.mean((total >= self.low) & (total <= self.high)))
+        return float(np.mean(self.holds(total)))
 
     def draw(self, rng: np.random.Generator, tries: int) -> dict[str, str] | None:
         """One architecture of the band; None after ``tries`` rejected draws."""
         for _ in range(tries):
             choices = draw_ops(self.table, rng, self.probs)
-            if self.low <= self.table.of_choices(choices) <= self.high:
+            if self.holds(self.table.of_choices(choices)):
                 return choices
         return None
 

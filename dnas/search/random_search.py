@@ -129,8 +129,9 @@ class RandomSearchStrategy(Strategy):
         while not self.lands(sampler := BandSampler(table, low, high)):
             if low <= cheapest and high >= min(dearest, cap):
                 return self.checked(sampler, "cost_model.target")
-            tolerance = max(2 * tolerance, MIN_WIDENED)
-            low, high = target * (1 - tolerance), min(target * (1 + tolerance), cap)
+            tolerance = max(2 * tolerance, MIN_WIDENED)  # within the space's range (and cap)
+            low = max(target * (1 - tolerance), cheapest)
+            high = min(target * (1 + tolerance), dearest, cap)
         if (low, high) != (band[0], min(band[1], cap)):
             self.notes.append(f"cost_model.tolerance: too few random draws land within "
                               f"{band[0]:.6g}..{min(band[1], cap):.6g} {unit}; drawing within "

@@ -34,6 +34,7 @@ from dnas.files import write_text_atomic
 from dnas.nn.network import Network
 from dnas.nn.remap import remap_into
 from dnas.registry import STRATEGIES, check_concrete
+from dnas.search.budget import COST_RTOL
 from dnas.search.cost_model import CostTable, configured_cost_model
 from dnas.search.derive import target_part
 from dnas.search.strategy import Strategy
@@ -42,7 +43,6 @@ from dnas.space.graph import SearchSpace
 from dnas.task import Task, build_space, dataset_of
 
 KIND = "dnas-search"
-RANGE_RTOL = 1e-9  # the relative rounding of a cost range's ends (float sums)
 
 
 def split_indices(n: int, arch_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -68,9 +68,9 @@ def build_strategy(exp: Experiment, amp: Amp) -> Strategy:
 def within_range(target: float, table: CostTable) -> bool:
     """Whether ``target`` lies within the space's cost range. Its ends are float sums: a target
     equal to one as ``dnas cost`` prints it (whole MACs) may differ from it in the last digits,
-    so they are matched to ``RANGE_RTOL``."""
+    so they are matched to ``COST_RTOL``."""
     low, high = table.cost_range()
-    slack = RANGE_RTOL * max(abs(low), abs(high))
+    slack = COST_RTOL * max(abs(low), abs(high))
     return low - slack <= target <= high + slack
 
 

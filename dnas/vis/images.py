@@ -4,6 +4,7 @@ written as PNG)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -30,14 +31,41 @@ def read_rgb(path: Path, allow_truncated: bool = False) -> np.ndarray:
 
 
 def truncated_jpeg(path: Path) -> bool:
-    """A JPEG whose end-of-image marker is missing: OpenCV decodes it anyway, the missing part
-    grey, with no more than a libjpeg warning on stderr."""
+    """A JPEG that ends before its end-of-image marker: OpenCV decodes it anyway, the missing
+    part grey, with no more than a libjpeg warning on stderr. The file's markers are walked
+    from the start (a segment's length skips it; a scan's entropy-coded data runs to the next
+    marker other than a stuffed 0xFF00 or a restart), so bytes after the end marker (a phone's
+    trailer) or an embedded thumbnail's own end marker do not mislead it. Not a JPEG, or one
+    whose markers do not parse: False (the decoder has the say)."""
     with open(path, "rb") as file:
-        if file.read(3) != b"\xff\xd8\xff":
+        data = file.read()
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    pos = 2
+    while True:
+        while data[pos : pos + 2] == b"\xff\xff":  # fill bytes before a marker
+            pos += 1
+        if pos + 2 > len(data):
+            return True  # the data ends where a marker should be
+        if data[pos] != 0xFF:
             return False
-        file.seek(0, 2)
-        file.seek(max(3, file.tell() - 4096))
-        return b"\xff\xd9" not in file.read()  # entropy-coded data never holds 0xFFD9
+        marker = data[pos + 1]
+        if marker == 0xD9:  # end of image
+            return False
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > len(data):
+            return True
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # a scan: its entropy-coded data runs to the next real marker
+            found = _NEXT_MARKER.search(data, pos)
+            if found is None:
+                return True
+            pos = found.start()
+
+
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # not a stuffed byte, not a restart
 
 
 def resized(image: np.ndarray, height: int = PANEL_HEIGHT) -> tuple[np.ndarray, float]:

@@ -275,17 +275,19 @@ class COCODataset(TopDownDataset):
             opts.annotation, self.root / "annotations" / f"person_keypoints_{self.split}.json"
         )
         self.image_dir = self._path(opts.images, self.root / self.split)
+        detections = None if opts.detections is None else self.root / opts.detections
         for key, path, found in (("annotation", self.annotation_path, Path.is_file),
-                                 ("images", self.image_dir, Path.is_dir)):  # fmt: skip
+                                 ("images", self.image_dir, Path.is_dir),
+                                 ("detections", detections, Path.is_file)):  # fmt: skip
             if getattr(opts, key) is not None and not found(path):  # the option's own mistake
-                kind = "file" if key == "annotation" else "folder"
+                kind = "folder" if key == "images" else "file"
                 raise ConfigError("", f"task.dataset_options.{key}",
                                   f"no such {kind} {path} (a relative path is read under "
                                   "task.root)")  # fmt: skip
-        self.coco = load_coco_keypoints(self.annotation_path)
-        if not self.image_dir.is_dir():  # else each image is missing in turn, mid-training
+        if self.annotation_path.is_file() and not self.image_dir.is_dir():  # before the json
             raise DnasError(f"{self.image_dir}: no such folder, where split {self.split!r} keeps "
                             "its images (task.dataset_options.images names another)")  # fmt: skip
+        self.coco = load_coco_keypoints(self.annotation_path)
         if opts.boxes == "detections" and self.augment is None:
             return self._detection_records()
         return self._ground_truth_records()
@@ -325,10 +327,7 @@ class COCODataset(TopDownDataset):
         if opts.detections is None:
             raise DnasError("task.dataset_options.detections: required when boxes is "
                             "'detections' (a COCO results json of person boxes)")  # fmt: skip
-        path = self.root / opts.detections
-        if not path.is_file():
-            raise DnasError(f"{path}: missing (task.dataset_options.detections, needed for "
-                            "boxes: detections)")  # fmt: skip
+        path = self.root / opts.detections  # found by load_records
         records = []
         joints = len(COCO_JOINTS)
         for i, det in enumerate(read_json_list(path, "person detections")):
