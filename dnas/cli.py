@@ -63,7 +63,8 @@ class Stopped(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file: Any = None) -> None:
-        click.echo(self.format_message(), err=True)
+        if is_main_process():  # torchrun: every process stops at the same step; rank 0 says so
+            click.echo(self.format_message(), err=True)
 
 
 def one_line(exc: click.UsageError, ctx: click.Context) -> click.ClickException:
