@@ -682,6 +682,8 @@ def one_line_warning(message: Warning | str, category: type[Warning], filename: 
 
 def main() -> None:
     warnings.formatwarning = one_line_warning
+    if not is_main_process():  # torchrun: every rank reads the same config; rank 0 warns
+        warnings.simplefilter("ignore")
     raise_on_signals()
     code = 1  # a bug's traceback
     try:

@@ -47,6 +47,17 @@ def is_size(value: Any) -> bool:
         is_integer(v, 1) for v in value)  # fmt: skip
 
 
+def repeated_id(entries: list[dict]) -> tuple[int, Any] | None:
+    """The index and id of the first entry whose ``id`` an earlier entry has, or None: COCO
+    tools index entries by id, and a second entry of one id silently replaces the first."""
+    seen: set = set()
+    for i, entry in enumerate(entries):
+        if entry["id"] in seen:
+            return i, entry["id"]
+        seen.add(entry["id"])
+    return None
+
+
 def is_finite_number(value: Any) -> bool:
     """An int or float, not a bool, and finite (Python's json also reads NaN and Infinity)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

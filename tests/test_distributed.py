@@ -147,3 +147,24 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(experiment
     newest = checkpoint.load(sorted((out / "checkpoints").glob("step-*.pt"))[-1])["position"]
     assert f"at epoch {newest['epoch'] + 1} step {newest['step']};" in stopped[0]
     assert not (out / LOCK).exists()
+
+
+WARNS = """
+import sys, warnings, click
+import dnas.cli
+@click.command()
+def warns():
+    warnings.warn("input_size 100x100: the strides do not divide it")
+dnas.cli.cli = warns
+dnas.cli.main()
+"""
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_rank_0_of_a_torchrun_job_prints_the_warnings(rank):
+    """Every rank reads the same config and would repeat its warnings: rank 0 alone says them."""
+    done = subprocess.run([sys.executable, "-c", WARNS], capture_output=True, text=True,
+                          env={**os.environ, "RANK": rank}, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = "warning: input_size 100x100: the strides do not divide it\n" if rank == "0" else ""
+    assert done.stderr == expected

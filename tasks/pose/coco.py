@@ -24,7 +24,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from dnas.errors import ConfigError, DnasError
-from dnas.schema import is_finite_number, is_integer, read_json
+from dnas.schema import is_finite_number, is_integer, read_json, repeated_id
 from dnas.task import Metrics
 from tasks.pose.mpii import as_list, read_json_list
 from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
@@ -65,13 +65,11 @@ def _numbers(values: Any, count: int) -> bool:
 
 
 def check_unique_ids(path: Path, entries: list[dict], key: str) -> None:
-    """pycocotools indexes ``images`` and ``annotations`` by id: a second entry of one id
-    silently replaces the first (and a perfect result file then scores below 1)."""
-    seen: set[int] = set()
-    for i, entry in enumerate(entries):
-        if entry["id"] in seen:
-            raise DnasError(f"{path}: {key}[{i}]: id {entry['id']} is given twice")
-        seen.add(entry["id"])
+    """pycocotools indexes ``images`` and ``annotations`` by id: a repeated id would leave a
+    perfect result file scoring below 1."""
+    repeated = repeated_id(entries)
+    if repeated:
+        raise DnasError(f"{path}: {key}[{repeated[0]}]: id {repeated[1]} is given twice")
 
 
 def _annotation_problem(ann: Any, images: dict[int, dict], categories: set[int]) -> str | None:

@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from dnas.errors import ConfigError, DnasError
-from dnas.schema import is_finite_number, is_integer, read_json
+from dnas.schema import is_finite_number, is_integer, read_json, repeated_id
 
 IGNORE = 255
 BACKGROUND = "background"
@@ -57,7 +57,6 @@ def read_coco(path: Path) -> dict:
 def _entries(data: dict, key: str, source: str, fields: dict[str, Any]) -> dict[int, dict]:
     """The entries of list ``key`` by their unique ``id`` (when ``fields`` has one), each a
     mapping whose ``fields`` pass their checks: one error naming the entry otherwise."""
-    by_id: dict[int, dict] = {}
     for i, entry in enumerate(data[key]):
         if not isinstance(entry, dict):
             raise ConfigError(source, f"{key}[{i}]", "expected a mapping")
@@ -65,11 +64,12 @@ def _entries(data: dict, key: str, source: str, fields: dict[str, Any]) -> dict[
             if not ok(entry.get(name)):
                 raise ConfigError(source, f"{key}[{i}].{name}",
                                   f"expected {expected}, got {entry.get(name)!r}")  # fmt: skip
-        if "id" in fields:
-            if entry["id"] in by_id:
-                raise ConfigError(source, f"{key}[{i}].id", f"{entry['id']} is used twice")
-            by_id[entry["id"]] = entry
-    return by_id
+    if "id" not in fields:
+        return {}
+    repeated = repeated_id(data[key])
+    if repeated:
+        raise ConfigError(source, f"{key}[{repeated[0]}].id", f"{repeated[1]} is used twice")
+    return {entry["id"]: entry for entry in data[key]}
 
 
 def check_instances(data: dict, source: str) -> None:
