@@ -11,6 +11,7 @@ import dataclasses
 import sys
 import warnings
 from collections.abc import Callable
+from functools import cache
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
@@ -47,6 +48,13 @@ def is_builtin(ep: Any) -> bool:
     registers a built-in name (a strategy 'darts') is the one refused, never the built-in."""
     dist = getattr(ep, "dist", None)
     return dist is not None and dist.name == "dnas"
+
+
+@cache
+def builtin_packages() -> frozenset[str]:
+    """The top-level packages of dnas's own entry points (dnas, tasks, cost_models)."""
+    entries = entry_points(group=PLUGIN_GROUP)
+    return frozenset(ep.value.split(".")[0] for ep in entries if is_builtin(ep))
 
 
 def forget_unimported() -> None:
@@ -106,6 +114,8 @@ class Registry:
 
     def register(self, name: str) -> Callable[[Any], Any]:
         def add(obj: Any) -> Any:
+            if defining_module(obj).split(".")[0] not in builtin_packages():
+                load_plugins()  # the built-ins first: a script's clash with them is its own
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice: by "
                                  f"{defining_module(self._items[name])} and "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -140,6 +142,26 @@ def test_a_plugin_that_registers_a_built_in_name_is_refused_not_the_built_in(
         registry.load_plugins()
     assert COST_MODELS.get("clash_probe").__module__ == "own_dnas_module"
     COST_MODELS._items.pop("clash_probe")
+
+
+def test_a_script_that_registers_a_built_in_name_is_refused_at_its_own_line():
+    """Code run directly (a script, a notebook) registers before any plugin loads: the built-ins
+    load first, so its clash is a ValueError at its registration, and the built-in plugin
+    (segmentation, its head and data command with it) is never dropped."""
+    script = (
+        "from dnas.registry import HEADS, TASKS\n"
+        "try:\n    TASKS.register('segmentation')(type('Mine', (), {}))\n"
+        "except ValueError as exc:\n    print(exc)\n"
+        "print(TASKS.get('segmentation').__module__, 'fpn_lite' in HEADS.names())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "task 'segmentation' is registered twice: by tasks.segmentation.task and __main__",
+        "tasks.segmentation.task True",
+    ]
+    assert "not loaded" not in done.stderr
 
 
 @dataclasses.dataclass

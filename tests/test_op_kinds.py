@@ -9,6 +9,7 @@ import torch
 import yaml
 from torch import nn
 
+from dnas.errors import ConfigError
 from dnas.nn.network import Network
 from dnas.registry import OP_KINDS
 from dnas.space.graph import load_space
@@ -83,3 +84,23 @@ def test_a_malformed_record_or_op_string_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(OP_KINDS._items, "word", letters)
     with pytest.raises(ValueError, match=r"op 'wab': expected digits in \('ab',\)"):
         parse_op("wab")
+
+
+def test_a_shape_keeping_op_in_a_widening_ops_stage_points_at_blocks(avgpool, tmp_path):
+    """docs/adding_an_op.md: every layer of a 'layers' + 'ops' stage takes every op, so a
+    channel-keeping op there fails on the stage's first layer; 'blocks:' places it."""
+    stage = {"name": "s1", "width": 16, "stride": 2, "layers": 3, "ops": ["k3e3", "avgpool3"]}
+    space = {"name": "pooled", "stem": [{"op": "conv3", "width": 8, "stride": 2}],
+             "stages": [stage], "head": {"type": "slim_deconv", "deconv_widths": [8]}}  # fmt: skip
+    path = tmp_path / "pooled.yaml"
+    path.write_text(yaml.safe_dump(space))
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.ops: 'avgpool3' on layer s1\.0 keeps "
+                       r"the channel count, but it maps 8 -> 16 channels with stride 2 \(every "
+                       r"layer of a 'layers' \+ 'ops' stage takes every op: list each layer's "
+                       r"ops with 'blocks:'\)"):  # fmt: skip
+        load_space(str(path))
+    stage.pop("layers"), stage.pop("ops")
+    stage["blocks"] = ["k3e3", ["k3e3", "avgpool3"], ["k3e3", "avgpool3"]]
+    path.write_text(yaml.safe_dump(space))
+    assert [layer.candidates for layer in load_space(str(path)).searchable_layers] == [
+        ("k3e3", "avgpool3"), ("k3e3", "avgpool3")]  # fmt: skip

@@ -476,7 +476,10 @@ def _check_op_shapes(graph: nx.DiGraph, layers: list[Layer], pending: list, sour
             total += param_count(spec, cin, layer.width, layer.stride)
             if problem:
                 hint = (" (use 'skip: true' on the stage to add skip only where shapes match)"
-                        if op == "skip" else "")  # fmt: skip
+                        if op == "skip" else
+                        " (every layer of a 'layers' + 'ops' stage takes every op: list each "
+                        "layer's ops with 'blocks:')" if paths[layer.name].endswith(".ops")
+                        else "")  # fmt: skip
                 raise ConfigError(
                     source, paths[layer.name],
                     f"{op!r} on layer {layer.name} {problem}, but it maps {cin} -> "
