@@ -509,25 +509,83 @@ def evaluate(config: Path, arch: str | None, weights: Path | None, out: Path | N
     )
 
 
-@cli.command(epilog=example("dnas cost efficientpose-a --input-size 256x256 --outputs 16"))
-@click.argument("arch")
-@click.option("--input-size", type=SIZE, default="256x256", show_default=True, help="HxW.")
+@cli.command(
+    epilog=example(
+        "dnas cost efficientpose-a --input-size 256x256 --outputs 16",
+        "dnas cost runs/seg/arch.yaml --config examples/seg_synth.yaml",
+    )
+)
+@click.argument("arch", required=False)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path),
+    help="An experiment: the head its task adds (or its head: section), its outputs "
+    "and input size, as 'dnas search' builds them; ARCH defaults to its space.",
+)
+@set_opt
+@click.option("--input-size", type=SIZE,
+              help="HxW [default: the config's input_size, else 256x256].")  # fmt: skip
 @outputs_opt
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def cost(arch: str, input_size: tuple[int, int], outputs: int | None, joints: int | None, fmt: str):
+def cost(arch: str | None, config: Path | None, overrides: tuple[str, ...],
+         input_size: tuple[int, int] | None, outputs: int | None, joints: int | None,
+         fmt: str):  # fmt: skip
     """Params and MACs of an architecture (YAML path or shipped name, e.g. efficientpose-a).
 
     For a search space, prints the range over its architectures instead.
     """
     from dnas.nn.profile import cost_report
 
-    report = cost_report(arch, input_size, head_outputs(outputs, joints))
+    if config is None:
+        report = cost_report(headed_space(arch, overrides), input_size or (256, 256),
+                             head_outputs(outputs, joints))  # fmt: skip
+    else:
+        report = cost_report(*task_space(arch, config, overrides, input_size, outputs or joints))
     if fmt == "json":
         click.echo(json.dumps(report))
         return
     for key, value in report.items():
         shown = f"{value:,}" if isinstance(value, int) else value
         click.echo(f"{key:<18} {shown}")
+
+
+def headed_space(arch: str | None, overrides: tuple[str, ...]) -> Any:
+    """``dnas cost ARCH`` without a config: the space as written, which must have a head."""
+    from dnas.space.graph import load_space
+
+    if arch is None:
+        raise click.UsageError("give ARCH, or --config EXPERIMENT for its space")
+    if overrides:
+        raise click.UsageError("--set overrides keys of --config")
+    space = load_space(arch)
+    if space.head is None:
+        raise ConfigError(
+            space.source,
+            "head",
+            "missing: this space has no head section "
+            "(give --config EXPERIMENT to cost it with the head its task adds)",
+        )
+    return space
+
+
+def task_space(arch: str | None, config: Path, overrides: tuple[str, ...],
+               input_size: tuple[int, int] | None, outputs: int | None) -> tuple:  # fmt: skip
+    """``dnas cost --config``: ARCH (else the experiment's space) with the head, input size
+    and outputs a search or training of the experiment builds, checked as they check them."""
+    from dnas.config import load_experiment
+    from dnas.engine.train import check_head_output
+    from dnas.task import build_space, build_task
+
+    if outputs is not None:
+        raise click.UsageError("--outputs goes without --config; with --config the task sets "
+                               "the outputs")  # fmt: skip
+    size = [f"input_size=[{input_size[0]}, {input_size[1]}]"] if input_size else []
+    exp = load_experiment(config, [*overrides, *size])
+    task = build_task(exp)
+    space = build_space(arch or exp.space, task, exp, option=arch and "ARCH")
+    check_head_output(space, task)
+    return space, task.input_hw, task.num_outputs
 
 
 def parse_values(

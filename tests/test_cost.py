@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from conftest import TINY_SPACE
 
 from dnas.cli import cli
+from dnas.config import load_experiment
 from dnas.nn.network import Network
 from dnas.nn.profile import count_macs, count_params
 from dnas.search.cost_model import get_cost_model
@@ -149,3 +152,38 @@ def test_budget_form_needs_a_target(tmp_path):
     path.write_text("task: {name: pose, root: x}\ncost_model: {form: hinge}\n")
     with pytest.raises(ConfigError, match=r"cost_model.target: required by form hinge"):
         load_experiment(path)
+
+
+def test_a_headless_space_is_costed_with_its_tasks_head_from_a_config(tmp_path, synth_root):
+    """A space without head: takes its task's default head in a search; dnas cost gives it
+    that head (and the config's outputs and input size) with --config, and says so without."""
+    from conftest import write_experiment
+
+    from dnas.nn.profile import cost_report
+    from dnas.task import build_space, build_task
+
+    data = yaml.safe_load(Path(TINY_SPACE).read_text())
+    data.pop("head")
+    headless = tmp_path / "headless.yaml"
+    headless.write_text(yaml.safe_dump(data))
+    exp_path = write_experiment(tmp_path / "exp.yaml", synth_root, space=headless)
+    bare = CliRunner().invoke(cli, ["cost", str(headless)])
+    assert bare.exit_code == 1 and bare.output == (
+        f"Error: {headless}: head: missing: this space has no head section (give --config "
+        "EXPERIMENT to cost it with the head its task adds)\n")  # fmt: skip
+    result = CliRunner().invoke(cli, ["cost", "--config", str(exp_path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    exp = load_experiment(exp_path)
+    task = build_task(exp)
+    assert json.loads(result.output) == cost_report(build_space(str(headless), task, exp),
+                                                    (64, 64), task.num_outputs)  # fmt: skip
+    wider = CliRunner().invoke(cli, ["cost", "--config", str(exp_path), "--input-size", "128x128",
+                                     "--format", "json"])  # fmt: skip
+    assert json.loads(wider.output)["min_macs"] > json.loads(result.output)["min_macs"]
+    given = CliRunner().invoke(cli, ["cost", "--config", str(exp_path), "--outputs", "3"])
+    assert given.exit_code == 1 and "with --config the task sets the outputs" in given.output
+    overridden = CliRunner().invoke(cli, ["cost", "--config", str(exp_path), "--format", "json",
+                                          "--set", "input_size=[128, 128]"])  # fmt: skip
+    assert json.loads(overridden.output) == json.loads(wider.output)
+    stray = CliRunner().invoke(cli, ["cost", "efficientpose-a", "--set", "seed=1"])
+    assert stray.exit_code == 1 and "--set overrides keys of --config" in stray.output

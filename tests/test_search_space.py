@@ -175,4 +175,13 @@ def test_a_stage_whose_output_nothing_reads_is_refused(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_space(path)
     assert info.value.key == f"stages[{len(data['stages']) - 1}]"
-    assert "output of stage 'unread' is read by nothing" in info.value.detail
+    assert "output of stage 'unread' never reaches the head" in info.value.detail
+    # a stage that reads the stem while the stage after it reads the raw input: the stage is
+    # the one nothing reads, not the stem it reads
+    data["stages"] = data["stages"][:2]
+    data["stages"][1]["input"] = "input"
+    data["head"]["inputs"] = [data["stages"][1]["name"]]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"stages\[0\]: the output of stage 'stage1' never "
+                                          "reaches the head"):  # fmt: skip
+        load_space(path)

@@ -431,6 +431,9 @@ def test_cli_search_derive_train_eval_export(synth_root, tmp_path):
     cost = json.loads(run("cost", arch, "--outputs", 4, "--input-size", "64x64",
                           "--format", "json"))  # fmt: skip
     assert cost["outputs"] == 4 and cost["macs"] == results["macs"]
+    assert json.loads(run("cost", arch, "--config", exp, "--format", "json")) == cost  # its task's
+    searched = json.loads(run("cost", "--config", exp, "--format", "json"))  # the space's range
+    assert searched["min_macs"] <= cost["macs"] <= searched["max_macs"]
 
 
 @pytest.mark.parametrize("strategy", ["gumbel", "binary_gates", "random"])

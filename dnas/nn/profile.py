@@ -157,15 +157,16 @@ def _check_activation(
                           "layers")  # fmt: skip
 
 
-def cost_report(ref: str, input_hw: tuple[int, int], num_outputs: int) -> dict:
+def cost_report(ref: str | SearchSpace, input_hw: tuple[int, int], num_outputs: int) -> dict:
     """What ``dnas cost`` prints: exact params/MACs (backbone and head apart) of an architecture,
-    or the range over all architectures of a search space."""
+    or the range over all architectures of a search space (a YAML path, a shipped name or a
+    loaded space, such as ``dnas.task.build_space`` gives with its task's head)."""
     if not is_size(input_hw):
         raise DnasError(f"cost_report: expected input_hw (height, width), got {input_hw!r}")
     if not is_integer(num_outputs, 1):
         raise DnasError(f"cost_report: expected num_outputs, an integer >= 1, got "
                         f"{num_outputs!r}")  # fmt: skip
-    space = load_space(ref)
+    space = ref if isinstance(ref, SearchSpace) else load_space(ref)
     per_layer, (head_macs, head_params) = op_costs(space, input_hw, num_outputs)
     report: dict = {"name": space.name, "input_size": f"{input_hw[0]}x{input_hw[1]}",
                     "outputs": num_outputs}  # fmt: skip

@@ -440,16 +440,17 @@ def _check_all_read(graph: nx.DiGraph, stem: list[Layer], stages: list[Stage],
     whose output nothing reads would be built, counted in the cost and searched on the cost
     term alone."""
     feeding = nx.ancestors(graph, HEAD)
+    for i, stage in enumerate(stages):  # first: a stage cut off cuts off the stem it reads
+        if stage.layers[-1].name not in feeding:
+            raise ConfigError(source, join("stages", i), f"the output of stage {stage.name!r} "
+                              "never reaches the head (neither the head's inputs nor a later "
+                              "stage's input: lead from it to the head); remove it or read "
+                              "it")  # fmt: skip
     for i, layer in enumerate(stem):
         if layer.name not in feeding:
             raise ConfigError(source, join("stem", i), f"the output of stem layer {layer.name!r} "
-                              "is read by nothing (no stage's input: reaches it); remove it or "
-                              "read it")  # fmt: skip
-    for i, stage in enumerate(stages):
-        if stage.layers[-1].name not in feeding:
-            raise ConfigError(source, join("stages", i), f"the output of stage {stage.name!r} "
-                              "is read by nothing (neither the head's inputs nor a later "
-                              "stage's input:); remove it or read it")  # fmt: skip
+                              "never reaches the head (no stage's input: leads from it to the "
+                              "head); remove it or read it")  # fmt: skip
 
 
 def _check_acyclic(graph: nx.DiGraph, source: str) -> None:
