@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_experiment
+from conftest import TINY_SPACE, write_experiment
 
 from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
 from dnas.errors import DnasError
+from dnas.search.cost_model import get_cost_model
 from dnas.search.run import run_search, split_indices
+from dnas.space.graph import load_space
 
 
 def test_split_is_seeded_disjoint_and_80_20():
@@ -104,6 +107,37 @@ def test_random_search_budget(tmp_path, real_mpii_root):
     with pytest.raises(DnasError, match=below):
         run_search(load_experiment(path), tmp_path / "run4", Reporter(lambda _: None))
     assert not (tmp_path / "run2").exists() and not (tmp_path / "run4").exists()  # at set-up
+
+
+def test_random_search_trains_each_architecture_once(tmp_path, real_mpii_root):
+    """Candidates are drawn anew until they differ from those trained (NNI's dedup): under a
+    cap that 3 of the tiny space's 72 nets meet, 3 samples train those 3; a 4th must repeat
+    one, and the run says so before it starts."""
+    space = load_space(TINY_SPACE)
+    table = get_cost_model("flops").table(space, (64, 64), 16)
+    names = [layer.name for layer in space.searchable_layers]
+    nets = [
+        dict(zip(names, ops, strict=True))
+        for ops in itertools.product(*(layer.candidates for layer in space.searchable_layers))
+    ]
+    costs = sorted({table.of_choices(net) for net in nets})
+    cap = costs[2]
+    cheap = {tuple(n.values()) for n in nets if table.of_choices(n) <= cap}
+    assert len(cheap) == 3  # three nets of three distinct costs
+    for samples in (3, 4):
+        search = {"strategy": "random", "steps_per_epoch": 1,
+                  "random": {"samples": samples, "epochs_per_arch": 1, "budget": cap}}  # fmt: skip
+        path = write_experiment(tmp_path / f"exp{samples}.yaml", real_mpii_root, search=search)
+        lines = []
+        result = run_search(load_experiment(path), tmp_path / f"run{samples}",
+                            Reporter(lines.append))  # fmt: skip
+        drawn = [tuple(c["choices"][n] for n in names) for c in result["candidates"]]
+        assert set(drawn) == cheap and len(drawn) == samples
+        notes = [line for line in lines if line.startswith("warning: search.random.samples")]
+        assert notes == ([] if samples == 3 else [
+            f"warning: search.random.samples: 4, but the draws find only 3 different "
+            f"architectures costing {table.cost_range()[0]:.4g}..{cap:.4g} MMAC; some will be "
+            "trained more than once"])  # fmt: skip
 
 
 def test_random_search_widens_a_band_no_draw_lands_in(tmp_path, real_mpii_root):

@@ -258,7 +258,7 @@ def test_random_draws_under_a_cap_near_the_cheapest_net_come_from_the_tilted_sam
     )
     assert strategy.band == (cheapest, 10.0) and strategy.cost_band() is None
     strategy.rng = np.random.default_rng(0)
-    assert all(cheapest <= table.of_choices(strategy.sample()) <= 10.0 for _ in range(20))
+    assert all(cheapest <= table.of_choices(strategy.draw()) <= 10.0 for _ in range(20))
     # a cap the uniform draws meet keeps them
     strategy, _ = random_plan(tmp_path, synth_root, {}, {"budget": 45.0})
     assert strategy.sampler is None and strategy.notes == []
@@ -276,7 +276,7 @@ def test_random_draws_widen_a_band_they_cannot_land_in(tmp_path, synth_root):
     assert strategy.notes[0].startswith("cost_model.tolerance: too few random draws land within "
                                         "30..30 MMAC; drawing within")  # fmt: skip
     strategy.rng = np.random.default_rng(0)
-    assert all(low <= table.of_choices(strategy.sample()) <= high for _ in range(5))
+    assert all(low <= table.of_choices(strategy.draw()) <= high for _ in range(5))
 
 
 def test_the_sampler_probe_and_its_draws_agree_on_a_band_of_one_float_cost():

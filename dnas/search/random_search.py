@@ -36,6 +36,7 @@ from dnas.task import Task
 
 PROBE, MAX_PROBE = 20_000, 1_000_000  # draws testing a band: max_tries, within these bounds
 LANDED = 20  # draws expected in the band per max_tries: a draw then fails with odds e^-20
+REDRAWS = 1000  # draws of trained nets before a sample may repeat one
 MIN_WIDENED = 1e-3  # the first tolerance a band of no draws is widened to (0.1 % of the target)
 
 
@@ -92,6 +93,7 @@ class RandomSearchStrategy(Strategy):
         opts = self.options
         self.per_arch = opts.epochs_per_arch or matched_epochs(self.cfg, table, opts.samples)
         self.sampler, self.band = self.plan_draws()
+        self.check_variety()
 
     def plan_draws(self) -> tuple[BandSampler | None, tuple[float, float] | None]:
         """How the architectures are drawn, checked before the first epoch on a probe of
@@ -139,10 +141,26 @@ class RandomSearchStrategy(Strategy):
                               "target), as near as random draws come")  # fmt: skip
         return sampler, (low, high)
 
+    def check_variety(self) -> None:
+        """A note when the draws hold fewer different architectures than ``samples``: each
+        candidate is drawn anew until it differs from those trained, so some then repeat."""
+        cap = math.inf if self.band is None else self.band[1]
+        probe = self.sampler or BandSampler(self.table, 0.0, cap, tilted=False)
+        found = probe.distinct(np.random.default_rng(0), self.probe_size())
+        if found < self.options.samples:
+            where = "" if self.band is None else (f" costing {self.band[0]:.4g}..{self.band[1]:.4g}"
+                                                  f" {self.table.unit}")  # fmt: skip
+            self.notes.append(f"search.random.samples: {self.options.samples}, but the draws "
+                              f"find only {found} different architectures{where}; some will "
+                              "be trained more than once")  # fmt: skip
+
+    def probe_size(self) -> int:
+        """Draws in a probe of the band: ``max_tries``, within PROBE..MAX_PROBE."""
+        return max(PROBE, min(self.options.max_tries, MAX_PROBE))
+
     def landing(self, sampler: BandSampler) -> float:
         """The fraction of a probe of draws (a fixed generator of its own) in the band."""
-        size = max(PROBE, min(self.options.max_tries, MAX_PROBE))
-        return sampler.acceptance(np.random.default_rng(0), size)
+        return sampler.acceptance(np.random.default_rng(0), self.probe_size())
 
     def lands(self, sampler: BandSampler) -> bool:
         """Whether enough draws land in the sampler's band that a draw of ``max_tries`` tries
@@ -170,6 +188,21 @@ class RandomSearchStrategy(Strategy):
         return self.options.samples * self.per_arch
 
     def sample(self) -> dict[str, str]:
+        """An architecture not trained yet, drawn as :meth:`draw` draws (NNI's deduplication):
+        a repeat only after ``REDRAWS`` draws of nets already trained, where the band holds
+        fewer nets than ``samples`` (:meth:`check_variety` said so)."""
+
+        def key(choices: dict[str, str]) -> tuple[str, ...]:
+            return tuple(choices[layer.name] for layer in self.layers)
+
+        trained = {key(entry["choices"]) for entry in self.history}
+        for _ in range(REDRAWS):
+            choices = self.draw()
+            if key(choices) not in trained:
+                break
+        return choices
+
+    def draw(self) -> dict[str, str]:
         """A random op per layer, as :meth:`plan_draws` settled: uniform, or from its sampler
         inside its band."""
         tries = self.options.max_tries
