@@ -77,6 +77,9 @@ def test_gumbel_temperature_anneals(real_mpii_root):
     assert taus == pytest.approx([5.0, 5.0 * 0.956, 5.0 * 0.956**2])
     strategy.new_epoch(500)
     assert strategy.tau == 0.1
+    assert strategy.end_epoch(500, None)["search/temperature"] == 0.1
+    _, gates, _ = setup(BinaryGateStrategy, real_mpii_root)  # no relaxation: no temperature
+    assert not hasattr(gates, "tau") and "search/temperature" not in gates.end_epoch(0, None)
 
 
 @pytest.mark.parametrize("name", ["gumbel", "binary_gates"])

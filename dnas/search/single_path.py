@@ -93,12 +93,6 @@ class _SinglePath(DartsStrategy):
         """1: paths are sampled from softmax(alpha); ``tau`` is the relaxation's temperature."""
         return 1.0
 
-    def new_epoch(self, epoch: int) -> None:
-        super().new_epoch(epoch)
-        sp = self.options
-        arch_epoch = max(0, epoch - self.cfg.warmup_epochs)  # warm-up epochs do not anneal
-        self.tau = max(sp.tau_min, sp.tau_start * sp.tau_decay**arch_epoch)
-
     def weight_paths(self) -> list[Paths]:
         """The paths the next weight step trains (``weight_sampling``)."""
         return WEIGHT_SAMPLING[self.options.weight_sampling](self.alphas)
@@ -126,15 +120,21 @@ class _SinglePath(DartsStrategy):
         return self.amp.forward_loss(self.network, batch, self.task.loss, path_weights=weights,
                                      active=active, probe=self.probe)  # fmt: skip
 
-    def end_epoch(self, epoch: int, val_loader: Any) -> dict[str, float]:
-        stats = super().end_epoch(epoch, val_loader)
-        stats["search/temperature"] = self.tau
-        return stats
-
 
 @STRATEGIES.register("gumbel")
 class GumbelStrategy(_SinglePath):
     probe = True
+
+    def new_epoch(self, epoch: int) -> None:
+        super().new_epoch(epoch)
+        sp = self.options
+        arch_epoch = max(0, epoch - self.cfg.warmup_epochs)  # warm-up epochs do not anneal
+        self.tau = max(sp.tau_min, sp.tau_start * sp.tau_decay**arch_epoch)
+
+    def end_epoch(self, epoch: int, val_loader: Any) -> dict[str, float]:
+        stats = super().end_epoch(epoch, val_loader)
+        stats["search/temperature"] = self.tau  # of the relaxation; binary gates have none
+        return stats
 
     def relaxed_paths(self) -> Paths:
         weights, active = [], []
