@@ -99,6 +99,10 @@ def test_a_shape_keeping_op_in_a_widening_ops_stage_points_at_blocks(avgpool, tm
                        r"layer of a 'layers' \+ 'ops' stage takes every op: list each layer's "
                        r"ops with 'blocks:'\)"):  # fmt: skip
         load_space(str(path))
+    stage["layers"] = 1  # one layer: 'blocks:' would not help, so no hint
+    path.write_text(yaml.safe_dump(space))
+    with pytest.raises(ConfigError, match=r"with stride 2$"):
+        load_space(str(path))
     stage.pop("layers"), stage.pop("ops")
     stage["blocks"] = ["k3e3", ["k3e3", "avgpool3"], ["k3e3", "avgpool3"]]
     path.write_text(yaml.safe_dump(space))

@@ -96,8 +96,14 @@ def test_other_candidate_sets_need_no_code(tmp_path):
         (["stages", 0, "wdith"], 3, "stages[0].wdith", "unknown key"),
         (["stages", 1, "input"], "nowhere", "stages[1].input", "unknown node 'nowhere'"),
         (["head", "inputs"], ["s9"], "head.inputs[0]", "unknown node 's9'"),
+        (["stages", 0, "name"], 7, "stages[0].name", "expected a name (text without dots), got 7"),
+        (["stages", 1, "name"], "input", "stages[1].name",
+         "'input' names a node of every space (input, stem, head); choose another"),
+        (["stages", 1, "name"], "s1", "stages[1].name", "duplicate name 's1'"),
+        (["stages", 0, "name"], "stem", "stages[0].name", "'stem' names a node of every space"),
+        (["stages", 1, "name"], "head", "stages[1].name", "'head' names a node of every space"),
     ],
-)
+)  # fmt: skip
 def test_invalid_yaml_names_file_and_key(tmp_path, path, value, key, words):
     err = error_of(tmp_path, mutate(path, value))
     assert err.key == key
@@ -184,4 +190,11 @@ def test_a_stage_whose_output_nothing_reads_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"stages\[0\]: the output of stage 'stage1' never "
                                           "reaches the head"):  # fmt: skip
+        load_space(path)
+    # a chain cut off (stage2 reads stage1, stage3 the raw input): the dead end is named first
+    data["stages"] = [*data["stages"], {**data["stages"][1], "name": "stage3"}]
+    data["stages"][1].pop("input")
+    data["head"]["inputs"] = ["stage3"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"stages\[1\]: the output of stage 'stage2' never"):
         load_space(path)

@@ -29,7 +29,9 @@ from dnas.space.ops import (
 )
 
 INPUT = "input"
+STEM = "stem"  # the name a stage's input: gives the stem's last layer
 HEAD = "head"
+RESERVED = (INPUT, STEM, HEAD)  # node names of every space, never a stage's
 MAX_LAYERS = 256
 MAX_SPACE_PARAMS = 2**27  # all candidates of all layers together (512 MiB in fp32)
 
@@ -253,7 +255,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
     pending: list[tuple[Layer, str]] = []  # (layer, key path of its op list) for the skip check
 
     stem = _read_stem(data["stem"], source, pending)
-    aliases["stem"] = stem[-1].name
+    aliases[STEM] = stem[-1].name
     stages_raw = data["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(source, "stages", "expected a non-empty list of stages")
@@ -261,10 +263,11 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
     stages = []
     for i, raw in enumerate(stages_raw):
         stage = _read_stage(raw, i, previous, source, pending)
-        if stage.name in aliases or stage.name == HEAD:
-            raise ConfigError(
-                source, join(join("stages", i), "name"), f"duplicate name {stage.name!r}"
-            )
+        if stage.name in RESERVED or stage.name in aliases:
+            problem = (f"{stage.name!r} names a node of every space ({', '.join(RESERVED)}); "
+                       "choose another" if stage.name in RESERVED
+                       else f"duplicate name {stage.name!r}")  # fmt: skip
+            raise ConfigError(source, join(join("stages", i), "name"), problem)
         aliases[stage.name] = stage.layers[-1].name
         stages.append(stage)
         previous = stage.layers[-1].name
@@ -349,7 +352,8 @@ def _read_stage(raw: Any, i: int, previous: str, source: str, pending: list) -> 
     check_keys(raw, _STAGE_KEYS, ("width", "stride"), source, path)
     name = raw.get("name", f"stage{i + 1}")
     if not isinstance(name, str) or not name or "." in name:
-        raise ConfigError(source, join(path, "name"), f"expected a name without dots, got {name!r}")
+        raise ConfigError(source, join(path, "name"), f"expected a name (text without dots), "
+                          f"got {name!r}")  # fmt: skip
     width = _int(raw["width"], source, join(path, "width"), 1, MAX_WIDTH)
     stride = _stride(raw["stride"], source, join(path, "stride"))
     stage_input = raw.get("input")
@@ -440,7 +444,7 @@ def _check_all_read(graph: nx.DiGraph, stem: list[Layer], stages: list[Stage],
     whose output nothing reads would be built, counted in the cost and searched on the cost
     term alone."""
     feeding = nx.ancestors(graph, HEAD)
-    for i, stage in enumerate(stages):  # first: a stage cut off cuts off the stem it reads
+    for i, stage in reversed(list(enumerate(stages))):  # the dead end first, then the stem
         if stage.layers[-1].name not in feeding:
             raise ConfigError(source, join("stages", i), f"the output of stage {stage.name!r} "
                               "never reaches the head (neither the head's inputs nor a later "
@@ -479,7 +483,7 @@ def _check_op_shapes(graph: nx.DiGraph, layers: list[Layer], pending: list, sour
                 hint = (" (use 'skip: true' on the stage to add skip only where shapes match)"
                         if op == "skip" else
                         " (every layer of a 'layers' + 'ops' stage takes every op: list each "
-                        "layer's ops with 'blocks:')" if paths[layer.name].endswith(".ops")
+                        "layer's ops with 'blocks:')" if widening_first(layer, paths)
                         else "")  # fmt: skip
                 raise ConfigError(
                     source, paths[layer.name],
@@ -489,6 +493,13 @@ def _check_op_shapes(graph: nx.DiGraph, layers: list[Layer], pending: list, sour
     if total > MAX_SPACE_PARAMS:
         raise ConfigError(source, "stages", f"the layers' candidate ops hold {total:,} parameters "
                           f"together (at most {MAX_SPACE_PARAMS:,})")  # fmt: skip
+
+
+def widening_first(layer: Layer, paths: dict[str, str]) -> bool:
+    """Whether ``layer`` opens a 'layers' + 'ops' stage of more layers: its ops are the
+    others', and 'blocks:' would let it have its own."""
+    stage, index = layer.name.rsplit(".", 1)
+    return paths[layer.name].endswith(".ops") and index == "0" and f"{stage}.1" in paths
 
 
 def describe(space: SearchSpace) -> str:
