@@ -51,7 +51,17 @@ from cost_models.timing import (
     shared_medians,
 )
 from dnas.allocator import KEPT, allocator_in_use, keep_freed_memory, untouched
-from dnas.cli import SIZE, FiniteRange, example, head_outputs, out_opt, outputs_opt, set_opt
+from dnas.cli import (
+    CONFIG_META,
+    SIZE,
+    FiniteRange,
+    example,
+    head_outputs,
+    out_opt,
+    outputs_opt,
+    remembered,
+    set_opt,
+)
 from dnas.config import MAX_BATCH, Experiment
 from dnas.engine.progress import counter
 from dnas.engine.runtime import device_name, pick_device
@@ -1205,6 +1215,7 @@ def unsteady_warning(noise: dict, result: str, where: str) -> str | None:
 )
 @click.option("--space", help="Search space YAML or shipped name.")
 @click.option("--config", "config", type=click.Path(path_type=Path),
+              callback=remembered(CONFIG_META),
               help="An experiment: its space, head (with its head: override), input size and "
                    "outputs, exactly as 'dnas search' builds them, and the batch, device, "
                    "runtime and threads its latency cost_model: sets (an option that differs "

@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from dnas.engine.signals import exit_on_signals, raise_on_signals
 from dnas.errors import ConfigError, DnasError, Interrupted, Signalled, from_worker
 from dnas.files import check_writable
 from dnas.search.bounds import BAND, CHANCE_SAMPLES
+
+if TYPE_CHECKING:  # imported lazily where used: 'dnas --help' does not import torch
+    from dnas.space.graph import SearchSpace
 
 # User mistakes surface as one line on stderr and exit code 1, click's usage errors included.
 
@@ -51,7 +54,22 @@ class DnasGroup(click.Group):
                 raise
             if isinstance(exc, Interrupted):  # asked for: its line, exit 130 / 143, no "Error:"
                 raise Stopped(str(exc), exc.exit_code) from None
+            if isinstance(exc, ConfigError):  # a check after loading, of a value --set gave
+                exc = blamed_on_set(exc, ctx.meta)
             raise click.ClickException(message or str(exc)) from None
+
+
+def blamed_on_set(exc: ConfigError, meta: dict) -> ConfigError:
+    """``exc`` as ``--set``'s where it names a key that the command's ``--set`` gave (the
+    command's CONFIG or ``--config`` and its overrides are in ``meta``, which click shares
+    between a command's context and its groups')."""
+    from dnas.config import blamed
+
+    config = meta.get(CONFIG_META)
+    if config is None:
+        return exc
+    sources = {str(config), str(Path(config) / "config.yaml")}  # a run directory's own config
+    return blamed(exc, sources, meta.get(SET_META, ()))
 
 
 class Stopped(click.ClickException):
@@ -198,7 +216,23 @@ def head_outputs(outputs: int | None, joints: int | None, default: int | None = 
     return outputs or joints or default
 
 
-config_arg = click.argument("config", type=click.Path(path_type=Path))
+CONFIG_META, SET_META = "dnas.config", "dnas.overrides"  # keys of click's Context.meta
+
+
+def remembered(key: str) -> Callable:
+    """A click callback that keeps its parameter's value in ``ctx.meta[key]`` (for
+    :func:`blamed_on_set`)."""
+
+    def keep(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            ctx.meta[key] = value
+        return value
+
+    return keep
+
+
+config_arg = click.argument("config", type=click.Path(path_type=Path),
+                            callback=remembered(CONFIG_META))  # fmt: skip
 
 
 def run_config(config: Path, out: Path | None, default_out: str = "") -> tuple[Path, Path]:
@@ -216,7 +250,7 @@ def run_config(config: Path, out: Path | None, default_out: str = "") -> tuple[P
 
 
 set_opt = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=remembered(SET_META),
     help="Override a config value as KEY.PATH=YAML (repeatable; see the examples below).",
 )  # fmt: skip
 force_opt = click.option("--force", is_flag=True, help="Overwrite existing results in --out.")
@@ -520,6 +554,7 @@ def evaluate(config: Path, arch: str | None, weights: Path | None, out: Path | N
     "--config",
     "config",
     type=click.Path(path_type=Path),
+    callback=remembered(CONFIG_META),
     help="An experiment: the head its task adds (or its head: section), its outputs "
     "and input size, as 'dnas search' builds them; ARCH defaults to its space.",
 )
@@ -550,7 +585,7 @@ def cost(arch: str | None, config: Path | None, overrides: tuple[str, ...],
         click.echo(f"{key:<18} {shown}")
 
 
-def headed_space(arch: str | None, overrides: tuple[str, ...]) -> Any:
+def headed_space(arch: str | None, overrides: tuple[str, ...]) -> SearchSpace:
     """``dnas cost ARCH`` without a config: the space as written, which must have a head."""
     from dnas.space.graph import load_space
 
@@ -569,8 +604,10 @@ def headed_space(arch: str | None, overrides: tuple[str, ...]) -> Any:
     return space
 
 
-def task_space(arch: str | None, config: Path, overrides: tuple[str, ...],
-               input_size: tuple[int, int] | None, outputs: int | None) -> tuple:  # fmt: skip
+def task_space(
+    arch: str | None, config: Path, overrides: tuple[str, ...],
+    input_size: tuple[int, int] | None, outputs: int | None,
+) -> tuple[SearchSpace, tuple[int, int], int]:  # fmt: skip
     """``dnas cost --config``: ARCH (else the experiment's space) with the head, input size
     and outputs a search or training of the experiment builds, checked as they check them."""
     from dnas.config import load_experiment
@@ -578,13 +615,18 @@ def task_space(arch: str | None, config: Path, overrides: tuple[str, ...],
     from dnas.task import build_space, build_task
 
     if outputs is not None:
-        raise click.UsageError("--outputs goes without --config; with --config the task sets "
-                               "the outputs")  # fmt: skip
+        raise click.UsageError("--outputs (--joints) goes without --config; with --config the "
+                               "task sets the outputs")  # fmt: skip
     size = [f"input_size=[{input_size[0]}, {input_size[1]}]"] if input_size else []
-    exp = load_experiment(config, [*overrides, *size])
-    task = build_task(exp)
-    space = build_space(arch or exp.space, task, exp, option=arch and "ARCH")
-    check_head_output(space, task)
+    try:
+        exp = load_experiment(config, [*overrides, *size])
+        task = build_task(exp)
+        space = build_space(arch or exp.space, task, exp, option="ARCH" if arch else None)
+        check_head_output(space, task)
+    except ConfigError as exc:  # the size the command line gave, not the config's
+        if size and exc.key == "input_size":
+            raise ConfigError("--input-size", "", exc.detail) from None
+        raise
     return space, task.input_hw, task.num_outputs
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,8 +301,26 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise DnasError(f"overrides: expected 'key.path=value' strings, got {overrides!r}")
     source = str(path)
     data = expect_mapping(load_yaml(path) or {}, source, "")
-    data = apply_overrides(data, overrides or [], source)
-    return experiment_from_dict(data, source)
+    data = apply_overrides(data, overrides, source)
+    try:
+        return experiment_from_dict(data, source)
+    except ConfigError as exc:
+        raise blamed(exc, {source}, overrides) from None
+
+
+def blamed(exc: ConfigError, sources: set[str], overrides: Iterable[str]) -> ConfigError:
+    """``exc`` as ``--set``'s when it names a key that an override set in the config file
+    (one of ``sources``): a value from the command line is not the file's mistake."""
+    keys = [item.split("=", 1)[0] for item in overrides]
+    if exc.source in sources and any(under(exc.key, key) for key in keys):
+        return ConfigError("--set", exc.key, exc.detail)
+    return exc
+
+
+def under(key: str, section: str) -> bool:
+    """Whether key path ``key`` is ``section`` or lies inside it (as ``a.b.c`` and ``a.b[0]``
+    lie in ``a.b``)."""
+    return key == section or key.startswith((f"{section}.", f"{section}["))
 
 
 def checked(exp: Experiment) -> Experiment:

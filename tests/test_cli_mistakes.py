@@ -84,7 +84,7 @@ def test_run_mistakes_name_the_option_and_leave_no_folder(tmp_path, finished):
     odd = ["--out", str(tmp_path / "odd"), "--set", "input_size=[72, 72]"]
     for command in (["search", exp], ["train", exp, "--arch", ARCH]):
         # found in set-up on the meta device, before config.yaml or a log is written
-        one_line_error([*command, *odd], "exp.yaml: input_size: 72x72: the head's output "
+        one_line_error([*command, *odd], "--set: input_size: 72x72: the head's output "
                        "(16, 20, 20) does not match the heatmap targets (16, 18, 18)")  # fmt: skip
         assert not (tmp_path / "odd").exists()
     run = finished["search"]
@@ -158,8 +158,25 @@ def test_set_without_a_key_and_an_absent_device_name_what_was_given(tmp_path, fi
     if not torch.cuda.is_available():
         one_line_error(
             ["search", exp, "--out", out, "--set", "device=cuda"],
-            "exp.yaml: device: 'cuda' requested but CUDA is not available",
+            "--set: device: 'cuda' requested but CUDA is not available",
         )
+
+
+def test_a_value_set_on_the_command_line_is_blamed_on_it_after_loading_too(tmp_path, finished):
+    """Checks that run after the config is read (the task's data, the input size against the
+    strides) name --set when --set gave the value, for a config file or a run directory, and
+    dnas cost --config names --input-size."""
+    exp, out = str(finished["exp"]), str(tmp_path / "out")
+    one_line_error(["search", exp, "--out", out, "--set", f"task.root={tmp_path / 'none'}"],
+                   f"Error: --set: task.root: no such directory '{tmp_path / 'none'}'")  # fmt: skip
+    wrong_size = "input_size: 100x100: the head's output"
+    one_line_error(["train", str(finished["train"]), "--out", out, "--arch", ARCH,
+                    "--set", "input_size=[100, 100]"], f"Error: --set: {wrong_size}")  # fmt: skip
+    one_line_error(["cost", "--config", exp, "--input-size", "100x100"],
+                   "Error: --input-size: 100x100: the head's output")  # fmt: skip
+    one_line_error(["cost", "--config", exp, "--set", "input_size=[100, 100]"],
+                   f"Error: --set: {wrong_size}")  # fmt: skip
+    assert not Path(out).exists()
 
 
 def test_wrong_names_blame_the_option_that_gave_them_and_a_super_net_keeps_its_space(
@@ -172,7 +189,7 @@ def test_wrong_names_blame_the_option_that_gave_them_and_a_super_net_keeps_its_s
                    "--cost-model foo: unknown cost model 'foo'")  # fmt: skip
     one_line_error(
         ["train", exp, "--arch", ARCH, "--out", out, "--set", "task.name=bar"],
-        "exp.yaml: task.name: unknown task 'bar'",
+        "--set: task.name: unknown task 'bar'",
     )  # at load, before any set-up
     with pytest.raises(ConfigError, match="search.strategy: unknown strategy 'foo'"):
         load_experiment(exp, ["search.strategy=foo"])

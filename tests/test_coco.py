@@ -279,8 +279,8 @@ def test_coco_keypoint_ap_on_files(samples, tmp_path):
 
 
 def test_a_missing_path_option_or_image_folder_is_named_at_set_up(coco_mini, tmp_path):
-    """The option that named a missing file is the key in the error (with the config file), and
-    a split's missing image folder is found before training, not image by image."""
+    """The option that named a missing file is the key in the error (with --set, which gave it
+    here), and a split's missing image folder is found before training, not image by image."""
     from click.testing import CliRunner
     from conftest import TINY_ARCH, write_experiment
 
@@ -290,12 +290,12 @@ def test_a_missing_path_option_or_image_folder_is_named_at_set_up(coco_mini, tmp
     exp = write_experiment(tmp_path / "exp.yaml", coco_mini, task=task)
     base = ["train", str(exp), "--arch", str(TINY_ARCH), "-o", str(tmp_path / "out")]
     cases = {
-        "annotation=none.json": f"Error: {exp}: task.dataset_options.annotation: no such file "
+        "annotation=none.json": f"Error: --set: task.dataset_options.annotation: no such file "
                                 f"{coco_mini / 'none.json'} (a relative path is read under "
                                 "task.root)",
-        "images=nowhere": f"Error: {exp}: task.dataset_options.images: no such folder "
+        "images=nowhere": f"Error: --set: task.dataset_options.images: no such folder "
                           f"{coco_mini / 'nowhere'} (a relative path is read under task.root)",
-        "detections=det.json": f"Error: {exp}: task.dataset_options.detections: no such file "
+        "detections=det.json": f"Error: --set: task.dataset_options.detections: no such file "
                                f"{coco_mini / 'det.json'} (a relative path is read under "
                                "task.root)",
     }  # fmt: skip

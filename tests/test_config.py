@@ -118,6 +118,22 @@ def test_overrides_and_numeric_strings(tmp_path):
     assert exp.search.arch_optimizer.lr == 1e-3  # PyYAML reads "1e-3" as a string
 
 
+@pytest.mark.parametrize(("override", "key"), [
+    ("search.epochs=abc", "search.epochs"),
+    ("search={epochs: abc}", "search.epochs"),  # inside a section --set replaced
+    ("train.milestones=[0]", "train.milestones"),
+])  # fmt: skip
+def test_a_wrong_value_given_by_set_is_blamed_on_set_not_the_file(tmp_path, override, key):
+    path = write(tmp_path, "task: {name: pose, root: data}\nsearch: {epochs: 2}\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path, ["seed=1", override])
+    assert (info.value.source, info.value.key) == ("--set", key)
+    wrong_in_file = write(tmp_path, "task: {name: pose, root: data}\nsearch: {epochs: x}\n")
+    with pytest.raises(ConfigError) as info:  # the file's own mistake, beside an override
+        load_experiment(wrong_in_file, ["search.warmup_epochs=1"])
+    assert (info.value.source, info.value.key) == (str(wrong_in_file), "search.epochs")
+
+
 @pytest.mark.parametrize(
     ("text", "key", "words"),
     [

@@ -475,9 +475,9 @@ def test_search_options_of_the_latency_model_name_their_key(lut, tmp_path, synth
         "--cost-table goes with --cost-model latency": ["--cost-table", str(path)],
         "exp.yaml: cost_model.table: the latency cost model needs a table":
             ["--cost-model", "latency"],
-        "exp.yaml: cost_model.runtime: unknown runtime 'tvm'":
+        "--set: cost_model.runtime: unknown runtime 'tvm'":
             [*latency, "--set", "cost_model.runtime=tvm"],
-        "exp.yaml: cost_model.device: expected one of cpu, cuda, got 'gpu'":
+        "--set: cost_model.device: expected one of cpu, cuda, got 'gpu'":
             [*latency, "--set", "cost_model.device=gpu"],
     }  # fmt: skip
     for message, args in cases.items():

@@ -194,7 +194,7 @@ def test_a_heatmap_stride_the_head_does_not_give_names_that_key(bare_weights, tm
         ):
             one_line_error([*command, "-o", tmp_path / "out", "--set",
                             f"task.heatmap_stride={stride}"],
-                           f"{exp}: task.heatmap_stride: {stride}: the head's output (16, 16, 16) "
+                           f"--set: task.heatmap_stride: {stride}: the head's output (16, 16, 16) "
                            f"is at input / 4 of the 64x64 input",
                            "set task.heatmap_stride: 4")  # fmt: skip
     assert not (tmp_path / "out").exists()
@@ -206,7 +206,7 @@ def test_an_input_size_the_strides_do_not_divide_names_both_keys(tmp_path):
     exp = write_experiment(tmp_path / "exp.yaml", tmp_path / "data")
     one_line_error(["train", exp, "--arch", TINY_ARCH, "-o", tmp_path / "out", "--set",
                     "input_size=[72, 72]", "--set", "task.heatmap_stride=8"],
-                   f"{exp}: input_size: 72x72: the head's output (16, 20, 20) does not match "
+                   "--set: input_size: 72x72: the head's output (16, 20, 20) does not match "
                    "the heatmap targets (16, 9, 9)", "task.heatmap_stride: 8")  # fmt: skip
 
 
@@ -248,7 +248,7 @@ def test_a_split_without_its_file_names_the_split_key(synth_root, tmp_path, comm
     if command == "train":
         args += ["--arch", TINY_ARCH]
     wanted = synth_root / "annot" / "training.json"
-    one_line_error(args, f"exp.yaml: task.{key}: 'training': {wanted}: cannot read")
+    one_line_error(args, f"--set: task.{key}: 'training': {wanted}: cannot read")
 
 
 # ---------------------------------------------------------------- damaged images

@@ -102,10 +102,7 @@ class RunContext:
                 self.report.attach(self.out_dir / "log.txt")
             seed_everything(exp.seed)
             self.task = build_task(exp)
-            try:
-                device = pick_device(exp.device)
-            except DnasError as exc:  # "device: ...": the key, in the config that set it
-                raise DnasError(f"{exp.source}: {exc}") from None
+            device = pick_device(exp.device, exp.source)
             self.device = distributed.device_for(self.world, device)
             self.amp = Amp(self.device, exp.precision, exp.channels_last)
             self.setup()

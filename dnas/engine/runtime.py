@@ -16,20 +16,21 @@ from torch import Tensor, nn
 
 from dnas.config import WeightOptimizer
 from dnas.engine.distributed import average_gradients
-from dnas.errors import DnasError
+from dnas.errors import ConfigError, DnasError
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, source: str = "") -> torch.device:
+    """The torch device a config's ``device`` names; a ConfigError at ``source``'s key
+    ``device`` where it is unknown or absent here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DnasError(
-            f"device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N)"
-        ) from None
+        raise ConfigError(source, "device", f"unknown device {name!r} (expected auto, cpu, "
+                          "cuda, cuda:N)") from None  # fmt: skip
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DnasError(f"device: {name!r} requested but CUDA is not available")
+        raise ConfigError(source, "device", f"{name!r} requested but CUDA is not available")
     return device
 
 

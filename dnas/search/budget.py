@@ -167,28 +167,35 @@ class BandSampler:
         slack = COST_RTOL * max(abs(self.low), abs(self.high)) if np.isfinite(self.high) else 0.0
         return (cost >= self.low - slack) & (cost <= self.high + slack)
 
-    def probe(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` draws at once, before rejection: an (n, layers) array of op indices."""
-        columns = [rng.choice(len(ops), size=n, p=None if self.probs is None else self.probs[name])
-                   for name, ops in self.table.layers.items()]  # fmt: skip
-        return np.stack(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.int64)
-
-    def landed(self, draws: np.ndarray) -> np.ndarray:
-        """Which rows of a :meth:`probe` lie in the band."""
-        total = np.full(len(draws), float(self.table.fixed))
-        for j, ops in enumerate(self.table.layers.values()):
-            total += np.array(list(ops.values()), dtype=np.float64)[draws[:, j]]
-        return self.holds(total)
-
     def acceptance(self, rng: np.random.Generator, n: int) -> float:
         """The fraction of ``n`` draws (all at once) that land in the band."""
-        return float(np.mean(self.landed(self.probe(rng, n))))
+        return float(np.mean(self.holds(self.costs(self.probe(rng, n)))))
 
     def distinct(self, rng: np.random.Generator, n: int) -> int:
         """How many different architectures ``n`` draws land in the band (a lower bound on
         the architectures it holds, near exact when it holds few)."""
         draws = self.probe(rng, n)
-        return len(np.unique(draws[self.landed(draws)], axis=0))
+        landed = np.ascontiguousarray(draws[self.holds(self.costs(draws))])
+        if landed.shape[1] == 0:  # nothing searchable: the one fixed net, if it lands
+            return int(len(landed) > 0)
+        rows = landed.view(np.dtype((np.void, landed.shape[1] * landed.itemsize)))
+        return len(np.unique(rows))
+
+    def probe(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` draws at once, before rejection: an (n, layers) array of op indices, in the
+        smallest integer type that holds them (a million draws of 28 layers: 28 MB)."""
+        layers = self.table.layers
+        kind = np.min_scalar_type(max((len(ops) for ops in layers.values()), default=1))
+        columns = [rng.choice(len(ops), size=n, p=None if self.probs is None else self.probs[name])
+                   .astype(kind) for name, ops in layers.items()]  # fmt: skip
+        return np.stack(columns, axis=1) if columns else np.zeros((n, 0), kind)
+
+    def costs(self, draws: np.ndarray) -> np.ndarray:
+        """The cost of every row of a :meth:`probe`."""
+        total = np.full(len(draws), float(self.table.fixed))
+        for j, ops in enumerate(self.table.layers.values()):
+            total += np.array(list(ops.values()), dtype=np.float64)[draws[:, j]]
+        return total
 
     def draw(self, rng: np.random.Generator, tries: int) -> dict[str, str] | None:
         """One architecture of the band; None after ``tries`` rejected draws."""

@@ -245,7 +245,7 @@ def score(supernet: SuperNet, candidates: list[Candidate], calibration_batches: 
     candidate's batch norm is recalibrated on the same ``calibration_batches`` batches of the
     search's weight split."""
     exp, task = supernet.record.exp, supernet.record.task
-    device = pick_device(exp.device)
+    device = pick_device(exp.device, exp.source)
     train = dataset_of(task, "train", augment=True, seed=seed)
     weight_idx, _ = split_indices(len(train), exp.search.arch_fraction, exp.seed)
     loader = train_loader(train, weight_idx, exp.search.batch_size, exp.workers, seed)

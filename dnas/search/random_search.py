@@ -142,17 +142,20 @@ class RandomSearchStrategy(Strategy):
         return sampler, (low, high)
 
     def check_variety(self) -> None:
-        """A note when the draws hold fewer different architectures than ``samples``: each
-        candidate is drawn anew until it differs from those trained, so some then repeat."""
-        cap = math.inf if self.band is None else self.band[1]
-        probe = self.sampler or BandSampler(self.table, 0.0, cap, tilted=False)
-        found = probe.distinct(np.random.default_rng(0), self.probe_size())
-        if found < self.options.samples:
+        """How many different architectures the draws hold (all of the space's without a
+        band, else those a probe of the band finds), with a note when that is fewer than
+        ``samples``: candidates are drawn anew until they differ from those trained."""
+        if self.band is None:
+            self.variety = math.prod(len(layer.candidates) for layer in self.layers)
+        else:
+            probe = self.sampler or BandSampler(self.table, 0.0, self.band[1], tilted=False)
+            self.variety = probe.distinct(np.random.default_rng(0), self.probe_size())
+        if self.variety < self.options.samples:
             where = "" if self.band is None else (f" costing {self.band[0]:.4g}..{self.band[1]:.4g}"
                                                   f" {self.table.unit}")  # fmt: skip
             self.notes.append(f"search.random.samples: {self.options.samples}, but the draws "
-                              f"find only {found} different architectures{where}; some will "
-                              "be trained more than once")  # fmt: skip
+                              f"find only {self.variety} different architectures{where}; some "
+                              "will be trained more than once")  # fmt: skip
 
     def probe_size(self) -> int:
         """Draws in a probe of the band: ``max_tries``, within PROBE..MAX_PROBE."""
@@ -189,14 +192,14 @@ class RandomSearchStrategy(Strategy):
 
     def sample(self) -> dict[str, str]:
         """An architecture not trained yet, drawn as :meth:`draw` draws (NNI's deduplication):
-        a repeat only after ``REDRAWS`` draws of nets already trained, where the band holds
-        fewer nets than ``samples`` (:meth:`check_variety` said so)."""
+        a repeat only after ``REDRAWS`` draws of nets already trained, or once as many nets
+        are trained as :meth:`check_variety` found."""
 
         def key(choices: dict[str, str]) -> tuple[str, ...]:
             return tuple(choices[layer.name] for layer in self.layers)
 
         trained = {key(entry["choices"]) for entry in self.history}
-        for _ in range(REDRAWS):
+        for _ in range(REDRAWS if len(trained) < self.variety else 1):  # else: all are trained
             choices = self.draw()
             if key(choices) not in trained:
                 break
