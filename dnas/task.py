@@ -46,7 +46,7 @@ class Task(ABC):
     """A dense-prediction task plugin: its datasets, loss, head default and evaluation; the
     core runs any registered task without naming it (docs/adding_a_task.md)."""
 
-    name: ClassVar[str]
+    name: str = ""  # the name it is registered and written under (build_task sets it)
     Options: ClassVar[type]  # a dataclass: the task's keys under ``task:`` in the experiment YAML
     in_channels: ClassVar[int] = 3  # channels of the ``input`` tensors its datasets yield
     default_space: ClassVar[str | None] = None  # searched when the experiment names no space
@@ -110,7 +110,9 @@ def build_task(exp: Experiment) -> Task:
     except DnasError as exc:
         raise ConfigError(exp.source, "task.name", str(exc)) from None
     check_concrete(cls, "task", name, needs_options=True)
-    return cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
+    task = cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
+    task.name = name  # a subclass registered under another name records that one in weights
+    return task
 
 
 def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device,
@@ -195,8 +197,8 @@ def task_default_head(task: Task, replaced_by: str | None = None) -> dict[str, A
 def dataset_of(task: Task, split: str, augment: bool, seed: int = 0) -> Dataset:
     """``task.dataset(split, augment, seed)`` with its first item checked: a mapping with an
     ``input`` (a tensor or an array, as the loader collates both) of the task's
-    ``in_channels`` x H x W. A plugin's mistake is then one line at set-up, not a traceback at
-    the first step after a run's files are written."""
+    ``in_channels`` x H x W, float32. A plugin's mistake is then one line at set-up, not a
+    traceback at the first step after a run's files are written."""
     dataset = task.dataset(split, augment, seed)
     if not len(dataset):
         raise DnasError(f"task {task.name}: its {split!r} split is empty")
@@ -209,4 +211,8 @@ def dataset_of(task: Task, split: str, augment: bool, seed: int = 0) -> Dataset:
                else type(x if isinstance(item, Mapping) else item).__name__)  # fmt: skip
         raise DnasError(f"task {task.name}: item 0 of its {split!r} split must be a mapping with "
                         f"an 'input' of {task.in_channels} x H x W, got {got}")  # fmt: skip
+    kind = str(getattr(x, "dtype", ""))
+    if kind.removeprefix("torch.") != "float32":  # the nets' weights are float32
+        raise DnasError(f"task {task.name}: item 0 of its {split!r} split has an 'input' of "
+                        f"{kind or type(x).__name__}; expected float32")  # fmt: skip
     return dataset

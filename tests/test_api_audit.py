@@ -16,6 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import TINY_ARCH, TINY_SPACE, write_experiment
+from torch import nn
 
 import dnas
 from dnas import checkpoint, registry
@@ -330,6 +331,41 @@ def test_a_head_plugin_that_raises_type_error_is_named_not_the_space(monkeypatch
                                         r": __init__\(in_channels, num_outputs, options\) failed: "
                                         r"unsupported operand"):  # fmt: skip
         build_head(space, 16)
+
+
+class ChannelOffHead(nn.Module):
+    Options = NoOptions
+
+    def __init__(self, in_channels, num_outputs, options) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels[0] + 1, num_outputs, 1)  # one channel off
+
+    def forward(self, features):
+        return self.conv(features[0])
+
+
+class PairHead(ChannelOffHead):
+    def forward(self, features):
+        return features[0], features[0]
+
+
+@pytest.mark.parametrize(("head", "problem"), [
+    (ChannelOffHead, r"its forward fails on inputs of 16x4x4: RuntimeError: "),
+    (PairHead, r"its forward returns a tuple, not one tensor"),
+])  # fmt: skip
+def test_a_head_plugin_whose_forward_fails_is_named_in_one_line(monkeypatch, head, problem):
+    """Found on the meta device when the cost table or the output shape is computed, as one
+    line naming the head, not a traceback from inside the profiler."""
+    from dnas.nn.profile import head_output_shape
+
+    monkeypatch.setitem(registry.HEADS._items, "odd_head", head)
+    space = load_space(TINY_SPACE)
+    space = space.replace_head(dataclasses.replace(space.head, type="odd_head", options={}))
+    match = rf"^head 'odd_head' \(test_api_audit\.{head.__name__}\): {problem}"
+    with pytest.raises(DnasError, match=match):
+        dnas.cost_table(space, (64, 64), outputs=16)
+    with pytest.raises(DnasError, match=match):
+        head_output_shape(space, (64, 64), 16)
 
 
 def test_cost_functions_name_the_argument_they_were_given_wrong():

@@ -9,9 +9,10 @@ import torch
 import yaml
 from torch import nn
 
-from dnas.errors import ConfigError
+from dnas.errors import ConfigError, DnasError
 from dnas.nn.network import Network
 from dnas.registry import OP_KINDS
+from dnas.search.cost_model import cost_table
 from dnas.space.graph import load_space
 from dnas.space.ops import OpKind, OpSpec, build_op, param_count, parse_op, shape_problem
 from dnas.vis.plot import architecture_figure, block_colour
@@ -108,3 +109,21 @@ def test_a_shape_keeping_op_in_a_widening_ops_stage_points_at_blocks(avgpool, tm
     path.write_text(yaml.safe_dump(space))
     assert [layer.candidates for layer in load_space(str(path)).searchable_layers] == [
         ("k3e3", "avgpool3"), ("k3e3", "avgpool3")]  # fmt: skip
+
+
+def test_an_op_kind_whose_module_breaks_the_layers_shape_is_named(monkeypatch, tmp_path):
+    """Every check, cost and network trusts the shapes the graph infers: an op kind whose module
+    ignores its stride is found when its costs are profiled, as one line naming the kind."""
+    lazy = OpKind("lazy", r"lazy(\d+)", "'lazyK'",
+                  build=lambda s, cin, cout, stride: nn.AvgPool2d(s.kernel, 1, s.kernel // 2),
+                  params=lambda s, cin, cout, stride: 0)  # fmt: skip
+    monkeypatch.setitem(OP_KINDS._items, "lazy", lazy)
+    space = {"name": "lazy", "stem": [{"op": "conv3", "width": 8, "stride": 2}],
+             "stages": [{"name": "s1", "width": 8, "stride": 2, "blocks": [["k3e3", "lazy3"]]}],
+             "head": {"type": "slim_deconv", "deconv_widths": [8]}}  # fmt: skip
+    path = tmp_path / "lazy.yaml"
+    path.write_text(yaml.safe_dump(space))
+    match = (r"^op kind 'lazy' \(test_op_kinds\): lazy3 on layer s1.0 \(8x16x16, stride 2\) "
+             r"gives 8x16x16, not the layer's 8x8x8$")  # fmt: skip
+    with pytest.raises(DnasError, match=match):
+        cost_table(load_space(str(path)), (32, 32), outputs=4)

@@ -226,6 +226,17 @@ class PerSampleLoss(PoseTask):
         return super().loss(output, batch).expand(len(output))
 
 
+class DoubleInputs(PoseTask):
+    """A task plugin whose inputs are float64 arrays: the float32 nets cannot take them."""
+
+    name = "double_inputs"
+
+    def dataset(self, split, augment, seed=0):
+        data = super().dataset(split, augment, seed)
+        return [{**data[i], "input": data[i]["input"].numpy().astype("float64")}
+                for i in range(len(data))]  # fmt: skip
+
+
 class ArrayInputs(PoseTask):
     """A task plugin whose inputs are arrays and whose loss has shape (1,): both valid."""
 
@@ -270,7 +281,7 @@ class TenfoldConstant(ConstantCost):
 def broken_plugins():
     added = {HEADS: {"wide": WideHead}, STRATEGIES: {"incomplete": Incomplete},
              TASKS: {"renamed_inputs": RenamedInputs, "per_sample_loss": PerSampleLoss,
-                     "array_inputs": ArrayInputs},
+                     "array_inputs": ArrayInputs, "double_inputs": DoubleInputs},
              COST_MODELS: {"missing_layer": MissingLayer, "constant": ConstantCost,
                            "tenfold": TenfoldConstant}}  # fmt: skip
     for registry, items in added.items():
@@ -295,6 +306,8 @@ def test_a_plugins_broken_contract_is_one_line_before_the_run_writes(
         (["--set", "task.name=renamed_inputs"], "task renamed_inputs: item 0 of its 'train' split "
                                                 "must be a mapping with an 'input' of 3 x H x W, "
                                                 "got keys ['center', 'image', "),
+        (["--set", "task.name=double_inputs"], "task double_inputs: item 0 of its 'train' split "
+                                               "has an 'input' of float64; expected float32"),
         (["--strategy", "incomplete"], "strategy 'incomplete' (test_plugin_options.Incomplete) "
                                        "does not implement adapt_search_space, arch_probs, "),
         (["--cost-model", "missing_layer"], "cost model MissingLayer: its partial table for "
@@ -410,3 +423,27 @@ def test_the_readmes_plugin_block_registers_as_written(tmp_path, monkeypatch):
     assert options.arch_lr_scale == 4.0
     with pytest.raises(ConfigError, match=r"e.yaml: cost_model.per_op: .*-1"):
         from_dict(cost.Options, {"per_op": -1}, "e.yaml", "cost_model")
+
+
+def test_a_task_subclass_registered_under_its_own_name_is_that_task(tmp_path, synth_root,
+                                                                    monkeypatch):  # fmt: skip
+    """Subclassing another plugin's task keeps its class name; the name it is registered and
+    written under is the one its weights record, so eval of its own weights is not refused."""
+    from conftest import TINY_ARCH
+
+    from dnas.task import build_task
+
+    class Renamed(PoseTask):
+        pass
+
+    monkeypatch.setitem(TASKS._items, "pose_renamed", Renamed)
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root, train={"epochs": 1})
+    renamed = ["--set", "task.name=pose_renamed"]
+    assert build_task(load_experiment(exp, renamed[1:])).name == "pose_renamed"
+    runner = CliRunner()
+    done = runner.invoke(cli, ["train", str(exp), "--arch", str(TINY_ARCH), "-o",
+                               str(tmp_path / "t"), *renamed])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(cli, ["eval", str(exp), "--weights", str(tmp_path / "t" / "model.pt"),
+                               "-o", str(tmp_path / "e"), *renamed])  # fmt: skip
+    assert done.exit_code == 0, done.output

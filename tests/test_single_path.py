@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,18 +15,20 @@ from dnas.nn.mixed_op import MixedOp
 from dnas.nn.network import Network
 from dnas.search.cost_model import get_cost_model
 from dnas.search.run import run_search
-from dnas.search.single_path import BinaryGateStrategy, GumbelStrategy
+from dnas.search.single_path import BinaryGateStrategy, GumbelStrategy, SinglePathOptions
 from dnas.space.graph import load_space
 from tasks.pose.task import PoseOptions, PoseTask
 
 
-def setup(cls, real_mpii_root, warmup=0):
+def setup(cls, real_mpii_root, warmup=0, options=None):
     torch.manual_seed(0)
     space = load_space(TINY_SPACE)
     net = Network(space, 16)
     task = PoseTask(PoseOptions(root=str(real_mpii_root)), (64, 64), "test")
     table = get_cost_model("flops").table(space, (64, 64), 16)
-    strategy = cls(SearchConfig(warmup_epochs=warmup, drop_path=0.0), CostConfig())
+    cfg = SearchConfig(warmup_epochs=warmup, drop_path=0.0)
+    cfg.options.update(options or {})
+    strategy = cls(cfg, CostConfig())
     strategy.adapt_search_space(net, task, table, torch.device("cpu"))
     strategy.new_epoch(0)
     batch = {"input": torch.randn(2, 3, 64, 64), "target": torch.rand(2, 16, 16, 16),
@@ -80,6 +83,24 @@ def test_gumbel_temperature_anneals(real_mpii_root):
     assert strategy.end_epoch(500, None)["search/temperature"] == 0.1
     _, gates, _ = setup(BinaryGateStrategy, real_mpii_root)  # no relaxation: no temperature
     assert not hasattr(gates, "tau") and "search/temperature" not in gates.end_epoch(0, None)
+
+
+def test_a_gumbel_subclass_with_options_of_its_own_keeps_search_single_path(real_mpii_root):
+    """As README "Extending" subclasses DARTS: the temperature and weight sampling are read
+    from search.single_path by section, not from the subclass's own Options."""
+
+    @dataclass
+    class MineOptions:
+        scale: float = 1.0
+
+    class Mine(GumbelStrategy):
+        Options, options_key = MineOptions, "mine"
+
+    options = {"single_path": SinglePathOptions(tau_start=2.0, weight_sampling="uniform"),
+               "mine": MineOptions(scale=3.0)}  # fmt: skip
+    _, strategy, _ = setup(Mine, real_mpii_root, options=options)
+    assert strategy.tau == 2.0 and strategy.options.scale == 3.0
+    assert strategy.single_path.weight_sampling == "uniform"
 
 
 @pytest.mark.parametrize("name", ["gumbel", "binary_gates"])

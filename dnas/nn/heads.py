@@ -28,6 +28,13 @@ def build_head(space: SearchSpace, num_outputs: int) -> nn.Module:
         raise ConfigError(space.source, "head", str(exc)) from None
     except TypeError as exc:  # a head plugin off its contract: name it, not the space file
         raise DnasError(
-            f"head {space.head.type!r} ({cls.__module__}.{cls.__qualname__}): "
-            f"__init__(in_channels, num_outputs, options) failed: {exc}"
+            f"{head_plugin(space)}: __init__(in_channels, num_outputs, options) failed: {exc}"
         ) from None
+
+
+def head_plugin(space: SearchSpace) -> str:
+    """The head plugin of ``space`` as errors name it: its type and its class."""
+    if space.head is None:
+        return "head"
+    cls = head_class(space.head.type, space.source)
+    return f"head {space.head.type!r} ({cls.__module__}.{cls.__qualname__})"

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from dnas.config import MAX_INPUT
 from dnas.errors import ConfigError, DnasError
-from dnas.nn.heads import build_head
+from dnas.nn.heads import build_head, head_plugin
+from dnas.registry import defining_module
 from dnas.schema import is_integer, is_size
 from dnas.space.graph import SearchSpace, load_space
 from dnas.space.ops import OpKind, OpSpec, build_op, op_kind, parse_op
@@ -51,8 +52,9 @@ def count_macs(module: nn.Module, *inputs: Tensor) -> int:
 
 
 @torch.no_grad()
-def _profile(module: nn.Module, *inputs: Tensor) -> tuple[int, int]:
-    """(MACs per sample, values of the largest intermediate tensor per sample) of one pass."""
+def _profile(module: nn.Module, *inputs: Tensor, what: str = "") -> tuple[int, int, Tensor]:
+    """(MACs per sample, values of the largest intermediate tensor per sample, the output) of
+    one pass; ``what`` names a plugin's module, whose failing forward is then one line."""
     total, largest = 0, 0
 
     def hook(mod: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
@@ -64,12 +66,27 @@ def _profile(module: nn.Module, *inputs: Tensor) -> tuple[int, int]:
     was_training = module.training
     module.eval()
     try:
-        module(*inputs)
+        out = plugin_forward(module, inputs, what) if what else module(*inputs)
     finally:
         module.train(was_training)
         for h in handles:
             h.remove()
-    return total, largest
+    return total, largest, out
+
+
+def plugin_forward(module: nn.Module, inputs: tuple[Tensor, ...], what: str) -> Tensor:
+    """``module(*inputs)`` of a plugin's op or head (on the ``meta`` device: shapes only); a
+    forward that fails on these shapes, or returns no tensor, is one line naming ``what``."""
+    shapes = ", ".join("x".join(map(str, x.shape[1:])) for x in inputs)
+    try:
+        out = module(*inputs)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # shape mistakes on meta
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise DnasError(f"{what}: its forward fails on inputs of {shapes}: "
+                        f"{type(exc).__name__}: {first}") from None  # fmt: skip
+    if not isinstance(out, Tensor):
+        raise DnasError(f"{what}: its forward returns a {type(out).__name__}, not one tensor")
+    return out
 
 
 class _HeadOnInputs(nn.Module):
@@ -85,15 +102,17 @@ class _HeadOnInputs(nn.Module):
 
 @functools.lru_cache(maxsize=4096)
 def _op_cost(kind: OpKind, spec: OpSpec, cin: int, cout: int, stride: int, h: int,
-             w: int) -> tuple[int, int, int]:  # fmt: skip
-    """(MACs, params, values of the largest intermediate tensor) of one op at one input shape,
+             w: int) -> tuple[int, int, int, tuple[int, ...]]:  # fmt: skip
+    """(MACs, params, values of the largest intermediate tensor, output shape) of one op at one
+    input shape,
     on the ``meta`` device. Layers of a stage share their shapes, and a process costs the same
     space many times (a search, its sub-nets, the calibration nets), so each is profiled once;
     the op's kind is in the key, so a kind registered anew is profiled anew."""
     with torch.device("meta"):
         module = build_op(spec, cin, cout, stride)
-        macs, largest = _profile(module, torch.zeros(1, cin, h, w))
-    return macs, count_params(module), largest
+        what = f"op kind {kind.name!r} ({defining_module(kind.build)}): {spec.name}"
+        macs, largest, out = _profile(module, torch.zeros(1, cin, h, w), what=what)
+    return macs, count_params(module), largest, tuple(out.shape[1:])
 
 
 def op_costs(
@@ -113,14 +132,20 @@ def op_costs(
         per_layer[layer.name] = {}
         for op in layer.candidates:
             spec = parse_op(op)
-            macs, params, largest = _op_cost(op_kind(spec), spec, cin, layer.width,
-                                             layer.stride, h, w)  # fmt: skip
+            kind = op_kind(spec)
+            macs, params, largest, shape = _op_cost(kind, spec, cin, layer.width, layer.stride,
+                                                    h, w)  # fmt: skip
+            if shape != shapes[layer.name]:  # the graph's shapes are what every check trusts
+                raise DnasError(f"op kind {kind.name!r} ({defining_module(kind.build)}): {op} "
+                                f"on layer {layer.name} ({cin}x{h}x{w}, stride {layer.stride}) "
+                                f"gives {'x'.join(map(str, shape))}, not the layer's "
+                                f"{'x'.join(map(str, shapes[layer.name]))}")  # fmt: skip
             _check_activation(space, layer.name, op, largest, input_hw)
             per_layer[layer.name][op] = (macs, params)
     with torch.device("meta"):
         head = _HeadOnInputs(build_head(space, num_outputs))
         feats = [torch.zeros(1, *shapes[n]) for n in space.head_inputs()]
-        macs, largest = _profile(head, *feats)
+        macs, largest, _ = _profile(head, *feats, what=head_plugin(space))
     _check_activation(space, "head", space.head.type if space.head else "", largest, input_hw)
     return per_layer, (macs, count_params(head))
 
@@ -134,7 +159,8 @@ def head_output_shape(
     shapes = space.infer_shapes(*input_hw)
     with torch.device("meta"):
         head = _HeadOnInputs(build_head(space, num_outputs)).eval()
-        out = head(*(torch.zeros(1, *shapes[n]) for n in space.head_inputs()))
+        feats = tuple(torch.zeros(1, *shapes[n]) for n in space.head_inputs())
+        out = plugin_forward(head, feats, head_plugin(space))
     return tuple(out.shape[1:])
 
 

@@ -93,9 +93,15 @@ class _SinglePath(DartsStrategy):
         """1: paths are sampled from softmax(alpha); ``tau`` is the relaxation's temperature."""
         return 1.0
 
+    @property
+    def single_path(self) -> SinglePathOptions:
+        """``search.single_path``, read by section (as DARTS reads ``search.darts``), so a
+        subclass with ``Options`` of its own keeps the temperature and weight sampling."""
+        return self.cfg.options.get("single_path") or SinglePathOptions()
+
     def weight_paths(self) -> list[Paths]:
         """The paths the next weight step trains (``weight_sampling``)."""
-        return WEIGHT_SAMPLING[self.options.weight_sampling](self.alphas)
+        return WEIGHT_SAMPLING[self.single_path.weight_sampling](self.alphas)
 
     def step(
         self, train_batch: dict[str, Any], val_batch: dict[str, Any] | None
@@ -127,7 +133,7 @@ class GumbelStrategy(_SinglePath):
 
     def new_epoch(self, epoch: int) -> None:
         super().new_epoch(epoch)
-        sp = self.options
+        sp = self.single_path
         arch_epoch = max(0, epoch - self.cfg.warmup_epochs)  # warm-up epochs do not anneal
         self.tau = max(sp.tau_min, sp.tau_start * sp.tau_decay**arch_epoch)
 
