@@ -130,7 +130,10 @@ class Registry:
         if not isinstance(name, str) or name not in self._items:
             known = ", ".join(sorted(self._items)) or "none"
             failed = f"; plugins not loaded: {'; '.join(_failed)}" if _failed else ""
-            raise DnasError(f"unknown {self.kind} {name!r} (registered: {known}{failed})")
+            raise DnasError(
+                f"unknown {self.kind} {name!r} (registered: {known}{failed}; "
+                f"plugins register through the {PLUGIN_GROUP!r} entry points)"
+            )
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -310,15 +310,16 @@ def test_a_plugins_broken_contract_is_one_line_before_the_run_writes(
                                                "has an 'input' of float64; expected float32"),
         (["--strategy", "incomplete"], "strategy 'incomplete' (test_plugin_options.Incomplete) "
                                        "does not implement adapt_search_space, arch_probs, "),
-        (["--cost-model", "missing_layer"], "cost model MissingLayer: its partial table for "
-                                            f"{TINY_SPACE} misses layers "),
+        (["--cost-model", "missing_layer"], "cost model test_plugin_options.MissingLayer: its "
+                                            "partial table of space 'tiny' misses layers "),
     ):  # fmt: skip
         result = CliRunner().invoke(cli, ["search", str(exp), "--out", str(out), *args])
         assert result.exit_code == 1 and message in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1 and not out.exists(), result.output
     train = ["train", str(exp), "--arch", str(ARCH), "--out", str(out)]
     result = CliRunner().invoke(cli, [*train, "--set", "task.name=per_sample_loss"])
-    assert result.exit_code == 1 and "Error: the task's loss must return one value (the " \
+    assert result.exit_code == 1 and "Error: task 'per_sample_loss' (test_plugin_options." \
+        "PerSampleLoss): loss() must return one value (the " \
         "batch's mean), got (4,)" in result.output, result.output  # fmt: skip
     # what the loader collates is fine: an array input, a (1,) loss
     result = CliRunner().invoke(cli, [*train, "--set", "task.name=array_inputs"])

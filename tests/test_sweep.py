@@ -25,7 +25,7 @@ def test_sweep_over_cost_weights_writes_table_and_plot(tmp_path, real_mpii_root)
     assert all(r["metric"] == "Mean" and 0 <= r["score"] <= 100 for r in rows)
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "sweep.md").read_text()
-    assert "| weight | cost (MMAC) | params | MACs | score (Mean) |" in table
+    assert "| weight | cost (MMAC) | params | MACs | score: PCKh@0.5, mean of joints (%) |" in table
     assert f"| {rows[0]['score']:.4g} |" in table
 
 
@@ -37,7 +37,7 @@ def test_the_sweep_table_keeps_four_digits_of_a_small_score(tmp_path):
            "metric": "AP", "score": 0.0034}  # fmt: skip
     paths = write_outputs([row, {**row, "target": 12.0, "score": 0.61237}], "target", tmp_path)
     lines = paths["table"].read_text().splitlines()
-    assert lines[0] == "| target | cost (MMAC) | params | MACs | score (AP) |"
+    assert lines[0] == "| target | cost (MMAC) | params | MACs | score: AP |"
     assert lines[2] == "| 9 | 8.920 | 1,234 | 8,920,000 | 0.0034 |"
     assert lines[3].endswith("| 0.6124 |")
 

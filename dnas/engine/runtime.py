@@ -149,8 +149,10 @@ class Amp:
         loss = loss_fn(output.float(), batch)
         if not isinstance(loss, Tensor) or loss.numel() != 1:  # a task plugin's mistake
             got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise DnasError(f"the task's loss must return one value (the batch's mean), "
-                            f"got {got}")  # fmt: skip
+            owner = getattr(loss_fn, "__self__", None)  # the task whose bound method it is
+            where = (f"task {owner.name!r} ({type(owner).__module__}.{type(owner).__qualname__}):"
+                     " loss()" if owner is not None else "the task's loss")  # fmt: skip
+            raise DnasError(f"{where} must return one value (the batch's mean), got {got}")
         return loss.reshape(())  # a (1,) loss as a scalar: the step sums into a scalar
 
     def step(self, loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],

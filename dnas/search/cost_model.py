@@ -179,8 +179,8 @@ class CostModel(ABC):
             raise DnasError(f"cost model {cls.__module__}.{cls.__qualname__}: build() returned "
                             f"a {type(table).__name__}, not a CostTable")  # fmt: skip
         if problem := coverage_problem(table, space):
-            raise DnasError(f"cost model {cls.__qualname__}: its {self.metric} table for "
-                            f"{space.source} {problem}")  # fmt: skip
+            raise DnasError(f"cost model {cls.__module__}.{cls.__qualname__}: its {self.metric} "
+                            f"table of space {space.name!r} {problem}")  # fmt: skip
         table.key = key
         try:
             table.save(path)

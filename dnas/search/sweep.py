@@ -164,8 +164,9 @@ def write_outputs(rows: list[dict], kind: str, out_dir: Path) -> dict[str, Path]
     paths = {"json": out_dir / "sweep.json", "table": out_dir / "sweep.md",
              "plot": out_dir / "sweep.png"}  # fmt: skip
     write_text_atomic(paths["json"], json.dumps(rows, indent=1))
-    unit, metric = (rows[0]["cost_unit"], rows[0]["metric"]) if rows else ("", "")
-    lines = [f"| {kind} | cost ({unit}) | params | MACs | score ({metric}) |",
+    unit = rows[0]["cost_unit"] if rows else ""
+    label = (rows[0].get("metric_label") or rows[0]["metric"]) if rows else ""  # the task's
+    lines = [f"| {kind} | cost ({unit}) | params | MACs | score: {label} |",
              "|---|---|---|---|---|"]  # fmt: skip
     # four significant digits: a COCO AP of 0.0034 (a fraction) too, not 0.00
     lines += [f"| {r[kind]:g} | {r['cost']:.3f} | {r['params']:,} | {r['macs']:,} | "
