@@ -680,9 +680,10 @@ def sweep(config: Path, out: Path, weight_values: list[float] | None,
         raise click.UsageError("give exactly one of --weights and --targets")
     kind, values = ("weight", weight_values) if weight_values else ("target", target_values)
     # a budget, hinge or power config needs a target to load; each point replaces this one
-    # (and check_values names a bad --targets value itself)
-    pre = ["cost_model.target=1.0"] if kind == "target" else []
-    exp = load_experiment(config, [*pre, *overrides])
+    # (and check_values names a bad --targets value itself); after --set, which may replace
+    # the whole cost_model section
+    post = ["cost_model.target=1.0"] if kind == "target" else []
+    exp = load_experiment(config, [*overrides, *post])
     rows = run_sweep(exp, kind, values, out, Reporter(click.echo, quiet), resume, force)
     click.echo((out / "sweep.md").read_text().rstrip())
     click.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'} "

@@ -7,6 +7,7 @@ so the CLI's ``--set search.epochs=2`` is checked exactly like the file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -300,21 +301,35 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     if not all(isinstance(o, str) for o in overrides):
         raise DnasError(f"overrides: expected 'key.path=value' strings, got {overrides!r}")
     source = str(path)
-    data = expect_mapping(load_yaml(path) or {}, source, "")
-    data = apply_overrides(data, overrides, source)
+    written = expect_mapping(load_yaml(path) or {}, source, "")
+    data = apply_overrides(copy.deepcopy(written), overrides, source)
     try:
         return experiment_from_dict(data, source)
     except ConfigError as exc:
-        raise blamed(exc, {source}, overrides) from None
+        raise blamed(exc, {source}, overrides, written) from None
 
 
-def blamed(exc: ConfigError, sources: set[str], overrides: Iterable[str]) -> ConfigError:
+def blamed(exc: ConfigError, sources: set[str], overrides: Iterable[str],
+           written: dict | None = None) -> ConfigError:  # fmt: skip
     """``exc`` as ``--set``'s when it names a key that an override set in the config file
-    (one of ``sources``): a value from the command line is not the file's mistake."""
+    (one of ``sources``), or, given the file's own mapping ``written``, a key the file lacks
+    that an override made (``--set nosuch.key=1``): the command line's mistake, not the file's."""
     keys = [item.split("=", 1)[0] for item in overrides]
-    if exc.source in sources and any(under(exc.key, key) for key in keys):
+    made = written is not None and not holds(written, exc.key)
+    if exc.source in sources and any(under(exc.key, key) or (made and under(key, exc.key))
+                                     for key in keys):  # fmt: skip
         return ConfigError("--set", exc.key, exc.detail)
     return exc
+
+
+def holds(data: dict, key: str) -> bool:
+    """Whether mapping ``data`` has key path ``key`` (``a.b``; list indices ``[i]`` ignored)."""
+    node: Any = data
+    for part in re.sub(r"\[\d+\]", "", key).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def under(key: str, section: str) -> bool:

@@ -122,6 +122,8 @@ def test_overrides_and_numeric_strings(tmp_path):
     ("search.epochs=abc", "search.epochs"),
     ("search={epochs: abc}", "search.epochs"),  # inside a section --set replaced
     ("train.milestones=[0]", "train.milestones"),
+    ("nosuch.key=1", "nosuch"),  # a section --set made, unknown as a whole
+    ("train.x.y=1", "train.x"),
 ])  # fmt: skip
 def test_a_wrong_value_given_by_set_is_blamed_on_set_not_the_file(tmp_path, override, key):
     path = write(tmp_path, "task: {name: pose, root: data}\nsearch: {epochs: 2}\n")

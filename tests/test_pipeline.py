@@ -255,7 +255,8 @@ def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, real_mpii_root):
             tmp_path / "e"]  # fmt: skip
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 1
-    assert result.output.startswith(f"Error: {tmp_path / 'w.pt'}: weights do not fit")
+    assert result.output.startswith(f"Error: {tmp_path / 'w.pt'}: weights do not fit "
+                                    "architecture 'efficientpose-a': ")  # fmt: skip
     assert len(result.output.strip().splitlines()) == 1
     # what does not fit follows, not torch's empty header line
     assert "Missing key(s) in state_dict" in result.output and "more problems" in result.output

@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import TINY_SPACE, write_experiment
 
+from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter
 from dnas.errors import DnasError
-from dnas.search.agreement import chance_agreement, mean_agreement, op_agreement
+from dnas.search.agreement import NOISE_ONLY, chance_agreement, mean_agreement, op_agreement
 from dnas.search.bounds import check_band, check_chance_samples
 from dnas.search.budget import tilted_probs
 from dnas.search.cost_model import get_cost_model
@@ -115,5 +116,16 @@ def test_cli_compares_real_searches_and_rejects_mismatches(tmp_path, real_mpii_r
     assert shared.stderr.strip() == (
         f"warning: {runs['s0']} and {runs['lr']} share seed 0: their agreement measures what "
         "their configs' other differences change, not the seed")  # fmt: skip
+    # every run's architecture gradient noise (as dnas derive warns): the agreement may be
+    # the cost term's alone, and the report says so
+    for name in ("s0", "s1"):
+        path = tmp_path / name / "search.pt"
+        ckpt = checkpoint.load(path)
+        ckpt["gradient_evidence"] = {"noise": True, "significant": 0.04, "under_noise": 0.05,
+                                     "steps": 30}  # fmt: skip
+        checkpoint.save_atomic(ckpt, path)
+    noisy = CliRunner().invoke(cli, ["agreement", runs["s0"], runs["s1"], "--format", "json"])
+    assert noisy.exit_code == 0 and json.loads(noisy.stdout)["warnings"] == [NOISE_ONLY]
+    assert NOISE_ONLY.startswith("every run's architecture gradient was noise")
     alone = CliRunner().invoke(cli, ["agreement", runs["s0"]])
     assert alone.exit_code == 1 and "at least two search runs" in alone.output

@@ -37,8 +37,8 @@ def test_the_sweep_table_keeps_four_digits_of_a_small_score(tmp_path):
            "metric": "AP", "score": 0.0034}  # fmt: skip
     paths = write_outputs([row, {**row, "target": 12.0, "score": 0.61237}], "target", tmp_path)
     lines = paths["table"].read_text().splitlines()
-    assert lines[0] == "| target | cost (MMAC) | params | MACs | score: AP |"
-    assert lines[2] == "| 9 | 8.920 | 1,234 | 8,920,000 | 0.0034 |"
+    assert lines[0] == "| target | cost (MMAC) | vs target | params | MACs | score: AP |"
+    assert lines[2] == "| 9 | 8.920 | -0.9 % | 1,234 | 8,920,000 | 0.0034 |"
     assert lines[3].endswith("| 0.6124 |")
 
 
@@ -58,6 +58,12 @@ def test_sweep_over_budgets_and_usage_errors(tmp_path, real_mpii_root):
                                      "--resume", "--force", "--set", "train.epochs=2"])  # fmt: skip
     assert again.exit_code == 0 and "already done" not in again.output  # run again, replaced
     assert "epochs: 2" in (out / "target_1.2" / "search" / "config.yaml").read_text()
+    # --set replacing the whole cost_model section with a budget form (no target): the
+    # targets supply it, as a file's budget section without one (refused here for its range)
+    section = ["--set", "cost_model={type: flops, form: budget}", "--targets", "1e9"]
+    whole = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(tmp_path / "w"), *section])
+    assert whole.exit_code == 1 and "required by form" not in whole.output, whole.output
+    assert "1e+09" in whole.output or "1000000000" in whole.output, whole.output
     both = CliRunner().invoke(cli, ["sweep", str(exp), "--out", str(out), "--weights", "1",
                                     "--targets", "2"])  # fmt: skip
     assert both.exit_code == 1 and "exactly one of --weights and --targets" in both.output

@@ -73,7 +73,8 @@ def load_weights(net: Network, path: Path) -> None:
         if len(detail) > 400:
             detail = detail[:400] + " ..."
         more = f"; {len(problems) - 1} more problems" if len(problems) > 1 else ""
-        raise DnasError(f"{path}: weights do not fit {net.space.source}: {detail}{more}") from None
+        raise DnasError(f"{path}: weights do not fit architecture {net.space.name!r}: {detail}"
+                        f"{more}") from None  # fmt: skip
 
 
 def resolve(

@@ -24,7 +24,7 @@ from dnas.errors import DnasError
 from dnas.search.bounds import check_band, check_chance_samples
 from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.cost_model import CostTable
-from dnas.search.derive import find_checkpoint, load_search
+from dnas.search.derive import evidence_warnings, find_checkpoint, load_search
 
 
 def op_agreement(a: dict[str, str], b: dict[str, str]) -> float:
@@ -70,6 +70,7 @@ class SearchOutcome:
     table: CostTable
     digest: str
     config: dict[str, Any]
+    noisy: bool = False  # its architecture gradient was noise (dnas derive's warnings)
 
     @property
     def objective(self) -> dict[str, Any]:
@@ -87,7 +88,8 @@ def load_outcome(ref: Path | str) -> SearchOutcome:
     record = load_search(ref)
     config = {k: v for k, v in record.ckpt["config"].items() if k != "source"}
     return SearchOutcome(str(ref), record.choices, record.table.of_choices(record.choices),
-                         record.table, record.space.digest(), config)  # fmt: skip
+                         record.table, record.space.digest(), config,
+                         bool(evidence_warnings(record.ckpt)))  # fmt: skip
 
 
 def comparable(first: SearchOutcome, other: SearchOutcome) -> str | None:
@@ -114,6 +116,12 @@ def comparable(first: SearchOutcome, other: SearchOutcome) -> str | None:
             "their configs' other differences change, not the seed")  # fmt: skip
 
 
+NOISE_ONLY = ("every run's architecture gradient was noise (dnas derive warns of each): their "
+              "agreement can come from the cost term alone, which steers every search to the "
+              "same cheap ops, while chance draws nets of their cost at random; an agreement "
+              "above chance then says nothing of the task")  # fmt: skip
+
+
 def shown(objective: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in objective.items())
 
@@ -132,6 +140,8 @@ def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
         raise DnasError(f"{twice[0]}: the same search run given twice (it agrees with itself)")
     runs = [load_outcome(ref) for ref in refs]
     warnings = [w for a, b in itertools.combinations(runs, 2) if (w := comparable(a, b))]
+    if all(r.noisy for r in runs):
+        warnings.append(NOISE_ONLY)
     first = runs[0]
     pairwise = [{"runs": [a.run, b.run], "agreement": op_agreement(a.choices, b.choices)}
                 for a, b in itertools.combinations(runs, 2)]  # fmt: skip

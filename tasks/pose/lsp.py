@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from dnas.errors import DnasError
+from dnas.errors import ConfigError, DnasError
 from dnas.task import Metrics
 from tasks.pose import pckh
 from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
@@ -186,9 +186,9 @@ class LSPDataset(TopDownDataset):
         ranges = {"train": options.train_range, "val": options.val_range}
         for name, bounds in ranges.items():
             if len(bounds) != 2 or not bounds[0] < bounds[1] <= total:
-                raise DnasError(f"task.dataset_options.{name}_range: expected [start, stop) with "
-                                f"0 <= start < stop <= {total} (the people in {path}), got "
-                                f"{bounds}")  # fmt: skip
+                raise ConfigError("", f"task.dataset_options.{name}_range", f"expected [start, "
+                                  f"stop) with 0 <= start < stop <= {total} (the people in "
+                                  f"{path}), got {bounds}")  # fmt: skip
         if self.split not in ranges:
             raise DnasError(f"{self.root}: lsp has splits 'train' and 'val' (index ranges set by "
                             f"task.dataset_options), got {self.split!r}")  # fmt: skip
