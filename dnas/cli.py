@@ -68,7 +68,8 @@ def blamed_on_set(exc: ConfigError, meta: dict) -> ConfigError:
     config = meta.get(CONFIG_META)
     if config is None:
         return exc
-    sources = {str(config), str(Path(config) / "config.yaml")}  # a run directory's own config
+    # a run directory's own config, or the copy in a search run's checkpoint (dnas rank)
+    sources = {str(config), *(str(Path(config) / name) for name in ("config.yaml", "search.pt"))}
     return blamed(exc, sources, meta.get(SET_META, ()))
 
 
@@ -401,7 +402,8 @@ def agreement(runs: tuple[Path, ...], band: float, samples: int, seed: int, fmt:
         "dnas rank runs/search runs/train-a-s0 runs/train-a-s1 runs/train-b-s0 efficientpose-a",
     )
 )
-@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.argument("run", type=click.Path(exists=True, path_type=Path),
+                callback=remembered(CONFIG_META))  # fmt: skip
 @click.argument("archs", nargs=-1)
 @click.option("--random", "random_nets", type=click.IntRange(0), default=0, show_default=True,
               help="Also score this many random nets of the derived net's cost.")  # fmt: skip

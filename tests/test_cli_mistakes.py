@@ -177,6 +177,13 @@ def test_a_value_set_on_the_command_line_is_blamed_on_it_after_loading_too(tmp_p
     one_line_error(["cost", "--config", exp, "--set", "input_size=[100, 100]"],
                    f"Error: --set: {wrong_size}")  # fmt: skip
     assert not Path(out).exists()
+    run = str(finished["search"])  # dnas rank lays --set over the config its checkpoint holds
+    one_line_error(["rank", run, "--set", f"task.root={tmp_path / 'none'}"],
+                   f"Error: --set: task.root: no such directory '{tmp_path / 'none'}'")  # fmt: skip
+    one_line_error(
+        ["rank", f"{run}/search.pt", "--set", "search.batch_size=abc"],
+        "Error: --set: search.batch_size: expected an integer, got str 'abc'",
+    )
 
 
 def test_wrong_names_blame_the_option_that_gave_them_and_a_super_net_keeps_its_space(

@@ -3,6 +3,7 @@ most probable one; under a ``budget`` cost form, the most probable net within th
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from dnas import checkpoint
-from dnas.config import FORM_KEYS, Experiment, apply_overrides
-from dnas.errors import DnasError
+from dnas.config import FORM_KEYS, Experiment, apply_overrides, blamed
+from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.schema import from_dict
 from dnas.search.cost_model import CostTable, configured_cost_model
@@ -78,13 +79,16 @@ def load_search(ref: Path | str, overrides: Sequence[str] = ()) -> SearchRecord:
             raise DnasError(f"--set {key}: a search run's super net is its own space and head, "
                             f"recorded in {path}; only its task, data and run settings can be "
                             "overridden")  # fmt: skip
-    config = {k: v for k, v in ckpt["config"].items() if k != "source"}
-    config = apply_overrides(config, list(overrides), str(path))
-    exp = from_dict(Experiment, config, str(path), "config")
-    exp.source = str(path)
-    task = build_task(exp)
-    table = configured_cost_model(exp.cost_model, exp.source).table(space, exp.input_hw,
-                                                                    task.num_outputs)  # fmt: skip
+    recorded = {k: v for k, v in ckpt["config"].items() if k != "source"}
+    try:
+        config = apply_overrides(copy.deepcopy(recorded), list(overrides), str(path))
+        exp = from_dict(Experiment, config, str(path), "")
+        exp.source = str(path)
+        task = build_task(exp)
+        model = configured_cost_model(exp.cost_model, exp.source)
+        table = model.table(space, exp.input_hw, task.num_outputs)
+    except ConfigError as exc:  # a value --set laid over the recorded config is --set's
+        raise blamed(exc, {str(path)}, overrides, recorded) from None
     return SearchRecord(path, ckpt, space, exp, task, table, {r.layer: r.op for r in rows})
 
 
