@@ -242,7 +242,7 @@ class Experiment:
     # a search's TensorBoard pictures (op-probability heat map, derived architecture) after
     # each epoch that changed them: about a second each, so short searches may go without
     pictures: bool = True
-    source: str = "<memory>"
+    source: str = field(default="<memory>", metadata={"internal": True})  # the YAML's path
 
     @property
     def input_hw(self) -> tuple[int, int]:

@@ -214,12 +214,14 @@ class UnsupportedAnnotation(TypeError):
 def from_dict(cls: type[T], data: Any, source: str, path: str = "") -> T:
     """Build dataclass ``cls`` from a YAML mapping, checking keys and types recursively.
 
-    Fields may declare ``metadata={"min": x, "max": y, "choices": [...]}`` for range checks.
+    Fields may declare ``metadata={"min": x, "max": y, "choices": [...]}`` for range checks;
+    ``{"internal": True}`` marks one that is no YAML key (set in code, e.g. the source path).
     """
     if data is None:
         data = {}
     data = expect_mapping(data, source, path)
-    fields = {f.name: f for f in dataclasses.fields(cls) if "plugin" not in f.metadata}
+    fields = {f.name: f for f in dataclasses.fields(cls)
+              if "plugin" not in f.metadata and "internal" not in f.metadata}  # fmt: skip
     plugin = next((f for f in dataclasses.fields(cls) if "plugin" in f.metadata), None)
     required = [
         n

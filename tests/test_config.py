@@ -222,3 +222,12 @@ def test_a_missing_space_is_the_tasks_default(tmp_path, monkeypatch):
         build_space(exp.space, build_task(exp), exp)  # a search needs one
     with pytest.raises(ConfigError, match=r"task.name: missing required key \(one of: .*pose"):
         load_experiment(write(tmp_path, "task: {root: x}\n"))
+
+
+def test_the_keys_an_unknown_key_is_checked_against_are_the_yaml_keys(tmp_path):
+    """Experiment.source is the file's path, set in code: no key a config may write."""
+    path = write(tmp_path, "task: {name: pose, root: data}\nbogus: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert info.value.key == "bogus" and "pictures" in info.value.detail
+    assert "source" not in info.value.detail
