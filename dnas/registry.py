@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from dnas.errors import ConfigError, DnasError
+from dnas.schema import default_problem
 
 PLUGIN_GROUP = "dnas.plugins"
 _loaded = False
@@ -88,6 +89,8 @@ def check_concrete(cls: Any, kind: str, name: str, needs_options: bool = False,
             isinstance(options, type) and dataclasses.is_dataclass(options)):  # fmt: skip
         raise DnasError(f"{where}: Options must be a dataclass of its YAML keys (an empty "
                         f"@dataclass for none), got {options!r}")  # fmt: skip
+    if options is not None and (problem := default_problem(options)):
+        raise DnasError(f"{where}: Options: {problem}")
     if absent := [a for a in attributes if not isinstance(getattr(cls, a, None), str)]:
         raise DnasError(f"{where} does not set {', '.join(absent)} (a string each)")
 

@@ -281,6 +281,23 @@ def _check_range(value: Any, meta: typing.Mapping, source: str, path: str) -> No
             raise ConfigError(source, path, f"expected a value <= {meta['max']}, got {v!r}")
 
 
+def default_problem(cls: type) -> str | None:
+    """Why a default of dataclass ``cls`` breaks its own field's range or choices, or None: a
+    plugin's ``Options`` whose defaults no YAML could write."""
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        try:
+            _check_range(default, f.metadata, "", f.name)
+        except ConfigError as exc:
+            return f"the default of {f.name}, {default!r}: {exc.detail}"
+    return None
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass tree as plain YAML-able data (the resolved config written into run dirs)."""
     if dataclasses.is_dataclass(obj):

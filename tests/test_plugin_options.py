@@ -448,3 +448,24 @@ def test_a_task_subclass_registered_under_its_own_name_is_that_task(tmp_path, sy
     done = runner.invoke(cli, ["eval", str(exp), "--weights", str(tmp_path / "t" / "model.pt"),
                                "-o", str(tmp_path / "e"), *renamed])  # fmt: skip
     assert done.exit_code == 0, done.output
+
+
+def test_a_plugin_whose_options_default_breaks_its_own_choices_is_named(monkeypatch, tmp_path,
+                                                                       synth_root):  # fmt: skip
+    """A default no YAML could write (outside its own choices) is the plugin's mistake, named
+    when the plugin is built, not silently used."""
+
+    @dataclass
+    class OddOptions:
+        mode: str = field(default="a", metadata={"choices": ["b", "c"]})
+
+    class OddTask(PoseTask):
+        Options = OddOptions
+
+    monkeypatch.setitem(TASKS._items, "odd_task", OddTask)
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    from dnas.task import build_task
+
+    match = r"task 'odd_task' \(.*OddTask\): Options: the default of mode, 'a': expected one of"
+    with pytest.raises(DnasError, match=match):
+        build_task(load_experiment(exp, ["task.name=odd_task"]))
