@@ -20,7 +20,7 @@ from dnas.cli import cli
 from dnas.config import CostConfig, SearchConfig, load_experiment
 from dnas.engine.progress import Reporter
 from dnas.engine.runtime import device_name
-from dnas.errors import ConfigError
+from dnas.errors import ConfigError, DnasError
 from dnas.nn.mixed_op import MixedOp
 from dnas.nn.network import Network, module_key
 from dnas.schema import from_dict
@@ -56,6 +56,21 @@ def toy_table() -> CostTable:
 
 
 # -- the cost term -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["relative", "budget"])
+def test_the_logarithmic_forms_refuse_a_negative_task_loss(form):
+    """d ln L = dL / L: a plugin's negative loss once divided by 1e-12 and blew alpha up to
+    NaN, reported later as probabilities that are not probabilities."""
+    objective = ArchObjective(CostConfig(form=form, target=20.0), toy_table())
+    for loss in (-0.5, float("nan")):
+        with pytest.raises(DnasError, match=rf"cost_model.form {form} takes the logarithm of the "
+                                            "task loss, which is .* here: it needs a task loss "
+                                            "of 0 or more"):  # fmt: skip
+            objective(torch.tensor(loss), torch.tensor(20.0))
+    objective(torch.tensor(0.0), torch.tensor(20.0))  # a batch with nothing to score
+    hinge = ArchObjective(CostConfig(form="hinge", target=20.0), toy_table())
+    hinge(torch.tensor(-0.5), torch.tensor(20.0))  # no logarithm: any loss
 
 
 def test_relative_form_has_the_gradient_of_ln_task_plus_lambda_ln_cost():
