@@ -350,7 +350,7 @@ class PairHead(ChannelOffHead):
 
 
 @pytest.mark.parametrize(("head", "problem"), [
-    (ChannelOffHead, r"its forward fails on inputs of 16x4x4: RuntimeError: "),
+    (ChannelOffHead, r"its forward fails on the meta device on inputs of 16x4x4: RuntimeError: "),
     (PairHead, r"its forward returns a tuple, not one tensor"),
 ])  # fmt: skip
 def test_a_head_plugin_whose_forward_fails_is_named_in_one_line(monkeypatch, head, problem):

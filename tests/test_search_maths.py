@@ -63,7 +63,7 @@ def test_the_logarithmic_forms_refuse_a_negative_task_loss(form):
     """d ln L = dL / L: a plugin's negative loss once divided by 1e-12 and blew alpha up to
     NaN, reported later as probabilities that are not probabilities."""
     objective = ArchObjective(CostConfig(form=form, target=20.0), toy_table())
-    for loss in (-0.5, float("nan")):
+    for loss in (-0.5, -1e-9):
         with pytest.raises(DnasError, match=rf"cost_model.form {form} takes the logarithm of the "
                                             "task loss, which is .* here: it needs a task loss "
                                             "of 0 or more"):  # fmt: skip

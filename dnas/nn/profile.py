@@ -82,8 +82,8 @@ def plugin_forward(module: nn.Module, inputs: tuple[Tensor, ...], what: str) -> 
         out = module(*inputs)
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # shape mistakes on meta
         first = (str(exc).splitlines() or [""])[0][:200]
-        raise DnasError(f"{what}: its forward fails on inputs of {shapes}: "
-                        f"{type(exc).__name__}: {first}") from None  # fmt: skip
+        raise DnasError(f"{what}: its forward fails on the meta device on inputs of "
+                        f"{shapes}: {type(exc).__name__}: {first}") from exc  # fmt: skip
     if not isinstance(out, Tensor):
         raise DnasError(f"{what}: its forward returns a {type(out).__name__}, not one tensor")
     return out

@@ -24,7 +24,8 @@ from dnas.errors import DnasError
 from dnas.search.bounds import check_band, check_chance_samples
 from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.cost_model import CostTable
-from dnas.search.derive import evidence_warnings, find_checkpoint, load_search
+from dnas.search.derive import find_checkpoint, load_search
+from dnas.search.evidence import noise_warning
 
 
 def op_agreement(a: dict[str, str], b: dict[str, str]) -> float:
@@ -70,7 +71,7 @@ class SearchOutcome:
     table: CostTable
     digest: str
     config: dict[str, Any]
-    noisy: bool = False  # its architecture gradient was noise (dnas derive's warnings)
+    noisy: bool = False  # its architecture gradient never rose above noise (dnas derive warns)
 
     @property
     def objective(self) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def load_outcome(ref: Path | str) -> SearchOutcome:
     config = {k: v for k, v in record.ckpt["config"].items() if k != "source"}
     return SearchOutcome(str(ref), record.choices, record.table.of_choices(record.choices),
                          record.table, record.space.digest(), config,
-                         bool(evidence_warnings(record.ckpt)))  # fmt: skip
+                         bool(noise_warning(record.ckpt.get("gradient_evidence"))))  # fmt: skip
 
 
 def comparable(first: SearchOutcome, other: SearchOutcome) -> str | None:
@@ -116,10 +117,10 @@ def comparable(first: SearchOutcome, other: SearchOutcome) -> str | None:
             "their configs' other differences change, not the seed")  # fmt: skip
 
 
-NOISE_ONLY = ("every run's architecture gradient was noise (dnas derive warns of each): their "
-              "agreement can come from the cost term alone, which steers every search to the "
-              "same cheap ops, while chance draws nets of their cost at random; an agreement "
-              "above chance then says nothing of the task")  # fmt: skip
+NOISE_ONLY = ("every run's architecture gradient never rose above noise (dnas derive warns of "
+              "each): their agreement can come from the cost term alone, which steers every "
+              "search to the same cheap ops, while chance draws nets of their cost at random; "
+              "an agreement above chance then says nothing of the task")  # fmt: skip
 
 
 def shown(objective: dict[str, Any]) -> str:

@@ -77,8 +77,8 @@ class ArchObjective:
             # d ln L = dL / L, with L the loss over all processes' batches (torchrun): each
             # process's gradient of L_rank / L is then averaged into exactly dL / L
             scale = mean_over_world({"loss": task_loss.item()})["loss"]
-            if not scale >= 0:  # ln L: a negative loss (a plugin's) would blow alpha up; a
-                # batch with nothing to score (loss 0, gradient 0) steps on the cost alone
+            if scale < 0:  # ln L: a negative loss (a plugin's) would blow alpha up; a batch
+                # with nothing to score (loss 0) steps on the cost alone; NaN: check_finite's
                 raise DnasError(f"cost_model.form {self.cfg.form} takes the logarithm of the "
                                 f"task loss, which is {scale:.4g} here: it needs a task loss "
                                 "of 0 or more (forms log, hinge and power take any)")  # fmt: skip
