@@ -150,8 +150,9 @@ class Amp:
         if not isinstance(loss, Tensor) or loss.numel() != 1:  # a task plugin's mistake
             got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             owner = getattr(loss_fn, "__self__", None)  # the task whose bound method it is
-            where = (f"task {owner.name!r} ({type(owner).__module__}.{type(owner).__qualname__}):"
-                     " loss()" if owner is not None else "the task's loss")  # fmt: skip
+            name = getattr(owner, "name", None)
+            where = (f"task {name!r} ({type(owner).__module__}.{type(owner).__qualname__}): "
+                     "loss()" if name else "the task's loss")  # fmt: skip
             raise DnasError(f"{where} must return one value (the batch's mean), got {got}")
         return loss.reshape(())  # a (1,) loss as a scalar: the step sums into a scalar
 

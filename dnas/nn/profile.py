@@ -104,10 +104,9 @@ class _HeadOnInputs(nn.Module):
 def _op_cost(kind: OpKind, spec: OpSpec, cin: int, cout: int, stride: int, h: int,
              w: int) -> tuple[int, int, int, tuple[int, ...]]:  # fmt: skip
     """(MACs, params, values of the largest intermediate tensor, output shape) of one op at one
-    input shape,
-    on the ``meta`` device. Layers of a stage share their shapes, and a process costs the same
-    space many times (a search, its sub-nets, the calibration nets), so each is profiled once;
-    the op's kind is in the key, so a kind registered anew is profiled anew."""
+    input shape, on the ``meta`` device. Layers of a stage share their shapes, and a process
+    costs the same space many times (a search, its sub-nets, the calibration nets), so each is
+    profiled once; the op's kind is in the key, so a kind registered anew is profiled anew."""
     with torch.device("meta"):
         module = build_op(spec, cin, cout, stride)
         what = f"op kind {kind.name!r} ({defining_module(kind.build)}): {spec.name}"
