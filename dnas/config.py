@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import typing
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +304,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     source = str(path)
     written = expect_mapping(load_yaml(path) or {}, source, "")
     data = apply_overrides(copy.deepcopy(written), overrides, source)
+    if data.pop("source", None) is not None:
+        warnings.warn(f"{source}: key 'source' ignored: it is no experiment key (the config.yaml "
+                      "of a run recorded before 2026-12-01 holds the path it was read from)",
+                      stacklevel=2)  # fmt: skip
     try:
         return experiment_from_dict(data, source)
     except ConfigError as exc:
@@ -345,12 +350,12 @@ def checked(exp: Experiment) -> Experiment:
     if not isinstance(exp, Experiment):
         raise DnasError(f"expected an Experiment (dnas.load_experiment(PATH)), got "
                         f"{type(exp).__name__} {str(exp)[:60]!r}")  # fmt: skip
-    return experiment_from_dict(to_dict(exp), exp.source)
+    data = {k: v for k, v in to_dict(exp).items() if k != "source"}  # internal: no YAML key
+    return experiment_from_dict(data, exp.source)
 
 
 def experiment_from_dict(data: dict, source: str) -> Experiment:
     """The Experiment of a config mapping read from ``source``, every key and value checked."""
-    data.pop("source", None)  # the config.yaml of a run recorded before 2026-12-01 holds it
     exp = from_dict(Experiment, data, source)
     exp.source = source
     if len(exp.input_size) != 2:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
-from dnas.config import Experiment, load_experiment
+from dnas.config import Experiment, checked, experiment_from_dict, load_experiment
 from dnas.errors import ConfigError
 
 
@@ -231,3 +233,17 @@ def test_the_keys_an_unknown_key_is_checked_against_are_the_yaml_keys(tmp_path):
         load_experiment(path)
     assert info.value.key == "bogus" and "pictures" in info.value.detail
     assert "source" not in info.value.detail
+
+
+def test_a_source_key_is_ignored_with_a_warning_and_only_in_a_file(tmp_path):
+    """Runs recorded before 2026-12-01 wrote ``source:`` into config.yaml: they still load, but
+    a ``source:`` is never dropped without a word; the API's dict form refuses it as a key."""
+    path = write(tmp_path, "task: {name: pose, root: data}\nsource: /old/exp.yaml\n")
+    with pytest.warns(UserWarning, match=r"exp.yaml: key 'source' ignored: it is no experiment"):
+        exp = load_experiment(path)
+    assert exp.source == str(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checked(exp).source == str(path)  # its own round trip is silent
+    with pytest.raises(ConfigError, match="source"):
+        experiment_from_dict({"task": {"name": "pose", "root": "x"}, "source": "y"}, "api")
