@@ -713,19 +713,21 @@ def export(arch: str | None, weights: Path, output: Path, input_size: tuple[int,
            opset: int, force: bool):  # fmt: skip
     """Export trained WEIGHTS of ARCH to ONNX with batch norm folded into the convolutions; the
     file's metadata records the architecture, input size, outputs and preprocessing."""
-    from dnas import checkpoint
     from dnas.nn.export import export_onnx
     from dnas.nn.network import Network
-    from dnas.nn.weights import load_weights, onnx_metadata, resize_warning, resolve, weights_file
+    from dnas.nn.weights import (
+        head_outputs_of,
+        load_weights,
+        onnx_metadata,
+        resize_warning,
+        resolve,
+        weights_file,
+    )
 
     guard_output(output, force)
     weights = weights_file(weights)
     space, size, info = resolve(weights, arch, input_size, resizable=True)
-    state = checkpoint.state_dict_of(checkpoint.load(weights), weights)
-    head_weights = [v for k, v in state.items() if k.startswith("head.") and k.endswith("weight")]
-    if not head_weights:
-        raise DnasError(f"{weights}: no head weights to size the output from")
-    outputs = head_weights[-1].shape[0]  # the last head layer sets the outputs
+    outputs = head_outputs_of(weights)
     warning = resize_warning(space, info, weights, size, outputs)
     if warning:
         click.echo(f"warning: {warning}", err=True)

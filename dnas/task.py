@@ -53,6 +53,7 @@ class Task(ABC):
     # how its inputs are made from images (recorded with trained weights for deployment):
     # e.g. {"scale": 1/255, "mean": [...], "std": [...], "channels": "RGB"}
     preprocess: ClassVar[dict[str, Any]] = {}
+    image_command: ClassVar[str] = ""  # the plugin's CLI command that runs its nets on one image
 
     def __init__(self, options: Any, input_hw: tuple[int, int], source: str) -> None:
         self.options = options
@@ -113,6 +114,21 @@ def build_task(exp: Experiment) -> Task:
     task = cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
     task.name = name  # a subclass registered under another name records that one in weights
     return task
+
+
+def check_weights_task(info: Mapping[str, Any] | None, path: Path, name: str,
+                       doing: str) -> None:  # fmt: skip
+    """Weights recorded as another task's are refused in one line that names what the command
+    does and the command that runs those weights on an image (their task's ``image_command``)."""
+    task = (info or {}).get("task")
+    if task is None or task == name:
+        return
+    try:
+        command = TASKS.get(task).image_command
+    except DnasError:  # a task whose plugin is not installed here
+        command = ""
+    other = f" (dnas {command} runs {task} weights on an image)" if command else ""
+    raise DnasError(f"{path}: {task} weights; {doing}{other}")
 
 
 def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device,

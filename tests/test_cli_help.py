@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from dnas.cli import cli
 
 WRITERS = [["search"], ["derive"], ["train"], ["eval"], ["sweep"], ["export"], ["plot"],
-           ["predict"], ["lut", "build"]]  # fmt: skip
+           ["predict"], ["segment"], ["lut", "build"]]  # fmt: skip
 COMMANDS = [*WRITERS, ["cost"], ["spaces"], ["lut", "check"], ["data", "synth-mpii"],
             ["data", "synth-seg"], ["pose", "pckh"], ["pose", "coco-ap"]]  # fmt: skip
 

@@ -22,7 +22,7 @@ from dnas.cli import cli
 from dnas.config import CostConfig, Experiment, load_experiment
 from dnas.errors import ConfigError, DnasError
 from dnas.nn.network import Network
-from dnas.nn.weights import load_weights
+from dnas.nn.weights import load_weights, with_info
 from dnas.schema import from_dict
 from dnas.search.cost_model import get_cost_model
 from dnas.space.choices import uniform_choices
@@ -33,7 +33,14 @@ from tasks.segmentation.coco import IGNORE, class_map, decode, load_records, rea
 from tasks.segmentation.metrics import confusion, scores
 from tasks.segmentation.synth import render, write_synthetic_seg
 from tasks.segmentation.task import SegmentationTask
-from tasks.segmentation.transforms import PAD_RGB, letterbox, random_scale_crop
+from tasks.segmentation.transforms import (
+    PAD_RGB,
+    letterbox,
+    letterbox_image,
+    random_scale_crop,
+    to_input,
+    unletterbox,
+)
 
 COCO_MINI = DATA / "coco-mini"
 TINY_ARCH = TINY_SPACE.parent / "tiny_arch.yaml"
@@ -631,3 +638,77 @@ def test_an_input_size_the_strides_do_not_divide_is_warned_about(synth_root, tmp
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*do not divide")  # a size they divide
         run("search", seg_experiment(tmp_path / "ok.yaml", synth_root), "--out", tmp_path / "t")
+
+
+# ---------------------------------------------------------------- dnas segment
+
+
+def test_unletterbox_brings_a_class_map_back_onto_its_image():
+    rng = np.random.default_rng(1)
+    _, label, _ = blocky_pair(rng)  # 96x128 blocks of classes 0-3
+    for out_hw in [(64, 64), (96, 96), (160, 128)]:  # shrunk, padded below, enlarged
+        image, scale = letterbox_image(np.zeros((*label.shape, 3), np.uint8), out_hw)
+        _, boxed = letterbox(image, label, out_hw)  # the label as the net saw the image
+        logits = F.one_hot(torch.from_numpy(np.where(boxed == IGNORE, 0, boxed)).long(), 4)
+        back = unletterbox(logits.permute(2, 0, 1).float(), label.shape, scale).argmax(0)
+        agree = (back.numpy() == label).mean()
+        assert back.shape == label.shape and agree > 0.97, (out_hw, agree)  # edges only differ
+
+
+@pytest.fixture(scope="module")
+def seg_weights(synth_root, tmp_path_factory) -> Path:
+    """A tiny segmentation net trained for 2 steps (its train run directory)."""
+    base = tmp_path_factory.mktemp("seg-train")
+    run("train", seg_experiment(base / "exp.yaml", synth_root), "--arch", TINY_ARCH, "--out",
+        base / "train")  # fmt: skip
+    return base / "train"
+
+
+def test_segment_writes_the_class_map_eval_would_predict(synth_root, seg_weights, tmp_path):
+    image = sorted((synth_root / "val").glob("*.jpg"))[0]
+    mask, picture = tmp_path / "m.png", tmp_path / "s.png"
+    out = json.loads(run("segment", image, "--weights", seg_weights, "-o", picture,
+                         "--mask", mask).strip().splitlines()[-1])  # fmt: skip
+    import cv2
+
+    classes = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
+    assert classes.shape == (64, 64) and classes.max() <= 3  # one channel of class ids
+    net = Network(load_space(str(TINY_ARCH)), 4)
+    load_weights(net, seg_weights / "model.pt")
+    rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
+    want = F.interpolate(net.eval()(to_input(rgb)[None]), size=(64, 64), mode="bilinear")
+    assert np.array_equal(classes, want[0].argmax(0).numpy())  # same size: eval's own map
+    counts = np.bincount(classes.ravel(), minlength=4)
+    names = ["background", "ellipse", "rectangle", "triangle"]
+    assert out["classes"] == [
+        {"id": c, "name": names[c], "percent": round(100 * counts[c] / 64**2, 2)}
+        for c in range(4) if counts[c]
+    ]  # fmt: skip
+    drawn = cv2.imread(str(picture))
+    assert drawn.shape[1] == 2 * PANEL_HEIGHT + 8 and drawn.shape[0] >= PANEL_HEIGHT + TITLE_HEIGHT
+    wide = tmp_path / "wide.png"  # a non-square image: the map comes back at its own size
+    cv2.imwrite(str(wide), cv2.resize(cv2.imread(str(image)), (100, 40)))
+    run("segment", wide, "--weights", seg_weights, "-o", tmp_path / "w.png",
+        "--mask", tmp_path / "wm.png", "--input-size", "128x128")  # fmt: skip
+    assert cv2.imread(str(tmp_path / "wm.png"), cv2.IMREAD_UNCHANGED).shape == (40, 100)
+
+
+def test_segment_and_predict_refuse_each_others_weights(synth_root, seg_weights, tmp_path):
+    image = sorted((synth_root / "val").glob("*.jpg"))[0]
+    state = torch.load(seg_weights / "model.pt", weights_only=True)
+    pose = tmp_path / "pose.pt"
+    torch.save(with_info(state, {**state._metadata["dnas"], "task": "pose"}), pose)
+    cases = [
+        (["segment", image, "--weights", pose],
+         "pose weights; dnas segment draws class maps (dnas predict runs pose weights"),
+        (["predict", image, "--weights", seg_weights],
+         "segmentation weights; dnas predict draws pose keypoints (dnas segment runs"),
+        (["segment", image, "--weights", seg_weights, "--mask", tmp_path / "m.jpg"],
+         "expected a .png path"),
+        (["segment", image, "--weights", seg_weights, "-o", tmp_path / "s.txt"],
+         "expected an image path such as out.png"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.output.strip().count("\n") == 0

@@ -77,6 +77,15 @@ def load_weights(net: Network, path: Path) -> None:
                         f"{more}") from None  # fmt: skip
 
 
+def head_outputs_of(path: Path) -> int:
+    """The output channels of the weights at ``path``: those of their last head layer."""
+    state = checkpoint.state_dict_of(checkpoint.load(path), path)
+    head_weights = [v for k, v in state.items() if k.startswith("head.") and k.endswith("weight")]
+    if not head_weights:
+        raise DnasError(f"{path}: no head weights to size the output from")
+    return int(head_weights[-1].shape[0])
+
+
 def resolve(
     weights: Path, arch: str | None, input_size: tuple[int, int] | None, resizable: bool = False
 ) -> tuple[SearchSpace, tuple[int, int], dict[str, Any] | None]:

@@ -110,11 +110,13 @@ def panels(
 
 
 def write_png(path: Path, image_rgb: np.ndarray) -> None:
-    """Write an RGB image as PNG, creating the folder; a failure is a one-line error."""
+    """Write an RGB image (or a one-channel one, as it is) as PNG, creating the folder; a
+    failure is a one-line error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = image_rgb if image_rgb.ndim == 2 else cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     try:
-        written = cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+        written = cv2.imwrite(str(path), pixels)
     except cv2.error:
         raise DnasError(f"{path}: no image format has this file name's extension") from None
     if not written:

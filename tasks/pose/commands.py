@@ -222,6 +222,7 @@ def predict(image: Path, arch: str | None, weights: Path,
     from dnas.cli import guard_output
     from dnas.nn.network import Network
     from dnas.nn.weights import check_fits, load_weights, resolve, weights_file
+    from dnas.task import check_weights_task
     from dnas.vis.images import read_rgb, truncated_jpeg, write_png
     from tasks.pose.draw import draw_pose
     from tasks.pose.inference import predict_batch
@@ -235,8 +236,7 @@ def predict(image: Path, arch: str | None, weights: Path,
     guard_output(output, force)
     weights = weights_file(weights)
     space, (height, width), info = resolve(weights, arch, input_size)
-    if info and info.get("task") not in (None, "pose"):
-        raise DnasError(f"{weights}: {info['task']} weights; dnas predict draws pose keypoints")
+    check_weights_task(info, weights, "pose", "dnas predict draws pose keypoints")
     dataset = dataset or (info or {}).get("outputs", {}).get("dataset", "mpii")
     cls = DATASETS.get(dataset)
     check_fits(info, weights, "outputs", info and info.get("num_outputs"), cls.num_joints(),

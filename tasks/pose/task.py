@@ -65,6 +65,7 @@ class PoseTask(Task):
     preprocess = {"scale": 1 / 255, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
                   "channels": "RGB"}  # fmt: skip
     Options = PoseOptions
+    image_command = "predict"
 
     def __init__(self, options: PoseOptions, input_hw: tuple[int, int], source: str) -> None:
         super().__init__(options, input_hw, source)

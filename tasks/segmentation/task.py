@@ -108,6 +108,7 @@ class SegmentationTask(Task):
     default_space = "mbv2_pose_small"  # the paper's MobileNetV2 backbone space
     preprocess = {"scale": 1 / 255, "mean": MEAN.tolist(), "std": STD.tolist(), "channels": "RGB"}
     Options = SegmentationOptions
+    image_command = "segment"
 
     def __init__(self, options: SegmentationOptions, input_hw: tuple[int, int],
                  source: str) -> None:  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tasks.segmentation.coco import IGNORE
 
@@ -56,6 +57,21 @@ def letterbox(image: np.ndarray, label: np.ndarray,
     """Scaled to fit ``out_hw`` with the aspect ratio kept, top-left, padded (label: ignore)."""
     image, label = resize_pair(image, label, fit_scale(label.shape, out_hw))
     return place(image, label, out_hw, 0, 0)
+
+
+def letterbox_image(image: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """The image alone letterboxed as :func:`letterbox` does (``dnas segment``), and its scale."""
+    scale = fit_scale(image.shape[:2], out_hw)
+    blank = np.zeros(image.shape[:2], np.uint8)
+    return letterbox(image, blank, out_hw)[0], scale
+
+
+def unletterbox(logits: torch.Tensor, hw: tuple[int, int], scale: float) -> torch.Tensor:
+    """(C, H, W) logits at the letterboxed input size -> (C, h, w) at the original image's:
+    the image's part of the canvas (padding cut off), resized bilinearly."""
+    h, w = hw
+    part = logits[:, : max(1, round(h * scale)), : max(1, round(w * scale))]
+    return F.interpolate(part[None], size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
 def random_scale_crop(image: np.ndarray, label: np.ndarray, out_hw: tuple[int, int],
