@@ -20,20 +20,25 @@ from dnas.errors import ConfigError, DnasError
 from dnas.schema import default_problem
 
 PLUGIN_GROUP = "dnas.plugins"
-_loaded = False
+_loaded = False  # every plugin imported
+_builtins_loaded = False  # dnas's own imported (what code registering outside dnas needs first)
 _registries: list[Registry] = []
 _failed: list[str] = []  # "name (error)" of every plugin that did not load
 
 
-def load_plugins() -> None:
-    """Import every plugin module declared under the ``dnas.plugins`` entry-point group (once).
-    A plugin that fails to import is skipped with a warning, and what its failed modules had
-    registered is taken back (:func:`forget_unimported`)."""
-    global _loaded
-    if _loaded:
+def load_plugins(builtin_only: bool = False) -> None:
+    """Import every plugin module declared under the ``dnas.plugins`` entry-point group (once),
+    dnas's own first; ``builtin_only``: those alone. A plugin that fails to import is skipped
+    with a warning, and what its failed modules had registered is taken back
+    (:func:`forget_unimported`)."""
+    global _loaded, _builtins_loaded
+    if _loaded or (builtin_only and _builtins_loaded):
         return
-    _loaded = True
+    _builtins_loaded = True
+    _loaded = not builtin_only
     for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: not is_builtin(ep)):
+        if builtin_only and not is_builtin(ep):
+            continue
         try:
             import_module(ep.value)
         except Exception as exc:  # noqa: BLE001  any failure of third-party code: one broken
@@ -118,7 +123,9 @@ class Registry:
     def register(self, name: str) -> Callable[[Any], Any]:
         def add(obj: Any) -> Any:
             if defining_module(obj).split(".")[0] not in builtin_packages():
-                load_plugins()  # the built-ins first: a script's clash with them is its own
+                # the built-ins first, so that a clash with them is this code's own; the other
+                # plugins wait for a lookup: one importing this module would find it half-made
+                load_plugins(builtin_only=True)
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice: by "
                                  f"{defining_module(self._items[name])} and "

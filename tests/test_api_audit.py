@@ -9,6 +9,7 @@ import dataclasses
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -571,3 +572,43 @@ def test_a_step_checkpoint_never_records_probabilities_that_are_none(tmp_path, s
     for path in saved:
         probs = checkpoint.load(path)["arch_probs"]
         assert all(math.isfinite(p) for values in probs.values() for p in values), path
+
+
+def test_a_plugin_module_imported_directly_lets_its_sibling_entry_point_import_it(
+    tmp_path, monkeypatch
+):
+    """A script imports one module of a third-party plugin: registering there loads dnas's own
+    plugins only; a sibling entry point that imports from the first module waits for the first
+    lookup, when that module is whole (else it would import it half-made and be dropped)."""
+    from importlib.metadata import EntryPoint
+
+    (tmp_path / "sib_first_plugin.py").write_text(
+        "from dnas.registry import COST_MODELS\n"
+        "class First: pass\n"
+        "COST_MODELS.register('sib_first')(First)\n"
+        "SHARED = 'defined after the registration'\n"
+    )  # fmt: skip
+    (tmp_path / "sib_second_plugin.py").write_text(
+        "from dnas.registry import COST_MODELS\n"
+        "from sib_first_plugin import SHARED\n"
+        "class Second: pass\n"
+        "COST_MODELS.register('sib_second')(Second)\n"
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = list(registry.entry_points(group=registry.PLUGIN_GROUP))
+    mine = [EntryPoint(n, f"sib_{n}_plugin", registry.PLUGIN_GROUP) for n in ("first", "second")]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*real, *mine])
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_failed", [])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            import sib_first_plugin  # noqa: F401  the script's own import
+
+            assert COST_MODELS.get("sib_second").__module__ == "sib_second_plugin"
+        assert COST_MODELS.get("sib_first").__module__ == "sib_first_plugin"
+    finally:
+        for name in ("sib_first", "sib_second"):
+            COST_MODELS._items.pop(name, None)
+        for module in ("sib_first_plugin", "sib_second_plugin"):
+            sys.modules.pop(module, None)
