@@ -93,7 +93,7 @@ def segment(image: Path, weights: Path, arch: str | None, input_size: tuple[int,
     from dnas.vis.images import panels, read_rgb, truncated_jpeg, write_png
     from tasks.segmentation.draw import legend, overlay, palette
     from tasks.segmentation.task import upsample
-    from tasks.segmentation.transforms import letterbox_image, to_input, unletterbox
+    from tasks.segmentation.transforms import letterbox_image, to_input, unletterbox_classes
 
     output = output or Path(f"{image.stem}_seg.png")
     if not cv2.haveImageWriter(str(output)):
@@ -120,7 +120,7 @@ def segment(image: Path, weights: Path, arch: str | None, input_size: tuple[int,
     canvas, scale = letterbox_image(picture, size)
     with torch.no_grad():
         logits = upsample(net(to_input(canvas)[None]).float(), size)[0]
-    classes = unletterbox(logits, picture.shape[:2], scale).argmax(0).numpy().astype(np.uint8)
+    classes = unletterbox_classes(logits, picture.shape[:2], scale).numpy().astype(np.uint8)
     colours = palette(outputs)
     found = np.bincount(classes.ravel(), minlength=outputs)
     shown = [(names[c], colours[c]) for c in range(1, outputs) if found[c]]

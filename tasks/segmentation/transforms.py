@@ -66,12 +66,26 @@ def letterbox_image(image: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndar
     return letterbox(image, blank, out_hw)[0], scale
 
 
-def unletterbox(logits: torch.Tensor, hw: tuple[int, int], scale: float) -> torch.Tensor:
-    """(C, H, W) logits at the letterboxed input size -> (C, h, w) at the original image's:
-    the image's part of the canvas (padding cut off), resized bilinearly."""
+def unletterbox_classes(logits: torch.Tensor, hw: tuple[int, int], scale: float,
+                        chunk: int = 8) -> torch.Tensor:  # fmt: skip
+    """(C, H, W) logits at the letterboxed input size -> the (h, w) class map of the original
+    image: its part of the canvas (padding cut off) resized bilinearly, then the argmax. Done
+    ``chunk`` classes at a time, so a photo's full-size logits of 81 classes never fill memory
+    at once (ties go to the lower class, as ``argmax``)."""
     h, w = hw
-    part = logits[:, : max(1, round(h * scale)), : max(1, round(w * scale))]
-    return F.interpolate(part[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    part = logits[None, :, : max(1, round(h * scale)), : max(1, round(w * scale))]
+    best = classes = None
+    for start in range(0, part.shape[1], chunk):
+        up = F.interpolate(part[:, start : start + chunk], size=hw, mode="bilinear",
+                           align_corners=False)[0]  # fmt: skip
+        value, index = up.max(0)
+        if best is None:
+            best, classes = value, index
+        else:
+            better = value > best
+            best = torch.where(better, value, best)
+            classes = torch.where(better, index + start, classes)
+    return classes
 
 
 def random_scale_crop(image: np.ndarray, label: np.ndarray, out_hw: tuple[int, int],
