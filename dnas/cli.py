@@ -273,10 +273,20 @@ def example(*commands: str) -> str:
     return "\b\nExamples:\n" + "\n".join(f"  {c}" for c in commands)
 
 
+DISTRIBUTED = ("search", "train", "eval")  # the commands that run data-parallel under torchrun
+
+
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dnas")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Hardware-aware differentiable architecture search for dense prediction."""
+    command = ctx.invoked_subcommand
+    if command and command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not is_main_process():  # rank 0 says it once; every process exits 1
+            sys.exit(1)
+        raise click.ClickException(f"dnas {command} runs in one process: run it without "
+                                   f"torchrun (under it: {', '.join(DISTRIBUTED)})")  # fmt: skip
 
 
 @cli.command(
@@ -796,7 +806,8 @@ def main() -> None:
             cli.main(prog_name="dnas")
         except Signalled as exc:  # outside a run's steps: its line (not an error), 130 / 143
             exit_on_signals(exc.exit_code)  # a further signal cannot cut this line short
-            click.echo(str(exc), err=True)
+            if is_main_process():  # torchrun signals every process; rank 0 says so
+                click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
     except SystemExit as done:  # how click ends every command
         code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1

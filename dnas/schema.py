@@ -150,6 +150,26 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
+def _union_error(value: Any, errors: list[tuple[Any, ConfigError]], source: str,
+                 path: str) -> typing.NoReturn:  # fmt: skip
+    """The error of a value that no alternative of a union takes: that of the alternative of its
+    own kind when there is one (a list's bad item, named by its index), else what each expects."""
+    mine = [exc for tp, exc in errors if _same_kind(value, tp)]
+    if len(mine) == 1:
+        raise mine[0]
+    wanted = dict.fromkeys(exc.detail.split(", got ")[0].removeprefix("expected ")
+                           for _, exc in errors)  # fmt: skip
+    raise ConfigError(source, path, f"expected {' or '.join(wanted)}, got {_kind(value)}")
+
+
+def _same_kind(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is the container ``tp`` asks for (a list for ``list[str]``)."""
+    origin = typing.get_origin(tp) or tp
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple)
+    return isinstance(value, dict) and (origin is dict or dataclasses.is_dataclass(tp))
+
+
 def check_value(value: Any, tp: Any, source: str, path: str) -> Any:
     """Check (and lightly coerce) one value against a type annotation."""
     origin = typing.get_origin(tp)
@@ -166,8 +186,8 @@ def check_value(value: Any, tp: Any, source: str, path: str) -> Any:
             try:
                 return check_value(value, arg, source, path)
             except ConfigError as exc:
-                errors.append(exc.detail)
-        raise ConfigError(source, path, " or ".join(errors))
+                errors.append((arg, exc))
+        return _union_error(value, errors, source, path)
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list | tuple):

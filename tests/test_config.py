@@ -247,3 +247,21 @@ def test_a_source_key_is_ignored_with_a_warning_and_only_in_a_file(tmp_path):
         assert checked(exp).source == str(path)  # its own round trip is silent
     with pytest.raises(ConfigError, match="source"):
         experiment_from_dict({"task": {"name": "pose", "root": "x"}, "source": "y"}, "api")
+
+
+def test_a_value_no_alternative_of_a_union_takes_is_one_plain_error():
+    """A list of the wrong items is that list's error, naming the item; another kind says what
+    each alternative expects, once (it read 'expected a string, got int 1 or expected a string,
+    got list [1]')."""
+    from dnas.schema import check_value
+
+    cases = [
+        (1, "task.categories: expected a list or a string, got int 1"),
+        ([1], "task.categories[0]: expected a string, got int 1"),
+        ({"a": 1}, "task.categories: expected a list or a string, got dict {'a': 1}"),
+    ]
+    for value, message in cases:
+        with pytest.raises(ConfigError) as info:
+            check_value(value, list[str] | str, "f.yaml", "task.categories")
+        assert str(info.value) == f"f.yaml: {message}"
+    assert check_value(["a"], list[str] | str, "f.yaml", "k") == ["a"]

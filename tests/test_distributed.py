@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +116,50 @@ def test_two_process_random_search_matches_one_process(experiment, tmp_path):
     assert one["choices"] == two["choices"]
 
 
+def cut_after(run_dir: Path, copy: Path, global_step: int) -> Path:
+    """``copy`` of a finished search as if it had stopped after ``global_step``."""
+    shutil.copytree(run_dir, copy)
+    for path in copy.glob("search.*"):
+        path.unlink()
+    for path in (copy / "checkpoints").glob("step-*.pt"):
+        if int(path.stem.removeprefix("step-")) > global_step:
+            path.unlink()
+    return copy
+
+
+def epoch_lines(run_dir: Path) -> list[str]:
+    """log.txt's epoch lines without their time stamps and durations."""
+    lines = (run_dir / "log.txt").read_text().splitlines()
+    texts = [line.split(" ", 1)[1] for line in lines]
+    return [text.rsplit("  (", 1)[0] for text in texts if re.match(r"epoch \d+/\d+  ", text)]
+
+
+def test_a_two_process_search_resumed_mid_epoch_goes_on_exactly(experiment, tmp_path):
+    """Each process draws its own drop-path masks and sums its own losses: a checkpoint holds
+    every process's (rank 0's everywhere replayed rank 0's masks on rank 1 after a resume, and
+    logged rank 0's epoch sums for both)."""
+    args = ["--set", "search.drop_path=0.2", "--set", "checkpoint.every_steps=1",
+            "--set", "checkpoint.keep_last=100"]  # fmt: skip
+    whole = tmp_path / "whole"
+    run(["search", str(experiment), "--out", str(whole), *args], 2)
+    ckpt = checkpoint.load(next((whole / "checkpoints").glob("step-*.pt")))
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
+    masks = [rank["generators"][0] for rank in ckpt["ranks"]]
+    assert not torch.equal(masks[0], masks[1])  # each process's own drop-path generator
+    cut = cut_after(whole, tmp_path / "cut", 5)  # epoch 2, step 2 of 3
+    out = run(["search", str(cut), "--resume", "--quiet"], 2)
+    assert "resumed from" in out and "warning" not in out
+    probs = [json.loads((d / "search.json").read_text())["arch_probs"] for d in (whole, cut)]
+    assert probs[0] == probs[1]  # bit for bit
+    assert (whole / "metrics.jsonl").read_text() == (cut / "metrics.jsonl").read_text()
+    assert len(epoch_lines(whole)) == 3  # the resumed run's log: its first life's, then these
+    assert epoch_lines(whole)[1:] == epoch_lines(cut)[-2:]
+    one = tmp_path / "one"  # saved by one process, resumed by two: said
+    run(["search", str(experiment), "--out", str(one), *args], 1)
+    other = run(["search", str(cut_after(one, tmp_path / "one-cut", 5)), "--resume"], 2)
+    assert "saved by 1 process(es), resumed by 2: the run goes on, not exactly" in other
+
+
 def test_a_signal_to_one_process_stops_every_process_at_the_same_step(experiment, tmp_path):
     """torchrun signals its processes one by one, and a scheduler may signal one alone: every
     process stops after the same step, rank 0 with its checkpoint (one stopping a step early
@@ -168,3 +214,47 @@ def test_only_rank_0_of_a_torchrun_job_prints_the_warnings(rank):
     assert done.returncode == 0, done.stderr
     expected = "warning: input_size 100x100: the strides do not divide it\n" if rank == "0" else ""
     assert done.stderr == expected
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_command_that_runs_in_one_process_is_refused_under_torchrun(rank, monkeypatch):
+    """dnas sweep under torchrun ran a sweep per process, each locked out by the other's."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    done = CliRunner().invoke(cli, ["sweep", "exp.yaml", "-o", "runs/sweep", "--weights", "1"])
+    assert done.exit_code == 1
+    expected = ("Error: dnas sweep runs in one process: run it without torchrun (under it: "
+                "search, train, eval)\n")  # fmt: skip
+    assert done.output == (expected if rank == "0" else "")
+
+
+def test_the_resume_hint_of_a_torchrun_process_is_a_torchrun_command(monkeypatch):
+    from dnas.engine.rundir import command_line
+
+    monkeypatch.setattr(sys, "argv", ["/x/dnas/__main__.py", "search", "e.yaml", "-o", "r"])
+    assert command_line() == "dnas search e.yaml -o r"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert command_line() == "torchrun --nnodes 2 --nproc_per_node 4 -m dnas search e.yaml -o r"
+
+
+STOPS = """
+import signal, click
+import dnas.cli
+from dnas.errors import Signalled
+@click.command()
+def stops():
+    raise Signalled(signal.SIGTERM, "during set-up; the run had not begun")
+dnas.cli.cli = stops
+dnas.cli.main()
+"""
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_signal_during_set_up_is_said_once_under_torchrun(rank):
+    """torchrun signals every process: each stops with 143, rank 0 alone prints the line."""
+    done = subprocess.run([sys.executable, "-c", STOPS], capture_output=True, text=True,
+                          env={**os.environ, "RANK": rank}, timeout=120)  # fmt: skip
+    assert done.returncode == 143
+    expected = "interrupted (SIGTERM) during set-up; the run had not begun\n"
+    assert done.stderr == (expected if rank == "0" else "")

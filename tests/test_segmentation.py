@@ -635,6 +635,11 @@ def test_an_input_size_the_strides_do_not_divide_is_warned_about(synth_root, tmp
                      "divide it, so its layers round their outputs up and the head's 20x16 is "
                      "not the input / its stride; sides that 16 divides keep outputs and labels "
                      "aligned"]  # fmt: skip
+    logged = (tmp_path / "s" / "log.txt").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in logged if "do not divide" in line] == [
+        f"warning: {texts[0]}"
+    ]  # the run's log holds its warnings too, time-stamped as every line
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", line) for line in logged)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*do not divide")  # a size they divide
         run("search", seg_experiment(tmp_path / "ok.yaml", synth_root), "--out", tmp_path / "t")
@@ -716,3 +721,16 @@ def test_segment_and_predict_refuse_each_others_weights(synth_root, seg_weights,
         result = CliRunner().invoke(cli, [str(a) for a in args])
         assert result.exit_code == 1 and message in result.output, result.output
         assert result.output.strip().count("\n") == 0
+
+
+def test_eval_refuses_weights_of_other_classes_of_the_same_count(synth_root, seg_weights, tmp_path):
+    """Same number of classes, another order: scored as they were, every IoU a wrong class's."""
+    exp = seg_experiment(tmp_path / "exp.yaml", synth_root,
+                         task={"categories": ["triangle", "rectangle", "ellipse"]})  # fmt: skip
+    done = CliRunner().invoke(cli, ["eval", str(exp), "--weights", str(seg_weights),
+                                    "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert done.exit_code == 1 and done.output.count("\n") == 1, done.output
+    assert ("these weights were trained with class_names ['background', 'ellipse', 'rectangle', "
+            "'triangle'], not ['background', 'triangle', 'rectangle', 'ellipse'] (evaluate them "
+            "with an experiment of their outputs)") in done.output  # fmt: skip
+    assert not (tmp_path / "eval").exists()

@@ -118,6 +118,15 @@ def signal_over_world(signum: int | None) -> int | None:
     return int(flag.item()) or None
 
 
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every process's ``obj`` in rank order on rank 0, None on the others (``[obj]`` alone)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's value of ``obj`` on every process."""
     if not dist.is_initialized():

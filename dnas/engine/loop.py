@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -89,6 +90,7 @@ class RunContext:
         self.report = report or Reporter()
         self.report.active = self.world.main
         self.lock = RunLock(self.out_dir)
+        self.resources = contextlib.ExitStack()  # what close() gives back besides the lock
         self.created = not self.out_dir.exists()  # a failed set-up leaves no empty directory
         if not resume:  # every rank (it only reads), before a fresh start clears the logs
             refuse_to_replace(self.out_dir, self.outputs, force)
@@ -100,6 +102,7 @@ class RunContext:
                 if not resume:
                     clear_outputs(self.out_dir, self.logs)
                 self.report.attach(self.out_dir / "log.txt")
+                self.resources.enter_context(self.report.warnings_logged())
             seed_everything(exp.seed)
             self.task = build_task(exp)
             device = pick_device(exp.device, exp.source)
@@ -126,6 +129,7 @@ class RunContext:
         """What the run builds after the common set-up (nets, loaders, optimisers)."""
 
     def close(self) -> None:
+        self.resources.close()
         self.lock.release()
 
     def prepare(self, network: nn.Module) -> nn.Module:
@@ -252,6 +256,12 @@ class EpochLoop(RunContext, ABC):
         """The networks that must be identical in every process at the end."""
         return []
 
+    def generators(self) -> list[torch.Generator]:
+        """Generators each process draws from on its own (drop-path masks): checkpointed per
+        process, as the global random states and the epoch's sums are."""
+        found = (getattr(model, "drop_path_generator", None) for model in self.models())
+        return [generator for generator in found if generator is not None]
+
     @abstractmethod
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds besides the position, sums, RNG, scaler and config."""
@@ -279,11 +289,21 @@ class EpochLoop(RunContext, ABC):
             "config_hash": config_hash(self.exp),
         }
 
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between torchrun's processes: each one's sums and random states."""
+        return {"sums": dict(self.sums), "rng": rng_state(),
+                "generators": [g.get_state() for g in self.generators()]}  # fmt: skip
+
     def save(self, *names: str) -> None:
-        """A resume checkpoint, and the same state into each of ``names`` (rank 0 only)."""
+        """A resume checkpoint, and the same state into each of ``names``: written by rank 0,
+        with every process's :meth:`rank_state` (so every process calls it)."""
+        ranks = distributed.gather_to_main(self.rank_state())
         if not self.world.main:
             return
-        saved = self.checkpoints.save(self.checkpoint(), self.position.global_step)
+        state = {**self.checkpoint(), "world_size": self.world.size}
+        if self.world.size > 1:
+            state["ranks"] = ranks
+        saved = self.checkpoints.save(state, self.position.global_step)
         for name in names:
             copy_atomic(saved, self.out_dir / name)
 
@@ -306,12 +326,28 @@ class EpochLoop(RunContext, ABC):
         self.position = Position(*(fields[k] for k in ("epoch", "step", "global_step")))
         if self.position.step:  # mid-epoch: the epoch had begun when the state was saved
             self.begin_epoch(self.position.epoch)
-        self.sums = dict(state.get("sums", {}))
+        mine = self.own_rank_state(state, path)
+        self.sums = dict(mine.get("sums", {}))
         self.load_state(state)
+        for generator, saved in zip(self.generators(), mine.get("generators") or [], strict=False):
+            generator.set_state(saved)
         self.amp.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])  # last: nothing draws between the restore and the loop
+        set_rng_state(mine["rng"])  # last: nothing draws between the restore and the loop
         p = self.position
         self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
+
+    def own_rank_state(self, state: dict[str, Any], path: Path) -> dict[str, Any]:
+        """This process's part of a checkpoint. Resumed by another number of processes than
+        saved it, a run goes on from rank 0's, not as it would have gone: said in one line."""
+        ranks = state.get("ranks") or [{"sums": state.get("sums", {}), "rng": state["rng"]}]
+        saved_by = state.get("world_size", len(ranks))
+        if saved_by != self.world.size:
+            self.report.line(f"warning: {path} was saved by {saved_by} process(es), resumed "
+                             f"by {self.world.size}: the run goes on, not exactly as it would "
+                             "have (each process's share of the batch, drop-path masks and epoch "
+                             "sums differ); resume with its own process count")  # fmt: skip
+            return ranks[0]
+        return ranks[self.world.rank]
 
     def running_stats(self) -> dict[str, float]:
         return {"loss": self.sums.get("train/loss", 0.0) / max(self.position.step, 1)}
@@ -398,7 +434,8 @@ class EpochLoop(RunContext, ABC):
         steps = zip(range(p.step, self.steps), self.batches(epoch, p.step), strict=False)
         desc = f"epoch {epoch + 1}/{self.num_epochs}"
         for _, batch in self.report.steps(steps, self.steps, p.step, desc, self.running_stats):
-            stats = {k: check_finite(v, k, p.global_step) for k, v in self.step(batch).items()}
+            stats = distributed.mean_over_world(self.step(batch))  # the global batch's
+            stats = {k: check_finite(v, k, p.global_step) for k, v in stats.items()}
             for key, value in stats.items():
                 self.sums[key] = self.sums.get(key, 0.0) + value
             p.step, p.global_step = p.step + 1, p.global_step + 1

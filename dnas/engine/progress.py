@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -44,10 +45,28 @@ class Reporter:
         self.log(text)
 
     def log(self, text: str) -> None:
-        """Into the log file only (a line the command prints itself, as its error)."""
+        """Into the log file only (a line the command prints itself, as its error); each line
+        of a text of several gets the time stamp."""
         if self.active and self.log_file is not None:
+            stamp = datetime.now().isoformat(timespec="seconds")
             with open(self.log_file, "a") as fh:
-                fh.write(f"{datetime.now().isoformat(timespec='seconds')} {text}\n")
+                fh.writelines(f"{stamp} {line}\n" for line in text.splitlines() or [""])
+
+    @contextmanager
+    def warnings_logged(self) -> Iterator[None]:
+        """Python warnings raised meanwhile go into ``log.txt`` too, as the console shows them."""
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:  # fmt: skip
+            shown(message, category, filename, lineno, file, line)
+            self.log(f"warning: {message}")
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
 
     def steps(self, items: Iterable[T], total: int, start: int, desc: str,
               status: Callable[[], dict[str, float]] | None = None) -> Iterator[T]:  # fmt: skip

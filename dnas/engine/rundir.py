@@ -25,9 +25,18 @@ COMMON_OUTPUTS = (CHECKPOINTS, "config.yaml")
 
 
 def command_line() -> str:
-    """The command this process runs, as a user would type it (``dnas search ...``)."""
+    """The command this process runs, as a user would type it (``dnas search ...``; under
+    torchrun ``torchrun --nproc_per_node N -m dnas search ...``, the launcher's rendezvous
+    options aside)."""
     args = sys.argv[1:] if Path(sys.argv[0]).name in ("dnas", "__main__.py") else []
-    return shlex.join(["dnas", *args]) if args else shlex.join(sys.argv)
+    if not args:
+        return shlex.join(sys.argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return shlex.join(["dnas", *args])
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = ["--nnodes", str(world // local)] if world > local else []
+    return shlex.join(["torchrun", *nodes, "--nproc_per_node", str(local), "-m", "dnas", *args])
 
 
 def _running(pid: int) -> bool:

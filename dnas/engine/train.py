@@ -36,7 +36,7 @@ from dnas.files import write_text_atomic
 from dnas.nn.network import Network
 from dnas.nn.profile import count_macs, count_params, head_output_shape, op_costs
 from dnas.nn.remap import remap_into
-from dnas.nn.weights import check_fits, load_weights, weights_info, with_info
+from dnas.nn.weights import check_fits, check_outputs, load_weights, weights_info, with_info
 from dnas.space.graph import SearchSpace
 from dnas.task import Metrics, Task, build_space, dataset_of, evaluate
 
@@ -305,6 +305,8 @@ def _evaluate(run: RunContext, arch_ref: str | None, weights: Path, save_vis: in
                " (evaluate them with an experiment of their task)")  # fmt: skip
     check_fits(info, weights, "input size", info and info["input_size"], exp.input_hw,
                f" (evaluate with --set 'input_size=[{show_size(info)}]')")  # fmt: skip
+    check_outputs(info, weights, run.task.output_info(),
+                  " (evaluate them with an experiment of their outputs)")  # fmt: skip
     check_fits(info, weights, "outputs", info and info["num_outputs"], run.task.num_outputs)
     arch_ref = arch_ref or recorded_arch(info, weights, run.out_dir)
     arch, net = build_fixed(exp, arch_ref, run.task)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dnas import checkpoint
-from dnas.errors import DnasError
+from dnas.errors import DnasError, listing
 from dnas.nn.network import Network
 from dnas.nn.profile import check_sizes, head_output_shape
 from dnas.space.graph import SearchSpace, load_space, space_from_dict
@@ -147,6 +147,25 @@ def check_fits(info: dict[str, Any] | None, path: Path, what: str, expected: Any
         return
     raise DnasError(f"{path}: these weights were trained with {what} {show(expected)}, not "
                     f"{show(given)}{hint}")  # fmt: skip
+
+
+def check_outputs(info: dict[str, Any] | None, path: Path, expected: dict[str, Any],
+                  hint: str = "") -> None:  # fmt: skip
+    """A one-line error when what the weights' outputs mean (the task's ``output_info()``: class
+    names, joint set, ...) differs from the task's: same count, other classes, scored wrongly."""
+    recorded = (info or {}).get("outputs") or {}
+    for key in sorted(recorded.keys() & expected.keys()):
+        was, now = recorded[key], expected[key]
+        if list_of(was) != list_of(now):
+            raise DnasError(f"{path}: these weights were trained with {key} {brief(was)}, not "
+                            f"{brief(now)}{hint}")  # fmt: skip
+
+
+def brief(value: Any) -> str:
+    """A value for a one-line message; a long list shortened (81 COCO class names)."""
+    if isinstance(value, tuple | list):
+        return "[" + listing([repr(v) for v in value], 8) + "]"
+    return repr(value)
 
 
 def list_of(value: Any) -> Any:
