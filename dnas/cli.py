@@ -364,9 +364,15 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     arch, rows = derive_checkpoint(path, ckpt, name)
     if warning := incomplete_warning(path, ckpt):
         click.echo(f"warning: {warning}", err=True)
-    write_architecture(arch, output, f"derived by 'dnas derive {run}'", force=True)  # guarded
+    line = derived_line(ckpt)
+    size = (ckpt.get("config") or {}).get("input_size")
+    header = [f"derived by 'dnas derive {run}'", *([line] if line else [])]
+    if isinstance(size, list) and len(size) == 2:  # dnas cost ARCH alone costs it at 256x256
+        hw = f"{size[0]}x{size[1]}"
+        header.append(f"searched at {hw}: 'dnas cost {output} --input-size {hw}' costs it there")
+    write_architecture(arch, output, "\n".join(header), force=True)  # guarded above
     click.echo(format_rows(rows))
-    if line := derived_line(ckpt):
+    if line:
         click.echo(line)
     for warning in (budget_warning(ckpt), undecided_warning(rows), *evidence_warnings(ckpt)):
         if warning:

@@ -104,6 +104,10 @@ def test_option_values_are_checked_where_they_are_given(tmp_path, finished, synt
     )
     one_line_error([*predict, "--min-score", "nan", "-o", str(tmp_path / "p.png")],
                    "Invalid value for '--min-score': expected a finite number")  # fmt: skip
+    one_line_error([*predict, "--dataset", "cocoo", "-o", str(tmp_path / "p.png")],
+                   "Invalid value for '--dataset': unknown pose dataset 'cocoo'")  # fmt: skip
+    one_line_error(["plot", str(tmp_path / "runs" / "search"), "-o", str(tmp_path / "plots")],
+                   "search: no such run directory or file; expected a search or train")  # fmt: skip
     search = str(finished["search"] / "search.pt")
     for command in (["export", "-o", str(tmp_path / "s.onnx")],
                     ["predict", image, "-o", str(tmp_path / "s.png")]):  # fmt: skip

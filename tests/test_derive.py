@@ -95,3 +95,18 @@ def test_checkpoints_needing_code_are_refused(tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(DnasError, match=r"text.pt: not a PyTorch checkpoint"):
         load(tmp_path / "text.pt")
+
+
+def test_the_derived_file_says_the_input_size_it_was_searched_at(tmp_path):
+    """'dnas cost arch.yaml' costs at 256x256: the file names the size its search used."""
+    space = load_space(TINY_SPACE)
+    save_atomic({"kind": "dnas-search", "space": space.to_dict(), "arch_probs": HAND_SET,
+                 "config": {"input_size": [96, 64]}}, tmp_path / "search.pt")  # fmt: skip
+    out = tmp_path / "arch.yaml"
+    assert CliRunner().invoke(cli, ["derive", str(tmp_path), "-o", str(out)]).exit_code == 0
+    header = [line for line in out.read_text().splitlines() if line.startswith("#")]
+    assert header == [
+        f"# derived by 'dnas derive {tmp_path}'",
+        f"# searched at 96x64: 'dnas cost {out} --input-size 96x64' costs it there",
+    ]
+    assert load_space(out).is_fixed

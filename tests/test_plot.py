@@ -309,6 +309,8 @@ def test_cli_draws_the_same_architecture_as_derive(search_run):
     fig = architecture_figure(source.space, arch_probs=source.arch_probs)
     derived = [layer.candidates[0] for stage in arch.stages for layer in stage.layers]
     assert [p.get_label() for p in blocks(fig)] == [op for op in derived if op != "skip"]
+    title = fig.axes[0].get_title()  # the derived net, not the space it came from
+    assert title.startswith(f"{source.space.name}-derived: colour = kernel size"), title
 
 
 def test_a_budget_searchs_plots_box_the_ops_derive_keeps(search_run, tmp_path):

@@ -68,7 +68,7 @@ def test_text_table_and_errors(mpii_valid_h5, tmp_path):
     preds = need(DATA / "mpii-val" / "preds" / "bearpaw-hg_s2_b1.mat")
     out = CliRunner().invoke(cli, ["pose", "pckh", "--gt", str(mpii_valid_h5), "--preds",
                                    str(preds)]).output  # fmt: skip
-    assert "| | 95.84 | 94.57 | 88.12 | 83.31 | 86.26 | 80.88 | 77.47 | 87.30 |" in out
+    assert "| PCKh@0.5 | 95.84 | 94.57 | 88.12 | 83.31 | 86.26 | 80.88 | 77.47 | 87.30 |" in out
     wrong = tmp_path / "wrong.mat"
     scipy.io.savemat(wrong, {"preds": np.zeros((10, 16, 2))})
     result = CliRunner().invoke(cli, ["pose", "pckh", "--gt", str(mpii_valid_h5), "--preds",

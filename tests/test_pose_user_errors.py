@@ -312,3 +312,19 @@ def test_the_truncation_check_walks_the_markers(tmp_path):
             assert truncated_jpeg(path), (name, cut)
     (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     assert not truncated_jpeg(tmp_path / "a.png")  # not a JPEG: the decoder's to judge
+
+
+def test_train_init_names_the_architecture_of_weights_of_another_net(tmp_path):
+    """--init with another net's weights said torch's list of missing keys; they record their
+    net, as eval and predict say."""
+    other = load_space("efficientpose-a")
+    info = {"arch": other.to_dict(), "input_size": [64, 64], "num_outputs": 16, "task": "pose",
+            "preprocess": {}, "outputs": {}}  # fmt: skip
+    weights = tmp_path / "a.pt"
+    save_atomic(with_info(Network(other, 16).state_dict(), info), weights)
+    (tmp_path / "data").mkdir()
+    exp = write_experiment(tmp_path / "exp.yaml", tmp_path / "data")
+    one_line_error(["train", exp, "--arch", TINY_ARCH, "--init", weights, "-o", tmp_path / "out"],
+                   "these weights were trained with architecture 'efficientpose-a', not "
+                   "'tiny-arch' (--init takes weights of the net it trains)")  # fmt: skip
+    assert not (tmp_path / "out").exists()

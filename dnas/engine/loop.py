@@ -334,7 +334,12 @@ class EpochLoop(RunContext, ABC):
         self.amp.scaler.load_state_dict(state["scaler"])
         set_rng_state(mine["rng"])  # last: nothing draws between the restore and the loop
         p = self.position
-        self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
+        if p.epoch >= self.num_epochs:  # nothing left to run: say so, not "epoch N + 1"
+            done = f"{self.num_epochs}/{self.num_epochs}"
+            self.report.line(f"{path}: the run had finished (epoch {done}); its results are "
+                             "made again from this checkpoint")  # fmt: skip
+        else:
+            self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
 
     def own_rank_state(self, state: dict[str, Any], path: Path) -> dict[str, Any]:
         """This process's part of a checkpoint. Resumed by another number of processes than

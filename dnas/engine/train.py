@@ -129,7 +129,13 @@ class TrainRun(EpochLoop):
             info = weights_info(self.init)
             check_fits(info, self.init, "task", info and info.get("task"), exp.task["name"],
                        " (--init takes weights of this task)")  # fmt: skip
-            load_weights(self.net, self.init)
+            try:
+                load_weights(self.net, self.init)
+            except DnasError:  # another net's weights: say whose, not torch's list of keys
+                recorded = info and info["arch"]["name"]
+                check_fits(info, self.init, "architecture", recorded, self.arch.name,
+                           " (--init takes weights of the net it trains)")  # fmt: skip
+                raise
         elif exp.remap_from:
             mapped = remap_into(self.net, Path(exp.remap_from))
             self.report.line(f"remapped {len(mapped)} convolutions from {exp.remap_from}")

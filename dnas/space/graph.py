@@ -18,7 +18,7 @@ from typing import Any
 import networkx as nx
 
 from dnas.errors import ConfigError, DnasError
-from dnas.schema import check_keys, expect_mapping, join, load_yaml
+from dnas.schema import check_keys, expect_mapping, join, load_yaml, parse_yaml
 from dnas.space.ops import (
     MAX_WIDTH,
     out_spatial,
@@ -177,11 +177,17 @@ class SearchSpace:
 
 
 def shipped_names() -> list[str]:
-    """Names of the spaces and architectures shipped in the ``search_spaces`` package."""
+    """Names of the spaces and architectures shipped in the ``search_spaces`` package, as each
+    file's ``name:`` spells it (the name runs, weights and errors show; its file's stem, the
+    same up to ``-`` / ``_``, loads it too)."""
     files = resources.files("search_spaces")
-    return sorted(
-        p.name[:-5].replace("_", "-") for p in files.iterdir() if p.name.endswith(".yaml")
-    )
+    names = []
+    for path in files.iterdir():
+        if path.name.endswith(".yaml"):
+            data = parse_yaml(path.read_text())
+            named = data.get("name") if isinstance(data, dict) else None
+            names.append(named if isinstance(named, str) else path.name[:-5])
+    return sorted(names)
 
 
 def resolve_path(ref: str | Path) -> Path:

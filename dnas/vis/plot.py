@@ -253,7 +253,7 @@ def _fixed(
         )
     picked = choices if choices is not None else most_probable_ops(space, arch_probs or {})
     _check_choices(space, picked)
-    return space.with_choices(picked, space.name)
+    return space.with_choices(picked)  # named "<space>-derived": not the space itself
 
 
 def _check_choices(space: SearchSpace, choices: dict[str, str]) -> None:
@@ -396,6 +396,8 @@ def load_plot_source(ref: str | Path) -> PlotSource:
         return _from_checkpoint(_run_checkpoint(path))
     if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
         return _from_checkpoint(path)
+    if not path.exists() and (len(path.parts) > 1 or path.suffix):  # a path, not a name
+        raise DnasError(f"{ref}: no such run directory or file; expected {_EXPECTED}")
     space = load_space(ref)
     if not space.is_fixed:
         raise DnasError(f"{space.source}: a search space; expected a fixed architecture or a run")

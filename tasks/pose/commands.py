@@ -237,8 +237,14 @@ def predict(image: Path, arch: str | None, weights: Path,
     weights = weights_file(weights)
     space, (height, width), info = resolve(weights, arch, input_size)
     check_weights_task(info, weights, "pose", "dnas predict draws pose keypoints")
+    given = dataset
     dataset = dataset or (info or {}).get("outputs", {}).get("dataset", "mpii")
-    cls = DATASETS.get(dataset)
+    try:
+        cls = DATASETS.get(dataset)
+    except DnasError as exc:
+        if given is None:  # the weights' own: theirs to blame
+            raise
+        raise click.BadParameter(str(exc), param_hint="'--dataset'") from None
     check_fits(info, weights, "outputs", info and info.get("num_outputs"), cls.num_joints(),
                f" (the {dataset} joint set; pass the --dataset they were trained on)")  # fmt: skip
     net = Network(space, cls.num_joints())

@@ -109,8 +109,9 @@ def pckh_table(
 def format_table(
     table: dict[str, float], title: str = "PCKh@0.5", keys: list[str] = TABLE_KEYS
 ) -> str:
-    """A metric table as a one-row Markdown table (the layout of every pose PCK table)."""
-    header = f"| {title} | " + " | ".join(keys) + " |"
+    """A metric table as a one-row Markdown table, the row named by its metric (the layout of
+    every pose PCK table)."""
+    header = "| | " + " | ".join(keys) + " |"
     rule = "|" + "---|" * (len(keys) + 1)
-    row = "| | " + " | ".join(f"{table[k]:.2f}" for k in keys) + " |"
+    row = f"| {title} | " + " | ".join(f"{table[k]:.2f}" for k in keys) + " |"
     return "\n".join([header, rule, row])
