@@ -367,9 +367,10 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
     line = derived_line(ckpt)
     size = (ckpt.get("config") or {}).get("input_size")
     header = [f"derived by 'dnas derive {run}'", *([line] if line else [])]
-    if isinstance(size, list) and len(size) == 2:  # dnas cost ARCH alone costs it at 256x256
-        hw = f"{size[0]}x{size[1]}"
-        header.append(f"searched at {hw}: 'dnas cost {output} --input-size {hw}' costs it there")
+    if isinstance(size, list) and len(size) == 2:  # dnas cost ARCH alone: 256x256, 16 outputs
+        config = path.parent / "config.yaml"
+        header.append(f"searched at {size[0]}x{size[1]}: 'dnas cost {output} --config {config}' "
+                      "costs it as the search did (its input size, head and outputs)")  # fmt: skip
     write_architecture(arch, output, "\n".join(header), force=True)  # guarded above
     click.echo(format_rows(rows))
     if line:

@@ -107,6 +107,7 @@ def test_the_derived_file_says_the_input_size_it_was_searched_at(tmp_path):
     header = [line for line in out.read_text().splitlines() if line.startswith("#")]
     assert header == [
         f"# derived by 'dnas derive {tmp_path}'",
-        f"# searched at 96x64: 'dnas cost {out} --input-size 96x64' costs it there",
+        f"# searched at 96x64: 'dnas cost {out} --config {tmp_path / 'config.yaml'}' costs it "
+        "as the search did (its input size, head and outputs)",
     ]
     assert load_space(out).is_fixed

@@ -258,3 +258,24 @@ def test_a_signal_during_set_up_is_said_once_under_torchrun(rank):
     assert done.returncode == 143
     expected = "interrupted (SIGTERM) during set-up; the run had not begun\n"
     assert done.stderr == (expected if rank == "0" else "")
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_from_rank_0s_state_saying_so():
+    """Checkpoints before 2026-12-07 hold rank 0's state alone and no process count: one
+    process goes on silently, several are told (not that it was saved by one process)."""
+    from types import SimpleNamespace
+
+    from dnas.engine.distributed import World
+    from dnas.engine.loop import EpochLoop
+
+    old = {"sums": {"train/loss": 1.0}, "rng": {"torch": "r0"}}
+    for size, said in ((1, []), (2, ["holds rank 0's random states and sums alone"])):
+        lines: list[str] = []
+        run = SimpleNamespace(world=World(rank=size - 1, size=size),
+                              report=SimpleNamespace(line=lines.append))  # fmt: skip
+        assert EpochLoop.own_rank_state(run, dict(old), Path("step-1.pt"))["rng"] == {"torch": "r0"}
+        assert len(lines) == len(said)
+        assert all(s in line for s, line in zip(said, lines, strict=True))
+    new = {**old, "world_size": 2, "ranks": [{"rng": "r0"}, {"rng": "r1"}]}
+    run = SimpleNamespace(world=World(rank=1, size=2), report=SimpleNamespace(line=print))
+    assert EpochLoop.own_rank_state(run, new, Path("step-1.pt")) == {"rng": "r1"}

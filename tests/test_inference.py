@@ -76,6 +76,12 @@ def test_predict_writes_png_and_prints_keypoints(tmp_path, mpii_samples):
     assert [k["name"] for k in report["keypoints"]][:2] == ["r_ankle", "r_knee"]
     assert len(report["keypoints"]) == 16 and report["box"] == [800, 60, 400, 700]
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
+    photo = cv2.imread(str(mpii_samples / "005808361.jpg"))
+    drawn = cv2.imread(str(out))  # the photo at its size, then the colours' legend below it
+    assert drawn.shape[1] == photo.shape[1] and drawn.shape[0] > photo.shape[0]
+    edge = drawn[60 + 350, 800 - 2 : 800 + 3].astype(int)  # the box's left side, half way down
+    assert (np.abs(edge - 160) < 30).all(axis=1).any()  # drawn in grey
+    assert (drawn[photo.shape[0] :] == 255).mean() > 0.5  # a white strip with the legend
     again = CliRunner().invoke(cli, ["predict", str(mpii_samples / "005808361.jpg"), "--arch",
                                      str(TINY_ARCH), "--weights", str(tmp_path / "w.pt"), "-o",
                                      str(out), "--box", "1,2,0,4"])  # fmt: skip

@@ -435,3 +435,11 @@ def test_sweep_figure_names_the_metric_and_keeps_every_label_inside_the_axes():
     older = sweep_figure([{k: v for k, v in r.items() if k != "metric_label"} for r in rows],
                          "weight")  # fmt: skip
     assert older.axes[0].get_ylabel() == "val Mean"  # sweeps recorded before the label existed
+
+
+def test_a_shipped_name_with_its_yaml_suffix_plots_and_a_missing_run_is_named(tmp_path):
+    from dnas.vis.plot import load_plot_source
+
+    assert load_plot_source("efficientpose-a.yaml").space.name == "efficientpose-a"
+    with pytest.raises(DnasError, match="search: no such run directory or file; expected"):
+        load_plot_source(tmp_path / "runs" / "search")

@@ -648,6 +648,19 @@ def test_an_input_size_the_strides_do_not_divide_is_warned_about(synth_root, tmp
 # ---------------------------------------------------------------- dnas segment
 
 
+def test_unletterbox_puts_each_image_pixel_where_the_letterbox_took_it():
+    """Channel c peaks at canvas column c (logit -(X - c)^2): after the bilinear resize the
+    argmax is the canvas column nearest to where the pixel's centre went, (x + 0.5) s - 0.5
+    (cv2's and align_corners=False's pixel-centre convention); half a pixel off (corners
+    aligned) picks other columns."""
+    canvas = np.arange(160, dtype=np.float32)
+    logits = -((canvas[None, None, :] - np.arange(160)[:, None, None]) ** 2)  # (c, 1, X)
+    logits = torch.from_numpy(np.repeat(logits, 5, axis=1))  # a 5x160 canvas: 2x64 at 2.5x
+    back = unletterbox_classes(logits, (2, 64), 2.5)
+    expected = np.rint(2.5 * np.arange(64) + 0.75)  # (x + 0.5) * 2.5 - 0.5, never a tie
+    assert (back.numpy() == expected[None, :]).all()
+
+
 def test_unletterbox_brings_a_class_map_back_onto_its_image():
     rng = np.random.default_rng(1)
     _, label, _ = blocky_pair(rng)  # 96x128 blocks of classes 0-3

@@ -345,7 +345,13 @@ class EpochLoop(RunContext, ABC):
         """This process's part of a checkpoint. Resumed by another number of processes than
         saved it, a run goes on from rank 0's, not as it would have gone: said in one line."""
         ranks = state.get("ranks") or [{"sums": state.get("sums", {}), "rng": state["rng"]}]
-        saved_by = state.get("world_size", len(ranks))
+        if "world_size" not in state:  # written before 2026-12-07: rank 0's state alone
+            if self.world.size > 1:
+                self.report.line(f"warning: {path} holds rank 0's random states and sums "
+                                 "alone (a checkpoint of an earlier version): every process "
+                                 "goes on from them, not exactly as the run would")  # fmt: skip
+            return ranks[0]
+        saved_by = state["world_size"]
         if saved_by != self.world.size:
             self.report.line(f"warning: {path} was saved by {saved_by} process(es), resumed "
                              f"by {self.world.size}: the run goes on, not exactly as it would "

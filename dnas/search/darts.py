@@ -170,7 +170,11 @@ class DartsStrategy(Strategy):
             "search/mean_entropy": sum(entropy.values()) / max(len(entropy), 1),
             "search/decisiveness": decisiveness(probs),
             "search/lambda": self.objective.lam,
-            "search/mixture_temperature": self.network.temperature,
+            **(
+                {"search/mixture_temperature": self.network.temperature}
+                if self.trains_mixture
+                else {}
+            ),  # a single path has no mixture to anneal
             **({"search/rho": self.objective.rho} if self.objective.rho is not None else {}),
             "lr/weights": lr,
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -121,3 +122,31 @@ def write_png(path: Path, image_rgb: np.ndarray) -> None:
         raise DnasError(f"{path}: no image format has this file name's extension") from None
     if not written:
         raise DnasError(f"{path}: could not write the image")
+
+
+def legend(items: list[tuple[str, Any]], width: int) -> np.ndarray:
+    """A white strip ``width`` px wide naming each (name, RGB colour) beside a swatch of its
+    colour, wrapped onto as many rows as the names need; drawn larger on a wide picture (a
+    photo at full size), so that it reads as it does under a 384 px panel."""
+    zoom = max(1.0, width / 1000)
+    row_h, swatch, pad = round(26 * zoom), round(16 * zoom), round(10 * zoom)
+    font, thick = 0.5 * zoom, max(1, round(zoom))
+    rows: list[list[tuple[str, Any, int]]] = [[]]  # (name, colour, x) per row
+    x = pad
+    for name, colour in items:
+        item_w = swatch + pad + cv2.getTextSize(name, _FONT, font, thick)[0][0] + 2 * pad
+        if rows[-1] and x + item_w > width:
+            rows.append([])
+            x = pad
+        rows[-1].append((name, colour, x))
+        x += item_w
+    strip = np.full((row_h * len(rows) + pad // 2, width, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        top = r * row_h + (row_h - swatch) // 2
+        for name, colour, x in row:
+            corner = (x + swatch, top + swatch)
+            cv2.rectangle(strip, (x, top), corner, tuple(int(c) for c in colour), cv2.FILLED)
+            cv2.rectangle(strip, (x, top), corner, (96, 96, 96), 1)
+            cv2.putText(strip, name, (x + swatch + pad // 2, top + swatch - max(2, swatch // 5)),
+                        _FONT, font, (0, 0, 0), thick, cv2.LINE_AA)  # fmt: skip
+    return strip

@@ -396,7 +396,8 @@ def load_plot_source(ref: str | Path) -> PlotSource:
         return _from_checkpoint(_run_checkpoint(path))
     if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
         return _from_checkpoint(path)
-    if not path.exists() and (len(path.parts) > 1 or path.suffix):  # a path, not a name
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")  # a shipped name may end so too
+    if not path.exists() and not yaml_file and (len(path.parts) > 1 or path.suffix):
         raise DnasError(f"{ref}: no such run directory or file; expected {_EXPECTED}")
     space = load_space(ref)
     if not space.is_fixed:

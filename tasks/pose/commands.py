@@ -223,8 +223,8 @@ def predict(image: Path, arch: str | None, weights: Path,
     from dnas.nn.network import Network
     from dnas.nn.weights import check_fits, load_weights, resolve, weights_file
     from dnas.task import check_weights_task
-    from dnas.vis.images import read_rgb, truncated_jpeg, write_png
-    from tasks.pose.draw import draw_pose
+    from dnas.vis.images import legend, read_rgb, truncated_jpeg, write_png
+    from tasks.pose.draw import LEGEND, draw_box, draw_pose
     from tasks.pose.inference import predict_batch
     from tasks.pose.topdown import DATASETS, box_to_center_scale, to_input
     from tasks.pose.transforms import affine_transform, warp
@@ -266,7 +266,9 @@ def predict(image: Path, arch: str | None, weights: Path,
     preds, scores = predict_batch(net, to_input(crop)[None], center[None], scale[None],
                                   cls.flip_pairs, flip=not no_flip)  # fmt: skip
     shown = scores[0] >= min_score
-    write_png(output, draw_pose(picture, preds[0], shown, cls.joint_names, cls.skeleton))
+    drawn = draw_pose(draw_box(picture, box) if box else picture, preds[0], shown,
+                      cls.joint_names, cls.skeleton)  # fmt: skip
+    write_png(output, np.concatenate([drawn, legend(LEGEND, drawn.shape[1])], axis=0))
     keypoints = [
         {"name": n, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4),
          "drawn": bool(d), "in_image": bool(0 <= x < w and 0 <= y < h)}

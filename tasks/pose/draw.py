@@ -26,3 +26,13 @@ def draw_pose(image: np.ndarray, joints: np.ndarray, visible: np.ndarray, names:
         if visible[k]:
             cv2.circle(out, p, size + 1, _colour(names[k]), -1, cv2.LINE_AA)
     return out
+
+
+def draw_box(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """``image`` with the person box x, y, w, h the crop was centred on, in grey."""
+    x, y, w, h = (int(round(v)) for v in box)
+    size = max(1, round(max(image.shape[:2]) / 320))
+    return cv2.rectangle(image.copy(), (x, y), (x + w, y + h), (160, 160, 160), size, cv2.LINE_AA)
+
+
+LEGEND = [("person's right", RIGHT), ("left", LEFT), ("centre", CENTRE)]

@@ -90,8 +90,8 @@ def segment(image: Path, weights: Path, arch: str | None, input_size: tuple[int,
     from dnas.nn.network import Network
     from dnas.nn.weights import head_outputs_of, load_weights, resize_warning, resolve, weights_file
     from dnas.task import check_weights_task
-    from dnas.vis.images import panels, read_rgb, truncated_jpeg, write_png
-    from tasks.segmentation.draw import legend, overlay, palette
+    from dnas.vis.images import legend, panels, read_rgb, truncated_jpeg, write_png
+    from tasks.segmentation.draw import overlay, palette
     from tasks.segmentation.task import upsample
     from tasks.segmentation.transforms import letterbox_image, to_input, unletterbox_classes
 
