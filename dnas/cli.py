@@ -185,12 +185,13 @@ class FiniteRange(click.FloatRange):
         return number
 
 
-def guard_output(path: Path, force: bool) -> None:
+def guard_output(path: Path, force: bool, option: str = "--out") -> None:
     """Never overwrite a result silently, and say before any work when ``path`` cannot be
-    written at all."""
+    written at all; ``option`` is the one that named it."""
     check_writable(path)  # first: a name too long for the file system fails path.exists()
     if path.exists() and not force:
-        raise DnasError(f"{path} already exists; pass --force to overwrite or choose another --out")
+        raise DnasError(f"{path} already exists; pass --force to overwrite or choose another "
+                        f"{option}")  # fmt: skip
 
 
 def out_opt(dest: str = "out", file: bool = False, required: bool = True,

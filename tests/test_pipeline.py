@@ -265,7 +265,7 @@ def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, real_mpii_root):
                                     "architecture 'efficientpose-a': ")  # fmt: skip
     assert len(result.output.strip().splitlines()) == 1
     # what does not fit follows, not torch's empty header line
-    assert "Missing key(s) in state_dict" in result.output and "more problems" in result.output
+    assert "Missing key(s) in state_dict" in result.output and "more problem" in result.output
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, real_mpii_root, monkeypatch):

@@ -708,6 +708,15 @@ def test_segment_writes_the_class_map_eval_would_predict(synth_root, seg_weights
     ]  # fmt: skip
     drawn = cv2.imread(str(picture))
     assert drawn.shape[1] == 2 * PANEL_HEIGHT + 8 and drawn.shape[0] >= PANEL_HEIGHT + TITLE_HEIGHT
+    strip = tmp_path / "strip.png"  # 640x1: its panels stay within 4x their height, legible
+    cv2.imwrite(str(strip), cv2.resize(cv2.imread(str(image)), (640, 1)))
+    run("segment", strip, "--weights", seg_weights, "-o", tmp_path / "strip_seg.png")
+    drawn = cv2.imread(str(tmp_path / "strip_seg.png"))
+    assert drawn.shape[1] == 2 * 4 * PANEL_HEIGHT + 8 and drawn.shape[0] < PANEL_HEIGHT
+    column = tmp_path / "column.png"  # 1x64: a panel wide enough for its title
+    cv2.imwrite(str(column), cv2.resize(cv2.imread(str(image)), (1, 64)))
+    run("segment", column, "--weights", seg_weights, "-o", tmp_path / "column_seg.png")
+    assert cv2.imread(str(tmp_path / "column_seg.png")).shape[1] >= 2 * 120 + 8
     wide = tmp_path / "wide.png"  # a non-square image: the map comes back at its own size
     cv2.imwrite(str(wide), cv2.resize(cv2.imread(str(image)), (100, 40)))
     run("segment", wide, "--weights", seg_weights, "-o", tmp_path / "w.png",
@@ -720,6 +729,8 @@ def test_segment_and_predict_refuse_each_others_weights(synth_root, seg_weights,
     state = torch.load(seg_weights / "model.pt", weights_only=True)
     pose = tmp_path / "pose.pt"
     torch.save(with_info(state, {**state._metadata["dnas"], "task": "pose"}), pose)
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"an earlier class map")
     cases = [
         (["segment", image, "--weights", pose],
          "pose weights; dnas segment draws class maps (dnas predict runs pose weights"),
@@ -729,6 +740,10 @@ def test_segment_and_predict_refuse_each_others_weights(synth_root, seg_weights,
          "expected a .png path"),
         (["segment", image, "--weights", seg_weights, "-o", tmp_path / "s.txt"],
          "expected an image path such as out.png"),
+        (["segment", image, "--weights", seg_weights, "-o", tmp_path / "same.png", "--mask",
+          tmp_path / "same.png"], "'--mask': '"),  # the class map would replace the picture
+        (["segment", image, "--weights", seg_weights, "-o", tmp_path / "new.png", "--mask",
+          taken], "taken.png already exists; pass --force to overwrite or choose another --mask"),
     ]  # fmt: skip
     for args, message in cases:
         result = CliRunner().invoke(cli, [str(a) for a in args])

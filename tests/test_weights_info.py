@@ -161,3 +161,28 @@ def test_predict_warns_on_a_truncated_jpeg_and_a_tiny_person(trained, tmp_path):
     tiny = tmp_path / "tiny.png"
     cv2.imwrite(str(tiny), np.full((1, 1, 3), 128, np.uint8))
     assert "the person is 1x1 px" in predict(tiny)[0]
+
+
+def test_weights_whose_head_alone_differs_say_so(tmp_path):
+    """A net trained with an experiment's own head (fpn_lite, other outputs) loaded into the
+    shipped architecture: the one line says the head differs, not only torch's first key."""
+    from dnas.checkpoint import save_atomic
+    from dnas.errors import DnasError
+    from dnas.nn.weights import load_weights
+
+    space = load_space("efficientpose-a")
+    save_atomic(Network(space, 4).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(DnasError) as info:
+        load_weights(Network(space, 16), tmp_path / "w.pt")
+    message = str(info.value)
+    assert "size mismatch for head." in message and "; 1 more problem;" in message
+    assert message.endswith(
+        "only the head differs: they were trained with another head (an experiment's head: "
+        "section); use the architecture they were trained as, e.g. the run's arch.yaml or none "
+        "(the one they record)"
+    )
+    save_atomic({k: v for k, v in Network(space, 16).state_dict().items()
+                 if not k.startswith("blocks.stem")}, tmp_path / "v.pt")  # fmt: skip
+    with pytest.raises(DnasError, match="Missing key") as info:
+        load_weights(Network(space, 16), tmp_path / "v.pt")
+    assert "only the head" not in str(info.value)

@@ -8,6 +8,7 @@ values."""
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,13 @@ def load_weights(net: Network, path: Path) -> None:
         detail = problems[0] if problems else str(exc).strip()
         if len(detail) > 400:
             detail = detail[:400] + " ..."
-        more = f"; {len(problems) - 1} more problems" if len(problems) > 1 else ""
+        left = len(problems) - 1
+        more = f"; {left} more problem{'s' * (left > 1)}" if left > 0 else ""
+        keys = re.findall(r'"([^"]+)"|size mismatch for ([^:]+):', str(exc))
+        if keys and all((a or b).startswith("head.") for a, b in keys):
+            more += ("; only the head differs: they were trained with another head (an "
+                     "experiment's head: section); use the architecture they were trained as, "
+                     "e.g. the run's arch.yaml or none (the one they record)")  # fmt: skip
         raise DnasError(f"{path}: weights do not fit architecture {net.space.name!r}: {detail}"
                         f"{more}") from None  # fmt: skip
 

@@ -15,6 +15,8 @@ from dnas.errors import DnasError
 
 PANEL_HEIGHT = 384  # px: a 128 px synthetic crop is drawn 3x, a 720 px photo is shrunk
 TITLE_HEIGHT = 28  # px of white band above each panel for its title
+MAX_ASPECT = 4  # a panel is at most this many times as wide as PANEL_HEIGHT
+MIN_PANEL_WIDTH = 120  # px: a 1-pixel-wide image's panel still has room for its title
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -70,15 +72,24 @@ _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # not a stuffed byte, not a
 
 
 def resized(image: np.ndarray, height: int = PANEL_HEIGHT) -> tuple[np.ndarray, float]:
-    """``image`` scaled to ``height`` px (aspect kept) and the factor applied to its coordinates.
+    """``image`` scaled to ``height`` px (aspect kept; a strip wider than ``MAX_ASPECT`` times
+    that, to that width instead) and the factor applied to its coordinates.
 
     Enlarging is nearest-neighbour, so label maps and small crops stay crisp."""
-    factor = height / image.shape[0]
+    h, w = image.shape[:2]
+    factor = min(height / h, MAX_ASPECT * height / w)  # a 640x1 strip: not 245,760 px wide
     if factor == 1.0:
         return image, 1.0
-    width = max(1, round(image.shape[1] * factor))
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
     interpolation = cv2.INTER_NEAREST if factor > 1 else cv2.INTER_AREA
-    return cv2.resize(image, (width, height), interpolation=interpolation), factor
+    return cv2.resize(image, size, interpolation=interpolation), factor
+
+
+def framed(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` at the top left of a white ``height`` x ``width`` canvas (at least its size)."""
+    out = np.full((max(height, image.shape[0]), max(width, image.shape[1]), 3), 255, np.uint8)
+    out[: image.shape[0], : image.shape[1]] = image
+    return out
 
 
 def titled(image: np.ndarray, title: str) -> np.ndarray:
@@ -101,10 +112,10 @@ def panels(
     """RGB images left to right, each scaled to ``height`` px under its title, white gaps."""
     if len(titles) != len(images):
         raise ValueError(f"{len(images)} panels but {len(titles)} titles")
-    shown = [
-        titled(resized(image, height)[0], title)
-        for image, title in zip(images, titles, strict=True)
-    ]
+    scaled = [resized(image, height)[0] for image in images]
+    tallest = max(image.shape[0] for image in scaled)  # a strip capped in width is lower
+    shown = [titled(framed(image, tallest, MIN_PANEL_WIDTH), title)
+             for image, title in zip(scaled, titles, strict=True)]  # fmt: skip
     spacer = np.full((shown[0].shape[0], gap, 3), 255, np.uint8)
     parts = [p for image in shown for p in (image, spacer)][:-1]
     return np.concatenate(parts, axis=1)
@@ -128,7 +139,7 @@ def legend(items: list[tuple[str, Any]], width: int) -> np.ndarray:
     """A white strip ``width`` px wide naming each (name, RGB colour) beside a swatch of its
     colour, wrapped onto as many rows as the names need; drawn larger on a wide picture (a
     photo at full size), so that it reads as it does under a 384 px panel."""
-    zoom = max(1.0, width / 1000)
+    zoom = min(max(1.0, width / 1000), 4.0)  # a 12,000 px photo: 4x, legible, not absurd
     row_h, swatch, pad = round(26 * zoom), round(16 * zoom), round(10 * zoom)
     font, thick = 0.5 * zoom, max(1, round(zoom))
     rows: list[list[tuple[str, Any, int]]] = [[]]  # (name, colour, x) per row

@@ -99,9 +99,12 @@ def segment(image: Path, weights: Path, arch: str | None, input_size: tuple[int,
     if not cv2.haveImageWriter(str(output)):
         raise click.BadParameter(f"expected an image path such as out.png, got '{output}'",
                                  param_hint="'-o' / '--out'")  # fmt: skip
-    for path in (output, mask):
-        if path is not None:
-            guard_output(path, force)
+    if mask is not None and mask.resolve() == output.resolve():
+        raise click.BadParameter(f"'{mask}' is the picture's file too (-o); give the class map "
+                                 "a name of its own", param_hint="'--mask'")  # fmt: skip
+    guard_output(output, force)
+    if mask is not None:
+        guard_output(mask, force, "--mask")
     weights = weights_file(weights)
     space, size, info = resolve(weights, arch, input_size, resizable=True)
     check_weights_task(info, weights, "segmentation", "dnas segment draws class maps")
