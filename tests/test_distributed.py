@@ -279,3 +279,24 @@ def test_a_checkpoint_of_an_earlier_version_resumes_from_rank_0s_state_saying_so
     new = {**old, "world_size": 2, "ranks": [{"rng": "r0"}, {"rng": "r1"}]}
     run = SimpleNamespace(world=World(rank=1, size=2), report=SimpleNamespace(line=print))
     assert EpochLoop.own_rank_state(run, new, Path("step-1.pt")) == {"rng": "r1"}
+
+
+def test_a_signal_that_arrives_during_the_agreement_is_kept_for_the_next(monkeypatch):
+    """The handler can run inside the all-reduce that agrees on a stop: the other processes
+    agreed on none, so this one goes on with them, but keeps the signal for the next step
+    (the agreed None was assigned over it, and the run never stopped: a torchrun test hung)."""
+    from types import SimpleNamespace
+
+    from dnas.engine import distributed
+    from dnas.engine.loop import EpochLoop
+
+    run = SimpleNamespace(interrupted=None)
+
+    def during(signum: int | None) -> int | None:
+        run.interrupted = signal.SIGTERM  # the handler, mid-collective
+        return signum  # what every process had before it: none
+
+    monkeypatch.setattr(distributed, "signal_over_world", during)
+    assert EpochLoop.signalled_everywhere(run) is False and run.interrupted == signal.SIGTERM
+    monkeypatch.setattr(distributed, "signal_over_world", lambda signum: signum)
+    assert EpochLoop.signalled_everywhere(run) is True and run.interrupted == signal.SIGTERM

@@ -416,12 +416,23 @@ class EpochLoop(RunContext, ABC):
                 writer.add_scalar(key, value, epoch + 1)
             self.write_pictures(writer, epoch + 1)
         self.save(*self.files_after_epoch())
-        self.interrupted = distributed.signal_over_world(self.interrupted)
+        stopping = self.signalled_everywhere()
         seconds = time.perf_counter() - started
         eta = eta_text(epoch + 1, self.num_epochs, seconds)
         self.report.line(f"epoch {epoch + 1}/{self.num_epochs}  {self.epoch_line(stats)}  "
                          f"({seconds:.0f} s, {eta})")  # fmt: skip
-        self.stop_if_interrupted()
+        if stopping:
+            self.stop_if_interrupted()
+
+    def signalled_everywhere(self) -> bool:
+        """Whether any process has been signalled, agreed by all of them (a collective), so
+        that all stop after the same step. A signal that arrives during the agreement stays
+        recorded for the next one: assigning the agreed value over it lost it (and the run
+        went on), acting on it alone would stop one process and leave the others waiting."""
+        agreed = distributed.signal_over_world(self.interrupted)
+        if agreed is not None:
+            self.interrupted = agreed
+        return agreed is not None
 
     def stop_if_interrupted(self) -> None:
         """After a signal: checkpoint where the run is, say how to go on, and stop."""
@@ -454,6 +465,5 @@ class EpochLoop(RunContext, ABC):
                 self.steps_log.write(epoch + 1, p.step, p.global_step, stats)
             if every and p.global_step % every == 0 and p.step < self.steps:
                 self.save()
-            self.interrupted = distributed.signal_over_world(self.interrupted)
-            if self.interrupted is not None and p.step < self.steps:
+            if self.signalled_everywhere() and p.step < self.steps:
                 self.stop_if_interrupted()
