@@ -206,11 +206,17 @@ dnas.cli.main()
 """
 
 
+def as_rank(script: str, rank: str) -> subprocess.CompletedProcess:
+    """``script`` (a stand-in command run through ``dnas.cli.main``) as torchrun's process
+    ``rank`` runs it."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "RANK": rank}, timeout=120)  # fmt: skip
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_only_rank_0_of_a_torchrun_job_prints_the_warnings(rank):
     """Every rank reads the same config and would repeat its warnings: rank 0 alone says them."""
-    done = subprocess.run([sys.executable, "-c", WARNS], capture_output=True, text=True,
-                          env={**os.environ, "RANK": rank}, timeout=120)  # fmt: skip
+    done = as_rank(WARNS, rank)
     assert done.returncode == 0, done.stderr
     expected = "warning: input_size 100x100: the strides do not divide it\n" if rank == "0" else ""
     assert done.stderr == expected
@@ -253,8 +259,7 @@ dnas.cli.main()
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_a_signal_during_set_up_is_said_once_under_torchrun(rank):
     """torchrun signals every process: each stops with 143, rank 0 alone prints the line."""
-    done = subprocess.run([sys.executable, "-c", STOPS], capture_output=True, text=True,
-                          env={**os.environ, "RANK": rank}, timeout=120)  # fmt: skip
+    done = as_rank(STOPS, rank)
     assert done.returncode == 143
     expected = "interrupted (SIGTERM) during set-up; the run had not begun\n"
     assert done.stderr == (expected if rank == "0" else "")

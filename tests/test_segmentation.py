@@ -762,3 +762,17 @@ def test_eval_refuses_weights_of_other_classes_of_the_same_count(synth_root, seg
             "'triangle'], not ['background', 'triangle', 'rectangle', 'ellipse'] (evaluate them "
             "with an experiment of their outputs)") in done.output  # fmt: skip
     assert not (tmp_path / "eval").exists()
+
+
+def test_more_categories_than_a_class_map_holds_are_refused():
+    """LVIS' 1203 categories as 'all': ids past 254 wrapped in the uint8 maps (class 255 read as
+    ignore, 256 as background), training and scoring the wrong classes without a word."""
+    from tasks.segmentation.coco import MAX_CLASSES, select_categories
+
+    many = [{"id": i, "name": f"c{i}"} for i in range(1, 301)]
+    assert len(select_categories(many[:MAX_CLASSES], "all", "exp.yaml", Path("a.json"))) == 254
+    with pytest.raises(ConfigError, match=r"task.categories: 'all' is 300 categories of a.json; "
+                                          r"a class map holds at most 254"):  # fmt: skip
+        select_categories(many, "all", "exp.yaml", Path("a.json"))
+    with pytest.raises(ConfigError, match=r"task.categories: 255 categories; a class map holds"):
+        select_categories(many, [c["name"] for c in many[:255]], "exp.yaml", Path("a.json"))

@@ -297,11 +297,11 @@ class EpochLoop(RunContext, ABC):
     def save(self, *names: str) -> None:
         """A resume checkpoint, and the same state into each of ``names``: written by rank 0,
         with every process's :meth:`rank_state` (so every process calls it)."""
-        ranks = distributed.gather_to_main(self.rank_state())
+        ranks = distributed.gather_to_main(self.rank_state()) if self.world.distributed else None
         if not self.world.main:
             return
         state = {**self.checkpoint(), "world_size": self.world.size}
-        if self.world.size > 1:
+        if ranks is not None:  # one process: its own sums and random states are the top-level
             state["ranks"] = ranks
         saved = self.checkpoints.save(state, self.position.global_step)
         for name in names:

@@ -109,7 +109,8 @@ def titled(image: np.ndarray, title: str) -> np.ndarray:
 def panels(
     images: list[np.ndarray], titles: list[str], height: int = PANEL_HEIGHT, gap: int = 8
 ) -> np.ndarray:
-    """RGB images left to right, each scaled to ``height`` px under its title, white gaps."""
+    """RGB images left to right, each scaled to ``height`` px (a strip to ``MAX_ASPECT`` times
+    that in width, a thin one framed to ``MIN_PANEL_WIDTH``) under its title, white gaps."""
     if len(titles) != len(images):
         raise ValueError(f"{len(images)} panels but {len(titles)} titles")
     scaled = [resized(image, height)[0] for image in images]

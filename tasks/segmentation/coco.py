@@ -21,6 +21,7 @@ from dnas.errors import ConfigError, DnasError
 from dnas.schema import is_finite_number, is_integer, read_json, repeated_id
 
 IGNORE = 255
+MAX_CLASSES = IGNORE - 1  # categories a uint8 class map holds besides background and ignore
 BACKGROUND = "background"
 
 
@@ -155,8 +156,15 @@ def select_categories(
     a list of one)."""
     by_id = sorted(categories, key=lambda c: c["id"])
     if wanted == "all":
+        if len(by_id) > MAX_CLASSES:  # LVIS' 1203: ids past 254 would wrap in the uint8 maps
+            raise ConfigError(source, "task.categories", f"'all' is {len(by_id)} categories of "
+                              f"{ann_path}; a class map holds at most {MAX_CLASSES} (uint8, "
+                              f"{IGNORE} = ignore): list the ones to segment")  # fmt: skip
         return by_id
     wanted = [wanted] if isinstance(wanted, str) else wanted
+    if len(wanted) > MAX_CLASSES:
+        raise ConfigError(source, "task.categories", f"{len(wanted)} categories; a class map "
+                          f"holds at most {MAX_CLASSES} (uint8, {IGNORE} = ignore)")  # fmt: skip
     by_name = {c["name"]: c for c in by_id}
     if not wanted or len(set(wanted)) != len(wanted):
         raise ConfigError(source, "task.categories", f"expected distinct names, got {wanted}")
