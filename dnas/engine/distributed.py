@@ -19,6 +19,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# Imported before any process group exists: torch.distributed.nn binds ``group.WORLD`` as its
+# functions' default argument when first imported. Imported later (torch._dynamo imports it,
+# e.g. on a meta-device forward), it keeps the group alive past destroy_process_group, and
+# gloo's threads are then torn down by the interpreter's exit: a SIGABRT ("terminate called
+# without an active exception"). Builds without distributed support lack it and need no care.
+if dist.is_available():
+    import torch.distributed.nn  # noqa: F401
+
 from dnas.errors import DnasError
 
 
