@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -334,3 +335,48 @@ def test_the_process_group_and_its_threads_are_gone_after_shutdown(tmp_path):
     for rank in (0, 1):
         threads = (tmp_path / f"rank{rank}.txt").read_text().split()
         assert threads and not any("gloo" in name for name in threads), threads
+
+
+def test_a_process_that_finds_another_checkpoint_than_rank_0_stops_every_process(monkeypatch):
+    """A node that does not see the run directory would start afresh while rank 0 resumes,
+    and the two would wait on each other's collectives; every process stops, naming both."""
+    from types import SimpleNamespace
+
+    from dnas.engine import distributed
+    from dnas.engine.loop import EpochLoop
+    from dnas.errors import DnasError
+
+    run = SimpleNamespace(checkpoints=SimpleNamespace(directory=Path("runs/s/checkpoints")))
+    found = ({}, Path("runs/s/checkpoints/search-3.pt"))
+    monkeypatch.setattr(distributed, "all_gather_object", lambda mine: [mine, mine])
+    EpochLoop.check_same_checkpoint(run, found)  # the same everywhere: goes on
+    monkeypatch.setattr(distributed, "all_gather_object", lambda mine: [mine, None])
+    said = r"rank 1 resumes from no checkpoint, rank 0 from runs/s/checkpoints/search-3.pt; "
+    with pytest.raises(DnasError, match=said + ".*shared storage"):
+        EpochLoop.check_same_checkpoint(run, found)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_of_one_process_search_as_one_node_of_two(experiment, tmp_path):
+    """Two torchrun launchers (--nnodes 2, one process each; node 1's process has rank 1 and
+    local rank 0) run the search of one launcher with two processes, bit for bit; only rank 0
+    writes and prints."""
+    run(["search", str(experiment), "--out", str(tmp_path / "one-node")], 2)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--master_addr=127.0.0.1", f"--master_port={free_port()}"]  # fmt: skip
+    command = ["-m", "dnas", "search", str(experiment), "--out", str(tmp_path / "two-nodes")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = [subprocess.Popen([*launcher, f"--node_rank={n}", *command], text=True, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for n in (0, 1)]  # fmt: skip
+    outputs = [node.communicate(timeout=600) for node in launched]
+    assert [node.returncode for node in launched] == [0, 0], outputs[0][1][-2000:]
+    assert "2 processes" in outputs[0][0] and outputs[1][0] == ""
+    one, two = (json.loads((tmp_path / d / "search.json").read_text())["arch_probs"]
+                for d in ("one-node", "two-nodes"))  # fmt: skip
+    assert one == two

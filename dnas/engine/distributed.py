@@ -135,6 +135,15 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     return gathered
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process's ``obj`` in rank order, on every process (``[obj]`` alone)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's value of ``obj`` on every process."""
     if not dist.is_initialized():

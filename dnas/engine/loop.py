@@ -311,6 +311,8 @@ class EpochLoop(RunContext, ABC):
         """Continue from the newest readable checkpoint (with ``resume``; afresh, saying so,
         when there is none), or begin afresh: write ``config.yaml``."""
         found = self.checkpoints.latest(self.kind) if self.resume else None
+        if self.resume:
+            self.check_same_checkpoint(found)
         if found is None:
             if self.resume:
                 refuse_to_replace(self.out_dir, self.outputs, self.force, resuming=self.name)
@@ -340,6 +342,20 @@ class EpochLoop(RunContext, ABC):
                              "made again from this checkpoint")  # fmt: skip
         else:
             self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
+
+    def check_same_checkpoint(self, found: tuple[dict, Path] | None) -> None:
+        """Every process resumes from the checkpoint rank 0 resumes from: one that finds
+        another (or none: a node that does not see the run directory) would run other steps
+        than the rest and leave them waiting in a collective."""
+        mine = str(found[1]) if found else None
+        seen = distributed.all_gather_object(mine)
+        others = [rank for rank, path in enumerate(seen) if path != seen[0]]
+        if others:
+            rank = others[0]
+            raise DnasError(f"{self.checkpoints.directory}: rank {rank} resumes from "
+                            f"{seen[rank] or 'no checkpoint'}, rank 0 from "
+                            f"{seen[0] or 'no checkpoint'}; under torchrun every node must "
+                            "read the run directory rank 0 writes (shared storage)")  # fmt: skip
 
     def own_rank_state(self, state: dict[str, Any], path: Path) -> dict[str, Any]:
         """This process's part of a checkpoint. Resumed by another number of processes than
