@@ -47,16 +47,17 @@ class DnasGroup(click.Group):
             raise one_line(exc, ctx) from None
         except OSError as exc:  # a path that the checks before the work could not foresee
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+            raise UserError(f"{where}{exc.strerror or exc}") from None
         except (DnasError, RuntimeError) as exc:
             message = from_worker(exc)  # a data error inside a loader worker
             if message is None and not isinstance(exc, DnasError):
                 raise
             if isinstance(exc, Interrupted):  # asked for: its line, exit 130 / 143, no "Error:"
                 raise Stopped(str(exc), exc.exit_code) from None
+            agreed = isinstance(exc, DnasError) and exc.agreed
             if isinstance(exc, ConfigError):  # a check after loading, of a value --set gave
                 exc = blamed_on_set(exc, ctx.meta)
-            raise click.ClickException(message or str(exc)) from None
+            raise UserError(message or str(exc), agreed) from None
 
 
 def blamed_on_set(exc: ConfigError, meta: dict) -> ConfigError:
@@ -71,6 +72,33 @@ def blamed_on_set(exc: ConfigError, meta: dict) -> ConfigError:
     # a run directory's own config, or the copy in a search run's checkpoint (dnas rank)
     sources = {str(config), *(str(Path(config) / name) for name in ("config.yaml", "search.pt"))}
     return blamed(exc, sources, meta.get(SET_META, ()))
+
+
+class UserError(click.ClickException):
+    """A user mistake's one line, exit 1. Under torchrun, one that every process meets alike
+    (before the process group exists: the same arguments and files; or ``agreed``) is said by
+    the first process of each node; any other may be one process's own, and each says it."""
+
+    def __init__(self, message: str, agreed: bool = False) -> None:
+        super().__init__(message)
+        self.alike = agreed or not joined_world()
+
+    def show(self, file: Any = None) -> None:
+        if not self.alike or int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            super().show(file)
+
+
+def joined_world() -> bool:
+    """Whether this process has joined a torchrun process group (its module loaded: the CLI
+    imports torch only where a command needs it)."""
+    distributed = sys.modules.get("dnas.engine.distributed")
+    return distributed is not None and distributed.dist.is_initialized()
+
+
+def leave_world(succeeded: bool) -> None:
+    """Leave the process group, if this process joined one (see ``shutdown``)."""
+    if joined_world():
+        sys.modules["dnas.engine.distributed"].shutdown(together=succeeded)
 
 
 class Stopped(click.ClickException):
@@ -89,7 +117,7 @@ class Stopped(click.ClickException):
 def one_line(exc: click.UsageError, ctx: click.Context) -> click.ClickException:
     """A usage error as one line (exit 1) that points at the command's help."""
     where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-    return click.ClickException(f"{exc.format_message()} (see '{where} --help')")
+    return UserError(f"{exc.format_message()} (see '{where} --help')")
 
 
 class RootGroup(DnasGroup):
@@ -284,10 +312,8 @@ def cli(ctx: click.Context) -> None:
     """Hardware-aware differentiable architecture search for dense prediction."""
     command = ctx.invoked_subcommand
     if command and command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if not is_main_process():  # rank 0 says it once; every process exits 1
-            sys.exit(1)
-        raise click.ClickException(f"dnas {command} runs in one process: run it without "
-                                   f"torchrun (under it: {', '.join(DISTRIBUTED)})")  # fmt: skip
+        raise UserError(f"dnas {command} runs in one process: run it without torchrun "
+                        f"(under it: {', '.join(DISTRIBUTED)})")  # fmt: skip
 
 
 @cli.command(
@@ -822,6 +848,7 @@ def main() -> None:
         raise
     finally:  # from here on a signal ends the process with the command's own status
         exit_on_signals(code)
+        leave_world(succeeded=code == 0)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import signal
 class DnasError(Exception):
     """A mistake in the user's input (file, key, value) rather than a bug in dnas."""
 
+    agreed = False  # raised by every torchrun process together (see AgreedError)
+
 
 class ConfigError(DnasError):
     """A config/YAML value is missing or wrong; the message names the file and the key path."""
@@ -16,6 +18,13 @@ class ConfigError(DnasError):
         self.source, self.key, self.detail = source, key, message
         where = ": ".join(part for part in (source, key) if part)  # no file: an option alone
         super().__init__(f"{where}: {message}")
+
+
+class AgreedError(DnasError):
+    """Errors that torchrun processes met apart, raised by every process together as one
+    line saying which process met what (:func:`dnas.engine.distributed.failing_together`)."""
+
+    agreed = True
 
 
 class Interrupted(DnasError):

@@ -23,7 +23,7 @@ from conftest import write_experiment
 from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import load_experiment
-from dnas.engine.rundir import LOCK
+from dnas.engine.rundir import LOCK, RunLock
 from dnas.engine.runtime import seed_everything
 from dnas.engine.train import build_fixed
 from dnas.task import build_task
@@ -223,16 +223,19 @@ def test_only_rank_0_of_a_torchrun_job_prints_the_warnings(rank):
     assert done.stderr == expected
 
 
-@pytest.mark.parametrize("rank", ["0", "1"])
-def test_a_command_that_runs_in_one_process_is_refused_under_torchrun(rank, monkeypatch):
-    """dnas sweep under torchrun ran a sweep per process, each locked out by the other's."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
+@pytest.mark.parametrize(("rank", "local_rank"), [("0", "0"), ("1", "1"), ("2", "0")])
+def test_a_command_that_runs_in_one_process_is_refused_under_torchrun(rank, local_rank,
+                                                                       monkeypatch):  # fmt: skip
+    """dnas sweep under torchrun ran a sweep per process, each locked out by the other's. The
+    first process of each node says so (a node's console shows its own processes' lines)."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
     done = CliRunner().invoke(cli, ["sweep", "exp.yaml", "-o", "runs/sweep", "--weights", "1"])
     assert done.exit_code == 1
     expected = ("Error: dnas sweep runs in one process: run it without torchrun (under it: "
                 "search, train, eval)\n")  # fmt: skip
-    assert done.output == (expected if rank == "0" else "")
+    assert done.output == (expected if local_rank == "0" else "")
 
 
 def test_the_resume_hint_of_a_torchrun_process_is_a_torchrun_command(monkeypatch):
@@ -380,3 +383,65 @@ def test_two_nodes_of_one_process_search_as_one_node_of_two(experiment, tmp_path
     one, two = (json.loads((tmp_path / d / "search.json").read_text())["arch_probs"]
                 for d in ("one-node", "two-nodes"))  # fmt: skip
     assert one == two
+
+
+def torchrun_fails(args: list[str]) -> str:
+    """``dnas ARGS`` under torchrun with 2 processes, which must fail (within a minute, not
+    wait for ever); its stderr."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "dnas"]  # fmt: skip
+    done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    return done.stderr
+
+
+def test_a_locked_run_directory_stops_every_process_of_a_torchrun_run(experiment, tmp_path):
+    """Rank 0 alone takes the lock: the others went on into set-up's first collective while
+    rank 0 waited for them at its exit, for ever."""
+    out = tmp_path / "locked"
+    out.mkdir()
+    lock = RunLock(out)
+    lock.acquire(print)  # this process runs there
+    try:
+        said = torchrun_fails(["search", str(experiment), "--out", str(out)])
+    finally:
+        lock.release()
+    assert said.count(f"Error: rank 0: {out}: in use by process {os.getpid()}") == 1
+
+
+def test_a_set_up_error_that_every_process_meets_is_said_once(experiment, tmp_path):
+    said = torchrun_fails(["train", str(experiment), "--arch", "nope.yaml", "--out",
+                           str(tmp_path / "t")])  # fmt: skip
+    assert said.count("Error: --arch nope.yaml: no such file or shipped space") == 1
+    assert not (tmp_path / "t").exists()
+
+
+def test_processes_that_fail_apart_are_named_in_one_line(monkeypatch):
+    """An error met by some processes, or other errors by others, is raised on every process
+    (none goes on alone into a collective), naming the ranks; one met by all, as it is."""
+    from dnas.engine import distributed
+    from dnas.engine.distributed import failing_together
+    from dnas.errors import AgreedError, ConfigError, DnasError
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+
+    def gathered(rank_0: str | None, rank_2: str | None) -> None:
+        """What every process said, this process being rank 1."""
+        monkeypatch.setattr(distributed, "all_gather_object", lambda mine: [rank_0, mine, rank_2])
+
+    missing = FileNotFoundError(2, "no such file", "b")
+    gathered(None, None)
+    with pytest.raises(AgreedError, match=r"^rank 1: b: no such file$"), failing_together():
+        raise missing
+    gathered(None, "x")
+    with pytest.raises(AgreedError, match=r"^rank 1: b: no such file; rank 2: x$"),\
+            failing_together():  # fmt: skip
+        raise missing
+    gathered("a: k: bad", "a: k: bad")
+    with pytest.raises(AgreedError, match=r"^ranks 0, 2: a: k: bad$"), failing_together():
+        pass  # this process went well, the others did not
+    gathered("a: k: bad", "a: k: bad")
+    with pytest.raises(ConfigError, match=r"^a: k: bad$") as alike, failing_together():
+        raise ConfigError("a", "k", "bad")
+    assert alike.value.agreed and not DnasError("x").agreed

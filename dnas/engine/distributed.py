@@ -11,7 +11,9 @@ pass updates, with one all-reduce of their flattened gradients, the same arithme
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,7 @@ from torch import nn
 if dist.is_available():
     import torch.distributed.nn  # noqa: F401
 
-from dnas.errors import DnasError
+from dnas.errors import AgreedError, DnasError
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,54 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def shutdown() -> None:
+@contextlib.contextmanager
+def failing_together() -> Iterator[None]:
+    """A block with no collective inside that every process runs to its end: a user error
+    (DnasError, OSError) on any process is raised on every one, so that none goes on alone
+    into a collective the others never reach (rank 0 alone takes a run directory's lock: the
+    others waited on it for ever). Met alike everywhere, it is raised as it is; else as an
+    :class:`AgreedError` naming what each process met. Either is marked ``agreed``."""
+    failure: DnasError | None = None
+    try:
+        yield
+    except (DnasError, OSError) as exc:
+        if not dist.is_initialized():
+            raise
+        failure = exc if isinstance(exc, DnasError) else DnasError(error_line(exc))
+    if not dist.is_initialized():
+        return
+    said = all_gather_object(None if failure is None else str(failure))
+    if failure is not None and all(line == said[0] for line in said):
+        failure.agreed = True
+        raise failure
+    if any(said):
+        raise AgreedError(per_rank(said)) from failure
+
+
+def error_line(exc: Exception) -> str:
+    """An error's one line (an OSError as ``path: reason``, as the CLI says it)."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def per_rank(said: list[str | None]) -> str:
+    """The processes' errors in one line, each after the ranks that met it."""
+    ranks: dict[str, list[str]] = {}
+    for rank, line in enumerate(said):
+        if line is not None:
+            ranks.setdefault(line, []).append(str(rank))
+    return "; ".join(f"rank{'s' * (len(r) > 1)} {', '.join(r)}: {line}"
+                     for line, r in ranks.items())  # fmt: skip
+
+
+def shutdown(together: bool = True) -> None:
+    """Leave the process group: after a barrier when the command succeeded (a process gone
+    early aborts the others' last collective); at once when it failed, since the others may
+    be waiting in a collective this process never reaches, and torchrun then stops them."""
     if dist.is_initialized():
-        dist.barrier()
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -48,7 +48,7 @@ from dnas.engine.runtime import (
     set_rng_state,
 )
 from dnas.engine.signals import stop_signals
-from dnas.errors import DnasError, Interrupted, Signalled
+from dnas.errors import AgreedError, DnasError, Interrupted, Signalled
 from dnas.files import check_writable, copy_atomic, write_text_atomic
 from dnas.schema import to_dict
 from dnas.task import build_task
@@ -75,8 +75,10 @@ def run_inputs(exp: Experiment, out_dir: Path | str) -> tuple[Experiment, Path]:
 class RunContext:
     """One run in ``out_dir``: joins the torchrun world (only rank 0 creates ``out_dir``, locks
     it and logs), seeds every generator, builds the task, and picks the device and precision;
-    then :meth:`setup` builds what the run needs. A run starting afresh (no ``resume``) first
-    removes an earlier run's ``logs``. :meth:`close` (or a failing set-up) frees the lock."""
+    then :meth:`setup` builds what the run needs, with no collective (a user error there, on
+    any process, stops every process), and :meth:`synchronise` makes the processes agree. A
+    run starting afresh (no ``resume``) first removes an earlier run's ``logs``. :meth:`close`
+    (or a failing set-up) frees the lock."""
 
     logs: ClassVar[tuple[str, ...]] = ()  # what a fresh run of this kind clears before logging
     outputs: ClassVar[tuple[str, ...]] = ()  # its results: never cleared without ``force``
@@ -92,23 +94,20 @@ class RunContext:
         self.lock = RunLock(self.out_dir)
         self.resources = contextlib.ExitStack()  # what close() gives back besides the lock
         self.created = not self.out_dir.exists()  # a failed set-up leaves no empty directory
-        if not resume:  # every rank (it only reads), before a fresh start clears the logs
-            refuse_to_replace(self.out_dir, self.outputs, force)
+        self.unsynchronised: list[nn.Module] | None = []  # prepared during set-up
         try:
-            if self.world.main:
-                check_writable(self.out_dir / LOCK)
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                self.lock.acquire(self.report.line)
-                if not resume:
-                    clear_outputs(self.out_dir, self.logs)
-                self.report.attach(self.out_dir / "log.txt")
-                self.resources.enter_context(self.report.warnings_logged())
-            seed_everything(exp.seed)
-            self.task = build_task(exp)
-            device = pick_device(exp.device, exp.source)
-            self.device = distributed.device_for(self.world, device)
-            self.amp = Amp(self.device, exp.precision, exp.channels_last)
-            self.setup()
+            with distributed.failing_together():  # none goes on alone into a collective
+                if not resume:  # every rank (it only reads), before a fresh start clears logs
+                    refuse_to_replace(self.out_dir, self.outputs, force)
+                if self.world.main:
+                    self.take_directory()
+                seed_everything(exp.seed)
+                self.task = build_task(exp)
+                device = pick_device(exp.device, exp.source)
+                self.device = distributed.device_for(self.world, device)
+                self.amp = Amp(self.device, exp.precision, exp.channels_last)
+                self.setup()
+            self.synchronise()
         except Signalled as exc:
             stopped = exc.where("during set-up; the run had not begun")
             self.report.log(str(stopped))
@@ -117,6 +116,17 @@ class RunContext:
         except BaseException:
             self.abandon()
             raise
+
+    def take_directory(self) -> None:
+        """Rank 0's part of the set-up: create and lock ``out_dir``, clear a fresh start's
+        logs and log there."""
+        check_writable(self.out_dir / LOCK)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire(self.report.line)
+        if not self.resume:
+            clear_outputs(self.out_dir, self.logs)
+        self.report.attach(self.out_dir / "log.txt")
+        self.resources.enter_context(self.report.warnings_logged())
 
     def abandon(self, scratch: tuple[str, ...] = ()) -> None:
         """After a failed start: free the lock, and remove the run directory when this run
@@ -139,8 +149,18 @@ class RunContext:
         network = network.to(self.device)
         if self.exp.sync_batchnorm:
             network = distributed.sync_batchnorm(network, self.device)
-        distributed.broadcast_state(network)
+        if self.unsynchronised is None:
+            distributed.broadcast_state(network)
+        else:  # set-up has no collective: a process that fails there must not leave the rest
+            self.unsynchronised.append(network)  # waiting in one
         return network
+
+    def synchronise(self) -> None:
+        """After every process has set up: rank 0's initial weights in the networks set-up
+        prepared; from here on :meth:`prepare` broadcasts them at once."""
+        for network in self.unsynchronised or []:
+            distributed.broadcast_state(network)
+        self.unsynchronised = None
 
 
 class StepLog:
@@ -313,17 +333,14 @@ class EpochLoop(RunContext, ABC):
         found = self.checkpoints.latest(self.kind) if self.resume else None
         if self.resume:
             self.check_same_checkpoint(found)
+        with distributed.failing_together():  # the steps' collectives follow
+            if found is None:
+                self.begin_afresh()
+            else:
+                check_resumable(found[0], self.exp, found[1], self.force)
         if found is None:
-            if self.resume:
-                refuse_to_replace(self.out_dir, self.outputs, self.force, resuming=self.name)
-                self.report.line(f"no {self.name} checkpoint in {self.checkpoints.directory} to "
-                                 "resume from: starting afresh")  # fmt: skip
-            if self.world.main:
-                clear_outputs(self.out_dir, self.outputs)  # set-up has read its inputs by now
-                write_config(self.exp, self.out_dir / "config.yaml")
             return
         state, path = found
-        check_resumable(state, self.exp, path, self.force)
         fields = state.get("position") or state["progress"]  # "progress": a 2026-11 train run
         self.position = Position(*(fields[k] for k in ("epoch", "step", "global_step")))
         if self.position.step:  # mid-epoch: the epoch had begun when the state was saved
@@ -343,6 +360,17 @@ class EpochLoop(RunContext, ABC):
         else:
             self.report.line(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step}")
 
+    def begin_afresh(self) -> None:
+        """No checkpoint to continue: clear an earlier run's results (refused without
+        ``force``) and write ``config.yaml``."""
+        if self.resume:
+            refuse_to_replace(self.out_dir, self.outputs, self.force, resuming=self.name)
+            self.report.line(f"no {self.name} checkpoint in {self.checkpoints.directory} to "
+                             "resume from: starting afresh")  # fmt: skip
+        if self.world.main:
+            clear_outputs(self.out_dir, self.outputs)  # set-up has read its inputs by now
+            write_config(self.exp, self.out_dir / "config.yaml")
+
     def check_same_checkpoint(self, found: tuple[dict, Path] | None) -> None:
         """Every process resumes from the checkpoint rank 0 resumes from: one that finds
         another (or none: a node that does not see the run directory) would run other steps
@@ -352,7 +380,7 @@ class EpochLoop(RunContext, ABC):
         others = [rank for rank, path in enumerate(seen) if path != seen[0]]
         if others:
             rank = others[0]
-            raise DnasError(f"{self.checkpoints.directory}: rank {rank} resumes from "
+            raise AgreedError(f"{self.checkpoints.directory}: rank {rank} resumes from "
                             f"{seen[rank] or 'no checkpoint'}, rank 0 from "
                             f"{seen[0] or 'no checkpoint'}; under torchrun every node must "
                             "read the run directory rank 0 writes (shared storage)")  # fmt: skip

@@ -156,12 +156,15 @@ class TrainRun(EpochLoop):
                              "there; set train.milestones within the run, or "
                              "train.schedule=cosine")  # fmt: skip
         self.model: nn.Module = self.net
-        if self.world.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.best_score: float | None = None  # the best validation score yet
         self.best_now = False
         self.metrics: Metrics | None = None  # the latest evaluation
+
+    def synchronise(self) -> None:
+        super().synchronise()
+        if self.world.distributed:  # DDP's construction is a collective
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
 
     @property
     def num_epochs(self) -> int:
