@@ -445,3 +445,15 @@ def test_processes_that_fail_apart_are_named_in_one_line(monkeypatch):
     with pytest.raises(ConfigError, match=r"^a: k: bad$") as alike, failing_together():
         raise ConfigError("a", "k", "bad")
     assert alike.value.agreed and not DnasError("x").agreed
+
+
+def test_weights_that_rank_0_cannot_evaluate_stop_every_process_in_one_line(experiment,
+                                                                             tmp_path):  # fmt: skip
+    """Rank 0 alone evaluates: the others waited for its results in a broadcast, and failed
+    with gloo's traceback when it left."""
+    weights = tmp_path / "bad.pt"
+    weights.write_bytes(b"garbage")
+    said = torchrun_fails(["eval", str(experiment), "--arch", ARCH, "--weights", str(weights),
+                           "--out", str(tmp_path / "e")])  # fmt: skip
+    assert said.count(f"Error: rank 0: {weights}: not a PyTorch checkpoint") == 1
+    assert "[rank1]" not in said and not (tmp_path / "e").exists()

@@ -220,9 +220,11 @@ class TrainRun(EpochLoop):
         return [self.net]
 
     def evaluate(self) -> Metrics:
-        """Rank 0 scores the whole validation split; every process gets its metrics."""
-        metrics = evaluate(self.task, self.net, self.val_loader, self.device, None) \
-            if self.world.main else None  # fmt: skip
+        """Rank 0 scores the whole validation split; every process gets its metrics (or its
+        error: a broken validation item)."""
+        with distributed.failing_together():
+            metrics = evaluate(self.task, self.net, self.val_loader, self.device, None) \
+                if self.world.main else None  # fmt: skip
         return distributed.broadcast_object(metrics)
 
     def info(self) -> dict[str, Any]:
@@ -299,7 +301,8 @@ def run_eval(
     Under ``torchrun`` rank 0 evaluates and every process returns its results."""
     run = RunContext(exp, out_dir, Reporter(lambda _: None))
     try:
-        results = _evaluate(run, arch_ref, weights, save_vis) if run.world.main else None
+        with distributed.failing_together():  # wrong weights: every process says rank 0's error
+            results = _evaluate(run, arch_ref, weights, save_vis) if run.world.main else None
     except BaseException:  # wrong weights or architecture: no --out left behind
         run.abandon(scratch=("arch.yaml",))  # the architecture it read from the weights
         raise
