@@ -457,3 +457,20 @@ def test_weights_that_rank_0_cannot_evaluate_stop_every_process_in_one_line(expe
                            "--out", str(tmp_path / "e")])  # fmt: skip
     assert said.count(f"Error: rank 0: {weights}: not a PyTorch checkpoint") == 1
     assert "[rank1]" not in said and not (tmp_path / "e").exists()
+
+
+def test_leaving_after_a_process_that_failed_late_is_quiet(monkeypatch):
+    """The exit barrier of a process whose work is done fails when another process left
+    without it (its own error): this one still leaves the group, without gloo's traceback."""
+    from dnas.engine import distributed
+
+    left = []
+
+    def peer_gone() -> None:
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:29500")
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", peer_gone)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: left.append(True))
+    distributed.shutdown(together=True)
+    assert left == [True]
