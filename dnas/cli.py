@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dnas.engine.signals import exit_on_signals, raise_on_signals
-from dnas.errors import ConfigError, DnasError, Interrupted, Signalled, from_worker
+from dnas.errors import (
+    ConfigError,
+    DnasError,
+    Interrupted,
+    Signalled,
+    from_worker,
+    user_error_line,
+)
 from dnas.files import check_writable
 from dnas.search.bounds import BAND, CHANCE_SAMPLES
 
@@ -46,8 +53,7 @@ class DnasGroup(click.Group):
         except click.UsageError as exc:  # one line and exit 1, like every other user mistake
             raise one_line(exc, ctx) from None
         except OSError as exc:  # a path that the checks before the work could not foresee
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise UserError(f"{where}{exc.strerror or exc}") from None
+            raise UserError(str(user_error_line(exc))) from None
         except (DnasError, RuntimeError) as exc:
             message = from_worker(exc)  # a data error inside a loader worker
             if message is None and not isinstance(exc, DnasError):

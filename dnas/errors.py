@@ -21,8 +21,9 @@ class ConfigError(DnasError):
 
 
 class AgreedError(DnasError):
-    """Errors that torchrun processes met apart, raised by every process together as one
-    line saying which process met what (:func:`dnas.engine.distributed.failing_together`)."""
+    """An error every torchrun process raises together, its one line saying which process
+    met what (processes that failed apart in :func:`dnas.engine.distributed.failing_together`,
+    or resumed from other checkpoints)."""
 
     agreed = True
 
@@ -73,3 +74,15 @@ def from_worker(exc: BaseException) -> str | None:
         if last.startswith(name):
             return last[len(name) :]
     return None
+
+
+def user_error_line(exc: BaseException) -> str | None:
+    """The one line a user error says: a dnas error raised in a DataLoader worker as it was
+    raised there, an OSError as ``path: reason``, a DnasError's message; None for anything
+    else (a bug, whose traceback is wanted)."""
+    if (line := from_worker(exc)) is not None:
+        return line
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return str(exc) if isinstance(exc, DnasError) else None

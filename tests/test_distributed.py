@@ -161,15 +161,14 @@ def test_a_two_process_search_resumed_mid_epoch_goes_on_exactly(experiment, tmp_
     assert "saved by 1 process(es), resumed by 2: the run goes on, not exactly" in other
 
 
-def test_a_signal_to_one_process_stops_every_process_at_the_same_step(experiment, tmp_path):
-    """torchrun signals its processes one by one, and a scheduler may signal one alone: every
-    process stops after the same step, rank 0 with its checkpoint (one stopping a step early
-    left the other blocked in the next step's all-reduce)."""
-    out = tmp_path / "long"
+def signalled_search(dnas: list[str], experiment: Path, out: Path, pick: slice,
+                     *args: str) -> str:  # fmt: skip
+    """A long search under ``torchrun`` (``dnas`` starts the CLI: ``-m dnas`` or a script)
+    whose workers ``pick`` get SIGTERM once it has written a checkpoint; its stderr."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2", "-m", "dnas"]  # fmt: skip
+                "--nproc_per_node=2", *dnas]  # fmt: skip
     proc = subprocess.Popen([*launcher, "search", str(experiment), "--out", str(out), "--quiet",
-                             "--set", "search.epochs=400"], stdout=subprocess.PIPE,
+                             "--set", "search.epochs=400", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"},
                             start_new_session=True)  # fmt: skip
@@ -181,11 +180,20 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(experiment
             time.sleep(0.05)
         workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         assert len(workers) == 2
-        os.kill(int(workers[-1]), signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        for worker in workers[pick]:
+            os.kill(int(worker), signal.SIGTERM)
+        return proc.communicate(timeout=120)[1]
     finally:  # a hung run: none of its processes outlives the test
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(experiment, tmp_path):
+    """torchrun signals its processes one by one, and a scheduler may signal one alone: every
+    process stops after the same step, rank 0 with its checkpoint (one stopping a step early
+    left the other blocked in the next step's all-reduce)."""
+    out = tmp_path / "long"
+    err = signalled_search(["-m", "dnas"], experiment, out, slice(-1, None))
     stopped = [line for line in err.splitlines() if line.startswith("interrupted (SIGTERM) at")]
     assert len(stopped) == 1, err[-3000:]  # rank 0's line; every process ends with exit 143
     assert err.count("exitcode  : 143") == 2, err[-3000:]  # torchrun's report of both
@@ -354,7 +362,7 @@ def test_a_process_that_finds_another_checkpoint_than_rank_0_stops_every_process
     monkeypatch.setattr(distributed, "all_gather_object", lambda mine: [mine, mine])
     EpochLoop.check_same_checkpoint(run, found)  # the same everywhere: goes on
     monkeypatch.setattr(distributed, "all_gather_object", lambda mine: [mine, None])
-    said = r"rank 1 resumes from no checkpoint, rank 0 from runs/s/checkpoints/search-3.pt; "
+    said = r"checkpoints: rank 1 resumes from no checkpoint, rank 0 from search-3.pt; "
     with pytest.raises(DnasError, match=said + ".*shared storage"):
         EpochLoop.check_same_checkpoint(run, found)
 
@@ -474,3 +482,46 @@ def test_leaving_after_a_process_that_failed_late_is_quiet(monkeypatch):
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: left.append(True))
     distributed.shutdown(together=True)
     assert left == [True]
+
+
+SLOW_SAVE = """
+import os, sys, time
+from dnas.checkpoint import Checkpointer
+from dnas.cli import main
+write = Checkpointer.save
+def slow(self, *args, **kwargs):  # a large checkpoint on a slow disk
+    if os.environ["RANK"] == "0":
+        time.sleep(2)
+    return write(self, *args, **kwargs)
+Checkpointer.save = slow
+main()
+"""
+
+
+def test_a_stopped_run_leaves_once_rank_0_has_written_its_checkpoint(experiment, tmp_path):
+    """The other processes left as soon as they had handed rank 0 their state; torchrun then
+    stopped rank 0 in the middle of writing the stop checkpoint ('interrupted again')."""
+    script = tmp_path / "slow_save.py"
+    script.write_text(SLOW_SAVE)
+    out = tmp_path / "slow"  # every worker signalled, as torchrun passes a scheduler's on
+    err = signalled_search([str(script)], experiment, out, slice(None), "--set",
+                           "checkpoint.every_steps=1")  # fmt: skip
+    stopped = [line for line in err.splitlines() if line.startswith("interrupted (SIGTERM)")]
+    assert len(stopped) == 1 and "checkpoint saved" in stopped[0], err[-3000:]
+    newest = checkpoint.load(sorted((out / "checkpoints").glob("step-*.pt"))[-1])["position"]
+    assert f"at epoch {newest['epoch'] + 1} step {newest['step']};" in stopped[0]
+
+
+def test_a_broken_validation_item_in_a_loader_worker_stops_every_process_in_one_line(tmp_path):
+    """Rank 0 evaluates; its loader worker's error came back with the worker's traceback (the
+    rank prefix hid it from the one-line rule)."""
+    write_synthetic_mpii(tmp_path, n_train=16, n_val=4, seed=0, image_size=64)
+    broken = tmp_path / "images" / "valid_000002.jpg"
+    broken.write_text("garbage")
+    exp = write_experiment(tmp_path / "exp.yaml", tmp_path, workers=2,
+                           train={"epochs": 1, "batch_size": 4, "steps_per_epoch": 2})  # fmt: skip
+    said = torchrun_fails(["train", str(exp), "--arch", ARCH, "--out", str(tmp_path / "t")])
+    errors = [line for line in said.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: rank 0: {broken}: missing or unreadable image"], said[-3000:]
+    frames = [line for line in said.splitlines() if line.strip().startswith('File "')]
+    assert not [f for f in frames if "/dnas/" in f], said[-3000:]  # torchrun's own trace only

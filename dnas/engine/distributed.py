@@ -29,7 +29,7 @@ from torch import nn
 if dist.is_available():
     import torch.distributed.nn  # noqa: F401
 
-from dnas.errors import AgreedError, DnasError
+from dnas.errors import AgreedError, DnasError, user_error_line
 
 
 @dataclass(frozen=True)
@@ -158,17 +158,19 @@ def broadcast_object(obj: Any) -> Any:
 @contextlib.contextmanager
 def failing_together() -> Iterator[None]:
     """A block with no collective inside that every process runs to its end: a user error
-    (DnasError, OSError) on any process is raised on every one, so that none goes on alone
-    into a collective the others never reach (rank 0 alone takes a run directory's lock: the
-    others waited on it for ever). Met alike everywhere, it is raised as it is; else as an
-    :class:`AgreedError` naming what each process met. Either is marked ``agreed``."""
+    (DnasError, OSError, a loader worker's) on any process is raised on every one, so that
+    none goes on alone into a collective the others never reach (rank 0 alone takes a run
+    directory's lock: the others waited on it for ever). Met alike everywhere, it is raised
+    as it is; else as an :class:`AgreedError` naming what each process met. Either is marked
+    ``agreed``."""
     failure: DnasError | None = None
     try:
         yield
-    except (DnasError, OSError) as exc:
-        if not dist.is_initialized():
+    except (DnasError, OSError, RuntimeError) as exc:  # RuntimeError: a loader worker's
+        line = user_error_line(exc)
+        if line is None or not dist.is_initialized():
             raise
-        failure = exc if isinstance(exc, DnasError) else DnasError(error_line(exc))
+        failure = exc if isinstance(exc, DnasError) and line == str(exc) else DnasError(line)
     if not dist.is_initialized():
         return
     said = all_gather_object(None if failure is None else str(failure))
@@ -179,13 +181,6 @@ def failing_together() -> Iterator[None]:
         raise AgreedError(per_rank(said)) from failure
 
 
-def error_line(exc: Exception) -> str:
-    """An error's one line (an OSError as ``path: reason``, as the CLI says it)."""
-    if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror or exc}"
-    return str(exc)
-
-
 def per_rank(said: list[str | None]) -> str:
     """The processes' errors in one line, each after the ranks that met it."""
     ranks: dict[str, list[str]] = {}
@@ -194,6 +189,12 @@ def per_rank(said: list[str | None]) -> str:
             ranks.setdefault(line, []).append(str(rank))
     return "; ".join(f"rank{'s' * (len(r) > 1)} {', '.join(r)}: {line}"
                      for line, r in ranks.items())  # fmt: skip
+
+
+def wait_for_all() -> None:
+    """Every process waits here for the others (one process does not)."""
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def shutdown(together: bool = True) -> None:

@@ -347,7 +347,8 @@ class EpochLoop(RunContext, ABC):
             self.begin_epoch(self.position.epoch)
         mine = self.own_rank_state(state, path)
         self.sums = dict(mine.get("sums", {}))
-        self.load_state(state)
+        with distributed.failing_together():  # e.g. a cost table that differs from the run's
+            self.load_state(state)
         for generator, saved in zip(self.generators(), mine.get("generators") or [], strict=False):
             generator.set_state(saved)
         self.amp.scaler.load_state_dict(state["scaler"])
@@ -374,16 +375,16 @@ class EpochLoop(RunContext, ABC):
     def check_same_checkpoint(self, found: tuple[dict, Path] | None) -> None:
         """Every process resumes from the checkpoint rank 0 resumes from: one that finds
         another (or none: a node that does not see the run directory) would run other steps
-        than the rest and leave them waiting in a collective."""
-        mine = str(found[1]) if found else None
-        seen = distributed.all_gather_object(mine)
-        others = [rank for rank, path in enumerate(seen) if path != seen[0]]
+        than the rest and leave them waiting in a collective. Compared by name: nodes may
+        mount the shared run directory at other paths."""
+        seen = distributed.all_gather_object(found[1].name if found else None)
+        others = [rank for rank, name in enumerate(seen) if name != seen[0]]
         if others:
             rank = others[0]
             raise AgreedError(f"{self.checkpoints.directory}: rank {rank} resumes from "
-                            f"{seen[rank] or 'no checkpoint'}, rank 0 from "
-                            f"{seen[0] or 'no checkpoint'}; under torchrun every node must "
-                            "read the run directory rank 0 writes (shared storage)")  # fmt: skip
+                              f"{seen[rank] or 'no checkpoint'}, rank 0 from "
+                              f"{seen[0] or 'no checkpoint'}; under torchrun every node must "
+                              "read the run directory rank 0 writes (shared storage)")  # fmt: skip
 
     def own_rank_state(self, state: dict[str, Any], path: Path) -> dict[str, Any]:
         """This process's part of a checkpoint. Resumed by another number of processes than
@@ -424,6 +425,7 @@ class EpochLoop(RunContext, ABC):
         finally:
             self.close()
         if self.interrupted is not None:  # a signal during the finish: stop what called run()
+            distributed.wait_for_all()  # the others' exit barrier: rank 0 has written
             stopped = Signalled(self.interrupted, "as the run finished; its results are written")
             self.report.log(str(stopped))  # (a sweep goes no further)
             raise stopped
@@ -483,7 +485,8 @@ class EpochLoop(RunContext, ABC):
         if self.interrupted is None:
             return
         self.save()
-        p, name = self.position, signal.Signals(self.interrupted).name
+        distributed.wait_for_all()  # torchrun stops every process once one has left: not
+        p, name = self.position, signal.Signals(self.interrupted).name  # before rank 0 wrote
         epoch, step = (p.epoch + 1, p.step) if p.step else (p.epoch, self.steps)
         message = (f"interrupted ({name}) at epoch {epoch} step {step}; checkpoint saved; "
                    f"resume with: {resume_command()}")  # fmt: skip
