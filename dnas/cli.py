@@ -19,6 +19,7 @@ from dnas.errors import (
     ConfigError,
     DnasError,
     Interrupted,
+    JoinError,
     Signalled,
     from_worker,
     user_error_line,
@@ -63,7 +64,7 @@ class DnasGroup(click.Group):
             agreed = isinstance(exc, DnasError) and exc.agreed
             if isinstance(exc, ConfigError):  # a check after loading, of a value --set gave
                 exc = blamed_on_set(exc, ctx.meta)
-            raise UserError(message or str(exc), agreed) from None
+            raise UserError(message or str(exc), agreed, own=isinstance(exc, JoinError)) from None
 
 
 def blamed_on_set(exc: ConfigError, meta: dict) -> ConfigError:
@@ -83,11 +84,12 @@ def blamed_on_set(exc: ConfigError, meta: dict) -> ConfigError:
 class UserError(click.ClickException):
     """A user mistake's one line, exit 1. Under torchrun, one that every process meets alike
     (before the process group exists: the same arguments and files; or ``agreed``) is said by
-    the first process of each node; any other may be one process's own, and each says it."""
+    the first process of each node; any other (``own``: one process could not join) may be
+    one process's own, and each says it."""
 
-    def __init__(self, message: str, agreed: bool = False) -> None:
+    def __init__(self, message: str, agreed: bool = False, own: bool = False) -> None:
         super().__init__(message)
-        self.alike = agreed or not joined_world()
+        self.alike = agreed or not (own or joined_world())
 
     def show(self, file: Any = None) -> None:
         if not self.alike or int(os.environ.get("LOCAL_RANK", "0")) == 0:

@@ -28,6 +28,12 @@ class AgreedError(DnasError):
     agreed = True
 
 
+class JoinError(DnasError):
+    """A torchrun process could not join the others: its own reason, which it says whichever
+    process it is (an error raised before the group exists is otherwise taken as every
+    process's, said by the first of each node)."""
+
+
 class Interrupted(DnasError):
     """A run stopped by SIGINT or SIGTERM after checkpointing; exits 128 + the signal number
     (130, 143), as a shell reports a command the signal ended."""

@@ -525,3 +525,16 @@ def test_a_broken_validation_item_in_a_loader_worker_stops_every_process_in_one_
     assert errors == [f"Error: rank 0: {broken}: missing or unreadable image"], said[-3000:]
     frames = [line for line in said.splitlines() if line.strip().startswith('File "')]
     assert not [f for f in frames if "/dnas/" in f], said[-3000:]  # torchrun's own trace only
+
+
+def test_a_process_that_cannot_join_says_why_whichever_it_is(experiment, tmp_path, monkeypatch):
+    """An error before the group exists is taken as every process's and said by the first of
+    each node; a failure to join is this process's own (here: no rendezvous address)."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    done = CliRunner().invoke(cli, ["search", str(experiment), "--out", str(tmp_path / "s")])
+    assert done.exit_code == 1
+    assert done.output.startswith("Error: cannot join the torchrun process group: ")
+    assert not (tmp_path / "s").exists()

@@ -29,7 +29,7 @@ from torch import nn
 if dist.is_available():
     import torch.distributed.nn  # noqa: F401
 
-from dnas.errors import AgreedError, DnasError, user_error_line
+from dnas.errors import AgreedError, DnasError, JoinError, user_error_line
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def init_world(device: str) -> World:
     try:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     except (RuntimeError, ValueError) as exc:
-        raise DnasError(f"cannot join the torchrun process group: {exc}") from None
+        raise JoinError(f"cannot join the torchrun process group: {exc}") from None
     atexit.register(shutdown)  # leave together: a process gone early aborts the others' gloo
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
