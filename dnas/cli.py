@@ -54,7 +54,7 @@ class DnasGroup(click.Group):
         except click.UsageError as exc:  # one line and exit 1, like every other user mistake
             raise one_line(exc, ctx) from None
         except OSError as exc:  # a path that the checks before the work could not foresee
-            raise UserError(str(user_error_line(exc))) from None
+            raise UserError(user_error_line(exc) or str(exc)) from None
         except (DnasError, RuntimeError) as exc:
             message = from_worker(exc)  # a data error inside a loader worker
             if message is None and not isinstance(exc, DnasError):
