@@ -87,7 +87,6 @@ class Task(ABC):
         """Refuse (ConfigError) a head whose output per input, (C, H, W), this task cannot
         score at its input size. Checked before a run writes anything; default: any shape."""
 
-    @abstractmethod
     def evaluate(
         self,
         model: nn.Module,
@@ -97,7 +96,43 @@ class Task(ABC):
         save_vis: int = 0,
     ) -> Metrics:
         """Score ``model`` on ``loader``; may write prediction files into ``out_dir``, and
-        pictures of the first ``save_vis`` predictions beside their ground truth."""
+        pictures of the first ``save_vis`` predictions beside their ground truth. A task that
+        implements :meth:`predict` and :meth:`score` instead is scored in slices under torchrun
+        (each process predicts a slice; rank 0 scores them)."""
+        return self.score(loader.dataset, [self.predict(model, loader, device, save_vis)],
+                          out_dir, save_vis)  # fmt: skip
+
+    def predict(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                keep: int = 0) -> Any:  # fmt: skip
+        """Optional, with :meth:`score`: what scoring needs of ``model``'s outputs on the items
+        of ``loader``, a contiguous slice of the split (picklable: processes send it to rank 0);
+        ``keep`` is how many of its first items the pictures of ``save_vis`` need."""
+        raise NotImplementedError(f"{type(self).__qualname__}.predict")
+
+    def score(self, dataset: Dataset, parts: list[Any], out_dir: Path | None,
+              save_vis: int = 0) -> Metrics:  # fmt: skip
+        """Optional, with :meth:`predict`: the metrics of ``dataset``, the whole split, from
+        ``parts``: the :meth:`predict` results of its slices, in order."""
+        raise NotImplementedError(f"{type(self).__qualname__}.score")
+
+
+def scores_in_slices(task: Task) -> bool:
+    """Whether ``task`` is scored by :meth:`Task.predict` on slices of the split and
+    :meth:`Task.score` of them (it implements both and leaves ``evaluate`` as the base's)."""
+    cls = type(task)
+    return (cls.evaluate is Task.evaluate and cls.predict is not Task.predict
+            and cls.score is not Task.score)  # fmt: skip
+
+
+def check_evaluation(cls: type, name: str) -> None:
+    """A task implements ``evaluate``, or ``predict`` and ``score``: else one line at set-up."""
+    if cls.evaluate is not Task.evaluate:
+        return
+    missing = [m for m in ("predict", "score") if getattr(cls, m) is getattr(Task, m)]
+    if missing:
+        raise DnasError(f"task {name!r} ({cls.__module__}.{cls.__qualname__}) does not "
+                        f"implement evaluate (or predict and score: it lacks "
+                        f"{' and '.join(missing)})")  # fmt: skip
 
 
 def build_task(exp: Experiment) -> Task:
@@ -111,6 +146,7 @@ def build_task(exp: Experiment) -> Task:
     except DnasError as exc:
         raise ConfigError(exp.source, "task.name", str(exc)) from None
     check_concrete(cls, "task", name, needs_options=True)
+    check_evaluation(cls, name)
     task = cls(from_dict(cls.Options, options, exp.source, "task"), exp.input_hw, exp.source)
     task.name = name  # a subclass registered under another name records that one in weights
     return task
@@ -133,10 +169,15 @@ def check_weights_task(info: Mapping[str, Any] | None, path: Path, name: str,
 
 def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device,
              out_dir: Path | None, save_vis: int = 0) -> Metrics:  # fmt: skip
-    """``task.evaluate``, its result checked: a plugin's malformed ``Metrics`` (or a score that
+    """``task.evaluate``, its result checked (:func:`checked_metrics`)."""
+    return checked_metrics(task, task.evaluate(model, loader, device, out_dir, save_vis))
+
+
+def checked_metrics(task: Task, metrics: Any) -> Metrics:
+    """A task's evaluation result checked: a plugin's malformed ``Metrics`` (or a score that
     is not a number) is one line naming it, not a KeyError or a NaN in results.json."""
-    metrics = task.evaluate(model, loader, device, out_dir, save_vis)
-    where = f"task {task.name!r} ({type(task).__module__}.{type(task).__qualname__}): evaluate()"
+    method = "evaluate" if not scores_in_slices(task) else "score"
+    where = f"task {task.name!r} ({type(task).__module__}.{type(task).__qualname__}): {method}()"
     if not isinstance(metrics, Metrics):
         raise DnasError(f"{where} returned a {type(metrics).__name__}, not a dnas.Metrics")
     if metrics.primary not in metrics.values:

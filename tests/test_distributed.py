@@ -457,8 +457,8 @@ def test_processes_that_fail_apart_are_named_in_one_line(monkeypatch):
 
 def test_weights_that_rank_0_cannot_evaluate_stop_every_process_in_one_line(experiment,
                                                                              tmp_path):  # fmt: skip
-    """Rank 0 alone evaluates: the others waited for its results in a broadcast, and failed
-    with gloo's traceback when it left."""
+    """Rank 0 checks the weights: the others waited for its results in a broadcast, and
+    failed with gloo's traceback when it left."""
     weights = tmp_path / "bad.pt"
     weights.write_bytes(b"garbage")
     said = torchrun_fails(["eval", str(experiment), "--arch", ARCH, "--weights", str(weights),
@@ -513,8 +513,8 @@ def test_a_stopped_run_leaves_once_rank_0_has_written_its_checkpoint(experiment,
 
 
 def test_a_broken_validation_item_in_a_loader_worker_stops_every_process_in_one_line(tmp_path):
-    """Rank 0 evaluates; its loader worker's error came back with the worker's traceback (the
-    rank prefix hid it from the one-line rule)."""
+    """A loader worker's error came back with the worker's traceback (the rank prefix hid it
+    from the one-line rule); the item lies in rank 1's slice of the split."""
     write_synthetic_mpii(tmp_path, n_train=16, n_val=4, seed=0, image_size=64)
     broken = tmp_path / "images" / "valid_000002.jpg"
     broken.write_text("garbage")
@@ -522,7 +522,7 @@ def test_a_broken_validation_item_in_a_loader_worker_stops_every_process_in_one_
                            train={"epochs": 1, "batch_size": 4, "steps_per_epoch": 2})  # fmt: skip
     said = torchrun_fails(["train", str(exp), "--arch", ARCH, "--out", str(tmp_path / "t")])
     errors = [line for line in said.splitlines() if line.startswith("Error:")]
-    assert errors == [f"Error: rank 0: {broken}: missing or unreadable image"], said[-3000:]
+    assert errors == [f"Error: rank 1: {broken}: missing or unreadable image"], said[-3000:]
     frames = [line for line in said.splitlines() if line.strip().startswith('File "')]
     assert not [f for f in frames if "/dnas/" in f], said[-3000:]  # torchrun's own trace only
 
@@ -538,3 +538,50 @@ def test_a_process_that_cannot_join_says_why_whichever_it_is(experiment, tmp_pat
     assert done.exit_code == 1
     assert done.output.startswith("Error: cannot join the torchrun process group: ")
     assert not (tmp_path / "s").exists()
+
+
+LOGGED_PREDICT = """
+import os, sys
+from dnas.cli import main
+from tasks.pose.task import PoseTask
+predict = PoseTask.predict
+def logged(self, model, loader, device, keep=0):
+    with open(os.environ["PREDICT_LOG"], "a") as log:
+        log.write(f"{os.environ['RANK']} {list(loader.dataset.indices)} {keep}\\n")
+    return predict(self, model, loader, device, keep)
+PoseTask.predict = logged
+main()
+"""
+
+
+def test_two_processes_evaluate_a_slice_each_and_score_as_one(experiment, tmp_path):
+    """Rank 0 evaluated the whole split while the others waited in a collective (gloo gives
+    up after 30 minutes); now each predicts its slice and rank 0 scores them together."""
+    weights = tmp_path / "t" / "model.pt"
+    run(["train", str(experiment), "--arch", ARCH, "--out", str(tmp_path / "t")], 1)
+    run(["eval", str(experiment), "--weights", str(weights), "--out", str(tmp_path / "e1"),
+         "--save-vis", "3"], 1)  # fmt: skip
+    script = tmp_path / "logged_predict.py"
+    script.write_text(LOGGED_PREDICT)
+    log = tmp_path / "predict.log"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", str(script)]  # fmt: skip
+    done = subprocess.run([*launcher, "eval", str(experiment), "--weights", str(weights),
+                           "--out", str(tmp_path / "e2"), "--save-vis", "3"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                               "PREDICT_LOG": str(log)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(log.read_text().splitlines()) == ["0 [0, 1] 3", "1 [2, 3] 1"]
+    one, two = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("e1", "e2"))
+    files = {k: v.replace(str(tmp_path / "e1"), str(tmp_path / "e2"))
+             for k, v in one.pop("files").items()}  # fmt: skip
+    assert two.pop("files") == files and "visualisations" in files
+    assert sorted(p.name for p in (tmp_path / "e2" / "vis").iterdir()) == \
+        ["0000.png", "0001.png", "0002.png"]  # fmt: skip
+    for key, value in one.items():
+        if isinstance(value, float):
+            assert two[key] == pytest.approx(value, abs=1e-6), key  # batch sizes differ
+        elif key != "weights" and "e1" not in str(value):
+            assert two[key] == value, key
+    assert done.stdout.count("Shoulder") == 1  # rank 0 alone prints the table

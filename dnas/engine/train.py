@@ -20,6 +20,7 @@ from torch import nn
 from dnas import checkpoint
 from dnas.config import Experiment
 from dnas.engine import distributed
+from dnas.engine.evaluation import SplitScorer
 from dnas.engine.loop import EpochLoop, RunContext
 from dnas.engine.progress import Reporter
 from dnas.engine.rundir import command_line
@@ -29,7 +30,7 @@ from dnas.engine.runtime import (
     to_device,
     weight_step,
 )
-from dnas.engine.sampling import epoch_batches, make_loader, train_loader
+from dnas.engine.sampling import epoch_batches, train_loader
 from dnas.engine.schedule import Schedule, unreached_milestones
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
@@ -38,7 +39,7 @@ from dnas.nn.profile import count_macs, count_params, head_output_shape, op_cost
 from dnas.nn.remap import remap_into
 from dnas.nn.weights import check_fits, check_outputs, load_weights, weights_info, with_info
 from dnas.space.graph import SearchSpace
-from dnas.task import Metrics, Task, build_space, dataset_of, evaluate
+from dnas.task import Metrics, Task, build_space, dataset_of
 
 KIND = "dnas-train"
 
@@ -146,8 +147,8 @@ class TrainRun(EpochLoop):
         train_set = dataset_of(self.task, "train", augment=True, seed=exp.seed)
         self.loader = train_loader(train_set, range(len(train_set)), cfg.batch_size, exp.workers,
                                    exp.seed, self.world.rank, self.world.size)  # fmt: skip
-        self.val_loader = make_loader(dataset_of(self.task, "val", augment=False), cfg.batch_size,
-                                      exp.workers)  # fmt: skip
+        self.scorer = SplitScorer(self.task, dataset_of(self.task, "val", augment=False),
+                                  cfg.batch_size, exp.workers, self.world)  # fmt: skip
         self.steps = min(len(self.loader), cfg.steps_per_epoch or len(self.loader))
         self.sched = Schedule(self.opt, cfg, self.steps)
         if unreached := unreached_milestones(cfg):
@@ -220,12 +221,8 @@ class TrainRun(EpochLoop):
         return [self.net]
 
     def evaluate(self) -> Metrics:
-        """Rank 0 scores the whole validation split; every process gets its metrics (or its
-        error: a broken validation item)."""
-        with distributed.failing_together():
-            metrics = evaluate(self.task, self.net, self.val_loader, self.device, None) \
-                if self.world.main else None  # fmt: skip
-        return distributed.broadcast_object(metrics)
+        """The validation split's metrics (:class:`SplitScorer`), on every process."""
+        return self.scorer(self.net, self.device, None)
 
     def info(self) -> dict[str, Any]:
         """What the weights are (:func:`dnas.nn.weights.weights_info`): in ``model.pt`` and in
@@ -298,11 +295,21 @@ def run_eval(
     exp: Experiment, arch_ref: str, weights: Path, out_dir: Path, save_vis: int = 0
 ) -> dict:
     """Evaluate trained weights on the validation split; writes ``results.json`` into out_dir.
-    Under ``torchrun`` rank 0 evaluates and every process returns its results."""
+    Under ``torchrun`` the processes score it together (:class:`SplitScorer`) and each
+    returns the results."""
     run = RunContext(exp, out_dir, Reporter(lambda _: None))
     try:
         with distributed.failing_together():  # wrong weights: every process says rank 0's error
-            results = _evaluate(run, arch_ref, weights, save_vis) if run.world.main else None
+            arch_ref = checked_arch(run, arch_ref, weights) if run.world.main else None
+        arch_ref = distributed.broadcast_object(arch_ref)
+        with distributed.failing_together():
+            arch, net = trained_net(run, arch_ref, weights)
+            scorer = SplitScorer(run.task, dataset_of(run.task, "val", augment=False),
+                                 exp.train.batch_size, exp.workers, run.world)  # fmt: skip
+        metrics = scorer(net, run.device, run.out_dir, save_vis)
+        with distributed.failing_together():
+            results = eval_results(run, metrics, arch_ref, arch, net, weights) \
+                if run.world.main else None  # fmt: skip
     except BaseException:  # wrong weights or architecture: no --out left behind
         run.abandon(scratch=("arch.yaml",))  # the architecture it read from the weights
         raise
@@ -310,7 +317,9 @@ def run_eval(
     return distributed.broadcast_object(results)
 
 
-def _evaluate(run: RunContext, arch_ref: str | None, weights: Path, save_vis: int) -> dict:
+def checked_arch(run: RunContext, arch_ref: str | None, weights: Path) -> str:
+    """The weights checked against the experiment, and the architecture to build: ``arch_ref``
+    or the one the weights record (written as ``arch.yaml`` in the run's folder)."""
     exp = run.exp
     info = weights_info(weights)
     check_fits(info, weights, "task", info and info.get("task"), exp.task["name"],
@@ -320,15 +329,23 @@ def _evaluate(run: RunContext, arch_ref: str | None, weights: Path, save_vis: in
     check_outputs(info, weights, run.task.output_info(),
                   " (evaluate them with an experiment of their outputs)")  # fmt: skip
     check_fits(info, weights, "outputs", info and info["num_outputs"], run.task.num_outputs)
-    arch_ref = arch_ref or recorded_arch(info, weights, run.out_dir)
-    arch, net = build_fixed(exp, arch_ref, run.task)
+    return arch_ref or recorded_arch(info, weights, run.out_dir)
+
+
+def trained_net(run: RunContext, arch_ref: str, weights: Path) -> tuple[SearchSpace, Network]:
+    """``arch_ref``'s network with ``weights`` loaded, on the run's device."""
+    info = weights_info(weights)
+    arch, net = build_fixed(run.exp, arch_ref, run.task)
     check_fits(info, weights, "architecture", info and info["arch"]["name"], arch.name)
     load_weights(net, weights)
-    net.to(run.device)
+    return arch, net.to(run.device)
+
+
+def eval_results(run: RunContext, metrics: Metrics, arch_ref: str, arch: SearchSpace,
+                 net: Network, weights: Path) -> dict:  # fmt: skip
+    """``results.json`` of ``dnas eval`` (written), and the printed table."""
+    exp = run.exp
     size = model_size(net, exp.input_hw)
-    loader = make_loader(dataset_of(run.task, "val", augment=False), exp.train.batch_size,
-                         exp.workers)  # fmt: skip
-    metrics = evaluate(run.task, net, loader, run.device, run.out_dir, save_vis)
     results = {
         **metrics.values,  # the task's metric table, flat
         "primary_metric": metrics.primary,

@@ -158,10 +158,10 @@ class PoseTask(Task):
         self.check_match(tuple(output.shape[1:]), tuple(batch["target"].shape[1:]))
         return joints_mse(output, batch["target"], batch["target_weight"])
 
-    def predict(
-        self, model: nn.Module, loader: DataLoader, device: torch.device
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, J, 2) 0-based image coordinates and (N, J) peak values for the loader's people."""
+    def predict(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                keep: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(N, J, 2) 0-based image coordinates and (N, J) peak values for the loader's people
+        (``keep``: the pictures draw from these, nothing more is needed)."""
         test = self.options.test
         preds, scores = [], []
         for batch in loader:
@@ -172,19 +172,15 @@ class PoseTask(Task):
             scores.append(s)
         return np.concatenate(preds), np.concatenate(scores)
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        loader: DataLoader,
-        device: torch.device,
-        out_dir: Path | None,
-        save_vis: int = 0,
-    ) -> Metrics:
-        preds, scores = self.predict(model, loader, device)
-        metrics = loader.dataset.evaluate(preds, scores, out_dir)
+    def score(self, dataset: TopDownDataset, parts: list[tuple[np.ndarray, np.ndarray]],
+              out_dir: Path | None, save_vis: int = 0) -> Metrics:  # fmt: skip
+        """The dataset's metric (PCKh, PCK, COCO AP) of the people's predictions, in order."""
+        preds = np.concatenate([p for p, _ in parts])
+        scores = np.concatenate([s for _, s in parts])
+        metrics = dataset.evaluate(preds, scores, out_dir)
         if save_vis and out_dir is not None:
             metrics.files["visualisations"] = str(
-                save_visualisations(loader.dataset, preds, scores, out_dir / "vis", save_vis)
+                save_visualisations(dataset, preds, scores, out_dir / "vis", save_vis)
             )
         return metrics
 

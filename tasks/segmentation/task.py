@@ -212,15 +212,10 @@ class SegmentationTask(Task):
         return total / (label != IGNORE).sum().clamp(min=1)
 
     @torch.no_grad()
-    def evaluate(
-        self,
-        model: nn.Module,
-        loader: DataLoader,
-        device: torch.device,
-        out_dir: Path | None,
-        save_vis: int = 0,
-    ) -> Metrics:
-        """mIoU, pixel accuracy and per-class IoU over the whole split, at input resolution."""
+    def predict(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                keep: int = 0) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:  # fmt: skip
+        """The (ground truth x prediction) pixel counts of the loader's images, at input
+        resolution, and (input, label, prediction) of its first ``keep`` images."""
         was_training = model.training
         model.eval()
         k = self.num_outputs
@@ -230,8 +225,15 @@ class SegmentationTask(Task):
             x, label = batch["input"].to(device), batch["label"]
             pred = upsample(model(x).float(), label.shape[-2:]).argmax(1).cpu()
             matrix += confusion(pred, label, k)
-            shown += list(zip(batch["input"], label, pred, strict=True))[: save_vis - len(shown)]
+            shown += list(zip(batch["input"], label, pred, strict=True))[: keep - len(shown)]
         model.train(was_training)
+        return matrix, shown
+
+    def score(self, dataset: Dataset, parts: list[tuple[Tensor, list]], out_dir: Path | None,
+              save_vis: int = 0) -> Metrics:  # fmt: skip
+        """mIoU, pixel accuracy and per-class IoU over the whole split."""
+        matrix = sum((m for m, _ in parts), torch.zeros_like(parts[0][0]))
+        shown = [item for _, kept in parts for item in kept][:save_vis]
         result = scores(matrix.numpy())
         values = {key: result[key] for key in ("mIoU", "pixel_acc", "mAcc")}
         for name, iou in zip(self.class_names, result["iou"], strict=True):
