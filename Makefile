@@ -6,7 +6,7 @@ DNAS := $(VENV)/bin/dnas
 # torch is pinned for these CPU machines (a local wheel); never let pip resolve it unpinned here.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo bench bench-search bench-lsp bench-seg bench-quality bench-lut bench-skew bench-spec gpu-check lint clean
+.PHONY: install test demo bench bench-search bench-lsp bench-seg bench-quality bench-lut bench-skew bench-spec bench-eval gpu-check lint clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,9 @@ bench-skew: install
 
 bench-spec: install
 	$(PY) benchmarks/specialisation.py $(ARGS)
+
+bench-eval: install
+	$(PY) benchmarks/eval_speed.py $(ARGS)
 
 # No install step: on a GPU machine the check uses the python3 that holds its CUDA torch and
 # never reinstalls torch (benchmarks/gpu_check.sh sets itself up offline). ARGS="--device cpu
