@@ -585,3 +585,28 @@ def test_two_processes_evaluate_a_slice_each_and_score_as_one(experiment, tmp_pa
         elif key != "weights" and "e1" not in str(value):
             assert two[key] == value, key
     assert done.stdout.count("Shoulder") == 1  # rank 0 alone prints the table
+
+
+NAN_LOSS = """
+from dnas.cli import main
+from tasks.pose.task import PoseTask
+loss = PoseTask.loss
+PoseTask.loss = lambda self, output, batch: loss(self, output, batch) * float("nan")
+main()
+"""
+
+
+def test_a_diverged_step_is_said_once(experiment, tmp_path):
+    """The step's stats are the world's means, so every process meets a NaN loss at the same
+    step: each said it (one line per process)."""
+    script = tmp_path / "nan_loss.py"
+    script.write_text(NAN_LOSS)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", str(script)]  # fmt: skip
+    done = subprocess.run([*launcher, "train", str(experiment), "--arch", ARCH, "--out",
+                           str(tmp_path / "t")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: non-finite train/loss (nan) at step 0; lower the learning rate"], \
+        done.stderr[-3000:]  # fmt: skip

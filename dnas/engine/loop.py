@@ -470,6 +470,15 @@ class EpochLoop(RunContext, ABC):
         if stopping:
             self.stop_if_interrupted()
 
+    def finite(self, stats: dict[str, float]) -> dict[str, float]:
+        """The step's stats, each a finite number: else a one-line error that every process
+        meets alike (they are the world's means), so the CLI says it once."""
+        try:
+            return {k: check_finite(v, k, self.position.global_step) for k, v in stats.items()}
+        except DnasError as exc:
+            exc.agreed = True
+            raise
+
     def signalled_everywhere(self) -> bool:
         """Whether any process has been signalled, agreed by all of them (a collective), so
         that all stop after the same step. A signal that arrives during the agreement stays
@@ -504,7 +513,7 @@ class EpochLoop(RunContext, ABC):
         desc = f"epoch {epoch + 1}/{self.num_epochs}"
         for _, batch in self.report.steps(steps, self.steps, p.step, desc, self.running_stats):
             stats = distributed.mean_over_world(self.step(batch))  # the global batch's
-            stats = {k: check_finite(v, k, p.global_step) for k, v in stats.items()}
+            stats = self.finite(stats)
             for key, value in stats.items():
                 self.sums[key] = self.sums.get(key, 0.0) + value
             p.step, p.global_step = p.step + 1, p.global_step + 1
