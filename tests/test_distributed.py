@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from conftest import write_experiment
 
@@ -610,3 +611,35 @@ def test_a_diverged_step_is_said_once(experiment, tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert errors == ["Error: non-finite train/loss (nan) at step 0; lower the learning rate"], \
         done.stderr[-3000:]  # fmt: skip
+
+
+OTHER_NODE = """
+import os, sys
+from dnas.cli import main
+if os.environ["RANK"] == "1":  # a node that lacks the data: its experiment's root is not there
+    sys.argv = [os.environ["RANK1_EXPERIMENT"] if a == os.environ["EXPERIMENT"] else a
+                for a in sys.argv]
+main()
+"""
+
+
+def test_data_that_one_process_lacks_stops_every_process_naming_it(experiment, tmp_path):
+    """Rank 1 alone cannot read the data (a node without it): every process stops in set-up,
+    and rank 0 says rank 1's reason, which only rank 1 met."""
+    lacking = tmp_path / "lacking.yaml"
+    exp = yaml.safe_load(experiment.read_text())
+    exp["task"]["root"] = str(tmp_path / "not-here")
+    lacking.write_text(yaml.safe_dump(exp))
+    script = tmp_path / "other_node.py"
+    script.write_text(OTHER_NODE)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", str(script)]  # fmt: skip
+    done = subprocess.run([*launcher, "train", str(experiment), "--arch", ARCH, "--out",
+                           str(tmp_path / "t")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "EXPERIMENT": str(experiment),
+                               "RANK1_EXPERIMENT": str(lacking)})  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: rank 1: {lacking}: task.root: no such directory "
+                      f"'{tmp_path / 'not-here'}'"], done.stderr[-3000:]  # fmt: skip
+    assert not (tmp_path / "t").exists()
