@@ -6,6 +6,7 @@ Tasks register under a name in ``dnas.registry.TASKS``; the core never imports o
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,15 +125,29 @@ def scores_in_slices(task: Task) -> bool:
             and cls.score is not Task.score)  # fmt: skip
 
 
+# how the core calls a task that is scored in slices
+SLICE_CALLS = {"predict": ("model", "loader", "device", "keep"),
+               "score": ("dataset", "parts", "out_dir", "save_vis")}  # fmt: skip
+
+
 def check_evaluation(cls: type, name: str) -> None:
-    """A task implements ``evaluate``, or ``predict`` and ``score``: else one line at set-up."""
+    """A task implements ``evaluate``, or ``predict`` and ``score`` callable as the core calls
+    them (an older ``predict`` without ``keep``, or a helper of that name): else one line."""
     if cls.evaluate is not Task.evaluate:
         return
-    missing = [m for m in ("predict", "score") if getattr(cls, m) is getattr(Task, m)]
+    where = f"task {name!r} ({cls.__module__}.{cls.__qualname__})"
+    missing = [m for m in SLICE_CALLS if getattr(cls, m) is getattr(Task, m)]
     if missing:
-        raise DnasError(f"task {name!r} ({cls.__module__}.{cls.__qualname__}) does not "
-                        f"implement evaluate (or predict and score: it lacks "
+        raise DnasError(f"{where} does not implement evaluate (or predict and score: it lacks "
                         f"{' and '.join(missing)})")  # fmt: skip
+    for method, args in SLICE_CALLS.items():
+        function = getattr(cls, method)
+        try:
+            inspect.signature(function).bind(None, *args)
+        except (TypeError, ValueError):
+            raise DnasError(f"{where}: {method}{inspect.signature(function)} cannot be called "
+                            f"as {method}({', '.join(args)}); implement that, or evaluate "
+                            "(docs/adding_a_task.md)") from None  # fmt: skip
 
 
 def build_task(exp: Experiment) -> Task:

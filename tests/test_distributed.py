@@ -27,6 +27,7 @@ from dnas.config import load_experiment
 from dnas.engine.rundir import LOCK, RunLock
 from dnas.engine.runtime import seed_everything
 from dnas.engine.train import build_fixed
+from dnas.errors import DnasError
 from dnas.task import build_task
 from tasks.pose.synth import write_synthetic_mpii
 
@@ -548,7 +549,7 @@ from tasks.pose.task import PoseTask
 predict = PoseTask.predict
 def logged(self, model, loader, device, keep=0):
     with open(os.environ["PREDICT_LOG"], "a") as log:
-        log.write(f"{os.environ['RANK']} {list(loader.dataset.indices)} {keep}\\n")
+        log.write(f"{os.environ['RANK']} {list(loader.sampler)} {len(loader.dataset)} {keep}\\n")
     return predict(self, model, loader, device, keep)
 PoseTask.predict = logged
 main()
@@ -573,7 +574,7 @@ def test_two_processes_evaluate_a_slice_each_and_score_as_one(experiment, tmp_pa
                           env={**os.environ, "OMP_NUM_THREADS": "1",
                                "PREDICT_LOG": str(log)})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(log.read_text().splitlines()) == ["0 [0, 1] 3", "1 [2, 3] 1"]
+    assert sorted(log.read_text().splitlines()) == ["0 [0, 1] 4 3", "1 [2, 3] 4 1"]
     one, two = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("e1", "e2"))
     files = {k: v.replace(str(tmp_path / "e1"), str(tmp_path / "e2"))
              for k, v in one.pop("files").items()}  # fmt: skip
@@ -643,3 +644,44 @@ def test_data_that_one_process_lacks_stops_every_process_naming_it(experiment, t
     assert errors == [f"Error: rank 1: {lacking}: task.root: no such directory "
                       f"'{tmp_path / 'not-here'}'"], done.stderr[-3000:]  # fmt: skip
     assert not (tmp_path / "t").exists()
+
+
+def test_loader_workers_start_from_a_fork_server_in_a_process_group(monkeypatch):
+    """Forked from a process with the group's threads, a worker deadlocked in its first
+    instruction now and then (Python 3.11: a thread held the interpreter's lock at the fork)."""
+    from dnas.engine import distributed, sampling
+
+    items = list(range(4))
+    assert sampling.worker_start(items, 2) is None  # no group: forked as usual
+    monkeypatch.setattr(distributed, "in_process_group", lambda: True)
+    assert sampling.worker_start(items, 0) is None
+    assert sampling.worker_start(items, 2).get_start_method() == "forkserver"
+
+
+class Unpicklable(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        self.read = lambda i: i  # a plugin's closure: workers get the dataset pickled
+
+    def __len__(self) -> int:
+        return 4
+
+
+def test_a_dataset_that_workers_cannot_receive_is_one_line(monkeypatch):
+    from dnas.engine import distributed, sampling
+
+    monkeypatch.setattr(distributed, "in_process_group", lambda: True)
+    with pytest.raises(DnasError, match=r"^dataset Unpicklable: cannot be sent to loader workers "
+                                        r"under torchrun \(.*\); make it picklable, or set "
+                                        r"workers: 0$"):  # fmt: skip
+        sampling.make_loader(Unpicklable(), 2, 2)
+    sampling.make_loader(Unpicklable(), 2, 0)  # no workers: nothing to send
+
+
+def test_two_process_training_with_loader_workers_is_the_same_run(experiment, tmp_path):
+    """Workers started by the fork server load the same items, augmented alike: the same
+    weights as without workers, bit for bit."""
+    for workers in (0, 2):
+        run(["train", str(experiment), "--arch", ARCH, "--out", str(tmp_path / f"w{workers}"),
+             "--set", f"workers={workers}"], 2)  # fmt: skip
+    plain, forked = (checkpoint.load(tmp_path / f"w{w}" / "model.pt") for w in (0, 2))
+    assert all(torch.equal(plain[key], forked[key]) for key in plain)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_SPACE, write_experiment
-from torch.utils.data import Subset
 
 from dnas.config import load_experiment
 from dnas.engine.distributed import World
@@ -40,7 +39,7 @@ def sliced_metrics(task: Task, net: torch.nn.Module, dataset, cuts: list[int], o
     batch, as the whole is scored here: a net's outputs differ in the last bits with the batch
     size, and an untrained net's flat heatmaps turn that into another peak)."""
     edges = [0, *cuts, len(dataset)]
-    parts = [task.predict(net, make_loader(Subset(dataset, range(a, b)), 1, 0),
+    parts = [task.predict(net, make_loader(dataset, 1, 0, range(a, b)),
                           torch.device("cpu"), max(0, save_vis - a))
              for a, b in zip(edges, edges[1:], strict=False)]  # fmt: skip
     return task.score(dataset, parts, out_dir, save_vis)
@@ -71,7 +70,7 @@ def test_pose_scored_in_slices_scores_as_the_whole(synth_root, tmp_path, cuts):
         assert (tmp_path / "b" / "vis" / name).read_bytes() == \
             (tmp_path / "a" / "vis" / name).read_bytes()  # fmt: skip
     edges = [0, *cuts, len(val)]
-    sliced = [task.predict(net, make_loader(Subset(val, range(a, b)), 1, 0), cpu)[0]
+    sliced = [task.predict(net, make_loader(val, 1, 0, range(a, b)), cpu)[0]
               for a, b in zip(edges, edges[1:], strict=False)]  # fmt: skip
     assert np.array_equal(np.concatenate(sliced), task.predict(net, make_loader(val, 1, 0), cpu)[0])
 
@@ -112,7 +111,7 @@ def test_a_world_of_one_scores_the_whole_split_in_one_loader(synth_root, tmp_pat
     scorer = SplitScorer(task, val, 4, 0, World())
     assert not scorer.in_slices and scorer.loader.dataset is val
     two = SplitScorer(task, val, 4, 0, World(1, 2))
-    assert two.in_slices and list(two.loader.dataset.indices) == [2, 3]
+    assert two.in_slices and list(two.loader.sampler) == [2, 3] and two.loader.dataset is val
     metrics = scorer(net, torch.device("cpu"), None)
     assert metrics.score == task.evaluate(net, make_loader(val, 4, 0), torch.device("cpu"),
                                           None).score  # fmt: skip
@@ -136,9 +135,21 @@ class Unscored(PoseTask):
     predict, score, evaluate = Task.predict, Task.score, Task.evaluate
 
 
+class OlderPredict(PoseTask):
+    """A subclass written when the pose task's predict took no ``keep``."""
+
+    def predict(self, model, loader, device):
+        return super().predict(model, loader, device)
+
+
 @pytest.fixture
 def tasks():
-    added = {"own_evaluate": OwnEvaluate, "predict_only": PredictOnly, "unscored": Unscored}
+    added = {
+        "own_evaluate": OwnEvaluate,
+        "predict_only": PredictOnly,
+        "unscored": Unscored,
+        "older_predict": OlderPredict,
+    }
     for name, cls in added.items():
         TASKS.register(name)(cls)
     yield
@@ -158,3 +169,8 @@ def test_a_task_says_how_it_is_scored_or_is_refused_in_one_line(tasks, synth_roo
         task("predict_only")
     with pytest.raises(DnasError, match=r"it lacks predict and score\)$"):
         task("unscored")
+    where = r"task 'older_predict' \(test_evaluation.OlderPredict\)"
+    with pytest.raises(DnasError, match=rf"^{where}: predict\(self, model, loader, device\) "
+                                        r"cannot be called as predict\(model, loader, device, "
+                                        r"keep\); implement that, or evaluate"):  # fmt: skip
+        task("older_predict")

@@ -68,6 +68,11 @@ def init_world(device: str) -> World:
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
+def in_process_group() -> bool:
+    """Whether this process has joined a torchrun process group (and has its threads)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def device_for(world: World, device: torch.device) -> torch.device:
     """Each process of a CUDA run takes the GPU of its local rank."""
     if world.distributed and device.type == "cuda":

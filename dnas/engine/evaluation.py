@@ -1,11 +1,12 @@
 """Scoring a net on a task's validation split, with every process of a torchrun world.
 
 A task that implements ``predict`` and ``score`` (:func:`dnas.task.scores_in_slices`) is scored
-as mmpose and mmengine do it: each process predicts one contiguous slice of the split, rank 0
-gathers the slices in order and scores them, so an evaluation takes 1/N of the time and no
-process waits in a collective for the whole of it (gloo gives up after 30 minutes). A task
-with its own ``evaluate`` is scored by rank 0 alone. Every process gets the metrics, or the
-error any of them met.
+as mmpose and mmengine do it: each process predicts one contiguous slice of the split (its
+loader samples the slice; ``loader.dataset`` is the whole split), rank 0 gathers the slices in
+order and scores them, so each process predicts 1/N of the split and none waits in a
+collective while rank 0 predicts the rest (gloo gives up after 30 minutes). A task with its
+own ``evaluate`` is scored by rank 0 alone. Every process gets the metrics, or the error any
+of them met.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from dnas.engine import distributed
 from dnas.engine.distributed import World
@@ -37,8 +38,7 @@ class SplitScorer:
         self.task, self.dataset, self.world = task, dataset, world
         self.in_slices = world.distributed and scores_in_slices(task)
         self.items = slice_of(len(dataset), world) if self.in_slices else range(len(dataset))
-        part = Subset(dataset, self.items) if self.in_slices else dataset
-        self.loader = make_loader(part, batch_size, workers)
+        self.loader = make_loader(dataset, batch_size, workers, self.items)
 
     def __call__(self, model: nn.Module, device: torch.device, out_dir: Path | None,
                  save_vis: int = 0) -> Metrics:  # fmt: skip

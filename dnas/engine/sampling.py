@@ -9,6 +9,9 @@ would.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
+import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dnas.engine import distributed
 from dnas.errors import DnasError
 
 
@@ -67,6 +71,28 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
             yield [(self.epoch, int(i)) for i in chunk[self.rank :: self.world]]
 
 
+def worker_start(dataset: Dataset, workers: int) -> multiprocessing.context.BaseContext | None:
+    """How loader workers start: forked (the default), but from a fork server once this
+    process is in a torchrun process group. The group's C++ threads may hold Python's thread
+    lock at the moment of a fork, and then the worker deadlocks in its first instruction
+    (Python 3.11; seen under load as a torchrun run that waited for ever for its first batch).
+    The fork server forks from a process without threads; it runs the main module again in
+    each worker, so a script that runs dnas under torchrun needs ``if __name__ ==
+    "__main__":`` (``python -m dnas`` has it), and the dataset is sent to the workers pickled:
+    one that cannot be is a one-line error here, not a traceback at the first batch."""
+    if workers == 0 or not distributed.in_process_group():
+        return None
+    try:
+        pickle.dumps(dataset)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        name = type(getattr(dataset, "dataset", dataset)).__name__
+        raise DnasError(f"dataset {name}: cannot be sent to loader workers under torchrun "
+                        f"({exc}); make it picklable, or set workers: 0") from None  # fmt: skip
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "dnas.engine.sampling"])  # each worker: no import
+    return context
+
+
 def _seed_worker(worker_id: int) -> None:
     """Workers of unkeyed loaders: a distinct augmentation generator per worker."""
     info = torch.utils.data.get_worker_info()
@@ -82,18 +108,23 @@ def train_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, work
         KeyedDataset(dataset, seed),
         batch_sampler=sampler,
         num_workers=workers,
+        multiprocessing_context=worker_start(dataset, workers),
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),  # never draw from the global RNG
     )
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
-    """A loader for scoring: every item once, in order."""
+def make_loader(dataset: Dataset, batch_size: int, workers: int,
+                items: range | None = None) -> DataLoader:  # fmt: skip
+    """A loader for scoring: every item once, in order (only ``items``, where given; its
+    ``dataset`` is still the whole split, as under a distributed sampler)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
+        sampler=items,
         shuffle=False,
         num_workers=workers,
+        multiprocessing_context=worker_start(dataset, workers),
         worker_init_fn=_seed_worker if workers else None,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
