@@ -646,16 +646,17 @@ def test_data_that_one_process_lacks_stops_every_process_naming_it(experiment, t
     assert not (tmp_path / "t").exists()
 
 
-def test_loader_workers_start_from_a_fork_server_in_a_process_group(monkeypatch):
+def test_loader_workers_are_spawned_in_a_process_group(monkeypatch):
     """Forked from a process with the group's threads, a worker deadlocked in its first
-    instruction now and then (Python 3.11: a thread held the interpreter's lock at the fork)."""
+    instruction now and then (Python 3.11: a thread held the interpreter's lock at the fork);
+    spawned, it runs no code of the process before its own interpreter starts."""
     from dnas.engine import distributed, sampling
 
     items = list(range(4))
     assert sampling.worker_start(items, 2) is None  # no group: forked as usual
     monkeypatch.setattr(distributed, "in_process_group", lambda: True)
     assert sampling.worker_start(items, 0) is None
-    assert sampling.worker_start(items, 2).get_start_method() == "forkserver"
+    assert sampling.worker_start(items, 2).get_start_method() == "spawn"
 
 
 class Unpicklable(torch.utils.data.Dataset):
@@ -678,10 +679,58 @@ def test_a_dataset_that_workers_cannot_receive_is_one_line(monkeypatch):
 
 
 def test_two_process_training_with_loader_workers_is_the_same_run(experiment, tmp_path):
-    """Workers started by the fork server load the same items, augmented alike: the same
-    weights as without workers, bit for bit."""
+    """Spawned workers load the same items, augmented alike: the same weights as without
+    workers, bit for bit."""
     for workers in (0, 2):
         run(["train", str(experiment), "--arch", ARCH, "--out", str(tmp_path / f"w{workers}"),
              "--set", f"workers={workers}"], 2)  # fmt: skip
     plain, forked = (checkpoint.load(tmp_path / f"w{w}" / "model.pt") for w in (0, 2))
     assert all(torch.equal(plain[key], forked[key]) for key in plain)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="processes listed by /proc")
+def test_loader_workers_leave_with_a_killed_process(experiment, tmp_path):
+    """Killed while its workers started, a process left them waiting for ever (torch's
+    watchdog reads the parent once a worker has started; a spawned one takes seconds); a fork
+    server's workers outlived it too (their parent was the server, which they kept alive)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "dnas"]  # fmt: skip
+    job = subprocess.Popen([*launcher, "search", str(experiment), "--out", str(tmp_path / "s"),
+                            "--set", "workers=2", "--set", "search.epochs=50"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        deadline, workers = time.monotonic() + 90, []
+        while len(workers) < 4 and time.monotonic() < deadline:  # 2 loaders' workers a rank
+            time.sleep(0.5)
+            ranks = children(job.pid)
+            workers = [w for r in ranks for w in children(r)]
+        assert len(workers) >= 4, "the workers never started"
+        os.kill(ranks[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(map(alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [w for w in workers if alive(w)]
+    finally:
+        job.kill()
+        job.wait()

@@ -9,10 +9,15 @@ would.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.context
+import os
 import pickle
+import signal
+import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dnas.engine import distributed
 from dnas.errors import DnasError
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class KeyedDataset(Dataset):
@@ -72,14 +79,16 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
 
 
 def worker_start(dataset: Dataset, workers: int) -> multiprocessing.context.BaseContext | None:
-    """How loader workers start: forked (the default), but from a fork server once this
-    process is in a torchrun process group. The group's C++ threads may hold Python's thread
-    lock at the moment of a fork, and then the worker deadlocks in its first instruction
-    (Python 3.11; seen under load as a torchrun run that waited for ever for its first batch).
-    The fork server forks from a process without threads; it runs the main module again in
-    each worker, so a script that runs dnas under torchrun needs ``if __name__ ==
-    "__main__":`` (``python -m dnas`` has it), and the dataset is sent to the workers pickled:
-    one that cannot be is a one-line error here, not a traceback at the first batch."""
+    """How loader workers start: forked (the default), but spawned once this process is in a
+    torchrun process group. The group's C++ threads may hold Python's thread lock at the
+    moment of a fork, and then the worker deadlocks in its first instruction (Python 3.11;
+    seen under load as a torchrun run that waited for ever for its first batch). A spawned
+    worker is a fresh interpreter (exec right after the fork, no Python code between), still
+    this process's child, so it exits when the process dies (a fork server's workers outlived
+    a killed process). It runs the main module again, so a script that runs dnas under
+    torchrun needs ``if __name__ == "__main__":`` (``python -m dnas`` has it), and it gets the
+    dataset pickled: one that cannot be is a one-line error here, not a traceback at the first
+    batch."""
     if workers == 0 or not distributed.in_process_group():
         return None
     try:
@@ -88,16 +97,33 @@ def worker_start(dataset: Dataset, workers: int) -> multiprocessing.context.Base
         name = type(getattr(dataset, "dataset", dataset)).__name__
         raise DnasError(f"dataset {name}: cannot be sent to loader workers under torchrun "
                         f"({exc}); make it picklable, or set workers: 0") from None  # fmt: skip
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "dnas.engine.sampling"])  # each worker: no import
-    return context
+    return multiprocessing.get_context("spawn")
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Workers of unkeyed loaders: a distinct augmentation generator per worker."""
-    info = torch.utils.data.get_worker_info()
-    if hasattr(info.dataset, "rng"):
-        info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32)
+@dataclass(frozen=True)
+class WorkerStart:
+    """What each loader worker runs first: it ties its life to the process that started it,
+    and an unkeyed loader's worker (``reseed``) draws its own augmentation generator."""
+
+    parent: int
+    reseed: bool
+
+    def __call__(self, worker_id: int) -> None:
+        die_with(self.parent)
+        info = torch.utils.data.get_worker_info()
+        if self.reseed and hasattr(info.dataset, "rng"):
+            info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32)
+
+
+def die_with(parent: int) -> None:
+    """End this worker when ``parent`` dies (Linux: the kernel's parent-death signal), and at
+    once if it already has. torch's watchdog reads the parent only once the worker has
+    started, so a spawned worker (seconds to start) whose process was killed meanwhile
+    waited for ever."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def train_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, workers: int,
@@ -109,6 +135,7 @@ def train_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, work
         batch_sampler=sampler,
         num_workers=workers,
         multiprocessing_context=worker_start(dataset, workers),
+        worker_init_fn=WorkerStart(os.getpid(), reseed=False) if workers else None,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),  # never draw from the global RNG
     )
@@ -125,7 +152,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int,
         shuffle=False,
         num_workers=workers,
         multiprocessing_context=worker_start(dataset, workers),
-        worker_init_fn=_seed_worker if workers else None,
+        worker_init_fn=WorkerStart(os.getpid(), reseed=True) if workers else None,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
     )
