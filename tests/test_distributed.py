@@ -57,6 +57,25 @@ def experiment(tmp_path_factory) -> Path:
     )  # fmt: skip
 
 
+def torchrun(args: list[str], timeout: float, processes: int = 2,
+             **env: str) -> subprocess.CompletedProcess:  # fmt: skip
+    """``torchrun --nproc_per_node PROCESSES ARGS`` (``-m dnas ...`` or a script and its
+    arguments), one thread a process, in a session of its own: on a timeout every process of
+    it is killed (the launcher alone was, and its hung ranks slowed every test after)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={processes}"]  # fmt: skip
+    with subprocess.Popen([*launcher, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}) as job:  # fmt: skip
+        try:
+            out, err = job.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+            raise
+    return subprocess.CompletedProcess(job.args, job.returncode, out, err)
+
+
 def run(args: list[str], processes: int) -> str:
     """``dnas ARGS`` in one process (this one, on one thread as each torchrun process runs) or
     under ``torchrun --nproc_per_node PROCESSES``; its output."""
@@ -69,10 +88,7 @@ def run(args: list[str], processes: int) -> str:
             torch.set_num_threads(threads)
         assert done.exit_code == 0, done.output[-3000:]
         return done.output
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={processes}", "-m", "dnas"]  # fmt: skip
-    done = subprocess.run([*launcher, *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
+    done = torchrun(["-m", "dnas", *args], 600, processes)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -341,9 +357,7 @@ def test_the_process_group_and_its_threads_are_gone_after_shutdown(tmp_path):
     an active exception'), about 1 two-process run in 20."""
     script = tmp_path / "leaves.py"
     script.write_text(LEAVES)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run([*launcher, str(script), str(tmp_path)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)  # fmt: skip
+    done = torchrun([str(script), str(tmp_path)], 300)
     assert done.returncode == 0, done.stderr[-2000:]
     for rank in (0, 1):
         threads = (tmp_path / f"rank{rank}.txt").read_text().split()
@@ -398,10 +412,7 @@ def test_two_nodes_of_one_process_search_as_one_node_of_two(experiment, tmp_path
 def torchrun_fails(args: list[str]) -> str:
     """``dnas ARGS`` under torchrun with 2 processes, which must fail (within a minute, not
     wait for ever); its stderr."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2", "-m", "dnas"]  # fmt: skip
-    done = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = torchrun(["-m", "dnas", *args], 60)
     assert done.returncode == 1, done.stderr[-2000:]
     return done.stderr
 
@@ -566,13 +577,9 @@ def test_two_processes_evaluate_a_slice_each_and_score_as_one(experiment, tmp_pa
     script = tmp_path / "logged_predict.py"
     script.write_text(LOGGED_PREDICT)
     log = tmp_path / "predict.log"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2", str(script)]  # fmt: skip
-    done = subprocess.run([*launcher, "eval", str(experiment), "--weights", str(weights),
-                           "--out", str(tmp_path / "e2"), "--save-vis", "3"],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1",
-                               "PREDICT_LOG": str(log)})  # fmt: skip
+    args = ["eval", str(experiment), "--weights", str(weights), "--out", str(tmp_path / "e2"),
+            "--save-vis", "3"]  # fmt: skip
+    done = torchrun([str(script), *args], 300, PREDICT_LOG=str(log))
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(log.read_text().splitlines()) == ["0 [0, 1] 4 3", "1 [2, 3] 4 1"]
     one, two = (json.loads((tmp_path / e / "results.json").read_text()) for e in ("e1", "e2"))
@@ -600,14 +607,11 @@ main()
 
 def test_a_diverged_step_is_said_once(experiment, tmp_path):
     """The step's stats are the world's means, so every process meets a NaN loss at the same
-    step: each said it (one line per process)."""
+    step: each said it, one line per process."""
     script = tmp_path / "nan_loss.py"
     script.write_text(NAN_LOSS)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2", str(script)]  # fmt: skip
-    done = subprocess.run([*launcher, "train", str(experiment), "--arch", ARCH, "--out",
-                           str(tmp_path / "t")], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = torchrun([str(script), "train", str(experiment), "--arch", ARCH, "--out",
+                     str(tmp_path / "t")], 120)  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert errors == ["Error: non-finite train/loss (nan) at step 0; lower the learning rate"], \
@@ -633,12 +637,9 @@ def test_data_that_one_process_lacks_stops_every_process_naming_it(experiment, t
     lacking.write_text(yaml.safe_dump(exp))
     script = tmp_path / "other_node.py"
     script.write_text(OTHER_NODE)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2", str(script)]  # fmt: skip
-    done = subprocess.run([*launcher, "train", str(experiment), "--arch", ARCH, "--out",
-                           str(tmp_path / "t")], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "EXPERIMENT": str(experiment),
-                               "RANK1_EXPERIMENT": str(lacking)})  # fmt: skip
+    done = torchrun([str(script), "train", str(experiment), "--arch", ARCH, "--out",
+                     str(tmp_path / "t")], 120, EXPERIMENT=str(experiment),
+                    RANK1_EXPERIMENT=str(lacking))  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert errors == [f"Error: rank 1: {lacking}: task.root: no such directory "
