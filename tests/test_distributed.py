@@ -179,10 +179,11 @@ def test_a_two_process_search_resumed_mid_epoch_goes_on_exactly(experiment, tmp_
     assert "saved by 1 process(es), resumed by 2: the run goes on, not exactly" in other
 
 
-def signalled_search(dnas: list[str], experiment: Path, out: Path, pick: slice,
+def signalled_search(dnas: list[str], experiment: Path, out: Path, pick: slice | None,
                      *args: str) -> str:  # fmt: skip
     """A long search under ``torchrun`` (``dnas`` starts the CLI: ``-m dnas`` or a script)
-    whose workers ``pick`` get SIGTERM once it has written a checkpoint; its stderr."""
+    whose workers ``pick`` (None: the launcher, which signals every process's group) get
+    SIGTERM once it has written a checkpoint; its stderr."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node=2", *dnas]  # fmt: skip
     proc = subprocess.Popen([*launcher, "search", str(experiment), "--out", str(out), "--quiet",
@@ -198,7 +199,7 @@ def signalled_search(dnas: list[str], experiment: Path, out: Path, pick: slice,
             time.sleep(0.05)
         workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         assert len(workers) == 2
-        for worker in workers[pick]:
+        for worker in [proc.pid] if pick is None else workers[pick]:
             os.kill(int(worker), signal.SIGTERM)
         return proc.communicate(timeout=120)[1]
     finally:  # a hung run: none of its processes outlives the test
@@ -735,3 +736,14 @@ def test_loader_workers_leave_with_a_killed_process(experiment, tmp_path):
     finally:
         job.kill()
         job.wait()
+
+
+def test_a_stop_signal_to_the_launcher_stops_a_run_with_loader_workers(experiment, tmp_path):
+    """torchrun passes SIGTERM to each process's group, loader workers included: spawned
+    workers died of it and every process failed mid-step ('DataLoader worker killed by
+    signal'), with no stop checkpoint; the run stops at a step boundary, as without workers."""
+    out = tmp_path / "stopped"
+    err = signalled_search(["-m", "dnas"], experiment, out, None, "--set", "workers=2")
+    stopped = [line for line in err.splitlines() if line.startswith("interrupted (SIGTERM) at")]
+    assert len(stopped) == 1 and "checkpoint saved" in stopped[0], err[-3000:]
+    assert "DataLoader worker" not in err, err[-3000:]

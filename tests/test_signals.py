@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import write_experiment
@@ -159,3 +160,35 @@ def test_a_signal_during_the_finish_stops_what_runs_next(cli_signals, tmp_path, 
     assert str(caught.value) == "interrupted (SIGTERM) as the run finished; its results are written"
     assert (tmp_path / "run" / "search.json").is_file()
     assert not (tmp_path / "run" / LOCK).exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_to_the_process_group_stops_a_run_with_loader_workers(tmp_path, synth_root,
+                                                                            signum):  # fmt: skip
+    """Ctrl-C (or a scheduler) signals the whole process group, loader workers included: they
+    died of it and the run failed mid-step ('DataLoader worker killed by signal'), with no stop
+    checkpoint; now the run stops at a step boundary and its workers end with it."""
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root, workers=2,
+                           search={"epochs": 400, "steps_per_epoch": 2})  # fmt: skip
+    out = tmp_path / "s"
+    job = subprocess.Popen([sys.executable, "-m", "dnas", "search", str(exp), "--out", str(out),
+                            "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any((out / "checkpoints").glob("step-*.pt")):
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the search never reached its first checkpoint"
+            time.sleep(0.05)
+        workers = Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()
+        assert workers  # the loaders' workers run
+        os.killpg(job.pid, signum)
+        err = job.communicate(timeout=60)[1]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    name = signal.Signals(signum).name
+    assert f"interrupted ({name}) at epoch" in err and "checkpoint saved" in err, err[-3000:]
+    assert "Traceback" not in err and "DataLoader worker" not in err, err[-3000:]
+    time.sleep(1)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]

@@ -100,19 +100,56 @@ def worker_start(dataset: Dataset, workers: int) -> multiprocessing.context.Base
     return multiprocessing.get_context("spawn")
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class Loader(DataLoader):
+    """A DataLoader whose workers leave the run's process group (:class:`WorkerStart`): a stop
+    signal to the whole group (Ctrl-C, or torchrun, which signals each process's group) is the
+    run's to act on at a step boundary. A spawned worker, a fresh interpreter, died of it, and
+    its process failed mid-step with 'DataLoader worker killed by signal' instead of stopping
+    with a checkpoint. The workers start with the stop signals held (this process holds them
+    while it starts them; the mask survives exec), so one that came meanwhile is dropped by the
+    worker and acted on here once they have started."""
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
+            return super().__iter__()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 @dataclass(frozen=True)
 class WorkerStart:
     """What each loader worker runs first: it ties its life to the process that started it,
-    and an unkeyed loader's worker (``reseed``) draws its own augmentation generator."""
+    leaves stop signals sent to the run's process group to the run (:class:`Loader`; one sent
+    to the worker itself, as multiprocessing's exit sends SIGTERM, still ends it), and an
+    unkeyed loader's worker (``reseed``) draws its own augmentation generator."""
 
     parent: int
     reseed: bool
 
     def __call__(self, worker_id: int) -> None:
         die_with(self.parent)
+        if hasattr(os, "setpgid") and hasattr(signal, "pthread_sigmask"):
+            os.setpgid(0, 0)
+            for signum in STOP_SIGNALS:  # drop one sent to the group while this worker started
+                signal.signal(signum, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # not the run's handlers
+            signal.signal(signal.SIGTERM, leave)  # (a forked worker inherits them)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         info = torch.utils.data.get_worker_info()
         if self.reseed and hasattr(info.dataset, "rng"):
             info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32)
+
+
+def leave(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM (multiprocessing's exit ends the workers it still holds with one):
+    exit 0, so the process's watch on its workers does not take it for a crash."""
+    os._exit(0)
 
 
 def die_with(parent: int) -> None:
@@ -130,7 +167,7 @@ def train_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, work
                  seed: int, rank: int = 0, world: int = 1) -> DataLoader:  # fmt: skip
     """A loader over ``dataset[indices]`` in the resumable order; ``batch_size`` is global."""
     sampler = EpochBatches(indices, batch_size, seed, rank, world)
-    return DataLoader(
+    return Loader(
         KeyedDataset(dataset, seed),
         batch_sampler=sampler,
         num_workers=workers,
@@ -145,7 +182,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int,
                 items: range | None = None) -> DataLoader:  # fmt: skip
     """A loader for scoring: every item once, in order (only ``items``, where given; its
     ``dataset`` is still the whole split, as under a distributed sampler)."""
-    return DataLoader(
+    return Loader(
         dataset,
         batch_size=batch_size,
         sampler=items,
