@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -136,3 +137,14 @@ def finished(tmp_path_factory, synth_root) -> dict[str, Path]:
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("DNAS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def wait_for_checkpoint(job: subprocess.Popen, out: Path, seconds: float) -> list[str]:
+    """Wait until the run ``job`` writes into ``out`` has saved a checkpoint (it must not end
+    first); the pids of its children."""
+    deadline = time.monotonic() + seconds
+    while not any((out / "checkpoints").glob("step-*.pt")):
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never reached its first checkpoint"
+        time.sleep(0.05)
+    return Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import write_experiment
+from conftest import wait_for_checkpoint, write_experiment
 
 from dnas import checkpoint
 from dnas.cli import cli
@@ -192,12 +192,7 @@ def signalled_search(dnas: list[str], experiment: Path, out: Path, pick: slice |
                             env={**os.environ, "OMP_NUM_THREADS": "1"},
                             start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while not any((out / "checkpoints").glob("step-*.pt")):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the search never reached its first checkpoint"
-            time.sleep(0.05)
-        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = wait_for_checkpoint(proc, out, 300)
         assert len(workers) == 2
         for worker in [proc.pid] if pick is None else workers[pick]:
             os.kill(int(worker), signal.SIGTERM)

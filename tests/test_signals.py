@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_experiment
+from conftest import wait_for_checkpoint, write_experiment
 
 from dnas.engine.rundir import LOCK
 from dnas.engine.signals import SIGNALS, raise_on_signals, stop_signals
@@ -175,12 +175,7 @@ def test_a_stop_signal_to_the_process_group_stops_a_run_with_loader_workers(tmp_
                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not any((out / "checkpoints").glob("step-*.pt")):
-            assert job.poll() is None, job.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the search never reached its first checkpoint"
-            time.sleep(0.05)
-        workers = Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()
+        workers = wait_for_checkpoint(job, out, 120)
         assert workers  # the loaders' workers run
         os.killpg(job.pid, signum)
         err = job.communicate(timeout=60)[1]
