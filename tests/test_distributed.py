@@ -647,13 +647,13 @@ def test_loader_workers_are_spawned_in_a_process_group(monkeypatch):
     """Forked from a process with the group's threads, a worker deadlocked in its first
     instruction now and then (Python 3.11: a thread held the interpreter's lock at the fork);
     spawned, it runs no code of the process before its own interpreter starts."""
-    from dnas.engine import distributed, sampling
+    from dnas.engine import distributed, workers
 
     items = list(range(4))
-    assert sampling.worker_start(items, 2) is None  # no group: forked as usual
+    assert workers.worker_start(items, 2) is None  # no group: forked as usual
     monkeypatch.setattr(distributed, "in_process_group", lambda: True)
-    assert sampling.worker_start(items, 0) is None
-    assert sampling.worker_start(items, 2).get_start_method() == "spawn"
+    assert workers.worker_start(items, 0) is None
+    assert workers.worker_start(items, 2).get_start_method() == "spawn"
 
 
 class Unpicklable(torch.utils.data.Dataset):
