@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from cost_models.latency import cpu_bench, time_forwards
+from cost_models.latency_build import cpu_bench, time_forwards
 from dnas.allocator import keep_freed_memory
 from dnas.config import load_experiment
 from dnas.engine.progress import Reporter

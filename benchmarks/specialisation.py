@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cost_models.latency import Bench, build_lut, cpu_bench, mac_bands, time_forwards
+from cost_models.latency_build import Bench, build_lut, cpu_bench, time_forwards
+from cost_models.latency_check import mac_bands
 from cost_models.timing import NoisePolicy
 from dnas.allocator import keep_freed_memory
 from dnas.config import CostConfig, load_experiment

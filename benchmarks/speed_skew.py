@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cost_models.latency import cpu_bench, network_job, op_jobs, reference_choices, warm_up
+from cost_models.latency_build import cpu_bench, network_job, op_jobs, reference_choices, warm_up
 from cost_models.speed_skew import slopes, speed_skew
 from cost_models.timing import shared_speeds
 from dnas.cli import head_outputs

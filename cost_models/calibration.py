@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cost_models.fidelity import kendall_tau, mape
+
 FIXED = "fixed"
 SCALE_BOUNDS = (0.2, 5.0)
 RIDGE = 0.002  # pull of each scale towards 1, relative to a group's share of the network time
@@ -78,18 +80,16 @@ def calibrate(samples: Sequence[Sample], lowest: dict[str, float],
         return Calibration({}, 0.0, 0.0, None, None)
     held = int(len(samples) * heldout_fraction) if len(samples) >= 8 else 0
     fitted, heldout = samples[: len(samples) - held], samples[len(samples) - held :]
-    mape = tau = None
+    error = tau = None
     if heldout:
         first = _fit(fitted, lowest)
         pred = np.array([first.predict(s.parts) for s in heldout])
         real = np.array([s.measured_ms for s in heldout])
-        mape = float(100 * np.mean(np.abs(pred - real) / real))
+        error = mape(pred, real)
         if len(heldout) >= MIN_RANKED:  # a rank correlation of 2-4 nets says next to nothing
-            import scipy.stats  # here, not at import: scipy.stats adds seconds to a CLI start
-
-            tau = float(scipy.stats.kendalltau(pred, real).statistic)
+            tau = kendall_tau(pred, real)
     final = _fit(samples, lowest)
-    return Calibration(final.scales, final.overhead_ms, final.fit_mape, mape, tau, held)
+    return Calibration(final.scales, final.overhead_ms, final.fit_mape, error, tau, held)
 
 
 def leave_one_out(samples: Sequence[Sample], lowest: dict[str, float]) -> np.ndarray:
@@ -122,8 +122,7 @@ def _fit(samples: Sequence[Sample], lowest: dict[str, float]) -> Calibration:
         scales, overhead = _solve(a, b, low, high, groups)
     fit = Calibration(scales, overhead, 0.0, None, None)
     pred = np.array([fit.predict(s.parts) for s in samples])
-    return Calibration(scales, overhead, float(100 * np.mean(np.abs(pred - real) / real)), None,
-                       None)  # fmt: skip
+    return Calibration(scales, overhead, mape(pred, real), None, None)
 
 
 def _solve(a: np.ndarray, b: np.ndarray, low: list[float], high: list[float],

@@ -166,5 +166,19 @@ def noise_ceiling(passes: Sequence[Sequence[float]], draws: int = DRAWS,
         (np.sign(gaps + e[:, i] - e[:, j]) * np.sign(gaps)).mean(1)
         for e in np.split(errors, range(CHUNK, draws, CHUNK))
     ]) if untied.any() else np.full(draws, np.nan)  # fmt: skip
-    mape = 100 * float(np.abs(1.0 - np.exp(-errors)).mean())
-    return NoiseCeiling(float(taus.mean()), mape, 100 * sd, float(taus.std()))
+    error = 100 * float(np.abs(1.0 - np.exp(-errors)).mean())
+    return NoiseCeiling(float(taus.mean()), error, 100 * sd, float(taus.std()))
+
+
+def kendall_tau(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Kendall's tau of predicted against measured times (nan for fewer than 2)."""
+    if len(measured) < 2:
+        return float("nan")
+    import scipy.stats  # here, not at import: scipy.stats adds seconds to every CLI start
+
+    return float(scipy.stats.kendalltau(predicted, measured).statistic)
+
+
+def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Mean absolute percentage error of ``predicted`` against ``measured``."""
+    return float(100 * np.mean(np.abs(predicted - measured) / measured))

@@ -81,7 +81,7 @@ def quick_bench():
     tests that need real figures or the noise guard set their own policy."""
     import torch
 
-    from cost_models.latency import Bench
+    from cost_models.latency_build import Bench
     from cost_models.runtimes import get_runtime
     from cost_models.timing import NoisePolicy
 

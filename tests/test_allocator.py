@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import TINY_SPACE
 
-from cost_models.latency import allocator_warning, build_lut, make_bench, recorded_allocator
+from cost_models.latency_build import build_lut, recorded_allocator
+from cost_models.lut_commands import allocator_warning, make_bench
 from dnas.allocator import DEFAULT, ENVIRONMENT, KEPT, keep_freed_memory, untouched
 from dnas.cli import cli
 

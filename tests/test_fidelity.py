@@ -11,7 +11,7 @@ from cost_models.fidelity import (
     pass_sd,
     pass_slopes,
 )
-from cost_models.latency import ranking_line
+from cost_models.lut_commands import ranking_line
 
 NETS, PASSES = 30, 5
 

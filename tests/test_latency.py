@@ -15,32 +15,32 @@ import yaml
 from click.testing import CliRunner
 from conftest import TINY_SPACE, quick_bench, write_experiment
 
-from cost_models import latency
+from cost_models import latency_build
 from cost_models.fidelity import NoiseCeiling, noise_ceiling
 from cost_models.flops import FlopsCostModel
-from cost_models.latency import (
-    PICK_BAND,
-    PICK_LEVELS,
-    SPEED_NETS,
+from cost_models.latency import LatencyCostModel, LatencyOptions, group_of, group_parts, predict_ms
+from cost_models.latency_build import (
     Bench,
-    LatencyCostModel,
-    LatencyOptions,
     TimingPass,
     build_lut,
+    calibration_nets,
     calibration_text,
     entries_as_timed,
-    gauge_nets,
-    group_parts,
-    machine_speed,
-    machine_warning,
-    picked_choices,
-    predict_ms,
     reference_choices,
     refit_scores,
     time_forwards,
     time_pass,
     warm_up_seconds,
 )
+from cost_models.latency_check import (
+    PICK_BAND,
+    PICK_LEVELS,
+    SPEED_NETS,
+    gauge_nets,
+    machine_speed,
+    picked_choices,
+)
+from cost_models.lut_commands import machine_warning
 from cost_models.runtimes import get_runtime
 from cost_models.timing import NoiseGuard, NoisePolicy, Timing
 from dnas.allocator import keep_freed_memory
@@ -98,7 +98,7 @@ def test_calibration_nets_alternate_uniform_draws_and_draws_across_the_mac_range
     """Uniform draws of 28 layers all cost about the space's mean; every other calibration net
     comes from the maximum-entropy distribution at one of evenly spread MAC levels."""
     space = load_space("mbv2_pose_small")
-    nets = latency.calibration_nets(space, (64, 64), 16, 40, np.random.default_rng(0))
+    nets = calibration_nets(space, (64, 64), 16, 40, np.random.default_rng(0))
     macs = FlopsCostModel().build(space, (64, 64), 16)
     low, high = macs.cost_range()
     share = [(macs.of_choices(n) - low) / (high - low) for n in nets]
@@ -108,14 +108,11 @@ def test_calibration_nets_alternate_uniform_draws_and_draws_across_the_mac_range
     assert np.std(uniform) < 0.1  # about the mean
     # each level's draw lands near it: sorted, the 20 nets follow the evenly spread levels
     assert np.abs(spread - (np.arange(20) + 0.5) / 20).max() < 0.15
-    assert nets == latency.calibration_nets(space, (64, 64), 16, 40, np.random.default_rng(0))
+    assert nets == calibration_nets(space, (64, 64), 16, 40, np.random.default_rng(0))
     for count in (0, 1, 3):
-        assert (
-            len(latency.calibration_nets(space, (64, 64), 16, count, np.random.default_rng(0)))
-            == count
-        )
+        assert len(calibration_nets(space, (64, 64), 16, count, np.random.default_rng(0))) == count
     fixed = load_space("efficientpose_a")  # no searchable layer: the one net, count times
-    assert latency.calibration_nets(fixed, (64, 64), 16, 3, np.random.default_rng(0)) == [{}] * 3
+    assert calibration_nets(fixed, (64, 64), 16, 3, np.random.default_rng(0)) == [{}] * 3
 
 
 def test_a_build_records_the_noise_ceiling_of_its_held_out_nets(monkeypatch):
@@ -125,7 +122,7 @@ def test_a_build_records_the_noise_ceiling_of_its_held_out_nets(monkeypatch):
         seen.append([list(p) for p in passes])
         return noise_ceiling(passes, **kwargs)
 
-    monkeypatch.setattr(latency, "noise_ceiling", spy)
+    monkeypatch.setattr(latency_build, "noise_ceiling", spy)
     policy = NoisePolicy(rounds=2, strict=False, fresh_processes=False)
     bench = Bench(get_runtime("torch", torch.device("cpu"), 1), min_time=0.01, policy=policy)
     table = build_lut(load_space(TINY_SPACE), (64, 64), 16, 1, bench, calibration=8,
@@ -608,7 +605,7 @@ def test_lut_recalibrate_refits_the_scales_to_the_calibration_nets_timed_now(lut
         fit["overhead_ms"], abs=1e-4
     )
     for name, ops in new["layers"].items():
-        scale = fit["scales"][latency.group_of(new, name)]
+        scale = fit["scales"][group_of(new, name)]
         for op, ms in ops.items():
             assert ms == pytest.approx(scale * table["isolated"]["layers"][name][op], rel=1e-4)
     assert meta["noise"] != old["noise"] and meta["date"] == old["date"]  # the entries' date

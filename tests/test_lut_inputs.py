@@ -14,16 +14,10 @@ import yaml
 from click.testing import CliRunner
 from conftest import TINY_SPACE, quick_bench, write_experiment
 
-from cost_models import latency
-from cost_models.latency import (
-    Conditions,
-    LatencyCostModel,
-    LatencyOptions,
-    build_lut,
-    check_strides,
-    experiment_conditions,
-    settle,
-)
+from cost_models import lut_commands
+from cost_models.latency import LatencyCostModel, LatencyOptions
+from cost_models.latency_build import build_lut
+from cost_models.lut_commands import Conditions, check_strides, experiment_conditions, settle
 from dnas.cli import cli
 from dnas.config import load_experiment
 from dnas.errors import ConfigError, DnasError
@@ -55,7 +49,7 @@ def builds(monkeypatch):
         seen.append((space.name, input_hw, num_outputs, batch, bench.runtime.name))
         raise DnasError("stopped before timing")
 
-    monkeypatch.setattr(latency, "build_lut", fake)
+    monkeypatch.setattr(lut_commands, "build_lut", fake)
     return seen
 
 

@@ -116,7 +116,7 @@ def test_an_onnxruntime_table_builds_checks_and_predicts_the_exported_net(tmp_pa
 
 
 def test_onnxruntime_preparations_are_reused_across_rounds_eager_ones_are_not():
-    from cost_models.latency import Bench
+    from cost_models.latency_build import Bench
 
     calls = []
 

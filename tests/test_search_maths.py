@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_SPACE, quick_bench, write_experiment
 
-from cost_models.latency import build_lut
+from cost_models.latency_build import build_lut
 from dnas import checkpoint
 from dnas.cli import cli
 from dnas.config import CostConfig, SearchConfig, load_experiment

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import TINY_SPACE, start_busy, stop_busy
 
 from cost_models.cpu_use import CpuClock, busy_seconds, others_cores, read_clock
-from cost_models.latency import noise_line, unsteady_warning
+from cost_models.lut_commands import noise_line, unsteady_warning
 from cost_models.timing import (
     MIN_BLOCKS,
     BlockTimer,
