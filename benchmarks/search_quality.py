@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -27,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from real_data import data_folder  # benchmarks/real_data.py
 
 from cost_models.latency_build import cpu_bench, time_forwards
 from dnas.allocator import keep_freed_memory
-from dnas.config import load_experiment
+from dnas.config import band_around, load_experiment
 from dnas.engine.progress import Reporter
 from dnas.engine.runtime import machine_record
 from dnas.engine.train import run_train
@@ -251,7 +251,7 @@ def architectures(profile: Profile, exp_path: Path, budget: float, out: Path, re
     table = get_cost_model("flops").table(space, (profile.input_size,) * 2, 14)
     for seed in RANDOM_SEEDS:
         rng = np.random.default_rng(seed)
-        choices = sample_within(table, rng, budget * (1 - BAND), budget * (1 + BAND), DRAW_TRIES)
+        choices = sample_within(table, rng, *band_around(budget, BAND), DRAW_TRIES)
         path = out / f"random-{seed}.yaml"
         write_architecture(space.with_choices(choices, f"random-{seed}"), path,
                            f"search_quality: random draw, seed {seed}",
@@ -271,7 +271,7 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="train every net this long instead (x0.1 at 80 %%)")  # fmt: skip
     args = parser.parse_args()
-    data = Path(os.environ.get("DNAS_TEST_DATA", REPO.parent / "shared" / "data")) / "lspet"
+    data = data_folder("lspet")
     profile = PROFILES["quick" if args.quick else args.device]
     if args.train_epochs is not None:
         profile = longer(profile, args.train_epochs)

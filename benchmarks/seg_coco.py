@@ -9,31 +9,19 @@ Run: ``make bench-seg`` (under 10 minutes on the 2-core CPU). The data path defa
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import time
-from pathlib import Path
+
+from real_data import REPO, data_folder, train_and_eval  # benchmarks/real_data.py
 
 from dnas.config import load_experiment
-from dnas.engine.progress import Reporter
 from dnas.engine.runtime import machine_record, pick_device
-from dnas.engine.train import run_eval, run_train
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "examples" / "seg_coco.yaml"
 ARCH = "efficientpose-a"
 
 
 def main() -> None:
-    data = Path(os.environ.get("DNAS_TEST_DATA", REPO.parent / "shared" / "data")) / "coco-mini"
-    exp = load_experiment(CONFIG, [f"task.root={data}"])
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        start = time.perf_counter()
-        run_train(exp, ARCH, out / "train", report=Reporter(lambda line: print(line, flush=True)))
-        trained = time.perf_counter()
-        results = run_eval(exp, ARCH, out / "train" / "model.pt", out / "eval")
-        done = time.perf_counter()
+    exp = load_experiment(CONFIG, [f"task.root={data_folder('coco-mini')}"])
+    results, seconds = train_and_eval(exp, ARCH)
     print(results.pop("table"))
     print(json.dumps({
         "benchmark": "seg_coco_person",
@@ -41,9 +29,7 @@ def main() -> None:
         "config": str(CONFIG.relative_to(REPO)),
         "architecture": f"{ARCH} backbone + fpn_lite head",
         "input_size": results["input_size"],
-        "train_s": round(trained - start, 1),
-        "eval_s": round(done - trained, 1),
-        "total_s": round(done - start, 1),
+        **seconds,
         "mIoU": round(results["mIoU"], 2),
         "pixel_acc": round(results["pixel_acc"], 2),
         "IoU": {k.removeprefix("IoU/"): round(v, 2) for k, v in results.items()

@@ -170,6 +170,13 @@ def noise_ceiling(passes: Sequence[Sequence[float]], draws: int = DRAWS,
     return NoiseCeiling(float(taus.mean()), error, 100 * sd, float(taus.std()))
 
 
+def tau_vs_ceiling(tau: float, ceiling: NoiseCeiling | None) -> float | None:
+    """How many of the noise ceiling's standard deviations ``tau`` lies from its tau (2
+    decimals), as reports record it; None without a ceiling or a spread."""
+    gap = ceiling.tau_gap(tau) if ceiling else None
+    return round(gap, 2) if gap is not None else None
+
+
 def kendall_tau(predicted: np.ndarray, measured: np.ndarray) -> float:
     """Kendall's tau of predicted against measured times (nan for fewer than 2)."""
     if len(measured) < 2:

@@ -18,7 +18,7 @@ import functools
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from cost_models.calibration import Calibration, Sample, calibrate, leave_one_out
-from cost_models.fidelity import NoiseCeiling, kendall_tau, mape, noise_ceiling
+from cost_models.fidelity import NoiseCeiling, kendall_tau, mape, noise_ceiling, tau_vs_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.latency import MAX_MS, group_of, group_parts, head_record
 from cost_models.processes import Done, in_fresh_process
@@ -339,9 +339,7 @@ def fit_entries(raw: dict, space: SearchSpace, nets: list[dict[str, str]],
     tau and MAPE a table without error would get against their measurements (None with one
     round or no net held out)."""
     measured = [t.median_ms for t in timings]
-    fit = calibrate([Sample(group_parts(raw, space, c), ms)
-                     for c, ms in zip(nets, measured, strict=True)],
-                    group_parts(raw, space, cheapest_choices(raw, space)))  # fmt: skip
+    fit = calibrate(*calibration_samples(raw, space, nets, measured))
     held = [t.passes for t in timings[len(timings) - fit.heldout_nets :]]
     ceiling = noise_ceiling(held) if fit.heldout_nets else None
     record = {**fit.to_dict(), "noise_ceiling": ceiling.to_dict() if ceiling else None}
@@ -449,13 +447,10 @@ def refit_scores(table: dict, space: SearchSpace, nets: list[dict[str, str]],
     raw = entries_as_timed(table)
     if raw is None or len(nets) < MIN_REFIT:
         return None
-    samples = [Sample(group_parts(raw, space, c), float(ms))
-               for c, ms in zip(nets, measured, strict=True)]  # fmt: skip
-    pred = leave_one_out(samples, group_parts(raw, space, cheapest_choices(raw, space)))
+    pred = leave_one_out(*calibration_samples(raw, space, nets, measured))
     tau = kendall_tau(pred, measured)
-    gap = ceiling.tau_gap(tau) if ceiling else None
     return {"kendall_tau": round(tau, 4), "mape": round(mape(pred, measured), 4),
-            "tau_vs_ceiling_sds": round(gap, 2) if gap is not None else None,
+            "tau_vs_ceiling_sds": tau_vs_ceiling(tau, ceiling),
             # whether ``lut recalibrate`` can refit this table
             "recalibratable": refit_nets_problem(table["meta"], space) is None}  # fmt: skip
 
@@ -464,6 +459,17 @@ def reference_choices(space: SearchSpace) -> dict[str, str]:
     """The reference net of a noise guard: the first candidate of every layer (fixed, so two
     builds of one space watch the same net)."""
     return {layer.name: layer.candidates[0] for layer in space.searchable_layers}
+
+
+def calibration_samples(
+    raw: dict, space: SearchSpace, nets: list[dict[str, str]], measured: Sequence[float]
+) -> tuple[list[Sample], dict[str, float]]:
+    """The entries ``raw`` as ``calibrate`` fits them to whole ``nets`` measured in ``measured``
+    ms: each net's per-group parts with its time, and the cheapest net's parts (its prediction
+    must stay positive)."""
+    samples = [Sample(group_parts(raw, space, c), float(ms))
+               for c, ms in zip(nets, measured, strict=True)]  # fmt: skip
+    return samples, group_parts(raw, space, cheapest_choices(raw, space))
 
 
 def cheapest_choices(table: dict, space: SearchSpace) -> dict[str, str]:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from cost_models.fidelity import kendall_tau, mape, noise_ceiling
+from cost_models.fidelity import kendall_tau, mape, noise_ceiling, tau_vs_ceiling
 from cost_models.flops import FlopsCostModel
 from cost_models.latency import lut_cost_table, predict_ms
 from cost_models.latency_build import (
@@ -25,6 +25,7 @@ from cost_models.latency_build import (
     time_passes,
 )
 from dnas.allocator import KEPT
+from dnas.config import band_around
 from dnas.engine.runtime import device_name
 from dnas.schema import is_finite_number
 from dnas.search.budget import cheapest_within
@@ -42,7 +43,7 @@ def mac_bands(macs: CostTable) -> dict[float, tuple[float, float]]:
     the space's MAC range (``macs`` is its FLOPs table)."""
     low, high = macs.cost_range()
     goals = {level: low + level * (high - low) for level in PICK_LEVELS}
-    return {level: (g * (1 - PICK_BAND), g * (1 + PICK_BAND)) for level, g in goals.items()}
+    return {level: band_around(g, PICK_BAND) for level, g in goals.items()}
 
 
 def picked_choices(lut: dict, space: SearchSpace) -> dict[float, dict[str, str]]:
@@ -97,10 +98,9 @@ def check_lut(table: dict, space: SearchSpace, samples: int, bench: Bench, seed:
     picked_real = np.array([r["measured_ms"] for r in picked])
     picked_steady = picked_real / ratio
     ceiling = noise_ceiling([t.passes for t in timings[:samples]])
-    gap = ceiling.tau_gap(tau) if ceiling else None
     return {"kendall_tau": tau, "mape": mape(pred, real),
             "noise_ceiling": ceiling.to_dict() if ceiling else None,
-            "tau_vs_ceiling_sds": round(gap, 2) if gap is not None else None,
+            "tau_vs_ceiling_sds": tau_vs_ceiling(tau, ceiling),
             "refit": refit_scores(table, space, nets, real, ceiling),
             # the machine's speed and MAPE "at build speed" are then against the last refit
             "recalibrated": bool(meta.get("recalibrations")),

@@ -32,7 +32,7 @@ from dnas.cli import (
     remembered,
     set_opt,
 )
-from dnas.config import MAX_BATCH, Experiment
+from dnas.config import DEFAULT_INPUT_HW, MAX_BATCH, Experiment
 from dnas.engine.runtime import pick_device
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
@@ -138,7 +138,7 @@ def what_to_build(space: str | None, config: Path | None, overrides: list[str],
         if overrides:
             raise click.UsageError("--set overrides keys of --config, not of --space")
         search_space = load_space(space)
-        settled = replace(given, input_hw=given.input_hw or (256, 256))
+        settled = replace(given, input_hw=given.input_hw or DEFAULT_INPUT_HW)
         check_strides(search_space, settled.input_hw)
         return search_space, head_outputs(outputs, None), settled  # its default outputs
     if outputs is not None:

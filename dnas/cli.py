@@ -25,7 +25,7 @@ from dnas.errors import (
     user_error_line,
 )
 from dnas.files import check_writable
-from dnas.search.bounds import BAND, CHANCE_SAMPLES
+from dnas.search.bounds import BAND, CHANCE_SAMPLES, DEFAULT_BAND
 
 if TYPE_CHECKING:  # imported lazily where used: 'dnas --help' does not import torch
     from dnas.space.graph import SearchSpace
@@ -230,6 +230,27 @@ def guard_output(path: Path, force: bool, option: str = "--out") -> None:
                         f"{option}")  # fmt: skip
 
 
+def guard_picture(path: Path, force: bool, example_name: str) -> None:
+    """``guard_output`` of a picture ``-o``: a name OpenCV writes an image to (``.png``,
+    ``.jpg``, ...), else a usage error showing ``example_name``."""
+    import cv2
+
+    if not cv2.haveImageWriter(str(path)):
+        raise click.BadParameter(f"expected an image path such as {example_name}, got '{path}'",
+                                 param_hint="'-o' / '--out'")  # fmt: skip
+    guard_output(path, force)
+
+
+def warn_if_truncated(image: Path, shown: str) -> None:
+    """One warning line, before libjpeg's own, when ``image`` is a JPEG cut short: its missing
+    part is ``shown`` (predicted on, segmented) as grey."""
+    from dnas.vis.images import truncated_jpeg
+
+    if Path(image).is_file() and truncated_jpeg(image):
+        click.echo(f"warning: {image}: the JPEG ends before its end marker (a truncated file?); "
+                   f"its missing part is {shown} as grey", err=True)  # fmt: skip
+
+
 def out_opt(dest: str = "out", file: bool = False, required: bool = True,
             help: str | None = None) -> Callable:  # fmt: skip
     """The one output flag of every command: ``-o/--out`` (a directory, or with ``file`` a
@@ -417,7 +438,7 @@ def derive(run: Path, output: Path, name: str | None, force: bool):
 
 
 def band_opt(help: str) -> Callable:
-    return click.option("--band", type=FiniteRange(*BAND), default=0.03,
+    return click.option("--band", type=FiniteRange(*BAND), default=DEFAULT_BAND,
                         show_default=True, help=help)  # fmt: skip
 
 
@@ -624,10 +645,11 @@ def cost(arch: str | None, config: Path | None, overrides: tuple[str, ...],
 
     For a search space, prints the range over its architectures instead.
     """
+    from dnas.config import DEFAULT_INPUT_HW
     from dnas.nn.profile import cost_report
 
     if config is None:
-        report = cost_report(headed_space(arch, overrides), input_size or (256, 256),
+        report = cost_report(headed_space(arch, overrides), input_size or DEFAULT_INPUT_HW,
                              head_outputs(outputs, joints))  # fmt: skip
     else:
         report = cost_report(*task_space(arch, config, overrides, input_size, outputs or joints))

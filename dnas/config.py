@@ -38,6 +38,7 @@ from dnas.schema import (
 
 # Upper bounds: absurd sizes are rejected here, before anything is allocated or looped over.
 MAX_INPUT = 8192  # input height and width, pixels
+DEFAULT_INPUT_HW = (256, 256)  # an experiment's, and what commands measure at when none says
 MAX_BATCH = 65536
 MAX_EPOCHS = 100_000
 MAX_STEPS = 10**9
@@ -104,6 +105,17 @@ FORM_KEYS = {
 }
 
 
+def form_reads(form: str, key: str) -> bool:
+    """Whether the cost form ``form`` reads the ``cost_model`` key ``key`` (``FORM_KEYS``)."""
+    return key in FORM_KEYS.get(form, ())
+
+
+def band_around(cost: float, share: float) -> tuple[float, float]:
+    """The costs within ``share`` (relative) of ``cost``: a budget's band, and the band random
+    nets are drawn in to match a net's cost."""
+    return cost * (1 - share), cost * (1 + share)
+
+
 @dataclass
 class CostConfig:
     """The cost term of the architecture loss (``dnas.search.objective``; README, "Forms").
@@ -132,7 +144,7 @@ class CostConfig:
         """The costs a ``budget`` search's derived net must lie between, else None."""
         if self.form != "budget" or self.target is None:
             return None
-        return self.target * (1 - self.tolerance), self.target * (1 + self.tolerance)
+        return band_around(self.target, self.tolerance)
 
 
 @dataclass
@@ -225,7 +237,7 @@ class Experiment:
     task: dict[str, Any]
     space: str | None = None  # None: the task's default_space, filled in by load_experiment
     input_size: list[int] = field(
-        default_factory=lambda: [256, 256], metadata={"min": 8, "max": MAX_INPUT}
+        default_factory=lambda: list(DEFAULT_INPUT_HW), metadata={"min": 8, "max": MAX_INPUT}
     )
     head: dict[str, Any] = field(default_factory=dict)
     cost_model: CostConfig = field(default_factory=CostConfig)
@@ -377,7 +389,7 @@ def experiment_from_dict(data: dict, source: str) -> Experiment:
     if exp.space is None:
         exp.space = default_space(exp.task["name"])
     resolve_paths(exp, Path(source).parent)
-    if exp.cost_model.form in ("budget", "hinge", "power") and exp.cost_model.target is None:
+    if form_reads(exp.cost_model.form, "target") and exp.cost_model.target is None:
         raise ConfigError(source, "cost_model.target", f"required by form {exp.cost_model.form}")
     if exp.search.arch_init == "budget" and exp.cost_model.target is None:
         raise ConfigError(source, "cost_model.target", "required by search.arch_init: budget")

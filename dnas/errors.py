@@ -65,6 +65,13 @@ def listing(items: list[str], limit: int) -> str:
     return ", ".join(items[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
+def brief(exc: BaseException) -> str:
+    """``TypeName: first line`` of an exception, 200 characters at most: another library's
+    error inside a one-line message of ours."""
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}"
+
+
 WORKER_PREFIX = "Caught "  # how torch's DataLoader re-raises an exception from a worker
 
 

@@ -16,7 +16,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
-from dnas.errors import ConfigError, DnasError
+from dnas.errors import ConfigError, DnasError, brief
 from dnas.schema import default_problem
 
 PLUGIN_GROUP = "dnas.plugins"
@@ -44,9 +44,9 @@ def load_plugins(builtin_only: bool = False) -> None:
         except Exception as exc:  # noqa: BLE001  any failure of third-party code: one broken
             # plugin must not take the others down (nor be blamed on the user's files)
             forget_unimported()
-            _failed.append(f"{ep.name} ({type(exc).__name__}: {exc})")
-            warnings.warn(f"dnas plugin {ep.name!r} ({ep.value}) not loaded: "
-                          f"{type(exc).__name__}: {exc}", stacklevel=2)  # fmt: skip
+            _failed.append(f"{ep.name} ({brief(exc)})")
+            warnings.warn(f"dnas plugin {ep.name!r} ({ep.value}) not loaded: {brief(exc)}",
+                          stacklevel=2)  # fmt: skip
 
 
 def is_builtin(ep: Any) -> bool:

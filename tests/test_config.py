@@ -6,8 +6,17 @@ import warnings
 
 import pytest
 
-from dnas.config import Experiment, checked, experiment_from_dict, load_experiment
-from dnas.errors import ConfigError
+from dnas.config import (
+    FORM_KEYS,
+    CostConfig,
+    Experiment,
+    band_around,
+    checked,
+    experiment_from_dict,
+    form_reads,
+    load_experiment,
+)
+from dnas.errors import ConfigError, brief
 
 
 def write(tmp_path, text):
@@ -265,3 +274,17 @@ def test_a_value_no_alternative_of_a_union_takes_is_one_plain_error():
             check_value(value, list[str] | str, "f.yaml", "task.categories")
         assert str(info.value) == f"f.yaml: {message}"
     assert check_value(["a"], list[str] | str, "f.yaml", "k") == ["a"]
+
+
+def test_a_band_is_the_share_either_side_of_its_cost_and_forms_read_their_keys():
+    assert band_around(100.0, 0.03) == pytest.approx((97.0, 103.0))
+    assert CostConfig(form="budget", target=50.0, tolerance=0.02).band() == band_around(50.0, 0.02)
+    targeted = [form for form in FORM_KEYS if form_reads(form, "target")]
+    assert targeted == ["budget", "hinge", "power"]
+    assert not form_reads("relative", "target") and not form_reads("no-such-form", "weight")
+
+
+def test_another_librarys_error_is_its_type_and_first_line_cut_to_200_characters():
+    assert brief(ValueError("bad shape\nsecond line")) == "ValueError: bad shape"
+    assert brief(KeyError("x" * 500)) == "KeyError: '" + "x" * 199
+    assert brief(RuntimeError()) == "RuntimeError: "

@@ -6,7 +6,7 @@ import contextlib
 import math
 import platform
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +242,18 @@ def weight_step(
         total += loss.detach()
     amp.apply(optimizer, params, grad_clip)
     return total
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: Iterable[dict[str, Any]], amp: Amp,
+              loss_fn: Callable[[Tensor, dict[str, Any]], Tensor], device: torch.device,
+              **forward_kwargs: Any) -> float:  # fmt: skip
+    """The task loss over ``batches``, weighted by batch size, forward passes as a training
+    step makes them (``Amp.forward_loss``), in the mode ``model`` is in."""
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = to_device(batch, device)
+        n = len(batch["input"])
+        total += n * float(amp.forward_loss(model, batch, loss_fn, **forward_kwargs))
+        count += n
+    return total / max(count, 1)

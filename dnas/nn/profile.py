@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dnas.config import MAX_INPUT
-from dnas.errors import ConfigError, DnasError
+from dnas.errors import ConfigError, DnasError, brief
 from dnas.nn.heads import build_head, head_plugin
 from dnas.registry import defining_module
 from dnas.schema import is_integer, is_size
@@ -81,9 +81,8 @@ def plugin_forward(module: nn.Module, inputs: tuple[Tensor, ...], what: str) -> 
     try:
         out = module(*inputs)
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # shape mistakes on meta
-        first = (str(exc).splitlines() or [""])[0][:200]
         raise DnasError(f"{what}: its forward fails on the meta device on inputs of "
-                        f"{shapes}: {type(exc).__name__}: {first}") from exc  # fmt: skip
+                        f"{shapes}: {brief(exc)}") from exc  # fmt: skip
     if not isinstance(out, Tensor):
         raise DnasError(f"{what}: its forward returns a {type(out).__name__}, not one tensor")
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dnas import checkpoint
+from dnas.config import DEFAULT_INPUT_HW
 from dnas.errors import DnasError, listing
 from dnas.nn.network import Network
 from dnas.nn.profile import check_sizes, head_output_shape
@@ -104,7 +105,7 @@ def resolve(
         raise DnasError(f"{weights}: these weights record no architecture; pass --arch")
     space = load_space(arch) if arch else space_from_dict(info["arch"], str(weights))
     check_fits(info, weights, "architecture", info and info["arch"]["name"], space.name)
-    size = input_size or tuple(info["input_size"] if info else (256, 256))
+    size = input_size or tuple(info["input_size"] if info else DEFAULT_INPUT_HW)
     if not resizable:
         check_fits(info, weights, "input size", info and info["input_size"], size)
     return space, (int(size[0]), int(size[1])), info

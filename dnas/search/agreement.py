@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from dnas.config import FORM_KEYS
+from dnas.config import FORM_KEYS, band_around
 from dnas.errors import DnasError
-from dnas.search.bounds import check_band, check_chance_samples
+from dnas.search.bounds import DEFAULT_BAND, check_band, check_chance_samples
 from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.cost_model import CostTable
 from dnas.search.derive import find_checkpoint, load_search
@@ -40,13 +40,13 @@ def mean_agreement(archs: list[dict[str, str]]) -> float:
     return statistics.mean(op_agreement(a, b) for a, b in itertools.combinations(archs, 2))
 
 
-def chance_agreement(table: CostTable, cost: float, band: float = 0.03, samples: int = 200,
+def chance_agreement(table: CostTable, cost: float, band: float = DEFAULT_BAND, samples: int = 200,
                      seed: int = 0, runs: int = 2) -> tuple[float, float]:  # fmt: skip
     """Mean and standard deviation, over ``samples`` sets of ``runs`` random architectures
     within ``band`` (relative) of ``cost``, of their :func:`mean_agreement`: the null
     distribution of the figure that ``runs`` searches give."""
     rng = np.random.default_rng(seed)
-    low, high = cost * (1 - band), cost * (1 + band)
+    low, high = band_around(cost, band)
     sampler = BandSampler(table, low, high)
     shares = []
     for _ in range(samples):
@@ -127,7 +127,7 @@ def shown(objective: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in objective.items())
 
 
-def compare_runs(refs: list[Path | str], band: float = 0.03, samples: int = 200,
+def compare_runs(refs: list[Path | str], band: float = DEFAULT_BAND, samples: int = 200,
                  seed: int = 0) -> dict:  # fmt: skip
     """Pairwise agreement of the derived ops of search runs (at least two, of one space and
     cost model), their mean, and chance for that mean (as many random architectures as runs,

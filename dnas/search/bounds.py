@@ -9,6 +9,7 @@ from numbers import Integral, Real
 from dnas.errors import DnasError
 
 BAND = (0.001, 1.0)  # a share of a cost: random nets are drawn within it of the cost
+DEFAULT_BAND = 0.03  # --band's default (dnas rank, dnas agreement), and the API's
 CHANCE_SAMPLES = 10  # the fewest sets of random nets that estimate chance and its spread
 
 

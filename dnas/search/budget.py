@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dnas.config import band_around
 from dnas.search.cost_model import CostTable
 
 BINS = 20_000
@@ -39,7 +40,7 @@ def most_probable_near(
     comes. None only when no band around ``target`` holds a net of the space."""
 
     def within(tol: float) -> dict[str, str] | None:
-        return most_probable_within(probs, table, target * (1 - tol), target * (1 + tol))
+        return most_probable_within(probs, table, *band_around(target, tol))
 
     if (found := within(tolerance)) is not None:
         return found

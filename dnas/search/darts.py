@@ -143,11 +143,16 @@ class DartsStrategy(Strategy):
         stats = {} if val_batch is None else self.arch_step(val_batch)
         loss = weight_step(
             self.network, train_batch, self.task.loss, self.w_opt, self.weights,
-            self.cfg.weight_optimizer.grad_clip, self.amp,
+            self.cfg.weight_optimizer.grad_clip, self.amp, forwards=self.weight_forwards(),
         )  # fmt: skip
         self.steps_done += 1
         stats["train/loss"] = float(loss)
         return stats
+
+    def weight_forwards(self) -> list[dict[str, Any]] | None:
+        """The forward passes of the next weight step (``weight_step``'s ``forwards``); None:
+        one pass of the whole mixture."""
+        return None
 
     @torch.no_grad()
     def end_epoch(self, epoch: int, val_loader: Any) -> dict[str, float]:

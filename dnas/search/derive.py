@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from dnas import checkpoint
-from dnas.config import FORM_KEYS, Experiment, apply_overrides, blamed
+from dnas.config import Experiment, apply_overrides, blamed, form_reads
 from dnas.errors import ConfigError, DnasError
 from dnas.files import write_text_atomic
 from dnas.schema import from_dict
@@ -173,7 +173,7 @@ def incomplete_warning(path: Path, ckpt: dict) -> str | None:
 def target_part(cost: float, unit: str, target: float | None, form: str) -> str | None:
     """``target 17.61 MMAC, +1.8 %``: the derived cost against the target, under a form that
     reads one (``FORM_KEYS``); None otherwise."""
-    if target is None or "target" not in FORM_KEYS.get(form, ()):
+    if target is None or not form_reads(form, "target"):
         return None
     return f"target {target:.4g} {unit}, {100 * (cost / target - 1):+.1f} %"
 
@@ -186,11 +186,14 @@ def derived_line(ckpt: dict) -> str | None:
         return None
     cost_model = (ckpt.get("config") or {}).get("cost_model") or {}
     aim = target_part(cost, unit, cost_model.get("target"), cost_model.get("form", "relative"))
-    return (
-        f"derived architecture cost: {cost:.4g} {unit}"
-        + (f" ({aim})" if aim else "")
-        + f"; decisiveness (mean top op probability) {decisiveness(ckpt['arch_probs']):.3f}"
-    )
+    return derived_cost_line(cost, unit, aim, decisiveness(ckpt["arch_probs"]))
+
+
+def derived_cost_line(cost: float, unit: str, aim: str | None, decided: float) -> str:
+    """``derived architecture cost: ... (aim); decisiveness ...``: what a search's closing line
+    and ``dnas derive`` say of the derived net."""
+    return (f"derived architecture cost: {cost:.4g} {unit}" + (f" ({aim})" if aim else "")
+            + f"; decisiveness (mean top op probability) {decided:.3f}")  # fmt: skip
 
 
 def budget_warning(ckpt: dict) -> str | None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnas.engine.runtime import Amp, to_device
+from dnas.engine.runtime import Amp, mean_loss
 from dnas.nn.network import Network
 
 
@@ -55,20 +55,14 @@ def one_hot_weights(network: Network, choices: dict[str, str]) -> list[Tensor]:
             for layer, alpha in zip(layers, network.alphas, strict=True)]  # fmt: skip
 
 
-@torch.no_grad()
-def mean_loss(network: Network, batches: Iterable[dict[str, Any]], amp: Amp,
-              loss_fn: Callable[[Tensor, dict[str, Any]], Tensor], device: torch.device,
-              path_weights: list[Tensor] | None = None) -> float:  # fmt: skip
-    """The task loss over ``batches``, weighted by batch size, with ``path_weights`` (None:
-    the mixture softmax(alpha / T))."""
-    total, count = 0.0, 0
+def batch_statistics_loss(network: Network, batches: list[dict[str, Any]], amp: Amp,
+                          loss_fn: Callable[[Tensor, dict[str, Any]], Tensor],
+                          device: torch.device,
+                          path_weights: list[Tensor] | None = None) -> float:  # fmt: skip
+    """The task loss over ``batches`` with batch statistics in batch norm and ``path_weights``
+    (None: the mixture softmax(alpha / T))."""
     with batch_statistics(network):
-        for batch in batches:
-            batch = to_device(batch, device)
-            n = len(batch["input"])
-            total += n * float(amp.forward_loss(network, batch, loss_fn, path_weights=path_weights))
-            count += n
-    return total / max(count, 1)
+        return mean_loss(network, batches, amp, loss_fn, device, path_weights=path_weights)
 
 
 def discretisation_gap(network: Network, batches: Iterable[dict[str, Any]], amp: Amp,
@@ -79,7 +73,8 @@ def discretisation_gap(network: Network, batches: Iterable[dict[str, Any]], amp:
     ``gap``, their ratio minus 1: how much worse the derived net does with the weights the
     search trained (0: no gap)."""
     batches = list(batches)
-    mixture = mean_loss(network, batches, amp, loss_fn, device)
-    derived = mean_loss(network, batches, amp, loss_fn, device, one_hot_weights(network, choices))
+    mixture = batch_statistics_loss(network, batches, amp, loss_fn, device)
+    derived = batch_statistics_loss(network, batches, amp, loss_fn, device,
+                                    one_hot_weights(network, choices))  # fmt: skip
     return {"mixture_loss": mixture, "derived_loss": derived,
             "gap": derived / max(mixture, 1e-12) - 1.0}  # fmt: skip

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from dnas.config import band_around
 from dnas.engine.runtime import pick_device, seed_everything, to_device
 from dnas.engine.sampling import make_loader, stream, train_loader
 from dnas.errors import DnasError
 from dnas.nn.network import Network, module_key
 from dnas.registry import TASKS
 from dnas.schema import load_yaml
-from dnas.search.bounds import check_band
+from dnas.search.bounds import DEFAULT_BAND, check_band
 from dnas.search.budget import DRAW_TRIES, BandSampler
 from dnas.search.derive import SearchRecord, load_search, write_architecture
 from dnas.search.run import split_indices
@@ -227,7 +228,7 @@ def random_candidates(supernet: SuperNet, count: int, band: float, seed: int) ->
     table = supernet.record.table
     cost = table.of_choices(supernet.record.choices)
     rng = np.random.default_rng(seed)
-    sampler = BandSampler(table, cost * (1 - band), cost * (1 + band))
+    sampler = BandSampler(table, *band_around(cost, band))
     out = []
     for i in range(count):
         choices = sampler.draw(rng, DRAW_TRIES)
@@ -267,7 +268,7 @@ def rank(
     run: Path | str,
     archs: list[str],
     random_nets: int = 0,
-    band: float = 0.03,
+    band: float = DEFAULT_BAND,
     calibration_batches: int = 20,
     seed: int = 0,
     overrides: Sequence[str] = (),
@@ -342,8 +343,8 @@ def best_within(candidates: list[Candidate], band: float) -> Candidate:
     """The candidate with the highest one-shot score (the task's metric, higher is better, as
     in training's model selection) among those within ``band`` of the first one's cost (the
     derived net's): random search with weight sharing (Li & Talwalkar, UAI 2019)."""
-    target = candidates[0].cost
-    within = [c for c in candidates if abs(c.cost - target) <= band * abs(target)]
+    low, high = band_around(candidates[0].cost, band)
+    within = [c for c in candidates if low <= c.cost <= high]
     return max(within, key=lambda c: c.oneshot)
 
 

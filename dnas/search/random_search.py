@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dnas.config import MAX_EPOCHS, MAX_STEPS, SearchConfig
+from dnas.config import MAX_EPOCHS, MAX_STEPS, SearchConfig, band_around
 from dnas.engine.runtime import (
     load_optimizer_state,
+    mean_loss,
     search_weight_optimizer,
-    to_device,
     weight_step,
 )
 from dnas.errors import ConfigError
@@ -50,20 +50,6 @@ class RandomSearchOptions:
     epochs_per_arch: int | None = field(default=None, metadata={"min": 1, "max": MAX_EPOCHS})
     budget: float | None = field(default=None, metadata={"min": 0.0})
     max_tries: int = field(default=10000, metadata={"min": 1, "max": MAX_STEPS})
-
-
-@torch.no_grad()
-def mean_loss(
-    model: torch.nn.Module, task: Task, loader: DataLoader, device: torch.device
-) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        batch = to_device(batch, device)
-        n = len(batch["input"])
-        total += float(task.loss(model(batch["input"]), batch)) * n
-        count += n
-    return total / max(count, 1)
 
 
 def matched_epochs(cfg: SearchConfig, table: CostTable, samples: int) -> int:
@@ -132,8 +118,8 @@ class RandomSearchStrategy(Strategy):
             if low <= cheapest and high >= min(dearest, cap):
                 return self.checked(sampler, "cost_model.target")
             tolerance = max(2 * tolerance, MIN_WIDENED)  # within the space's range (and cap)
-            low = max(target * (1 - tolerance), cheapest)
-            high = min(target * (1 + tolerance), dearest, cap)
+            low, high = band_around(target, tolerance)
+            low, high = max(low, cheapest), min(high, dearest, cap)
         if (low, high) != (band[0], min(band[1], cap)):
             self.notes.append(f"cost_model.tolerance: too few random draws land within "
                               f"{band[0]:.6g}..{min(band[1], cap):.6g} {unit}; drawing within "
@@ -257,7 +243,8 @@ class RandomSearchStrategy(Strategy):
         self.sched.step()
         if (epoch + 1) % self.per_arch:
             return {}
-        val_loss = mean_loss(self.model, self.task, val_loader, self.device)
+        self.model.eval()
+        val_loss = mean_loss(self.model, val_loader, self.amp, self.task.loss, self.device)
         entry = {"choices": self.choices, "val_loss": val_loss,
                  "cost": self.table.of_choices(self.choices)}  # fmt: skip
         self.history.append(entry)

@@ -36,7 +36,7 @@ from dnas.nn.remap import remap_into
 from dnas.registry import STRATEGIES, check_concrete
 from dnas.search.budget import COST_RTOL
 from dnas.search.cost_model import CostTable, configured_cost_model
-from dnas.search.derive import target_part
+from dnas.search.derive import derived_cost_line, target_part
 from dnas.search.strategy import Strategy
 from dnas.space.choices import decisiveness, entropies, probability_problem
 from dnas.space.graph import SearchSpace
@@ -348,18 +348,15 @@ def cost_line(cost: CostConfig, table: CostTable) -> str:
 def summary_line(result: dict) -> str:
     """The search's closing figures: derived cost (against the target) and decisiveness."""
     unit, cost = result["cost_unit"], result["final_cost"]
-    text = f"derived architecture cost: {cost:.4g} {unit}"
     if aim := target_part(cost, unit, result["target"], result["cost_form"]):
-        text += f" ({aim}"
         if moved := result["projected_layers"]:
-            text += f"; argmax {result['argmax_cost']:.4g}, {moved} layer{'s' * (moved > 1)} "
-            text += "moved into the band"
+            aim += f"; argmax {result['argmax_cost']:.4g}, {moved} layer{'s' * (moved > 1)} "
+            aim += "moved into the band"
         low, high = result.get("band") or (-math.inf, math.inf)
         if not low <= cost <= high:  # the projection found no net there
-            text += (f"; no net of this space costs within the band {low:.6g}..{high:.6g} "
-                     f"{unit}, the nearest ({cost:.6g}) was taken")  # fmt: skip
-        text += ")"
-    text += f"; decisiveness (mean top op probability) {result['decisiveness']:.3f}"
+            aim += (f"; no net of this space costs within the band {low:.6g}..{high:.6g} "
+                    f"{unit}, the nearest ({cost:.6g}) was taken")  # fmt: skip
+    text = derived_cost_line(cost, unit, aim, result["decisiveness"])
     if evidence := result.get("gradient_evidence"):
         text += (f"; gradient evidence {evidence['significant']:.1%} of alpha entries with "
                  f"|t| > 2 (noise alone {evidence['under_noise']:.1%}"

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dnas.engine.runtime import weight_step
 from dnas.registry import STRATEGIES
 from dnas.search.darts import DartsStrategy
 
@@ -103,18 +102,8 @@ class _SinglePath(DartsStrategy):
         """The paths the next weight step trains (``weight_sampling``)."""
         return WEIGHT_SAMPLING[self.single_path.weight_sampling](self.alphas)
 
-    def step(
-        self, train_batch: dict[str, Any], val_batch: dict[str, Any] | None
-    ) -> dict[str, float]:
-        stats = {} if val_batch is None else self.arch_step(val_batch)
-        forwards = [{"path_weights": w, "active": a} for w, a in self.weight_paths()]
-        loss = weight_step(
-            self.network, train_batch, self.task.loss, self.w_opt, self.weights,
-            self.cfg.weight_optimizer.grad_clip, self.amp, forwards=forwards,
-        )  # fmt: skip
-        self.steps_done += 1
-        stats["train/loss"] = float(loss)
-        return stats
+    def weight_forwards(self) -> list[dict[str, Any]]:
+        return [{"path_weights": w, "active": a} for w, a in self.weight_paths()]
 
     @abstractmethod
     def relaxed_paths(self) -> Paths:

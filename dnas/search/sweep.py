@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from dnas.checkpoint import step_files
-from dnas.config import CostConfig, Experiment, config_changes
+from dnas.config import CostConfig, Experiment, config_changes, form_reads
 from dnas.engine.progress import Reporter
 from dnas.engine.rundir import RunLock, held_outputs
 from dnas.engine.train import TrainRun, run_train
@@ -28,7 +28,7 @@ def _variant(exp: Experiment, kind: str, value: float) -> Experiment:
         variant.cost_model.weight = value
     else:
         variant.cost_model.target = value
-        if variant.cost_model.form in ("relative", "log"):  # a target asks for a budget form
+        if not form_reads(variant.cost_model.form, "target"):  # a target asks for a budget form
             variant.cost_model.form = "budget"
     return variant
 

@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import click
-import cv2
 import h5py
 import numpy as np
 
@@ -219,21 +218,18 @@ def predict(image: Path, arch: str | None, weights: Path,
             input_size: tuple[int, int] | None, output: Path | None, no_flip: bool,
             min_score: float, force: bool) -> None:  # fmt: skip
     """Predict one person's keypoints in IMAGE: writes the skeleton as a PNG, prints json."""
-    from dnas.cli import guard_output
+    from dnas.cli import guard_picture, warn_if_truncated
     from dnas.nn.network import Network
     from dnas.nn.weights import check_fits, load_weights, resolve, weights_file
     from dnas.task import check_weights_task
-    from dnas.vis.images import legend, read_rgb, truncated_jpeg, write_png
+    from dnas.vis.images import legend, read_rgb, write_png
     from tasks.pose.draw import LEGEND, draw_box, draw_pose
     from tasks.pose.inference import predict_batch
     from tasks.pose.topdown import DATASETS, box_to_center_scale, to_input
     from tasks.pose.transforms import affine_transform, warp
 
     output = output or Path(f"{image.stem}_pose.png")
-    if not cv2.haveImageWriter(str(output)):
-        raise click.BadParameter(f"expected an image path such as pose.png, got '{output}'",
-                                 param_hint="'-o' / '--out'")  # fmt: skip
-    guard_output(output, force)
+    guard_picture(output, force, "pose.png")
     weights = weights_file(weights)
     space, (height, width), info = resolve(weights, arch, input_size)
     check_weights_task(info, weights, "pose", "dnas predict draws pose keypoints")
@@ -249,9 +245,7 @@ def predict(image: Path, arch: str | None, weights: Path,
                f" (the {dataset} joint set; pass the --dataset they were trained on)")  # fmt: skip
     net = Network(space, cls.num_joints())
     load_weights(net, weights)
-    if Path(image).is_file() and truncated_jpeg(image):  # before libjpeg's own line
-        click.echo(f"warning: {image}: the JPEG ends before its end marker (a truncated file?); "
-                   "its missing part is predicted on as grey", err=True)  # fmt: skip
+    warn_if_truncated(image, "predicted on")
     picture = read_rgb(image, allow_truncated=True)  # warned about above
     h, w = picture.shape[:2]
     if box:

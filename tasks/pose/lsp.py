@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from dnas.errors import ConfigError, DnasError
+from dnas.errors import ConfigError, DnasError, brief
 from dnas.task import Metrics
 from tasks.pose import pckh
 from tasks.pose.topdown import DATASETS, PersonRecord, TopDownDataset
@@ -110,16 +110,8 @@ def pck(
 
 def _table(preds: np.ndarray, gt: np.ndarray, counted: np.ndarray, size: np.ndarray,
            threshold: float) -> dict[str, float]:  # fmt: skip
-    err = np.linalg.norm(preds - gt, axis=-1) / np.maximum(size, 1e-12)[:, None]
-    correct = ((err <= threshold) & counted).sum(axis=0).astype(np.float64)
-    count = counted.sum(axis=0).astype(np.float64)
-    per_joint = 100.0 * correct / np.maximum(count, 1)
-    table = {
-        name: float(0.5 * (per_joint[right] + per_joint[left]))
-        for name, (right, left) in GROUPS.items()
-    }
-    table["Mean"] = float(100.0 * correct.sum() / max(count.sum(), 1))
-    return table
+    correct, count = pckh.per_joint(preds, gt, counted, np.maximum(size, 1e-12), threshold)
+    return pckh.pck_rows(correct, count, GROUPS, np.ones(len(correct), bool))
 
 
 def scored_note(gt: np.ndarray, annotated: np.ndarray, strict: float | None = None) -> str:
@@ -148,8 +140,7 @@ def load_joints(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
     try:
         raw = np.asarray(pckh.read_mat(path, what)["joints"], np.float64)
     except (KeyError, TypeError, ValueError) as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise DnasError(f"{path}: not {what} ({type(exc).__name__}: {first})") from None
+        raise DnasError(f"{path}: not {what} ({brief(exc)})") from None
     if not np.isfinite(raw).all():
         raise DnasError(f"{path}: 'joints' holds NaN or infinite values")
     if raw.ndim == 3 and raw.shape[:2] == (14, 3):  # LSP-extended: flag 1 = visible

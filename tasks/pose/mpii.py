@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from dnas.errors import DnasError
+from dnas.errors import DnasError, brief
 from dnas.schema import is_finite_number, read_json
 from dnas.task import Metrics
 from tasks.pose.pckh import (
@@ -73,7 +73,7 @@ class MPIIDataset(TopDownDataset):
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise DnasError(
                     f"{path}: entry {i}: not an MPII person (need image, center [x, y], scale, "
-                    f"joints 16x2, joints_vis 16): {type(exc).__name__}: {exc}"
+                    f"joints 16x2, joints_vis 16): {brief(exc)}"
                 ) from None
             problem = _entry_problem(e["image"], joints, vis, center, scale)
             if problem:

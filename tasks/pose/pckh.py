@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from dnas.errors import DnasError
+from dnas.errors import DnasError, brief
 
 MPII_JOINTS = [
     "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
@@ -49,8 +49,7 @@ def read_mat(path: Path, what: str = "a readable MATLAB file") -> dict[str, Any]
     except BrokenProcessPool:
         raise DnasError(f"{path}: not {what} (the MATLAB reader crashed)") from None
     except Exception as exc:  # noqa: BLE001 - a third-party parser fed untrusted bytes
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise DnasError(f"{path}: not {what} ({type(exc).__name__}: {first})") from None
+        raise DnasError(f"{path}: not {what} ({brief(exc)})") from None
 
 
 def load_gt_valid_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,8 +65,7 @@ def load_gt_valid_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     except KeyError as exc:
         raise DnasError(f"{path}: not {what}: no {exc} entry") from None
     except (ValueError, TypeError) as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise DnasError(f"{path}: not {what}: {type(exc).__name__}: {first}") from None
+        raise DnasError(f"{path}: not {what}: {brief(exc)}") from None
     pos, jnt_missing, boxes = arrays
     n = pos.shape[-1] if pos.ndim == 3 else -1
     if pos.shape[:2] != (16, 2) or jnt_missing.shape != (16, n) or boxes.shape != (2, 2, n):
@@ -80,29 +78,33 @@ def load_gt_valid_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def per_joint(
-    pred: np.ndarray, gt: np.ndarray, missing: np.ndarray, head_sizes: np.ndarray, threshold: float
+    pred: np.ndarray, gt: np.ndarray, counted: np.ndarray, sizes: np.ndarray, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(correct count, visible count) per joint; pred and gt in the same pixel convention."""
-    visible = ~missing
-    err = np.linalg.norm(pred - gt, axis=-1) / head_sizes[:, None]
-    correct = ((err <= threshold) & visible).sum(axis=0)
-    return correct.astype(np.float64), visible.sum(axis=0).astype(np.float64)
+    """(correct count, counted count) per joint: a counted joint is correct when its error is
+    at most ``threshold`` x its person's reference size; pred and gt in one pixel convention."""
+    err = np.linalg.norm(pred - gt, axis=-1) / sizes[:, None]
+    correct = ((err <= threshold) & counted).sum(axis=0)
+    return correct.astype(np.float64), counted.sum(axis=0).astype(np.float64)
+
+
+def pck_rows(correct: np.ndarray, count: np.ndarray, groups: dict[str, tuple[int, int]],
+             keep: np.ndarray) -> dict[str, float]:  # fmt: skip
+    """A PCK table in percent: each group's mean of its two joints' PCK (right and left), and
+    ``Mean`` pooled over the ``keep`` joints' counts (MPII's and LSP's evaluation code)."""
+    pck = 100.0 * correct / np.maximum(count, 1)
+    table = {name: float(0.5 * (pck[right] + pck[left])) for name, (right, left) in groups.items()}
+    table["Mean"] = float(100.0 * correct[keep].sum() / max(count[keep].sum(), 1))
+    return table
 
 
 def pckh_table(
     pred: np.ndarray, gt: np.ndarray, missing: np.ndarray, head_sizes: np.ndarray
 ) -> dict[str, float]:
     """The per-joint PCKh@0.5 table, Mean, and Mean@0.1, in percent."""
-    table: dict[str, float] = {}
-    correct, count = per_joint(pred, gt, missing, head_sizes, 0.5)
-    pck = 100.0 * correct / np.maximum(count, 1)
-    for name, (right, left) in GROUPS.items():
-        table[name] = float(0.5 * (pck[right] + pck[left]))
     keep = np.ones(16, bool)
     keep[[6, 7]] = False  # pelvis and thorax are not scored
-    table["Mean"] = float(100.0 * correct[keep].sum() / max(count[keep].sum(), 1))
-    correct01, count01 = per_joint(pred, gt, missing, head_sizes, 0.1)
-    table["Mean@0.1"] = float(100.0 * correct01[keep].sum() / max(count01[keep].sum(), 1))
+    table = pck_rows(*per_joint(pred, gt, ~missing, head_sizes, 0.5), GROUPS, keep)
+    table["Mean@0.1"] = pck_rows(*per_joint(pred, gt, ~missing, head_sizes, 0.1), {}, keep)["Mean"]
     return table
 
 

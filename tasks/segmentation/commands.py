@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import click
-import cv2
 import numpy as np
 import torch
 
-from dnas.cli import SIZE, example, guard_output, out_opt
+from dnas.cli import SIZE, example, guard_output, guard_picture, out_opt, warn_if_truncated
 from dnas.errors import DnasError
 from dnas.files import check_writable
 from dnas.registry import COMMANDS, DATA_COMMANDS
@@ -90,19 +89,16 @@ def segment(image: Path, weights: Path, arch: str | None, input_size: tuple[int,
     from dnas.nn.network import Network
     from dnas.nn.weights import head_outputs_of, load_weights, resize_warning, resolve, weights_file
     from dnas.task import check_weights_task
-    from dnas.vis.images import legend, panels, read_rgb, truncated_jpeg, write_png
+    from dnas.vis.images import legend, panels, read_rgb, write_png
     from tasks.segmentation.draw import overlay, palette
     from tasks.segmentation.task import upsample
     from tasks.segmentation.transforms import letterbox_image, to_input, unletterbox_classes
 
     output = output or Path(f"{image.stem}_seg.png")
-    if not cv2.haveImageWriter(str(output)):
-        raise click.BadParameter(f"expected an image path such as out.png, got '{output}'",
-                                 param_hint="'-o' / '--out'")  # fmt: skip
     if mask is not None and mask.resolve() == output.resolve():
         raise click.BadParameter(f"'{mask}' is the picture's file too (-o); give the class map "
                                  "a name of its own", param_hint="'--mask'")  # fmt: skip
-    guard_output(output, force)
+    guard_picture(output, force, "out.png")
     if mask is not None:
         guard_output(mask, force, "--mask")
     weights = weights_file(weights)
@@ -116,9 +112,7 @@ def segment(image: Path, weights: Path, arch: str | None, input_size: tuple[int,
     net = Network(space, outputs)
     load_weights(net, weights)
     net.eval()
-    if truncated_jpeg(image):  # before libjpeg's own line
-        click.echo(f"warning: {image}: the JPEG ends before its end marker (a truncated file?); "
-                   "its missing part is segmented as grey", err=True)  # fmt: skip
+    warn_if_truncated(image, "segmented")
     picture = read_rgb(image, allow_truncated=True)  # warned about above
     canvas, scale = letterbox_image(picture, size)
     with torch.no_grad():
