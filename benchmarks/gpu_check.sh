@@ -47,8 +47,9 @@ PY=${PYTHON:-python3}
 say() { echo "[gpu-check $(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 
 # -- set-up: dnas importable with its plugins, offline ----------------------------------------
+# an install from before 2026-12-08 lacks the lut entry point: installed anew too;
 # DNAS_CHECK_INSTALL=1 takes this path even where dnas is installed (the script's own test)
-if [ "${DNAS_CHECK_INSTALL:-0}" = 1 ] || ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(not any(e.name == 'pose' for e in m.entry_points(group='dnas.plugins')))" 2>/dev/null; then
+if [ "${DNAS_CHECK_INSTALL:-0}" = 1 ] || ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(not {'pose', 'lut'} <= {e.name for e in m.entry_points(group='dnas.plugins')})" 2>/dev/null; then
   SITE="$OUT/site"
   say "dnas is not installed for $PY: installing this checkout and .whl/*.whl into $SITE (offline)"
   WHEELS=$(ls "${DNAS_CHECK_WHEELS:-.whl}"/*.whl 2>/dev/null)

@@ -171,8 +171,9 @@ def noise_ceiling(passes: Sequence[Sequence[float]], draws: int = DRAWS,
 
 
 def tau_vs_ceiling(tau: float, ceiling: NoiseCeiling | None) -> float | None:
-    """How many of the noise ceiling's standard deviations ``tau`` lies from its tau (2
-    decimals), as reports record it; None without a ceiling or a spread."""
+    """How many of the noise ceiling's standard deviations ``tau`` lies from its tau, signed
+    (negative: below the ceiling), to 2 decimals as reports record it; None without a ceiling,
+    a spread or a tau (nan: fewer than 2 nets)."""
     gap = ceiling.tau_gap(tau) if ceiling else None
     return round(gap, 2) if gap is not None else None
 

@@ -66,9 +66,9 @@ def listing(items: list[str], limit: int) -> str:
 
 
 def brief(exc: BaseException) -> str:
-    """``TypeName: first line`` of an exception, 200 characters at most: another library's
-    error inside a one-line message of ours."""
-    first = (str(exc).splitlines() or [""])[0][:200]
+    """``TypeName: line``: an exception's type and the first non-empty line of its message, the
+    line cut to 200 characters: another library's error inside a one-line message of ours."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")[:200]
     return f"{type(exc).__name__}: {first}"
 
 

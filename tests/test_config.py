@@ -288,3 +288,4 @@ def test_another_librarys_error_is_its_type_and_first_line_cut_to_200_characters
     assert brief(ValueError("bad shape\nsecond line")) == "ValueError: bad shape"
     assert brief(KeyError("x" * 500)) == "KeyError: '" + "x" * 199
     assert brief(RuntimeError()) == "RuntimeError: "
+    assert brief(OSError("\n  \nthe reason\nmore")) == "OSError: the reason"

@@ -110,7 +110,7 @@ def pck(
 
 def _table(preds: np.ndarray, gt: np.ndarray, counted: np.ndarray, size: np.ndarray,
            threshold: float) -> dict[str, float]:  # fmt: skip
-    correct, count = pckh.per_joint(preds, gt, counted, np.maximum(size, 1e-12), threshold)
+    correct, count = pckh.per_joint(preds, gt, ~counted, np.maximum(size, 1e-12), threshold)
     return pckh.pck_rows(correct, count, GROUPS, np.ones(len(correct), bool))
 
 

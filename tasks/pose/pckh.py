@@ -78,13 +78,15 @@ def load_gt_valid_mat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def per_joint(
-    pred: np.ndarray, gt: np.ndarray, counted: np.ndarray, sizes: np.ndarray, threshold: float
+    pred: np.ndarray, gt: np.ndarray, missing: np.ndarray, sizes: np.ndarray, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(correct count, counted count) per joint: a counted joint is correct when its error is
-    at most ``threshold`` x its person's reference size; pred and gt in one pixel convention."""
+    """(correct count, visible count) per joint: a joint not ``missing`` is correct when its
+    error is at most ``threshold`` x its person's reference size (MPII: the head size); pred
+    and gt in one pixel convention."""
+    visible = ~missing
     err = np.linalg.norm(pred - gt, axis=-1) / sizes[:, None]
-    correct = ((err <= threshold) & counted).sum(axis=0)
-    return correct.astype(np.float64), counted.sum(axis=0).astype(np.float64)
+    correct = ((err <= threshold) & visible).sum(axis=0)
+    return correct.astype(np.float64), visible.sum(axis=0).astype(np.float64)
 
 
 def pck_rows(correct: np.ndarray, count: np.ndarray, groups: dict[str, tuple[int, int]],
@@ -103,8 +105,8 @@ def pckh_table(
     """The per-joint PCKh@0.5 table, Mean, and Mean@0.1, in percent."""
     keep = np.ones(16, bool)
     keep[[6, 7]] = False  # pelvis and thorax are not scored
-    table = pck_rows(*per_joint(pred, gt, ~missing, head_sizes, 0.5), GROUPS, keep)
-    table["Mean@0.1"] = pck_rows(*per_joint(pred, gt, ~missing, head_sizes, 0.1), {}, keep)["Mean"]
+    table = pck_rows(*per_joint(pred, gt, missing, head_sizes, 0.5), GROUPS, keep)
+    table["Mean@0.1"] = pck_rows(*per_joint(pred, gt, missing, head_sizes, 0.1), {}, keep)["Mean"]
     return table
 
 
